@@ -1,0 +1,138 @@
+"""Every default of the pipeline, in one place.
+
+Each stage script reads these globals through `load()`, which also accepts
+`--key=value` overrides on the command line (e.g. `python train_model.py
+--model=lenet --epochs=5`) and validates every value before any work starts.
+"""
+import ast
+import os
+import sys
+import types
+
+# --- what to run -------------------------------------------------------------
+MODEL = "lenet"                 # lenet (MNIST); resnet18/34/50, mobilenet_v2, vgg11/13/16/19 (CIFAR-10)
+DATA_DIR = "data"               # torchvision-layout datasets live here
+MIRROR_DIR = os.environ.get("FPGAI_MIRROR", os.path.join("..", "shared", "datasets"))
+PRETRAINED_DIR = "pretrained"
+QUANT_DIR = "quantization"
+EXPORT_DIR = "export_model"
+SEED = 0
+
+# --- stage 1: training -------------------------------------------------------
+EPOCHS = 0                      # 0 = the model's own default (model.MODELS)
+BATCH_SIZE = 0                  # 0 = the model's own default
+LR = 0.0                        # 0 = the model's own default
+WEIGHT_DECAY = -1.0             # <0 = the model's own default
+VAL_IMAGES = 5000               # validation split carved from the training set
+NUM_WORKERS = 0
+RESUME = True                   # continue from pretrained/{model}_ckpt.pt when present
+DEVICE = "auto"                 # auto | cpu | cuda
+
+# --- stage 2: quantization ---------------------------------------------------
+WEIGHT_MODE = "per_channel"     # per_channel: int8 symmetric per output channel
+                                # per_tensor: uint8 with a zero point (the original's format)
+MULTIPLIER_BITS = 16            # requantization multiplier width, signed bits (8..32)
+CALIB_IMAGES = 2000             # training images used to calibrate activation ranges
+CALIB_METHOD = "minmax"         # minmax | percentile
+CALIB_PERCENTILE = 99.99        # used by CALIB_METHOD = percentile
+
+# --- stage 3: testing (the four columns of the original) ----------------------
+RAW_TEST = True                 # float model
+QUANT_TEST = True               # torch integer model
+NP_QUANT_TEST = True            # numpy integer model (the written-down spec)
+C_TEST = True                   # C INT8 engine, built and run by test_model.py
+TEST_LIMIT = 0                  # 0 = the whole test set
+TEST_BATCH = 500
+
+# --- stage 4: export ---------------------------------------------------------
+EXPORT_MODE = "both"            # txt | bin | both: which weight files to write
+
+CHOICES = {
+    "MODEL": ("lenet", "resnet18", "resnet34", "resnet50", "mobilenet_v2",
+              "vgg11", "vgg13", "vgg16", "vgg19"),
+    "WEIGHT_MODE": ("per_channel", "per_tensor"),
+    "CALIB_METHOD": ("minmax", "percentile"),
+    "EXPORT_MODE": ("txt", "bin", "both"),
+    "DEVICE": ("auto", "cpu", "cuda"),
+}
+RANGES = {
+    "MULTIPLIER_BITS": (8, 32),
+    "CALIB_IMAGES": (1, 60000),
+    "CALIB_PERCENTILE": (50.0, 100.0),
+    "EPOCHS": (0, 10000),
+    "BATCH_SIZE": (0, 65536),
+    "VAL_IMAGES": (1, 50000),
+    "TEST_LIMIT": (0, 10000),
+    "TEST_BATCH": (1, 65536),
+    "NUM_WORKERS": (0, 256),
+}
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def defaults():
+    return {k: v for k, v in globals().items() if k.isupper() and k not in ("CHOICES", "RANGES")}
+
+
+def _parse_value(key, text, current):
+    if isinstance(current, str):
+        return text
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        raise ConfigError(f"--{key.lower()}={text}: expected a {type(current).__name__}")
+    if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if type(value) is not type(current):
+        raise ConfigError(f"--{key.lower()}={text}: expected a {type(current).__name__}, "
+                          f"got {type(value).__name__}")
+    return value
+
+
+def validate(cfg):
+    for key, choices in CHOICES.items():
+        if cfg[key] not in choices:
+            raise ConfigError(f"unknown {key.lower()} '{cfg[key]}'; valid choices: {', '.join(choices)}")
+    for key, (low, high) in RANGES.items():
+        if not low <= cfg[key] <= high:
+            raise ConfigError(f"{key.lower()}={cfg[key]} is out of range [{low}, {high}]")
+
+
+def load(argv=None, extra=None):
+    """Defaults, overridden by `--key=value` arguments, validated.
+
+    `extra` maps script-only flags (e.g. {"json": ""}) to their defaults.
+    Returns a namespace with lower-case attribute names.
+    """
+    cfg = defaults()
+    cfg.update({k.upper(): v for k, v in (extra or {}).items()})
+    args = sys.argv[1:] if argv is None else argv
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--"):
+            raise ConfigError(f"unexpected argument '{arg}'; use --key=value")
+        if "=" in arg:
+            key, text = arg[2:].split("=", 1)
+        elif i + 1 < len(args):          # also accept `--key value`
+            key, text = arg[2:], args[i + 1]
+            i += 1
+        else:
+            raise ConfigError(f"{arg} needs a value")
+        key = key.replace("-", "_").upper()
+        if key not in cfg:
+            valid = ", ".join(sorted(k.lower() for k in cfg))
+            raise ConfigError(f"unknown option --{key.lower()}; valid options: {valid}")
+        cfg[key] = _parse_value(key, text, cfg[key])
+        i += 1
+    validate(cfg)
+    return types.SimpleNamespace(**{k.lower(): v for k, v in cfg.items()})
+
+
+def load_or_exit(argv=None, extra=None):
+    try:
+        return load(argv, extra)
+    except ConfigError as err:
+        sys.exit(f"config error: {err}")

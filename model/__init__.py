@@ -1,0 +1,59 @@
+"""Float model registry: every architecture the pipeline knows, by name."""
+import dataclasses
+import os
+from typing import Callable
+
+import torch
+
+from model.fileio import FORMAT_VERSION, atomic_save, load_checked
+from model.lenet import LeNet
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    build: Callable[[], torch.nn.Module]
+    dataset: str              # mnist | cifar10
+    epochs: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    optimizer: str            # adamw | sgd
+    augment: bool             # random crop (pad 4) + horizontal flip
+    half_checkpoint: bool     # store float weights in fp16 (keeps the repository small)
+
+
+MODELS = {
+    "lenet": ModelSpec(LeNet, "mnist", epochs=12, batch_size=128, lr=3e-3, weight_decay=5e-4,
+                       optimizer="adamw", augment=False, half_checkpoint=False),
+}
+
+
+def spec(name):
+    if name not in MODELS:
+        raise KeyError(f"unknown model '{name}'; valid: {', '.join(MODELS)}")
+    return MODELS[name]
+
+
+def build(name):
+    return spec(name).build()
+
+
+def raw_path(cfg):
+    return os.path.join(cfg.pretrained_dir, f"{cfg.model}_raw.pth")
+
+
+def save_raw(model, name, path, meta):
+    half = spec(name).half_checkpoint
+    state = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().clone()
+             for k, v in model.state_dict().items()}
+    atomic_save({"header": {"kind": "fpgai-raw", "version": FORMAT_VERSION, "model": name, **meta},
+                 "state_dict": state}, path)
+
+
+def load_raw(cfg):
+    """The trained float model of cfg.model, in eval mode (fp16 checkpoints widened to fp32)."""
+    path = raw_path(cfg)
+    obj = load_checked(path, "fpgai-raw", cfg.model, hint=f"; train it with `python train_model.py --model={cfg.model}`")
+    model = build(cfg.model)
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in obj["state_dict"].items()})
+    return model.eval(), obj["header"]

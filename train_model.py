@@ -1,0 +1,171 @@
+"""Stage 1: train the float model chosen in config.py -> pretrained/{model}_raw.pth.
+
+The best epoch on a validation split carved from the training set (never the
+test set) is saved atomically; pretrained/{model}_ckpt.pt holds the full
+training state after every epoch, so a killed run resumes where it stopped.
+Single process on CUDA (mixed precision) or CPU; multi-GPU with
+`torchrun --nproc_per_node=N train_model.py` (DistributedDataParallel).
+"""
+import math
+import os
+import sys
+import time
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from tqdm import tqdm
+
+import config
+import model as models
+from data import datasets
+from model.fileio import FORMAT_VERSION, ModelFileError, atomic_save, load_checked
+
+
+def augment(x, generator):
+    """CIFAR recipe on a uint8 batch: random crop with 4-pixel zero padding, random horizontal flip."""
+    n, _, h, w = x.shape
+    padded = F.pad(x, (4, 4, 4, 4))
+    dy = torch.randint(0, 9, (n,), generator=generator).to(x.device)
+    dx = torch.randint(0, 9, (n,), generator=generator).to(x.device)
+    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
+    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
+    out = padded[torch.arange(n, device=x.device)[:, None, None, None],
+                 torch.arange(x.shape[1], device=x.device)[None, :, None, None], rows, cols]
+    flip = (torch.rand(n, generator=generator) < 0.5).to(x.device)
+    return torch.where(flip[:, None, None, None], out.flip(3), out)
+
+
+def to_float(x):
+    """The float model's whole preprocessing: pixel / 255 (exact in the integer engines: scale 1/255, zero point 0)."""
+    return x.float().div_(255.0)
+
+
+@torch.no_grad()
+def evaluate(net, images, labels, device, batch=1000):
+    net.eval()
+    correct = 0
+    for i in range(0, len(images), batch):
+        out = net(to_float(images[i:i + batch].to(device)))
+        correct += (out.argmax(1).cpu() == labels[i:i + batch]).sum().item()
+    return correct / len(images)
+
+
+def main():
+    cfg = config.load_or_exit()
+    spec = models.spec(cfg.model)
+    epochs = cfg.epochs or spec.epochs
+    batch_size = cfg.batch_size or spec.batch_size
+    lr = cfg.lr or spec.lr
+    weight_decay = spec.weight_decay if cfg.weight_decay < 0 else cfg.weight_decay
+
+    distributed = "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1
+    use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+    if distributed:
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+    if use_cuda:
+        local = int(os.environ.get("LOCAL_RANK", 0))
+        torch.cuda.set_device(local)
+        device = torch.device("cuda", local)
+    else:
+        device = torch.device("cpu")
+    main_proc = rank == 0
+
+    try:
+        images, labels = datasets.load(spec.dataset, "train", cfg.data_dir, cfg.mirror_dir)
+    except datasets.DatasetError as err:
+        sys.exit(f"error: {err}")
+    split = torch.randperm(len(images), generator=torch.Generator().manual_seed(cfg.seed))
+    val_idx, train_idx = split[:cfg.val_images], split[cfg.val_images:]
+    val_x, val_y = images[val_idx], labels[val_idx]
+    train_x, train_y = images[train_idx], labels[train_idx]
+    if use_cuda:  # the whole dataset fits on any GPU: no loader processes needed
+        train_x, train_y = train_x.to(device), train_y.to(device)
+
+    torch.manual_seed(cfg.seed)
+    net = models.build(cfg.model).to(device)
+    if distributed:
+        net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if use_cuda else None)
+    bare = net.module if distributed else net
+    steps_per_epoch = math.ceil(len(train_x) / (batch_size * world))
+    if spec.optimizer == "sgd":
+        opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay, nesterov=True)
+    else:
+        opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, epochs=epochs, steps_per_epoch=steps_per_epoch)
+    scaler = torch.amp.GradScaler("cuda", enabled=use_cuda)
+
+    ckpt_path = os.path.join(cfg.pretrained_dir, f"{cfg.model}_ckpt.pt")
+    raw_path = models.raw_path(cfg)
+    start_epoch, best_val, history = 0, -1.0, []
+    if cfg.resume and os.path.exists(ckpt_path):
+        try:
+            ckpt = load_checked(ckpt_path, "fpgai-train-state", cfg.model)
+        except ModelFileError as err:
+            sys.exit(f"error: {err} (delete it or pass --resume=False to start over)")
+        if ckpt["header"]["epochs"] != epochs:
+            sys.exit(f"error: {ckpt_path} was started for {ckpt['header']['epochs']} epochs, "
+                     f"config asks for {epochs}; pass --epochs={ckpt['header']['epochs']} or --resume=False")
+        bare.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        sched.load_state_dict(ckpt["scheduler"])
+        scaler.load_state_dict(ckpt["scaler"])
+        start_epoch, best_val, history = ckpt["header"]["epoch"], ckpt["header"]["best_val"], ckpt["history"]
+        if main_proc:
+            print(f"resuming {cfg.model} from {ckpt_path} at epoch {start_epoch}/{epochs}")
+
+    if main_proc:
+        print(f"training {cfg.model} on {spec.dataset}: {len(train_x)} train / {len(val_x)} val images, "
+              f"{epochs} epochs, batch {batch_size}x{world}, {spec.optimizer} lr {lr}, device {device}")
+    for epoch in range(start_epoch, epochs):
+        t0 = time.time()
+        net.train()
+        gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)  # same order after a resume
+        order = torch.randperm(len(train_x), generator=gen)[rank::world].to(train_x.device)
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{epochs}", disable=not main_proc,
+                   leave=False, dynamic_ncols=True)
+        total_loss = 0.0
+        for step in bar:
+            idx = order[step * batch_size:(step + 1) * batch_size]
+            if len(idx) == 0:        # uneven shard tail: keep every rank's step count equal
+                idx = order[:batch_size]
+            x = train_x[idx].to(device, non_blocking=True)
+            y = train_y[idx].to(device, non_blocking=True)
+            if spec.augment:
+                x = augment(x, gen)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_cuda):
+                loss = F.cross_entropy(net(to_float(x)), y)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            sched.step()
+            total_loss += loss.item()
+            bar.set_postfix(loss=f"{total_loss / (step + 1):.4f}")
+        if not main_proc:
+            continue
+        val_acc = evaluate(bare, val_x, val_y, device)
+        seconds = time.time() - t0
+        history.append({"epoch": epoch + 1, "loss": total_loss / steps_per_epoch, "val_acc": val_acc,
+                        "seconds": seconds})
+        improved = val_acc > best_val
+        if improved:
+            best_val = val_acc
+            models.save_raw(bare, cfg.model, raw_path, {
+                "epoch": epoch + 1, "epochs": epochs, "val_acc": val_acc, "device": str(device.type),
+                "world_size": world, "train_seconds": sum(h["seconds"] for h in history)})
+        atomic_save({"header": {"kind": "fpgai-train-state", "version": FORMAT_VERSION, "model": cfg.model,
+                                "epoch": epoch + 1, "epochs": epochs, "best_val": best_val},
+                     "model": bare.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                     "scaler": scaler.state_dict(), "history": history}, ckpt_path)
+        print(f"epoch {epoch + 1}/{epochs}: loss {history[-1]['loss']:.4f}  val {val_acc * 100:.2f}%  "
+              f"{seconds:.0f}s{'  (best, saved)' if improved else ''}", flush=True)
+    if main_proc:
+        print(f"done: best validation accuracy {best_val * 100:.2f}% -> {raw_path}")
+    if distributed:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
