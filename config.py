@@ -41,7 +41,8 @@ RAW_TEST = True                 # float model
 QUANT_TEST = True               # torch integer model
 NP_QUANT_TEST = True            # numpy integer model (the written-down spec)
 C_TEST = True                   # C INT8 engine, built and run by test_model.py
-TEST_LIMIT = 0                  # 0 = the whole test set
+COLUMNS = "auto"                # or a comma list of raw,quant,np,c (overrides the four switches)
+LIMIT = 0                       # test only the first N test images; 0 = the whole test set
 TEST_BATCH = 500
 
 # --- stage 4: export ---------------------------------------------------------
@@ -62,7 +63,7 @@ RANGES = {
     "EPOCHS": (0, 10000),
     "BATCH_SIZE": (0, 65536),
     "VAL_IMAGES": (1, 50000),
-    "TEST_LIMIT": (0, 10000),
+    "LIMIT": (0, 10000),
     "TEST_BATCH": (1, 65536),
     "NUM_WORKERS": (0, 256),
 }

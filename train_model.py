@@ -22,18 +22,21 @@ from data import datasets
 from model.fileio import FORMAT_VERSION, ModelFileError, atomic_save, load_checked
 
 
-def augment(x, generator):
-    """CIFAR recipe on a uint8 batch: random crop with 4-pixel zero padding, random horizontal flip."""
+def augment(x, generator, pad, flip):
+    """Per-image random crop of the zero-padded uint8 batch (a random shift of up to `pad`
+    pixels) and, if `flip`, a random horizontal flip: the standard CIFAR recipe with pad=4."""
     n, _, h, w = x.shape
-    padded = F.pad(x, (4, 4, 4, 4))
-    dy = torch.randint(0, 9, (n,), generator=generator).to(x.device)
-    dx = torch.randint(0, 9, (n,), generator=generator).to(x.device)
+    padded = F.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(x.device)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(x.device)
     rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
     cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
     out = padded[torch.arange(n, device=x.device)[:, None, None, None],
                  torch.arange(x.shape[1], device=x.device)[None, :, None, None], rows, cols]
-    flip = (torch.rand(n, generator=generator) < 0.5).to(x.device)
-    return torch.where(flip[:, None, None, None], out.flip(3), out)
+    if not flip:
+        return out
+    flips = (torch.rand(n, generator=generator) < 0.5).to(x.device)
+    return torch.where(flips[:, None, None, None], out.flip(3), out)
 
 
 def to_float(x):
@@ -124,7 +127,7 @@ def main():
         gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)  # same order after a resume
         order = torch.randperm(len(train_x), generator=gen)[rank::world].to(train_x.device)
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{epochs}", disable=not main_proc,
-                   leave=False, dynamic_ncols=True)
+                   leave=False, dynamic_ncols=True, mininterval=1.0)
         total_loss = 0.0
         for step in bar:
             idx = order[step * batch_size:(step + 1) * batch_size]
@@ -132,8 +135,8 @@ def main():
                 idx = order[:batch_size]
             x = train_x[idx].to(device, non_blocking=True)
             y = train_y[idx].to(device, non_blocking=True)
-            if spec.augment:
-                x = augment(x, gen)
+            if spec.augment_pad:
+                x = augment(x, gen, spec.augment_pad, spec.augment_flip)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_cuda):
                 loss = F.cross_entropy(net(to_float(x)), y)
             opt.zero_grad(set_to_none=True)

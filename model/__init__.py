@@ -18,13 +18,14 @@ class ModelSpec:
     lr: float
     weight_decay: float
     optimizer: str            # adamw | sgd
-    augment: bool             # random crop (pad 4) + horizontal flip
+    augment_pad: int          # random shift of up to this many pixels (0: no augmentation)
+    augment_flip: bool        # random horizontal flip
     half_checkpoint: bool     # store float weights in fp16 (keeps the repository small)
 
 
 MODELS = {
-    "lenet": ModelSpec(LeNet, "mnist", epochs=12, batch_size=128, lr=3e-3, weight_decay=5e-4,
-                       optimizer="adamw", augment=False, half_checkpoint=False),
+    "lenet": ModelSpec(LeNet, "mnist", epochs=20, batch_size=128, lr=3e-3, weight_decay=5e-4,
+                       optimizer="adamw", augment_pad=2, augment_flip=False, half_checkpoint=False),
 }
 
 

@@ -1,0 +1,136 @@
+"""Stage 3: the four columns of the original, side by side, on the test set.
+
+  raw       the float model
+  quant     the quantized torch model (exact integers, model/torch_engine.py)
+  np quant  the pure-numpy integer model (the specification, model/np_engine.py)
+  C INT8    the C engine (c/inference), built and run by this script on a fresh
+            export of the same tuple
+
+Prints accuracy, seconds and images/s per column, and how many images got
+identical integer logits in quant vs np quant and np quant vs C. Exits 1 when
+the integer engines disagree on any image.
+Flags: --model NAME --limit N --columns raw,quant,np,c --json PATH
+"""
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+import config
+import model as models
+from data import datasets
+from model.export_format import write_export
+from model.fileio import ModelFileError, atomic_open
+from model.np_engine import NumpyIntegerModel
+from model.torch_engine import TorchIntegerModel
+from quant_model import load_quant
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+COLUMNS = {"raw": "raw", "quant": "quant", "np": "np_quant", "c": "c_int8"}
+TITLES = {"raw": "raw (float)", "quant": "quant (torch int)", "np_quant": "np quant", "c_int8": "C INT8"}
+
+
+def choose_columns(cfg):
+    if cfg.columns != "auto":
+        names = [c.strip() for c in cfg.columns.split(",") if c.strip()]
+        bad = [c for c in names if c not in COLUMNS]
+        if bad or not names:
+            raise config.ConfigError(f"--columns: unknown column(s) {', '.join(bad) or '(none)'}; "
+                                     f"valid: {', '.join(COLUMNS)}")
+        return [COLUMNS[c] for c in COLUMNS if c in names]
+    switches = {"raw": cfg.raw_test, "quant": cfg.quant_test, "np": cfg.np_quant_test, "c": cfg.c_test}
+    return [COLUMNS[c] for c, on in switches.items() if on]
+
+
+def batched(fn, images, batch, desc):
+    outs = [fn(images[i:i + batch]) for i in tqdm(range(0, len(images), batch), desc=desc, leave=False)]
+    return np.concatenate(outs)
+
+
+def run_c(state, quant_list, dataset, cfg, limit):
+    """Build c/inference, export the tuple to a temporary folder, run it; (logits, inference seconds)."""
+    subprocess.run(["make", "-s", "-C", os.path.join(ROOT, "c")], check=True)
+    images, labels = datasets.test_files(dataset, cfg.data_dir, cfg.mirror_dir)
+    with tempfile.TemporaryDirectory() as tmp:
+        write_export(state, quant_list, tmp, "bin")
+        logits_path = os.path.join(tmp, "logits.txt")
+        cmd = [os.path.join(ROOT, "c", "inference"), "--model", cfg.model, "--dir", tmp, "--images", images,
+               "--limit", str(limit), "--logits", logits_path, "--quiet"]
+        if labels:
+            cmd += ["--labels", labels]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"C engine failed ({proc.returncode}): {proc.stderr.strip()}")
+        seconds = float(re.search(r"result: .*seconds=([0-9.eE+-]+)", proc.stdout).group(1))
+        logits = np.loadtxt(logits_path, delimiter=",", dtype=np.int64, ndmin=2)
+    return logits, seconds
+
+
+def main():
+    cfg = config.load_or_exit(extra={"json": ""})
+    try:
+        columns = choose_columns(cfg)
+    except config.ConfigError as err:
+        sys.exit(f"config error: {err}")
+    spec = models.spec(cfg.model)
+    try:
+        images, labels = datasets.load(spec.dataset, "test", cfg.data_dir, cfg.mirror_dir)
+        net = models.load_raw(cfg)[0] if "raw" in columns else None
+        state, quant_list = load_quant(cfg) if set(columns) - {"raw"} else (None, None)
+    except (ModelFileError, datasets.DatasetError) as err:
+        sys.exit(f"error: {err}")
+    n = min(cfg.limit or len(images), len(images))
+    images, labels = images[:n], labels[:n].numpy()
+    torch.set_grad_enabled(False)
+
+    logits, seconds = {}, {}
+    for col in columns:
+        t0 = time.perf_counter()
+        if col == "raw":
+            out = batched(lambda x: net(x.float() / 255.0).numpy(), images, cfg.test_batch, "raw")
+        elif col == "quant":
+            engine = TorchIntegerModel(state, quant_list)
+            out = batched(lambda x: engine(x).numpy(), images, cfg.test_batch, "quant")
+        elif col == "np_quant":
+            engine = NumpyIntegerModel(state, quant_list)
+            out = batched(lambda x: engine(x.numpy()), images, cfg.test_batch, "np quant")
+        else:
+            try:
+                out, c_seconds = run_c(state, quant_list, spec.dataset, cfg, n)
+            except (RuntimeError, subprocess.CalledProcessError) as err:
+                sys.exit(f"error: {err}")
+        seconds[col] = c_seconds if col == "c_int8" else time.perf_counter() - t0
+        logits[col] = out
+
+    accuracy = {col: float((out.argmax(1) == labels).mean()) for col, out in logits.items()}
+    identical = {}
+    for a, b in (("quant", "np_quant"), ("np_quant", "c_int8")):
+        if a in logits and b in logits:
+            identical[f"{a}_vs_{b}"] = float((logits[a] == logits[b]).all(axis=1).mean())
+
+    print(f"\n{cfg.model} on {spec.dataset} test set, {n} images")
+    print(f"{'column':<18} {'accuracy':>9} {'seconds':>9} {'images/s':>10}")
+    for col in columns:
+        print(f"{TITLES[col]:<18} {accuracy[col] * 100:>8.2f}% {seconds[col]:>9.3f} {n / seconds[col]:>10.0f}")
+    for key, frac in identical.items():
+        a, b = key.split("_vs_")
+        print(f"identical integer logits, {TITLES[a]} vs {TITLES[b]}: {round(frac * n)}/{n}")
+    if cfg.json:
+        report = {"model": cfg.model, "dataset": spec.dataset, "images": n, "accuracy": accuracy,
+                  "identical_logits": identical, "seconds": seconds}
+        with atomic_open(cfg.json, "w") as f:
+            json.dump(report, f, indent=2)
+        print(f"wrote {cfg.json}")
+    if any(frac < 1.0 for frac in identical.values()):
+        sys.exit("error: the integer engines disagree (see above)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""Small float models with random weights and BN statistics that exercise every
+integer op, and their quantized integer graphs; shared by the engine tests."""
+import types
+
+import torch
+from torch import nn
+
+import config
+from model.quantize import build_integer_graph
+
+
+def _randomize_bn(model, gen):
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            n = m.num_features
+            m.running_mean.copy_(torch.randn(n, generator=gen) * 0.1)
+            m.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
+            m.weight.data.copy_(torch.rand(n, generator=gen) + 0.5)
+            m.bias.data.copy_(torch.randn(n, generator=gen) * 0.1)
+    return model
+
+
+class ConvPoolNet(nn.Module):
+    """MNIST-shaped: padded/strided convs, grouped conv, ReLU6, max pool with padding, avg pool, linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, 8, 3, stride=1, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU())
+        self.pool = nn.MaxPool2d(3, stride=2, padding=1)
+        self.grouped = nn.Sequential(nn.Conv2d(8, 12, 3, stride=2, padding=1, groups=4), nn.ReLU6())
+        self.avg = nn.AvgPool2d(2)
+        self.fc = nn.Linear(12 * 3 * 3, 10)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(self.avg(self.grouped(self.pool(self.stem(x)))), 1))
+
+
+class ResidualNet(nn.Module):
+    """CIFAR-shaped: residual adds (with and without ReLU), depthwise conv, linear bottleneck, global avg pool."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(inplace=True))
+        self.body = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16))
+        self.relu = nn.ReLU(inplace=True)
+        self.dw = nn.Sequential(nn.Conv2d(16, 16, 3, stride=2, padding=1, groups=16, bias=False),
+                                nn.BatchNorm2d(16), nn.ReLU6(inplace=True))
+        self.project = nn.Sequential(nn.Conv2d(16, 16, 1, bias=False), nn.BatchNorm2d(16))
+        self.down = nn.Conv2d(16, 16, 1, stride=2)
+        self.gap = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = self.relu(self.body(x) + x)
+        x = self.project(self.dw(x)) + self.down(x)      # linear bottleneck: no ReLU after the add
+        return self.fc(torch.flatten(self.gap(x), 1))
+
+
+ARCHS = {"conv_pool": (ConvPoolNet, "mnist", (1, 28, 28)), "residual": (ResidualNet, "cifar10", (3, 32, 32))}
+
+
+def random_quantized(arch, weight_mode="per_channel", seed=0, calib=64, multiplier_bits=16):
+    """(state_dict, quant_list, uint8 test images) for a random model of `arch`."""
+    cls, dataset, shape = ARCHS[arch]
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    net = _randomize_bn(cls(), gen).eval()
+    images = torch.randint(0, 256, (calib + 32, *shape), generator=gen, dtype=torch.uint8)
+    cfg = types.SimpleNamespace(**{k.lower(): v for k, v in config.defaults().items()})
+    cfg.model, cfg.weight_mode, cfg.multiplier_bits = "lenet" if dataset == "mnist" else "resnet18", weight_mode, multiplier_bits
+    state, quant_list = build_integer_graph(net, images[:calib], cfg, dataset, {})
+    return state, quant_list, images[calib:]
