@@ -24,6 +24,7 @@ BATCH_SIZE = 0                  # 0 = the model's own default
 LR = 0.0                        # 0 = the model's own default
 WEIGHT_DECAY = -1.0             # <0 = the model's own default
 VAL_IMAGES = 5000               # validation split carved from the training set
+TRAIN_IMAGES = 0                # train on only this many of the rest (0 = all): quick smoke runs
 NUM_WORKERS = 0
 RESUME = True                   # continue from pretrained/{model}_ckpt.pt when present
 DEVICE = "auto"                 # auto | cpu | cuda
@@ -63,6 +64,7 @@ RANGES = {
     "EPOCHS": (0, 10000),
     "BATCH_SIZE": (0, 65536),
     "VAL_IMAGES": (1, 50000),
+    "TRAIN_IMAGES": (0, 60000),
     "LIMIT": (0, 10000),
     "TEST_BATCH": (1, 65536),
     "NUM_WORKERS": (0, 256),

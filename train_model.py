@@ -81,6 +81,8 @@ def main():
         sys.exit(f"error: {err}")
     split = torch.randperm(len(images), generator=torch.Generator().manual_seed(cfg.seed))
     val_idx, train_idx = split[:cfg.val_images], split[cfg.val_images:]
+    if cfg.train_images:
+        train_idx = train_idx[:cfg.train_images]
     val_x, val_y = images[val_idx], labels[val_idx]
     train_x, train_y = images[train_idx], labels[train_idx]
     if use_cuda:  # the whole dataset fits on any GPU: no loader processes needed

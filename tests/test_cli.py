@@ -1,0 +1,90 @@
+"""The stage scripts as a user runs them: clear errors and exit codes, and the shipped LeNet end to end."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run(script, *args, cwd=ROOT):
+    return subprocess.run([sys.executable, os.path.join(ROOT, script), *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.parametrize("script", ["train_model.py", "quant_model.py", "test_model.py", "export_quant_model.py"])
+def test_unknown_model_lists_the_choices(script):
+    proc = run(script, "--model=alexnet")
+    assert proc.returncode != 0
+    assert "unknown model 'alexnet'" in proc.stderr and "lenet" in proc.stderr and "resnet18" in proc.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--weight_mode=int4"], "unknown weight_mode 'int4'"),
+    (["--multiplier_bits=40"], "multiplier_bits=40 is out of range"),
+    (["--multiplier_bits=many"], "expected a int"),
+    (["--no_such_option=1"], "unknown option --no_such_option"),
+    (["stray"], "unexpected argument 'stray'"),
+])
+def test_bad_config_values(args, message):
+    proc = run("quant_model.py", *args)
+    assert proc.returncode != 0 and message in proc.stderr
+
+
+def test_missing_checkpoint_is_a_clear_error(tmp_path):
+    proc = run("quant_model.py", f"--pretrained_dir={tmp_path}")
+    assert proc.returncode != 0
+    assert f"{tmp_path}/lenet_raw.pth: no such file" in proc.stderr and "train_model.py" in proc.stderr
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
+    (tmp_path / "lenet_raw.pth").write_bytes(b"not a checkpoint")
+    proc = run("quant_model.py", f"--pretrained_dir={tmp_path}")
+    assert proc.returncode != 0 and "not a readable fpgai-raw file" in proc.stderr
+
+
+def test_stale_tuple_is_refused(tmp_path):
+    proc = run("export_quant_model.py", "--weight_mode=per_tensor", f"--export_dir={tmp_path}")
+    assert proc.returncode != 0 and "stale" in proc.stderr and "quant_model.py" in proc.stderr
+    assert os.listdir(tmp_path) == []
+
+
+def test_tuple_of_another_model_is_refused(tmp_path):
+    shutil.copy(os.path.join(ROOT, "quantization", "lenet_quant.tuple"), tmp_path / "resnet18_quant.tuple")
+    shutil.copy(os.path.join(ROOT, "pretrained", "lenet_raw.pth"), tmp_path / "resnet18_raw.pth")
+    proc = run("export_quant_model.py", "--model=resnet18", f"--quant_dir={tmp_path}",
+               f"--pretrained_dir={tmp_path}", f"--export_dir={tmp_path}")
+    assert proc.returncode != 0 and "holds model 'lenet', config asks for 'resnet18'" in proc.stderr
+
+
+def test_bad_columns_flag():
+    proc = run("test_model.py", "--columns=raw,gpu")
+    assert proc.returncode != 0 and "unknown column(s) gpu" in proc.stderr
+
+
+def test_shipped_tuple_loads_weights_only():
+    state, quant_list = torch.load(os.path.join(ROOT, "quantization", "lenet_quant.tuple"), weights_only=True)
+    assert quant_list[0]["model"] == "lenet" and state["features_0.weight"].dtype == torch.int8
+
+
+def test_lenet_end_to_end_on_real_mnist(tmp_path):
+    """Quantize the shipped checkpoint afresh, then all four columns on 300 MNIST test images."""
+    qdir, report = tmp_path / "q", tmp_path / "report.json"
+    proc = run("quant_model.py", f"--quant_dir={qdir}", "--calib_images=500")
+    assert proc.returncode == 0, proc.stderr
+    proc = run("test_model.py", f"--quant_dir={qdir}", "--calib_images=500", "--limit=300", f"--json={report}")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(report.read_text())
+    assert result["images"] == 300 and result["dataset"] == "mnist"
+    assert set(result["accuracy"]) == {"raw", "quant", "np_quant", "c_int8"}
+    assert result["identical_logits"] == {"quant_vs_np_quant": 1.0, "np_quant_vs_c_int8": 1.0}
+    assert min(result["accuracy"].values()) >= 0.97
+    assert abs(result["accuracy"]["np_quant"] - result["accuracy"]["raw"]) <= 0.01
+    proc = run("export_quant_model.py", f"--quant_dir={qdir}", "--calib_images=500", f"--export_dir={tmp_path / 'e'}")
+    assert proc.returncode == 0 and "|acc| bound" in proc.stdout
+    assert sorted(os.listdir(tmp_path / "e")) == sorted(f"lenet_{k}" for k in
+                                                          ("weight.txt", "weight.bin", "bias.bin", "quant.txt", "model.bin"))

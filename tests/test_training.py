@@ -1,0 +1,41 @@
+"""Training: SIGKILL at any moment, then resume to the same final epoch count."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--epochs=3", "--train_images=1500", "--val_images=300", "--batch_size=8"]
+
+
+def test_sigkill_mid_training_then_resume(tmp_path):
+    args = [sys.executable, os.path.join(ROOT, "train_model.py"), f"--pretrained_dir={tmp_path}", *TINY]
+    ckpt = tmp_path / "lenet_ckpt.pt"
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 300
+    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    time.sleep(0.3)                                 # now inside epoch 2
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "training finished before it could be killed"
+    state = torch.load(ckpt, weights_only=True)      # whatever was on disk is whole
+    assert 1 <= state["header"]["epoch"] < 3
+    done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert f"resuming lenet from {ckpt} at epoch {state['header']['epoch']}/3" in done.stdout
+    final = torch.load(ckpt, weights_only=True)
+    assert final["header"]["epoch"] == 3 and [h["epoch"] for h in final["history"]] == [1, 2, 3]
+    raw = torch.load(tmp_path / "lenet_raw.pth", weights_only=True)
+    assert raw["header"]["model"] == "lenet" and raw["header"]["val_acc"] > 0.5
+
+
+def test_resume_refuses_a_different_epoch_count(tmp_path):
+    args = [sys.executable, os.path.join(ROOT, "train_model.py"), f"--pretrained_dir={tmp_path}",
+            "--train_images=200", "--val_images=100"]
+    assert subprocess.run(args + ["--epochs=1"], cwd=ROOT, capture_output=True).returncode == 0
+    proc = subprocess.run(args + ["--epochs=2"], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode != 0 and "was started for 1 epochs" in proc.stderr
