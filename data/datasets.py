@@ -12,6 +12,8 @@ import sys
 import numpy as np
 import torch
 
+from model.fileio import atomic_open
+
 MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
                "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 CIFAR_TRAIN = tuple(f"data_batch_{i}.bin" for i in range(1, 6))
@@ -27,10 +29,8 @@ class DatasetError(RuntimeError):
 
 
 def _atomic_gunzip(src, dst):
-    tmp = dst + ".part"
-    with gzip.open(src, "rb") as fin, open(tmp, "wb") as fout:
+    with gzip.open(src, "rb") as fin, atomic_open(dst) as fout:
         shutil.copyfileobj(fin, fout)
-    os.replace(tmp, dst)
 
 
 def _fill_from_mirror(mirror_subdir, names, target):
@@ -83,9 +83,8 @@ def _cifar_pickle_to_bin(data_dir, target):
         labels = np.asarray(ds.targets, dtype=np.uint8)[:, None]
         records = np.concatenate([labels, images], axis=1)
         for part, name in zip(np.array_split(records, len(names)), names):
-            tmp = os.path.join(target, name + ".part")
-            part.tofile(tmp)
-            os.replace(tmp, os.path.join(target, name))
+            with atomic_open(os.path.join(target, name)) as f:
+                f.write(part.tobytes())
 
 
 def prepare_cifar10(data_dir, mirror_dir):

@@ -6,6 +6,7 @@ from typing import Callable
 import torch
 
 from model.fileio import FORMAT_VERSION, atomic_save, load_checked
+from model import cifar
 from model.lenet import LeNet
 
 
@@ -27,6 +28,11 @@ MODELS = {
     "lenet": ModelSpec(LeNet, "mnist", epochs=20, batch_size=128, lr=3e-3, weight_decay=5e-4,
                        optimizer="adamw", augment_pad=2, augment_flip=False, half_checkpoint=False),
 }
+# The standard CIFAR recipe: SGD + Nesterov momentum, one-cycle schedule, random crop (pad 4) + flip.
+for _name in ("resnet18", "resnet34", "resnet50", "mobilenet_v2", "vgg11", "vgg13", "vgg16", "vgg19"):
+    MODELS[_name] = ModelSpec(getattr(cifar, _name), "cifar10", epochs=40, batch_size=128, lr=0.1,
+                              weight_decay=5e-4, optimizer="sgd", augment_pad=4, augment_flip=True,
+                              half_checkpoint=True)
 
 
 def spec(name):

@@ -19,18 +19,26 @@ def _windows(x, kernel, stride, padding, pad_value):
     return win[:, :, ::stride[0], ::stride[1]]
 
 
+COLUMN_BUDGET = 1 << 25     # float64 im2col elements per chunk of images (256 MB)
+
+
 def conv(x, op, p):
     w = p["weight"].astype(np.float64) - op["weight_zero_point"]
     cout, cin_g, kh, kw = w.shape
     groups = op["groups"]
-    xs = (x - op["in_zero_point"]).astype(np.float64)          # padding with 0 here = padding with z_x
-    win = _windows(xs, (kh, kw), op["stride"], op["padding"], 0.0)
-    n, c, oh, ow = win.shape[:4]
-    # (N, G, Cg*kh*kw, OH*OW) columns against (G, Cout/G, Cg*kh*kw) weights
-    cols = win.reshape(n, groups, cin_g, oh, ow, kh, kw).transpose(0, 1, 2, 5, 6, 3, 4)
-    cols = cols.reshape(n, groups, cin_g * kh * kw, oh * ow)
-    acc = np.matmul(w.reshape(groups, cout // groups, -1), cols)
-    acc = np.rint(acc).astype(np.int64).reshape(n, cout, oh, ow) + p["bias"].reshape(1, -1, 1, 1)
+    w = w.reshape(groups, cout // groups, -1)
+    c, oh, ow = x.shape[1], op["shape"][1], op["shape"][2]
+    chunk = max(1, COLUMN_BUDGET // (c * kh * kw * oh * ow))
+    parts = []
+    for i in range(0, len(x), chunk):
+        xs = (x[i:i + chunk] - op["in_zero_point"]).astype(np.float64)   # padding with 0 here = padding with z_x
+        win = _windows(xs, (kh, kw), op["stride"], op["padding"], 0.0)
+        n = len(xs)
+        # (N, G, Cg*kh*kw, OH*OW) columns against (G, Cout/G, Cg*kh*kw) weights
+        cols = win.reshape(n, groups, cin_g, oh, ow, kh, kw).transpose(0, 1, 2, 5, 6, 3, 4)
+        parts.append(np.matmul(w, cols.reshape(n, groups, cin_g * kh * kw, oh * ow)))
+    acc = np.rint(np.concatenate(parts)).astype(np.int64).reshape(len(x), cout, oh, ow)
+    acc += p["bias"].reshape(1, -1, 1, 1)
     return requantize(acc, p["multiplier"].reshape(1, -1, 1, 1), p["shift"].reshape(1, -1, 1, 1),
                       op["zero_point"], op["qmin"], op["qmax"])
 

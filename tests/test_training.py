@@ -39,3 +39,15 @@ def test_resume_refuses_a_different_epoch_count(tmp_path):
     assert subprocess.run(args + ["--epochs=1"], cwd=ROOT, capture_output=True).returncode == 0
     proc = subprocess.run(args + ["--epochs=2"], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode != 0 and "was started for 1 epochs" in proc.stderr
+
+
+def test_distributed_data_parallel_on_cpu_with_gloo(tmp_path):
+    """The multi-GPU path, exercised with 2 CPU processes and the gloo backend."""
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                           os.path.join(ROOT, "train_model.py"), f"--pretrained_dir={tmp_path}", "--device=cpu",
+                           "--epochs=1", "--train_images=512", "--val_images=100", "--batch_size=32"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "batch 32x2" in proc.stdout
+    raw = torch.load(tmp_path / "lenet_raw.pth", weights_only=True)
+    assert raw["header"]["world_size"] == 2

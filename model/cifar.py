@@ -1,0 +1,69 @@
+"""CIFAR-10 variants of torchvision's architectures, built with torchvision's own
+builders and blocks: only the stems and heads change for 32x32 inputs."""
+import torch
+from torch import nn
+from torchvision.models import mobilenet_v2 as tv_mobilenet_v2
+from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
+from torchvision.models.vgg import cfgs as VGG_CFGS, make_layers
+
+NUM_CLASSES = 10
+
+
+def _resnet(block, layers):
+    """torchvision ResNet with a 3x3 stride-1 stem (no 7x7/2); its 3x3/2 max pool is kept,
+    so the stages run at 16, 8, 4 and 2 pixels (about 0.14 GMAC for ResNet18)."""
+    net = ResNet(block, layers, num_classes=NUM_CLASSES)
+    net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+    return net
+
+
+def resnet18():
+    return _resnet(BasicBlock, [2, 2, 2, 2])
+
+
+def resnet34():
+    return _resnet(BasicBlock, [3, 4, 6, 3])
+
+
+def resnet50():
+    return _resnet(Bottleneck, [3, 4, 6, 3])
+
+
+# (expansion t, channels c, repeats n, stride s): ImageNet's table with the second
+# stage at stride 1, and the first conv at stride 1 (below): 32 -> 16 -> 8 -> 4.
+MOBILENET_V2_CIFAR = [[1, 16, 1, 1], [6, 24, 2, 1], [6, 32, 3, 2], [6, 64, 4, 2],
+                      [6, 96, 3, 1], [6, 160, 3, 2], [6, 320, 1, 1]]
+
+
+def mobilenet_v2():
+    net = tv_mobilenet_v2(num_classes=NUM_CLASSES, inverted_residual_setting=MOBILENET_V2_CIFAR)
+    net.features[0][0].stride = (1, 1)
+    return net
+
+
+class VGG(nn.Module):
+    """torchvision's VGG feature stack with BN (five 2x2 max pools: 32 -> 1) and one linear head."""
+
+    def __init__(self, letter):
+        super().__init__()
+        self.features = make_layers(VGG_CFGS[letter], batch_norm=True)
+        self.classifier = nn.Linear(512, NUM_CLASSES)
+
+    def forward(self, x):
+        return self.classifier(torch.flatten(self.features(x), 1))
+
+
+def vgg11():
+    return VGG("A")
+
+
+def vgg13():
+    return VGG("B")
+
+
+def vgg16():
+    return VGG("D")
+
+
+def vgg19():
+    return VGG("E")
