@@ -4,6 +4,7 @@ import os
 import numpy as np
 import pytest
 
+from model.fileio import atomic_open
 from model.export_format import (ExportFormatError, export_paths, quant_txt_lines, read_bins, read_model_bin,
                                  read_weight_txt, weighted_ops, write_export)
 from tests.random_models import random_quantized
@@ -94,3 +95,19 @@ def test_bad_model_bin_is_a_clear_error(graph, tmp_path):
         open(path, "wb").write(mutated)
         with pytest.raises(ExportFormatError, match=message):
             read_model_bin(path)
+
+
+def test_interrupted_write_leaves_the_old_file_whole(graph, tmp_path):
+    """A failure (or kill) in the middle of writing never leaves a half file under the real name."""
+    state, quant_list = graph
+    write_export(state, quant_list, tmp_path, "bin")
+    path = export_paths(tmp_path, quant_list[0]["model"])["weight.bin"]
+    before = open(path, "rb").read()
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_open(path) as f:
+            f.write(before[:10])
+            raise KeyboardInterrupt
+    assert open(path, "rb").read() == before
+    assert sorted(os.listdir(tmp_path)) == sorted(os.path.basename(p) for p in
+                                                   export_paths(tmp_path, quant_list[0]["model"]).values()
+                                                   if not p.endswith("weight.txt"))

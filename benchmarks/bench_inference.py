@@ -1,0 +1,207 @@
+"""C INT8 against its peers, in one run, on the same images and the same float checkpoint.
+
+  c_int8_1thread  c/inference (one thread)
+  c_int8_all      c/inference_omp, OpenMP across images on every core
+  torch_fp32      the float model, 1 thread
+  torch_int8      torch.ao FX post-training quantization, x86 backend, per channel, 1 thread
+  ort_int8        ONNX Runtime, static QDQ per-channel quantization, 1 thread
+
+Each at batch 1 and batch 32 (the C engine always runs image by image, so its two
+rows are one measurement). Prints a table with the ratio C / each peer, each
+engine's accuracy, C's peak resident memory and the GMAC/s it reaches; --json PATH
+writes it all. Usage (after `make bench-setup`):
+  .venv/bin/python benchmarks/bench_inference.py --model=lenet --json=bench.json
+"""
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+
+import numpy as np
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import config  # noqa: E402
+import model as models  # noqa: E402
+from data import datasets  # noqa: E402
+from model.export_format import write_export  # noqa: E402
+from model.fileio import ModelFileError, atomic_open  # noqa: E402
+from model.quantize import build_integer_graph  # noqa: E402
+
+BATCHES = (1, 32)
+
+
+def conv_kernel_macs(state, quant_list):
+    """Exact multiply-accumulates per image: output elements x weights per output."""
+    total = 0
+    for op in quant_list:
+        if op["op"] in ("conv", "linear"):
+            w = state[op["name"] + ".weight"]
+            per_output = int(np.prod(w.shape[1:]))
+            total += int(np.prod(op["shape"])) * per_output
+    return total
+
+
+def time_batches(fn, x, batch):
+    """(images/s, predictions) running fn over x in chunks of `batch`."""
+    fn(x[:batch])                                   # warm-up
+    preds = []
+    t0 = time.perf_counter()
+    for i in range(0, len(x), batch):
+        preds.append(fn(x[i:i + batch]))
+    return len(x) / (time.perf_counter() - t0), np.concatenate(preds)
+
+
+def torch_int8(net, calib, example):
+    from torch.ao.quantization import get_default_qconfig_mapping
+    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+    torch.backends.quantized.engine = "x86"
+    prepared = prepare_fx(net, get_default_qconfig_mapping("x86"), (example,))
+    with torch.no_grad():
+        for i in range(0, len(calib), 50):
+            prepared(calib[i:i + 50])
+    return convert_fx(prepared)
+
+
+def ort_int8(net, calib, example, folder):
+    import onnxruntime as ort
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    fp32_path, int8_path = os.path.join(folder, "fp32.onnx"), os.path.join(folder, "int8.onnx")
+    torch.onnx.export(net, (example,), fp32_path, dynamo=False, input_names=["x"], output_names=["y"],
+                      dynamic_axes={"x": {0: "n"}, "y": {0: "n"}}, opset_version=17)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter([{"x": calib[i:i + 50].numpy()} for i in range(0, len(calib), 50)])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    quantize_static(fp32_path, int8_path, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    session = ort.InferenceSession(int8_path, options, providers=["CPUExecutionProvider"])
+    return lambda x: session.run(None, {"x": x.numpy()})[0]
+
+
+def write_images(images, labels, dataset, folder):
+    """The images in the dataset format the C engine reads; (images path, labels path or None)."""
+    n = len(images)
+    if dataset == "mnist":
+        img, lab = os.path.join(folder, "images-idx3-ubyte"), os.path.join(folder, "labels-idx1-ubyte")
+        with open(img, "wb") as f:
+            f.write(np.array([0x803, n, 28, 28], dtype=">i4").tobytes() + images.numpy().tobytes())
+        with open(lab, "wb") as f:
+            f.write(np.array([0x801, n], dtype=">i4").tobytes() + labels.numpy().astype(np.uint8).tobytes())
+        return img, lab
+    path = os.path.join(folder, "test_batch.bin")
+    records = np.concatenate([labels.numpy().astype(np.uint8)[:, None], images.numpy().reshape(n, -1)], axis=1)
+    records.tofile(path)
+    return path, None
+
+
+def run_c(binary, model_name, folder, images, labels, threads):
+    cmd = [binary, "--model", model_name, "--dir", folder, "--images", images,
+           "--logits", os.path.join(folder, "logits.txt"), "--quiet"] + (["--labels", labels] if labels else [])
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    out, err = proc.communicate()
+    if proc.returncode != 0:
+        sys.exit(f"error: C engine failed: {err.strip()}")
+    m = re.search(r"result: images=(\d+) correct=(\d+) seconds=([0-9.eE+-]+)", out)
+    logits = np.loadtxt(os.path.join(folder, "logits.txt"), delimiter=",", dtype=np.int64, ndmin=2)
+    return int(m.group(1)) / float(m.group(3)), logits.argmax(1)
+
+
+def peak_rss_mb(binary, model_name, folder, images, labels):
+    cmd = [binary, "--model", model_name, "--dir", folder, "--images", images, "--quiet"] + (
+        ["--labels", labels] if labels else [])
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    _, _, usage = os.wait4(proc.pid, 0)
+    return usage.ru_maxrss / 1024.0
+
+
+def main():
+    cfg = config.load_or_exit(extra={"json": "", "images": 1000, "calib": 200, "random_weights": False})
+    spec = models.spec(cfg.model)
+    warnings.filterwarnings("ignore")
+    torch.manual_seed(cfg.seed)
+    if cfg.random_weights:
+        net, header = models.build(cfg.model).eval(), {}
+    else:
+        try:
+            net, header = models.load_raw(cfg)
+        except ModelFileError as err:
+            sys.exit(f"error: {err} (or pass --random_weights=True to time random weights)")
+    test_x, test_y = datasets.load(spec.dataset, "test", cfg.data_dir, cfg.mirror_dir)
+    train_x, _ = datasets.load(spec.dataset, "train", cfg.data_dir, cfg.mirror_dir)
+    pick = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(cfg.seed))[:cfg.calib]
+    calib_u8 = train_x[pick]
+    calib = calib_u8.float() / 255
+    x_u8, y = test_x[:cfg.images], test_y[:cfg.images].numpy()
+    x = x_u8.float() / 255
+    example = x[:1]
+    torch.set_num_threads(1)
+
+    subprocess.run(["make", "-s", "-C", os.path.join(ROOT, "c"), "inference", "omp"], check=True)
+    state, quant_list = build_integer_graph(net, calib_u8, cfg, spec.dataset, header)
+    result = {"model": cfg.model, "images": len(x), "calibration_images": len(calib),
+              "weights": "random" if cfg.random_weights else "checkpoint"}
+    with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
+        write_export(state, quant_list, tmp, "bin")
+        images, labels = write_images(x_u8, test_y[:cfg.images], spec.dataset, tmp)
+        engines = {"torch_fp32": lambda b: net(b).argmax(1).numpy()}
+        q = torch_int8(net, calib, example)
+        engines["torch_int8"] = lambda b: q(b).argmax(1).numpy()
+        ort_run = ort_int8(net, calib, example, tmp)
+        engines["ort_int8"] = lambda b: ort_run(b).argmax(1)
+        c1, c1_pred = run_c(os.path.join(ROOT, "c", "inference"), cfg.model, tmp, images, labels, 1)
+        call, _ = run_c(os.path.join(ROOT, "c", "inference_omp"), cfg.model, tmp, images, labels, os.cpu_count())
+        accuracy = {"c_int8": float((c1_pred == y).mean())}
+        for batch in BATCHES:
+            speeds = {"c_int8_1thread": c1, "c_int8_all": call}
+            for name, fn in engines.items():
+                speeds[name], pred = time_batches(fn, x, batch)
+                accuracy[name] = float((pred == y).mean())
+            result[f"batch{batch}"] = {"images_per_s": speeds,
+                                       "c_1thread_ratio": {k: c1 / v for k, v in speeds.items() if not k.startswith("c_")}}
+        result["c_peak_rss_mb"] = peak_rss_mb(os.path.join(ROOT, "c", "inference"), cfg.model, tmp, images, labels)
+    weight_bytes = sum(state[op["name"] + ".weight"].numel() + 4 * state[op["name"] + ".bias"].numel()
+                       for op in quant_list if op["op"] in ("conv", "linear"))
+    activations = sorted((int(np.prod(op["shape"])) for op in quant_list), reverse=True)
+    result["c_memory_budget_mb"] = (2 * (weight_bytes + sum(activations[:2])) + 8 * 2 ** 20) / 2 ** 20
+    result["gmac_per_image"] = conv_kernel_macs(state, quant_list) / 1e9
+    result["c_gmac_per_s"] = result["gmac_per_image"] * c1
+    result["accuracy"] = accuracy
+    result["machine"] = f"{os.cpu_count()} cores, {open('/proc/cpuinfo').read().split('model name')[1].split(':')[1].splitlines()[0].strip()}" \
+        if os.path.exists("/proc/cpuinfo") else f"{os.cpu_count()} cores"
+
+    print(f"\n{cfg.model}: {len(x)} test images, {result['weights']} weights, {result['machine']}")
+    print(f"{'engine':<16}" + "".join(f"{f'batch {b} img/s':>16}{'C/peer':>8}" for b in BATCHES) + f"{'accuracy':>10}")
+    for name in result["batch1"]["images_per_s"]:
+        row = f"{name:<16}"
+        for b in BATCHES:
+            v = result[f"batch{b}"]["images_per_s"][name]
+            ratio = result[f"batch{b}"]["c_1thread_ratio"].get(name)
+            row += f"{v:>16.0f}{(f'{ratio:.2f}x' if ratio else ''):>8}"
+        acc = accuracy.get(name, accuracy["c_int8"])
+        print(row + f"{acc * 100:>9.2f}%")
+    print(f"C: {result['gmac_per_image']:.4f} GMAC/image, {result['c_gmac_per_s']:.1f} GMAC/s on one thread, "
+          f"peak RSS {result['c_peak_rss_mb']:.1f} MB (budget {result['c_memory_budget_mb']:.1f} MB)")
+    if cfg.json:
+        with atomic_open(cfg.json, "w") as f:
+            json.dump(result, f, indent=2)
+        print(f"wrote {cfg.json}")
+
+
+if __name__ == "__main__":
+    main()
