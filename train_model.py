@@ -19,7 +19,7 @@ from tqdm import tqdm
 import config
 import model as models
 from data import datasets
-from model.fileio import FORMAT_VERSION, ModelFileError, atomic_save, load_checked
+from model.fileio import FORMAT_VERSION, ModelFileError, atomic_open, atomic_save, load_checked
 
 
 def augment(x, generator, pad, flip):
@@ -52,6 +52,25 @@ def evaluate(net, images, labels, device, batch=1000):
         out = net(to_float(images[i:i + batch].to(device)))
         correct += (out.argmax(1).cpu() == labels[i:i + batch]).sum().item()
     return correct / len(images)
+
+
+def plot_history(history, model_name, path):
+    """Loss and validation accuracy per epoch, as a PNG next to the checkpoint."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    epochs = [h["epoch"] for h in history]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.2))
+    ax_loss.plot(epochs, [h["loss"] for h in history], marker="o")
+    ax_loss.set(xlabel="epoch", ylabel="training loss", yscale="log", title=f"{model_name}: loss")
+    ax_acc.plot(epochs, [100 * h["val_acc"] for h in history], marker="o", color="tab:green")
+    ax_acc.set(xlabel="epoch", ylabel="validation accuracy (%)", title=f"{model_name}: validation")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=100)
+    plt.close(fig)
 
 
 def main():
@@ -166,8 +185,10 @@ def main():
                      "scaler": scaler.state_dict(), "history": history}, ckpt_path)
         print(f"epoch {epoch + 1}/{epochs}: loss {history[-1]['loss']:.4f}  val {val_acc * 100:.2f}%  "
               f"{seconds:.0f}s{'  (best, saved)' if improved else ''}", flush=True)
-    if main_proc:
-        print(f"done: best validation accuracy {best_val * 100:.2f}% -> {raw_path}")
+    if main_proc and history:
+        plot = os.path.join(cfg.pretrained_dir, f"{cfg.model}_training.png")
+        plot_history(history, cfg.model, plot)
+        print(f"done: best validation accuracy {best_val * 100:.2f}% -> {raw_path} (curves: {plot})")
     if distributed:
         dist.destroy_process_group()
 

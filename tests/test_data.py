@@ -52,3 +52,25 @@ def test_nowhere_to_be_found_says_where_it_looked(tmp_path, monkeypatch):
         datasets.prepare_mnist(str(tmp_path / "data"), str(tmp_path / "nomirror"))
     message = str(err.value)
     assert str(tmp_path / "data") in message and str(tmp_path / "nomirror") in message and "download" in message
+
+
+def test_cifar_online_pickle_layout_becomes_the_binary_layout(tmp_path, monkeypatch):
+    """Online, torchvision's CIFAR10 (python-pickle layout, HWC) is rewritten as the binary batches."""
+    import torchvision.datasets
+    rng = np.random.default_rng(1)
+
+    class FakeCIFAR10:
+        def __init__(self, root, train, download):
+            n = 10 if train else 4
+            self.data = rng.integers(0, 256, size=(n, 32, 32, 3), dtype=np.uint8)
+            self.targets = list(rng.integers(0, 10, size=n))
+            FakeCIFAR10.last[train] = self
+
+    FakeCIFAR10.last = {}
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", FakeCIFAR10)
+    x, y = datasets.load("cifar10", "test", str(tmp_path / "data"), str(tmp_path / "nomirror"))
+    source = FakeCIFAR10.last[False]
+    assert y.tolist() == source.targets
+    assert (x.numpy() == source.data.transpose(0, 3, 1, 2)).all()
+    train_x, _ = datasets.load("cifar10", "train", str(tmp_path / "data"), str(tmp_path / "nomirror"))
+    assert (train_x.numpy() == FakeCIFAR10.last[True].data.transpose(0, 3, 1, 2)).all()

@@ -31,6 +31,7 @@ def test_sigkill_mid_training_then_resume(tmp_path):
     assert final["header"]["epoch"] == 3 and [h["epoch"] for h in final["history"]] == [1, 2, 3]
     raw = torch.load(tmp_path / "lenet_raw.pth", weights_only=True)
     assert raw["header"]["model"] == "lenet" and raw["header"]["val_acc"] > 0.5
+    assert (tmp_path / "lenet_training.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_resume_refuses_a_different_epoch_count(tmp_path):
