@@ -1,5 +1,6 @@
 """Float model registry: every architecture the pipeline knows, by name."""
 import dataclasses
+import hashlib
 import os
 from typing import Callable
 
@@ -63,4 +64,6 @@ def load_raw(cfg):
     obj = load_checked(path, "fpgai-raw", cfg.model, hint=f"; train it with `python train_model.py --model={cfg.model}`")
     model = build(cfg.model)
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in obj["state_dict"].items()})
-    return model.eval(), obj["header"]
+    with open(path, "rb") as f:   # identifies the checkpoint in the fingerprint of what is made from it
+        digest = hashlib.sha256(f.read()).hexdigest()
+    return model.eval(), {**obj["header"], "sha256": digest}

@@ -36,6 +36,7 @@ RELU6 = {nn.ReLU6, F.relu6}
 ADD = {operator.add, operator.iadd, torch.add}
 ALIAS_MODULES = (nn.Flatten, nn.Dropout, nn.Identity)
 ALIAS_FUNCTIONS = {torch.flatten, F.dropout}
+POOL_FUNCTIONS = {F.max_pool2d: nn.MaxPool2d, F.avg_pool2d: nn.AvgPool2d, F.adaptive_avg_pool2d: nn.AdaptiveAvgPool2d}
 
 
 class QuantizeError(RuntimeError):
@@ -45,9 +46,9 @@ class QuantizeError(RuntimeError):
 def settings_fingerprint(cfg, raw_header):
     """Hash of everything the integer graph depends on: a stale tuple or export is detected by it."""
     keys = {"model": cfg.model, "weight_mode": cfg.weight_mode, "multiplier_bits": cfg.multiplier_bits,
-            "calib_images": cfg.calib_images, "calib_method": cfg.calib_method,
+            "calib_images": cfg.calib_images, "calib_method": cfg.calib_method, "seed": cfg.seed,
             "calib_percentile": cfg.calib_percentile if cfg.calib_method == "percentile" else None,
-            "raw": {k: raw_header.get(k) for k in ("epoch", "val_acc", "train_seconds")}}
+            "checkpoint_sha256": raw_header.get("sha256")}
     return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -73,10 +74,9 @@ def _kind(gm, node):
             return "add", None
         if t in ALIAS_FUNCTIONS or t in ("flatten", "view", "reshape", "contiguous"):
             return "alias", None
-        if t is F.max_pool2d:
-            return "maxpool", None
-        if t in (F.adaptive_avg_pool2d, F.avg_pool2d):
-            return "avgpool", None
+        if t in POOL_FUNCTIONS:   # the functional form, as the equivalent module
+            cls = POOL_FUNCTIONS[t]
+            return ("maxpool" if cls is nn.MaxPool2d else "avgpool"), cls(*node.args[1:], **node.kwargs)
         return f"function {getattr(t, '__name__', t)}", None
     return node.op, None
 
@@ -242,16 +242,12 @@ def build_integer_graph(model, calib_images, cfg, dataset, raw_header, progress=
             state[f"{name}.shift"] = torch.tensor([s for _, s in mult], dtype=torch.int32)
             continue
         if kind == "maxpool":
-            p = mod if mod is not None else None
-            kernel = p.kernel_size if p else node.args[1]
-            stride = (p.stride if p else node.kwargs.get("stride", node.args[2] if len(node.args) > 2 else None)) or kernel
-            padding = p.padding if p else node.kwargs.get("padding", 0)
-            if p is not None and (p.ceil_mode or _pair(p.dilation) != [1, 1]):
+            if mod.ceil_mode or _pair(mod.dilation) != [1, 1]:
                 raise QuantizeError(f"{cfg.model}: maxpool '{node.name}': ceil_mode/dilation unsupported")
             src = where[args[0]]
             # max commutes with the monotone quantizer: output keeps the input's parameters exactly
-            op = {"op": "maxpool", "name": node.name, "inputs": [src], "kernel": _pair(kernel),
-                  "stride": _pair(stride), "padding": _pair(padding),
+            op = {"op": "maxpool", "name": node.name, "inputs": [src], "kernel": _pair(mod.kernel_size),
+                  "stride": _pair(mod.stride), "padding": _pair(mod.padding),
                   "shape": _shape3(observer.shapes[node.name])}
             op.update({k: ops[src][k] for k in ("scale", "zero_point", "qmin", "qmax")})
             ops.append(op)
@@ -259,27 +255,23 @@ def build_integer_graph(model, calib_images, cfg, dataset, raw_header, progress=
             continue
         if kind == "avgpool":
             src = where[args[0]]
-            c, h, w = ops[src]["shape"]
+            _, h, w = ops[src]["shape"]
             oh, ow = observer.shapes[node.name][1:]
-            if (mod is not None and isinstance(mod, nn.AdaptiveAvgPool2d)) or node.target is F.adaptive_avg_pool2d:
+            if isinstance(mod, nn.AdaptiveAvgPool2d):
                 if h % oh or w % ow:
                     raise QuantizeError(f"{cfg.model}: adaptive avgpool '{node.name}' {h}x{w}->{oh}x{ow} is not uniform")
-                kernel, stride, padding = [h // oh, w // ow], [h // oh, w // ow], [0, 0]
+                kernel = stride = [h // oh, w // ow]
             else:
-                pool = mod if mod is not None else None
-                kernel = _pair(pool.kernel_size if pool else node.args[1])
-                stride = _pair((pool.stride if pool else node.kwargs.get("stride")) or kernel)
-                padding = _pair(pool.padding if pool else node.kwargs.get("padding", 0))
-                if padding != [0, 0] or (pool is not None and pool.ceil_mode):
-                    raise QuantizeError(f"{cfg.model}: avgpool '{node.name}': padding/ceil_mode unsupported")
+                if _pair(mod.padding) != [0, 0] or mod.ceil_mode or mod.divisor_override:
+                    raise QuantizeError(f"{cfg.model}: avgpool '{node.name}': padding/ceil_mode/divisor unsupported")
+                kernel, stride = _pair(mod.kernel_size), _pair(mod.stride)
             act, out_node = fused_activation(node)
             skip.add(out_node)
-            op = {"op": "avgpool", "name": node.name, "kernel": kernel, "stride": stride, "padding": padding}
+            op = {"op": "avgpool", "name": node.name, "kernel": kernel, "stride": stride, "padding": [0, 0]}
             idx = add_op(out_node, op, [src], act)
             where[node] = where[out_node] = idx
-            count = kernel[0] * kernel[1]
             op["multiplier"], op["shift"] = qmath.quantize_multiplier(
-                ops[src]["scale"] / (count * op["scale"]), cfg.multiplier_bits)
+                ops[src]["scale"] / (kernel[0] * kernel[1] * op["scale"]), cfg.multiplier_bits)
             continue
         if kind == "add":
             if len(args) != 2 or len(node.args) != 2:
