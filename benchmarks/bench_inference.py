@@ -122,12 +122,28 @@ def run_c(binary, model_name, folder, images, labels, threads):
 
 
 def peak_rss_mb(binary, model_name, folder, images, labels):
+    """The C engine's own peak resident memory.  Not os.wait4's ru_maxrss: a child
+    forked from this (large, torch-loaded) process inherits its high-water mark
+    across exec.  GNU time forks from a small process; else poll VmHWM."""
     cmd = [binary, "--model", model_name, "--dir", folder, "--images", images, "--quiet"] + (
         ["--labels", labels] if labels else [])
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env=dict(os.environ, OMP_NUM_THREADS="1"))
-    _, _, usage = os.wait4(proc.pid, 0)
-    return usage.ru_maxrss / 1024.0
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    if os.path.exists("/usr/bin/time"):
+        proc = subprocess.run(["/usr/bin/time", "-f", "%M"] + cmd, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True, env=env)
+        return int(proc.stderr.strip().splitlines()[-1]) / 1024.0
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    peak, name = 0, os.path.basename(binary)[:15]
+    while proc.poll() is None:
+        try:
+            status = open(f"/proc/{proc.pid}/status").read()
+        except OSError:
+            break
+        if re.search(rf"^Name:\s+{re.escape(name)}$", status, re.M):       # after exec
+            m = re.search(r"^VmHWM:\s+(\d+) kB", status, re.M)
+            peak = max(peak, int(m.group(1))) if m else peak
+        time.sleep(0.001)
+    return peak / 1024.0
 
 
 def main():

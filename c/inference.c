@@ -39,10 +39,28 @@
 
 static const char *g_tmp_path;      /* a partial output file to delete on error */
 
+#ifdef FPGAI_FUZZ
+/* Fuzzing build (c/fuzz/): a harness that sets g_fuzz_jmp gets every error as a
+ * longjmp instead of exit(1), the message in g_fuzz_msg (not printed: speed).
+ * The loaders leave every allocation reachable from the Model (free_model) or
+ * owned by the caller, so the harness frees everything after the jump. */
+#include <setjmp.h>
+static jmp_buf *g_fuzz_jmp;
+static char g_fuzz_msg[512];
+#endif
+
 /* Print "error: ..." to stderr and exit 1.  Every load-time failure ends here. */
 static void fail(const char *fmt, ...)
 {
     va_list ap;
+#ifdef FPGAI_FUZZ
+    if (g_fuzz_jmp) {
+        va_start(ap, fmt);
+        vsnprintf(g_fuzz_msg, sizeof g_fuzz_msg, fmt, ap);
+        va_end(ap);
+        longjmp(*g_fuzz_jmp, 1);
+    }
+#endif
     fputs("error: ", stderr);
     va_start(ap, fmt);
     vfprintf(stderr, fmt, ap);
@@ -176,6 +194,11 @@ static const char *const OP_NAMES[OP_TYPE_COUNT] = {"input", "conv", "linear", "
 #define MAX_SCRATCH  (1L << 28) /* elements of the im2col buffer */
 #define MAX_SHIFT    62
 #define MAX_DATA_FILE ((size_t)1 << 30)  /* bytes of one dataset file */
+#ifndef FPGAI_FUZZ
+#define MAX_ARENA    ((uint64_t)1 << 34)    /* bytes of all activations together */
+#else
+#define MAX_ARENA    ((uint64_t)1 << 28)    /* fuzzing: stay far below the fuzzer's malloc limit */
+#endif
 #define LANES        8          /* inner loops work on blocks of 8 values (a SIMD/PE row) */
 
 /* n rounded up to a whole number of LANES blocks */
@@ -274,12 +297,12 @@ static int32_t next_word(Words *w, const char *field, int64_t lo, int64_t hi)
     return v;
 }
 
-static int32_t *read_channel_words(Words *w, int32_t count, const char *field, int64_t lo, int64_t hi)
+/* Fills *dst (owned by the op from the start, so an error midway leaks nothing). */
+static void read_channel_words(Words *w, int32_t **dst, int32_t count, const char *field, int64_t lo, int64_t hi)
 {
-    int32_t *arr = xmalloc((size_t)count * sizeof *arr, field);
+    int32_t *arr = *dst = xmalloc((size_t)count * sizeof *arr, field);
     for (int32_t c = 0; c < count; c++)
         arr[c] = next_word(w, field, lo, hi);
-    return arr;
 }
 
 /* Parse the type-specific words of op i and check them against its input. */
@@ -321,15 +344,16 @@ static void parse_op_words(Model *m, int i, const uint8_t *p)
         if (k > INT32_MAX || k * (uint64_t)op->kw > INT32_MAX)
             fail("%s: op %d (conv): kernel of %dx%dx%d weights is too large", path, i, cin / op->groups, op->kh, op->kw);
         op->k_size = (int32_t)(k * (uint64_t)op->kw);
-        uint64_t cols = (uint64_t)op->k_size * (uint64_t)op->h * (uint64_t)op->w;
+        /* as allocated: each im2col row padded to whole LANES blocks */
+        uint64_t cols = (uint64_t)op->k_size * (uint64_t)round_lanes((size_t)op->h * (size_t)op->w);
         if (cols > (uint64_t)MAX_SCRATCH)
             fail("%s: op %d (conv): %llu im2col elements, over the %ld limit", path, i,
                  (unsigned long long)cols, MAX_SCRATCH);
         op->w_zero_point = next_word(&w, "weight zero point", 0, m->weight_signed ? 0 : 255);
         op->w_offset = next_word(&w, "weight offset", 0, INT32_MAX);
         op->b_offset = next_word(&w, "bias offset", 0, INT32_MAX);
-        op->multiplier = read_channel_words(&w, op->c, "multiplier", 0, INT32_MAX);
-        op->shift = read_channel_words(&w, op->c, "shift", 0, MAX_SHIFT);
+        read_channel_words(&w, &op->multiplier, op->c, "multiplier", 0, INT32_MAX);
+        read_channel_words(&w, &op->shift, op->c, "shift", 0, MAX_SHIFT);
         break;
     }
     case OP_LINEAR: {
@@ -343,8 +367,8 @@ static void parse_op_words(Model *m, int i, const uint8_t *p)
         op->w_zero_point = next_word(&w, "weight zero point", 0, m->weight_signed ? 0 : 255);
         op->w_offset = next_word(&w, "weight offset", 0, INT32_MAX);
         op->b_offset = next_word(&w, "bias offset", 0, INT32_MAX);
-        op->multiplier = read_channel_words(&w, op->c, "multiplier", 0, INT32_MAX);
-        op->shift = read_channel_words(&w, op->c, "shift", 0, MAX_SHIFT);
+        read_channel_words(&w, &op->multiplier, op->c, "multiplier", 0, INT32_MAX);
+        read_channel_words(&w, &op->shift, op->c, "shift", 0, MAX_SHIFT);
         break;
     }
     case OP_MAXPOOL:
@@ -359,8 +383,8 @@ static void parse_op_words(Model *m, int i, const uint8_t *p)
             op->pad_h = next_word(&w, "pad_h", 0, op->kh - 1);
             op->pad_w = next_word(&w, "pad_w", 0, op->kw - 1);
         } else {
-            op->multiplier = read_channel_words(&w, 1, "multiplier", 0, INT32_MAX);
-            op->shift = read_channel_words(&w, 1, "shift", 0, MAX_SHIFT);
+            read_channel_words(&w, &op->multiplier, 1, "multiplier", 0, INT32_MAX);
+            read_channel_words(&w, &op->shift, 1, "shift", 0, MAX_SHIFT);
         }
         int64_t oh = window_out(x->h, op->kh, op->stride_h, op->pad_h);
         int64_t ow = window_out(x->w, op->kw, op->stride_w, op->pad_w);
@@ -387,11 +411,11 @@ static void parse_op_words(Model *m, int i, const uint8_t *p)
     }
 }
 
-static void load_model_bin(Model *m, const char *path, const char *want_model)
+/* Parse and validate model.bin's content (size bytes, caller-owned; m->path
+ * names it in messages).  want_model NULL accepts any model name. */
+static void parse_model_bin(Model *m, const uint8_t *data, size_t size, const char *want_model)
 {
-    size_t size;
-    snprintf(m->path, sizeof m->path, "%s", path);
-    uint8_t *data = read_file(path, (size_t)1 << 30, &size);
+    const char *path = m->path;
 
     if (size < HEADER_BYTES)
         fail("%s: %zu bytes, shorter than the %d-byte header", path, size, HEADER_BYTES);
@@ -413,7 +437,7 @@ static void load_model_bin(Model *m, const char *path, const char *want_model)
         fail("%s: weight_signed = %d, expected 0 or 1", path, signed_w);
     if (m->weight_bytes < 0 || m->bias_count < 0 || m->bias_count > INT32_MAX / 4)
         fail("%s: weight_bytes %d / bias_count %d out of range", path, m->weight_bytes, m->bias_count);
-    if (strcmp(m->name, want_model) != 0)
+    if (want_model && strcmp(m->name, want_model) != 0)
         fail("%s: holds model '%s', expected '%s'", path, m->name, want_model);
     if (strcmp(m->dataset, "mnist") != 0 && strcmp(m->dataset, "cifar10") != 0)
         fail("%s: unknown dataset '%s' (expected mnist or cifar10)", path, m->dataset);
@@ -465,6 +489,14 @@ static void load_model_bin(Model *m, const char *path, const char *want_model)
         fail("%s: %zu bytes after the last op", path, size - pos);
     if (m->ops[n_ops - 1].type == OP_INPUT)
         fail("%s: the last op must produce the logits", path);
+}
+
+static void load_model_bin(Model *m, const char *path, const char *want_model)
+{
+    size_t size;
+    snprintf(m->path, sizeof m->path, "%s", path);
+    uint8_t *data = read_file(path, (size_t)1 << 30, &size);
+    parse_model_bin(m, data, size, want_model);
     free(data);
 }
 
@@ -502,21 +534,30 @@ static void check_tiling(const Model *m)
              m->path, (long long)w_pos, (long long)b_pos, m->weight_bytes, m->bias_count);
 }
 
+/* weight.bin and bias.bin contents (caller-owned buffers) into the model. */
+static void parse_weight_bins(Model *m, const uint8_t *w, size_t w_size, const char *weight_path,
+                              const uint8_t *b, size_t b_size, const char *bias_path)
+{
+    if (w_size != (size_t)m->weight_bytes)
+        fail("%s: %zu bytes, model.bin says %d", weight_path, w_size, m->weight_bytes);
+    if (b_size != 4 * (size_t)m->bias_count)
+        fail("%s: %zu bytes, model.bin says %d int32 biases (%zu bytes)", bias_path, b_size,
+             m->bias_count, 4 * (size_t)m->bias_count);
+    m->weight_raw = xmalloc(w_size, "weights");
+    memcpy(m->weight_raw, w, w_size);
+    m->bias = xmalloc(b_size, "biases");
+    for (int32_t i = 0; i < m->bias_count; i++)
+        m->bias[i] = rd_le32(b + 4 * (size_t)i);
+}
+
 static void load_weight_bins(Model *m, const char *weight_path, const char *bias_path)
 {
-    size_t size;
-    m->weight_raw = read_file(weight_path, (size_t)INT32_MAX, &size);
-    if (size != (size_t)m->weight_bytes)
-        fail("%s: %zu bytes, model.bin says %d", weight_path, size, m->weight_bytes);
-
-    uint8_t *raw = read_file(bias_path, (size_t)INT32_MAX, &size);
-    if (size != 4 * (size_t)m->bias_count)
-        fail("%s: %zu bytes, model.bin says %d int32 biases (%zu bytes)", bias_path, size,
-             m->bias_count, 4 * (size_t)m->bias_count);
-    m->bias = xmalloc(size, "biases");
-    for (int32_t i = 0; i < m->bias_count; i++)
-        m->bias[i] = rd_le32(raw + 4 * (size_t)i);
-    free(raw);
+    size_t w_size, b_size;
+    uint8_t *w = read_file(weight_path, (size_t)INT32_MAX, &w_size);
+    uint8_t *b = read_file(bias_path, (size_t)INT32_MAX, &b_size);
+    parse_weight_bins(m, w, w_size, weight_path, b, b_size, bias_path);
+    free(w);
+    free(b);
 }
 
 /* One comma-separated field of the text file as a number: optional sign,
@@ -546,10 +587,14 @@ static int parse_int_field(const char *s, const char *end, int64_t *out)
 /* {model}_weight.txt: per layer a '# name ...' line, its weights, a '$ name ...'
  * line, its biases (comma-separated integers).  Fills the same arrays as the
  * .bin files; every count is checked against model.bin. */
-static void load_weight_txt(Model *m, const char *path)
+static void parse_weight_txt(Model *m, const char *text, size_t size, const char *path)
 {
-    size_t size;
-    char *text = (char *)read_file(path, (size_t)1 << 30, &size);
+    /* n values need at least 2n - 1 bytes (a digit each, separators between):
+     * refuse before allocating what a short file cannot fill */
+    uint64_t n_values = (uint64_t)m->weight_bytes + (uint64_t)m->bias_count;
+    if (n_values > 0 && 2 * n_values - 1 > (uint64_t)size)
+        fail("%s: %zu bytes cannot hold the %d weights and %d biases of model.bin", path, size,
+             m->weight_bytes, m->bias_count);
     m->weight_raw = xcalloc((size_t)m->weight_bytes, 1, "weights");
     m->bias = xcalloc((size_t)m->bias_count, sizeof *m->bias, "biases");
 
@@ -659,11 +704,26 @@ static void load_weight_txt(Model *m, const char *path)
         want_layers += is_weighted(&m->ops[i]);
     if (n_layers != want_layers)
         fail("%s: %d layers, model.bin has %d conv/linear ops", path, n_layers, want_layers);
+}
+
+static void load_weight_txt(Model *m, const char *path)
+{
+    size_t size;
+    char *text = (char *)read_file(path, (size_t)1 << 30, &size);
+    parse_weight_txt(m, text, size, path);
     free(text);
 }
 
-/* Weights minus their zero point as int16 (-255..255), bias pointers.
- * Linear rows are zero padded to whole LANES blocks. */
+/* Weight k of output channel c minus its zero point (-255..255), from weight.bin's bytes. */
+static int weight_centered(const Model *m, const Op *op, int32_t c, int32_t k)
+{
+    int raw = m->weight_raw[op->w_offset + (size_t)c * op->k_size + k];
+    return (m->weight_signed && raw >= 128 ? raw - 256 : raw) - op->w_zero_point;
+}
+
+/* Bias pointers and weight row strides (linear rows padded to whole LANES
+ * blocks).  The kernels make their own copies of the weights: the reference
+ * ones with prepare_reference_weights (section 5), the optimized ones packed. */
 static void prepare_layers(Model *m)
 {
     for (int i = 0; i < m->n_ops; i++) {
@@ -671,14 +731,6 @@ static void prepare_layers(Model *m)
         if (!is_weighted(op))
             continue;
         op->w_stride = op->type == OP_LINEAR ? round_lanes((size_t)op->k_size) : (size_t)op->k_size;
-        op->weight = xcalloc((size_t)op->c * op->w_stride, sizeof *op->weight, "weights");
-        for (int32_t c = 0; c < op->c; c++) {
-            const uint8_t *raw = m->weight_raw + op->w_offset + (size_t)c * op->k_size;
-            for (int32_t k = 0; k < op->k_size; k++) {
-                int v = m->weight_signed && raw[k] >= 128 ? raw[k] - 256 : raw[k];
-                op->weight[(size_t)c * op->w_stride + k] = (int16_t)(v - op->w_zero_point);
-            }
-        }
         op->bias = m->bias + op->b_offset;
     }
 }
@@ -712,10 +764,11 @@ static void check_overflow(const Model *m)
         if (is_weighted(op)) {
             int64_t x_mag = max_abs_centered(x), worst = 0;
             for (int32_t c = 0; c < op->c; c++) {
-                const int16_t *w = op->weight + (size_t)c * op->w_stride;
                 int64_t sum = 0;
-                for (int32_t k = 0; k < op->k_size; k++)
-                    sum += w[k] < 0 ? -w[k] : w[k];          /* <= 2^31 * 255: no overflow */
+                for (int32_t k = 0; k < op->k_size; k++) {
+                    int w = weight_centered(m, op, c, k);
+                    sum += w < 0 ? -w : w;                    /* <= 2^31 * 255: no overflow */
+                }
                 int64_t b = op->bias[c] < 0 ? -(int64_t)op->bias[c] : op->bias[c];
                 if (sum * x_mag + b > worst)
                     worst = sum * x_mag + b;
@@ -786,6 +839,15 @@ static void plan_memory(Model *m)
     }
     for (int i = 0; i < n; i++)
         m->ops[i].offset = slot_offset[slot_of[i]];
+    if ((uint64_t)total > MAX_ARENA) {
+        free(last_use);
+        free(slot_of);
+        free(slot_tensor);
+        free(slot_size);
+        free(slot_offset);
+        fail("%s: %zu bytes of activations, over the %llu-byte limit", m->path, total,
+             (unsigned long long)MAX_ARENA);
+    }
     m->arena_bytes = total;
     m->arena = xmalloc(total, "activations");
 
@@ -828,6 +890,21 @@ static void free_model(Model *m)
 /* ------------------------------------------------------------------------ */
 /* 5. Kernels                                                                */
 /* ------------------------------------------------------------------------ */
+
+/* The reference kernels' weights: minus their zero point as int16 (-255..255),
+ * [c][w_stride], linear rows zero padded to whole LANES blocks. */
+static void prepare_reference_weights(Model *m)
+{
+    for (int i = 0; i < m->n_ops; i++) {
+        Op *op = &m->ops[i];
+        if (!is_weighted(op))
+            continue;
+        op->weight = xcalloc((size_t)op->c * op->w_stride, sizeof *op->weight, "weights");
+        for (int32_t c = 0; c < op->c; c++)
+            for (int32_t k = 0; k < op->k_size; k++)
+                op->weight[(size_t)c * op->w_stride + k] = (int16_t)weight_centered(m, op, c, k);
+    }
+}
 
 /* Convolution as im2col + matrix product, one group at a time.
  *   cols[k][p]  = x[ci][oy*sh + ky - ph][ox*sw + kx - pw] - z_x   (0 in the padding)
@@ -1004,6 +1081,10 @@ static const uint8_t *run_model(Model *m, const uint8_t *image)
     return m->arena + m->ops[m->n_ops - 1].offset;
 }
 
+/* The optimized kernels (HWC activations, int8 GEMM, AVX-512 VNNI where the
+ * compiler targets it): the default; --reference runs the kernels above. */
+#include "kernels_fast.h"
+
 /* ------------------------------------------------------------------------ */
 /* 6. Datasets                                                               */
 /* ------------------------------------------------------------------------ */
@@ -1024,18 +1105,15 @@ static void check_labels(const Dataset *d, const char *path)
             fail("%s: label %d of image %zu outside 0..9", path, d->labels[i * d->label_stride], i);
 }
 
-static void load_mnist(Dataset *d, const char *images, const char *labels, const Model *m)
+/* MNIST idx3 images + idx1 labels (caller-owned buffers; d points into them). */
+static void parse_mnist(Dataset *d, const uint8_t *ibuf, size_t isize, const char *images,
+                        const uint8_t *lbuf, size_t lsize, const char *labels)
 {
-    size_t isize, lsize;
-    const Op *input = &m->ops[0];
-    if (input->c != 1 || input->h != 28 || input->w != 28)
-        fail("%s: model input is %dx%dx%d, mnist images are 1x28x28", m->path, input->c, input->h, input->w);
-    d->image_buf = read_file(images, MAX_DATA_FILE, &isize);
     if (isize < 16)
         fail("%s: %zu bytes, shorter than the 16-byte idx header", images, isize);
-    if (rd_be32(d->image_buf) != 0x803)
-        fail("%s: bad magic 0x%08x, not an idx3 image file (0x00000803)", images, rd_be32(d->image_buf));
-    uint32_t n = rd_be32(d->image_buf + 4), rows = rd_be32(d->image_buf + 8), cols = rd_be32(d->image_buf + 12);
+    if (rd_be32(ibuf) != 0x803)
+        fail("%s: bad magic 0x%08x, not an idx3 image file (0x00000803)", images, rd_be32(ibuf));
+    uint32_t n = rd_be32(ibuf + 4), rows = rd_be32(ibuf + 8), cols = rd_be32(ibuf + 12);
     if (rows != 28 || cols != 28)
         fail("%s: images are %ux%u, the model takes 28x28", images, rows, cols);
     if (isize != 16 + (uint64_t)n * 784)
@@ -1044,22 +1122,46 @@ static void load_mnist(Dataset *d, const char *images, const char *labels, const
     if (n == 0)
         fail("%s: no images", images);
 
-    d->label_buf = read_file(labels, MAX_DATA_FILE, &lsize);
     if (lsize < 8)
         fail("%s: %zu bytes, shorter than the 8-byte idx header", labels, lsize);
-    if (rd_be32(d->label_buf) != 0x801)
-        fail("%s: bad magic 0x%08x, not an idx1 label file (0x00000801)", labels, rd_be32(d->label_buf));
-    if (rd_be32(d->label_buf + 4) != n)
-        fail("%s: %u labels for the %u images of %s", labels, rd_be32(d->label_buf + 4), n, images);
+    if (rd_be32(lbuf) != 0x801)
+        fail("%s: bad magic 0x%08x, not an idx1 label file (0x00000801)", labels, rd_be32(lbuf));
+    if (rd_be32(lbuf + 4) != n)
+        fail("%s: %u labels for the %u images of %s", labels, rd_be32(lbuf + 4), n, images);
     if (lsize != 8 + (uint64_t)n)
         fail("%s: %zu bytes, the header's %u labels need %llu", labels, lsize, n, (unsigned long long)(8 + (uint64_t)n));
-    d->pixels = d->image_buf + 16;
+    d->pixels = ibuf + 16;
     d->image_stride = 784;
-    d->labels = d->label_buf + 8;
+    d->labels = lbuf + 8;
     d->label_stride = 1;
     d->count = n;
     check_labels(d, labels);
     snprintf(d->source, sizeof d->source, "%s", images);
+}
+
+static void load_mnist(Dataset *d, const char *images, const char *labels, const Model *m)
+{
+    size_t isize, lsize;
+    const Op *input = &m->ops[0];
+    if (input->c != 1 || input->h != 28 || input->w != 28)
+        fail("%s: model input is %dx%dx%d, mnist images are 1x28x28", m->path, input->c, input->h, input->w);
+    d->image_buf = read_file(images, MAX_DATA_FILE, &isize);
+    d->label_buf = read_file(labels, MAX_DATA_FILE, &lsize);
+    parse_mnist(d, d->image_buf, isize, images, d->label_buf, lsize, labels);
+}
+
+/* A CIFAR-10 binary batch (caller-owned buffer; d points into it). */
+static void parse_cifar(Dataset *d, const uint8_t *buf, size_t size, const char *path)
+{
+    if (size == 0 || size % 3073 != 0)
+        fail("%s: %zu bytes, not a positive multiple of the 3073-byte CIFAR-10 record", path, size);
+    d->labels = buf;
+    d->label_stride = 3073;
+    d->pixels = buf + 1;
+    d->image_stride = 3073;
+    d->count = size / 3073;
+    check_labels(d, path);
+    snprintf(d->source, sizeof d->source, "%s", path);
 }
 
 static void load_cifar(Dataset *d, const char *path, const Model *m)
@@ -1069,15 +1171,7 @@ static void load_cifar(Dataset *d, const char *path, const Model *m)
     if (input->c != 3 || input->h != 32 || input->w != 32)
         fail("%s: model input is %dx%dx%d, cifar10 images are 3x32x32", m->path, input->c, input->h, input->w);
     d->image_buf = read_file(path, MAX_DATA_FILE, &size);
-    if (size == 0 || size % 3073 != 0)
-        fail("%s: %zu bytes, not a positive multiple of the 3073-byte CIFAR-10 record", path, size);
-    d->labels = d->image_buf;
-    d->label_stride = 3073;
-    d->pixels = d->image_buf + 1;
-    d->image_stride = 3073;
-    d->count = size / 3073;
-    check_labels(d, path);
-    snprintf(d->source, sizeof d->source, "%s", path);
+    parse_cifar(d, d->image_buf, size, path);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -1092,7 +1186,7 @@ static void usage(const char *msg, const char *arg)
         fprintf(stderr, "inference: %s%s%s\n", msg, arg ? ": " : "", arg ? arg : "");
     fprintf(f,
             "usage: inference [--model NAME] [--dir DIR] [--data DIR] [--format bin|txt] [--limit N]\n"
-            "                 [--logits FILE] [--images PATH] [--labels PATH] [--quiet]\n"
+            "                 [--logits FILE] [--images PATH] [--labels PATH] [--quiet] [--reference]\n"
             "  --model NAME    model name, files DIR/NAME_model.bin etc. (default lenet)\n"
             "  --dir DIR       export folder (default export_model)\n"
             "  --data DIR      dataset folder (default data)\n"
@@ -1101,7 +1195,8 @@ static void usage(const char *msg, const char *arg)
             "  --logits FILE   write each image's output values, one comma-separated line per image\n"
             "  --images PATH   test images file (idx3 for mnist, CIFAR-10 batch for cifar10)\n"
             "  --labels PATH   test labels file (mnist only)\n"
-            "  --quiet         print only the result line\n");
+            "  --quiet         print only the result line\n"
+            "  --reference     run the simple reference kernels (one thread) instead of the optimized ones\n");
     exit(msg ? 2 : 0);
 }
 
@@ -1114,7 +1209,7 @@ static double now_seconds(void)
 
 typedef struct {
     const char *model, *dir, *data, *logits, *images, *labels;
-    int txt, quiet;
+    int txt, quiet, reference;
     long limit;                     /* 0: all */
 } Options;
 
@@ -1125,6 +1220,10 @@ static void parse_args(Options *o, int argc, char **argv)
         const char *a = argv[i];
         if (!strcmp(a, "--quiet")) {
             o->quiet = 1;
+            continue;
+        }
+        if (!strcmp(a, "--reference")) {
+            o->reference = 1;
             continue;
         }
         if (!strcmp(a, "--help") || !strcmp(a, "-h"))
@@ -1230,19 +1329,66 @@ int main(int argc, char **argv)
         g_tmp_path = tmp_path;
     }
 
+    /* Optimized kernels: repacked weights, then the reference copies are
+     * dropped; one workspace (arena, scratch) per thread. */
+    FastModel fm;
+    Workspace *ws = NULL;
+    int n_threads = 1;
+    memset(&fm, 0, sizeof fm);
+    if (opt.reference) {
+        prepare_reference_weights(&m);
+    } else {
+        fast_prepare(&fm, &m);
+        free(m.weight_raw);
+        m.weight_raw = NULL;
+#ifdef _OPENMP
+        n_threads = omp_get_max_threads();
+        if (n_threads < 1)
+            n_threads = 1;
+#endif
+        ws = xcalloc((size_t)n_threads, sizeof *ws, "workspaces");
+        for (int t = 0; t < n_threads; t++)
+            workspace_init(&ws[t], &fm, &m);
+    }
+
+    /* Images run in chunks (in parallel with OpenMP); results are reported in order. */
+    enum { CHUNK = 256 };
     const Op *out_op = &m.ops[m.n_ops - 1];
+    const size_t n_out = (size_t)out_op->c;
+    uint8_t *results = xmalloc(CHUNK * n_out, "results");
     size_t correct = 0;
     double t0 = now_seconds();
-    for (size_t i = 0; i < count; i++) {
-        const uint8_t *out = run_model(&m, ds.pixels + i * ds.image_stride);
-        int32_t best = 0;
-        for (int32_t c = 1; c < out_op->c; c++)      /* argmax, first index on ties */
-            if (out[c] > out[best])
-                best = c;
-        correct += best == ds.labels[i * ds.label_stride];
-        if (logits)
-            for (int32_t c = 0; c < out_op->c; c++)
-                fprintf(logits, c + 1 < out_op->c ? "%d," : "%d\n", out[c]);
+    for (size_t start = 0; start < count; start += CHUNK) {
+        const long n = (long)(count - start < CHUNK ? count - start : CHUNK);
+        if (opt.reference) {
+            for (long j = 0; j < n; j++)
+                memcpy(results + (size_t)j * n_out,
+                       run_model(&m, ds.pixels + (start + (size_t)j) * ds.image_stride), n_out);
+        } else {
+#ifdef _OPENMP
+#pragma omp parallel for schedule(dynamic, 1)
+#endif
+            for (long j = 0; j < n; j++) {
+                int t = 0;
+#ifdef _OPENMP
+                t = omp_get_thread_num();
+#endif
+                memcpy(results + (size_t)j * n_out,
+                       run_model_fast(&m, &fm, &ws[t], ds.pixels + (start + (size_t)j) * ds.image_stride), n_out);
+            }
+        }
+        for (long j = 0; j < n; j++) {
+            const uint8_t *out = results + (size_t)j * n_out;
+            size_t i = start + (size_t)j;
+            int32_t best = 0;
+            for (int32_t c = 1; c < out_op->c; c++)      /* argmax, first index on ties */
+                if (out[c] > out[best])
+                    best = c;
+            correct += best == ds.labels[i * ds.label_stride];
+            if (logits)
+                for (int32_t c = 0; c < out_op->c; c++)
+                    fprintf(logits, c + 1 < out_op->c ? "%d," : "%d\n", out[c]);
+        }
     }
     double seconds = now_seconds() - t0;
 
@@ -1266,6 +1412,11 @@ int main(int argc, char **argv)
     }
     printf("result: images=%zu correct=%zu seconds=%.4f\n", count, correct, seconds);
 
+    free(results);
+    for (int t = 0; ws && t < n_threads; t++)
+        workspace_free(&ws[t]);
+    free(ws);
+    fast_free(&fm);
     free(ds.image_buf);
     free(ds.label_buf);
     free_model(&m);

@@ -1,0 +1,178 @@
+"""The C engine's optimized kernels against its reference kernels and the numpy engine.
+
+Random graphs with awkward shapes (odd sizes, non-square kernels, strides, padding,
+grouped and depthwise convs incl. a channel multiplier, channel counts that are not
+multiples of 4 or 16, 1x1 convs read in place, linear layers of odd width), in both
+weight modes and with 8- and 32-bit multipliers, run through:
+  inference --reference     the simple kernels
+  inference                 optimized, -march=native (AVX-512 VNNI where the CPU has it)
+  inference_portable        optimized, C99 only
+  inference_omp             optimized, OpenMP across images (2 threads)
+  inference_asan            optimized, -march=native, ASan/UBSan
+and every one must give the numpy engine's logits exactly.
+"""
+import os
+import shutil
+import subprocess
+import types
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import config
+from model.export_format import write_export
+from model.np_engine import NumpyIntegerModel
+from model.quantize import build_integer_graph
+from tests.random_models import _randomize_bn
+from tests.test_c_engine import (C_DIR, assert_clean, make_export, read_logits, result_line, run, write_cifar,
+                                 write_idx)
+
+TARGETS = {"native": "inference", "portable": "inference_portable", "omp": "inference_omp",
+           "asan": "inference_asan", "asan_portable": "inference_asan_portable"}
+
+
+def cbr(cin, cout, k, stride=1, padding=0, groups=1, act=nn.ReLU):
+    layers = [nn.Conv2d(cin, cout, k, stride=stride, padding=padding, groups=groups, bias=False), nn.BatchNorm2d(cout)]
+    return nn.Sequential(*layers, act()) if act else nn.Sequential(*layers)
+
+
+class AwkwardNet(nn.Module):
+    """CIFAR-shaped, every conv path of the optimized engine."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = cbr(3, 5, (3, 5), stride=(1, 2), padding=(1, 2))          # 5x32x16, K = 45
+        self.pool = nn.MaxPool2d(3, stride=2, padding=1)                        # 5x16x8
+        self.expand = cbr(5, 20, 1, act=nn.ReLU6)                               # 1x1, C % 4 != 0: im2col
+        self.dw = cbr(20, 20, 3, stride=2, padding=1, groups=20, act=nn.ReLU6)  # depthwise, 8x4
+        self.project = cbr(20, 40, 1, act=None)                                 # 1x1 read in place
+        self.grouped = cbr(40, 36, 3, padding=1, groups=4)                      # cin_g 10, cout_g 9
+        self.dw_mult = cbr(36, 72, 3, padding=1, groups=36)                     # cin_g 1, cout_g 2: GEMM path
+        self.body = cbr(72, 72, 1, act=None)
+        self.relu = nn.ReLU()
+        self.wide = cbr(72, 70, 3, padding=1)                                   # 5 blocks of 16, last 6
+        self.down = nn.Conv2d(70, 33, 2, stride=2)                              # 4x2, with bias
+        self.avg = nn.AvgPool2d(2)                                              # 33x2x1
+        self.fc1 = nn.Linear(66, 37)                                            # K % 4 != 0
+        self.fc2 = nn.Linear(37, 10)
+
+    def forward(self, x):
+        x = self.dw_mult(self.grouped(self.project(self.dw(self.expand(self.pool(self.stem(x)))))))
+        x = self.relu(self.body(x) + x)
+        x = self.avg(self.down(self.wide(x)))
+        return self.fc2(torch.relu(self.fc1(torch.flatten(x, 1))))
+
+
+class MobileNetish(nn.Module):
+    """CIFAR-shaped: an inverted residual with a wide depthwise (tails of 16-channel
+    vectors), stride 2, a linear bottleneck add, global average pool."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = cbr(3, 24, 3, stride=2, padding=1)                          # 24x16x16
+        self.expand = cbr(24, 150, 1, act=nn.ReLU6)
+        self.dw = cbr(150, 150, 3, padding=1, groups=150, act=nn.ReLU6)
+        self.project = cbr(150, 24, 1, act=None)
+        self.dw2 = cbr(24, 24, 5, stride=2, padding=2, groups=24)               # 5x5 depthwise, 8x8
+        self.head = cbr(24, 100, 1)
+        self.gap = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(100, 10)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = x + self.project(self.dw(self.expand(x)))
+        x = self.head(self.dw2(x))
+        return self.fc(torch.flatten(self.gap(x), 1))
+
+
+class TinyMnist(nn.Module):
+    """MNIST-shaped: single-channel input, 5x5 kernels, odd channel counts."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = cbr(1, 7, 5, padding=2)
+        self.pool = nn.MaxPool2d(2)
+        self.c2 = cbr(7, 17, 5)                                                 # 10x10
+        self.pool2 = nn.MaxPool2d(3, stride=2, padding=1)                       # 5x5
+        self.fc = nn.Linear(17 * 5 * 5, 10)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(self.pool2(self.c2(self.pool(self.c1(x)))), 1))
+
+
+ARCHS = {"awkward": (AwkwardNet, "cifar10", (3, 32, 32)), "mobilenetish": (MobileNetish, "cifar10", (3, 32, 32)),
+         "tiny_mnist": (TinyMnist, "mnist", (1, 28, 28))}
+
+
+def quantized(arch, weight_mode, seed, multiplier_bits):
+    cls, dataset, shape = ARCHS[arch]
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    net = _randomize_bn(cls(), gen).eval()
+    images = torch.randint(0, 256, (64 + 24, *shape), generator=gen, dtype=torch.uint8)
+    cfg = types.SimpleNamespace(**{k.lower(): v for k, v in config.defaults().items()})
+    cfg.model = "lenet" if dataset == "mnist" else "resnet18"
+    cfg.weight_mode, cfg.multiplier_bits = weight_mode, multiplier_bits
+    state, quant_list = build_integer_graph(net, images[:64], cfg, dataset, {})
+    return state, quant_list, images[64:]
+
+
+@pytest.fixture(scope="module")
+def binaries():
+    if shutil.which("make") is None or shutil.which("gcc") is None:
+        pytest.skip("make/gcc not available")
+    proc = subprocess.run(["make", "-C", C_DIR, *TARGETS.values()], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return {k: os.path.join(C_DIR, v) for k, v in TARGETS.items()}
+
+
+CASES = [("awkward", "per_channel", 16), ("awkward", "per_tensor", 32), ("mobilenetish", "per_channel", 8),
+         ("mobilenetish", "per_tensor", 16), ("tiny_mnist", "per_tensor", 16), ("tiny_mnist", "per_channel", 32),
+         ("conv_pool", "per_tensor", 16), ("residual", "per_channel", 32)]
+
+
+def export(folder, arch, mode, seed, bits):
+    """Like test_c_engine.make_export, for the graphs here as well as tests/random_models.py's."""
+    if arch not in ARCHS:
+        return make_export(folder, arch, mode, seed=seed, multiplier_bits=bits)
+    state, quant, images = quantized(arch, mode, seed, bits)
+    os.makedirs(folder)
+    write_export(state, quant, folder, "bin")
+    x = images.numpy()
+    logits = NumpyIntegerModel(state, quant)(x)
+    labels = np.random.default_rng(seed).integers(0, 10, len(x))
+    if quant[0]["dataset"] == "mnist":
+        img, lab = write_idx(folder, x, labels)
+        data_args = ["--images", img, "--labels", lab]
+    else:
+        data_args = ["--images", write_cifar(folder, x, labels)]
+    return {"dir": folder, "model": quant[0]["model"], "data_args": data_args, "logits": logits,
+            "labels": labels, "n": len(x)}
+
+
+@pytest.mark.parametrize("arch,mode,bits", CASES, ids=[f"{a}-{m}-{b}" for a, m, b in CASES])
+def test_optimized_equals_reference(binaries, tmp_path, arch, mode, bits):
+    ex = export(str(tmp_path / "ex"), arch, mode, 7, bits)
+    runs = [("native", ["--reference"])] + [(kind, []) for kind in TARGETS]
+    for kind, extra in runs:
+        out = str(tmp_path / f"logits_{kind}{'_ref' if extra else ''}.txt")
+        env = dict(os.environ, OMP_NUM_THREADS="2")
+        proc = subprocess.run([binaries[kind], "--dir", ex["dir"], "--model", ex["model"], *ex["data_args"],
+                               "--logits", out, *extra], capture_output=True, text=True, env=env, timeout=120)
+        assert_clean(proc)
+        assert proc.returncode == 0, proc.stderr
+        np.testing.assert_array_equal(read_logits(out), ex["logits"], err_msg=f"{arch} {mode} {kind} {extra}")
+        correct = int((ex["logits"].argmax(axis=1) == ex["labels"]).sum())
+        assert result_line(proc.stdout) == (ex["n"], correct)
+
+
+def test_txt_weights_and_limit_on_fast_path(binaries, tmp_path):
+    """txt weights through the optimized kernels, and --limit, still equal numpy."""
+    ex = make_export(str(tmp_path / "ex"), "residual", "per_tensor", seed=5)
+    out = str(tmp_path / "l.txt")
+    proc = run(binaries["asan"], ex, "--format", "txt", "--limit", "7", "--logits", out)
+    assert_clean(proc)
+    assert proc.returncode == 0, proc.stderr
+    np.testing.assert_array_equal(read_logits(out), ex["logits"][:7])
