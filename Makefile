@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 MODEL ?= lenet
 
-.PHONY: demo test venv c clean-venv
+.PHONY: demo test venv c bench bench-setup clean-venv
 
 venv: $(VENV)/.installed
 
@@ -27,6 +27,13 @@ demo: venv c
 
 test: venv c
 	$(PY) -m pytest -q tests
+
+# C INT8 against PyTorch fp32/INT8 and ONNX Runtime INT8 (benchmarks/requirements.txt)
+bench-setup: venv
+	$(PY) -m pip install --quiet --disable-pip-version-check -r benchmarks/requirements.txt
+
+bench: bench-setup c
+	$(PY) benchmarks/bench_inference.py --model=$(MODEL) --json=benchmarks/results/$(MODEL).json
 
 clean-venv:
 	rm -rf $(VENV)

@@ -9,7 +9,7 @@
 Each at batch 1 and batch 32 (the C engine always runs image by image, so its two
 rows are one measurement). Prints a table with the ratio C / each peer, each
 engine's accuracy, C's peak resident memory and the GMAC/s it reaches; --json PATH
-writes it all. Usage (after `make bench-setup`):
+writes it all. Usage: `make bench MODEL=lenet`, or after `make bench-setup`:
   .venv/bin/python benchmarks/bench_inference.py --model=lenet --json=bench.json
 """
 import json
@@ -72,6 +72,8 @@ def torch_int8(net, calib, example):
 def ort_int8(net, calib, example, folder):
     import onnxruntime as ort
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    ort.set_default_logger_severity(3)        # errors only: graph clean-up notes drown the table
 
     fp32_path, int8_path = os.path.join(folder, "fp32.onnx"), os.path.join(folder, "int8.onnx")
     torch.onnx.export(net, (example,), fp32_path, dynamo=False, input_names=["x"], output_names=["y"],
