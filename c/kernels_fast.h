@@ -37,6 +37,7 @@
 #define NBMAX 4         /* weight blocks per register tile */
 #define OVER 32         /* im2col copies move whole pieces of this many bytes */
 #define QV_WORDS 48     /* int64 words of qv per block */
+#define QF_WORDS 40     /* int64 words of qf per block */
 
 enum { FK_NONE, FK_GEMM, FK_DEPTHWISE };
 
@@ -51,8 +52,10 @@ typedef struct {
     uint32_t *bias;         /* [groups*nblk*16] bias - z_x*(sum w8 + d*K), mod 2^32 */
     int64_t *mult, *rnd, *sh;   /* [groups*nblk*16] requantization per channel (padded) */
     int64_t *qv;            /* the same per 16-channel block for SIMD: mult even, odd, rnd even, odd, sh even, odd */
+    int64_t *qf;            /* the 32-bit-result form per block (qparams_fast), when rq32 */
+    int rq32;               /* every channel has a qf form: requantization as the high half of one product */
+    int post;               /* some channel of qf needs a shift after the high half */
     int16_t *wdw;           /* depthwise: [kh*kw][C] w - z_w */
-    uint32_t ones[16];      /* depthwise, per group of 4 taps: a byte 1 for each real tap */
 } FastOp;
 
 typedef struct {
@@ -60,12 +63,13 @@ typedef struct {
     int n_ops;
     size_t cols_bytes;      /* im2col scratch */
     size_t pad_bytes;       /* a conv input with its padding */
+    size_t dwcols_bytes;    /* depthwise (VNNI): one row of interleaved input columns */
     size_t rows;            /* row sums / accumulators (elements) */
     size_t out_elems;       /* last op */
 } FastModel;
 
 typedef struct {
-    uint8_t *arena, *cols, *pad, *logits;
+    uint8_t *arena, *cols, *pad, *logits, *dwcols;
     int32_t *rowsum;
     int64_t *acc;
 } Workspace;
@@ -109,6 +113,44 @@ static void qparams(FastOp *f, size_t nch)
         }
 }
 
+/* The same requantization as the high 32 bits of one 64-bit sum, where that is exact:
+ *   zp + floor((acc*m + rnd) / 2^s) = floor(floor(y / 2^32) / 2^(S-32)),
+ *   y = acc*(m << a) + (rnd << a) + (zp << S),   S = s + a,
+ * a = 32 - s for s < 32 (possible when m << a < 2^31), else a = 0; S <= 53 keeps
+ * |y| < 2^62 + 2^61 (|acc|, m << a < 2^31), so y and floor(y / 2^32) fit int64 and
+ * int32.  Per block: m<<a of even channels, odd channels, y's constant even, odd,
+ * then S - 32 as 16 int32.  Returns 0 (no qf) when some channel has no such form. */
+static int qparams_fast(FastOp *f, size_t nch, int32_t zp)
+{
+    int64_t *qf = xcalloc(nch / BLK * QF_WORDS, sizeof *qf, "requantization");
+    int post = 0;
+    for (size_t c = 0; c < nch; c++) {
+        int64_t mlt = f->mult[c], s = f->sh[c], a = s < 32 ? 32 - s : 0, S = s + a;
+        if (S > 53 || mlt > (a > 31 ? 0 : (int64_t)INT32_MAX >> a)) {      /* m << a < 2^31 */
+            free(qf);
+            return 0;
+        }
+        size_t b = c / BLK, j = c % BLK;
+        int64_t *q = qf + b * QF_WORDS;
+        q[(j % 2 ? 8 : 0) + j / 2] = mlt << a;
+        q[(j % 2 ? 24 : 16) + j / 2] = (f->rnd[c] << a) + ((int64_t)zp << S);
+        int32_t ps = (int32_t)(S - 32);
+        memcpy((int32_t *)(q + 32) + j, &ps, sizeof ps);
+        post |= ps != 0;
+    }
+    f->qf = qf;
+    f->rq32 = 1;
+    f->post = post;
+    return 1;
+}
+
+/* Depthwise (VNNI): where channel c's constants go, see fast_prepare */
+static size_t dw_slot(size_t c)
+{
+    size_t r = c % 64;
+    return c - r + r / 4 % 4 * 16 + r / 16 * 4 + r % 4;
+}
+
 static void fast_prepare(FastModel *fm, const Model *m)
 {
     fm->n_ops = m->n_ops;
@@ -144,33 +186,42 @@ static void fast_prepare(FastModel *fm, const Model *m)
                     for (int t = 0; t < taps; t++)
                         f->wdw[(size_t)t * op->c + c] = (int16_t)weight_centered(m, op, c, t);
             }
-            size_t nch = ((size_t)op->c + BLK - 1) / BLK * BLK;       /* padded: whole vectors */
+            /* C99: channels in order, whole 16-channel vectors.  VNNI: whole 64-channel chunks,
+             * channel 64u + 16L + 4j + i in lane 4L + i of vector j (dw_slot), the order in which
+             * byte unpacks interleave 4 rows and packs put the results back */
+            size_t nch = FAST_VNNI ? ((size_t)op->c + 63) / 64 * 64 : ((size_t)op->c + BLK - 1) / BLK * BLK;
             f->mult = xcalloc(3 * nch, sizeof *f->mult, "requantization");
             f->rnd = f->mult + nch;
             f->sh = f->rnd + nch;
-            for (int32_t c = 0; c < op->c; c++) {
-                f->mult[c] = op->multiplier[c];
-                f->sh[c] = op->shift[c];
-                f->rnd[c] = ((int64_t)1 << op->shift[c]) >> 1;
-            }
-            qparams(f, nch);
-            /* vpdpbusd form: w8 = (w - z_w) - d, [tap group][channel][4 taps]; bias folded as for GEMM */
             f->nblk = (int32_t)(nch / BLK);
-            int32_t ngroups = (taps + 3) / 4;
-            f->w8 = xcalloc((size_t)ngroups * nch * 4, 1, "depthwise weights");
             f->bias = xcalloc(nch, sizeof *f->bias, "biases");
+            const int32_t rg = (op->kh + 3) / 4;      /* groups of 4 kernel rows */
+            if (FAST_VNNI) {
+                f->w8 = xcalloc(nch / 64 * (size_t)rg * (size_t)op->kw * 256, 1, "depthwise weights");
+                size_t cols = ((size_t)in->w + 2 * (size_t)op->pad_w) * (size_t)rg * 256;
+                if (cols > fm->dwcols_bytes)
+                    fm->dwcols_bytes = cols;
+            }
             for (int32_t c = 0; c < op->c; c++) {
+                size_t sl = FAST_VNNI ? dw_slot((size_t)c) : (size_t)c;
+                f->mult[sl] = op->multiplier[c];
+                f->sh[sl] = op->shift[c];
+                f->rnd[sl] = ((int64_t)1 << op->shift[c]) >> 1;
+                /* vpdpbusd form: w8 = (w - z_w) - d; bias folded as for GEMM */
                 uint32_t wsum = 0;
                 for (int t = 0; t < taps; t++) {
                     int32_t v = weight_centered(m, op, c, t) - f->d;
-                    f->w8[((size_t)(t / 4) * nch + (size_t)c) * 4 + (size_t)(t % 4)] = (int8_t)v;
                     wsum += (uint32_t)v;
+                    if (FAST_VNNI) {
+                        size_t ky = (size_t)(t / op->kw), kx = (size_t)(t % op->kw);
+                        f->w8[((sl / 64 * (size_t)rg + ky / 4) * (size_t)op->kw + kx) * 256 + sl % 64 * 4 + ky % 4] = (int8_t)v;
+                    }
                 }
-                f->bias[c] = (uint32_t)op->bias[c] - (uint32_t)in->zero_point * (wsum + (uint32_t)f->d * (uint32_t)taps);
+                f->bias[sl] = (uint32_t)op->bias[c] - (uint32_t)in->zero_point * (wsum + (uint32_t)f->d * (uint32_t)taps);
             }
-            for (int32_t g = 0; g < ngroups && g < 16; g++)
-                for (int j = 0; j < 4; j++)
-                    f->ones[g] |= (4 * g + j < taps ? 1u : 0u) << (8 * j);
+            qparams(f, nch);
+            if (FAST_VNNI)
+                qparams_fast(f, nch, op->zero_point);
             continue;
         }
         f->kind = FK_GEMM;
@@ -221,6 +272,8 @@ static void fast_prepare(FastModel *fm, const Model *m)
             }
         }
         qparams(f, nch);
+        if (FAST_VNNI)
+            qparams_fast(f, nch, op->zero_point);
     }
     const Op *last = &m->ops[m->n_ops - 1];
     fm->out_elems = op_elems(last);
@@ -233,6 +286,7 @@ static void fast_free(FastModel *fm)
         free(fm->ops[i].bias);
         free(fm->ops[i].mult);
         free(fm->ops[i].qv);
+        free(fm->ops[i].qf);
         free(fm->ops[i].wdw);
     }
     free(fm->ops);
@@ -246,6 +300,7 @@ static void workspace_init(Workspace *ws, const FastModel *fm, const Model *m)
     ws->arena = xcalloc(m->arena_bytes, 1, "activations");
     ws->cols = xcalloc(fm->cols_bytes + OVER, 1, "im2col scratch");
     ws->pad = xcalloc(fm->pad_bytes + OVER, 1, "padded input");
+    ws->dwcols = xcalloc(fm->dwcols_bytes + 64, 1, "depthwise columns");
     ws->rowsum = xcalloc(fm->rows, sizeof *ws->rowsum, "row sums");
     ws->acc = xcalloc(fm->rows, sizeof *ws->acc, "accumulators");
     ws->logits = xcalloc(fm->out_elems, 1, "logits");
@@ -256,6 +311,7 @@ static void workspace_free(Workspace *ws)
     free(ws->arena);
     free(ws->cols);
     free(ws->pad);
+    free(ws->dwcols);
     free(ws->rowsum);
     free(ws->acc);
     free(ws->logits);
@@ -284,8 +340,7 @@ static inline void requant_store(const int32_t *acc, const FastOp *f, size_t slo
  * Even channels in the low halves of 64-bit lanes, odd ones shifted down: two
  * 32x32->64 multiplies, per-lane arithmetic shifts, clamp, back together.
  * The per-channel constants are stored even channels first (see qparams). */
-static inline __attribute__((always_inline)) void requant_store_v(__m512i acc, const FastOp *f, size_t slot, int n,
-                                                                  const Op *op, uint8_t *dst)
+static inline __attribute__((always_inline)) __m512i requant_v(__m512i acc, const FastOp *f, size_t slot, const Op *op)
 {
     const int64_t *q = f->qv + slot / BLK * QV_WORDS;
     __m512i lo = _mm512_set1_epi64(op->qmin - op->zero_point), hi = _mm512_set1_epi64(op->qmax - op->zero_point);
@@ -296,8 +351,55 @@ static inline __attribute__((always_inline)) void requant_store_v(__m512i acc, c
     e = _mm512_min_epi64(_mm512_max_epi64(e, lo), hi);
     o = _mm512_min_epi64(_mm512_max_epi64(o, lo), hi);
     __m512i v = _mm512_mask_blend_epi32((__mmask16)0xAAAA, e, _mm512_slli_epi64(o, 32));
-    v = _mm512_add_epi32(v, _mm512_set1_epi32(op->zero_point));
-    _mm_mask_storeu_epi8(dst, (__mmask16)((1u << n) - 1), _mm512_cvtepi32_epi8(v));
+    return _mm512_add_epi32(v, _mm512_set1_epi32(op->zero_point));
+}
+
+static inline __attribute__((always_inline)) void requant_store_v(__m512i acc, const FastOp *f, size_t slot, int n,
+                                                                  const Op *op, uint8_t *dst)
+{
+    _mm_mask_storeu_epi8(dst, (__mmask16)((1u << n) - 1), _mm512_cvtepi32_epi8(requant_v(acc, f, slot, op)));
+}
+
+/* The qf form (qparams_fast): 16 int32 lanes -> zp + the requantized value, unclamped. */
+static inline __attribute__((always_inline)) __m512i requant_fast(__m512i acc, const int64_t *q, int post)
+{
+    __m512i e = _mm512_add_epi64(_mm512_mul_epi32(acc, _mm512_loadu_si512(q)), _mm512_loadu_si512(q + 16));
+    __m512i o = _mm512_add_epi64(_mm512_mul_epi32(_mm512_srli_epi64(acc, 32), _mm512_loadu_si512(q + 8)),
+                                 _mm512_loadu_si512(q + 24));
+    __m512i h = _mm512_mask_blend_epi32((__mmask16)0xAAAA, _mm512_srli_epi64(e, 32), o);
+    if (post)
+        h = _mm512_srav_epi32(h, _mm512_loadu_si512(q + 32));
+    return h;
+}
+
+/* Byte k of packus(packs(r0, r1), packs(r2, r3)) is channel 16*(k/4%4) + 4*(k/16) + k%4 */
+static const uint8_t pack_order[64] = {
+    0, 1, 2, 3, 16, 17, 18, 19, 32, 33, 34, 35, 48, 49, 50, 51,
+    4, 5, 6, 7, 20, 21, 22, 23, 36, 37, 38, 39, 52, 53, 54, 55,
+    8, 9, 10, 11, 24, 25, 26, 27, 40, 41, 42, 43, 56, 57, 58, 59,
+    12, 13, 14, 15, 28, 29, 30, 31, 44, 45, 46, 47, 60, 61, 62, 63,
+};
+
+/* 4 x 16 int32 (zp added, channels 16b + l) -> clamped bytes, the first n stored.
+ * The saturating packs clamp to 0..255, then to qmin..qmax. */
+static inline __attribute__((always_inline)) void store_packed(__m512i r0, __m512i r1, __m512i r2, __m512i r3,
+                                                               int n, __m512i order, __m512i lo, __m512i hi,
+                                                               uint8_t *dst)
+{
+    __m512i u = _mm512_packus_epi16(_mm512_packs_epi32(r0, r1), _mm512_packs_epi32(r2, r3));
+    u = _mm512_min_epu8(_mm512_max_epu8(_mm512_permutexvar_epi8(order, u), lo), hi);
+    if (n >= 64)
+        _mm512_storeu_si512(dst, u);
+    else if (n > 32)
+        _mm512_mask_storeu_epi8(dst, ((__mmask64)1 << n) - 1, u);
+    else if (n == 32)
+        _mm256_storeu_si256((void *)dst, _mm512_castsi512_si256(u));
+    else if (n > 16)
+        _mm256_mask_storeu_epi8(dst, ((__mmask32)1 << n) - 1, _mm512_castsi512_si256(u));
+    else if (n == 16)
+        _mm_storeu_si128((void *)dst, _mm512_castsi512_si128(u));
+    else
+        _mm_mask_storeu_epi8(dst, (__mmask16)((1u << n) - 1), _mm512_castsi512_si128(u));
 }
 
 /* Register tile: NB blocks of 16 channels x MP pixels, the whole depth. */
@@ -306,27 +408,62 @@ static inline __attribute__((always_inline)) void tile_vnni(const int NB, const 
                                                             const int32_t *rowsum, const FastOp *f, size_t slot,
                                                             int last_n, const Op *op, uint8_t *out, size_t ldc)
 {
-    __m512i acc[NBMAX][MR];
-    for (int b = 0; b < NB; b++)
-        for (int p = 0; p < MP; p++)
-            acc[b][p] = _mm512_setzero_si512();
+    /* named accumulators: GCC keeps an array of them in registers only with copies
+     * (and a spill) in every iteration of the depth loop */
+    const __m512i z = _mm512_setzero_si512();
+    const __m512i bias0 = _mm512_loadu_si512(f->bias + slot);
+    const __m512i bias1 = NB > 1 ? _mm512_loadu_si512(f->bias + slot + BLK) : z;
+    const __m512i bias2 = NB > 2 ? _mm512_loadu_si512(f->bias + slot + 2 * BLK) : z;
+    const __m512i bias3 = NB > 3 ? _mm512_loadu_si512(f->bias + slot + 3 * BLK) : z;
+    __m512i c00 = bias0, c01 = bias0, c02 = bias0, c03 = bias0;
+    __m512i c10 = bias1, c11 = bias1, c12 = bias1, c13 = bias1;
+    __m512i c20 = bias2, c21 = bias2, c22 = bias2, c23 = bias2;
+    __m512i c30 = bias3, c31 = bias3, c32 = bias3, c33 = bias3;
+    const uint8_t *A0 = A, *A1 = A + lda, *A2 = A + 2 * lda, *A3 = A + 3 * lda;
+    const int8_t *B0 = B, *B1 = B + bstride, *B2 = B + 2 * bstride, *B3 = B + 3 * bstride;
     for (int32_t s = 0; s < nk; s++) {
-        __m512i w[NBMAX];
-        for (int b = 0; b < NB; b++)
-            w[b] = _mm512_loadu_si512(B + (size_t)b * bstride + (size_t)s * 64);
-        for (int p = 0; p < MP; p++) {
-            int32_t a;
-            memcpy(&a, A + (size_t)p * lda + (size_t)s * 4, 4);
-            __m512i av = _mm512_set1_epi32(a);
-            for (int b = 0; b < NB; b++)
-                acc[b][p] = _mm512_dpbusd_epi32(acc[b][p], av, w[b]);
+        __m512i w0 = _mm512_loadu_si512(B0 + (size_t)s * 64), w1 = z, w2 = z, w3 = z;
+        if (NB > 1) w1 = _mm512_loadu_si512(B1 + (size_t)s * 64);
+        if (NB > 2) w2 = _mm512_loadu_si512(B2 + (size_t)s * 64);
+        if (NB > 3) w3 = _mm512_loadu_si512(B3 + (size_t)s * 64);
+#define TILE_PIX(p)                                                         \
+        if (MP > p) {                                                       \
+            int32_t a;                                                      \
+            memcpy(&a, A##p + (size_t)s * 4, 4);                            \
+            __m512i av = _mm512_set1_epi32(a);                              \
+            c0##p = _mm512_dpbusd_epi32(c0##p, av, w0);                     \
+            if (NB > 1) c1##p = _mm512_dpbusd_epi32(c1##p, av, w1);         \
+            if (NB > 2) c2##p = _mm512_dpbusd_epi32(c2##p, av, w2);         \
+            if (NB > 3) c3##p = _mm512_dpbusd_epi32(c3##p, av, w3);         \
         }
+        TILE_PIX(0) TILE_PIX(1) TILE_PIX(2) TILE_PIX(3)
+#undef TILE_PIX
+    }
+    const __m512i acc[NBMAX][MR] = {{c00, c01, c02, c03}, {c10, c11, c12, c13}, {c20, c21, c22, c23},
+                                    {c30, c31, c32, c33}};
+    const int32_t d = f->d, post = f->post;     /* locals: the byte stores may alias any field */
+    const __m512i dv = _mm512_set1_epi32(d);
+    if (f->rq32) {
+        const __m512i order = _mm512_loadu_si512(pack_order);
+        const __m512i lo = _mm512_set1_epi8((char)op->qmin), hi = _mm512_set1_epi8((char)op->qmax);
+        const int64_t *q = f->qf + slot / BLK * QF_WORDS;
+        for (int p = 0; p < MP; p++) {
+            __m512i r[NBMAX];
+            for (int b = 0; b < NB; b++) {
+                __m512i v = acc[b][p];
+                if (d)
+                    v = _mm512_add_epi32(v, _mm512_mullo_epi32(dv, _mm512_set1_epi32(rowsum[p])));
+                r[b] = requant_fast(v, q + (size_t)b * QF_WORDS, post);
+            }
+            for (int b = NB; b < NBMAX; b++)
+                r[b] = r[0];
+            store_packed(r[0], r[1], r[2], r[3], (NB - 1) * BLK + last_n, order, lo, hi, out + (size_t)p * ldc);
+        }
+        return;
     }
     for (int b = 0; b < NB; b++) {
-        __m512i bias = _mm512_loadu_si512(f->bias + slot + (size_t)b * BLK);
-        __m512i dv = _mm512_set1_epi32(f->d);
         for (int p = 0; p < MP; p++) {
-            __m512i v = _mm512_add_epi32(acc[b][p], bias);
+            __m512i v = acc[b][p];
             if (f->d)
                 v = _mm512_add_epi32(v, _mm512_mullo_epi32(dv, _mm512_set1_epi32(rowsum[p])));
             requant_store_v(v, f, slot + (size_t)b * BLK, b == NB - 1 ? last_n : BLK, op,
@@ -465,46 +602,101 @@ static void fast_gemm(const Op *op, const Op *in, const FastOp *f, const uint8_t
 /* ---- depthwise conv, maxpool, avgpool, add (HWC) ------------------------- */
 
 #if FAST_VNNI
-/* On the padded input (z_x in the padding): 16 channels per vector, 4 taps per
- * vpdpbusd: the taps' 16 bytes side by side in a zmm, a byte permute makes each
- * 32-bit lane one channel's 4 taps; weights packed the same way, [tap/4][c][4]. */
+/* On the padded input (z_x in the padding), 64 channels at a time, per output row:
+ * each input column's 4 kernel rows (a group of them) interleaved by byte and word
+ * unpacks into 4 vectors whose 32-bit lanes hold one channel's 4 rows (channel
+ * order dw_slot), once into ws->dwcols; then per output pixel and kernel column one
+ * vpdpbusd per vector with the weights packed the same way, [chunk][row group][kx][4][16][4].
+ * The 4 results' packs undo the interleave. */
+static inline __attribute__((always_inline)) void dw_chunk(const int KW, const int RG, const Op *op, const FastOp *f,
+                                                           size_t Wpad, size_t c0, uint8_t *out, Workspace *ws)
+{
+    /* everything in locals: the byte stores may alias any field */
+    const size_t C = (size_t)op->c, sw = (size_t)op->stride_w, sh = (size_t)op->stride_h, Wp = (size_t)(op->w - 1) * sw + (size_t)KW;
+    const int32_t OH = op->h, OW = op->w, KH = op->kh, d = f->d, post = f->post;
+    const int n = C - c0 < 64 ? (int)(C - c0) : 64;
+    const __mmask64 mask = n == 64 ? ~(__mmask64)0 : ((__mmask64)1 << n) - 1;
+    const __m512i z = _mm512_setzero_si512(), dv = _mm512_set1_epi32(d), ones = _mm512_set1_epi8(1);
+    const __m512i lo = _mm512_set1_epi8((char)op->qmin), hi = _mm512_set1_epi8((char)op->qmax);
+    const int8_t *w = f->w8 + c0 / 64 * (size_t)RG * (size_t)KW * 256;
+    const uint8_t *pad = ws->pad;
+    const int64_t *q = f->qf ? f->qf + c0 / BLK * QF_WORDS : NULL;
+    const __m512i b0 = _mm512_loadu_si512(f->bias + c0), b1 = _mm512_loadu_si512(f->bias + c0 + 16);
+    const __m512i b2 = _mm512_loadu_si512(f->bias + c0 + 32), b3 = _mm512_loadu_si512(f->bias + c0 + 48);
+    __m512i *col = (__m512i *)(void *)(ws->dwcols + (-(uintptr_t)ws->dwcols & 63));     /* 64-byte aligned */
+    for (int32_t oy = 0; oy < OH; oy++) {
+        for (size_t ix = 0; ix < Wp; ix++)
+            for (int g = 0; g < RG; g++) {
+                __m512i r[4];
+                for (int k = 0; k < 4; k++) {
+                    int ky = 4 * g + k;
+                    r[k] = ky < KH
+                               ? _mm512_maskz_loadu_epi8(mask, pad + (((size_t)oy * sh + (size_t)ky)
+                                                                          * Wpad + ix) * C + c0)
+                               : z;
+                }
+                __m512i t0 = _mm512_unpacklo_epi8(r[0], r[1]), t1 = _mm512_unpackhi_epi8(r[0], r[1]);
+                __m512i t2 = _mm512_unpacklo_epi8(r[2], r[3]), t3 = _mm512_unpackhi_epi8(r[2], r[3]);
+                __m512i *cv = col + (ix * RG + g) * 4;
+                _mm512_store_si512(cv, _mm512_unpacklo_epi16(t0, t2));
+                _mm512_store_si512(cv + 1, _mm512_unpackhi_epi16(t0, t2));
+                _mm512_store_si512(cv + 2, _mm512_unpacklo_epi16(t1, t3));
+                _mm512_store_si512(cv + 3, _mm512_unpackhi_epi16(t1, t3));
+            }
+        uint8_t *dst = out + (size_t)oy * OW * C + c0;
+        for (int32_t ox = 0; ox < OW; ox++, dst += C) {
+            __m512i a0 = b0, a1 = b1, a2 = b2, a3 = b3;
+            __m512i s0 = z, s1 = z, s2 = z, s3 = z;
+            for (int kx = 0; kx < KW; kx++)
+                for (int g = 0; g < RG; g++) {
+                    const __m512i *cv = col + (((size_t)ox * sw + (size_t)kx) * RG + (size_t)g) * 4;
+                    const int8_t *wv = w + ((size_t)g * KW + (size_t)kx) * 256;
+                    __m512i v0 = _mm512_load_si512(cv), v1 = _mm512_load_si512(cv + 1);
+                    __m512i v2 = _mm512_load_si512(cv + 2), v3 = _mm512_load_si512(cv + 3);
+                    a0 = _mm512_dpbusd_epi32(a0, v0, _mm512_loadu_si512(wv));
+                    a1 = _mm512_dpbusd_epi32(a1, v1, _mm512_loadu_si512(wv + 64));
+                    a2 = _mm512_dpbusd_epi32(a2, v2, _mm512_loadu_si512(wv + 128));
+                    a3 = _mm512_dpbusd_epi32(a3, v3, _mm512_loadu_si512(wv + 192));
+                    if (d) {
+                        s0 = _mm512_dpbusd_epi32(s0, v0, ones);
+                        s1 = _mm512_dpbusd_epi32(s1, v1, ones);
+                        s2 = _mm512_dpbusd_epi32(s2, v2, ones);
+                        s3 = _mm512_dpbusd_epi32(s3, v3, ones);
+                    }
+                }
+            if (d) {
+                a0 = _mm512_add_epi32(a0, _mm512_mullo_epi32(dv, s0));
+                a1 = _mm512_add_epi32(a1, _mm512_mullo_epi32(dv, s1));
+                a2 = _mm512_add_epi32(a2, _mm512_mullo_epi32(dv, s2));
+                a3 = _mm512_add_epi32(a3, _mm512_mullo_epi32(dv, s3));
+            }
+            if (q) {
+                a0 = requant_fast(a0, q, post);
+                a1 = requant_fast(a1, q + QF_WORDS, post);
+                a2 = requant_fast(a2, q + 2 * QF_WORDS, post);
+                a3 = requant_fast(a3, q + 3 * QF_WORDS, post);
+            } else {
+                a0 = requant_v(a0, f, c0, op);
+                a1 = requant_v(a1, f, c0 + 16, op);
+                a2 = requant_v(a2, f, c0 + 32, op);
+                a3 = requant_v(a3, f, c0 + 48, op);
+            }
+            __m512i u = _mm512_packus_epi16(_mm512_packs_epi32(a0, a1), _mm512_packs_epi32(a2, a3));
+            _mm512_mask_storeu_epi8(dst, mask, _mm512_min_epu8(_mm512_max_epu8(u, lo), hi));
+        }
+    }
+}
+
 static void fast_depthwise(const Op *op, const Op *in, const FastOp *f, const uint8_t *x, uint8_t *out, Workspace *ws)
 {
-    const int32_t C = op->c, taps = op->kh * op->kw, ngroups = (taps + 3) / 4;
-    const size_t Wp = (size_t)in->w + 2 * (size_t)op->pad_w, nch = (size_t)f->nblk * BLK;
-    size_t toff[64];                            /* byte offset of each tap (padded to whole groups) */
-    uint8_t idx_bytes[64];
-    for (int j = 0; j < 64; j++)
-        idx_bytes[j] = (uint8_t)((j % 4) * 16 + j / 4);
-    const __m512i idx = _mm512_loadu_si512(idx_bytes);
-    for (int32_t t = 0; t < 4 * ngroups; t++) {
-        int32_t tt = t < taps ? t : taps - 1;   /* beyond the kernel: any tap, weight 0 */
-        toff[t] = ((size_t)(tt / op->kw) * Wp + (size_t)(tt % op->kw)) * (size_t)C;
-    }
+    const size_t Wpad = (size_t)in->w + 2 * (size_t)op->pad_w;
     pad_input(op, in, x, ws->pad);
-    const __m512i dv = _mm512_set1_epi32(f->d);
-    for (int32_t oy = 0; oy < op->h; oy++)
-        for (int32_t ox = 0; ox < op->w; ox++) {
-            const uint8_t *base = ws->pad + ((size_t)oy * op->stride_h * Wp + (size_t)ox * op->stride_w) * C;
-            uint8_t *dst = out + ((size_t)oy * op->w + ox) * C;
-            for (int32_t c0 = 0; c0 < C; c0 += BLK) {
-                __m512i acc = _mm512_loadu_si512(f->bias + c0), sx = _mm512_setzero_si512();
-                for (int32_t g = 0; g < ngroups; g++) {
-                    const size_t *o = toff + 4 * g;
-                    __m512i v = _mm512_castsi128_si512(_mm_loadu_si128((const void *)(base + o[0] + c0)));
-                    v = _mm512_inserti32x4(v, _mm_loadu_si128((const void *)(base + o[1] + c0)), 1);
-                    v = _mm512_inserti32x4(v, _mm_loadu_si128((const void *)(base + o[2] + c0)), 2);
-                    v = _mm512_inserti32x4(v, _mm_loadu_si128((const void *)(base + o[3] + c0)), 3);
-                    v = _mm512_permutexvar_epi8(idx, v);
-                    acc = _mm512_dpbusd_epi32(acc, v, _mm512_loadu_si512(f->w8 + ((size_t)g * nch + (size_t)c0) * 4));
-                    if (f->d)
-                        sx = _mm512_dpbusd_epi32(sx, v, _mm512_set1_epi32(f->ones[g]));
-                }
-                if (f->d)
-                    acc = _mm512_add_epi32(acc, _mm512_mullo_epi32(dv, sx));
-                requant_store_v(acc, f, (size_t)c0, C - c0 < BLK ? C - c0 : BLK, op, dst + c0);
-            }
-        }
+    for (size_t c0 = 0; c0 < (size_t)op->c; c0 += 64) {
+        if (op->kw == 3 && op->kh <= 4)
+            dw_chunk(3, 1, op, f, Wpad, c0, out, ws);
+        else
+            dw_chunk(op->kw, (op->kh + 3) / 4, op, f, Wpad, c0, out, ws);
+    }
 }
 #else
 static void fast_depthwise(const Op *op, const Op *in, const FastOp *f, const uint8_t *x, uint8_t *out, Workspace *ws)

@@ -133,11 +133,25 @@ CASES = [("awkward", "per_channel", 16), ("awkward", "per_tensor", 32), ("mobile
          ("conv_pool", "per_tensor", 16), ("residual", "per_channel", 32)]
 
 
-def export(folder, arch, mode, seed, bits):
+def force_wide_requantization(state, quant):
+    """In every conv and linear layer, channel 0 gets a multiplier of 31 bits with shift 31 and
+    channel 1 one with shift 58: the optimized kernels' 32-bit requantization form does not
+    exist for them, so those layers take the 64-bit one (the other channels keep theirs)."""
+    for op in quant:
+        if op["op"] in ("conv", "linear"):
+            mult, shift = state[op["name"] + ".multiplier"], state[op["name"] + ".shift"]
+            mult[0], shift[0] = 2 ** 30 + 12345, 31
+            if len(mult) > 1:
+                mult[1], shift[1] = 2 ** 31 - 1, 58
+
+
+def export(folder, arch, mode, seed, bits, tweak=None):
     """Like test_c_engine.make_export, for the graphs here as well as tests/random_models.py's."""
     if arch not in ARCHS:
         return make_export(folder, arch, mode, seed=seed, multiplier_bits=bits)
     state, quant, images = quantized(arch, mode, seed, bits)
+    if tweak:
+        tweak(state, quant)
     os.makedirs(folder)
     write_export(state, quant, folder, "bin")
     x = images.numpy()
@@ -152,9 +166,22 @@ def export(folder, arch, mode, seed, bits):
             "labels": labels, "n": len(x)}
 
 
+WIDE_CASES = [("awkward", "per_channel", 8), ("mobilenetish", "per_tensor", 16)]
+
+
 @pytest.mark.parametrize("arch,mode,bits", CASES, ids=[f"{a}-{m}-{b}" for a, m, b in CASES])
 def test_optimized_equals_reference(binaries, tmp_path, arch, mode, bits):
-    ex = export(str(tmp_path / "ex"), arch, mode, 7, bits)
+    check_all_engines(binaries, tmp_path, export(str(tmp_path / "ex"), arch, mode, 7, bits), arch, mode)
+
+
+@pytest.mark.parametrize("arch,mode,bits", WIDE_CASES, ids=[f"{a}-{m}-{b}" for a, m, b in WIDE_CASES])
+def test_wide_requantization_equals_reference(binaries, tmp_path, arch, mode, bits):
+    """Multipliers and shifts outside the optimized kernels' 32-bit requantization form."""
+    ex = export(str(tmp_path / "ex"), arch, mode, 7, bits, tweak=force_wide_requantization)
+    check_all_engines(binaries, tmp_path, ex, arch, mode)
+
+
+def check_all_engines(binaries, tmp_path, ex, arch, mode):
     runs = [("native", ["--reference"])] + [(kind, []) for kind in TARGETS]
     for kind, extra in runs:
         out = str(tmp_path / f"logits_{kind}{'_ref' if extra else ''}.txt")

@@ -88,3 +88,21 @@ def test_lenet_end_to_end_on_real_mnist(tmp_path):
     assert proc.returncode == 0 and "|acc| bound" in proc.stdout
     assert sorted(os.listdir(tmp_path / "e")) == sorted(f"lenet_{k}" for k in
                                                           ("weight.txt", "weight.bin", "bias.bin", "quant.txt", "model.bin"))
+
+
+@pytest.mark.parametrize("delay", [0.5, 1.5, 3.0])
+def test_sigkill_during_quantization_never_leaves_a_half_tuple(tmp_path, delay):
+    """Killed at any moment, quant_model.py leaves either the previous tuple or the new one, whole."""
+    import signal
+    import time
+    shutil.copy(os.path.join(ROOT, "quantization", "lenet_quant.tuple"), tmp_path / "lenet_quant.tuple")
+    before = (tmp_path / "lenet_quant.tuple").read_bytes()
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "quant_model.py"), f"--quant_dir={tmp_path}",
+                             "--calib_images=3000"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    state, quant_list = torch.load(tmp_path / "lenet_quant.tuple", weights_only=True)
+    after = (tmp_path / "lenet_quant.tuple").read_bytes()
+    assert after == before or quant_list[0]["calib_images"] == 3000
+    assert [f for f in os.listdir(tmp_path) if not f.endswith(".tmp")] == ["lenet_quant.tuple"]
