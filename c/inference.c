@@ -305,6 +305,16 @@ static void read_channel_words(Words *w, int32_t **dst, int32_t count, const cha
         arr[c] = next_word(w, field, lo, hi);
 }
 
+/* The words a conv and a linear record end with: weight zero point, offsets, per-channel requantization. */
+static void read_weighted_tail(Words *w, Op *op, const Model *m)
+{
+    op->w_zero_point = next_word(w, "weight zero point", 0, m->weight_signed ? 0 : 255);
+    op->w_offset = next_word(w, "weight offset", 0, INT32_MAX);
+    op->b_offset = next_word(w, "bias offset", 0, INT32_MAX);
+    read_channel_words(w, &op->multiplier, op->c, "multiplier", 0, INT32_MAX);
+    read_channel_words(w, &op->shift, op->c, "shift", 0, MAX_SHIFT);
+}
+
 /* Parse the type-specific words of op i and check them against its input. */
 static void parse_op_words(Model *m, int i, const uint8_t *p)
 {
@@ -349,11 +359,7 @@ static void parse_op_words(Model *m, int i, const uint8_t *p)
         if (cols > (uint64_t)MAX_SCRATCH)
             fail("%s: op %d (conv): %llu im2col elements, over the %ld limit", path, i,
                  (unsigned long long)cols, MAX_SCRATCH);
-        op->w_zero_point = next_word(&w, "weight zero point", 0, m->weight_signed ? 0 : 255);
-        op->w_offset = next_word(&w, "weight offset", 0, INT32_MAX);
-        op->b_offset = next_word(&w, "bias offset", 0, INT32_MAX);
-        read_channel_words(&w, &op->multiplier, op->c, "multiplier", 0, INT32_MAX);
-        read_channel_words(&w, &op->shift, op->c, "shift", 0, MAX_SHIFT);
+        read_weighted_tail(&w, op, m);
         break;
     }
     case OP_LINEAR: {
@@ -364,11 +370,7 @@ static void parse_op_words(Model *m, int i, const uint8_t *p)
         if (op->h != 1 || op->w != 1)
             fail("%s: op %d (linear): output shape %dx%dx%d, expected %dx1x1", path, i, op->c, op->h, op->w, op->c);
         op->k_size = in_features;
-        op->w_zero_point = next_word(&w, "weight zero point", 0, m->weight_signed ? 0 : 255);
-        op->w_offset = next_word(&w, "weight offset", 0, INT32_MAX);
-        op->b_offset = next_word(&w, "bias offset", 0, INT32_MAX);
-        read_channel_words(&w, &op->multiplier, op->c, "multiplier", 0, INT32_MAX);
-        read_channel_words(&w, &op->shift, op->c, "shift", 0, MAX_SHIFT);
+        read_weighted_tail(&w, op, m);
         break;
     }
     case OP_MAXPOOL:

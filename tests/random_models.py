@@ -60,14 +60,23 @@ class ResidualNet(nn.Module):
 ARCHS = {"conv_pool": (ConvPoolNet, "mnist", (1, 28, 28)), "residual": (ResidualNet, "cifar10", (3, 32, 32))}
 
 
-def random_quantized(arch, weight_mode="per_channel", seed=0, calib=64, multiplier_bits=16):
-    """(state_dict, quant_list, uint8 test images) for a random model of `arch`."""
-    cls, dataset, shape = ARCHS[arch]
+def make_cfg(**overrides):
+    """config.py's defaults as the namespace config.load() returns, with overrides."""
+    cfg = types.SimpleNamespace(**{k.lower(): v for k, v in config.defaults().items()})
+    for key, value in overrides.items():
+        setattr(cfg, key, value)
+    return cfg
+
+
+def random_quantized(arch, weight_mode="per_channel", seed=0, calib=64, multiplier_bits=16, archs=None, n_test=32):
+    """(state_dict, quant_list, uint8 test images) for a random model of `arch` (from `archs`,
+    by default ARCHS: name -> (class, dataset, input shape))."""
+    cls, dataset, shape = (archs or ARCHS)[arch]
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     net = _randomize_bn(cls(), gen).eval()
-    images = torch.randint(0, 256, (calib + 32, *shape), generator=gen, dtype=torch.uint8)
-    cfg = types.SimpleNamespace(**{k.lower(): v for k, v in config.defaults().items()})
-    cfg.model, cfg.weight_mode, cfg.multiplier_bits = "lenet" if dataset == "mnist" else "resnet18", weight_mode, multiplier_bits
+    images = torch.randint(0, 256, (calib + n_test, *shape), generator=gen, dtype=torch.uint8)
+    cfg = make_cfg(model="lenet" if dataset == "mnist" else "resnet18", weight_mode=weight_mode,
+                   multiplier_bits=multiplier_bits)
     state, quant_list = build_integer_graph(net, images[:calib], cfg, dataset, {})
     return state, quant_list, images[calib:]

@@ -53,12 +53,11 @@ def write_cifar(folder, images, labels):
     return path
 
 
-def make_export(folder, arch, mode, seed=1, multiplier_bits=16):
-    """Export a random graph to `folder`; returns a dict with the model name, data args and
-    the numpy engine's logits."""
-    state, quant, images = random_quantized(arch, mode, seed=seed, multiplier_bits=multiplier_bits)
+def export_graph(folder, state, quant, images, seed, mode="both"):
+    """Export an integer graph and its images to `folder`; returns a dict with the model name,
+    data args and the numpy engine's logits."""
     os.makedirs(folder, exist_ok=True)
-    write_export(state, quant, folder, "both")
+    write_export(state, quant, folder, mode)
     x = images.numpy()
     logits = NumpyIntegerModel(state, quant)(x)
     labels = np.random.default_rng(seed).integers(0, 10, len(x))
@@ -70,6 +69,12 @@ def make_export(folder, arch, mode, seed=1, multiplier_bits=16):
         data_args = ["--images", img]
     return {"dir": folder, "model": quant[0]["model"], "data_args": data_args, "logits": logits,
             "labels": labels, "images": img, "labels_path": lab, "n": len(x)}
+
+
+def make_export(folder, arch, mode, seed=1, multiplier_bits=16):
+    """export_graph of a random graph from tests/random_models.py."""
+    state, quant, images = random_quantized(arch, mode, seed=seed, multiplier_bits=multiplier_bits)
+    return export_graph(folder, state, quant, images, seed)
 
 
 def run(binary, export, *extra, cwd=None):

@@ -14,20 +14,14 @@ and every one must give the numpy engine's logits exactly.
 import os
 import shutil
 import subprocess
-import types
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-import config
-from model.export_format import write_export
-from model.np_engine import NumpyIntegerModel
-from model.quantize import build_integer_graph
-from tests.random_models import _randomize_bn
-from tests.test_c_engine import (C_DIR, assert_clean, make_export, read_logits, result_line, run, write_cifar,
-                                 write_idx)
+from tests.random_models import random_quantized
+from tests.test_c_engine import C_DIR, assert_clean, export_graph, make_export, read_logits, result_line, run
 
 TARGETS = {"native": "inference", "portable": "inference_portable", "omp": "inference_omp",
            "asan": "inference_asan", "asan_portable": "inference_asan_portable"}
@@ -106,19 +100,6 @@ ARCHS = {"awkward": (AwkwardNet, "cifar10", (3, 32, 32)), "mobilenetish": (Mobil
          "tiny_mnist": (TinyMnist, "mnist", (1, 28, 28))}
 
 
-def quantized(arch, weight_mode, seed, multiplier_bits):
-    cls, dataset, shape = ARCHS[arch]
-    gen = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    net = _randomize_bn(cls(), gen).eval()
-    images = torch.randint(0, 256, (64 + 24, *shape), generator=gen, dtype=torch.uint8)
-    cfg = types.SimpleNamespace(**{k.lower(): v for k, v in config.defaults().items()})
-    cfg.model = "lenet" if dataset == "mnist" else "resnet18"
-    cfg.weight_mode, cfg.multiplier_bits = weight_mode, multiplier_bits
-    state, quant_list = build_integer_graph(net, images[:64], cfg, dataset, {})
-    return state, quant_list, images[64:]
-
-
 @pytest.fixture(scope="module")
 def binaries():
     if shutil.which("make") is None or shutil.which("gcc") is None:
@@ -149,21 +130,10 @@ def export(folder, arch, mode, seed, bits, tweak=None):
     """Like test_c_engine.make_export, for the graphs here as well as tests/random_models.py's."""
     if arch not in ARCHS:
         return make_export(folder, arch, mode, seed=seed, multiplier_bits=bits)
-    state, quant, images = quantized(arch, mode, seed, bits)
+    state, quant, images = random_quantized(arch, mode, seed, multiplier_bits=bits, archs=ARCHS, n_test=24)
     if tweak:
         tweak(state, quant)
-    os.makedirs(folder)
-    write_export(state, quant, folder, "bin")
-    x = images.numpy()
-    logits = NumpyIntegerModel(state, quant)(x)
-    labels = np.random.default_rng(seed).integers(0, 10, len(x))
-    if quant[0]["dataset"] == "mnist":
-        img, lab = write_idx(folder, x, labels)
-        data_args = ["--images", img, "--labels", lab]
-    else:
-        data_args = ["--images", write_cifar(folder, x, labels)]
-    return {"dir": folder, "model": quant[0]["model"], "data_args": data_args, "logits": logits,
-            "labels": labels, "n": len(x)}
+    return export_graph(folder, state, quant, images, seed, mode="bin")
 
 
 WIDE_CASES = [("awkward", "per_channel", 8), ("mobilenetish", "per_tensor", 16)]

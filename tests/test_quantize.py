@@ -1,5 +1,4 @@
 """Quantizer: BN folding, weight modes, calibration, overflow refusal, clear errors."""
-import types
 
 import numpy as np
 import pytest
@@ -8,16 +7,8 @@ import torch.fx as fx
 from torch import nn
 from torch.fx.experimental.optimization import fuse
 
-import config
 from model.quantize import QuantizeError, accumulator_bound, build_integer_graph, quantize_weight
-from tests.random_models import ARCHS, _randomize_bn, random_quantized
-
-
-def make_cfg(**over):
-    cfg = types.SimpleNamespace(**{k.lower(): v for k, v in config.defaults().items()})
-    for k, v in over.items():
-        setattr(cfg, k, v)
-    return cfg
+from tests.random_models import ARCHS, _randomize_bn, make_cfg, random_quantized
 
 
 @pytest.mark.parametrize("arch", list(ARCHS))
