@@ -82,6 +82,8 @@ def main():
     weight_decay = spec.weight_decay if cfg.weight_decay < 0 else cfg.weight_decay
 
     distributed = "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("error: --device=cuda but torch sees no CUDA device; use --device=auto or cpu")
     use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
     if distributed:
         dist.init_process_group("nccl" if use_cuda else "gloo")
@@ -118,7 +120,6 @@ def main():
     else:
         opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, epochs=epochs, steps_per_epoch=steps_per_epoch)
-    scaler = torch.amp.GradScaler("cuda", enabled=use_cuda)
 
     ckpt_path = os.path.join(cfg.pretrained_dir, f"{cfg.model}_ckpt.pt")
     raw_path = models.raw_path(cfg)
@@ -134,7 +135,6 @@ def main():
         bare.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
-        scaler.load_state_dict(ckpt["scaler"])
         start_epoch, best_val, history = ckpt["header"]["epoch"], ckpt["header"]["best_val"], ckpt["history"]
         if main_proc:
             print(f"resuming {cfg.model} from {ckpt_path} at epoch {start_epoch}/{epochs}")
@@ -158,12 +158,11 @@ def main():
             y = train_y[idx].to(device, non_blocking=True)
             if spec.augment_pad:
                 x = augment(x, gen, spec.augment_pad, spec.augment_flip)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_cuda):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_cuda):   # bf16: no loss scaling
                 loss = F.cross_entropy(net(to_float(x)), y)
             opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
+            loss.backward()
+            opt.step()
             sched.step()
             total_loss += loss.item()
             bar.set_postfix(loss=f"{total_loss / (step + 1):.4f}")
@@ -182,7 +181,7 @@ def main():
         atomic_save({"header": {"kind": "fpgai-train-state", "version": FORMAT_VERSION, "model": cfg.model,
                                 "epoch": epoch + 1, "epochs": epochs, "best_val": best_val},
                      "model": bare.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                     "scaler": scaler.state_dict(), "history": history}, ckpt_path)
+                     "history": history}, ckpt_path)
         print(f"epoch {epoch + 1}/{epochs}: loss {history[-1]['loss']:.4f}  val {val_acc * 100:.2f}%  "
               f"{seconds:.0f}s{'  (best, saved)' if improved else ''}", flush=True)
     if main_proc and history:
