@@ -28,6 +28,7 @@ TRAIN_IMAGES = 0                # train on only this many of the rest (0 = all):
 NUM_WORKERS = 0
 RESUME = True                   # continue from pretrained/{model}_ckpt.pt when present
 DEVICE = "auto"                 # auto | cpu | cuda
+AMP = "auto"                    # bf16 autocast: auto = on CUDA only; bf16 = also on a CPU that has it; off
 
 # --- stage 2: quantization ---------------------------------------------------
 WEIGHT_MODE = "per_channel"     # per_channel: int8 symmetric per output channel
@@ -56,6 +57,7 @@ CHOICES = {
     "CALIB_METHOD": ("minmax", "percentile"),
     "EXPORT_MODE": ("txt", "bin", "both"),
     "DEVICE": ("auto", "cpu", "cuda"),
+    "AMP": ("auto", "bf16", "off"),
 }
 RANGES = {
     "MULTIPLIER_BITS": (8, 32),

@@ -95,6 +95,9 @@ def main():
     else:
         device = torch.device("cpu")
     main_proc = rank == 0
+    if cfg.amp == "bf16" and not use_cuda and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        sys.exit("error: --amp=bf16 but this CPU has no bf16 support in oneDNN; use --amp=off")
+    amp = cfg.amp == "bf16" or (cfg.amp == "auto" and use_cuda)
 
     try:
         images, labels = datasets.load(spec.dataset, "train", cfg.data_dir, cfg.mirror_dir)
@@ -141,7 +144,8 @@ def main():
 
     if main_proc:
         print(f"training {cfg.model} on {spec.dataset}: {len(train_x)} train / {len(val_x)} val images, "
-              f"{epochs} epochs, batch {batch_size}x{world}, {spec.optimizer} lr {lr}, device {device}")
+              f"{epochs} epochs, batch {batch_size}x{world}, {spec.optimizer} lr {lr}, device {device}"
+              f"{', bf16 autocast' if amp else ''}")
     for epoch in range(start_epoch, epochs):
         t0 = time.time()
         net.train()
@@ -158,7 +162,7 @@ def main():
             y = train_y[idx].to(device, non_blocking=True)
             if spec.augment_pad:
                 x = augment(x, gen, spec.augment_pad, spec.augment_flip)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_cuda):   # bf16: no loss scaling
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):   # bf16: no loss scaling
                 loss = F.cross_entropy(net(to_float(x)), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -176,7 +180,7 @@ def main():
         if improved:
             best_val = val_acc
             models.save_raw(bare, cfg.model, raw_path, {
-                "epoch": epoch + 1, "epochs": epochs, "val_acc": val_acc, "device": str(device.type),
+                "epoch": epoch + 1, "epochs": epochs, "val_acc": val_acc, "device": str(device.type), "amp": amp,
                 "world_size": world, "train_seconds": sum(h["seconds"] for h in history)})
         atomic_save({"header": {"kind": "fpgai-train-state", "version": FORMAT_VERSION, "model": cfg.model,
                                 "epoch": epoch + 1, "epochs": epochs, "best_val": best_val},
