@@ -1002,6 +1002,15 @@ static void run_linear(const Op *op, const Op *in, const uint8_t *x, uint8_t *ou
     }
 }
 
+/* Rows (or columns) [lo, hi) of the input under pooling window o, padding cut off:
+ * shared by the reference and the optimized pools. */
+static void pool_window(int32_t o, int32_t stride, int32_t pad, int32_t k, int32_t size, int32_t *lo, int32_t *hi)
+{
+    int32_t start = o * stride - pad, end = start + k;
+    *lo = start < 0 ? 0 : start;
+    *hi = end > size ? size : end;
+}
+
 /* Max pooling; padding never wins: out-of-bounds positions are skipped
  * (pad < kernel guarantees each window holds a real element). */
 static void run_maxpool(const Op *op, const Op *in, const uint8_t *x, uint8_t *out)
@@ -1009,13 +1018,11 @@ static void run_maxpool(const Op *op, const Op *in, const uint8_t *x, uint8_t *o
     for (int32_t c = 0; c < op->c; c++) {
         const uint8_t *plane = x + (size_t)c * in->h * in->w;
         for (int32_t oy = 0; oy < op->h; oy++) {
-            int32_t y0 = oy * op->stride_h - op->pad_h, y1 = y0 + op->kh;
-            if (y0 < 0) y0 = 0;
-            if (y1 > in->h) y1 = in->h;
+            int32_t y0, y1;
+            pool_window(oy, op->stride_h, op->pad_h, op->kh, in->h, &y0, &y1);
             for (int32_t ox = 0; ox < op->w; ox++) {
-                int32_t x0 = ox * op->stride_w - op->pad_w, x1 = x0 + op->kw;
-                if (x0 < 0) x0 = 0;
-                if (x1 > in->w) x1 = in->w;
+                int32_t x0, x1;
+                pool_window(ox, op->stride_w, op->pad_w, op->kw, in->w, &x0, &x1);
                 uint8_t best = 0;
                 for (int32_t iy = y0; iy < y1; iy++)
                     for (int32_t ix = x0; ix < x1; ix++)

@@ -732,13 +732,11 @@ static void fast_maxpool(const Op *op, const Op *in, const uint8_t *x, uint8_t *
 {
     const size_t C = (size_t)op->c;
     for (int32_t oy = 0; oy < op->h; oy++) {
-        int32_t y0 = oy * op->stride_h - op->pad_h, y1 = y0 + op->kh;
-        if (y0 < 0) y0 = 0;
-        if (y1 > in->h) y1 = in->h;
+        int32_t y0, y1;
+        pool_window(oy, op->stride_h, op->pad_h, op->kh, in->h, &y0, &y1);
         for (int32_t ox = 0; ox < op->w; ox++) {
-            int32_t x0 = ox * op->stride_w - op->pad_w, x1 = x0 + op->kw;
-            if (x0 < 0) x0 = 0;
-            if (x1 > in->w) x1 = in->w;
+            int32_t x0, x1;
+            pool_window(ox, op->stride_w, op->pad_w, op->kw, in->w, &x0, &x1);
             uint8_t *dst = out + ((size_t)oy * op->w + ox) * C;
             memset(dst, 0, C);
             for (int32_t iy = y0; iy < y1; iy++)
