@@ -52,7 +52,8 @@ def raw_path(cfg):
 
 def save_raw(model, name, path, meta):
     half = spec(name).half_checkpoint
-    state = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().clone()
+    state = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu()
+             .clone(memory_format=torch.contiguous_format)   # NCHW even if trained channels-last
              for k, v in model.state_dict().items()}
     atomic_save({"header": {"kind": "fpgai-raw", "version": FORMAT_VERSION, "model": name, **meta},
                  "state_dict": state}, path)
