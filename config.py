@@ -25,7 +25,6 @@ LR = 0.0                        # 0 = the model's own default
 WEIGHT_DECAY = -1.0             # <0 = the model's own default
 VAL_IMAGES = 5000               # validation split carved from the training set
 TRAIN_IMAGES = 0                # train on only this many of the rest (0 = all): quick smoke runs
-NUM_WORKERS = 0
 RESUME = True                   # continue from pretrained/{model}_ckpt.pt when present
 DEVICE = "auto"                 # auto | cpu | cuda
 AMP = "auto"                    # bf16 autocast: auto = on CUDA only; bf16 = also on a CPU that has it; off
@@ -69,7 +68,6 @@ RANGES = {
     "TRAIN_IMAGES": (0, 60000),
     "LIMIT": (0, 10000),
     "TEST_BATCH": (1, 65536),
-    "NUM_WORKERS": (0, 256),
 }
 
 
@@ -136,8 +134,23 @@ def load(argv=None, extra=None):
     return types.SimpleNamespace(**{k.lower(): v for k, v in cfg.items()})
 
 
+def usage(extra=None):
+    """The calling script's docstring, then every option with its default and valid values."""
+    lines = [(sys.modules["__main__"].__doc__ or "").strip(), "",
+             "options (--key=value or --key value; defaults from config.py):"]
+    for key, value in {**defaults(), **{k.upper(): v for k, v in (extra or {}).items()}}.items():
+        valid = (f"  [{', '.join(CHOICES[key])}]" if key in CHOICES else
+                 f"  [{RANGES[key][0]}..{RANGES[key][1]}]" if key in RANGES else "")
+        lines.append(f"  --{key.lower()}={value}{valid}")
+    return "\n".join(lines).lstrip()
+
+
 def load_or_exit(argv=None, extra=None):
+    args = sys.argv[1:] if argv is None else argv
+    if "-h" in args or "--help" in args:
+        print(usage(extra))
+        sys.exit(0)
     try:
-        return load(argv, extra)
+        return load(args, extra)
     except ConfigError as err:
         sys.exit(f"config error: {err}")

@@ -23,6 +23,14 @@ def test_unknown_model_lists_the_choices(script):
     assert "unknown model 'alexnet'" in proc.stderr and "lenet" in proc.stderr and "resnet18" in proc.stderr
 
 
+@pytest.mark.parametrize("script", ["train_model.py", "quant_model.py", "test_model.py", "export_quant_model.py"])
+def test_help_lists_every_option(script):
+    proc = run(script, "--help")
+    assert proc.returncode == 0 and proc.stderr == ""
+    assert proc.stdout.startswith("Stage ") and "--model=lenet  [lenet, resnet18" in proc.stdout
+    assert "--weight_mode=per_channel  [per_channel, per_tensor]" in proc.stdout
+
+
 @pytest.mark.parametrize("args, message", [
     (["--weight_mode=int4"], "unknown weight_mode 'int4'"),
     (["--multiplier_bits=40"], "multiplier_bits=40 is out of range"),
