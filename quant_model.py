@@ -27,8 +27,7 @@ def load_quant(cfg):
     path = quant_path(cfg)
     hint = f"; run `python quant_model.py --model={cfg.model}`"
     state, quant_list = load_checked(path, "fpgai-quant", cfg.model, hint=hint)
-    _, raw_header = models.load_raw(cfg)
-    if quant_list[0]["fingerprint"] != settings_fingerprint(cfg, raw_header):
+    if quant_list[0]["fingerprint"] != settings_fingerprint(cfg, models.raw_header(cfg)):
         raise ModelFileError(f"{path}: stale: it was made with other quantization settings "
                              f"(weight_mode={quant_list[0]['weight_mode']}, multiplier_bits="
                              f"{quant_list[0]['multiplier_bits']}, calib_images={quant_list[0]['calib_images']}) "

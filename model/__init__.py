@@ -59,12 +59,22 @@ def save_raw(model, name, path, meta):
                  "state_dict": state}, path)
 
 
-def load_raw(cfg):
-    """The trained float model of cfg.model, in eval mode (fp16 checkpoints widened to fp32)."""
+def _read_raw(cfg):
     path = raw_path(cfg)
     obj = load_checked(path, "fpgai-raw", cfg.model, hint=f"; train it with `python train_model.py --model={cfg.model}`")
-    model = build(cfg.model)
-    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in obj["state_dict"].items()})
     with open(path, "rb") as f:   # identifies the checkpoint in the fingerprint of what is made from it
         digest = hashlib.sha256(f.read()).hexdigest()
-    return model.eval(), {**obj["header"], "sha256": digest}
+    return obj["state_dict"], {**obj["header"], "sha256": digest}
+
+
+def raw_header(cfg):
+    """The float checkpoint's header with its sha256, without building the model."""
+    return _read_raw(cfg)[1]
+
+
+def load_raw(cfg):
+    """The trained float model of cfg.model, in eval mode (fp16 checkpoints widened to fp32), and its header."""
+    state, header = _read_raw(cfg)
+    model = build(cfg.model)
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    return model.eval(), header
