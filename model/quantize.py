@@ -29,6 +29,7 @@ from model import qmath
 from model.fileio import FORMAT_VERSION
 
 ACC_LIMIT = 2 ** 31 - 1
+BIAS_LIMIT = 2 ** 30                # a floored channel's bias takes at most half the accumulator
 INPUT_SCALE = 1.0 / 255.0          # the float model sees pixel / 255: input q = pixel, zero point 0
 
 RELU = {nn.ReLU, F.relu, torch.relu}
@@ -116,13 +117,17 @@ def _pair(v):
     return [int(v), int(v)] if isinstance(v, int) else [int(x) for x in v]
 
 
-def quantize_weight(w, mode):
-    """(q, per-channel scales, zero_point) of a float weight [Cout, ...]."""
+def quantize_weight(w, mode, min_scale=0.0):
+    """(q, per-channel scales, zero_point) of a float weight [Cout, ...].
+
+    Per channel, no scale goes below `min_scale` (per channel): a channel whose weights BN
+    folding shrank to almost nothing (a BN gamma decayed to ~0) would otherwise need a bias
+    beyond int32 at scale s_in*s_w; its output is ~ its bias, so coarser weights lose nothing."""
     w = w.detach().double().numpy()
     cout = w.shape[0]
     if mode == "per_channel":                      # int8 symmetric per output channel, [-127, 127]
         amax = np.abs(w.reshape(cout, -1)).max(axis=1)
-        scale = np.where(amax > 0, amax / 127.0, 1.0)
+        scale = np.maximum(np.where(amax > 0, amax / 127.0, 1.0), min_scale)
         q = np.clip(qmath.round_half_up(w / scale.reshape(-1, *[1] * (w.ndim - 1))), -127, 127)
         return q.astype(np.int8), scale, 0
     scale, zp = qmath.choose_qparams(w.min(), w.max())   # per tensor uint8 with a zero point
@@ -214,11 +219,13 @@ def build_integer_graph(model, calib_images, cfg, dataset, raw_header, progress=
             skip.add(out_node)
             src = where[args[0]]
             name = node.target.replace(".", "_")
-            qw, w_scale, w_zp = quantize_weight(mod.weight, cfg.weight_mode)
             lo, hi = observer.ranges[out_node.name]
             out_scale, _ = qmath.choose_qparams(lo, hi)
             in_scale = ops[src]["scale"]
-            bias_f = (mod.bias.detach().double().numpy() if mod.bias is not None else np.zeros(len(w_scale)))
+            bias_f = (mod.bias.detach().double().numpy() if mod.bias is not None
+                      else np.zeros(mod.weight.shape[0]))
+            qw, w_scale, w_zp = quantize_weight(mod.weight, cfg.weight_mode,
+                                                min_scale=np.abs(bias_f) / (in_scale * BIAS_LIMIT))
             bias_q = qmath.round_half_up(bias_f / (in_scale * w_scale))
             if np.abs(bias_q).max(initial=0) > ACC_LIMIT:
                 raise QuantizeError(f"{cfg.model}: layer '{name}': bias does not fit int32")

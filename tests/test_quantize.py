@@ -7,7 +7,9 @@ import torch.fx as fx
 from torch import nn
 from torch.fx.experimental.optimization import fuse
 
+from model.np_engine import NumpyIntegerModel
 from model.quantize import QuantizeError, accumulator_bound, build_integer_graph, quantize_weight
+from model.torch_engine import TorchIntegerModel
 from tests.random_models import ARCHS, _randomize_bn, make_cfg, random_quantized
 
 
@@ -87,6 +89,22 @@ def test_overflowing_layer_is_refused_with_its_name():
     images = torch.randint(0, 256, (4, 1, 70000, 1), dtype=torch.uint8)
     with pytest.raises(QuantizeError, match="layer 'fc'.*exceeds int32"):
         build_integer_graph(net, images, make_cfg(model="lenet"), "mnist", {})
+
+
+def test_dead_channel_keeps_its_bias():
+    """A channel whose weights BN folding shrank to ~0 (its gamma decayed away, as in a trained
+    MobileNetV2) still quantizes per channel: the scale floor keeps its bias inside int32."""
+    net = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.ReLU())
+    with torch.no_grad():
+        net[0].weight[1].mul_(1e-9)
+        net[0].bias[1] = 0.5
+    images = torch.randint(0, 256, (8, 1, 8, 8), dtype=torch.uint8)
+    state, quant_list = build_integer_graph(net, images, make_cfg(model="lenet"), "mnist", {})
+    out = NumpyIntegerModel(state, quant_list)(images.numpy())
+    assert np.array_equal(out, TorchIntegerModel(state, quant_list)(images).numpy())
+    last = quant_list[-1]
+    dead = (out.reshape(8, 3, 8, 8)[:, 1] - last["zero_point"]) * last["scale"]
+    assert np.abs(dead - 0.5).max() <= last["scale"]
 
 
 def test_unsupported_op_is_a_clear_error():
