@@ -16,8 +16,8 @@ def _requantize(acc, m, shift, op):
 
 
 def _depthwise(x, w, stride, padding):
-    """Depthwise conv as kh*kw shifted products summed in exact int64 (torch's float64 grouped
-    conv runs one small convolution per channel: ~20x slower on MobileNetV2)."""
+    """Depthwise conv as kh*kw shifted products summed in exact int64: faster here than torch's
+    float64 grouped conv (MobileNetV2's quant column: 101 vs 78 images/s)."""
     kh, kw = w.shape[2:]
     oh = (x.shape[2] + 2 * padding[0] - kh) // stride[0] + 1
     ow = (x.shape[3] + 2 * padding[1] - kw) // stride[1] + 1
