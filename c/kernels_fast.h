@@ -426,6 +426,9 @@ static inline __attribute__((always_inline)) void tile_vnni(const int NB, const 
         if (NB > 1) w1 = _mm512_loadu_si512(B1 + (size_t)s * 64);
         if (NB > 2) w2 = _mm512_loadu_si512(B2 + (size_t)s * 64);
         if (NB > 3) w3 = _mm512_loadu_si512(B3 + (size_t)s * 64);
+        /* keep the weights in registers: GCC otherwise folds each load into every vpdpbusd
+         * that uses it, MR loads per vector, and the loads, not the multiplies, set the pace */
+        __asm__("" : "+v"(w0), "+v"(w1), "+v"(w2), "+v"(w3));
 #define TILE_PIX(p)                                                         \
         if (MP > p) {                                                       \
             int32_t a;                                                      \
