@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 MODEL ?= lenet
 
-.PHONY: demo test venv c bench bench-setup clean-venv
+.PHONY: demo test venv c bench bench-setup vnni-peak clean-venv
 
 venv: $(VENV)/.installed
 
@@ -34,6 +34,12 @@ bench-setup: venv
 
 bench: bench-setup c
 	$(PY) benchmarks/bench_inference.py --model=$(MODEL) --json=benchmarks/results/$(MODEL).json
+
+# one core's int8 multiply-accumulate ceiling (AVX-512 VNNI): what the C engine's GMAC/s reads against
+vnni-peak:
+	mkdir -p build
+	$(CC) -O2 -march=native -Wall -Wextra -o build/vnni_peak benchmarks/vnni_peak.c
+	./build/vnni_peak
 
 clean-venv:
 	rm -rf $(VENV)
