@@ -8,6 +8,7 @@ requantization multipliers (MULTIPLIER_BITS wide), and saves the integer graph a
 import os
 import sys
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -36,12 +37,19 @@ def load_quant(cfg):
 
 
 def summary(state, quant_list):
-    lines = [f"{'op':<8} {'name':<22} {'shape':<14} {'scale':>10} {'zp':>4} {'clamp':>9} {'|acc| bound':>12}"]
+    lines = [f"{'op':<8} {'name':<22} {'shape':<14} {'scale':>10} {'zp':>4} {'clamp':>9} {'|acc| bound':>12} "
+             f"{'weight SQNR':>11}"]
     for op in quant_list:
         shape = "x".join(map(str, op["shape"]))
         bound = f"{op['acc_bound']:>12}" if "acc_bound" in op else ""
+        sqnr = f"{op['weight_sqnr_db']:>8.1f} dB" if "weight_sqnr_db" in op else ""
         lines.append(f"{op['op']:<8} {op['name'][:22]:<22} {shape:<14} {op['scale']:>10.6f} "
-                     f"{op['zero_point']:>4} {op['qmin']:>4}..{op['qmax']:<3} {bound}")
+                     f"{op['zero_point']:>4} {op['qmin']:>4}..{op['qmax']:<3} {bound} {sqnr}")
+    weights = [op["weight_sqnr_db"] for op in quant_list if "weight_sqnr_db" in op]
+    if weights:
+        worst = min((op for op in quant_list if "weight_sqnr_db" in op), key=lambda op: op["weight_sqnr_db"])
+        lines.append(f"weight SQNR: median {np.median(weights):.1f} dB, worst {worst['weight_sqnr_db']:.1f} dB "
+                     f"({worst['name']})")
     return "\n".join(lines)
 
 

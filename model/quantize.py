@@ -135,6 +135,14 @@ def quantize_weight(w, mode, min_scale=0.0):
     return q.astype(np.uint8), np.full(cout, scale), zp
 
 
+def weight_sqnr_db(w, q, scale, zero_point):
+    """Signal-to-quantization-noise ratio of a quantized weight, in dB (higher is better):
+    where per-tensor weights lose to per-channel ones shows up here first."""
+    w = w.detach().double().numpy()
+    noise = ((w - (q.astype(np.float64) - zero_point) * scale.reshape(-1, *[1] * (w.ndim - 1))) ** 2).sum()
+    return float("inf") if noise == 0 else float(10 * np.log10((w ** 2).sum() / noise))
+
+
 def accumulator_bound(qweight, weight_zp, bias, in_op):
     """Worst-case |acc| of a conv/linear: max over channels of
     sum|w - z_w| * max|x - z_x| + |bias|, x within the input's clamp bounds."""
@@ -243,6 +251,7 @@ def build_integer_graph(model, calib_images, cfg, dataset, raw_header, progress=
                 raise QuantizeError(f"{cfg.model}: layer '{name}': worst-case accumulator {bound} "
                                     f"exceeds int32 ({ACC_LIMIT}); the integer path could overflow")
             op["acc_bound"] = bound
+            op["weight_sqnr_db"] = weight_sqnr_db(mod.weight, qw, w_scale, w_zp)
             state[f"{name}.weight"] = torch.from_numpy(qw)
             state[f"{name}.bias"] = torch.from_numpy(bias_q.astype(np.int32))
             state[f"{name}.multiplier"] = torch.tensor([m for m, _ in mult], dtype=torch.int32)

@@ -8,7 +8,8 @@ from torch import nn
 from torch.fx.experimental.optimization import fuse
 
 from model.np_engine import NumpyIntegerModel
-from model.quantize import QuantizeError, accumulator_bound, build_integer_graph, quantize_weight
+from model.quantize import (QuantizeError, accumulator_bound, build_integer_graph, quantize_weight,
+                            weight_sqnr_db)
 from model.torch_engine import TorchIntegerModel
 from tests.random_models import ARCHS, _randomize_bn, make_cfg, random_quantized
 
@@ -105,6 +106,15 @@ def test_dead_channel_keeps_its_bias():
     last = quant_list[-1]
     dead = (out.reshape(8, 3, 8, 8)[:, 1] - last["zero_point"]) * last["scale"]
     assert np.abs(dead - 0.5).max() <= last["scale"]
+
+
+def test_weight_sqnr_measures_what_the_weight_mode_loses():
+    torch.manual_seed(0)
+    w = torch.randn(4, 3, 3, 3) * torch.tensor([1.0, 0.5, 0.25, 0.125]).view(4, 1, 1, 1)
+    sqnr = {mode: weight_sqnr_db(w, *quantize_weight(w, mode)) for mode in ("per_channel", "per_tensor")}
+    assert sqnr["per_channel"] > sqnr["per_tensor"] + 3 > 40     # one scale for channels 8x apart costs bits
+    grid = torch.arange(-127, 128, dtype=torch.float64).view(1, -1) * 0.01   # already on the int8 grid
+    assert weight_sqnr_db(grid, *quantize_weight(grid, "per_channel")) == float("inf")
 
 
 def test_unsupported_op_is_a_clear_error():
