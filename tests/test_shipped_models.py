@@ -4,19 +4,14 @@ integer engines, INT8 close to float; and the size rule for committed model file
 import json
 import os
 import subprocess
-import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.test_cli import ROOT, run
+
 SHIPPED_CIFAR = ["resnet18", "mobilenet_v2", "vgg13"]
 MODEL_FILES_LIMIT = 48_000_000   # bytes, every committed file under pretrained/, quantization/, export_model/
 IMAGES = 300
-
-
-def run(script, *args):
-    return subprocess.run([sys.executable, os.path.join(ROOT, script), *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=900)
 
 
 @pytest.mark.parametrize("name", SHIPPED_CIFAR)
