@@ -45,11 +45,11 @@ def summary(state, quant_list):
         sqnr = f"{op['weight_sqnr_db']:>8.1f} dB" if "weight_sqnr_db" in op else ""
         lines.append(f"{op['op']:<8} {op['name'][:22]:<22} {shape:<14} {op['scale']:>10.6f} "
                      f"{op['zero_point']:>4} {op['qmin']:>4}..{op['qmax']:<3} {bound} {sqnr}")
-    weights = [op["weight_sqnr_db"] for op in quant_list if "weight_sqnr_db" in op]
-    if weights:
-        worst = min((op for op in quant_list if "weight_sqnr_db" in op), key=lambda op: op["weight_sqnr_db"])
-        lines.append(f"weight SQNR: median {np.median(weights):.1f} dB, worst {worst['weight_sqnr_db']:.1f} dB "
-                     f"({worst['name']})")
+    weighted = [op for op in quant_list if "weight_sqnr_db" in op]
+    if weighted:
+        worst = min(weighted, key=lambda op: op["weight_sqnr_db"])
+        median = np.median([op["weight_sqnr_db"] for op in weighted])
+        lines.append(f"weight SQNR: median {median:.1f} dB, worst {worst['weight_sqnr_db']:.1f} dB ({worst['name']})")
     return "\n".join(lines)
 
 
