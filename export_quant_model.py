@@ -2,14 +2,16 @@
 
 EXPORT_MODE selects the weight files: txt (weight.txt), bin (weight.bin + bias.bin)
 or both; quant.txt and the versioned graph file model.bin are always written.
-Prints each layer's worst-case accumulator magnitude against the int32 limit.
+Proves each layer's worst-case accumulator magnitude again from the integers it exports
+and prints it against the int32 limit (a tuple edited by hand cannot smuggle in an overflow).
 """
 import sys
 
 import config
 from model.export_format import write_export
 from model.fileio import ModelFileError
-from model.quantize import ACC_LIMIT
+from model.ops import weighted_ops
+from model.quantize import ACC_LIMIT, accumulator_bound
 from quant_model import load_quant
 
 
@@ -20,9 +22,12 @@ def main():
     except ModelFileError as err:
         sys.exit(f"error: {err}")
     print(f"{'layer':<24} {'op':<7} {'|acc| bound':>12} {'of int32':>9}")
-    for op in quant_list:
-        if "acc_bound" in op:
-            print(f"{op['name'][:24]:<24} {op['op']:<7} {op['acc_bound']:>12} {op['acc_bound'] / ACC_LIMIT:>8.2%}")
+    for op in weighted_ops(quant_list):
+        bound = accumulator_bound(state[op["name"] + ".weight"].numpy(), op["weight_zero_point"],
+                                  state[op["name"] + ".bias"].numpy(), quant_list[op["inputs"][0]])
+        print(f"{op['name'][:24]:<24} {op['op']:<7} {bound:>12} {bound / ACC_LIMIT:>8.2%}")
+        if bound > ACC_LIMIT:
+            sys.exit(f"error: {op['name']}: worst-case accumulator {bound} exceeds int32 ({ACC_LIMIT})")
     for path in write_export(state, quant_list, cfg.export_dir, cfg.export_mode):
         print(f"wrote {path}")
 

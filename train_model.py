@@ -19,7 +19,7 @@ from tqdm import tqdm
 import config
 import model as models
 from data import datasets
-from model.fileio import FORMAT_VERSION, ModelFileError, atomic_open, atomic_save, load_checked
+from model.fileio import FORMAT_VERSIONS, ModelFileError, atomic_open, atomic_save, load_checked
 
 
 def augment(x, generator, pad, flip):
@@ -190,7 +190,7 @@ def main():
             models.save_raw(bare, cfg.model, raw_path, {
                 "epoch": epoch + 1, "epochs": epochs, "val_acc": val_acc, "device": str(device.type), "amp": amp,
                 "world_size": world, "train_seconds": sum(h["seconds"] for h in history)})
-        atomic_save({"header": {"kind": "fpgai-train-state", "version": FORMAT_VERSION, "model": cfg.model,
+        atomic_save({"header": {"kind": "fpgai-train-state", "version": FORMAT_VERSIONS["fpgai-train-state"], "model": cfg.model,
                                 "epoch": epoch + 1, "epochs": epochs, "best_val": best_val},
                      "model": bare.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                      "history": history}, ckpt_path)

@@ -6,7 +6,7 @@ from typing import Callable
 
 import torch
 
-from model.fileio import FORMAT_VERSION, atomic_save, load_checked
+from model.fileio import FORMAT_VERSIONS, atomic_save, load_checked
 from model import cifar
 from model.lenet import LeNet
 
@@ -55,7 +55,7 @@ def save_raw(model, name, path, meta):
     state = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu()
              .clone(memory_format=torch.contiguous_format)   # NCHW even if trained channels-last
              for k, v in model.state_dict().items()}
-    atomic_save({"header": {"kind": "fpgai-raw", "version": FORMAT_VERSION, "model": name, **meta},
+    atomic_save({"header": {"kind": "fpgai-raw", "version": FORMAT_VERSIONS["fpgai-raw"], "model": name, **meta},
                  "state_dict": state}, path)
 
 

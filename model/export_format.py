@@ -6,72 +6,88 @@
 {model}_bias.bin    all layers' biases, int32 little-endian
 {model}_quant.txt   'multiplier,shift,zero_point' lines: one a layer (per-tensor mode) or
                     one an output channel (per-channel mode), layers in graph order
-{model}_model.bin   the versioned graph description the C engine runs
+{model}_model.bin   the graph (format v2): the op records of model/ops, and the size and
+                    CRC-32 of every weight file beside it, so the set is sealed
 """
+import glob
 import os
 import struct
+import zlib
 
 import numpy as np
 
-from model.fileio import FORMAT_VERSION, atomic_open
+from model.fileio import atomic_open
+from model.ops import BY_CODE, KINDS, REQUANT_COUNTS, param_words, params_from_words, weighted_ops
 
 MAGIC = b"FPGAIQM\0"
-OP_CODES = {"input": 0, "conv": 1, "linear": 2, "maxpool": 3, "avgpool": 4, "add": 5}
-HEADER = struct.Struct("<8s5i32s16s16s")   # magic, version, n_ops, weight_signed, weight_bytes, bias_count, model, dataset, fingerprint
-COMMON = struct.Struct("<8if")             # type, n_words, C, H, W, zero_point, qmin, qmax, scale
-COMMON_WORDS = 7                           # words of COMMON after type and n_words
+MODEL_BIN_VERSION = 2
+HEADER_BYTES = 256
+# magic, version, crc, header size, n_ops, weight mode, total weights, total biases, exported formats,
+# (size, crc, 0) of weight.bin, bias.bin, weight.txt, model, dataset, fingerprint; reserved zeros to 256
+HEADER = struct.Struct("<8s8I" + "QII" * 3 + "32s16s24s")
+WEIGHT_FILES = ("weight.bin", "bias.bin", "weight.txt")
+FORMAT_BITS = {"bin": 1, "txt": 2, "both": 3}                  # bit 0: weight.bin + bias.bin, bit 1: weight.txt
+COMMON = struct.Struct("<2I6if")                               # type, n_words, C, H, W, zero_point, qmin, qmax, scale
+assert HEADER.size <= HEADER_BYTES
 
 
 class ExportFormatError(ValueError):
     pass
 
 
-def weighted_ops(quant_list):
-    return [op for op in quant_list if op["op"] in ("conv", "linear")]
+def crc32(data):
+    return zlib.crc32(data) & 0xFFFFFFFF
 
 
-def _specific_words(op, quant_list, state, offsets):
-    kind = op["op"]
-    if kind == "conv":
-        w = state[op["name"] + ".weight"]
-        cin = quant_list[op["inputs"][0]]["shape"][0]
-        return [op["inputs"][0], cin, w.shape[2], w.shape[3], *op["stride"], *op["padding"], op["groups"],
-                op["weight_zero_point"], *offsets[op["name"]],
-                *state[op["name"] + ".multiplier"].tolist(), *state[op["name"] + ".shift"].tolist()]
-    if kind == "linear":
-        in_features = state[op["name"] + ".weight"].shape[1]
-        return [op["inputs"][0], in_features, op["weight_zero_point"], *offsets[op["name"]],
-                *state[op["name"] + ".multiplier"].tolist(), *state[op["name"] + ".shift"].tolist()]
-    if kind == "maxpool":
-        return [op["inputs"][0], *op["kernel"], *op["stride"], *op["padding"]]
-    if kind == "avgpool":
-        return [op["inputs"][0], *op["kernel"], *op["stride"], op["multiplier"], op["shift"]]
-    if kind == "add":
-        return [*op["inputs"], *op["multipliers"], op["shift"]]
-    return []
+def record_bytes(op, state):
+    """One op's model.bin record: common words, inputs, the kind's parameters, requantization."""
+    kind = KINDS[op["op"]]
+    mult = state[op["name"] + ".multiplier"].tolist() if kind.n_mult != "0" else []
+    shift = state[op["name"] + ".shift"].tolist() if kind.n_shift != "0" else []
+    words = [len(op["inputs"]), *op["inputs"], *param_words(op), len(mult), *mult, len(shift), *shift]
+    return (COMMON.pack(kind.code, 7 + len(words), *op["shape"], op["zero_point"], op["qmin"], op["qmax"], op["scale"])
+            + struct.pack(f"<{len(words)}i", *words))
 
 
-def model_bin_bytes(state, quant_list):
+def model_bin_bytes(state, quant_list, files):
+    """model.bin of the graph; `files` maps each exported weight file (WEIGHT_FILES) to its bytes."""
     header = quant_list[0]
-    offsets, w_off, b_off = {}, 0, 0
-    for op in weighted_ops(quant_list):
-        offsets[op["name"]] = (w_off, b_off)
-        w_off += state[op["name"] + ".weight"].numel()
-        b_off += state[op["name"] + ".bias"].numel()
-    signed = int(header["weight_mode"] == "per_channel")
-    out = [HEADER.pack(MAGIC, FORMAT_VERSION, len(quant_list), signed, w_off, b_off,
-                       header["model"].encode(), header["dataset"].encode(), header["fingerprint"].encode())]
+    records, w_off, b_off = [], 0, 0
     for op in quant_list:
-        words = _specific_words(op, quant_list, state, offsets)
-        out.append(COMMON.pack(OP_CODES[op["op"]], COMMON_WORDS + len(words), *op["shape"],
-                               op["zero_point"], op["qmin"], op["qmax"], op["scale"]))
-        out.append(struct.pack(f"<{len(words)}i", *words))
-    return b"".join(out)
+        if KINDS[op["op"]].weighted:
+            op = dict(op, weight_offset=w_off, bias_offset=b_off)
+            w_off += state[op["name"] + ".weight"].numel()
+            b_off += state[op["name"] + ".bias"].numel()
+        records.append(record_bytes(op, state))
+    bits = ("weight.bin" in files) * FORMAT_BITS["bin"] | ("weight.txt" in files) * FORMAT_BITS["txt"]
+    seals = []
+    for name in WEIGHT_FILES:
+        seals += [len(files[name]), crc32(files[name]), 0] if name in files else [0, 0, 0]
+    for field, value, width in (("model", header["model"], 31), ("dataset", header["dataset"], 15),
+                                ("fingerprint", header["fingerprint"], 23)):
+        if len(value.encode()) > width:
+            raise ExportFormatError(f"{field} '{value}' is longer than the {width} bytes model.bin holds")
+    body = (HEADER.pack(MAGIC, MODEL_BIN_VERSION, 0, HEADER_BYTES, len(quant_list),
+                        int(header["weight_mode"] == "per_channel"), w_off, b_off, bits, *seals,
+                        header["model"].encode(), header["dataset"].encode(), header["fingerprint"].encode())
+            .ljust(HEADER_BYTES, b"\0") + b"".join(records))
+    return body[:12] + struct.pack("<I", crc32(body[16:])) + body[16:]
 
 
 def _txt_lines(values):
     values = [str(int(v)) for v in values]
     return [",".join(values[i:i + 10]) for i in range(0, len(values), 10)]
+
+
+def weight_txt_bytes(state, quant_list):
+    lines = []
+    for op in weighted_ops(quant_list):
+        w, b = state[op["name"] + ".weight"], state[op["name"] + ".bias"]
+        lines.append(f"# {op['name']} {op['op']} weight {'x'.join(map(str, w.shape))}")
+        lines += _txt_lines(w.flatten().tolist())
+        lines.append(f"$ {op['name']} bias {b.numel()}")
+        lines += _txt_lines(b.tolist())
+    return ("\n".join(lines) + "\n").encode()
 
 
 def quant_txt_lines(state, quant_list):
@@ -90,30 +106,32 @@ def export_paths(folder, model):
 
 
 def write_export(state, quant_list, folder, mode):
-    """Write every file of `mode` (txt | bin | both), each atomically; returns the paths written."""
-    paths = export_paths(folder, quant_list[0]["model"])
+    """Write every file of `mode` (txt | bin | both), each atomically, model.bin last; returns the
+    paths written. The old model.bin goes first and the weight files of the other format are
+    deleted, so an interrupted export leaves no model.bin and no stale file can pass for new."""
     layers = weighted_ops(quant_list)
-    written = []
+    files = {}
+    if mode in ("txt", "both"):
+        files["weight.txt"] = weight_txt_bytes(state, quant_list)
+    if mode in ("bin", "both"):
+        files["weight.bin"] = b"".join(state[op["name"] + ".weight"].numpy().tobytes() for op in layers)
+        files["bias.bin"] = b"".join(state[op["name"] + ".bias"].numpy().astype("<i4").tobytes() for op in layers)
+    files["quant.txt"] = ("\n".join(quant_txt_lines(state, quant_list)) + "\n").encode()
+    files["model.bin"] = model_bin_bytes(state, quant_list, files)     # checks the names before any file goes
 
-    def put(kind, data):
+    paths = export_paths(folder, quant_list[0]["model"])
+    for path in paths.values():                  # litter of an export killed before (atomic_open's names)
+        for tmp in glob.glob(os.path.join(glob.escape(os.path.dirname(path) or "."),
+                                          f".{glob.escape(os.path.basename(path))}.*.tmp")):
+            os.remove(tmp)
+    for kind in ("model.bin", *(k for k in WEIGHT_FILES if k not in files)):
+        if os.path.lexists(paths[kind]):
+            os.remove(paths[kind])
+    written = []
+    for kind, data in files.items():              # dict order: model.bin last
         with atomic_open(paths[kind], "wb") as f:
             f.write(data)
         written.append(paths[kind])
-
-    if mode in ("txt", "both"):
-        lines = []
-        for op in layers:
-            w, b = state[op["name"] + ".weight"], state[op["name"] + ".bias"]
-            lines.append(f"# {op['name']} {op['op']} weight {'x'.join(map(str, w.shape))}")
-            lines += _txt_lines(w.flatten().tolist())
-            lines.append(f"$ {op['name']} bias {b.numel()}")
-            lines += _txt_lines(b.tolist())
-        put("weight.txt", ("\n".join(lines) + "\n").encode())
-    if mode in ("bin", "both"):
-        put("weight.bin", b"".join(state[op["name"] + ".weight"].numpy().tobytes() for op in layers))
-        put("bias.bin", b"".join(state[op["name"] + ".bias"].numpy().astype("<i4").tobytes() for op in layers))
-    put("quant.txt", ("\n".join(quant_txt_lines(state, quant_list)) + "\n").encode())
-    put("model.bin", model_bin_bytes(state, quant_list))
     return written
 
 
@@ -121,56 +139,87 @@ def read_weight_txt(path):
     """[(name, weights list, biases list)] of a weight.txt; a clear error on any malformed line."""
     layers, current, section = [], None, None
     with open(path) as f:
-        for lineno, line in enumerate(f, 1):
-            line = line.strip()
-            if not line:
-                continue
-            if line[0] in "#$":
-                name = line[1:].split()[0] if len(line) > 1 and line[1:].split() else ""
-                if line[0] == "#":
-                    current = [name, [], []]
-                    layers.append(current)
-                    section = 1
-                elif current is None or name != current[0]:
-                    raise ExportFormatError(f"{path}:{lineno}: '$' line for '{name}' without its '#' line")
-                else:
-                    section = 2
-                continue
-            if current is None:
-                raise ExportFormatError(f"{path}:{lineno}: values before the first '#' line")
-            for field in line.split(","):
-                try:
-                    current[section].append(int(field))
-                except ValueError:
-                    raise ExportFormatError(f"{path}:{lineno}: '{field.strip()}' is not an integer") from None
+        text = f.read()
+    if text and not text.endswith("\n"):
+        raise ExportFormatError(f"{path}: the last line has no '\\n': the file is cut short")
+    for lineno, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line:
+            continue
+        if line[0] in "#$":
+            name = line[1:].split()[0] if len(line) > 1 and line[1:].split() else ""
+            if line[0] == "#":
+                current = [name, [], []]
+                layers.append(current)
+                section = 1
+            elif current is None or name != current[0]:
+                raise ExportFormatError(f"{path}:{lineno}: '$' line for '{name}' without its '#' line")
+            else:
+                section = 2
+            continue
+        if current is None:
+            raise ExportFormatError(f"{path}:{lineno}: values before the first '#' line")
+        for field in line.split(","):
+            try:
+                current[section].append(int(field))
+            except ValueError:
+                raise ExportFormatError(f"{path}:{lineno}: '{field.strip()}' is not an integer") from None
     return [tuple(layer) for layer in layers]
 
 
 def read_model_bin(path):
-    """(header dict, [op dicts with their raw words]) of a model.bin; strict length checks."""
+    """(header dict, [op dicts]) of a model.bin v2: each op has `op` (its kind), shape, zero_point,
+    qmin, qmax, scale, inputs, its kind's parameters under their quant_list names (plus
+    weight_offset / bias_offset), multiplier and shift lists. Strict length and CRC checks."""
     data = open(path, "rb").read()
-    if len(data) < HEADER.size:
-        raise ExportFormatError(f"{path}: {len(data)} bytes, shorter than the {HEADER.size}-byte header")
-    magic, version, n_ops, signed, w_bytes, b_count, model, dataset, fp = HEADER.unpack_from(data)
+    if len(data) < HEADER_BYTES:
+        raise ExportFormatError(f"{path}: {len(data)} bytes, shorter than the {HEADER_BYTES}-byte header")
+    fields = HEADER.unpack_from(data)
+    magic, version, crc, header_bytes, n_ops, per_channel, w_total, b_total, bits = fields[:9]
     if magic != MAGIC:
         raise ExportFormatError(f"{path}: bad magic {magic!r}, not an FPGAI model file")
-    if version != FORMAT_VERSION:
-        raise ExportFormatError(f"{path}: format version {version}, expected {FORMAT_VERSION}")
-    header = {"version": version, "n_ops": n_ops, "weight_signed": signed, "weight_bytes": w_bytes,
-              "bias_count": b_count, "model": model.rstrip(b"\0").decode(),
-              "dataset": dataset.rstrip(b"\0").decode(), "fingerprint": fp.rstrip(b"\0").decode()}
-    pos, ops = HEADER.size, []
+    if version != MODEL_BIN_VERSION:
+        raise ExportFormatError(f"{path}: format version {version}, this code reads {MODEL_BIN_VERSION}; "
+                                f"run export_quant_model.py again")
+    if crc != crc32(data[16:]):
+        raise ExportFormatError(f"{path}: CRC-32 0x{crc32(data[16:]):08x}, the header says 0x{crc:08x}: damaged")
+    if header_bytes != HEADER_BYTES:
+        raise ExportFormatError(f"{path}: header size {header_bytes}, expected {HEADER_BYTES}")
+    seals = fields[9:18]
+    header = {"version": version, "n_ops": n_ops, "weight_mode": "per_channel" if per_channel else "per_tensor",
+              "weight_bytes": w_total, "bias_count": b_total, "formats": bits,
+              "files": {name: {"size": seals[3 * i], "crc32": seals[3 * i + 1]}
+                        for i, name in enumerate(WEIGHT_FILES)},
+              **{k: v.rstrip(b"\0").decode() for k, v in zip(("model", "dataset", "fingerprint"), fields[18:21])}}
+    pos, ops = HEADER_BYTES, []
     for i in range(n_ops):
         if pos + COMMON.size > len(data):
             raise ExportFormatError(f"{path}: truncated in op {i}")
         code, n_words, c, h, w, zp, qmin, qmax, scale = COMMON.unpack_from(data, pos)
-        extra = n_words - COMMON_WORDS
         end = pos + 8 + 4 * n_words
-        if extra < 0 or end > len(data):
-            raise ExportFormatError(f"{path}: op {i} claims {n_words} words, past the end of the file")
-        words = list(struct.unpack_from(f"<{extra}i", data, pos + COMMON.size))
-        ops.append({"code": code, "shape": [c, h, w], "zero_point": zp, "qmin": qmin, "qmax": qmax,
-                    "scale": scale, "words": words})
+        if n_words < 7 or end > len(data) or code not in BY_CODE:
+            raise ExportFormatError(f"{path}: op {i}: type {code} with {n_words} words does not fit the file")
+        kind = BY_CODE[code]
+        words = list(struct.unpack_from(f"<{n_words - 7}i", data, pos + COMMON.size))
+
+        def take(count):
+            if count > len(words):
+                raise ExportFormatError(f"{path}: op {i} ({kind.name}): record shorter than its fields")
+            out = words[:count]
+            del words[:count]
+            return out
+
+        op = {"op": kind.name, "shape": [c, h, w], "zero_point": zp, "qmin": qmin, "qmax": qmax, "scale": scale}
+        op["inputs"] = take(take(1)[0])
+        op.update(params_from_words(kind, take(len(kind.params))))
+        op["multiplier"] = take(take(1)[0])
+        op["shift"] = take(take(1)[0])
+        if words:
+            raise ExportFormatError(f"{path}: op {i} ({kind.name}): {len(words)} words after its fields")
+        for key, rule in (("multiplier", kind.n_mult), ("shift", kind.n_shift)):
+            if len(op[key]) != REQUANT_COUNTS[rule](op):
+                raise ExportFormatError(f"{path}: op {i} ({kind.name}): {len(op[key])} {key}s, expected {rule}")
+        ops.append(op)
         pos = end
     if pos != len(data):
         raise ExportFormatError(f"{path}: {len(data) - pos} bytes after the last op")

@@ -9,7 +9,8 @@ import os
 
 import torch
 
-FORMAT_VERSION = 1
+# the version each kind of file this project writes has now; a file of another version is refused
+FORMAT_VERSIONS = {"fpgai-raw": 1, "fpgai-train-state": 1, "fpgai-quant": 2}
 
 
 class ModelFileError(RuntimeError):
@@ -51,9 +52,9 @@ def load_checked(path, kind, model=None, hint=""):
         obj[1][0] if isinstance(obj, tuple) and len(obj) == 2 and obj[1] else None)
     if not isinstance(header, dict) or header.get("kind") != kind:
         raise ModelFileError(f"{path}: not a {kind} file")
-    if header.get("version") != FORMAT_VERSION:
+    if header.get("version") != FORMAT_VERSIONS[kind]:
         raise ModelFileError(f"{path}: format version {header.get('version')}, this code reads "
-                             f"version {FORMAT_VERSION}; regenerate it{hint}")
+                             f"version {FORMAT_VERSIONS[kind]}; regenerate it{hint}")
     if model is not None and header.get("model") != model:
         raise ModelFileError(f"{path}: holds model '{header.get('model')}', config asks for '{model}'{hint}")
     return obj

@@ -2,46 +2,42 @@
 
 The integer graph is the tuple `(state_dict, quant_list)`:
   quant_list[i]  one dict per op, in execution order; op i produces tensor i.
-                 Every op has: op, name, inputs (op indices), shape [C, H, W],
-                 scale, zero_point, qmin, qmax (clamp bounds of its output).
+                 Every op has: op (its kind, model/ops), name, inputs (op indices),
+                 shape [C, H, W], scale, zero_point, qmin, qmax (clamp bounds of its
+                 output), plus its kind's fields (kernel, stride, padding, groups,
+                 weight_zero_point, acc_bound, weight_sqnr_db).
                  quant_list[0] is the input op and carries the file header
                  (kind, version, model, dataset, fingerprint, settings).
-  state_dict     integer tensors of conv/linear ops, keyed by op name:
-                 NAME.weight (int8, or uint8 with NAME.weight_zero_point),
-                 NAME.bias (int32), NAME.multiplier and NAME.shift (int32, per
-                 output channel; all equal in per-tensor mode).
-Op-specific fields: conv: stride, padding, groups, weight_zero_point, acc_bound;
-linear: weight_zero_point, acc_bound; maxpool/avgpool: kernel, stride, padding
-(+ multiplier, shift for avgpool); add: multipliers [m_a, m_b], shift.
+  state_dict     integer tensors keyed NAME.FIELD: NAME.weight (int8, or uint8 with the
+                 op's weight_zero_point), NAME.bias (int32) of conv/linear ops, and
+                 NAME.multiplier, NAME.shift (int32) of every op that requantizes: one
+                 shape for every kind, the counts its OpKind declares.
+Each kind's matching and quantization lives in model/ops/KIND.py; this file walks the
+graph, calibrates, and hands every node to its kind.
 """
 import hashlib
 import json
-import operator
 
-import numpy as np
 import torch
 import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 from torch.fx.experimental.optimization import fuse as fold_bn
 
-from model import qmath
-from model.fileio import FORMAT_VERSION
+from model import ops, qmath
+from model.fileio import FORMAT_VERSIONS
+from model.ops.base import QuantizeError
+from model.ops.input import INPUT_SCALE
+from model.ops.weighted import ACC_LIMIT, BIAS_LIMIT, accumulator_bound, quantize_weight, weight_sqnr_db
 
-ACC_LIMIT = 2 ** 31 - 1
-BIAS_LIMIT = 2 ** 30                # a floored channel's bias takes at most half the accumulator
-INPUT_SCALE = 1.0 / 255.0          # the float model sees pixel / 255: input q = pixel, zero point 0
+__all__ = ["QuantizeError", "ACC_LIMIT", "BIAS_LIMIT", "INPUT_SCALE", "accumulator_bound", "quantize_weight",
+           "weight_sqnr_db", "settings_fingerprint", "build_integer_graph"]
 
-RELU = {nn.ReLU, F.relu, torch.relu}
+# nodes that are not ops: activations fused into the op before them, and no-ops on the data
+RELU = {nn.ReLU, F.relu, torch.relu, "relu", "relu_"}
 RELU6 = {nn.ReLU6, F.relu6}
-ADD = {operator.add, operator.iadd, torch.add}
 ALIAS_MODULES = (nn.Flatten, nn.Dropout, nn.Identity)
-ALIAS_FUNCTIONS = {torch.flatten, F.dropout}
-POOL_FUNCTIONS = {F.max_pool2d: nn.MaxPool2d, F.avg_pool2d: nn.AvgPool2d, F.adaptive_avg_pool2d: nn.AdaptiveAvgPool2d}
-
-
-class QuantizeError(RuntimeError):
-    pass
+ALIAS_FUNCTIONS = {torch.flatten, F.dropout, "flatten", "view", "reshape", "contiguous"}
 
 
 def settings_fingerprint(cfg, raw_header):
@@ -53,33 +49,27 @@ def settings_fingerprint(cfg, raw_header):
     return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _kind(gm, node):
-    """Normalise a node to (kind, module-or-None)."""
+def _role(gm, node):
+    """'relu', 'relu6', 'alias' for the nodes that are not ops of their own, else None."""
     if node.op == "call_module":
         mod = gm.get_submodule(node.target)
-        for kind, types in (("conv", (nn.Conv2d,)), ("linear", (nn.Linear,)), ("relu", (nn.ReLU,)),
-                            ("relu6", (nn.ReLU6,)), ("maxpool", (nn.MaxPool2d,)),
-                            ("avgpool", (nn.AvgPool2d, nn.AdaptiveAvgPool2d)), ("alias", ALIAS_MODULES)):
-            if isinstance(mod, types):
-                return kind, mod
-        if isinstance(mod, nn.Hardtanh) and (mod.min_val, mod.max_val) == (0.0, 6.0):
-            return "relu6", mod
-        return f"module {type(mod).__name__}", mod
+        if isinstance(mod, nn.ReLU):
+            return "relu"
+        if isinstance(mod, nn.ReLU6) or (isinstance(mod, nn.Hardtanh) and (mod.min_val, mod.max_val) == (0.0, 6.0)):
+            return "relu6"
+        return "alias" if isinstance(mod, ALIAS_MODULES) else None
     if node.op in ("call_function", "call_method"):
         t = node.target
-        if t in RELU or t == "relu":
-            return "relu", None
-        if t in RELU6:
-            return "relu6", None
-        if t in ADD or t in ("add", "add_"):
-            return "add", None
-        if t in ALIAS_FUNCTIONS or t in ("flatten", "view", "reshape", "contiguous"):
-            return "alias", None
-        if t in POOL_FUNCTIONS:   # the functional form, as the equivalent module
-            cls = POOL_FUNCTIONS[t]
-            return ("maxpool" if cls is nn.MaxPool2d else "avgpool"), cls(*node.args[1:], **node.kwargs)
-        return f"function {getattr(t, '__name__', t)}", None
-    return node.op, None
+        return "relu" if t in RELU else "relu6" if t in RELU6 else "alias" if t in ALIAS_FUNCTIONS else None
+    return None
+
+
+def _describe(gm, node):
+    if node.op == "call_module":
+        return f"module {type(gm.get_submodule(node.target)).__name__}"
+    if node.op in ("call_function", "call_method"):
+        return f"function {getattr(node.target, '__name__', node.target)}"
+    return node.op
 
 
 class _Observer(fx.Interpreter):
@@ -113,50 +103,72 @@ def _shape3(shape):
     return list(shape) + [1] * (3 - len(shape)) if len(shape) < 3 else list(shape)
 
 
-def _pair(v):
-    return [int(v), int(v)] if isinstance(v, int) else [int(x) for x in v]
-
-
-def quantize_weight(w, mode, min_scale=0.0):
-    """(q, per-channel scales, zero_point) of a float weight [Cout, ...].
-
-    Per channel, no scale goes below `min_scale` (per channel): a channel whose weights BN
-    folding shrank to almost nothing (a BN gamma decayed to ~0) would otherwise need a bias
-    beyond int32 at scale s_in*s_w; its output is ~ its bias, so coarser weights lose nothing."""
-    w = w.detach().double().numpy()
-    cout = w.shape[0]
-    if mode == "per_channel":                      # int8 symmetric per output channel, [-127, 127]
-        amax = np.abs(w.reshape(cout, -1)).max(axis=1)
-        scale = np.maximum(np.where(amax > 0, amax / 127.0, 1.0), min_scale)
-        q = np.clip(qmath.round_half_up(w / scale.reshape(-1, *[1] * (w.ndim - 1))), -127, 127)
-        return q.astype(np.int8), scale, 0
-    scale, zp = qmath.choose_qparams(w.min(), w.max())   # per tensor uint8 with a zero point
-    q = np.clip(qmath.round_half_up(w / scale) + zp, 0, 255)
-    return q.astype(np.uint8), np.full(cout, scale), zp
-
-
-def weight_sqnr_db(w, q, scale, zero_point):
-    """Signal-to-quantization-noise ratio of a quantized weight, in dB (higher is better):
-    where per-tensor weights lose to per-channel ones shows up here first."""
-    w = w.detach().double().numpy()
-    noise = ((w - (q.astype(np.float64) - zero_point) * scale.reshape(-1, *[1] * (w.ndim - 1))) ** 2).sum()
-    return float("inf") if noise == 0 else float(10 * np.log10((w ** 2).sum() / noise))
-
-
-def accumulator_bound(qweight, weight_zp, bias, in_op):
-    """Worst-case |acc| of a conv/linear: max over channels of
-    sum|w - z_w| * max|x - z_x| + |bias|, x within the input's clamp bounds."""
-    w = qweight.reshape(qweight.shape[0], -1).astype(np.int64) - weight_zp
-    x_mag = max(in_op["zero_point"] - in_op["qmin"], in_op["qmax"] - in_op["zero_point"])
-    return int((np.abs(w).sum(axis=1) * x_mag + np.abs(bias.astype(np.int64))).max())
-
-
 def _clamp_for(act, scale, zero_point):
     """Clamp bounds of a uint8 output that a fused ReLU / ReLU6 imposes."""
     if act is None:
         return 0, 255
     qmax = 255 if act == "relu" else int(min(255, zero_point + qmath.round_half_up(6.0 / scale)))
     return int(max(0, zero_point)), qmax
+
+
+class Builder:
+    """The integer graph under construction; what an op kind's quantize() works with."""
+
+    def __init__(self, gm, observer, cfg, input_shape):
+        self.gm, self.observer, self.cfg, self.input_shape = gm, observer, cfg, input_shape
+        self.ops, self.state, self.where, self.skip = [], {}, {}, set()
+        self.users = {n: list(n.users) for n in gm.graph.nodes}
+
+    def src(self, node):
+        """The op index of node's first tensor input."""
+        return self.where[next(a for a in node.args if isinstance(a, fx.Node))]
+
+    def name_for(self, node):
+        name = node.target.replace(".", "_") if node.op == "call_module" else node.name
+        taken = {op["name"] for op in self.ops}
+        base, k = name, 1
+        while name in taken:
+            name, k = f"{base}_{k}", k + 1
+        return name
+
+    def shape_of(self, node):
+        return _shape3(self.observer.shapes[node.name])
+
+    def qparams(self, node):
+        """(scale, zero_point) of node's output from its calibrated range."""
+        return qmath.choose_qparams(*self.observer.ranges[node.name])
+
+    def fused_activation(self, node):
+        """(act, node whose output is this op's output): fold a single following ReLU/ReLU6."""
+        if len(self.users[node]) == 1:
+            nxt = self.users[node][0]
+            role = _role(self.gm, nxt)
+            if role in ("relu", "relu6"):
+                return role, nxt
+        return None, node
+
+    def emit(self, op, inputs, node, out_node, act, qparams=None, clamp=None, shape=None):
+        """Append op (its fields filled in: inputs, shape, scale, zero point, clamp); node and
+        out_node (its fused activation, or node) now stand for its output."""
+        scale, zp = qparams if qparams is not None else self.qparams(out_node)
+        qmin, qmax = clamp if clamp is not None else _clamp_for(act, scale, zp)
+        op.update(inputs=list(inputs), shape=shape or self.shape_of(out_node), scale=scale, zero_point=zp,
+                  qmin=qmin, qmax=qmax)
+        self.ops.append(op)
+        self.where[node] = self.where[out_node] = len(self.ops) - 1
+        self.skip.add(out_node)
+        return op
+
+    def multiplier(self, real, name):
+        """(m, shift) of a real requantization multiplier, with the layer named on failure."""
+        try:
+            return qmath.quantize_multiplier(real, self.cfg.multiplier_bits)
+        except ValueError as err:
+            raise QuantizeError(f"{self.cfg.model}: layer '{name}': {err}") from None
+
+    def set_requant(self, name, multipliers, shifts):
+        self.state[f"{name}.multiplier"] = torch.tensor([int(m) for m in multipliers], dtype=torch.int32)
+        self.state[f"{name}.shift"] = torch.tensor([int(s) for s in shifts], dtype=torch.int32)
 
 
 def build_integer_graph(model, calib_images, cfg, dataset, raw_header, progress=None):
@@ -176,141 +188,31 @@ def build_integer_graph(model, calib_images, cfg, dataset, raw_header, progress=
             observer.run(x.float() / 255.0)
             observer.batches += 1
 
-    nodes = list(gm.graph.nodes)
-    users = {n: list(n.users) for n in nodes}
-    ops, state, where = [], {}, {}                 # where: fx node -> op index producing its value
-
-    def add_op(node_for_range, op, inputs, act=None):
-        lo, hi = observer.ranges[node_for_range.name]
-        scale, zp = qmath.choose_qparams(lo, hi)
-        qmin, qmax = _clamp_for(act, scale, zp)
-        op.update(inputs=inputs, shape=_shape3(observer.shapes[node_for_range.name]),
-                  scale=scale, zero_point=zp, qmin=qmin, qmax=qmax)
-        ops.append(op)
-        return len(ops) - 1
-
-    def fused_activation(node):
-        """(act, node whose output is this op's output): fold a single following ReLU/ReLU6."""
-        if len(users[node]) == 1:
-            nxt = users[node][0]
-            kind, _ = _kind(gm, nxt)
-            if kind in ("relu", "relu6"):
-                return kind, nxt
-        return None, node
-
-    skip = set()
-    for node in nodes:
-        if node in skip:
-            continue
-        kind, mod = _kind(gm, node)
-        if node.op == "placeholder":
-            if ops:
-                raise QuantizeError(f"{cfg.model}: only single-input models are supported")
-            ops.append({"op": "input", "name": "input", "inputs": [],
-                        "shape": _shape3(list(calib_images.shape[1:])), "scale": INPUT_SCALE,
-                        "zero_point": 0, "qmin": 0, "qmax": 255})
-            where[node] = 0
+    b = Builder(gm, observer, cfg, _shape3(list(calib_images.shape[1:])))
+    for node in gm.graph.nodes:
+        if node in b.skip:
             continue
         if node.op == "output":
             out_node = node.args[0]
-            if not isinstance(out_node, fx.Node) or where[out_node] != len(ops) - 1:
+            if not isinstance(out_node, fx.Node) or b.where[out_node] != len(b.ops) - 1:
                 raise QuantizeError(f"{cfg.model}: the graph output must be its last op")
             continue
         if node.op == "get_attr":
             raise QuantizeError(f"{cfg.model}: node '{node.name}' reads a parameter directly; unsupported")
-        args = [a for a in node.args if isinstance(a, fx.Node)]
-        if kind == "alias":
-            where[node] = where[args[0]]
+        role = _role(gm, node)
+        if role == "alias":
+            b.where[node] = b.src(node)
             continue
-        if kind in ("conv", "linear"):
-            act, out_node = fused_activation(node)
-            skip.add(out_node)
-            src = where[args[0]]
-            name = node.target.replace(".", "_")
-            lo, hi = observer.ranges[out_node.name]
-            out_scale, _ = qmath.choose_qparams(lo, hi)
-            in_scale = ops[src]["scale"]
-            bias_f = (mod.bias.detach().double().numpy() if mod.bias is not None
-                      else np.zeros(mod.weight.shape[0]))
-            qw, w_scale, w_zp = quantize_weight(mod.weight, cfg.weight_mode,
-                                                min_scale=np.abs(bias_f) / (in_scale * BIAS_LIMIT))
-            bias_q = qmath.round_half_up(bias_f / (in_scale * w_scale))
-            if np.abs(bias_q).max(initial=0) > ACC_LIMIT:
-                raise QuantizeError(f"{cfg.model}: layer '{name}': bias does not fit int32")
-            mult = [qmath.quantize_multiplier(in_scale * s / out_scale, cfg.multiplier_bits) for s in w_scale]
-            op = {"op": kind, "name": name, "weight_zero_point": int(w_zp)}
-            if kind == "conv":
-                if mod.padding_mode != "zeros" or _pair(mod.dilation) != [1, 1]:
-                    raise QuantizeError(f"{cfg.model}: conv '{name}': only zero padding and dilation 1")
-                if isinstance(mod.padding, str):
-                    raise QuantizeError(f"{cfg.model}: conv '{name}': string padding '{mod.padding}' unsupported")
-                op.update(stride=_pair(mod.stride), padding=_pair(mod.padding), groups=int(mod.groups))
-            where[node] = where[out_node] = add_op(out_node, op, [src], act)
-            bound = accumulator_bound(qw, w_zp, bias_q, ops[src])
-            if bound > ACC_LIMIT:
-                raise QuantizeError(f"{cfg.model}: layer '{name}': worst-case accumulator {bound} "
-                                    f"exceeds int32 ({ACC_LIMIT}); the integer path could overflow")
-            op["acc_bound"] = bound
-            op["weight_sqnr_db"] = weight_sqnr_db(mod.weight, qw, w_scale, w_zp)
-            state[f"{name}.weight"] = torch.from_numpy(qw)
-            state[f"{name}.bias"] = torch.from_numpy(bias_q.astype(np.int32))
-            state[f"{name}.multiplier"] = torch.tensor([m for m, _ in mult], dtype=torch.int32)
-            state[f"{name}.shift"] = torch.tensor([s for _, s in mult], dtype=torch.int32)
-            continue
-        if kind == "maxpool":
-            if mod.ceil_mode or _pair(mod.dilation) != [1, 1]:
-                raise QuantizeError(f"{cfg.model}: maxpool '{node.name}': ceil_mode/dilation unsupported")
-            src = where[args[0]]
-            # max commutes with the monotone quantizer: output keeps the input's parameters exactly
-            op = {"op": "maxpool", "name": node.name, "inputs": [src], "kernel": _pair(mod.kernel_size),
-                  "stride": _pair(mod.stride), "padding": _pair(mod.padding),
-                  "shape": _shape3(observer.shapes[node.name])}
-            op.update({k: ops[src][k] for k in ("scale", "zero_point", "qmin", "qmax")})
-            ops.append(op)
-            where[node] = len(ops) - 1
-            continue
-        if kind == "avgpool":
-            src = where[args[0]]
-            _, h, w = ops[src]["shape"]
-            oh, ow = observer.shapes[node.name][1:]
-            if isinstance(mod, nn.AdaptiveAvgPool2d):
-                if h % oh or w % ow:
-                    raise QuantizeError(f"{cfg.model}: adaptive avgpool '{node.name}' {h}x{w}->{oh}x{ow} is not uniform")
-                kernel = stride = [h // oh, w // ow]
-            else:
-                if _pair(mod.padding) != [0, 0] or mod.ceil_mode or mod.divisor_override:
-                    raise QuantizeError(f"{cfg.model}: avgpool '{node.name}': padding/ceil_mode/divisor unsupported")
-                kernel, stride = _pair(mod.kernel_size), _pair(mod.stride)
-            act, out_node = fused_activation(node)
-            skip.add(out_node)
-            op = {"op": "avgpool", "name": node.name, "kernel": kernel, "stride": stride, "padding": [0, 0]}
-            idx = add_op(out_node, op, [src], act)
-            where[node] = where[out_node] = idx
-            op["multiplier"], op["shift"] = qmath.quantize_multiplier(
-                ops[src]["scale"] / (kernel[0] * kernel[1] * op["scale"]), cfg.multiplier_bits)
-            continue
-        if kind == "add":
-            if len(args) != 2 or len(node.args) != 2:
-                raise QuantizeError(f"{cfg.model}: add '{node.name}' must add exactly two tensors")
-            act, out_node = fused_activation(node)
-            skip.add(out_node)
-            a, b = where[args[0]], where[args[1]]
-            op = {"op": "add", "name": node.name}
-            idx = add_op(out_node, op, [a, b], act)
-            where[node] = where[out_node] = idx
-            # both inputs rescaled to the output scale with one shared shift, one rounding
-            ra, rb = ops[a]["scale"] / op["scale"], ops[b]["scale"] / op["scale"]
-            _, shift = qmath.quantize_multiplier(max(ra, rb), cfg.multiplier_bits)
-            op["multipliers"] = [int(qmath.round_half_up(r * 2.0 ** shift)) for r in (ra, rb)]
-            op["shift"] = shift
-            continue
-        if kind in ("relu", "relu6"):
-            raise QuantizeError(f"{cfg.model}: {kind} '{node.name}' does not directly follow a conv, "
-                                f"linear, add or avgpool with a single user; it cannot be fused")
-        raise QuantizeError(f"{cfg.model}: unsupported {kind} at node '{node.name}'")
+        if role in ("relu", "relu6"):
+            raise QuantizeError(f"{cfg.model}: {role} '{node.name}' does not directly follow an op with a "
+                                f"single user that can fuse it (conv, linear, add, concat, avgpool)")
+        kind, mod = ops.match(gm, node)
+        if kind is None:
+            raise QuantizeError(f"{cfg.model}: unsupported {_describe(gm, node)} at node '{node.name}'")
+        kind.quantize(b, node, mod)
 
-    ops[0].update(kind="fpgai-quant", version=FORMAT_VERSION, model=cfg.model, dataset=dataset,
-                  fingerprint=settings_fingerprint(cfg, raw_header), weight_mode=cfg.weight_mode,
-                  multiplier_bits=cfg.multiplier_bits, calib_images=int(len(calib_images)),
-                  calib_method=cfg.calib_method)
-    return state, ops
+    b.ops[0].update(kind="fpgai-quant", version=FORMAT_VERSIONS["fpgai-quant"], model=cfg.model, dataset=dataset,
+                    fingerprint=settings_fingerprint(cfg, raw_header), weight_mode=cfg.weight_mode,
+                    multiplier_bits=cfg.multiplier_bits, calib_images=int(len(calib_images)),
+                    calib_method=cfg.calib_method)
+    return b.state, b.ops

@@ -1,0 +1,54 @@
+"""The op table: every integer op kind, declared once (one file per kind, TFLite Micro style).
+
+Each model/ops/KIND.py declares an OpKind (model/ops/base.py): how the kind is found in a
+torch.fx graph, how it is quantized, its numpy kernel (the specification), its torch kernel,
+and its model.bin record (code, inputs, parameters by name, multiplier/shift counts).
+The quantizer, both Python engines, the exporter, the reader, the fuzz corpus and the tests
+read KINDS; the C engine declares the same table (`c/inference --op-table`, checked equal by
+tests/test_op_table.py). README "Adding an op" lists every place a new kind touches.
+"""
+from model.ops import add, avgpool, concat, conv, input, linear, maxpool
+from model.ops.base import PARAM_KEYS, REQUANT_COUNTS, OpKind, QuantizeError
+
+KINDS = {k.name: k for k in (input.KIND, conv.KIND, linear.KIND, maxpool.KIND, avgpool.KIND, add.KIND,
+                             concat.KIND)}
+BY_CODE = {k.code: k for k in KINDS.values()}
+assert len(BY_CODE) == len(KINDS), "two op kinds share a model.bin code"
+
+
+def match(gm, node):
+    """(kind, module) of an fx node, or (None, None) when no kind claims it."""
+    for kind in KINDS.values():
+        mod = kind.match(gm, node)
+        if mod is not None:
+            return kind, mod
+    return None, None
+
+
+def weighted_ops(quant_list):
+    return [op for op in quant_list if KINDS[op["op"]].weighted]
+
+
+def param_words(op):
+    """The kind's parameter words of an op (a quant_list entry, plus weight/bias offsets if weighted)."""
+    words = []
+    for name in KINDS[op["op"]].params:
+        key, index = PARAM_KEYS[name]
+        words.append(int(op[key] if index is None else op[key][index]))
+    return words
+
+
+def params_from_words(kind, words):
+    """The inverse of param_words: {quant_list key: value} of a record's parameter words."""
+    fields = {}
+    for name, value in zip(kind.params, words):
+        key, index = PARAM_KEYS[name]
+        if index is None:
+            fields[key] = value
+        else:
+            fields.setdefault(key, [0, 0])[index] = value
+    return fields
+
+
+__all__ = ["KINDS", "BY_CODE", "OpKind", "QuantizeError", "REQUANT_COUNTS", "match", "weighted_ops",
+           "param_words", "params_from_words"]

@@ -1,0 +1,72 @@
+"""What every op kind declares (OpKind), and the helpers the kinds share.
+
+A kind's numpy function is the executable specification of the op; its torch
+function is an independent implementation that must match it bit for bit.
+Both take (xs, op, p): the input tensors (uint8 values in int64 arrays, N×C×H×W),
+the op's quant_list entry plus `in_zero_points` (one per input), and its
+state_dict tensors by field (weight, bias, multiplier, shift; {} if none).
+"""
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+from numpy.lib.stride_tricks import sliding_window_view
+
+from model import qmath
+
+
+class QuantizeError(RuntimeError):
+    pass
+
+
+# model.bin record word -> (quant_list key, index into a [h, w] pair or None); the writer's
+# offsets into weight.bin / bias.bin are not in the tuple, it adds them to the op it writes
+PARAM_KEYS = {"kernel_h": ("kernel", 0), "kernel_w": ("kernel", 1), "stride_h": ("stride", 0),
+              "stride_w": ("stride", 1), "pad_h": ("padding", 0), "pad_w": ("padding", 1),
+              "groups": ("groups", None), "weight_zero_point": ("weight_zero_point", None),
+              "weight_offset": ("weight_offset", None), "bias_offset": ("bias_offset", None)}
+# how many multipliers / shifts a record holds (the C engine's --op-table uses the same words)
+REQUANT_COUNTS = {"0": lambda op: 0, "1": lambda op: 1, "2": lambda op: 2,
+                  "C": lambda op: op["shape"][0], "n_inputs": lambda op: len(op["inputs"])}
+
+
+@dataclass(frozen=True)
+class OpKind:
+    name: str                   # the `op` field of a quant_list entry
+    code: int                   # its type in model.bin
+    inputs: tuple               # (fewest, most) input tensors
+    params: tuple               # its model.bin parameter words, in record order (PARAM_KEYS)
+    n_mult: str                 # multipliers in its record (REQUANT_COUNTS)
+    n_shift: str                # shifts in its record
+    weighted: bool              # owns a slice of weight.bin / bias.bin
+    match: Callable             # (graph module, fx node) -> the node's module (or True) if it is this kind, else None
+    quantize: Callable          # (builder, fx node, module) -> appends the op(s) to the integer graph
+    numpy: Callable             # (xs, op, p) -> output, the specification
+    torch: Callable             # (xs, op, p) -> output, bit-exact with numpy
+    doc: Optional[str] = None
+
+
+def pair(v):
+    return [int(v), int(v)] if isinstance(v, int) else [int(x) for x in v]
+
+
+def np_windows(x, kernel, stride, padding, pad_value):
+    """(N, C, OH, OW, kh, kw) view of every kernel window."""
+    ph, pw = padding
+    if ph or pw:
+        x = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=pad_value)
+    win = sliding_window_view(x, tuple(kernel), axis=(2, 3))
+    return win[:, :, ::stride[0], ::stride[1]]
+
+
+def np_requantize(acc, op, p, view=(1, -1, 1, 1)):
+    """The contract's requantizer with the op's multipliers and shifts (per channel along axis 1)."""
+    return qmath.requantize(acc, p["multiplier"].reshape(view), p["shift"].reshape(view),
+                            op["zero_point"], op["qmin"], op["qmax"])
+
+
+def torch_requantize(acc, m, shift, op):
+    """qmath.requantize in torch int64: m and shift broadcast."""
+    out = op["zero_point"] + ((acc * m + ((torch.ones_like(shift) << shift) >> 1)) >> shift)
+    return out.clamp_(op["qmin"], op["qmax"])

@@ -1,0 +1,40 @@
+"""linear: fully connected on the input read flat (CHW order), bias, a fused ReLU/ReLU6.
+
+    acc[c] = bias[c] + sum_k (x[k] - z_x)(w[c][k] - z_w);   out = requantize(acc, m[c], shift[c])
+"""
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from model.ops.base import OpKind, np_requantize, torch_requantize
+from model.ops.weighted import quantize_weighted
+
+
+def match(gm, node):
+    if node.op == "call_module" and isinstance(gm.get_submodule(node.target), nn.Linear):
+        return gm.get_submodule(node.target)
+    return None
+
+
+def quantize(b, node, mod):
+    quantize_weighted(b, node, "linear", mod.weight, mod.bias, {})
+
+
+def run_numpy(xs, op, p):
+    x = (xs[0].reshape(len(xs[0]), -1) - op["in_zero_points"][0]).astype(np.float64)
+    w = p["weight"].astype(np.float64) - op["weight_zero_point"]
+    acc = np.rint(x @ w.T).astype(np.int64) + p["bias"]
+    return np_requantize(acc, op, p, (1, -1)).reshape(len(x), -1, 1, 1)
+
+
+def run_torch(xs, op, p):
+    x = (xs[0] - op["in_zero_points"][0]).to(torch.float64).flatten(1)
+    w = p["weight"].to(torch.float64) - op["weight_zero_point"]
+    acc = F.linear(x, w).round().to(torch.int64) + p["bias"].to(torch.int64)
+    out = torch_requantize(acc, p["multiplier"].to(torch.int64), p["shift"].to(torch.int64), op)
+    return out[:, :, None, None]
+
+
+KIND = OpKind("linear", 2, (1, 1), ("weight_zero_point", "weight_offset", "bias_offset"), "C", "C", True,
+              match, quantize, run_numpy, run_torch)

@@ -1,0 +1,41 @@
+"""maxpool: window maximum; keeps its input's scale, zero point and clamp (max commutes with
+the monotone quantizer), so no requantization. Padding never wins (pad < kernel: every
+window holds a real element)."""
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from model.ops.base import OpKind, QuantizeError, np_windows, pair
+
+
+def match(gm, node):
+    if node.op == "call_module" and isinstance(gm.get_submodule(node.target), nn.MaxPool2d):
+        return gm.get_submodule(node.target)
+    if node.op == "call_function" and node.target is F.max_pool2d:
+        return nn.MaxPool2d(*node.args[1:], **node.kwargs)
+    return None
+
+
+def quantize(b, node, mod):
+    if mod.ceil_mode or pair(mod.dilation) != [1, 1]:
+        raise QuantizeError(f"{b.cfg.model}: maxpool '{node.name}': ceil_mode/dilation unsupported")
+    src = b.src(node)
+    stride = mod.stride if mod.stride is not None else mod.kernel_size
+    op = {"op": "maxpool", "name": b.name_for(node), "kernel": pair(mod.kernel_size), "stride": pair(stride),
+          "padding": pair(mod.padding)}
+    same = b.ops[src]
+    b.emit(op, [src], node, node, None, qparams=(same["scale"], same["zero_point"]),
+           clamp=(same["qmin"], same["qmax"]))
+
+
+def run_numpy(xs, op, p):
+    # -1 is below every uint8 value, so padding never wins
+    return np_windows(xs[0], op["kernel"], op["stride"], op["padding"], -1).max(axis=(4, 5))
+
+
+def run_torch(xs, op, p):
+    return F.max_pool2d(xs[0].to(torch.float64), op["kernel"], op["stride"], op["padding"]).to(torch.int64)
+
+
+KIND = OpKind("maxpool", 3, (1, 1), ("kernel_h", "kernel_w", "stride_h", "stride_w", "pad_h", "pad_w"),
+              "0", "0", False, match, quantize, run_numpy, run_torch)
