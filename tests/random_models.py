@@ -57,7 +57,30 @@ class ResidualNet(nn.Module):
         return self.fc(torch.flatten(self.gap(x), 1))
 
 
-ARCHS = {"conv_pool": (ConvPoolNet, "mnist", (1, 28, 28)), "residual": (ResidualNet, "cifar10", (3, 32, 32))}
+class BranchNet(nn.Module):
+    """CIFAR-shaped: a BatchNorm after a ReLU (not foldable: a standalone per-channel affine),
+    concats of branches of different scales (one with a fused ReLU, one of a tensor with itself)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU())
+        self.bn = nn.BatchNorm2d(8)
+        self.a = nn.Conv2d(8, 6, 1)
+        self.b = nn.Sequential(nn.Conv2d(8, 10, 3, padding=1), nn.ReLU6())
+        self.pool = nn.MaxPool2d(2)
+        self.gap = nn.AdaptiveAvgPool2d(2)
+        self.fc = nn.Linear(32 * 2 * 2, 10)
+
+    def forward(self, x):
+        x = self.bn(self.stem(x))
+        x = torch.relu(torch.cat([self.a(x), self.b(x)], dim=1))
+        x = self.pool(x)
+        x = torch.cat((x, x), 1)
+        return self.fc(torch.flatten(self.gap(x), 1))
+
+
+ARCHS = {"conv_pool": (ConvPoolNet, "mnist", (1, 28, 28)), "residual": (ResidualNet, "cifar10", (3, 32, 32)),
+         "branch": (BranchNet, "cifar10", (3, 32, 32))}
 
 
 def make_cfg(**overrides):
