@@ -12,7 +12,8 @@ import subprocess
 import numpy as np
 import pytest
 
-from model.export_format import HEADER, write_export
+from model.export_format import COMMON, HEADER_BYTES, WEIGHT_FILES, crc32, write_export
+from model.ops import BY_CODE
 from model.np_engine import NumpyIntegerModel
 from tests.random_models import random_quantized
 
@@ -145,32 +146,85 @@ def file_of(export, kind):
     return os.path.join(export["dir"], f"{export['model']}_{kind}")
 
 
-def op_offsets(data):
-    """Byte offset of every op record of a model.bin."""
-    n_ops = struct.unpack_from("<i", data, 12)[0]
-    pos, offsets = HEADER.size, []
-    for _ in range(n_ops):
-        offsets.append(pos)
-        pos += 8 + 4 * struct.unpack_from("<i", data, pos + 4)[0]
-    return offsets
+def record_fields(data):
+    """[{field name: byte offset}] of every op record of a model.bin, fields named as the op table
+    (model/ops) names them: type, n_words, C, H, W, zero_point, qmin, qmax, scale, n_inputs,
+    input0.., the kind's parameters, n_mult, mult0.., n_shift, shift0.."""
+    words = lambda pos: struct.unpack_from("<I", data, pos)[0]
+    pos, records = HEADER_BYTES, []
+    for _ in range(words(20)):
+        names = ["type", "n_words", "C", "H", "W", "zero_point", "qmin", "qmax", "scale"]
+        f = {name: pos + 4 * i for i, name in enumerate(names)}
+        at = pos + COMMON.size
+
+        def take(name):
+            nonlocal at
+            f[name] = at
+            at += 4
+
+        take("n_inputs")
+        for j in range(words(f["n_inputs"])):
+            take(f"input{j}")
+        for name in BY_CODE[words(pos)].params:
+            take(name)
+        for block, item in (("n_mult", "mult"), ("n_shift", "shift")):
+            take(block)
+            for j in range(words(f[block])):
+                take(f"{item}{j}")
+        records.append(f)
+        pos += 8 + 4 * words(pos + 4)
+    return records
 
 
 def put_word(data, pos, value):
     data[pos:pos + 4] = struct.pack("<i", value)
 
 
-def mutate_model(export, fn):
+def reseal(export):
+    """Record the weight files' sizes and CRC-32s in model.bin and its own CRC, as an export would:
+    a damaged file that was sealed again reaches the checks behind the seals."""
     path = file_of(export, "model.bin")
     data = bytearray(open(path, "rb").read())
-    fn(data, op_offsets(data))
+    for i, name in enumerate(WEIGHT_FILES):
+        if data[36] >> (0 if name != "weight.txt" else 1) & 1 and os.path.exists(file_of(export, name)):
+            content = open(file_of(export, name), "rb").read()
+            struct.pack_into("<QI", data, 40 + 16 * i, len(content), crc32(content))
+    struct.pack_into("<I", data, 12, crc32(bytes(data[16:])))
     open(path, "wb").write(bytes(data))
 
 
-def set_first_conv_word(index):
-    """Mutator: word `index` (0 = type, 1 = n_words, 2.. = C, H, W, ...) of op 1 (a conv)."""
-    def fn(value):
-        return lambda data, offs: put_word(data, offs[1] + 4 * index, value)
+def mutate_model(export, fn, sealed=True):
+    """fn(data, record_fields(data)) on model.bin's bytes, then (sealed) its CRC made right again."""
+    path = file_of(export, "model.bin")
+    data = bytearray(open(path, "rb").read())
+    fn(data, record_fields(data))
+    open(path, "wb").write(bytes(data))
+    if sealed:
+        reseal(export)
+
+
+def set_field(op, name, value):
+    """Mutator: the word `name` of op `op`'s record."""
+    return lambda data, rec: put_word(data, rec[op][name], value)
+
+
+def resealed(mutation):
+    def fn(export):
+        mutation(export)
+        reseal(export)
     return fn
+
+
+def flip_bit(path, byte, bit=0):
+    data = bytearray(open(path, "rb").read())
+    data[byte % len(data)] ^= 1 << bit
+    open(path, "wb").write(bytes(data))
+
+
+def set_byte(path, pos, value):
+    data = bytearray(open(path, "rb").read())
+    data[pos] = value
+    open(path, "wb").write(bytes(data))
 
 
 def truncate(path, n):
@@ -184,50 +238,70 @@ def edit_text(path, fn):
     open(path, "w").write("\n".join(lines))
 
 
-# Each case: (name, mutation(export), format, file kind named in the message, phrase in the message)
+def txt(fn):
+    """A weight.txt edit, sealed again: what the text parser itself must catch."""
+    return resealed(lambda e: edit_text(file_of(e, "weight.txt"), fn))
+
+
+# Each case: (name, mutation(export), format, file named in the message, phrase in the message).
+# The base export is conv_pool, per-channel: input, conv, maxpool, conv (groups 4), avgpool, linear.
 BAD_CASES = [
+    # the seals: a damaged or foreign file is refused before it is used
+    ("weight_bin_bit_flip", lambda e: flip_bit(file_of(e, "weight.bin"), 77, 3), "bin", "weight.bin", "CRC"),
+    ("bias_bin_bit_flip", lambda e: flip_bit(file_of(e, "bias.bin"), 9, 6), "bin", "bias.bin", "CRC"),
+    ("weight_txt_bit_flip", lambda e: flip_bit(file_of(e, "weight.txt"), 200, 0), "txt", "weight.txt", "CRC"),
+    ("multiplier_bit_flip", lambda e: mutate_model(e, lambda d, r: d.__setitem__(r[1]["mult0"], d[r[1]["mult0"]] ^ 1),
+                                                   sealed=False), "bin", "model.bin", "CRC"),
+    ("shift_bit_flip", lambda e: mutate_model(e, lambda d, r: d.__setitem__(r[5]["shift3"], d[r[5]["shift3"]] ^ 2),
+                                              sealed=False), "bin", "model.bin", "CRC"),
     ("weight_bin_truncated", lambda e: truncate(file_of(e, "weight.bin"), 1), "bin", "weight.bin", "bytes"),
     ("bias_bin_one_short", lambda e: truncate(file_of(e, "bias.bin"), 4), "bin", "bias.bin", "bytes"),
+    ("weight_txt_last_number_cut", lambda e: truncate(file_of(e, "weight.txt"), 2), "txt", "weight.txt", "bytes"),
     ("bias_missing", lambda e: os.remove(file_of(e, "bias.bin")), "bin", "bias.bin", "cannot open"),
     ("model_missing", lambda e: os.remove(file_of(e, "model.bin")), "bin", "model.bin", "cannot open"),
-    ("txt_non_number", lambda e: edit_text(file_of(e, "weight.txt"), lambda ls: ls.__setitem__(1, "1,2,abc,4")),
-     "txt", "weight.txt:2", "not an integer"),
-    ("txt_empty_field", lambda e: edit_text(file_of(e, "weight.txt"), lambda ls: ls.__setitem__(1, ls[1] + ",")),
-     "txt", "weight.txt:2", "not an integer"),
-    ("txt_weight_out_of_range", lambda e: edit_text(file_of(e, "weight.txt"), lambda ls: ls.__setitem__(1, "200")),
-     "txt", "weight.txt:2", "outside"),
-    ("txt_too_few_weights", lambda e: edit_text(file_of(e, "weight.txt"), lambda ls: ls.pop(1)),
-     "txt", "weight.txt", "model.bin expects"),
-    ("txt_too_many_biases", lambda e: edit_text(file_of(e, "weight.txt"),
-                                                lambda ls: ls.insert(len(ls) - 1, "5")),
-     "txt", "weight.txt", "more biases"),
-    ("txt_bias_out_of_range", lambda e: edit_text(
-        file_of(e, "weight.txt"), lambda ls: ls.__setitem__(len(ls) - 2, "2147483648")),
-     "txt", "weight.txt", "outside int32"),
     ("txt_missing", lambda e: os.remove(file_of(e, "weight.txt")), "txt", "weight.txt", "cannot open"),
-    ("bad_magic", lambda e: mutate_model(e, lambda d, o: d.__setitem__(slice(0, 8), b"NOTFPGAI")),
+    ("version_1", lambda e: mutate_model(e, lambda d, r: put_word(d, 8, 1)), "bin", "model.bin", "export_quant_model"),
+    ("bad_magic", lambda e: mutate_model(e, lambda d, r: d.__setitem__(slice(0, 8), b"NOTFPGAI")),
      "bin", "model.bin", "magic"),
-    ("bad_version", lambda e: mutate_model(e, lambda d, o: put_word(d, 8, 2)), "bin", "model.bin", "version"),
-    ("conv_output_h", lambda e: mutate_model(e, set_first_conv_word(3)(27)), "bin", "model.bin", "gives"),
-    ("conv_pad_ge_kernel", lambda e: mutate_model(e, lambda d, o: put_word(d, o[1] + 4 * (9 + 6), 3)),
-     "bin", "model.bin", "pad_h"),
-    ("n_words", lambda e: mutate_model(e, set_first_conv_word(1)(5)), "bin", "model.bin", "words"),
-    ("input_id_out_of_range", lambda e: mutate_model(e, lambda d, o: put_word(d, o[1] + 4 * 9, 5)),
-     "bin", "model.bin", "input tensor id"),
-    ("second_input_op", lambda e: mutate_model(e, set_first_conv_word(0)(0)), "bin", "model.bin", "op 0"),
-    ("unknown_type", lambda e: mutate_model(e, set_first_conv_word(0)(9)), "bin", "model.bin", "unknown type"),
-    ("shift_out_of_range", lambda e: mutate_model(e, lambda d, o: put_word(d, o[2] - 4, 63)),
-     "bin", "model.bin", "shift"),
-    ("model_truncated", lambda e: truncate(file_of(e, "model.bin"), 10), "bin", "model.bin", "truncated"),
-    ("model_header_only", lambda e: truncate(file_of(e, "model.bin"),
-                                             os.path.getsize(file_of(e, "model.bin")) - 50),
+    # behind the seals (files damaged and sealed again): every check still holds
+    ("weight_bin_minus_128", resealed(lambda e: set_byte(file_of(e, "weight.bin"), 5, 0x80)),
+     "bin", "weight.bin", "-128"),
+    ("txt_weight_minus_128", txt(lambda ls: ls.__setitem__(1, "-128," + ls[1].split(",", 1)[1])),
+     "txt", "weight.txt:2", "-128"),
+    ("txt_non_number", txt(lambda ls: ls.__setitem__(1, "1,2,abc,4")), "txt", "weight.txt:2", "not an integer"),
+    ("txt_empty_field", txt(lambda ls: ls.__setitem__(1, ls[1] + ",")), "txt", "weight.txt:2", "not an integer"),
+    ("txt_weight_out_of_range", txt(lambda ls: ls.__setitem__(1, "200")), "txt", "weight.txt:2", "outside"),
+    ("txt_too_few_weights", txt(lambda ls: ls.pop(1)), "txt", "weight.txt", "model.bin expects"),
+    ("txt_too_many_biases", txt(lambda ls: ls.insert(len(ls) - 1, "5")), "txt", "weight.txt", "more biases"),
+    ("txt_bias_out_of_range", txt(lambda ls: ls.__setitem__(len(ls) - 2, "2147483648")),
+     "txt", "weight.txt", "outside int32"),
+    ("conv_output_h", lambda e: mutate_model(e, set_field(1, "H", 27)), "bin", "model.bin", "gives"),
+    ("conv_pad_ge_kernel", lambda e: mutate_model(e, set_field(1, "pad_h", 3)), "bin", "model.bin", "pad_h"),
+    ("maxpool_pad_ge_kernel", lambda e: mutate_model(e, set_field(2, "pad_w", 3)), "bin", "model.bin", "pad_w"),
+    ("n_words", lambda e: mutate_model(e, set_field(1, "n_words", 5)), "bin", "model.bin", "words"),
+    ("input_id_out_of_range", lambda e: mutate_model(e, set_field(1, "input0", 5)), "bin", "model.bin", "input"),
+    ("n_inputs", lambda e: mutate_model(e, set_field(2, "n_inputs", 2)), "bin", "model.bin", "input"),
+    ("second_input_op", lambda e: mutate_model(e, set_field(1, "type", 0)), "bin", "model.bin", "op 0"),
+    ("unknown_type", lambda e: mutate_model(e, set_field(1, "type", 99)), "bin", "model.bin", "type"),
+    ("shift_out_of_range", lambda e: mutate_model(e, set_field(5, "shift2", 63)), "bin", "model.bin", "shift"),
+    ("multiplier_negative", lambda e: mutate_model(e, set_field(4, "mult0", -1)), "bin", "model.bin", "multiplier"),
+    ("per_channel_weight_zero_point", lambda e: mutate_model(e, set_field(3, "weight_zero_point", 3)),
+     "bin", "model.bin", "zero"),
+    ("qmin_above_qmax", lambda e: mutate_model(e, lambda d, r: (put_word(d, r[3]["qmin"], 200),
+                                                                 put_word(d, r[3]["qmax"], 100))),
+     "bin", "model.bin", "qmax"),
+    ("maxpool_clamp_differs", lambda e: mutate_model(e, set_field(2, "qmax", 254)), "bin", "model.bin", "maxpool"),
+    ("model_truncated", lambda e: mutate_model(e, lambda d, r: d.__delitem__(slice(len(d) - 8, len(d)))),
+     "bin", "model.bin", "truncated"),
+    ("model_header_only", lambda e: truncate(file_of(e, "model.bin"), os.path.getsize(file_of(e, "model.bin")) - 50),
      "bin", "model.bin", "header"),
-    ("model_trailing", lambda e: open(file_of(e, "model.bin"), "ab").write(b"\0\0\0\0"),
+    ("model_trailing", lambda e: mutate_model(e, lambda d, r: d.extend(b"\0\0\0\0")),
      "bin", "model.bin", "after the last op"),
-    ("weight_bytes_header", lambda e: mutate_model(e, lambda d, o: put_word(d, 20, struct.unpack_from("<i", d, 20)[0] + 1)),
+    ("weight_bytes_header", lambda e: mutate_model(e, lambda d, r: put_word(d, 28, struct.unpack_from("<i", d, 28)[0] + 1)),
      "bin", "model.bin", "header says"),
-    ("overflow", lambda e: open(file_of(e, "bias.bin"), "r+b").write(struct.pack("<i", 2 ** 31 - 1)),
-     "bin", "model.bin", "exceeds int32"),
+    ("overflow", resealed(lambda e: open(file_of(e, "bias.bin"), "r+b").write(struct.pack("<i", 2 ** 31 - 1))),
+     "bin", "bias.bin", "exceeds int32"),
+    # the datasets
     ("idx_truncated", lambda e: truncate(e["images"], 100), "bin", "images-idx3-ubyte", "bytes"),
     ("idx_garbage", lambda e: open(e["images"], "wb").write(os.urandom(3000)), "bin", "images-idx3-ubyte", "magic"),
     ("idx_wrong_dims", lambda e: open(e["images"], "r+b").write(struct.pack(">4i", 0x803, 1, 27, 28)),
@@ -252,6 +326,75 @@ def test_bad_input(binaries, base_export, tmp_path, name, mutate, fmt, file_part
     assert "result:" not in proc.stdout
 
 
+def refused(binary, export, fmt, file_part, tmp_path):
+    """Runs the engine on a damaged export: one error line naming file_part, exit 1, no output file."""
+    out = str(tmp_path / "logits.txt")
+    proc = run(binary, export, "--format", fmt, "--logits", out)
+    assert_clean(proc)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and len(lines) == 1 and lines[0].startswith("error: "), (proc.returncode, proc.stderr)
+    assert file_part in lines[0], lines[0]
+    assert not os.path.exists(out) and "result:" not in proc.stdout
+    return lines[0]
+
+
+def test_every_sampled_bit_flip_of_model_bin_is_refused(binaries, base_export, tmp_path):
+    """A third of single-bit flips in a v1 model.bin changed the logits silently; the CRC leaves none."""
+    size = os.path.getsize(file_of(base_export, "model.bin"))
+    rng = np.random.default_rng(0)
+    for byte, bit in zip(rng.integers(0, size, 48), rng.integers(0, 8, 48)):
+        ex = clone(base_export, str(tmp_path / f"flip{byte}_{bit}"))
+        flip_bit(file_of(ex, "model.bin"), int(byte), int(bit))
+        refused(binaries["fast"], ex, "bin", "model.bin", tmp_path)
+
+
+def test_weights_of_another_mode_are_refused(binaries, base_export, tmp_path):
+    """A per-tensor weight.bin of the same graph (same size) beside a per-channel model.bin."""
+    state, quant, images = random_quantized("conv_pool", "per_tensor", seed=3)
+    other = export_graph(str(tmp_path / "pt"), state, quant, images, 3)
+    ex = clone(base_export, str(tmp_path / "ex"))
+    assert os.path.getsize(file_of(other, "weight.bin")) == os.path.getsize(file_of(ex, "weight.bin"))
+    shutil.copy(file_of(other, "weight.bin"), file_of(ex, "weight.bin"))
+    assert "CRC" in refused(binaries["asan"], ex, "bin", "weight.bin", tmp_path)
+
+
+def test_stale_bins_beside_a_txt_only_export_are_refused(binaries, base_export, tmp_path):
+    """export --export_mode=txt over a full export: the old bins go, and copied back they do not run."""
+    ex = clone(base_export, str(tmp_path / "ex"))
+    old = {k: open(file_of(ex, k), "rb").read() for k in ("weight.bin", "bias.bin")}
+    state, quant, _ = random_quantized("conv_pool", "per_channel", seed=3, multiplier_bits=24)
+    write_export(state, quant, ex["dir"], "txt")
+    assert not os.path.exists(file_of(ex, "weight.bin")) and not os.path.exists(file_of(ex, "bias.bin"))
+    for kind, data in old.items():
+        open(file_of(ex, kind), "wb").write(data)
+    refused(binaries["asan"], ex, "bin", "model.bin", tmp_path)
+    proc = run(binaries["asan"], ex, "--format", "txt")
+    assert proc.returncode == 0, proc.stderr
+
+
+def pool_graph(kernel, padding, stride=1):
+    """input 1x28x28 -> maxpool: a graph with no weights, written as the exporter writes any graph."""
+    state, quant, images = random_quantized("conv_pool", "per_channel", seed=3)
+    oh = (28 + 2 * padding - kernel) // stride + 1
+    pool = {"op": "maxpool", "name": "pool", "inputs": [0], "shape": [1, max(oh, 1), max(oh, 1)],
+            "kernel": [kernel, kernel], "stride": [stride, stride], "padding": [padding, padding],
+            **{k: quant[0][k] for k in ("scale", "zero_point", "qmin", "qmax")}}
+    return {}, [quant[0], pool], images
+
+
+@pytest.mark.parametrize("kernel,padding,phrase", [(8000, 7999, "limit"), (40, 0, "gives"), (3, 3, "pad")],
+                         ids=["work_limit", "window_past_the_input", "pad_ge_kernel"])
+def test_work_a_file_can_ask_for_is_bounded(binaries, tmp_path, kernel, padding, phrase):
+    """A 2-op model.bin with a maxpool of kernel 8000 took >100 s per image in v1: refused at load now."""
+    state, quant, images = pool_graph(kernel, padding)
+    write_export(state, quant, str(tmp_path), "bin")
+    img, lab = write_idx(str(tmp_path), images.numpy(), np.zeros(len(images), dtype=np.uint8))
+    proc = subprocess.run([binaries["asan"], "--dir", str(tmp_path), "--model", quant[0]["model"], "--images", img,
+                           "--labels", lab], capture_output=True, text=True, timeout=30)
+    assert_clean(proc)
+    assert proc.returncode == 1 and "model.bin" in proc.stderr and phrase in proc.stderr, proc.stderr
+
+
 def test_bad_cifar_length(binaries, cifar_export, tmp_path):
     ex = clone(cifar_export, str(tmp_path / "ex"))
     truncate(ex["images"], 5)
@@ -264,7 +407,7 @@ def test_bad_cifar_length(binaries, cifar_export, tmp_path):
 def test_input_shape_vs_dataset(binaries, cifar_export, tmp_path):
     """A cifar10 model given an mnist header: dataset/input shape mismatch is an error."""
     ex = clone(cifar_export, str(tmp_path / "ex"))
-    mutate_model(ex, lambda d, o: d.__setitem__(slice(60, 76), b"mnist".ljust(16, b"\0")))
+    mutate_model(ex, lambda d, r: d.__setitem__(slice(120, 136), b"mnist".ljust(16, b"\0")))
     proc = run(binaries["asan"], ex)
     assert_clean(proc)
     assert proc.returncode == 1 and "1x28x28" in proc.stderr, proc.stderr

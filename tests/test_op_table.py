@@ -1,0 +1,23 @@
+"""The op table is declared once per language: model/ops (Python) and the C engine's table
+(`c/inference --op-table`). They must describe the same model.bin records."""
+import json
+import os
+import subprocess
+
+from model.ops import KINDS
+from tests.test_c_engine import binaries  # noqa: F401  (the fixture that builds the engine)
+
+
+def test_c_and_python_op_tables_agree(binaries):  # noqa: F811
+    proc = subprocess.run([binaries["fast"], "--op-table"], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    c_table = {row["kind"]: row for row in map(json.loads, proc.stdout.splitlines())}
+    py_table = {k.name: {"code": k.code, "kind": k.name, "min_inputs": k.inputs[0], "max_inputs": k.inputs[1],
+                         "params": list(k.params), "n_mult": k.n_mult, "n_shift": k.n_shift}
+                for k in KINDS.values()}
+    assert c_table == py_table
+
+
+def test_every_kind_has_a_file_of_its_own():
+    folder = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "model", "ops")
+    assert {name for name in KINDS} <= {f[:-3] for f in os.listdir(folder) if f.endswith(".py")}
