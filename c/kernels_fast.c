@@ -1,7 +1,7 @@
 /*
- * kernels_fast.h -- the optimized kernels of c/inference.c (included at the end
- * of its section 5; uses its Op and Model types).  Same integer results as the
- * reference kernels there, bit for bit (tests/test_c_kernels.py).
+ * kernels_fast.c -- the optimized kernels (FAST_KERNELS in kernels.h, the default).  Same
+ * integer results as the reference kernels (kernels_ref.c), bit for bit
+ * (tests/test_c_kernels.py).
  *
  * Layout: activations are HWC here (channels innermost), so a conv is a GEMM
  *   acc[p][co] = sum_k A[p][k] * W[co][k],   k = (ky, kx, ci)
@@ -19,17 +19,25 @@
  * vpdpbusd: 16 output channels x 4 depths (u8 x s8) per instruction, a register
  * tile of up to 64 channels x 4 pixels.  Without it, the same loops in C99.
  * Depthwise convs (groups == C) have their own kernel, vectorized over channels.
+ *
+ * Requantization: every scalar path calls requantize() (fpgai.h).  The SIMD paths use two
+ * vector forms of the same function, precomputed per channel at load (qparams,
+ * qparams_fast): requant_v (the product, the rounding constant and the shift in 64-bit
+ * lanes) and requant_fast (the whole requantization as the high half of one 64-bit sum,
+ * where that is exact).  Both give requantize()'s value bit for bit; the tests run every
+ * build's fast kernels against the reference ones on awkward random graphs.
  */
+#include "kernels.h"
+
+#include <stdlib.h>
+#include <string.h>
+
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__) && defined(__AVX512DQ__) \
     && defined(__AVX512VL__) && defined(__AVX512VBMI__) && !defined(FPGAI_NO_SIMD)
 #include <immintrin.h>
 #define FAST_VNNI 1
 #else
 #define FAST_VNNI 0
-#endif
-
-#ifdef _OPENMP
-#include <omp.h>
 #endif
 
 #define BLK 16          /* output channels per packed weight block (one zmm of int32) */
@@ -61,11 +69,13 @@ typedef struct {
 typedef struct {
     FastOp *ops;
     int n_ops;
-    size_t cols_bytes;      /* im2col scratch */
+    /* a workspace's buffers (0: no kernel of this model uses it) */
+    size_t cols_bytes;      /* im2col rows (GEMM) */
     size_t pad_bytes;       /* a conv input with its padding */
     size_t dwcols_bytes;    /* depthwise (VNNI): one row of interleaved input columns */
-    size_t rows;            /* row sums / accumulators (elements) */
-    size_t out_elems;       /* last op */
+    size_t rowsum_elems;    /* GEMM row sums (int32 per pixel); depthwise (C99) accumulators */
+    size_t acc_elems;       /* avgpool sums (int64 per channel) */
+    size_t logits_bytes;    /* the last op's output back in CHW order, when it has H*W > 1 */
 } FastModel;
 
 typedef struct {
@@ -74,27 +84,14 @@ typedef struct {
     int64_t *acc;
 } Workspace;
 
+static size_t max_size(size_t a, size_t b)
+{
+    return a > b ? a : b;
+}
+
 static size_t round4(size_t n)
 {
     return (n + 3) & ~(size_t)3;
-}
-
-/* Arithmetic right shift of an int64 (floor division by 2^s).  GCC and Clang
- * define >> of a negative value as arithmetic, which vectorizes; elsewhere the
- * portable form of rshift_round. */
-static inline int64_t sra64(int64_t x, int s)
-{
-#if defined(__GNUC__)
-    return x >> s;
-#else
-    return x >= 0 ? x >> s : ~(~x >> s);
-#endif
-}
-
-static inline uint8_t requant1(int32_t acc, int64_t mult, int64_t rnd, int64_t sh, int32_t zp, int32_t lo, int32_t hi)
-{
-    int64_t v = zp + sra64(acc * mult + rnd, (int)sh);
-    return (uint8_t)(v < lo ? lo : v > hi ? hi : v);
 }
 
 /* ---- load time --------------------------------------------------------- */
@@ -151,36 +148,37 @@ static size_t dw_slot(size_t c)
     return c - r + r / 4 % 4 * 16 + r / 16 * 4 + r % 4;
 }
 
-static void fast_prepare(FastModel *fm, const Model *m)
+/* The packed weights and requantization constants of every conv/linear layer, and the
+ * workspace sizes. */
+static FastModel *fast_prepare_model(const Model *m)
 {
+    FastModel *fm = xcalloc(1, sizeof *fm, "fast model");
     fm->n_ops = m->n_ops;
     fm->ops = xcalloc((size_t)m->n_ops, sizeof *fm->ops, "fast ops");
-    fm->cols_bytes = 4;
-    fm->rows = 1;
     for (int i = 0; i < m->n_ops; i++) {
         const Op *op = &m->ops[i];
         FastOp *f = &fm->ops[i];
-        const Op *in = op->type != OP_INPUT ? &m->ops[op->in[0]] : NULL;
+        const Op *in = op->n_inputs ? op_input(m, op, 0) : NULL;
         size_t P = (size_t)op->h * op->w;
-        if ((size_t)op->c > fm->rows)
-            fm->rows = (size_t)op->c;
-        if (!is_weighted(op))
+        if (op->kind == OP_AVGPOOL)
+            fm->acc_elems = max_size(fm->acc_elems, (size_t)op->c);
+        if (!KINDS[op->kind].weighted)
             continue;
-        int32_t groups = op->type == OP_CONV ? op->groups : 1;
+        int32_t groups = op->kind == OP_CONV ? op->groups : 1;
         f->cin_g = in->c / groups;
         f->cout_g = op->c / groups;
         f->K = op->k_size;
         f->K4 = (int32_t)round4((size_t)op->k_size);
         f->d = m->weight_signed ? 0 : 128 - op->w_zero_point;
-        const int taps = op->type == OP_CONV ? op->kh * op->kw : 1;
-        if (op->type == OP_CONV) {      /* the input with its padding (pad_input) */
-            size_t padded = ((size_t)in->h + 2 * (size_t)op->pad_h) * ((size_t)in->w + 2 * (size_t)op->pad_w) * in->c;
-            if (padded > fm->pad_bytes)
-                fm->pad_bytes = padded;
-        }
-        if (op->type == OP_CONV && f->cin_g == 1 && f->cout_g == 1 && groups > 1 && taps <= 64) {
+        const int taps = op->kind == OP_CONV ? op->kh * op->kw : 1;
+        /* the input with its padding (pad_input): depthwise and im2col convs */
+        const size_t padded = op->kind == OP_CONV ? ((size_t)in->h + 2 * (size_t)op->pad_h)
+                                                    * ((size_t)in->w + 2 * (size_t)op->pad_w) * (size_t)in->c : 0;
+        if (op->kind == OP_CONV && f->cin_g == 1 && f->cout_g == 1 && groups > 1 && taps <= 64) {
             f->kind = FK_DEPTHWISE;
-            if (!FAST_VNNI) {           /* the C99 kernel's weights: [tap][C] as int16 */
+            fm->pad_bytes = max_size(fm->pad_bytes, padded);
+            if (!FAST_VNNI) {           /* the C99 kernel's weights: [tap][C] as int16; accumulators */
+                fm->rowsum_elems = max_size(fm->rowsum_elems, (size_t)op->c);
                 f->wdw = xmalloc((size_t)taps * op->c * sizeof *f->wdw, "depthwise weights");
                 for (int32_t c = 0; c < op->c; c++)
                     for (int t = 0; t < taps; t++)
@@ -198,9 +196,7 @@ static void fast_prepare(FastModel *fm, const Model *m)
             const int32_t rg = (op->kh + 3) / 4;      /* groups of 4 kernel rows */
             if (FAST_VNNI) {
                 f->w8 = xcalloc(nch / 64 * (size_t)rg * (size_t)op->kw * 256, 1, "depthwise weights");
-                size_t cols = ((size_t)in->w + 2 * (size_t)op->pad_w) * (size_t)rg * 256;
-                if (cols > fm->dwcols_bytes)
-                    fm->dwcols_bytes = cols;
+                fm->dwcols_bytes = max_size(fm->dwcols_bytes, ((size_t)in->w + 2 * (size_t)op->pad_w) * (size_t)rg * 256);
             }
             for (int32_t c = 0; c < op->c; c++) {
                 size_t sl = FAST_VNNI ? dw_slot((size_t)c) : (size_t)c;
@@ -226,15 +222,15 @@ static void fast_prepare(FastModel *fm, const Model *m)
         }
         f->kind = FK_GEMM;
         f->nblk = (f->cout_g + BLK - 1) / BLK;
-        f->direct = op->type == OP_CONV && op->kh == 1 && op->kw == 1 && op->stride_h == 1 && op->stride_w == 1
+        f->direct = op->kind == OP_CONV && op->kh == 1 && op->kw == 1 && op->stride_h == 1 && op->stride_w == 1
                     && groups == 1 && f->K4 == f->K;
-        if (op->type == OP_LINEAR)
+        if (op->kind == OP_LINEAR)
             f->direct = f->K4 == f->K;
-        if (!f->direct && P * (size_t)f->K4 > fm->cols_bytes)
-            fm->cols_bytes = P * (size_t)f->K4;
-
-        if (P > fm->rows)
-            fm->rows = P;
+        if (!f->direct)
+            fm->cols_bytes = max_size(fm->cols_bytes, P * (size_t)f->K4);
+        if (!f->direct && op->kind == OP_CONV)
+            fm->pad_bytes = max_size(fm->pad_bytes, padded);
+        fm->rowsum_elems = max_size(fm->rowsum_elems, P);
         size_t nch = (size_t)groups * f->nblk * BLK;
         f->w8 = xcalloc(nch * (size_t)f->K4, 1, "packed weights");
         f->bias = xcalloc(nch, sizeof *f->bias, "biases");
@@ -253,7 +249,7 @@ static void fast_prepare(FastModel *fm, const Model *m)
                 uint32_t wsum = 0;
                 for (int32_t k = 0; k < f->K; k++) {
                     int32_t src;     /* reference column of packed depth k */
-                    if (op->type == OP_CONV) {
+                    if (op->kind == OP_CONV) {
                         int32_t ci = k % f->cin_g, t = k / f->cin_g;      /* k = (ky*kw + kx)*cin_g + ci */
                         src = ci * taps + t;
                     } else {
@@ -276,11 +272,16 @@ static void fast_prepare(FastModel *fm, const Model *m)
             qparams_fast(f, nch, op->zero_point);
     }
     const Op *last = &m->ops[m->n_ops - 1];
-    fm->out_elems = op_elems(last);
+    if (last->h * last->w > 1)
+        fm->logits_bytes = op_elems(last);
+    return fm;
 }
 
-static void fast_free(FastModel *fm)
+static void fast_release(void *p)
 {
+    FastModel *fm = p;
+    if (!fm)
+        return;
     for (int i = 0; fm->ops && i < fm->n_ops; i++) {
         free(fm->ops[i].w8);
         free(fm->ops[i].bias);
@@ -290,24 +291,39 @@ static void fast_free(FastModel *fm)
         free(fm->ops[i].wdw);
     }
     free(fm->ops);
+    free(fm);
 }
 
-/* Zero-filled once at load: the GEMM tile reads rowsum even when its factor d
- * is 0 (int8 weights), which changes no result but would read indeterminate
- * values; with every buffer defined the engine is valgrind-clean. */
-static void workspace_init(Workspace *ws, const FastModel *fm, const Model *m)
+/* Only the buffers this model's kernels use, zero-filled once: the GEMM tile reads rowsum
+ * even when its factor d is 0 (int8 weights), which changes no result but would read
+ * indeterminate values; with every buffer defined the engine is valgrind-clean.  The
+ * im2col copies touch up to OVER bytes past the end of cols and pad (copy_over); dwcols
+ * gets 64 bytes to align to. */
+static void *fast_workspace_new(const Model *m, const void *prepared)
 {
+    const FastModel *fm = prepared;
+    Workspace *ws = xcalloc(1, sizeof *ws, "workspace");
     ws->arena = xcalloc(m->arena_bytes, 1, "activations");
-    ws->cols = xcalloc(fm->cols_bytes + OVER, 1, "im2col scratch");
-    ws->pad = xcalloc(fm->pad_bytes + OVER, 1, "padded input");
-    ws->dwcols = xcalloc(fm->dwcols_bytes + 64, 1, "depthwise columns");
-    ws->rowsum = xcalloc(fm->rows, sizeof *ws->rowsum, "row sums");
-    ws->acc = xcalloc(fm->rows, sizeof *ws->acc, "accumulators");
-    ws->logits = xcalloc(fm->out_elems, 1, "logits");
+    if (fm->cols_bytes)
+        ws->cols = xcalloc(fm->cols_bytes + OVER, 1, "im2col scratch");
+    if (fm->pad_bytes)
+        ws->pad = xcalloc(fm->pad_bytes + OVER, 1, "padded input");
+    if (fm->dwcols_bytes)
+        ws->dwcols = xcalloc(fm->dwcols_bytes + 64, 1, "depthwise columns");
+    if (fm->rowsum_elems)
+        ws->rowsum = xcalloc(fm->rowsum_elems, sizeof *ws->rowsum, "row sums");
+    if (fm->acc_elems)
+        ws->acc = xcalloc(fm->acc_elems, sizeof *ws->acc, "accumulators");
+    if (fm->logits_bytes)
+        ws->logits = xcalloc(fm->logits_bytes, 1, "logits");
+    return ws;
 }
 
-static void workspace_free(Workspace *ws)
+static void fast_workspace_free(void *p)
 {
+    Workspace *ws = p;
+    if (!ws)
+        return;
     free(ws->arena);
     free(ws->cols);
     free(ws->pad);
@@ -315,6 +331,7 @@ static void workspace_free(Workspace *ws)
     free(ws->rowsum);
     free(ws->acc);
     free(ws->logits);
+    free(ws);
 }
 
 /* ---- GEMM conv / linear -------------------------------------------------- */
@@ -332,7 +349,7 @@ static inline void copy_over(uint8_t *dst, const uint8_t *src, size_t n)
 static inline void requant_store(const int32_t *acc, const FastOp *f, size_t slot, int n, const Op *op, uint8_t *dst)
 {
     for (int l = 0; l < n; l++)
-        dst[l] = requant1(acc[l], f->mult[slot + l], f->rnd[slot + l], f->sh[slot + l], op->zero_point, op->qmin, op->qmax);
+        dst[l] = requantize(acc[l], f->mult[slot + l], (int)f->sh[slot + l], op->zero_point, op->qmin, op->qmax);
 }
 
 #if FAST_VNNI
@@ -540,14 +557,14 @@ static void pad_input(const Op *op, const Op *in, const uint8_t *x, uint8_t *pb)
 /* A conv (any groups but depthwise) or linear layer; x and out are HWC. */
 static void fast_gemm(const Op *op, const Op *in, const FastOp *f, const uint8_t *x, uint8_t *out, Workspace *ws)
 {
-    const int32_t groups = op->type == OP_CONV ? op->groups : 1;
+    const int32_t groups = op->kind == OP_CONV ? op->groups : 1;
     const size_t P = (size_t)op->h * op->w, K4 = (size_t)f->K4;
     for (int32_t g = 0; g < groups; g++) {
         const uint8_t *A = x;
         size_t lda = K4;
         if (!f->direct) {
             uint8_t *row = ws->cols;
-            if (op->type == OP_LINEAR) {
+            if (op->kind == OP_LINEAR) {
                 memcpy(row, x, (size_t)f->K);
                 memset(row + f->K, 0, K4 - (size_t)f->K);
             } else {
@@ -726,7 +743,7 @@ static void fast_depthwise(const Op *op, const Op *in, const FastOp *f, const ui
             }
             uint8_t *dst = out + ((size_t)oy * op->w + ox) * C;
             for (int32_t c = 0; c < C; c++)
-                dst[c] = requant1(acc[c], f->mult[c], f->rnd[c], f->sh[c], op->zero_point, op->qmin, op->qmax);
+                dst[c] = requantize(acc[c], f->mult[c], (int)f->sh[c], op->zero_point, op->qmin, op->qmax);
         }
 }
 #endif
@@ -769,56 +786,126 @@ static void fast_avgpool(const Op *op, const Op *in, const uint8_t *x, uint8_t *
                 }
             uint8_t *dst = out + ((size_t)oy * op->w + ox) * C;
             for (size_t c = 0; c < C; c++)
-                dst[c] = clamp_u8(op->zero_point + rshift_round(sum[c] * op->multiplier[0], op->shift[0]), op->qmin, op->qmax);
+                dst[c] = requantize(sum[c], op->multiplier[0], op->shift[0], op->zero_point, op->qmin, op->qmax);
         }
 }
 
+/* Residual add: requantize((a - z_a)*m_a + (b - z_b)*m_b) with multiplier 1 and the shared shift */
 static void fast_add(const Op *op, const Op *ia, const Op *ib, const uint8_t *a, const uint8_t *b, uint8_t *out)
 {
     const size_t n = op_elems(op);
-    const int64_t ma = op->mul_a, mb = op->mul_b, za = ia->zero_point, zb = ib->zero_point;
-    const int s = op->add_shift;
-    const int64_t rnd = ((int64_t)1 << s) >> 1;
+    const int64_t ma = op->multiplier[0], mb = op->multiplier[1], za = ia->zero_point, zb = ib->zero_point;
+    const int s = op->shift[0];
     const int32_t zp = op->zero_point, lo = op->qmin, hi = op->qmax;
-    for (size_t i = 0; i < n; i++) {
-        int64_t v = zp + sra64((a[i] - za) * ma + (b[i] - zb) * mb + rnd, s);
-        out[i] = (uint8_t)(v < lo ? lo : v > hi ? hi : v);
+    for (size_t i = 0; i < n; i++)
+        out[i] = requantize((a[i] - za) * ma + (b[i] - zb) * mb, 1, s, zp, lo, hi);
+}
+
+/* Concat on channels (HWC): each pixel's output channels are input 0's, then input 1's, ...,
+ * each value requantize(x - z_k) with input k's multiplier and shift. */
+static void fast_concat(const Model *m, const Op *op, const Workspace *ws, uint8_t *out)
+{
+    const size_t P = (size_t)op->h * op->w, C = (size_t)op->c;
+    size_t c0 = 0;
+    for (int k = 0; k < op->n_inputs; k++) {
+        const Op *in = op_input(m, op, k);
+        const uint8_t *x = ws->arena + in->offset;
+        const size_t Ck = (size_t)in->c;
+        const int64_t mk = op->multiplier[k];
+        const int s = op->shift[k];
+        const int32_t zk = in->zero_point, zp = op->zero_point, lo = op->qmin, hi = op->qmax;
+        for (size_t p = 0; p < P; p++) {
+            uint8_t *dst = out + p * C + c0;
+            const uint8_t *src = x + p * Ck;
+            for (size_t c = 0; c < Ck; c++)
+                dst[c] = requantize(src[c] - zk, mk, s, zp, lo, hi);
+        }
+        c0 += Ck;
     }
 }
 
-/* Run the whole graph on one image (CHW pixels); returns the logits (CHW). */
-static const uint8_t *run_model_fast(const Model *m, const FastModel *fm, Workspace *ws, const uint8_t *image)
+/* ---- the kernel table and the kernel set ------------------------------------------------- */
+
+typedef void FastKernel(const Model *m, const FastModel *fm, int i, Workspace *ws, const uint8_t *image);
+
+#define FAST_ARGS const Model *m, const FastModel *fm, int i, Workspace *ws, const uint8_t *image
+#define FAST_UNUSED (void)m, (void)fm, (void)i, (void)ws, (void)image
+#define OP_IN(k) op_input(m, &m->ops[i], k)
+#define X_IN(k) (ws->arena + OP_IN(k)->offset)
+#define OUT (ws->arena + m->ops[i].offset)
+
+/* the image, CHW pixels, into HWC */
+static void fk_input(FAST_ARGS)
 {
-    for (int i = 0; i < m->n_ops; i++) {
-        const Op *op = &m->ops[i];
-        const FastOp *f = &fm->ops[i];
-        uint8_t *out = ws->arena + op->offset;
-        const Op *a = op->type != OP_INPUT ? &m->ops[op->in[0]] : NULL;
-        const uint8_t *xa = a ? ws->arena + a->offset : NULL;
-        switch (op->type) {
-        case OP_INPUT: {
-            const size_t hw = (size_t)op->h * op->w, C = (size_t)op->c;
-            for (size_t c = 0; c < C; c++)
-                for (size_t p = 0; p < hw; p++)
-                    out[p * C + c] = image[c * hw + p];
-            break;
-        }
-        case OP_CONV:
-            if (f->kind == FK_DEPTHWISE)
-                fast_depthwise(op, a, f, xa, out, ws);
-            else
-                fast_gemm(op, a, f, xa, out, ws);
-            break;
-        case OP_LINEAR:  fast_gemm(op, a, f, xa, out, ws); break;
-        case OP_MAXPOOL: fast_maxpool(op, a, xa, out); break;
-        case OP_AVGPOOL: fast_avgpool(op, a, xa, out, ws); break;
-        case OP_ADD: {
-            const Op *b = &m->ops[op->in[1]];
-            fast_add(op, a, b, xa, ws->arena + b->offset, out);
-            break;
-        }
-        }
-    }
+    FAST_UNUSED;
+    const Op *op = &m->ops[i];
+    uint8_t *out = OUT;
+    const size_t hw = (size_t)op->h * op->w, C = (size_t)op->c;
+    for (size_t c = 0; c < C; c++)
+        for (size_t p = 0; p < hw; p++)
+            out[p * C + c] = image[c * hw + p];
+}
+
+static void fk_conv(FAST_ARGS)
+{
+    FAST_UNUSED;
+    const FastOp *f = &fm->ops[i];
+    if (f->kind == FK_DEPTHWISE)
+        fast_depthwise(&m->ops[i], OP_IN(0), f, X_IN(0), OUT, ws);
+    else
+        fast_gemm(&m->ops[i], OP_IN(0), f, X_IN(0), OUT, ws);
+}
+
+static void fk_linear(FAST_ARGS)
+{
+    FAST_UNUSED;
+    fast_gemm(&m->ops[i], OP_IN(0), &fm->ops[i], X_IN(0), OUT, ws);
+}
+
+static void fk_maxpool(FAST_ARGS)
+{
+    FAST_UNUSED;
+    fast_maxpool(&m->ops[i], OP_IN(0), X_IN(0), OUT);
+}
+
+static void fk_avgpool(FAST_ARGS)
+{
+    FAST_UNUSED;
+    fast_avgpool(&m->ops[i], OP_IN(0), X_IN(0), OUT, ws);
+}
+
+static void fk_add(FAST_ARGS)
+{
+    FAST_UNUSED;
+    fast_add(&m->ops[i], OP_IN(0), OP_IN(1), X_IN(0), X_IN(1), OUT);
+}
+
+static void fk_concat(FAST_ARGS)
+{
+    FAST_UNUSED;
+    fast_concat(m, &m->ops[i], ws, OUT);
+}
+
+static FastKernel *const FAST_KERNEL[OP_KIND_COUNT] = {
+    [OP_INPUT] = fk_input,     [OP_CONV] = fk_conv, [OP_LINEAR] = fk_linear, [OP_MAXPOOL] = fk_maxpool,
+    [OP_AVGPOOL] = fk_avgpool, [OP_ADD] = fk_add,   [OP_CONCAT] = fk_concat,
+};
+
+static void *fast_prepare(const Model *m)
+{
+    for (int k = 0; k < OP_KIND_COUNT; k++)
+        if (!FAST_KERNEL[k])
+            fail("kernels_fast.c: no optimized kernel for op kind %s", KINDS[k].name);
+    return fast_prepare_model(m);
+}
+
+/* Run the whole graph on one image (CHW pixels); returns the logits (CHW). */
+static const uint8_t *fast_run(const Model *m, const void *prepared, void *workspace, const uint8_t *image)
+{
+    const FastModel *fm = prepared;
+    Workspace *ws = workspace;
+    for (int i = 0; i < m->n_ops; i++)
+        FAST_KERNEL[m->ops[i].kind](m, fm, i, ws, image);
     const Op *last = &m->ops[m->n_ops - 1];
     const uint8_t *y = ws->arena + last->offset;
     const size_t hw = (size_t)last->h * last->w, C = (size_t)last->c;
@@ -829,3 +916,6 @@ static const uint8_t *run_model_fast(const Model *m, const FastModel *fm, Worksp
             ws->logits[c * hw + p] = y[p * C + c];
     return ws->logits;
 }
+
+const KernelSet FAST_KERNELS = {FAST_VNNI ? "optimized (AVX-512 VNNI)" : "optimized (C99)", fast_prepare, fast_release,
+                                fast_workspace_new, fast_workspace_free, fast_run};
