@@ -77,6 +77,7 @@ enum { FILE_WEIGHT_BIN, FILE_BIAS_BIN, FILE_WEIGHT_TXT, FILE_COUNT };   /* the f
 
 typedef struct {
     char path[4096];                /* of model.bin, for messages */
+    char weights_path[8200];        /* of the weight file(s) read, for messages */
     char name[32], dataset[16], fingerprint[24];
     int weight_signed;              /* 1: int8 per-channel weights (zero point 0); 0: uint8 per tensor */
     uint32_t exported;              /* bit 0: weight.bin + bias.bin, bit 1: weight.txt */

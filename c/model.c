@@ -256,9 +256,10 @@ static void check_scratch(const Model *m, int i, const char *what, uint64_t elem
 static void check_window(const Model *m, int i)
 {
     const Op *op = &m->ops[i], *x = op_input(m, op, 0);
-    if (op->pad_h >= op->kh || op->pad_w >= op->kw)
-        fail("%s: op %d (%s): padding %dx%d, not below the kernel %dx%d", m->path, i, kind_name(op),
-             op->pad_h, op->pad_w, op->kh, op->kw);
+    if (op->pad_h >= op->kh)
+        fail("%s: op %d (%s): pad_h %d is not below kernel_h %d", m->path, i, kind_name(op), op->pad_h, op->kh);
+    if (op->pad_w >= op->kw)
+        fail("%s: op %d (%s): pad_w %d is not below kernel_w %d", m->path, i, kind_name(op), op->pad_w, op->kw);
     int64_t oh = window_out(x->h, op->kh, op->stride_h, op->pad_h);
     int64_t ow = window_out(x->w, op->kw, op->stride_w, op->pad_w);
     if (oh != op->h || ow != op->w)
@@ -488,11 +489,11 @@ static void parse_header(Model *m, const uint8_t *data, size_t size, const char 
     }
     if (m->exported & 1) {
         if (m->file_size[FILE_WEIGHT_BIN] != (uint64_t)m->weight_bytes)
-            fail("%s: weight.bin size %llu, but %lld weights", path,
-                 (unsigned long long)m->file_size[FILE_WEIGHT_BIN], (long long)m->weight_bytes);
+            fail("%s: the header says %lld weights, but records a weight.bin of %llu bytes", path,
+                 (long long)m->weight_bytes, (unsigned long long)m->file_size[FILE_WEIGHT_BIN]);
         if (m->file_size[FILE_BIAS_BIN] != 4 * (uint64_t)m->bias_count)
-            fail("%s: bias.bin size %llu, but %lld biases", path, (unsigned long long)m->file_size[FILE_BIAS_BIN],
-                 (long long)m->bias_count);
+            fail("%s: the header says %lld biases, but records a bias.bin of %llu bytes", path,
+                 (long long)m->bias_count, (unsigned long long)m->file_size[FILE_BIAS_BIN]);
     }
     header_string(m, data + 88, 32, "model name", m->name);
     header_string(m, data + 120, 16, "dataset", m->dataset);
@@ -658,6 +659,7 @@ void parse_weight_bins(Model *m, const uint8_t *w, size_t w_size, const char *we
     }
     m->weight_raw = xmalloc(w_size, "weights");
     memcpy(m->weight_raw, w, w_size);
+    snprintf(m->weights_path, sizeof m->weights_path, "%s, %s", weight_path, bias_path);
     m->bias = xmalloc((size_t)m->bias_count * sizeof *m->bias, "biases");
     for (int64_t i = 0; i < m->bias_count; i++)
         m->bias[i] = u32_to_i32(rd_u32(b + 4 * (size_t)i));
@@ -704,6 +706,7 @@ void parse_weight_txt(Model *m, const char *text, size_t size, const char *path)
 {
     require_format(m, 1);
     check_seal(m, FILE_WEIGHT_TXT, path, (const uint8_t *)text, size);
+    snprintf(m->weights_path, sizeof m->weights_path, "%s", path);
     /* n values need at least 2n - 1 bytes (a digit each, separators between): refuse before
      * allocating what a short file cannot fill */
     uint64_t n_values = (uint64_t)m->weight_bytes + (uint64_t)m->bias_count;
@@ -848,7 +851,7 @@ void check_overflow(const Model *m)
         }
         if (worst > INT32_MAX)
             fail("%s: op %d (%s): worst-case accumulator %lld exceeds int32 (%d); the integer path could "
-                 "overflow", m->path, i, kind_name(op), (long long)worst, INT32_MAX);
+                 "overflow", m->weights_path, i, kind_name(op), (long long)worst, INT32_MAX);
     }
 }
 
