@@ -9,7 +9,7 @@ Here, per named case and weight mode:
   - numpy == torch engine, op by op and end to end;
   - C == numpy in every build (native, portable, OpenMP with 2 threads, ASan, ASan portable,
     --reference), bin and txt weights, on the whole graph and on the graph cut after each
-    op the case is about (its output is then the logits the C engine writes).
+    op the case is about (an identity linear layer then copies that op's output into logits).
 """
 import functools
 import os
@@ -140,9 +140,25 @@ def binaries():
 
 
 def cut(state, quant, i):
-    """The graph up to op i: op i's output becomes the logits."""
+    """The graph up to op i, then a linear layer that copies op i's output (CHW order) exactly:
+    identity weights, bias 0, multiplier 2^14 / 2^14, op i's zero point, clamp 0..255. The C
+    engine writes (and scores) only the C values of a Cx1x1 last op, so op i's own output could
+    not be read whole."""
     names = {op["name"] for op in quant[:i + 1]}
-    return {k: v for k, v in state.items() if k.rsplit(".", 1)[0] in names}, quant[:i + 1]
+    sub = {k: v for k, v in state.items() if k.rsplit(".", 1)[0] in names}
+    src = quant[i]
+    n = int(np.prod(src["shape"]))
+    per_channel = quant[0]["weight_mode"] == "per_channel"
+    w_zp = 0 if per_channel else 128
+    weight = np.full((n, n), w_zp, dtype=np.int64) + np.eye(n, dtype=np.int64)
+    sub.update({"readout.weight": torch.from_numpy(weight.astype(np.int8 if per_channel else np.uint8)),
+                "readout.bias": torch.zeros(n, dtype=torch.int32),
+                "readout.multiplier": torch.full((n,), 1 << 14, dtype=torch.int32),
+                "readout.shift": torch.full((n,), 14, dtype=torch.int32)})
+    readout = {"op": "linear", "name": "readout", "inputs": [i], "shape": [n, 1, 1], "scale": src["scale"],
+               "zero_point": src["zero_point"], "qmin": 0, "qmax": 255, "weight_zero_point": w_zp,
+               "acc_bound": max(src["zero_point"] - src["qmin"], src["qmax"] - src["zero_point"])}
+    return sub, quant[:i + 1] + [readout]
 
 
 def run_c(binary, ex, out, *extra):
@@ -155,11 +171,11 @@ def run_c(binary, ex, out, *extra):
 def test_c_equals_numpy(binaries, tmp_path, name, mode):
     state, quant, images, values = graph(name, mode)
     names = [op["name"] for op in quant]
-    ends = sorted({names.index(t) for t in CASES[name].focus + CASES[name].padded} | {len(quant) - 1})
+    ends = sorted({names.index(t) for t in CASES[name].focus + CASES[name].padded})
     runs = [(kind, "bin", []) for kind in BUILDS] + [("native", "bin", ["--reference"]), ("asan", "txt", []),
                                                       ("native", "txt", ["--reference"])]
-    for end in ends:
-        sub_state, sub_quant = cut(state, quant, end)
+    for end in [len(quant) - 1] + ends:
+        sub_state, sub_quant = (state, quant) if end == len(quant) - 1 else cut(state, quant, end)
         ex = export_graph(str(tmp_path / f"ex{end}"), sub_state, sub_quant, images, seed=end, mode="both")
         np.testing.assert_array_equal(ex["logits"], values[end].reshape(len(images), -1))
         for kind, fmt, extra in runs:
