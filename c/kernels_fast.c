@@ -176,8 +176,9 @@ static FastModel *fast_prepare_model(const Model *m)
                                                     * ((size_t)in->w + 2 * (size_t)op->pad_w) * (size_t)in->c : 0;
         if (op->kind == OP_CONV && f->cin_g == 1 && f->cout_g == 1 && groups > 1 && taps <= 64) {
             f->kind = FK_DEPTHWISE;
-            fm->pad_bytes = max_size(fm->pad_bytes, padded);
-            if (!FAST_VNNI) {           /* the C99 kernel's weights: [tap][C] as int16; accumulators */
+            if (FAST_VNNI) {            /* the VNNI kernel reads the padded input */
+                fm->pad_bytes = max_size(fm->pad_bytes, padded);
+            } else {                    /* the C99 one the input in place; its weights [tap][C] as int16 */
                 fm->rowsum_elems = max_size(fm->rowsum_elems, (size_t)op->c);
                 f->wdw = xmalloc((size_t)taps * op->c * sizeof *f->wdw, "depthwise weights");
                 for (int32_t c = 0; c < op->c; c++)
