@@ -8,7 +8,7 @@ from torch import nn
 from torch.fx.experimental.optimization import fuse
 
 from model.np_engine import NumpyIntegerModel
-from model.quantize import (QuantizeError, accumulator_bound, build_integer_graph, quantize_weight,
+from model.quantize import (QuantizeError, _clamp_for, accumulator_bound, build_integer_graph, quantize_weight,
                             weight_sqnr_db)
 from model.torch_engine import TorchIntegerModel
 from tests.random_models import ARCHS, _randomize_bn, make_cfg, random_quantized
@@ -43,14 +43,30 @@ def test_per_tensor_weights_uint8_with_zero_point():
     assert err.max() <= scale[0] / 2 + 1e-12
 
 
-def test_calibration_minmax_ranges_cover_the_observed_values():
-    state, quant_list, _ = random_quantized("conv_pool", seed=3)
+def test_calibration_minmax_is_the_observed_min_and_max():
+    """Each op's (scale, zero point) is choose_qparams of the min and max its float output takes
+    over all the calibration images, computed here by running the float layers directly: over
+    3 batches of 250, with the extremes not all in the last batch."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.Linear(4 * 6 * 6, 5), nn.ReLU(), nn.Linear(5, 3))
+    images = torch.randint(0, 256, (600, 1, 8, 8), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
+    _, quant_list = build_integer_graph(net, images, make_cfg(model="lenet"), "mnist", {})
+    with torch.no_grad():
+        conv = net[0](images.float() / 255)
+        hidden = torch.relu(net[2](conv.flatten(1)))
+        logits = net[4](hidden)
+    observed = {"0": conv, "2": hidden, "4": logits}
+    assert [op["name"] for op in quant_list] == ["input", "0", "2", "4"]
+    assert (quant_list[0]["scale"], quant_list[0]["zero_point"]) == (1 / 255, 0)
     for op in quant_list[1:]:
-        lo = op["scale"] * (0 - op["zero_point"])
-        hi = op["scale"] * (255 - op["zero_point"])
-        assert lo <= 0 <= hi
-    first = quant_list[1]       # conv + ReLU: calibrated range starts at 0 -> zero point 0
-    assert first["zero_point"] == 0 and first["qmin"] == 0
+        out = observed[op["name"]]
+        lo, hi = min(out.min().item(), 0.0), max(out.max().item(), 0.0)
+        assert op["scale"] == pytest.approx((hi - lo) / 255, rel=1e-6)
+        assert op["zero_point"] == int(np.floor(-lo / ((hi - lo) / 255) + 0.5))
+        per_batch = out.flatten(1).min(1).values, out.flatten(1).max(1).values
+        assert per_batch[0].argmin() < 500 or per_batch[1].argmax() < 500     # not only the last batch
+    assert quant_list[2]["zero_point"] == 0 and quant_list[2]["qmin"] == 0   # ReLU: the range starts at 0
+    assert quant_list[1]["zero_point"] > 0 and quant_list[3]["zero_point"] > 0
 
 
 def test_calibration_percentile_range_is_narrower():
@@ -64,10 +80,38 @@ def test_calibration_percentile_range_is_narrower():
     assert any(c["scale"] < f["scale"] for f, c in zip(full[1:], clipped[1:]))
 
 
-def test_relu6_clamp_bound():
-    _, quant_list, _ = random_quantized("residual", seed=0)
-    dw = [op for op in quant_list if op["op"] == "conv" and op.get("groups", 1) > 1][0]
-    assert dw["qmax"] == min(255, dw["zero_point"] + round(6.0 / dw["scale"]))
+@pytest.mark.parametrize("act, scale, zero_point, bounds", [
+    (None, 0.1, 37, (0, 255)),          # no activation: the full range, the zero point inside it
+    ("relu", 0.1, 37, (37, 255)),
+    ("relu6", 6 / 255, 0, (0, 255)),    # the calibrated ReLU6 output: exactly 0..6
+    ("relu6", 0.0625, 10, (10, 106)),   # 6 / 0.0625 = 96
+    ("relu6", 0.05, 200, (200, 255)),   # 200 + 120 capped at 255
+    ("relu6", 12.0, 5, (5, 6)),         # 6 / 12 = 0.5 rounds half up: 5 + 1
+])
+def test_fused_activation_clamp_bounds(act, scale, zero_point, bounds):
+    assert _clamp_for(act, scale, zero_point) == bounds
+
+
+def test_relu6_end_to_end_on_known_pixels():
+    """conv 1x1 (weight 8, bias 0) + ReLU6 on pixels x: the float output is min(8x/255, 6), the
+    calibrated range 0..6 (scale 6/255, zero point 0), so the integer output is
+    clamp(round(8x/6), 0, 255): ReLU6 binds from x = 191.25 on."""
+    net = nn.Sequential(nn.Conv2d(1, 1, 1), nn.ReLU6())
+    with torch.no_grad():
+        net[0].weight.fill_(8.0)
+        net[0].bias.zero_()
+    pixels = torch.tensor([0, 100, 128, 190, 191, 192, 255], dtype=torch.uint8).view(1, 1, 1, -1)
+    state, quant_list = build_integer_graph(net, pixels, make_cfg(model="lenet"), "mnist", {})
+    op = quant_list[1]
+    assert (op["zero_point"], op["qmin"], op["qmax"]) == (0, 0, 255) and op["scale"] == pytest.approx(6 / 255)
+    out = NumpyIntegerModel(state, quant_list)(pixels.numpy())
+    assert out.tolist() == [[0, 133, 171, 253, 255, 255, 255]]
+    # a ReLU6 whose calibration saw only zeros: scale 1, zero point 0, so qmax = round(6 / 1) = 6
+    with torch.no_grad():
+        net[0].weight.zero_()
+        net[0].bias.fill_(-1.0)
+    _, quant_list = build_integer_graph(net, pixels, make_cfg(model="lenet"), "mnist", {})
+    assert [quant_list[1][k] for k in ("scale", "zero_point", "qmin", "qmax")] == [1.0, 0, 0, 6]
 
 
 def test_accumulator_bound_is_exact_worst_case():
