@@ -354,7 +354,8 @@ static inline void requant_store(const int32_t *acc, const FastOp *f, size_t slo
 }
 
 #if FAST_VNNI
-/* 16 int32 lanes (channels slot..slot+15) -> bytes, masked store of the first n.
+/* requantize() (fpgai.h) on 16 int32 lanes at once: its vector form for any multiplier and shift.
+ * 16 int32 lanes (channels slot..slot+15) -> bytes, masked store of the first n.
  * Even channels in the low halves of 64-bit lanes, odd ones shifted down: two
  * 32x32->64 multiplies, per-lane arithmetic shifts, clamp, back together.
  * The per-channel constants are stored even channels first (see qparams). */
@@ -378,7 +379,8 @@ static inline __attribute__((always_inline)) void requant_store_v(__m512i acc, c
     _mm_mask_storeu_epi8(dst, (__mmask16)((1u << n) - 1), _mm512_cvtepi32_epi8(requant_v(acc, f, slot, op)));
 }
 
-/* The qf form (qparams_fast): 16 int32 lanes -> zp + the requantized value, unclamped. */
+/* requantize() (fpgai.h) on 16 int32 lanes, its faster vector form where qparams_fast found one
+ * (the clamp is the caller's): 16 int32 lanes -> zp + the requantized value, unclamped. */
 static inline __attribute__((always_inline)) __m512i requant_fast(__m512i acc, const int64_t *q, int post)
 {
     __m512i e = _mm512_add_epi64(_mm512_mul_epi32(acc, _mm512_loadu_si512(q)), _mm512_loadu_si512(q + 16));
