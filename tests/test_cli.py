@@ -98,19 +98,58 @@ def test_lenet_end_to_end_on_real_mnist(tmp_path):
                                                           ("weight.txt", "weight.bin", "bias.bin", "quant.txt", "model.bin"))
 
 
-@pytest.mark.parametrize("delay", [0.5, 1.5, 3.0])
-def test_sigkill_during_quantization_never_leaves_a_half_tuple(tmp_path, delay):
-    """Killed at any moment, quant_model.py leaves either the previous tuple or the new one, whole."""
+KILLED_WRITER = r"""
+import io, sys, torch
+import model.fileio as fileio
+path, source = sys.argv[1], sys.argv[2]
+state, quant_list = torch.load(source, weights_only=True)
+quant_list[0]["calib_images"] = 3000                     # a new tuple, different from the old one
+buf = io.BytesIO()
+torch.save((state, quant_list), buf)
+data = buf.getvalue()
+
+class Blocked(io.BufferedIOBase):                         # torch.save into atomic_open, stopped halfway
+    def __init__(self, f):
+        self.f = f
+    def write(self, chunk):
+        self.f.write(data[:len(data) // 2])
+        self.f.flush()
+        print(len(data), flush=True)
+        sys.stdin.read()                                   # blocks here until SIGKILL
+        return len(chunk)
+    def writable(self):
+        return True
+
+with fileio.atomic_open(path) as f:
+    torch.save((state, quant_list), Blocked(f))
+"""
+
+
+def test_sigkill_inside_an_atomic_write_leaves_the_old_tuple_whole(tmp_path):
+    """quant_model.py saves its tuple with atomic_save; a process SIGKILLed while its bytes are
+    half written (deterministically: blocked inside atomic_open) leaves the old tuple whole and
+    loadable, only a hidden temporary beside it, and the next save replaces the tuple."""
     import signal
-    import time
-    shutil.copy(os.path.join(ROOT, "quantization", "lenet_quant.tuple"), tmp_path / "lenet_quant.tuple")
-    before = (tmp_path / "lenet_quant.tuple").read_bytes()
-    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "quant_model.py"), f"--quant_dir={tmp_path}",
-                             "--calib_images=3000"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(delay)
+    from model.fileio import atomic_save
+    source = os.path.join(ROOT, "quantization", "lenet_quant.tuple")
+    target = tmp_path / "lenet_quant.tuple"
+    shutil.copy(source, target)
+    before = target.read_bytes()
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(target), source], cwd=ROOT,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    size = int(proc.stdout.readline())                   # half of the new tuple is on disk now
+    tmp = tmp_path / f".lenet_quant.tuple.{proc.pid}.tmp"
+    assert tmp.stat().st_size == size // 2 > 0
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    state, quant_list = torch.load(tmp_path / "lenet_quant.tuple", weights_only=True)
-    after = (tmp_path / "lenet_quant.tuple").read_bytes()
-    assert after == before or quant_list[0]["calib_images"] == 3000
-    assert [f for f in os.listdir(tmp_path) if not f.endswith(".tmp")] == ["lenet_quant.tuple"]
+    proc.stdin.close()
+    proc.stdout.close()
+    assert proc.returncode == -signal.SIGKILL
+    assert target.read_bytes() == before
+    _, quant_list = torch.load(target, weights_only=True)
+    assert quant_list[0]["calib_images"] != 3000
+    assert sorted(os.listdir(tmp_path)) == sorted([target.name, tmp.name])
+    state, quant_list = torch.load(source, weights_only=True)
+    quant_list[0]["calib_images"] = 3000
+    atomic_save((state, quant_list), str(target))
+    assert torch.load(target, weights_only=True)[1][0]["calib_images"] == 3000
