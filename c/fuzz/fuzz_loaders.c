@@ -77,10 +77,16 @@ static void put_u32(uint8_t *p, uint32_t v)
         p[k] = (uint8_t)(v >> 8 * k);
 }
 
+/* model.bin's own CRC-32 (see the top) */
+static void seal_model(void)
+{
+    if (g_part_size[0] >= 16)
+        put_u32(g_part[0] + 12, crc32_bytes(g_part[0] + 16, g_part_size[0] - 16));
+}
 #endif
 
 #if defined(FUZZ_TARGET_weights_bin) || defined(FUZZ_TARGET_weights_txt)
-/* Record part `part`'s size and CRC-32 in the header entry at `at` (see the top) */
+/* Part `part`'s size and CRC-32 into model.bin's header entry at `at` (see the top) */
 static void seal_file(int part, size_t at)
 {
     if (g_part_size[0] < at + 12)
@@ -88,14 +94,6 @@ static void seal_file(int part, size_t at)
     put_u32(g_part[0] + at, (uint32_t)g_part_size[part]);
     put_u32(g_part[0] + at + 4, (uint32_t)((uint64_t)g_part_size[part] >> 32));
     put_u32(g_part[0] + at + 8, crc32_bytes(g_part[part], g_part_size[part]));
-}
-#endif
-
-#if defined(FUZZ_TARGET_model) || defined(FUZZ_TARGET_weights_bin) || defined(FUZZ_TARGET_weights_txt)
-static void seal_model(void)
-{
-    if (g_part_size[0] >= 16)
-        put_u32(g_part[0] + 12, crc32_bytes(g_part[0] + 16, g_part_size[0] - 16));
 }
 #endif
 
