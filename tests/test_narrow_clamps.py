@@ -26,6 +26,7 @@ from model.torch_engine import TorchIntegerModel
 from tests import narrow_graphs
 from tests.narrow_graphs import CASES, padded_with, params_of, tensors, unclamped, with_zps
 from tests.test_c_engine import C_DIR, assert_clean, export_graph, read_logits, result_line
+from tests.test_c_kernels import force_wide_requantization
 
 MODES = ["per_channel", "per_tensor"]
 PARAMS = [(name, mode) for name in CASES for mode in MODES]
@@ -189,3 +190,25 @@ def test_c_equals_numpy(binaries, tmp_path, name, mode):
                                           err_msg=f"{name} {mode} cut after {names[end]}: {kind} {fmt} {extra}")
             correct = int((ex["logits"].argmax(axis=1) == ex["labels"]).sum())
             assert result_line(proc.stdout) == (ex["n"], correct)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_c_wide_requantization_equals_numpy(binaries, tmp_path, name):
+    """Channel 0 of every conv/linear layer with a 31-bit multiplier at shift 31, channel 1 at
+    shift 58 (test_c_kernels.force_wide_requantization): the optimized kernels' 64-bit
+    requantization and its clamp, on the narrow clamps (channel 0 saturates at both ends)."""
+    state, quant, images, _ = graph(name, "per_channel")
+    state = {k: v.clone() for k, v in state.items()}
+    force_wide_requantization(state, quant)
+    values = tensors(state, quant, images.numpy())
+    layers = [i for i, op in enumerate(quant) if op["op"] in ("conv", "linear")]
+    assert any((values[i][:, 0] == quant[i]["qmin"]).any() and (values[i][:, 0] == quant[i]["qmax"]).any()
+               for i in layers), "no wide channel saturates at both ends"
+    ex = export_graph(str(tmp_path / "ex"), state, quant, images, seed=0, mode="bin")
+    np.testing.assert_array_equal(ex["logits"], values[-1].reshape(len(images), -1))
+    for kind, extra in [(kind, []) for kind in BUILDS] + [("native", ["--reference"])]:
+        out = str(tmp_path / f"logits_{kind}{'_ref' if extra else ''}.txt")
+        proc = run_c(binaries[kind], ex, out, *extra)
+        assert_clean(proc)
+        assert proc.returncode == 0, proc.stderr
+        np.testing.assert_array_equal(read_logits(out), ex["logits"], err_msg=f"{name} wide: {kind} {extra}")
