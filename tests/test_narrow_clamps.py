@@ -8,8 +8,10 @@ Here, per named case and weight mode:
     the first reads zero points != 0 through a clamp narrower than 0..255;
   - numpy == torch engine, op by op and end to end;
   - C == numpy in every build (native, portable, OpenMP with 2 threads, ASan, ASan portable,
-    --reference), bin and txt weights, on the whole graph, and bin weights on the graph cut after each
-    op the case is about (an identity linear layer then copies that op's output into logits).
+    --reference), bin and txt weights, on the whole graph; on the graph cut after each op the case
+    is about (an identity linear layer then copies that op's output into the logits) in the
+    native, portable, reference and ASan runs, bin weights;
+  - the same in the optimized kernels' 64-bit requantization form (wide multipliers).
 """
 import functools
 import os
@@ -175,13 +177,16 @@ def test_c_equals_numpy(binaries, tmp_path, name, mode):
     ends = sorted({names.index(t) for t in CASES[name].focus + CASES[name].padded})
     runs = [(kind, "bin", []) for kind in BUILDS] + [("native", "bin", ["--reference"])]
     txt_runs = [("asan", "txt", []), ("native", "txt", ["--reference"])]
+    # the cuts: each kernel set once (VNNI, C99, reference) and ASan; bin only (an identity
+    # layer's weight.txt is slow to write)
+    cut_runs = [("native", "bin", []), ("portable", "bin", []), ("native", "bin", ["--reference"]), ("asan", "bin", [])]
     for end in [len(quant) - 1] + ends:
-        whole = end == len(quant) - 1          # the cuts' identity layers make a slow weight.txt: bin only
+        whole = end == len(quant) - 1
         sub_state, sub_quant = (state, quant) if whole else cut(state, quant, end)
         ex = export_graph(str(tmp_path / f"ex{end}"), sub_state, sub_quant, images, seed=end,
                           mode="both" if whole else "bin")
         np.testing.assert_array_equal(ex["logits"], values[end].reshape(len(images), -1))
-        for kind, fmt, extra in runs + (txt_runs if whole else []):
+        for kind, fmt, extra in (runs + txt_runs if whole else cut_runs):
             out = str(tmp_path / f"logits{end}_{kind}_{fmt}{'_ref' if extra else ''}.txt")
             proc = run_c(binaries[kind], ex, out, "--format", fmt, *extra)
             assert_clean(proc)
