@@ -1,7 +1,6 @@
 """The op table is declared once per language: model/ops (Python) and the C engine's table
 (`c/inference --op-table`). They must describe the same model.bin records."""
 import json
-import os
 import subprocess
 
 from model.ops import KINDS
@@ -17,7 +16,3 @@ def test_c_and_python_op_tables_agree(binaries):  # noqa: F811
                 for k in KINDS.values()}
     assert c_table == py_table
 
-
-def test_every_kind_has_a_file_of_its_own():
-    folder = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "model", "ops")
-    assert {name for name in KINDS} <= {f[:-3] for f in os.listdir(folder) if f.endswith(".py")}

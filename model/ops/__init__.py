@@ -7,13 +7,17 @@ The quantizer, both Python engines, the exporter, the reader, the fuzz corpus an
 read KINDS; the C engine declares the same table (`c/inference --op-table`, checked equal by
 tests/test_op_table.py). README "Adding an op" lists every place a new kind touches.
 """
-from model.ops import add, avgpool, concat, conv, input, linear, maxpool
+import importlib
+import pkgutil
+
 from model.ops.base import PARAM_KEYS, REQUANT_COUNTS, OpKind, QuantizeError
 
-KINDS = {k.name: k for k in (input.KIND, conv.KIND, linear.KIND, maxpool.KIND, avgpool.KIND, add.KIND,
-                             concat.KIND)}
+# every module of this package that declares a KIND is a kind: adding one is adding its file
+_declared = [getattr(importlib.import_module(f"{__name__}.{m.name}"), "KIND", None) for m in pkgutil.iter_modules(__path__)]
+KINDS = {k.name: k for k in sorted((k for k in _declared if k is not None), key=lambda k: k.code)}
 BY_CODE = {k.code: k for k in KINDS.values()}
 assert len(BY_CODE) == len(KINDS), "two op kinds share a model.bin code"
+assert list(BY_CODE) == list(range(len(BY_CODE))), "model.bin codes must be 0, 1, 2, ..."
 
 
 def match(gm, node):
