@@ -1,12 +1,13 @@
 # The two promises of the README:
 #   make demo   set up .venv, then train, quantize, test (4 columns), export and run C on LeNet/MNIST
 #   make test   set up .venv, then run every test
+#   make test-fast  the C engine and integer-engine tests only (under a minute on 2 cores)
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 MODEL ?= lenet
 
-.PHONY: demo test venv c bench bench-setup vnni-peak clean-venv
+.PHONY: demo test test-fast venv c bench bench-setup vnni-peak clean-venv
 
 venv: $(VENV)/.installed
 
@@ -27,6 +28,11 @@ demo: venv c
 
 test: venv c
 	$(PY) -m pytest -q tests
+
+# the engines and their files: C (every build), numpy, torch, the golden LeNet, model.bin
+FAST_TESTS := c_engine c_kernels engines narrow_clamps golden export qmath op_table
+test-fast: venv c
+	$(PY) -m pytest -q $(FAST_TESTS:%=tests/test_%.py)
 
 # C INT8 against PyTorch fp32/INT8 and ONNX Runtime INT8 (benchmarks/requirements.txt)
 bench-setup: venv
