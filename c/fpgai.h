@@ -67,6 +67,10 @@ typedef struct {
     int32_t n_mult, n_shift;
     int32_t *multiplier, *shift;
 
+    /* the table block: n_table values in 0..255 (a lookup table indexed by the input value) */
+    int32_t n_table;
+    int32_t *table;
+
     /* derived at load */
     int32_t k_size;                 /* conv / linear: weights per output channel */
     const int32_t *bias;            /* conv / linear: its C biases, into Model.bias */
@@ -101,8 +105,8 @@ typedef struct {
     int32_t lo, hi;
 } ParamSpec;
 
-/* How many multipliers (or shifts) a record holds */
-enum { RQ_NONE, RQ_ONE, RQ_TWO, RQ_C, RQ_INPUTS, RQ_RULE_COUNT };
+/* How many multipliers, shifts (or table values) a record holds */
+enum { RQ_NONE, RQ_ONE, RQ_TWO, RQ_C, RQ_INPUTS, RQ_256, RQ_RULE_COUNT };
 
 #define MAX_PARAMS 12
 
@@ -112,7 +116,7 @@ typedef struct {
     int32_t min_inputs, max_inputs;
     int weighted;                   /* reads weight_offset/bias_offset layers from the weight files */
     ParamSpec params[MAX_PARAMS];   /* in record order, ended by a NULL name */
-    int n_mult, n_shift;            /* RQ_* */
+    int n_mult, n_shift, n_table;   /* RQ_* */
     void (*validate)(Model *m, int i);  /* cross-field rules; derives k_size */
 } KindSpec;
 

@@ -390,28 +390,30 @@ static void validate_concat(Model *m, int i)
 
 /* THE op kinds (README "Exported files", the kinds table).  The record parser reads a record
  * from its row: n_inputs in [min_inputs, max_inputs] and the ids, the parameters in order,
- * n_mult / n_shift words by their rule; then the row's validate function checks the rules
+ * n_mult / n_shift / n_table words by their rule; then the row's validate function checks the rules
  * between fields.  A new kind: a row here, its validate function, a kernel in kernels_ref.c
  * and in kernels_fast.c (their dispatch tables), the enum in fpgai.h. */
 const KindSpec KINDS[OP_KIND_COUNT] = {
-    [OP_INPUT] = {"input", OP_INPUT, 0, 0, 0, {{NULL, 0, 0, 0}}, RQ_NONE, RQ_NONE, validate_input},
+    [OP_INPUT] = {"input", OP_INPUT, 0, 0, 0, {{NULL, 0, 0, 0}}, RQ_NONE, RQ_NONE, RQ_NONE, validate_input},
     [OP_CONV] = {"conv", OP_CONV, 1, 1, 1,
                  {WINDOW, PADDING, PARAM(groups, "groups", 1, MAX_DIM), WEIGHTS, {NULL, 0, 0, 0}},
-                 RQ_C, RQ_C, validate_conv},
-    [OP_LINEAR] = {"linear", OP_LINEAR, 1, 1, 1, {WEIGHTS, {NULL, 0, 0, 0}}, RQ_C, RQ_C, validate_linear},
+                 RQ_C, RQ_C, RQ_NONE, validate_conv},
+    [OP_LINEAR] = {"linear", OP_LINEAR, 1, 1, 1, {WEIGHTS, {NULL, 0, 0, 0}}, RQ_C, RQ_C, RQ_NONE, validate_linear},
     [OP_MAXPOOL] = {"maxpool", OP_MAXPOOL, 1, 1, 0, {WINDOW, PADDING, {NULL, 0, 0, 0}}, RQ_NONE, RQ_NONE,
-                    validate_maxpool},
-    [OP_AVGPOOL] = {"avgpool", OP_AVGPOOL, 1, 1, 0, {WINDOW, {NULL, 0, 0, 0}}, RQ_ONE, RQ_ONE, validate_avgpool},
-    [OP_ADD] = {"add", OP_ADD, 2, 2, 0, {{NULL, 0, 0, 0}}, RQ_TWO, RQ_ONE, validate_add},
+                    RQ_NONE, validate_maxpool},
+    [OP_AVGPOOL] = {"avgpool", OP_AVGPOOL, 1, 1, 0, {WINDOW, {NULL, 0, 0, 0}}, RQ_ONE, RQ_ONE, RQ_NONE,
+                     validate_avgpool},
+    [OP_ADD] = {"add", OP_ADD, 2, 2, 0, {{NULL, 0, 0, 0}}, RQ_TWO, RQ_ONE, RQ_NONE, validate_add},
     [OP_CONCAT] = {"concat", OP_CONCAT, 2, MAX_INPUTS, 0, {{NULL, 0, 0, 0}}, RQ_INPUTS, RQ_INPUTS,
-                   validate_concat},
+                   RQ_NONE, validate_concat},
 };
 
-const char *const RQ_RULE_NAMES[RQ_RULE_COUNT] = {"0", "1", "2", "C", "n_inputs"};
+const char *const RQ_RULE_NAMES[RQ_RULE_COUNT] = {"0", "1", "2", "C", "n_inputs", "256"};
 
 static int64_t rq_count(int rule, const Op *op)
 {
-    return rule == RQ_ONE ? 1 : rule == RQ_TWO ? 2 : rule == RQ_C ? op->c : rule == RQ_INPUTS ? op->n_inputs : 0;
+    return rule == RQ_ONE ? 1 : rule == RQ_TWO ? 2 : rule == RQ_C ? op->c : rule == RQ_INPUTS ? op->n_inputs
+         : rule == RQ_256 ? 256 : 0;
 }
 
 void print_op_table(void)
@@ -422,7 +424,8 @@ void print_op_table(void)
                s->min_inputs, s->max_inputs);
         for (const ParamSpec *p = s->params; p->name; p++)
             printf("%s\"%s\"", p == s->params ? "" : ",", p->name);
-        printf("],\"n_mult\":\"%s\",\"n_shift\":\"%s\"}\n", RQ_RULE_NAMES[s->n_mult], RQ_RULE_NAMES[s->n_shift]);
+        printf("],\"n_mult\":\"%s\",\"n_shift\":\"%s\",\"n_table\":\"%s\"}\n", RQ_RULE_NAMES[s->n_mult],
+               RQ_RULE_NAMES[s->n_shift], RQ_RULE_NAMES[s->n_table]);
     }
 }
 
@@ -581,6 +584,7 @@ static size_t parse_record(Model *m, int i, const uint8_t *data, size_t size, si
     }
     op->n_mult = take_array(&w, "n_mult", rq_count(k->n_mult, op), &op->multiplier, "multiplier", 0, INT32_MAX);
     op->n_shift = take_array(&w, "n_shift", rq_count(k->n_shift, op), &op->shift, "shift", 0, MAX_SHIFT);
+    op->n_table = take_array(&w, "n_table", rq_count(k->n_table, op), &op->table, "table value", 0, 255);
     if (w.left)
         fail("%s: op %d (%s): record of %u words, its fields take %lld", path, i, k->name, n_words,
              (long long)(n_words - w.left));
@@ -948,6 +952,7 @@ void free_model(Model *m)
         free(m->ops[i].in);
         free(m->ops[i].multiplier);
         free(m->ops[i].shift);
+        free(m->ops[i].table);
     }
     free(m->ops);
     free(m->weight_raw);

@@ -28,6 +28,7 @@ HEADER = struct.Struct("<8s8I" + "QII" * 3 + "32s16s24s")
 WEIGHT_FILES = ("weight.bin", "bias.bin", "weight.txt")
 FORMAT_BITS = {"bin": 1, "txt": 2, "both": 3}                  # bit 0: weight.bin + bias.bin, bit 1: weight.txt
 COMMON = struct.Struct("<2I6if")                               # type, n_words, C, H, W, zero_point, qmin, qmax, scale
+BLOCKS = (("multiplier", "n_mult"), ("shift", "n_shift"), ("table", "n_table"))   # counted arrays ending a record
 assert HEADER.size <= HEADER_BYTES
 
 
@@ -40,11 +41,13 @@ def crc32(data):
 
 
 def record_bytes(op, state):
-    """One op's model.bin record: common words, inputs, the kind's parameters, requantization."""
+    """One op's model.bin record: common words, inputs, the kind's parameters, the requantization
+    and table blocks."""
     kind = KINDS[op["op"]]
-    mult = state[op["name"] + ".multiplier"].tolist() if kind.n_mult != "0" else []
-    shift = state[op["name"] + ".shift"].tolist() if kind.n_shift != "0" else []
-    words = [len(op["inputs"]), *op["inputs"], *param_words(op), len(mult), *mult, len(shift), *shift]
+    words = [len(op["inputs"]), *op["inputs"], *param_words(op)]
+    for field, rule in BLOCKS:
+        values = state[f"{op['name']}.{field}"].tolist() if getattr(kind, rule) != "0" else []
+        words += [len(values), *values]
     return (COMMON.pack(kind.code, 7 + len(words), *op["shape"], op["zero_point"], op["qmin"], op["qmax"], op["scale"])
             + struct.pack(f"<{len(words)}i", *words))
 
@@ -170,7 +173,7 @@ def read_weight_txt(path):
 def read_model_bin(path):
     """(header dict, [op dicts]) of a model.bin v2: each op has `op` (its kind), shape, zero_point,
     qmin, qmax, scale, inputs, its kind's parameters under their quant_list names (plus
-    weight_offset / bias_offset), multiplier and shift lists. Strict length and CRC checks."""
+    weight_offset / bias_offset), multiplier, shift and table lists. Strict length and CRC checks."""
     data = open(path, "rb").read()
     if len(data) < HEADER_BYTES:
         raise ExportFormatError(f"{path}: {len(data)} bytes, shorter than the {HEADER_BYTES}-byte header")
@@ -212,13 +215,13 @@ def read_model_bin(path):
         op = {"op": kind.name, "shape": [c, h, w], "zero_point": zp, "qmin": qmin, "qmax": qmax, "scale": scale}
         op["inputs"] = take(take(1)[0])
         op.update(params_from_words(kind, take(len(kind.params))))
-        op["multiplier"] = take(take(1)[0])
-        op["shift"] = take(take(1)[0])
+        for field, rule in BLOCKS:
+            op[field] = take(take(1)[0])
+            if len(op[field]) != REQUANT_COUNTS[getattr(kind, rule)](op):
+                raise ExportFormatError(f"{path}: op {i} ({kind.name}): {len(op[field])} {field} values, "
+                                        f"expected {getattr(kind, rule)}")
         if words:
             raise ExportFormatError(f"{path}: op {i} ({kind.name}): {len(words)} words after its fields")
-        for key, rule in (("multiplier", kind.n_mult), ("shift", kind.n_shift)):
-            if len(op[key]) != REQUANT_COUNTS[rule](op):
-                raise ExportFormatError(f"{path}: op {i} ({kind.name}): {len(op[key])} {key}s, expected {rule}")
         ops.append(op)
         pos = end
     if pos != len(data):

@@ -149,7 +149,7 @@ def file_of(export, kind):
 def record_fields(data):
     """[{field name: byte offset}] of every op record of a model.bin, fields named as the op table
     (model/ops) names them: type, n_words, C, H, W, zero_point, qmin, qmax, scale, n_inputs,
-    input0.., the kind's parameters, n_mult, mult0.., n_shift, shift0.."""
+    input0.., the kind's parameters, n_mult, mult0.., n_shift, shift0.., n_table, table0.."""
     words = lambda pos: struct.unpack_from("<I", data, pos)[0]
     pos, records = HEADER_BYTES, []
     for _ in range(words(20)):
@@ -167,7 +167,7 @@ def record_fields(data):
             take(f"input{j}")
         for name in BY_CODE[words(pos)].params:
             take(name)
-        for block, item in (("n_mult", "mult"), ("n_shift", "shift")):
+        for block, item in (("n_mult", "mult"), ("n_shift", "shift"), ("n_table", "table")):
             take(block)
             for j in range(words(f[block])):
                 take(f"{item}{j}")

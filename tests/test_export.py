@@ -81,9 +81,9 @@ def test_model_bin_round_trip(graph, tmp_path):
         assert raw["scale"] == pytest.approx(op["scale"], rel=1e-6)
         for key in {PARAM_KEYS[p][0] for p in kind.params} - {"weight_offset", "bias_offset"}:
             assert raw[key] == op[key], (op["name"], key)
-        expect = {f: state[f"{op['name']}.{f}"].tolist() if f"{op['name']}.{f}" in state else []
-                  for f in ("multiplier", "shift")}
-        assert (raw["multiplier"], raw["shift"]) == (expect["multiplier"], expect["shift"])
+        for field in ("multiplier", "shift", "table"):
+            key = f"{op['name']}.{field}"
+            assert raw[field] == (state[key].tolist() if key in state else []), (op["name"], field)
         if kind.weighted:
             assert (raw["weight_offset"], raw["bias_offset"]) == (w_off, b_off)
             w_off += state[op["name"] + ".weight"].numel()

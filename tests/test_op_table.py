@@ -12,7 +12,7 @@ def test_c_and_python_op_tables_agree(binaries):  # noqa: F811
     assert proc.returncode == 0, proc.stderr
     c_table = {row["kind"]: row for row in map(json.loads, proc.stdout.splitlines())}
     py_table = {k.name: {"code": k.code, "kind": k.name, "min_inputs": k.inputs[0], "max_inputs": k.inputs[1],
-                         "params": list(k.params), "n_mult": k.n_mult, "n_shift": k.n_shift}
+                         "params": list(k.params), "n_mult": k.n_mult, "n_shift": k.n_shift, "n_table": k.n_table}
                 for k in KINDS.values()}
     assert c_table == py_table
 

@@ -7,7 +7,7 @@ the op's quant_list entry plus `in_zero_points` (one per input), and its
 state_dict tensors by field (weight, bias, multiplier, shift; {} if none).
 """
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable
 
 import numpy as np
 import torch
@@ -26,9 +26,9 @@ PARAM_KEYS = {"kernel_h": ("kernel", 0), "kernel_w": ("kernel", 1), "stride_h": 
               "stride_w": ("stride", 1), "pad_h": ("padding", 0), "pad_w": ("padding", 1),
               "groups": ("groups", None), "weight_zero_point": ("weight_zero_point", None),
               "weight_offset": ("weight_offset", None), "bias_offset": ("bias_offset", None)}
-# how many multipliers / shifts a record holds (the C engine's --op-table uses the same words)
+# how many multipliers / shifts / table values a record holds (the C engine's --op-table uses the same words)
 REQUANT_COUNTS = {"0": lambda op: 0, "1": lambda op: 1, "2": lambda op: 2,
-                  "C": lambda op: op["shape"][0], "n_inputs": lambda op: len(op["inputs"])}
+                  "C": lambda op: op["shape"][0], "n_inputs": lambda op: len(op["inputs"]), "256": lambda op: 256}
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ class OpKind:
     quantize: Callable          # (builder, fx node, module) -> appends the op(s) to the integer graph
     numpy: Callable             # (xs, op, p) -> output, the specification
     torch: Callable             # (xs, op, p) -> output, bit-exact with numpy
-    doc: Optional[str] = None
+    n_table: str = "0"          # values of its lookup table (state_dict NAME.table, 0..255)
 
 
 def pair(v):
