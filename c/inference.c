@@ -181,7 +181,7 @@ static void close_logits(FILE *f, const char *tmp, const char *path)
 static size_t run_images(const Engine *e, const Model *m, const Dataset *ds, size_t count, FILE *logits)
 {
     enum { CHUNK = 256 };
-    const size_t n_out = (size_t)m->ops[m->n_ops - 1].c;
+    const size_t n_out = op_elems(&m->ops[m->n_ops - 1]);     /* all of the last op, CHW, as numpy flattens it */
     uint8_t *results = xmalloc(CHUNK * n_out, "results");
     size_t correct = 0;
     for (size_t start = 0; start < count; start += CHUNK) {
