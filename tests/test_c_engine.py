@@ -120,6 +120,20 @@ def test_bit_exact(binaries, tmp_path, arch, mode):
                 assert result_line(proc.stdout) == (ex["n"], correct)
 
 
+def test_a_last_op_with_a_feature_map_is_written_whole(binaries, tmp_path):
+    """A graph ending in a CxHxW op (a cut after the first max pool): every value, in CHW order."""
+    state, quant, images = random_quantized("conv_pool", "per_channel", seed=5)
+    ex = export_graph(str(tmp_path / "cut"), state, quant[:3], images, 5)
+    assert ex["logits"].shape[1] == np.prod(quant[2]["shape"]) > quant[2]["shape"][0]
+    for kind in ("asan", "fast"):
+        for extra in ([], ["--reference"]):
+            out = str(tmp_path / f"logits_{kind}{len(extra)}.txt")
+            proc = run(binaries[kind], ex, "--logits", out, *extra)
+            assert_clean(proc)
+            assert proc.returncode == 0, proc.stderr
+            np.testing.assert_array_equal(read_logits(out), ex["logits"])
+
+
 # --- 2. bad input: a clear error, exit 1, no sanitizer report ------------------------------
 
 @pytest.fixture(scope="module")
