@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 MODEL ?= lenet
 
-.PHONY: demo test test-fast venv c bench bench-setup vnni-peak clean-venv
+.PHONY: demo test test-fast test-models venv c bench bench-setup vnni-peak clean-venv
 
 venv: $(VENV)/.installed
 
@@ -33,6 +33,10 @@ test: venv c
 FAST_TESTS := c_engine c_kernels engines narrow_clamps golden export qmath op_table
 test-fast: venv c
 	$(PY) -m pytest -q $(FAST_TESTS:%=tests/test_%.py)
+
+# the slow acceptance cases: torchvision networks (random weights) bit-exact in numpy, torch and C
+test-models: venv c
+	$(PY) -m pytest -q -m models tests/test_torchvision_models.py
 
 # C INT8 against PyTorch fp32/INT8 and ONNX Runtime INT8 (benchmarks/requirements.txt)
 bench-setup: venv

@@ -15,6 +15,7 @@ The integer graph is the tuple `(state_dict, quant_list)`:
 Each kind's matching and quantization lives in model/ops/KIND.py; this file walks the
 graph, calibrates, and hands every node to its kind.
 """
+import copy
 import hashlib
 import json
 
@@ -24,9 +25,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.fx.experimental.optimization import fuse as fold_bn
 
-from model import ops, qmath
+from model import graph_passes, ops, qmath
 from model.fileio import FORMAT_VERSIONS
 from model.ops.base import QuantizeError
+from model.ops.base import pair as qpair
 from model.ops.input import INPUT_SCALE
 from model.ops.weighted import ACC_LIMIT, BIAS_LIMIT, accumulator_bound, quantize_weight, weight_sqnr_db
 
@@ -36,8 +38,44 @@ __all__ = ["QuantizeError", "ACC_LIMIT", "BIAS_LIMIT", "INPUT_SCALE", "accumulat
 # nodes that are not ops: activations fused into the op before them, and no-ops on the data
 RELU = {nn.ReLU, F.relu, torch.relu, "relu", "relu_"}
 RELU6 = {nn.ReLU6, F.relu6}
-ALIAS_MODULES = (nn.Flatten, nn.Dropout, nn.Identity)
-ALIAS_FUNCTIONS = {torch.flatten, F.dropout, "flatten", "view", "reshape", "contiguous"}
+# aliases: the op's output read again, unchanged in flat C,H,W order (reshapes keep the batch
+# dimension; dropout in eval mode); a reshape that changes C,H,W may only feed a linear layer
+ALIAS_MODULES = (nn.Flatten, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
+                 nn.FeatureAlphaDropout, nn.Identity)
+DROPOUT_FUNCTIONS = {F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout, F.feature_alpha_dropout}
+ALIAS_FUNCTIONS = {torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze, "flatten", "view", "reshape",
+                   "squeeze", "unsqueeze", "contiguous", "view_as", "reshape_as", "detach", "clone"}
+# data-permuting or otherwise unsupported spellings: the closest supported one, for the error
+HINTS = {
+    "transpose": "it permutes data; only reshapes that keep the flat C,H,W order are free (view, reshape, flatten, "
+                 "squeeze); channel shuffle (view -> transpose -> view) is not supported yet",
+    "permute": "it permutes data; only reshapes that keep the flat C,H,W order are free (view, reshape, flatten, "
+               "squeeze)",
+    "interpolate": "upsampling (nearest or bilinear) is not supported yet",
+    "Upsample": "upsampling (nearest or bilinear) is not supported yet",
+    "UpsamplingNearest2d": "upsampling is not supported yet",
+    "UpsamplingBilinear2d": "upsampling is not supported yet",
+    "chunk": "channel split (chunk / split / slicing) is not supported yet",
+    "split": "channel split (chunk / split / slicing) is not supported yet",
+    "getitem": "indexing / slicing a tensor (channel split) is not supported yet",
+    "pad": "explicit padding is unsupported; use the conv's own symmetric padding (Conv2d(padding=k // 2))",
+    "ZeroPad2d": "explicit padding is unsupported; use the conv's own symmetric padding (Conv2d(padding=k // 2))",
+    "ConstantPad2d": "explicit padding is unsupported; use the conv's own symmetric padding (Conv2d(padding=k // 2))",
+    "conv2d": "functional F.conv2d with its weight read as a tensor; use the module nn.Conv2d",
+    "linear": "functional F.linear with its weight read as a tensor; use the module nn.Linear",
+    "batch_norm": "functional F.batch_norm; use the module nn.BatchNorm2d",
+    "BatchNorm1d": "use nn.BatchNorm2d on N x C x H x W",
+    "AdaptiveMaxPool2d": "use nn.MaxPool2d with a uniform window, or AdaptiveAvgPool2d",
+    "adaptive_max_pool2d": "use nn.MaxPool2d with a uniform window, or AdaptiveAvgPool2d",
+    "mean": "only the mean over H and W (x.mean((2, 3)), keepdim or not) is an op (a global avgpool)",
+    "sum": "use x.mean((2, 3)) (a global avgpool)",
+    "matmul": "use nn.Linear",
+    "softmax": "leave softmax out of the model (the logits' argmax is the prediction)",
+    "log_softmax": "leave log_softmax out of the model (the logits' argmax is the prediction)",
+    "Softmax": "leave softmax out of the model (the logits' argmax is the prediction)",
+    "LogSoftmax": "leave log_softmax out of the model (the logits' argmax is the prediction)",
+    "dropout": "F.dropout with training=True drops at inference too; pass training=self.training or use nn.Dropout",
+}
 
 
 def settings_fingerprint(cfg, raw_header):
@@ -47,6 +85,20 @@ def settings_fingerprint(cfg, raw_header):
             "calib_percentile": cfg.calib_percentile if cfg.calib_method == "percentile" else None,
             "checkpoint_sha256": raw_header.get("sha256")}
     return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _is_dropout(node):
+    """A functional dropout that is a no-op at inference (training=False, or p=0), or torchvision's
+    stochastic_depth traced in eval mode."""
+    t = node.target
+    if t in DROPOUT_FUNCTIONS:
+        p = node.args[1] if len(node.args) > 1 else node.kwargs.get("p", 0.5)
+        training = node.args[2] if len(node.args) > 2 else node.kwargs.get("training", True)
+        return training is False or p == 0
+    if getattr(t, "__name__", None) == "stochastic_depth" and "torchvision" in getattr(t, "__module__", ""):
+        training = node.args[3] if len(node.args) > 3 else node.kwargs.get("training", True)
+        return training is False
+    return False
 
 
 def _role(gm, node):
@@ -60,16 +112,79 @@ def _role(gm, node):
         return "alias" if isinstance(mod, ALIAS_MODULES) else None
     if node.op in ("call_function", "call_method"):
         t = node.target
-        return "relu" if t in RELU else "relu6" if t in RELU6 else "alias" if t in ALIAS_FUNCTIONS else None
+        if t in RELU:
+            return "relu"
+        if t in RELU6:
+            return "relu6"
+        return "alias" if t in ALIAS_FUNCTIONS or _is_dropout(node) or _single_cat(node) else None
     return None
 
 
+def _single_cat(node):
+    """torch.cat of one tensor (DenseNet's first layer: torch.cat([x], 1)): the tensor itself."""
+    return (node.target in (torch.cat, torch.concat) and len(node.args) >= 1
+            and isinstance(node.args[0], (list, tuple)) and len(node.args[0]) == 1)
+
+
+def _alias_source(node):
+    return node.args[0][0] if _single_cat(node) else next(a for a in node.args if isinstance(a, fx.Node))
+
+
+def _floor_mode_twin(b, node, mod):
+    """A ceil_mode=True MaxPool2d whose output size is the floor-mode one (no extra window at the
+    end: e.g. every SqueezeNet pool at 32x32 and 64x64) is that very pool with ceil_mode=False."""
+    if not isinstance(mod, nn.MaxPool2d) or not mod.ceil_mode:
+        return mod
+    size_in, size_out = b.ops[b.src(node)]["shape"][1:], b.shape_of(node)[1:]
+    k, s, p, d = (qpair(v) for v in (mod.kernel_size, mod.stride or mod.kernel_size, mod.padding, mod.dilation))
+    floor = [(size_in[i] + 2 * p[i] - d[i] * (k[i] - 1) - 1) // s[i] + 1 for i in range(2)]
+    if floor != size_out:
+        raise QuantizeError(f"{b.cfg.model}: maxpool '{node.name}': ceil_mode=True adds a partial window at the end "
+                            f"({'x'.join(map(str, size_in))} -> {'x'.join(map(str, size_out))} instead of "
+                            f"{'x'.join(map(str, floor))}), which model.bin's symmetric maxpool padding cannot "
+                            f"express; supported: ceil_mode=False, or ceil_mode where it changes nothing")
+    twin = copy.copy(mod)
+    twin.ceil_mode = False
+    return twin
+
+
+def _short(value):
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def _describe(gm, node):
+    """'module Upsample (mode='nearest', ...)', 'function interpolate (size=..., mode='bilinear')',
+    'method transpose (1, 2)': what the node is, with its non-tensor arguments."""
     if node.op == "call_module":
-        return f"module {type(gm.get_submodule(node.target)).__name__}"
+        mod = gm.get_submodule(node.target)
+        extra = mod.extra_repr()
+        return f"module {type(mod).__name__}" + (f" ({_short(extra) if len(extra) > 60 else extra})" if extra else "")
     if node.op in ("call_function", "call_method"):
-        return f"function {getattr(node.target, '__name__', node.target)}"
+        kind = "function" if node.op == "call_function" else "method"
+        consts = [_short(a) for a in node.args if not isinstance(a, fx.Node)]
+        consts += [f"{k}={_short(v)}" for k, v in node.kwargs.items() if not isinstance(v, fx.Node)]
+        name = getattr(node.target, "__name__", node.target)
+        return f"{kind} {name}" + (f" ({', '.join(consts)})" if consts else "")
     return node.op
+
+
+def _target_name(gm, node):
+    if node.op == "call_module":
+        return type(gm.get_submodule(node.target)).__name__
+    return str(getattr(node.target, "__name__", node.target))
+
+
+def _supported():
+    return ("supported op kinds: " + ", ".join(ops.KINDS) + " (plus fused ReLU/ReLU6, and free reshapes / dropout / "
+            "identity; see README 'The integer arithmetic contract')")
+
+
+def unsupported_message(gm, node, cfg):
+    """The one line naming an unsupported node, its op, and the closest supported spelling."""
+    hint = HINTS.get(_target_name(gm, node))
+    tail = hint if hint else _supported()
+    return f"{cfg.model}: unsupported {_describe(gm, node)} at node '{node.name}'; {tail}"
 
 
 class _Observer(fx.Interpreter):
@@ -79,9 +194,14 @@ class _Observer(fx.Interpreter):
         super().__init__(gm)
         self.method, self.percentile = method, percentile
         self.ranges, self.shapes, self.batches = {}, {}, 0
+        self.batch, self.meta = {}, set()     # each tensor's batch size; the nodes that yield no tensor
 
     def run_node(self, n):
         out = super().run_node(n)
+        if not _holds_tensor(out):
+            self.meta.add(n.name)                 # x.size(0), x.shape[0], ...: ints feeding a view, not ops
+        elif isinstance(out, torch.Tensor) and out.dim() > 0:
+            self.batch[n.name] = out.shape[0]
         if isinstance(out, torch.Tensor) and out.is_floating_point():
             flat = out.detach().flatten()
             if self.method == "percentile":
@@ -97,6 +217,16 @@ class _Observer(fx.Interpreter):
                 self.ranges[n.name] = (min(old[0], lo), max(old[1], hi))
             self.shapes[n.name] = list(out.shape[1:])
         return out
+
+
+def _holds_tensor(value):
+    if isinstance(value, torch.Tensor):
+        return True
+    if isinstance(value, (list, tuple)):
+        return any(_holds_tensor(v) for v in value)
+    if isinstance(value, dict):
+        return any(_holds_tensor(v) for v in value.values())
+    return False
 
 
 def _shape3(shape):
@@ -177,9 +307,14 @@ def build_integer_graph(model, calib_images, cfg, dataset, raw_header, progress=
     calib_images: uint8 tensor N×C×H×W (raw pixels)."""
     model = model.eval().float()
     try:
-        gm = fold_bn(fx.symbolic_trace(model))     # conv+BN -> conv with folded weight/bias
+        traced = fx.symbolic_trace(model)
     except Exception as err:
         raise QuantizeError(f"{cfg.model}: cannot trace the model with torch.fx ({err})") from None
+    try:     # (x - mean) / std on the input -> one per-channel affine (a standalone BatchNorm2d)
+        graph_passes.fold_input_normalisation(traced, int(calib_images.shape[1]))
+    except graph_passes.NormalisationError as err:
+        raise QuantizeError(f"{cfg.model}: {err}") from None
+    gm = fold_bn(traced)                           # conv+BN -> conv with folded weight/bias
 
     observer = _Observer(gm, cfg.calib_method, cfg.calib_percentile)
     batches = torch.split(calib_images, 250)
@@ -189,27 +324,54 @@ def build_integer_graph(model, calib_images, cfg, dataset, raw_header, progress=
             observer.batches += 1
 
     b = Builder(gm, observer, cfg, _shape3(list(calib_images.shape[1:])))
+    const = graph_passes.constant_nodes(gm.graph)
+    reshaped = set()        # aliases whose C,H,W differ from their op's: only a linear layer reads them (flat)
+    batch = None
     for node in gm.graph.nodes:
         if node in b.skip:
             continue
         if node.op == "output":
             out_node = node.args[0]
             if not isinstance(out_node, fx.Node) or b.where[out_node] != len(b.ops) - 1:
-                raise QuantizeError(f"{cfg.model}: the graph output must be its last op")
+                raise QuantizeError(f"{cfg.model}: the graph output must be its last op (one tensor)")
             continue
-        if node.op == "get_attr":
-            raise QuantizeError(f"{cfg.model}: node '{node.name}' reads a parameter directly; unsupported")
+        if node.op == "placeholder":
+            batch = observer.batch.get(node.name)
+        if node in const or node.name in observer.meta:
+            continue        # constants are reported where used; sizes and shapes only feed reshapes
+        tensors = [a for a in node.all_input_nodes if a not in const and a.name not in observer.meta]
+        if graph_passes.arith_kind(node) and len(tensors) < len(node.all_input_nodes) + sum(
+                not isinstance(a, fx.Node) for a in list(node.args) + list(node.kwargs.values())):
+            raise QuantizeError(f"{cfg.model}: unsupported constant arithmetic {_describe(gm, node)} at node "
+                                f"'{node.name}'; a constant is folded only in a normalisation directly on the "
+                                f"input ((x - mean) / std, x * 2 - 1); elsewhere fold it into the layer before "
+                                f"(arithmetic of two tensors: add, and mul where the mul kind exists)")
         role = _role(gm, node)
         if role == "alias":
-            b.where[node] = b.src(node)
+            if observer.batch.get(node.name) != batch:
+                raise QuantizeError(f"{cfg.model}: {_describe(gm, node)} at node '{node.name}' changes the batch "
+                                    f"dimension; reshapes must keep it (x.view(x.size(0), -1), torch.flatten(x, 1))")
+            b.where[node] = b.where[_alias_source(node)]
+            if b.shape_of(node) != b.ops[b.where[node]]["shape"]:
+                reshaped.add(node)
             continue
         if role in ("relu", "relu6"):
             raise QuantizeError(f"{cfg.model}: {role} '{node.name}' does not directly follow an op with a "
                                 f"single user that can fuse it (conv, linear, add, concat, avgpool)")
         kind, mod = ops.match(gm, node)
         if kind is None:
-            raise QuantizeError(f"{cfg.model}: unsupported {_describe(gm, node)} at node '{node.name}'")
-        kind.quantize(b, node, mod)
+            raise QuantizeError(unsupported_message(gm, node, cfg))
+        for a in node.all_input_nodes:
+            if a in const:
+                raise QuantizeError(f"{cfg.model}: {_describe(gm, node)} at node '{node.name}' reads the constant "
+                                    f"tensor '{a.name}'; constants are folded only in a normalisation directly on "
+                                    f"the input; use modules (nn.Conv2d, nn.Linear, nn.BatchNorm2d) for weights")
+            if a in reshaped and kind.name != "linear":
+                raise QuantizeError(f"{cfg.model}: {kind.name} '{node.name}' reads '{a.name}', a reshape of "
+                                    f"{'x'.join(map(str, b.ops[b.where[a]]['shape']))} to "
+                                    f"{'x'.join(map(str, b.shape_of(a)))}; a reshape that changes C,H,W may only "
+                                    f"feed a linear layer (flatten before nn.Linear)")
+        kind.quantize(b, node, _floor_mode_twin(b, node, mod))
 
     b.ops[0].update(kind="fpgai-quant", version=FORMAT_VERSIONS["fpgai-quant"], model=cfg.model, dataset=dataset,
                     fingerprint=settings_fingerprint(cfg, raw_header), weight_mode=cfg.weight_mode,

@@ -1,4 +1,6 @@
-"""avgpool: window mean, rounded (no padding); AdaptiveAvgPool2d when the windows are uniform.
+"""avgpool: window mean, rounded (no padding); AdaptiveAvgPool2d / F.adaptive_avg_pool2d when the
+windows are uniform; the global mean over H, W (`x.mean((2, 3))`, `torch.mean(x, dim=[-1, -2],
+keepdim=True)`): without keepdim its output is C (x1x1), the flatten it implies being free.
 
     out = requantize(sum_window(x) - kh*kw*z_x, m, shift),   m / 2^shift = s_in / (kh*kw*s_out)
 """
@@ -9,7 +11,24 @@ from torch import nn
 from model.ops.base import OpKind, QuantizeError, np_requantize, np_windows, pair, torch_requantize
 
 
+MEAN = {torch.mean, "mean"}
+
+
+def _global_mean(node):
+    """AdaptiveAvgPool2d(1) for a mean over exactly dims 2 and 3 (of N x C x H x W), else None."""
+    args = list(node.args[1:])
+    dims = args[0] if args else node.kwargs.get("dim", node.kwargs.get("axis"))
+    keepdim = args[1] if len(args) > 1 else node.kwargs.get("keepdim", False)
+    if isinstance(dims, int) or dims is None or len(args) > 2 or node.kwargs.get("dtype") is not None:
+        return None
+    if not isinstance(keepdim, bool) or not all(isinstance(d, int) for d in dims):
+        return None
+    return nn.AdaptiveAvgPool2d(1) if sorted(d % 4 for d in dims) == [2, 3] and len(dims) == 2 else None
+
+
 def match(gm, node):
+    if node.op in ("call_function", "call_method") and node.target in MEAN:
+        return _global_mean(node)
     if node.op == "call_module":
         mod = gm.get_submodule(node.target)
         return mod if isinstance(mod, (nn.AvgPool2d, nn.AdaptiveAvgPool2d)) else None
@@ -26,11 +45,16 @@ def quantize(b, node, mod):
     oh, ow = b.shape_of(node)[1:]
     if isinstance(mod, nn.AdaptiveAvgPool2d):
         if h % oh or w % ow:
-            raise QuantizeError(f"{b.cfg.model}: adaptive avgpool '{node.name}' {h}x{w}->{oh}x{ow} is not uniform")
+            raise QuantizeError(f"{b.cfg.model}: adaptive avgpool '{node.name}' {h}x{w}->{oh}x{ow}: windows not "
+                                f"uniform (the output size must divide the input size); supported: "
+                                f"AdaptiveAvgPool2d to a divisor of {h}x{w} (e.g. 1, global), or AvgPool2d")
         kernel = stride = [h // oh, w // ow]
     else:
-        if pair(mod.padding) != [0, 0] or mod.ceil_mode or mod.divisor_override:
-            raise QuantizeError(f"{b.cfg.model}: avgpool '{node.name}': padding/ceil_mode/divisor unsupported")
+        bad = [what for what, on in (("padding", pair(mod.padding) != [0, 0]), ("ceil_mode", mod.ceil_mode),
+                                     ("divisor_override", mod.divisor_override)) if on]
+        if bad:
+            raise QuantizeError(f"{b.cfg.model}: avgpool '{node.name}': {', '.join(bad)} unsupported (model.bin's "
+                                f"avgpool has no padding); supported: AvgPool2d(kernel, stride) without them")
         kernel = pair(mod.kernel_size)
         stride = pair(mod.stride if mod.stride is not None else mod.kernel_size)
     act, out_node = b.fused_activation(node)

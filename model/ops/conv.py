@@ -26,6 +26,30 @@ def match(gm, node):
     return None
 
 
+def conv_padding(b, name, mod):
+    """[pad_h, pad_w] of a Conv2d: model.bin's conv pads symmetrically with zeros and has no dilation."""
+    where = f"{b.cfg.model}: conv '{name}'"
+    if pair(mod.dilation) != [1, 1]:
+        raise QuantizeError(f"{where}: dilation {tuple(mod.dilation)} unsupported (model.bin v2's conv record has no "
+                            f"dilation field); supported: dilation=1")
+    if mod.padding_mode != "zeros":
+        raise QuantizeError(f"{where}: padding_mode='{mod.padding_mode}' unsupported; supported: "
+                            f"padding_mode='zeros'")
+    if mod.padding == "valid":
+        return [0, 0]
+    if mod.padding == "same":      # torch pads (k - 1) // 2 before and the rest after (stride 1)
+        kernel = pair(mod.kernel_size)
+        if any(k % 2 == 0 for k in kernel):
+            raise QuantizeError(f"{where}: padding='same' with the even kernel {tuple(kernel)} pads asymmetrically "
+                                f"(one more row/column after), which model.bin v2's symmetric pad_h/pad_w cannot "
+                                f"express; supported: odd kernels (padding='same' = (k - 1) / 2 on each side)")
+        return [(k - 1) // 2 for k in kernel]
+    if isinstance(mod.padding, str):
+        raise QuantizeError(f"{where}: padding='{mod.padding}' unsupported; supported: an int, a pair, 'same' "
+                            f"(odd kernels), 'valid'")
+    return pair(mod.padding)
+
+
 def quantize(b, node, mod):
     if isinstance(mod, nn.BatchNorm2d):
         if not mod.track_running_stats or mod.running_var is None:
@@ -37,11 +61,7 @@ def quantize(b, node, mod):
         fields = {"kernel": [1, 1], "stride": [1, 1], "padding": [0, 0], "groups": mod.num_features}
         return quantize_weighted(b, node, "conv", weight, bias, fields)
     name = b.name_for(node)
-    if mod.padding_mode != "zeros" or pair(mod.dilation) != [1, 1]:
-        raise QuantizeError(f"{b.cfg.model}: conv '{name}': only zero padding and dilation 1")
-    if isinstance(mod.padding, str):
-        raise QuantizeError(f"{b.cfg.model}: conv '{name}': string padding '{mod.padding}' unsupported")
-    fields = {"kernel": pair(mod.kernel_size), "stride": pair(mod.stride), "padding": pair(mod.padding),
+    fields = {"kernel": pair(mod.kernel_size), "stride": pair(mod.stride), "padding": conv_padding(b, name, mod),
               "groups": int(mod.groups)}
     return quantize_weighted(b, node, "conv", mod.weight, mod.bias, fields)
 

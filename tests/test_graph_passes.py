@@ -1,0 +1,288 @@
+"""The spellings real models use: free reshapes and dropout, padding="same", the mean over H,W,
+input normalisation folded into a per-channel affine op, and the one-line refusals of the rest."""
+import numpy as np
+import pytest
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import nn
+
+from model.graph_passes import fold_input_normalisation
+from model.np_engine import NumpyIntegerModel
+from model.quantize import QuantizeError, build_integer_graph
+from model.torch_engine import TorchIntegerModel
+from tests.random_models import _randomize_bn, make_cfg
+
+SHAPE = (3, 8, 8)
+
+
+def quantize(net, shape=SHAPE, mode="per_channel", seed=0, n_calib=48, n_test=16):
+    """(ops [(kind, name)], state, quant_list, test images, numpy logits) of a random model; numpy = torch checked."""
+    gen = torch.Generator().manual_seed(seed)
+    net = _randomize_bn(net, gen).eval()
+    images = torch.randint(0, 256, (n_calib + n_test, *shape), generator=gen, dtype=torch.uint8)
+    state, ql = build_integer_graph(net, images[:n_calib], make_cfg(model="graph_pass", weight_mode=mode), "cifar10", {})
+    test = images[n_calib:]
+    a = NumpyIntegerModel(state, ql)(test.numpy())
+    np.testing.assert_array_equal(a, TorchIntegerModel(state, ql)(test).numpy())
+    return [op["op"] for op in ql], state, ql, test, a
+
+
+def tracks_float(net, ql, test, logits, tol=0.25):
+    """Dequantized integer logits follow the float ones (these tiny random nets have small logit spreads)."""
+    with torch.no_grad():
+        ref = net(test.float() / 255).flatten(1).numpy()
+    out = ql[-1]
+    deq = (logits - out["zero_point"]) * out["scale"]
+    assert deq.shape == ref.shape
+    spread = ref.max() - ref.min()
+    assert np.abs(deq - ref).max() < tol * spread and np.abs(deq - ref).mean() < 0.05 * spread
+
+
+def refusal(net, shape=SHAPE):
+    with pytest.raises(QuantizeError) as err:
+        quantize(net, shape)
+    message = str(err.value)
+    assert "\n" not in message
+    return message
+
+
+class Head(nn.Module):
+    """conv -> ReLU -> `flat` (a spelling of flatten) -> linear."""
+
+    def __init__(self, flat, pool=False):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, stride=2, padding=1)
+        self.gap = nn.AdaptiveAvgPool2d(1) if pool else nn.Identity()
+        self.flat = flat
+        self.fc = nn.Linear(4 if pool else 4 * 4 * 4, 5)
+        self.drop, self.ident, self.flatten = nn.Dropout(0.5), nn.Identity(), nn.Flatten()
+
+    def forward(self, x):
+        return self.fc(self.flat(self, self.gap(torch.relu(self.conv(x)))))
+
+
+FLATTEN = {
+    "view_size0": lambda m, x: x.view(x.size(0), -1),
+    "view_minus1": lambda m, x: x.view(-1, 64),
+    "reshape_shape0": lambda m, x: x.reshape(x.shape[0], -1),
+    "torch_reshape": lambda m, x: torch.reshape(x, (x.size(0), -1)),
+    "torch_flatten": lambda m, x: torch.flatten(x, 1),
+    "method_flatten": lambda m, x: x.flatten(1),
+    "nn_flatten": lambda m, x: m.flatten(x),
+    "contiguous_view": lambda m, x: x.contiguous().view(x.size(0), -1),
+    "dropout_module": lambda m, x: m.drop(torch.flatten(x, 1)),
+    "f_dropout": lambda m, x: F.dropout(x.flatten(1), 0.3, training=m.training),
+    "identity": lambda m, x: m.ident(x).flatten(1),
+    "unsqueeze_squeeze": lambda m, x: x.flatten(1).unsqueeze(-1).squeeze(-1),
+}
+POOLED = {
+    "squeeze_squeeze": lambda m, x: x.squeeze(-1).squeeze(-1),
+    "view_size0": lambda m, x: x.view(x.size(0), -1),
+    "squeeze_dims": lambda m, x: torch.squeeze(x, (2, 3)),
+}
+
+
+@pytest.mark.parametrize("spelling", list(FLATTEN))
+def test_flatten_spellings_are_free(spelling):
+    net = Head(FLATTEN[spelling])
+    kinds, _, ql, test, logits = quantize(net)
+    assert kinds == ["input", "conv", "linear"]
+    tracks_float(net, ql, test, logits)
+
+
+@pytest.mark.parametrize("spelling", list(POOLED))
+def test_squeezes_of_a_pooled_map_are_free(spelling):
+    net = Head(POOLED[spelling], pool=True)
+    kinds, _, ql, test, logits = quantize(net)
+    assert kinds == ["input", "conv", "avgpool", "linear"]
+    tracks_float(net, ql, test, logits)
+
+
+class Fn(nn.Module):
+    """conv(3->4, 3x3, pad 1) -> fn(self, x): a one-off graph for a refusal or a spelling."""
+
+    def __init__(self, fn, **conv):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, **({"kernel_size": 3, "padding": 1} | conv))
+        self.fc = nn.Linear(4, 5)
+        self.fn = fn
+
+    def forward(self, x):
+        return self.fn(self, self.conv(x))
+
+
+def test_permuting_data_is_refused():
+    msg = refusal(Fn(lambda m, x: m.fc(x.transpose(1, 3).mean((1, 2)))))
+    assert "transpose" in msg and "'transpose'" in msg and "permutes" in msg
+    msg = refusal(Fn(lambda m, x: m.fc(x.permute(0, 2, 3, 1).mean((1, 2)))))
+    assert "permute" in msg and "permutes" in msg
+
+
+def test_a_reshape_across_the_batch_is_refused():
+    msg = refusal(Fn(lambda m, x: x.view(-1, 4)))
+    assert "batch" in msg and "view" in msg
+
+
+def test_a_reshape_that_changes_chw_only_feeds_a_linear_layer():
+    msg = refusal(Fn(lambda m, x: F.avg_pool2d(x.view(x.size(0), 16, 4, 4), 2)))
+    assert "reshape" in msg and "linear" in msg
+    msg = refusal(Fn(lambda m, x: m.fc(x.view(x.size(0), 4, 64, 1).mean((2, 3)))))
+    assert "avgpool" in msg and "4x64x1" in msg and "linear" in msg
+
+
+MEANS = {
+    "mean_23": lambda m, x: m.fc(x.mean((2, 3))),
+    "mean_neg": lambda m, x: m.fc(x.mean([-1, -2])),
+    "mean_keepdim": lambda m, x: m.fc(x.mean(dim=(2, 3), keepdim=True).flatten(1)),
+    "torch_mean": lambda m, x: m.fc(torch.mean(x, dim=[2, 3])),
+    "adaptive_1": lambda m, x: m.fc(F.adaptive_avg_pool2d(x, 1).view(x.size(0), -1)),
+    "adaptive_11": lambda m, x: m.fc(torch.flatten(F.adaptive_avg_pool2d(x, (1, 1)), 1)),
+}
+
+
+@pytest.mark.parametrize("spelling", list(MEANS))
+def test_means_over_hw_are_a_global_avgpool(spelling):
+    net = Fn(MEANS[spelling])
+    kinds, _, ql, test, logits = quantize(net)
+    assert kinds == ["input", "conv", "avgpool", "linear"]
+    assert ql[2]["kernel"] == ql[2]["stride"] == [8, 8] and ql[2]["shape"] == [4, 1, 1]
+    tracks_float(net, ql, test, logits)
+
+
+def test_other_means_and_non_uniform_adaptive_pools_are_refused():
+    msg = refusal(Fn(lambda m, x: x.mean(1)))
+    assert "mean" in msg and "H and W" in msg
+    msg = refusal(Fn(lambda m, x: F.adaptive_avg_pool2d(x, 3)))
+    assert "not uniform" in msg and "8x8->3x3" in msg
+
+
+@pytest.mark.parametrize("kernel,pad", [(3, [1, 1]), (5, [2, 2]), ((3, 5), [1, 2]), (1, [0, 0])])
+def test_padding_same_is_symmetric_for_odd_kernels(kernel, pad):
+    net = Fn(lambda m, x: m.fc(x.mean((2, 3))), kernel_size=kernel, padding="same")
+    kinds, _, ql, test, logits = quantize(net)
+    assert ql[1]["padding"] == pad and ql[1]["shape"] == [4, 8, 8]
+    tracks_float(net, ql, test, logits)
+
+
+def test_padding_valid():
+    _, _, ql, _, _ = quantize(Fn(lambda m, x: m.fc(x.mean((2, 3))), padding="valid"))
+    assert ql[1]["padding"] == [0, 0] and ql[1]["shape"] == [4, 6, 6]
+
+
+def test_even_same_padding_dilation_and_padding_modes_are_refused():
+    msg = refusal(Fn(lambda m, x: x, kernel_size=2, padding="same"))
+    assert "even kernel" in msg and "asymmetric" in msg
+    msg = refusal(Fn(lambda m, x: x, dilation=2))
+    assert "dilation" in msg and "model.bin" in msg
+    msg = refusal(Fn(lambda m, x: x, padding_mode="reflect"))
+    assert "padding_mode='reflect'" in msg
+    msg = refusal(Fn(lambda m, x: F.pad(x, (0, 1, 0, 1))))
+    assert "pad" in msg and "symmetric" in msg
+
+
+# --- input normalisation -------------------------------------------------------------------
+
+MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+
+
+class Normalised(nn.Module):
+    def __init__(self, spelling):
+        super().__init__()
+        self.spelling = spelling
+        self.register_buffer("mean", torch.tensor(MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(STD))
+        self.inv_std = torch.tensor([1 / s for s in STD]).view(3, 1, 1)     # a plain attribute (fx constant)
+        self.conv = nn.Conv2d(3, 6, 3, padding=1)
+        self.bn = nn.BatchNorm2d(6)
+        self.fc = nn.Linear(6, 5)
+
+    def forward(self, x):
+        s = self.spelling
+        if s == "buffers":
+            x = (x - self.mean) / self.std.view(1, -1, 1, 1)
+        elif s == "floats":
+            x = (x - 0.5) / 0.25
+        elif s == "mul_add":
+            x = x * self.inv_std + (-self.mean.view(3, 1, 1) * self.inv_std)
+        elif s == "methods":
+            x = x.sub(self.mean).div(self.std[:, None, None])
+        elif s == "scale_shift":
+            x = 2.0 * x - 1.0
+        elif s == "reversed":
+            x = (1.0 - x) / self.std[:, None, None]
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(torch.relu(self.bn(self.conv(x))), 1), 1))
+
+
+SPELLINGS = ["buffers", "floats", "mul_add", "methods", "scale_shift", "reversed"]
+
+
+@pytest.mark.parametrize("spelling", SPELLINGS)
+def test_the_input_normalisation_pass_computes_the_same_float_values(spelling):
+    net = Normalised(spelling).eval()
+    gm = fx.symbolic_trace(net)
+    folded = fold_input_normalisation(gm, 3)
+    assert folded
+    assert not [n for n in gm.graph.nodes if n.op == "get_attr"]
+    assert isinstance(gm.input_normalisation, nn.BatchNorm2d)
+    x = torch.rand(4, 3, 8, 8)
+    torch.testing.assert_close(gm(x), net(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("spelling", SPELLINGS)
+@pytest.mark.parametrize("mode", ["per_channel", "per_tensor"])
+def test_the_input_normalisation_is_one_affine_op(spelling, mode):
+    net = Normalised(spelling)
+    kinds, state, ql, test, logits = quantize(net, mode=mode)
+    assert kinds == ["input", "conv", "conv", "avgpool", "linear"]
+    norm = ql[1]
+    assert norm["name"] == "input_normalisation" and norm["groups"] == 3 and norm["kernel"] == [1, 1]
+    tracks_float(net, ql, test, logits)
+
+
+def test_constant_arithmetic_elsewhere_is_refused():
+    msg = refusal(Fn(lambda m, x: m.fc((x * 2.0).mean((2, 3)))))
+    assert "constant arithmetic" in msg and "'mul'" in msg and "input" in msg
+    msg = refusal(Fn(lambda m, x: m.fc((x - m.conv.bias.view(1, -1, 1, 1)).mean((2, 3)))))
+    assert "constant arithmetic" in msg
+
+
+def test_a_normalisation_constant_that_is_not_per_channel_is_refused():
+    class PerColumn(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("mean", torch.rand(8))       # broadcasts along W, not C
+            self.conv = nn.Conv2d(3, 4, 1)
+
+        def forward(self, x):
+            return self.conv(x - self.mean)
+    msg = refusal(PerColumn())
+    assert "per channel" in msg and "[8]" in msg
+
+
+# --- one line naming the node, the op and the closest supported spelling ---------------------
+
+def test_unsupported_ops_are_named_in_one_line():
+    msg = refusal(Fn(lambda m, x: F.interpolate(x, scale_factor=2, mode="bilinear")))
+    assert "unsupported function interpolate" in msg and "at node 'interpolate'" in msg
+    assert "mode='bilinear'" in msg and "upsampling" in msg and "not supported yet" in msg
+    msg = refusal(Fn(lambda m, x: torch.abs(x)))
+    assert "unsupported function abs at node 'abs" in msg and "supported op kinds: input, conv" in msg
+    msg = refusal(Fn(lambda m, x: m.fc(F.dropout(x, 0.5).mean((2, 3)))))
+    assert "training=self.training" in msg
+    msg = refusal(Fn(lambda m, x: F.conv2d(x, m.fc.weight.view(5, 4, 1, 1))))
+    assert "nn.Conv2d" in msg
+
+
+def test_a_concat_of_one_tensor_is_free():
+    kinds, *_ = quantize(Fn(lambda m, x: m.fc(torch.cat([x], 1).mean((2, 3)))))
+    assert kinds == ["input", "conv", "avgpool", "linear"]
+
+
+def test_ceil_mode_maxpool_is_taken_where_it_changes_nothing():
+    net = Fn(lambda m, x: m.fc(F.max_pool2d(x, 2, 2, ceil_mode=True).mean((2, 3))))
+    kinds, _, ql, test, logits = quantize(net)          # 8x8 -> 4x4 in either mode
+    assert kinds == ["input", "conv", "maxpool", "avgpool", "linear"] and ql[2]["shape"] == [4, 4, 4]
+    tracks_float(net, ql, test, logits)
+    msg = refusal(Fn(lambda m, x: F.max_pool2d(x, 3, 2, ceil_mode=True)))
+    assert "ceil_mode" in msg and "8x8 -> 4x4 instead of 3x3" in msg
