@@ -47,7 +47,7 @@
 /* ---- op kinds ------------------------------------------------------------------------- */
 
 /* The record's type word.  Each kind is declared once, in KINDS (model.c). */
-enum { OP_INPUT, OP_CONV, OP_LINEAR, OP_MAXPOOL, OP_AVGPOOL, OP_ADD, OP_CONCAT, OP_KIND_COUNT };
+enum { OP_INPUT, OP_CONV, OP_LINEAR, OP_MAXPOOL, OP_AVGPOOL, OP_ADD, OP_CONCAT, OP_LUT, OP_MUL, OP_KIND_COUNT };
 
 /* One op of the graph; op i produces tensor i.  Filled by the record parser from the
  * declaration table, checked by the kind's validate function, then read-only. */

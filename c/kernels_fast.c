@@ -827,6 +827,45 @@ static void fast_concat(const Model *m, const Op *op, const Workspace *ws, uint8
     }
 }
 
+/* Lookup table: out = table[x], any layout.  With AVX-512 VBMI, 64 values a step: vpermi2b looks
+ * up the low 7 bits in the two 128-entry halves, the top bit picks the half. */
+static void fast_lut(const Op *op, const uint8_t *x, uint8_t *out)
+{
+    uint8_t t[256];
+    for (int q = 0; q < 256; q++)
+        t[q] = (uint8_t)op->table[q];
+    const size_t n = op_elems(op);
+    size_t e = 0;
+#if FAST_VNNI
+    const __m512i t0 = _mm512_loadu_si512(t), t1 = _mm512_loadu_si512(t + 64);
+    const __m512i t2 = _mm512_loadu_si512(t + 128), t3 = _mm512_loadu_si512(t + 192);
+    for (; e + 64 <= n; e += 64) {
+        __m512i v = _mm512_loadu_si512(x + e);
+        __m512i lo = _mm512_permutex2var_epi8(t0, v, t1), hi = _mm512_permutex2var_epi8(t2, v, t3);
+        _mm512_storeu_si512(out + e, _mm512_mask_blend_epi8(_mm512_movepi8_mask(v), lo, hi));
+    }
+#endif
+    for (; e < n; e++)
+        out[e] = t[x[e]];
+}
+
+/* Product (HWC): requantize((a - z_a)*(b - z_b)) with the op's multiplier and shift; input 1 has
+ * the output's shape or is Cx1x1 (the same C values for every pixel). */
+static void fast_mul(const Op *op, const Op *ia, const Op *ib, const uint8_t *a, const uint8_t *b, uint8_t *out)
+{
+    const size_t P = (size_t)op->h * op->w, C = (size_t)op->c;
+    const size_t b_step = (size_t)ib->h * ib->w == 1 ? 0 : C;
+    const int64_t mult = op->multiplier[0];
+    const int s = op->shift[0];
+    const int32_t za = ia->zero_point, zb = ib->zero_point, zp = op->zero_point, lo = op->qmin, hi = op->qmax;
+    for (size_t p = 0; p < P; p++) {
+        const uint8_t *x = a + p * C, *y = b + p * b_step;
+        uint8_t *dst = out + p * C;
+        for (size_t c = 0; c < C; c++)
+            dst[c] = requantize((x[c] - za) * (y[c] - zb), mult, s, zp, lo, hi);
+    }
+}
+
 /* ---- the kernel table and the kernel set ------------------------------------------------- */
 
 typedef void FastKernel(const Model *m, const FastModel *fm, int i, Workspace *ws, const uint8_t *image);
@@ -889,9 +928,22 @@ static void fk_concat(FAST_ARGS)
     fast_concat(m, &m->ops[i], ws, OUT);
 }
 
+static void fk_lut(FAST_ARGS)
+{
+    FAST_UNUSED;
+    fast_lut(&m->ops[i], X_IN(0), OUT);
+}
+
+static void fk_mul(FAST_ARGS)
+{
+    FAST_UNUSED;
+    fast_mul(&m->ops[i], OP_IN(0), OP_IN(1), X_IN(0), X_IN(1), OUT);
+}
+
 static FastKernel *const FAST_KERNEL[OP_KIND_COUNT] = {
     [OP_INPUT] = fk_input,     [OP_CONV] = fk_conv, [OP_LINEAR] = fk_linear, [OP_MAXPOOL] = fk_maxpool,
-    [OP_AVGPOOL] = fk_avgpool, [OP_ADD] = fk_add,   [OP_CONCAT] = fk_concat,
+    [OP_AVGPOOL] = fk_avgpool, [OP_ADD] = fk_add,   [OP_CONCAT] = fk_concat, [OP_LUT] = fk_lut,
+    [OP_MUL] = fk_mul,
 };
 
 static void *fast_prepare(const Model *m)

@@ -2,10 +2,11 @@
  * kernels_ref.c -- the reference kernels (--reference): CHW activations, plain loops.
  *
  * Conv is im2col + a matrix product on int16 (x - z_x) and (w - z_w); linear a dot product
- * per output; the pools, add and concat are direct loops.  Every output value goes through
- * requantize() (fpgai.h), the contract's one requantizer.  The inner loops work on blocks of
- * LANES consecutive values (a SIMD/PE row): contiguous, branch free, with a constant trip
- * count, so a compiler turns them into SIMD code.
+ * per output; the pools, add, concat, mul and lut are direct loops.  Every output value goes
+ * through requantize() (fpgai.h), the contract's one requantizer (a lut reads its table, which
+ * holds requantized values).  The inner loops work on blocks of LANES consecutive values (a
+ * SIMD/PE row): contiguous, branch free, with a constant trip count, so a compiler turns them
+ * into SIMD code.
  */
 #include "kernels.h"
 
@@ -244,11 +245,44 @@ static void ref_concat(const Model *m, const RefModel *rm, int i, RefWorkspace *
     }
 }
 
+/* Lookup table: out = table[x] (its values are already requantized and clamped). */
+static void ref_lut(const Model *m, const RefModel *rm, int i, RefWorkspace *ws, const uint8_t *image)
+{
+    (void)rm;
+    (void)image;
+    const Op *op = &m->ops[i];
+    const uint8_t *x = tensor(m, ws, op, 0);
+    uint8_t *out = ws->arena + op->offset;
+    const size_t n = op_elems(op);
+    for (size_t e = 0; e < n; e++)
+        out[e] = (uint8_t)op->table[x[e]];
+}
+
+/* Product: out = requantize((a - z_a)*(b - z_b)) with the op's multiplier and shift; input 1 has
+ * the output's shape or is Cx1x1 (one value for each channel plane). */
+static void ref_mul(const Model *m, const RefModel *rm, int i, RefWorkspace *ws, const uint8_t *image)
+{
+    (void)rm;
+    (void)image;
+    const Op *op = &m->ops[i], *ia = op_input(m, op, 0), *ib = op_input(m, op, 1);
+    const uint8_t *a = tensor(m, ws, op, 0), *b = tensor(m, ws, op, 1);
+    uint8_t *out = ws->arena + op->offset;
+    const size_t P = (size_t)op->h * op->w, Pb = (size_t)ib->h * ib->w;
+    for (int32_t c = 0; c < op->c; c++)
+        for (size_t p = 0; p < P; p++) {
+            int64_t prod = (int64_t)(a[(size_t)c * P + p] - ia->zero_point) *
+                           (b[(size_t)c * Pb + (Pb == 1 ? 0 : p)] - ib->zero_point);
+            out[(size_t)c * P + p] = requantize(prod, op->multiplier[0], op->shift[0], op->zero_point, op->qmin,
+                                                op->qmax);
+        }
+}
+
 typedef void RefKernel(const Model *m, const RefModel *rm, int i, RefWorkspace *ws, const uint8_t *image);
 
 static RefKernel *const REF_KERNEL[OP_KIND_COUNT] = {
     [OP_INPUT] = ref_input,     [OP_CONV] = ref_conv, [OP_LINEAR] = ref_linear, [OP_MAXPOOL] = ref_maxpool,
-    [OP_AVGPOOL] = ref_avgpool, [OP_ADD] = ref_add,   [OP_CONCAT] = ref_concat,
+    [OP_AVGPOOL] = ref_avgpool, [OP_ADD] = ref_add,   [OP_CONCAT] = ref_concat, [OP_LUT] = ref_lut,
+    [OP_MUL] = ref_mul,
 };
 
 /* ---- the kernel set ---------------------------------------------------------------------- */

@@ -381,6 +381,39 @@ static void validate_concat(Model *m, int i)
              (long long)channels, op->c);
 }
 
+/* out = table[x]: elementwise, so the input's shape; every table value inside the op's clamp, so
+ * its output keeps the invariant the accumulator bound of the next layer relies on (no rounding) */
+static void validate_lut(Model *m, int i)
+{
+    const Op *op = &m->ops[i], *x = op_input(m, op, 0);
+    if (x->c != op->c || x->h != op->h || x->w != op->w)
+        fail("%s: op %d (lut): output %dx%dx%d, its input tensor %d is %dx%dx%d", m->path, i, op->c, op->h, op->w,
+             op->in[0], x->c, x->h, x->w);
+    for (int32_t q = 0; q < op->n_table; q++)
+        if (op->table[q] < op->qmin || op->table[q] > op->qmax)
+            fail("%s: op %d (lut): table value %d (index %d) outside its clamp %d..%d", m->path, i, op->table[q], q,
+                 op->qmin, op->qmax);
+}
+
+/* (a - z_a) * (b - z_b) * m: the first input has the output's shape, the second it or Cx1x1
+ * (broadcast over H x W); |product| <= 255 * 255 < 2^16, times m < 2^31, plus the rounding
+ * constant: inside int64 (checked, as the rule of the contract) */
+static void validate_mul(Model *m, int i)
+{
+    const Op *op = &m->ops[i], *a = op_input(m, op, 0), *b = op_input(m, op, 1);
+    if (a->c != op->c || a->h != op->h || a->w != op->w)
+        fail("%s: op %d (mul): input 0 (tensor %d) is %dx%dx%d, the output %dx%dx%d", m->path, i, op->in[0], a->c,
+             a->h, a->w, op->c, op->h, op->w);
+    if (b->c != op->c || !((b->h == op->h && b->w == op->w) || (b->h == 1 && b->w == 1)))
+        fail("%s: op %d (mul): input 1 (tensor %d) is %dx%dx%d, neither the output's %dx%dx%d nor %dx1x1", m->path,
+             i, op->in[1], b->c, b->h, b->w, op->c, op->h, op->w, op->c);
+    int64_t product = (int64_t)max_abs_centered(a) * max_abs_centered(b);     /* < 2^16 */
+    int64_t room = INT64_MAX - ((int64_t)1 << (MAX_SHIFT - 1));
+    if (op->multiplier[0] > 0 && product > room / op->multiplier[0])
+        fail("%s: op %d (mul): product %lld times multiplier %d overflows int64", m->path, i, (long long)product,
+             op->multiplier[0]);
+}
+
 #define PARAM(field, name, lo, hi) {name, offsetof(Op, field), lo, hi}
 #define WINDOW PARAM(kh, "kernel_h", 1, MAX_DIM), PARAM(kw, "kernel_w", 1, MAX_DIM), \
                PARAM(stride_h, "stride_h", 1, MAX_DIM), PARAM(stride_w, "stride_w", 1, MAX_DIM)
@@ -406,6 +439,8 @@ const KindSpec KINDS[OP_KIND_COUNT] = {
     [OP_ADD] = {"add", OP_ADD, 2, 2, 0, {{NULL, 0, 0, 0}}, RQ_TWO, RQ_ONE, RQ_NONE, validate_add},
     [OP_CONCAT] = {"concat", OP_CONCAT, 2, MAX_INPUTS, 0, {{NULL, 0, 0, 0}}, RQ_INPUTS, RQ_INPUTS,
                    RQ_NONE, validate_concat},
+    [OP_LUT] = {"lut", OP_LUT, 1, 1, 0, {{NULL, 0, 0, 0}}, RQ_NONE, RQ_NONE, RQ_256, validate_lut},
+    [OP_MUL] = {"mul", OP_MUL, 2, 2, 0, {{NULL, 0, 0, 0}}, RQ_ONE, RQ_ONE, RQ_NONE, validate_mul},
 };
 
 const char *const RQ_RULE_NAMES[RQ_RULE_COUNT] = {"0", "1", "2", "C", "n_inputs", "256"};

@@ -355,9 +355,8 @@ def build_integer_graph(model, calib_images, cfg, dataset, raw_header, progress=
             if b.shape_of(node) != b.ops[b.where[node]]["shape"]:
                 reshaped.add(node)
             continue
-        if role in ("relu", "relu6"):
-            raise QuantizeError(f"{cfg.model}: {role} '{node.name}' does not directly follow an op with a "
-                                f"single user that can fuse it (conv, linear, add, concat, avgpool)")
+        # a relu / relu6 not fused into the op before it (it is not that op's only user, or that op
+        # cannot fuse it) falls through to the lut kind (model/ops/lut.py): a 256-entry table
         kind, mod = ops.match(gm, node)
         if kind is None:
             raise QuantizeError(unsupported_message(gm, node, cfg))

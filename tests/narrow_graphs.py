@@ -1,15 +1,16 @@
 """Small integer graphs whose quantization parameters are set by hand: output zero points far
 from 0 (37, 90, 150, 200), clamps narrower than 0..255 (20..230, 100..140) and clamps that
-exclude their zero point, so that every padded conv and max pool, avg pool, add, concat and
-linear layer reads an input with a zero point != 0 and a narrow clamp, and every requantizing
-op's clamp binds at both ends (as CMSIS-NN's test generator names each case by its bounds).
+exclude their zero point, so that every padded conv and max pool, avg pool, add, concat, mul,
+lut and linear layer reads an input with a zero point != 0 and a narrow clamp, and every
+requantizing op's clamp binds at both ends (as CMSIS-NN's test generator names each case by its bounds).
 
 A graph the quantizer builds (calibrated ranges, ReLU clamps qmin = zero point) never has
 these: every op of the random test graphs and of LeNet clamps to 0..255, and the inputs of
 its padded ops have zero point 0, so an engine that swaps qmin/qmax or pads with 0 instead of
 z_x passes them all. Here the float nets are quantized first, then the chosen ops'
 `zero_point`, `qmin`, `qmax` are rewritten (and their multipliers scaled by a gain, so the
-requantized values spread past both bounds); the graph stays legal: op 0 keeps zero point 0
+requantized values spread past both bounds; a lut's table is rescaled by the gain around the
+new zero point and clamped, the values before the clamp kept in the op as `table_unclamped`); the graph stays legal: op 0 keeps zero point 0
 and 0..255, a max pool keeps its input's zero point and clamp, each conv/linear's accumulator
 bound is recomputed and stays below 2^31.
 
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from model import qmath
 from model.ops import KINDS
 from model.ops.weighted import ACC_LIMIT, accumulator_bound
 from model.quantize import build_integer_graph
@@ -94,6 +96,45 @@ class BnAfterReluNet(nn.Module):
 
     def forward(self, x):
         return self.fc(torch.flatten(self.c2(self.bn(self.relu(self.c1(x)))), 1))
+
+
+class LutNet(nn.Module):
+    """Elementwise functions as 256-entry tables: a LeakyReLU after a conv, a ReLU after a max pool
+    (not fusable: a table of its own), a Hardswish after a padded conv reading the ReLU's table."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = conv(1, 6, 3, stride=2)                       # 6x13x13
+        self.act = nn.LeakyReLU(0.1)
+        self.pool = nn.MaxPool2d(3, stride=2, padding=1)          # 6x7x7
+        self.relu = nn.ReLU()
+        self.mix = conv(6, 4, 3, padding=1)                       # 4x7x7
+        self.hswish = nn.Hardswish()
+        self.fc = nn.Linear(4 * 7 * 7, 10)
+
+    def forward(self, x):
+        x = self.relu(self.pool(self.act(self.stem(x))))
+        return self.fc(torch.flatten(self.hswish(self.mix(x)), 1))
+
+
+class MulNet(nn.Module):
+    """A same-shape product, then a squeeze-and-excitation-like product (conv(gap(y)) * y: a Cx1x1
+    factor, the first operand, broadcast over H x W), then a padded conv reading the product."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = conv(1, 8, 3, stride=2)                       # 8x13x13
+        self.a = conv(8, 8, 3, padding=1)
+        self.gap = nn.AdaptiveAvgPool2d(1)
+        self.squeeze = conv(8, 8, 1)
+        self.mix = conv(8, 4, 3, padding=1, stride=2)             # 4x7x7
+        self.fc = nn.Linear(4 * 7 * 7, 10)
+
+    def forward(self, x):
+        x = self.stem(x)
+        y = self.a(x) * x
+        s = self.squeeze(self.gap(y))
+        return self.fc(torch.flatten(self.mix(s * y), 1))
 
 
 def q(zero_point, qmin, qmax, gain=1.0):
@@ -171,6 +212,18 @@ CASES = {c.name: c for c in [
          {"c1": q(37, 37, 230, 2.0), "bn": q(110, 120, 200, 1.0), "c2": q(90, 20, 230, 2.0), "fc": q(37, 20, 230, 2.0)},
          ("bn", "c2"), "a BatchNorm2d after a ReLU (1x1 depthwise conv) on zero point 37, output zero point 110 below its clamp 120..200; "
          "a 3x3 pad 1 conv reading it", padded=("c2",)),
+    Case("lut_narrow", LutNet,
+         {"stem": q(150, 20, 230, 2.0), "act": q(90, 30, 220, 2.0), "relu": q(37, 60, 200, 2.0),
+          "mix": q(200, 20, 230, 2.0), "hswish": q(120, 90, 160, 1.0), "fc": q(37, 20, 230, 2.0)},
+         ("act", "relu", "hswish"), "tables reading zero points 150, 90 (through a max pool), 200; a ReLU's "
+         "table with zero point 37 below its clamp 60..200, a Hardswish's clamped to 90..160",
+         padded=("pool", "mix")),
+    Case("mul_broadcast_narrow", MulNet,
+         {"stem": q(90, 20, 230, 2.0), "a": q(200, 30, 240, 2.0), "mul": q(37, 20, 230, 2.0),
+          "gap": q(150, 100, 200, 1.0), "squeeze": q(60, 20, 230, 0.5), "mul_1": q(150, 100, 140, 1.0), "mix": q(37, 20, 230, 2.0), "fc": q(200, 20, 230, 2.0)},
+         ("mul", "mul_1"), "a same-shape product of zero points 200 and 90; a Cx1x1 factor on zero point 60 "
+         "times it, clamp 100..140 excluding its zero point 150; a 3x3 pad 1 conv reading it",
+         padded=("a", "mix")),
 ]}
 
 
@@ -185,6 +238,13 @@ def _rewrite(state, quant, rewrites):
             continue
         r = rewrites.get(op["name"])
         if r is None:
+            continue
+        if op["op"] == "lut":                        # the table rescaled around the new zero point, clamped
+            key = op["name"] + ".table"
+            raw = r["zero_point"] + qmath.round_half_up((state[key].numpy().astype(np.float64) - op["zero_point"])
+                                                         * r["gain"])
+            op.update(zero_point=r["zero_point"], qmin=r["qmin"], qmax=r["qmax"], table_unclamped=raw)
+            state[key] = torch.from_numpy(np.clip(raw, r["qmin"], r["qmax"]).astype(np.int32))
             continue
         op.update(zero_point=r["zero_point"], qmin=r["qmin"], qmax=r["qmax"])
         key = op["name"] + ".multiplier"
@@ -236,6 +296,8 @@ def tensors(state, quant, images):
 
 def unclamped(state, quant, values, i):
     """Op i's output with its clamp removed (what the clamp cut away is where it binds)."""
+    if quant[i]["op"] == "lut":                    # the clamp is inside the table: _rewrite kept it unclamped
+        return np.asarray(quant[i]["table_unclamped"])[values[quant[i]["inputs"][0]]]
     op = dict(with_zps(quant, i), qmin=-WIDE, qmax=WIDE)
     return KINDS[op["op"]].numpy([values[j] for j in op["inputs"]], op, params_of(state, op))
 

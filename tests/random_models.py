@@ -3,6 +3,7 @@ integer op, and their quantized integer graphs; shared by the engine tests."""
 import types
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import config
@@ -79,8 +80,56 @@ class BranchNet(nn.Module):
         return self.fc(torch.flatten(self.gap(x), 1))
 
 
+class SqueezeExcite(nn.Module):
+    """torchvision's SqueezeExcitation: x * gate(fc2(relu(fc1(gap(x))))), 1x1 convs as the fcs."""
+
+    def __init__(self, c, squeeze, gate, gate_first=False):
+        super().__init__()
+        self.gap = nn.AdaptiveAvgPool2d(1)
+        self.fc1 = nn.Conv2d(c, squeeze, 1)
+        self.fc2 = nn.Conv2d(squeeze, c, 1)
+        self.gate, self.gate_first = gate, gate_first
+
+    def forward(self, x):
+        s = self.gate(self.fc2(torch.relu(self.fc1(self.gap(x)))))
+        return s * x if self.gate_first else x * s
+
+
+class ActivationNet(nn.Module):
+    """CIFAR-shaped: elementwise functions as lookup tables (modules, and functions with their
+    arguments), a ReLU that cannot be fused (after a max pool), a ReLU fused into a table,
+    squeeze-and-excitation products broadcast over HxW (each way round), a same-shape product."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 12, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(12),
+                                  nn.Hardswish())                                       # 12x16x16
+        self.pool = nn.MaxPool2d(2)                                                     # 12x8x8
+        self.relu = nn.ReLU()                                                           # unfusable: a lut
+        self.a = nn.Sequential(nn.Conv2d(12, 16, 3, padding=1), nn.LeakyReLU(0.1))
+        self.b = nn.Conv2d(12, 16, 1)
+        self.se = SqueezeExcite(16, 4, nn.Sigmoid(), gate_first=True)
+        self.c = nn.Sequential(nn.Conv2d(16, 20, 3, stride=2, padding=1), nn.GELU())  # 20x4x4
+        self.d = nn.Sequential(nn.Conv2d(20, 20, 3, padding=1, groups=20), nn.ELU(alpha=0.7))
+        self.se2 = SqueezeExcite(20, 8, nn.Hardsigmoid())
+        self.e = nn.Conv2d(20, 24, 1)
+        self.mish = nn.Mish()
+        self.gap = nn.AdaptiveAvgPool2d(1)
+        self.fc1 = nn.Linear(24, 32)
+        self.fc2 = nn.Linear(32, 10)
+
+    def forward(self, x):
+        x = self.relu(self.pool(self.stem(x)))
+        x = self.a(x) * torch.tanh(self.b(x))                  # gated, same shape
+        x = F.silu(self.se(x))
+        x = self.se2(self.d(self.c(x)))
+        x = self.mish(F.relu(F.gelu(self.e(x), approximate="tanh")))       # the ReLU fused into GELU's table
+        y = torch.flatten(self.gap(x), 1)
+        return self.fc2(F.leaky_relu(self.fc1(y), negative_slope=0.2))
+
+
 ARCHS = {"conv_pool": (ConvPoolNet, "mnist", (1, 28, 28)), "residual": (ResidualNet, "cifar10", (3, 32, 32)),
-         "branch": (BranchNet, "cifar10", (3, 32, 32))}
+         "branch": (BranchNet, "cifar10", (3, 32, 32)), "activations": (ActivationNet, "cifar10", (3, 32, 32))}
 
 
 def make_cfg(**overrides):
