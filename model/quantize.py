@@ -247,7 +247,8 @@ class Builder:
     def __init__(self, gm, observer, cfg, input_shape):
         self.gm, self.observer, self.cfg, self.input_shape = gm, observer, cfg, input_shape
         self.ops, self.state, self.where, self.skip = [], {}, {}, set()
-        self.users = {n: list(n.users) for n in gm.graph.nodes}
+        # users that read a tensor (x.size(0) and the like only feed reshapes: they do not block fusing)
+        self.users = {n: [u for u in n.users if u.name not in observer.meta] for n in gm.graph.nodes}
 
     def src(self, node):
         """The op index of node's first tensor input."""

@@ -286,3 +286,11 @@ def test_ceil_mode_maxpool_is_taken_where_it_changes_nothing():
     tracks_float(net, ql, test, logits)
     msg = refusal(Fn(lambda m, x: F.max_pool2d(x, 3, 2, ceil_mode=True)))
     assert "ceil_mode" in msg and "8x8 -> 4x4 instead of 3x3" in msg
+
+
+def test_a_size_read_does_not_block_fusing_the_relu():
+    # the conv's output has two users in fx, the ReLU and x.size(0): the size read is no tensor user
+    net = Fn(lambda m, x: m.fc(torch.relu(x).mean((2, 3)).view(x.size(0), -1)))
+    kinds, _, ql, test, logits = quantize(net)
+    assert kinds == ["input", "conv", "avgpool", "linear"] and ql[1]["qmin"] == max(0, ql[1]["zero_point"])
+    tracks_float(net, ql, test, logits)
