@@ -6,11 +6,20 @@ Each stage script reads these globals through `load()`, which also accepts
 """
 import ast
 import os
+import re
 import sys
 import types
 
 # --- what to run -------------------------------------------------------------
-MODEL = "lenet"                 # lenet (MNIST); resnet18/34/50, mobilenet_v2, vgg11/13/16/19 (CIFAR-10)
+MODEL = "lenet"                 # lenet (MNIST); resnet18/34/50, mobilenet_v2, vgg11/13/16/19 (CIFAR-10);
+                                # or FILE.py:NAME, your own model (NAME() returns the nn.Module)
+CHECKPOINT = ""                 # float weights: a torch.save(model.state_dict()) file or a *_raw.pth
+                                # ("" = pretrained/{model}_raw.pth; required for FILE.py:NAME)
+INPUT_SHAPE = ""                # CxHxW of the input ("" = the built-in model's, or the calibration data's)
+INPUT_MEAN = ""                 # per-channel mean on the 0..1 scale, e.g. 0.485,0.456,0.406 ("" = none)
+INPUT_STD = ""                  # per-channel std, same scale: the float model sees (pixel/255 - mean)/std
+CALIB_DATA = ""                 # .npz (x uint8 NxCxHxW, y labels) or ImageFolder dir ("" = the built-in dataset)
+TEST_DATA = ""                  # the same, for testing ("" = the built-in dataset's test set)
 DATA_DIR = "data"               # torchvision-layout datasets live here
 MIRROR_DIR = os.environ.get("FPGAI_MIRROR", os.path.join("..", "shared", "datasets"))
 PRETRAINED_DIR = "pretrained"
@@ -95,13 +104,73 @@ def _parse_value(key, text, current):
     return value
 
 
+USER_MODEL = re.compile(r"^(?P<path>.+\.py):(?P<name>[A-Za-z_][A-Za-z0-9_]*)$")
+
+
+def user_model(model):
+    """(path, NAME) of a --model=FILE.py:NAME, or None for a built-in name."""
+    m = USER_MODEL.match(model)
+    return (m.group("path"), m.group("name")) if m else None
+
+
+def model_name(cfg):
+    """The name files are called by: NAME of FILE.py:NAME, else the built-in name."""
+    user = user_model(cfg.model)
+    return user[1] if user else cfg.model
+
+
+def parse_shape(text):
+    """'CxHxW' -> [C, H, W] (positive ints), or None for ''."""
+    if not text:
+        return None
+    parts = text.lower().split("x")
+    if len(parts) != 3 or not all(p.isdigit() and 0 < int(p) < 65536 for p in parts):
+        raise ConfigError(f"--input_shape={text}: expected CxHxW, three positive integers (e.g. 3x64x64)")
+    return [int(p) for p in parts]
+
+
+def parse_floats(key, text):
+    """'a,b,c' -> [a, b, c] (finite floats), or None for ''."""
+    if not text:
+        return None
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise ConfigError(f"--{key}={text}: expected comma-separated numbers, one per channel") from None
+    if not all(abs(v) < 1e30 for v in values):
+        raise ConfigError(f"--{key}={text}: values must be finite")
+    return values
+
+
+def check_input_settings(shape_text, mean_text, std_text):
+    """(shape or None, mean or None, std or None) of the input options, checked against each other."""
+    shape = parse_shape(shape_text)
+    mean, std = parse_floats("input_mean", mean_text), parse_floats("input_std", std_text)
+    if std is not None and not all(v > 0 for v in std):
+        raise ConfigError(f"--input_std={std_text}: every std must be positive")
+    if (mean is None) != (std is None):
+        raise ConfigError("--input_mean and --input_std go together: give both or neither")
+    if mean is not None and len(mean) != len(std):
+        raise ConfigError(f"--input_mean has {len(mean)} values, --input_std {len(std)}")
+    if mean is not None and shape is not None and len(mean) not in (1, shape[0]):
+        raise ConfigError(f"--input_mean/--input_std have {len(mean)} values for {shape[0]} input channels")
+    return shape, mean, std
+
+
 def validate(cfg):
     for key, choices in CHOICES.items():
+        if key == "MODEL" and user_model(cfg[key]):
+            continue
+        if key == "MODEL" and ".py" in cfg[key]:
+            raise ConfigError(f"--model={cfg[key]}: expected FILE.py:NAME, NAME a class or function in FILE.py "
+                              f"that returns the nn.Module (e.g. --model=my_net.py:MyNet)")
         if cfg[key] not in choices:
-            raise ConfigError(f"unknown {key.lower()} '{cfg[key]}'; valid choices: {', '.join(choices)}")
+            also = ", or FILE.py:NAME (your own model)" if key == "MODEL" else ""
+            raise ConfigError(f"unknown {key.lower()} '{cfg[key]}'; valid choices: {', '.join(choices)}{also}")
     for key, (low, high) in RANGES.items():
         if not low <= cfg[key] <= high:
             raise ConfigError(f"{key.lower()}={cfg[key]} is out of range [{low}, {high}]")
+    check_input_settings(cfg["INPUT_SHAPE"], cfg["INPUT_MEAN"], cfg["INPUT_STD"])
 
 
 def load(argv=None, extra=None):
@@ -140,7 +209,8 @@ def usage(extra=None):
     lines = [(sys.modules["__main__"].__doc__ or "").strip(), "",
              "options (--key=value or --key value; defaults from config.py):"]
     for key, value in {**defaults(), **{k.upper(): v for k, v in (extra or {}).items()}}.items():
-        valid = (f"  [{', '.join(CHOICES[key])}]" if key in CHOICES else
+        valid = (f"  [{', '.join(CHOICES[key])}]" + (" or FILE.py:NAME" if key == "MODEL" else "")
+                 if key in CHOICES else
                  f"  [{RANGES[key][0]}..{RANGES[key][1]}]" if key in RANGES else "")
         lines.append(f"  --{key.lower()}={value}{valid}")
     return "\n".join(lines).lstrip()

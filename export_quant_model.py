@@ -4,6 +4,7 @@ EXPORT_MODE selects the weight files: txt (weight.txt), bin (weight.bin + bias.b
 or both; quant.txt and the versioned graph file model.bin are always written.
 Proves each layer's worst-case accumulator magnitude again from the integers it exports
 and prints it against the int32 limit (a tuple edited by hand cannot smuggle in an overflow).
+Your own model: --model=FILE.py:NAME -> export_model/NAME_* (the other settings come from the tuple).
 """
 import sys
 

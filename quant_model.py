@@ -4,9 +4,13 @@ Folds BN, calibrates every activation's range on CALIB_IMAGES training images,
 quantizes weights (int8 per channel, or uint8 per tensor), biases (int32) and
 requantization multipliers (MULTIPLIER_BITS wide), and saves the integer graph as
 `(state_dict, quant_list)`, loadable with torch.load(path, weights_only=True).
+Your own model: --model=FILE.py:NAME --checkpoint=FILE --calib_data=FILE.npz|DIR
+[--input_shape=CxHxW --input_mean=a,b,c --input_std=a,b,c] -> quantization/NAME_quant.tuple,
+which records these settings for test_model.py and export_quant_model.py.
 """
 import os
 import sys
+import types
 
 import numpy as np
 import torch
@@ -15,25 +19,80 @@ from tqdm import tqdm
 import config
 import model as models
 from data import datasets
+from model import api
 from model.fileio import ModelFileError, atomic_save, load_checked
-from model.quantize import QuantizeError, build_integer_graph, settings_fingerprint
+from model.quantize import QuantizeError, settings_fingerprint
 
 
 def quant_path(cfg):
-    return os.path.join(cfg.quant_dir, f"{cfg.model}_quant.tuple")
+    return os.path.join(cfg.quant_dir, f"{config.model_name(cfg)}_quant.tuple")
+
+
+def _same(given, stored):
+    """An option given on the command line against the tuple's value (mean/std: one value = every channel)."""
+    if given is None or stored is None:
+        return given is None or stored is None
+    if len(given) == 1 and len(stored) > 1:
+        given = given * len(stored)
+    return len(given) == len(stored) and all(abs(a - b) <= 1e-12 * max(1.0, abs(b)) for a, b in zip(given, stored))
 
 
 def load_quant(cfg):
-    """The tuple of cfg.model, checked against the current config and raw checkpoint (stale = error)."""
+    """The tuple of cfg.model, checked against the current config and checkpoint (stale = error).
+
+    The options quant_model.py recorded in it (checkpoint, input_shape, input_mean, input_std) need not
+    be repeated; those that are must agree with it."""
     path = quant_path(cfg)
-    hint = f"; run `python quant_model.py --model={cfg.model}`"
-    state, quant_list = load_checked(path, "fpgai-quant", cfg.model, hint=hint)
-    if quant_list[0]["fingerprint"] != settings_fingerprint(cfg, models.raw_header(cfg)):
+    user = config.user_model(cfg.model)
+    hint = f"; run `python quant_model.py --model={cfg.model}`" + (" with the same options" if user else "")
+    state, quant_list = load_checked(path, "fpgai-quant", config.model_name(cfg), hint=hint)
+    head = quant_list[0]
+    shape, mean, std = config.check_input_settings(cfg.input_shape, cfg.input_mean, cfg.input_std)
+    stored_shape = head.get("input_shape", head["shape"])
+    for key, given, stored in (("input_shape", shape, stored_shape), ("input_mean", mean, head.get("input_mean")),
+                               ("input_std", std, head.get("input_std"))):
+        if given is not None and not (given == list(stored) if key == "input_shape" else _same(given, stored)):
+            raise ModelFileError(f"{path}: stale: it was made with {key} {stored}, the command line says "
+                                 f"{given}{hint}")
+    ckpt = cfg.checkpoint or head.get("checkpoint") or ""
+    if user:
+        sha = models.sha256_file(ckpt) if cfg.checkpoint and os.path.isfile(ckpt) else head.get("checkpoint_sha256", "")
+        if cfg.checkpoint and not os.path.isfile(ckpt):
+            raise ModelFileError(f"{ckpt}: no such checkpoint file")
+        named = types.SimpleNamespace(**{**vars(cfg), "model": config.model_name(cfg),
+                                         "calib_images": min(cfg.calib_images, head.get("calib_available",
+                                                                                         cfg.calib_images))})
+    else:
+        named = types.SimpleNamespace(**{**vars(cfg), "checkpoint": ckpt})
+        sha = models.raw_header(named)["sha256"]
+    key = api.settings_key(sha, head.get("input_mean"), head.get("input_std"))
+    if head["fingerprint"] != settings_fingerprint(named, {"sha256": key}):
         raise ModelFileError(f"{path}: stale: it was made with other quantization settings "
-                             f"(weight_mode={quant_list[0]['weight_mode']}, multiplier_bits="
-                             f"{quant_list[0]['multiplier_bits']}, calib_images={quant_list[0]['calib_images']}) "
-                             f"or another checkpoint than config and {models.raw_path(cfg)} say{hint}")
+                             f"(weight_mode={head['weight_mode']}, multiplier_bits="
+                             f"{head['multiplier_bits']}, calib_images={head['calib_images']}) "
+                             f"or another checkpoint than config and {ckpt or models.raw_path(cfg)} say{hint}")
     return state, quant_list
+
+
+def load_float(cfg, head=None):
+    """(float nn.Module without normalisation, mean, std) of cfg.model; a user model's checkpoint and
+    normalisation come from the tuple's header `head` unless given on the command line."""
+    head = head or {}
+    shape, mean, std = config.check_input_settings(cfg.input_shape, cfg.input_mean, cfg.input_std)
+    mean = mean if mean is not None else head.get("input_mean")
+    std = std if std is not None else head.get("input_std")
+    ckpt = cfg.checkpoint or head.get("checkpoint") or ""
+    user = config.user_model(cfg.model)
+    if not user:
+        return models.load_raw(types.SimpleNamespace(**{**vars(cfg), "checkpoint": ckpt}))[0], mean, std
+    if not ckpt:
+        raise ModelFileError(f"--model={cfg.model} needs --checkpoint=FILE (a torch.save(model.state_dict()) file)")
+    net = models.load_user_module(*user)
+    state, sha = models.read_checkpoint(ckpt)
+    if head.get("checkpoint_sha256") and sha != head["checkpoint_sha256"]:
+        raise ModelFileError(f"{ckpt}: changed since it was quantized (sha256 differs from the tuple's); "
+                             f"run `python quant_model.py --model={cfg.model}` again")
+    return models.load_state(net, state, ckpt).eval(), mean, std
 
 
 def summary(state, quant_list):
@@ -55,21 +114,55 @@ def summary(state, quant_list):
 
 def main():
     cfg = config.load_or_exit()
-    spec = models.spec(cfg.model)
+    user = config.user_model(cfg.model)
+    name = config.model_name(cfg)
+    shape, mean, std = config.check_input_settings(cfg.input_shape, cfg.input_mean, cfg.input_std)
     try:
-        net, raw_header = models.load_raw(cfg)
-        images, _ = datasets.load(spec.dataset, "train", cfg.data_dir, cfg.mirror_dir)
+        if user:
+            if not cfg.checkpoint:
+                raise ModelFileError(f"--model={cfg.model} needs --checkpoint=FILE "
+                                     f"(a torch.save(model.state_dict()) file)")
+            if not cfg.calib_data:
+                raise ModelFileError(f"--model={cfg.model} needs --calib_data=FILE.npz or an ImageFolder directory")
+            net = models.load_user_module(*user)
+            state_dict, sha = models.read_checkpoint(cfg.checkpoint)
+            models.load_state(net, state_dict, cfg.checkpoint)
+            dataset = api.CUSTOM_DATASET
+        else:
+            net, raw_header = models.load_raw(cfg)
+            sha, dataset = raw_header["sha256"], models.spec(cfg.model).dataset
+            if shape is not None and shape != list(datasets.DATASETS[dataset]["shape"]):
+                raise ModelFileError(f"--input_shape={cfg.input_shape}: {cfg.model} takes "
+                                     f"{'x'.join(map(str, datasets.DATASETS[dataset]['shape']))} images")
+        if cfg.calib_data:
+            images, _ = datasets.load_images(cfg.calib_data, shape, need_labels=False)
+        else:
+            images, _ = datasets.load(dataset, "train", cfg.data_dir, cfg.mirror_dir)
     except (ModelFileError, datasets.DatasetError) as err:
         sys.exit(f"error: {err}")
+    if mean is not None and len(mean) not in (1, images.shape[1]):
+        sys.exit(f"error: --input_mean/--input_std have {len(mean)} values for {images.shape[1]} input channels")
     pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(cfg.seed))[:cfg.calib_images]
     calib = images[pick]
-    print(f"quantizing {cfg.model}: weights {cfg.weight_mode}, {cfg.multiplier_bits}-bit multipliers, "
-          f"{cfg.calib_method} calibration on {len(calib)} training images")
+    # the name files use; a user model's calibration count is what its data allowed
+    named = types.SimpleNamespace(**{**vars(cfg), "model": name,
+                                     "calib_images": len(calib) if user else cfg.calib_images})
+    print(f"quantizing {name}: weights {cfg.weight_mode}, {cfg.multiplier_bits}-bit multipliers, "
+          f"{cfg.calib_method} calibration on {len(calib)} {'images of ' + cfg.calib_data if cfg.calib_data else 'training images'}"
+          + (f", input normalised by mean {mean} std {std}" if mean is not None else ""))
     try:
-        state, quant_list = build_integer_graph(net, calib, cfg, spec.dataset, raw_header,
-                                                progress=lambda it: tqdm(it, desc="calibrating", leave=False))
+        state, quant_list = api.quantize_cfg(net, calib, named, dataset, mean, std, sha,
+                                             source=(f"{os.path.abspath(user[0])}:{name}" if user else cfg.model),
+                                             progress=lambda it: tqdm(it, desc="calibrating", leave=False))
     except QuantizeError as err:
         sys.exit(f"error: {err}")
+    except (RuntimeError, ValueError, TypeError, IndexError) as err:   # the float model itself failed
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        sys.exit(f"error: {name}: the float model failed on the {'x'.join(map(str, calib.shape[1:]))} calibration "
+                 f"images ({err.__class__.__name__}: {first}); check --input_shape and the model")
+    quant_list[0].update(checkpoint=os.path.abspath(cfg.checkpoint) if cfg.checkpoint else None,
+                         calib_data=os.path.abspath(cfg.calib_data) if cfg.calib_data else None,
+                         calib_available=int(len(images)))
     path = quant_path(cfg)
     atomic_save((state, quant_list), path)
     print(summary(state, quant_list))

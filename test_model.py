@@ -10,6 +10,8 @@ Prints accuracy, seconds and images/s per column, and how many images got
 identical integer logits in quant vs np quant and np quant vs C. Exits 1 when
 the integer engines disagree on any image.
 Flags: --model NAME --limit N --columns raw,quant,np,c --json PATH
+Your own model: --model=FILE.py:NAME --test_data=FILE.npz|DIR (the checkpoint, input shape and
+mean/std come from quantization/NAME_quant.tuple; options repeated must agree with it).
 """
 import json
 import os
@@ -30,7 +32,8 @@ from model.export_format import write_export
 from model.fileio import ModelFileError, atomic_open
 from model.np_engine import NumpyIntegerModel
 from model.torch_engine import TorchIntegerModel
-from quant_model import load_quant
+from model import api
+from quant_model import load_float, load_quant
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 COLUMNS = {"raw": "raw", "quant": "quant", "np": "np_quant", "c": "c_int8"}
@@ -79,11 +82,21 @@ def main():
         columns = choose_columns(cfg)
     except config.ConfigError as err:
         sys.exit(f"config error: {err}")
-    spec = models.spec(cfg.model)
+    user = config.user_model(cfg.model)
     try:
-        images, labels = datasets.load(spec.dataset, "test", cfg.data_dir, cfg.mirror_dir)
-        net = models.load_raw(cfg)[0] if "raw" in columns else None
-        state, quant_list = load_quant(cfg) if set(columns) - {"raw"} else (None, None)
+        # a user model's settings live in its tuple: load it even for the raw column alone
+        state, quant_list = load_quant(cfg) if user or set(columns) - {"raw"} else (None, None)
+        head = quant_list[0] if quant_list else {}
+        dataset = head.get("dataset") or models.spec(cfg.model).dataset
+        if cfg.test_data:
+            shape = head.get("input_shape") or config.parse_shape(cfg.input_shape) or (
+                list(datasets.DATASETS[dataset]["shape"]) if dataset in datasets.DATASETS else None)
+            images, labels = datasets.load_images(cfg.test_data, shape)
+        elif user:
+            raise ModelFileError(f"--model={cfg.model} needs --test_data=FILE.npz or an ImageFolder directory")
+        else:
+            images, labels = datasets.load(dataset, "test", cfg.data_dir, cfg.mirror_dir)
+        net, mean, std = load_float(cfg, head) if "raw" in columns else (None, None, None)
     except (ModelFileError, datasets.DatasetError) as err:
         sys.exit(f"error: {err}")
     n = min(cfg.limit or len(images), len(images))
@@ -94,7 +107,8 @@ def main():
     for col in columns:
         t0 = time.perf_counter()
         if col == "raw":
-            out = batched(lambda x: net(x.float() / 255.0).numpy(), images, cfg.test_batch, "raw")
+            fnet = api.float_model(net, mean, std, images.shape[1])
+            out = batched(lambda x: fnet(x.float() / 255.0).numpy(), images, cfg.test_batch, "raw")
         elif col == "quant":
             engine = TorchIntegerModel(state, quant_list)
             out = batched(lambda x: engine(x).numpy(), images, cfg.test_batch, "quant")
@@ -103,7 +117,10 @@ def main():
             out = batched(lambda x: engine(x.numpy()), images, cfg.test_batch, "np quant")
         else:
             try:
-                out, c_seconds = run_c(state, quant_list, spec.dataset, cfg, n)
+                if cfg.test_data or dataset not in datasets.DATASETS:   # the images as .npy
+                    out, c_seconds = api.run_c(state, quant_list, images, labels)
+                else:
+                    out, c_seconds = run_c(state, quant_list, dataset, cfg, n)
             except (RuntimeError, subprocess.CalledProcessError) as err:
                 sys.exit(f"error: {err}")
         seconds[col] = c_seconds if col == "c_int8" else time.perf_counter() - t0
@@ -115,7 +132,9 @@ def main():
         if a in logits and b in logits:
             identical[f"{a}_vs_{b}"] = float((logits[a] == logits[b]).all(axis=1).mean())
 
-    print(f"\n{cfg.model} on {spec.dataset} test set, {n} images")
+    name = config.model_name(cfg)
+    where = cfg.test_data or f"{dataset} test set"
+    print(f"\n{name} on {where}, {n} images")
     print(f"{'column':<18} {'accuracy':>9} {'seconds':>9} {'images/s':>10}")
     for col in columns:
         print(f"{TITLES[col]:<18} {accuracy[col] * 100:>8.2f}% {seconds[col]:>9.3f} {n / seconds[col]:>10.0f}")
@@ -123,7 +142,7 @@ def main():
         a, b = key.split("_vs_")
         print(f"identical integer logits, {TITLES[a]} vs {TITLES[b]}: {round(frac * n)}/{n}")
     if cfg.json:
-        report = {"model": cfg.model, "dataset": spec.dataset, "images": n, "accuracy": accuracy,
+        report = {"model": name, "dataset": dataset, "images": n, "accuracy": accuracy,
                   "identical_logits": identical, "seconds": seconds}
         with atomic_open(cfg.json, "w") as f:
             json.dump(report, f, indent=2)

@@ -3,7 +3,7 @@
  *
  * Runs the integer graph that export_quant_model.py writes ({model}_model.bin, format
  * version 2, plus {model}_weight.bin/_bias.bin or {model}_weight.txt) on the MNIST or
- * CIFAR-10 test set and reports accuracy.  Every op matches model/np_engine.py bit for bit.
+ * CIFAR-10 test set, or on .npy images (any model; --labels optional), and reports accuracy.  Every op matches model/np_engine.py bit for bit.
  * The parts (fpgai.h lists them): model.c loads and checks the files, kernels_ref.c and
  * kernels_fast.c run the graph, datasets.c reads the test set; this file is the command
  * line, the loop over images (in parallel with OpenMP, one workspace per thread), the report.
@@ -46,8 +46,10 @@ static void usage(const char *msg, const char *arg)
             "  --format F      weights from NAME_weight.bin + NAME_bias.bin (bin) or NAME_weight.txt (txt)\n"
             "  --limit N       run only the first N images\n"
             "  --logits FILE   write each image's output values, one comma-separated line per image\n"
-            "  --images PATH   test images file (idx3 for mnist, CIFAR-10 batch for cifar10)\n"
-            "  --labels PATH   test labels file (mnist only)\n"
+            "  --images PATH   test images: a .npy of uint8 N x C x H x W (any model; required for dataset\n"
+            "                  custom), or the idx3 file (mnist) or CIFAR-10 batch (cifar10)\n"
+            "  --labels PATH   test labels: a .npy of N integers (optional with .npy images: without it,\n"
+            "                  no accuracy), or the idx1 file (mnist)\n"
             "  --quiet         print only the result line\n"
             "  --reference     run the simple reference kernels instead of the optimized ones\n"
             "  --op-table      print the op kinds this engine reads, as JSON (one per line), and exit\n");
@@ -203,7 +205,7 @@ static size_t run_images(const Engine *e, const Model *m, const Dataset *ds, siz
             for (size_t c = 1; c < n_out; c++)
                 if (out[c] > out[best])
                     best = c;
-            correct += best == ds->labels[(start + (size_t)j) * ds->label_stride];
+            correct += (long)best == dataset_label(ds, start + (size_t)j);
             if (logits)
                 for (size_t c = 0; c < n_out; c++)
                     fprintf(logits, c + 1 < n_out ? "%d," : "%d\n", out[c]);
@@ -246,10 +248,16 @@ int main(int argc, char **argv)
                opt.txt ? "txt" : "bin", (m.arena_bytes + 1023) / 1024);
         printf("kernels: %s, %d thread%s\n", e.k->name, e.n_threads, e.n_threads > 1 ? "s" : "");
         printf("images: %zu of %zu from %s\n", count, ds.count, ds.source);
-        printf("accuracy: %.2f%% (%zu/%zu)\n", 100.0 * (double)correct / (double)count, correct, count);
+        if (ds.has_labels)
+            printf("accuracy: %.2f%% (%zu/%zu)\n", 100.0 * (double)correct / (double)count, correct, count);
+        else
+            printf("accuracy: n/a (no --labels)\n");
         printf("speed: %.1f images/s\n", seconds > 0 ? (double)count / seconds : 0.0);
     }
-    printf("result: images=%zu correct=%zu seconds=%.4f\n", count, correct, seconds);
+    if (ds.has_labels)
+        printf("result: images=%zu correct=%zu seconds=%.4f\n", count, correct, seconds);
+    else
+        printf("result: images=%zu seconds=%.4f\n", count, seconds);
 
     engine_free(&e);
     free_dataset(&ds);

@@ -541,8 +541,8 @@ static void parse_header(Model *m, const uint8_t *data, size_t size, const char 
             fail("%s: reserved header byte %zu is not 0", path, b);
     if (want_model && strcmp(m->name, want_model) != 0)
         fail("%s: holds model '%s', expected '%s'", path, m->name, want_model);
-    if (strcmp(m->dataset, "mnist") != 0 && strcmp(m->dataset, "cifar10") != 0)
-        fail("%s: unknown dataset '%s' (expected mnist or cifar10)", path, m->dataset);
+    if (strcmp(m->dataset, "mnist") != 0 && strcmp(m->dataset, "cifar10") != 0 && strcmp(m->dataset, "custom") != 0)
+        fail("%s: unknown dataset '%s' (expected mnist, cifar10 or custom)", path, m->dataset);
     m->n_ops = (int)n_ops;
     m->ops = xcalloc(n_ops, sizeof *m->ops, "ops");
 }

@@ -129,6 +129,79 @@ def load(dataset, split, data_dir, mirror_dir):
     raise DatasetError(f"unknown dataset '{dataset}'; valid: {', '.join(DATASETS)}")
 
 
+def load_images(path, shape=None, need_labels=True):
+    """Your own data (--calib_data / --test_data): (uint8 images N×C×H×W, int64 labels or None).
+
+    path: a .npz holding `x` (uint8, N×C×H×W) and `y` (integer labels, N), or an ImageFolder
+    directory (torchvision.datasets.ImageFolder: one sub-folder per class), every image resized
+    to `shape` [C, H, W] (C 1: grayscale, 3: RGB) and converted to uint8 CHW. `shape`, when given,
+    must equal the .npz's. Labels are None when a .npz has no `y` and need_labels is false."""
+    if os.path.isdir(path):
+        return _load_image_folder(path, shape)
+    if not os.path.isfile(path):
+        raise DatasetError(f"{path}: no such file or directory (expected a .npz or an ImageFolder directory)")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+    except Exception as err:
+        raise DatasetError(f"{path}: not a readable .npz ({err.__class__.__name__}: "
+                           f"{str(err).splitlines()[0] if str(err) else ''})") from None
+    if "x" not in arrays:
+        raise DatasetError(f"{path}: no array 'x' (it holds {', '.join(arrays) or 'nothing'}); expected x "
+                           f"(uint8 N×C×H×W) and y (labels)")
+    x = arrays["x"]
+    if x.dtype != np.uint8 or x.ndim != 4 or len(x) == 0:
+        raise DatasetError(f"{path}: x is {x.dtype} of shape {list(x.shape)}; expected uint8 N×C×H×W, N >= 1")
+    if shape is not None and list(x.shape[1:]) != list(shape):
+        raise DatasetError(f"{path}: images are {'x'.join(map(str, x.shape[1:]))}, the model takes "
+                           f"{'x'.join(map(str, shape))} (--input_shape)")
+    y = arrays.get("y")
+    if y is None:
+        if need_labels:
+            raise DatasetError(f"{path}: no array 'y' (integer labels, one per image)")
+        return torch.from_numpy(np.ascontiguousarray(x)), None
+    if y.dtype.kind not in "iu" or y.shape != (len(x),):
+        raise DatasetError(f"{path}: y is {y.dtype} of shape {list(y.shape)}; expected {len(x)} integer labels")
+    if y.size and y.min() < 0:
+        raise DatasetError(f"{path}: negative label {int(y.min())}")
+    return torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y.astype(np.int64))
+
+
+def _load_image_folder(path, shape):
+    if shape is None:
+        raise DatasetError(f"{path}: an ImageFolder directory needs --input_shape=CxHxW (images are resized to it)")
+    c, h, w = shape
+    if c not in (1, 3):
+        raise DatasetError(f"{path}: ImageFolder images convert to 1 (grayscale) or 3 (RGB) channels, "
+                           f"not {c}")
+    from torchvision.datasets import ImageFolder
+    try:
+        ds = ImageFolder(path)
+    except Exception as err:
+        raise DatasetError(f"{path}: not an ImageFolder directory ({err.__class__.__name__}: "
+                           f"{str(err).splitlines()[0] if str(err) else ''})") from None
+    images = np.empty((len(ds), c, h, w), dtype=np.uint8)
+    labels = np.empty(len(ds), dtype=np.int64)
+    for i, (file, label) in enumerate(ds.samples):
+        with ds.loader(file) as img:    # PIL: resize to W×H, bilinear
+            img = img.convert("L" if c == 1 else "RGB").resize((w, h), resample=2)
+            pixels = np.asarray(img, dtype=np.uint8)
+        images[i] = pixels[None] if c == 1 else pixels.transpose(2, 0, 1)
+        labels[i] = label
+    return torch.from_numpy(images), torch.from_numpy(labels)
+
+
+def save_npy_pair(folder, images, labels=None):
+    """images (and labels) as .npy files the C engine reads (--images / --labels); their paths."""
+    x = os.path.join(folder, "images.npy")
+    np.save(x, np.ascontiguousarray(np.asarray(images, dtype=np.uint8)))
+    if labels is None:
+        return x, None
+    y = os.path.join(folder, "labels.npy")
+    np.save(y, np.asarray(labels, dtype=np.int64))
+    return x, y
+
+
 def test_files(dataset, data_dir, mirror_dir):
     """Paths the C engine reads: (images, labels) for MNIST idx, (records, None) for CIFAR-10."""
     if dataset == "mnist":

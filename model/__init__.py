@@ -1,12 +1,15 @@
-"""Float model registry: every architecture the pipeline knows, by name."""
+"""Float model registry: every architecture the pipeline knows, by name; and the user's own
+model (--model=FILE.py:NAME) with its checkpoint (--checkpoint=FILE)."""
 import dataclasses
 import hashlib
+import importlib.util
 import os
+import sys
 from typing import Callable
 
 import torch
 
-from model.fileio import FORMAT_VERSIONS, atomic_save, load_checked
+from model.fileio import FORMAT_VERSIONS, ModelFileError, atomic_save, load_checked
 from model import cifar
 from model.lenet import LeNet
 
@@ -47,6 +50,8 @@ def build(name):
 
 
 def raw_path(cfg):
+    if getattr(cfg, "checkpoint", ""):
+        return cfg.checkpoint
     return os.path.join(cfg.pretrained_dir, f"{cfg.model}_raw.pth")
 
 
@@ -61,6 +66,9 @@ def save_raw(model, name, path, meta):
 
 def _read_raw(cfg):
     path = raw_path(cfg)
+    if getattr(cfg, "checkpoint", ""):         # given explicitly: a plain state_dict or a *_raw.pth
+        state, digest = read_checkpoint(path)
+        return state, {"kind": "state_dict", "model": cfg.model, "sha256": digest}
     obj = load_checked(path, "fpgai-raw", cfg.model, hint=f"; train it with `python train_model.py --model={cfg.model}`")
     with open(path, "rb") as f:   # identifies the checkpoint in the fingerprint of what is made from it
         digest = hashlib.sha256(f.read()).hexdigest()
@@ -76,5 +84,92 @@ def load_raw(cfg):
     """The trained float model of cfg.model, in eval mode (fp16 checkpoints widened to fp32), and its header."""
     state, header = _read_raw(cfg)
     model = build(cfg.model)
-    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    load_state(model, state, raw_path(cfg))
     return model.eval(), header
+
+
+# --- the user's own model: --model=FILE.py:NAME, --checkpoint=FILE -------------------------------
+
+def sha256_file(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _first_line(err):
+    text = str(err).strip().splitlines()
+    return f"{err.__class__.__name__}: {text[0]}" if text else err.__class__.__name__
+
+
+def load_user_module(path, name):
+    """NAME() of the Python file `path`: a class or a function that, called with no arguments,
+    returns the nn.Module. ModelFileError (one line) for a bad path, a missing NAME, a failing
+    call or something that is not an nn.Module."""
+    where = f"--model={path}:{name}"
+    if not os.path.isfile(path):
+        raise ModelFileError(f"{path}: no such file ({where})")
+    mod_name = f"fpgai_user_{name}_{hashlib.sha256(os.path.abspath(path).encode()).hexdigest()[:8]}"
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        spec_ = importlib.util.spec_from_file_location(mod_name, path)
+        module = importlib.util.module_from_spec(spec_)
+        sys.modules[mod_name] = module           # torch.fx and pickling look classes up by module
+        sys.path.insert(0, folder)               # the file may import its neighbours
+        try:
+            spec_.loader.exec_module(module)
+        finally:
+            sys.path.remove(folder)
+    except Exception as err:
+        sys.modules.pop(mod_name, None)
+        raise ModelFileError(f"{path}: cannot import it ({_first_line(err)})") from None
+    builder = getattr(module, name, None)
+    if builder is None or not callable(builder):
+        raise ModelFileError(f"{path}: has no class or function '{name}' ({where})")
+    try:
+        net = builder()
+    except Exception as err:
+        raise ModelFileError(f"{path}: {name}() failed ({_first_line(err)}); NAME must be callable with "
+                             f"no arguments") from None
+    if not isinstance(net, torch.nn.Module):
+        raise ModelFileError(f"{path}: {name}() returned a {type(net).__name__}, not a torch.nn.Module")
+    return net
+
+
+def read_checkpoint(path):
+    """(state_dict, sha256) of a plain `torch.save(model.state_dict())` file or of this project's
+    raw checkpoint (*_raw.pth), loaded with weights_only=True."""
+    if not os.path.isfile(path):
+        raise ModelFileError(f"{path}: no such checkpoint file")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ModelFileError(f"{path}: not a readable checkpoint; expected torch.save(model.state_dict()) "
+                             f"loadable with weights_only=True ({_first_line(err)})") from None
+    if isinstance(obj, dict) and isinstance(obj.get("header"), dict) and obj["header"].get("kind") == "fpgai-raw":
+        obj = obj.get("state_dict")
+    if (not isinstance(obj, dict) or not obj
+            or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())):
+        raise ModelFileError(f"{path}: not a state_dict (a dict of names to tensors); save it with "
+                             f"torch.save(model.state_dict(), path)")
+    return obj, sha256_file(path)
+
+
+def load_state(net, state, path):
+    """net.load_state_dict(state) (fp16 widened), with one clear line when keys or shapes differ."""
+    own = net.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or shapes:
+        def few(keys):
+            return ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
+        parts = ([f"missing {len(missing)} key(s): {few(missing)}"] if missing else []) + \
+                ([f"{len(unexpected)} unexpected key(s): {few(unexpected)}"] if unexpected else []) + \
+                ([f"shape mismatch: " + ", ".join(f"{k} is {list(state[k].shape)} in the checkpoint, "
+                                                  f"{list(own[k].shape)} in the model" for k in shapes[:3])]
+                 if shapes else [])
+        raise ModelFileError(f"{path}: does not fit the model: {'; '.join(parts)}")
+    net.load_state_dict({k: v.to(own[k].dtype) if v.is_floating_point() else v for k, v in state.items()})
+    return net

@@ -8,6 +8,8 @@
  *   weights_txt  [model.bin] weight.txt: the whole load of --format txt
  *   mnist        [idx3 images] idx1 labels
  *   cifar        a CIFAR-10 binary batch
+ *   npy          [images.npy] labels.npy: the .npy reader (header parser, dtypes, shapes, labels);
+ *                an empty labels part runs the images alone
  * Multi-file inputs are packed: each part but the last is a uint32 little-endian
  * length and that many bytes (clamped to what is left), the last part is the rest.
  * Every part is copied into its own exactly sized heap block, so ASan sees any
@@ -113,7 +115,7 @@ static void touch_dataset(const Dataset *d, size_t image_bytes)
     uint32_t s = 0;
     for (size_t i = 0; i < d->count; i++)
         s += d->pixels[i * d->image_stride] + d->pixels[i * d->image_stride + image_bytes - 1] +
-             d->labels[i * d->label_stride];
+             (uint32_t)dataset_label(d, i);
     g_sink = s;
 }
 #endif
@@ -140,6 +142,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     split(data, size, 2);
 #elif defined(FUZZ_TARGET_cifar)
     split(data, size, 1);
+#elif defined(FUZZ_TARGET_npy)
+    split(data, size, 2);
 #else
 #error "define one FUZZ_TARGET_<name> (see the top of this file)"
 #endif
@@ -165,9 +169,26 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 #elif defined(FUZZ_TARGET_cifar)
         parse_cifar(&g_data, g_part[0], g_part_size[0], "test_batch.bin");
         touch_dataset(&g_data, 3072);
+#elif defined(FUZZ_TARGET_npy)
+        /* the model's input shape: the file's own when it is 4-d with sane sizes (so the labels are
+         * reached), else 1x28x28 (the shape check refuses it) */
+        NpyArray a;
+        int c = 1, h = 28, w = 28;
+        parse_npy(&a, g_part[0], g_part_size[0], "images.npy");
+        if (a.ndim == 4 && a.shape[1] >= 1 && a.shape[1] < 65536 && a.shape[2] >= 1 && a.shape[2] < 65536 &&
+            a.shape[3] >= 1 && a.shape[3] < 65536) {
+            c = (int)a.shape[1];
+            h = (int)a.shape[2];
+            w = (int)a.shape[3];
+        }
+        parse_npy_dataset(&g_data, g_part[0], g_part_size[0], "images.npy", g_part_size[1] ? g_part[1] : NULL,
+                          g_part_size[1], "labels.npy", c, h, w, 10);
+        touch_dataset(&g_data, (size_t)c * (size_t)h * (size_t)w);
 #endif
     }
     fpgai_fuzz_jmp = NULL;
+    free(g_data.npy_labels);            /* allocated only once every check passed */
+    g_data.npy_labels = NULL;
     free_model(&g_model);
     for (int i = 0; i < 3; i++) {
         free(g_part[i]);

@@ -7,6 +7,8 @@
 every model.bin written by the exporter (model/export_format.py), so the seeds follow the
 op table and the format version.
 - 3 MNIST test images with labels, 2 CIFAR-10 test records.
+- .npy images and labels as numpy writes them (format 1.0 and 2.0, labels of several integer
+  dtypes and byte orders, images alone); `--only=npy` writes just these.
 
 Inputs of the multi-file targets are "packed": each part but the last is a uint32
 little-endian length and that many bytes; the last part is the rest (fuzz_loaders.c).
@@ -43,7 +45,35 @@ def write(target, name, data):
         f.write(data)
 
 
+def npy_bytes(array, version=None):
+    import io
+    import numpy as np
+    buf = io.BytesIO()
+    if version is None:
+        np.save(buf, array)
+    else:
+        np.lib.format.write_array(buf, array, version=version)
+    return buf.getvalue()
+
+
+def npy_seeds():
+    import numpy as np
+    shutil.rmtree(os.path.join(OUT, "npy"), ignore_errors=True)
+    rng = np.random.default_rng(0)
+    x1 = rng.integers(0, 256, (3, 1, 6, 6), dtype=np.uint8)
+    x3 = rng.integers(0, 256, (2, 3, 4, 4), dtype=np.uint8)
+    write("npy", "v1_u8_i8", pack(npy_bytes(x1), npy_bytes(np.array([7, 0, 9], dtype=np.int64))))
+    write("npy", "v2_u8_u1", pack(npy_bytes(x3, (2, 0)), npy_bytes(np.array([1, 9], dtype=np.uint8), (2, 0))))
+    write("npy", "v1_be_i4", pack(npy_bytes(x3), npy_bytes(np.array([3, 4], dtype=">i4"))))
+    write("npy", "v1_u2", pack(npy_bytes(x1), npy_bytes(np.array([1, 2, 3], dtype="<u2"))))
+    write("npy", "images_only", pack(npy_bytes(x3), b""))
+    write("npy", "bad_label", pack(npy_bytes(x1), npy_bytes(np.array([1, 2, 10], dtype=np.int16))))
+
+
 def main():
+    if "--only=npy" in sys.argv[1:]:
+        npy_seeds()
+        return
     shutil.rmtree(OUT, ignore_errors=True)
     import torch
     from tests.random_models import random_quantized
@@ -71,6 +101,7 @@ def main():
                                   labels[:4] + struct.pack(">I", n) + labels[8:8 + n]))
     cifar = read(test_files("cifar10", cfg.data_dir, cfg.mirror_dir)[0])
     write("cifar", "test_2", cifar[:2 * 3073])
+    npy_seeds()
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 secs=${1:-8}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT INT TERM
-for t in model weights_bin weights_txt mnist cifar; do
+for t in model weights_bin weights_txt mnist cifar npy; do
     bin="$here/bin/fuzz_$t"
     [ -x "$bin" ] || { echo "smoke: $bin missing (make -C c fuzz)" >&2; exit 1; }
     mkdir -p "$work/$t"

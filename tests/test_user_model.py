@@ -1,0 +1,291 @@
+"""Bring your own model (README "Your own model", "Python API"): a small CNN written and trained
+outside the project, through the stage scripts with --model=FILE.py:NAME and .npz data, then the
+C engine on .npy images; every bad input one `error:` line and exit code 1.
+
+The model is trained here in a few seconds on 6,000 MNIST training images (1x28x28) with mean/std
+normalisation, saved with torch.save(model.state_dict()); calibration and test sets are .npz files.
+"""
+import json
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import config
+from data import datasets
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+C_DIR = os.path.join(ROOT, "c")
+MEAN, STD = 0.1307, 0.3081
+
+USER_NET = '''
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class MyNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 16, 3, padding=1)
+        self.pool = nn.MaxPool2d(2)
+        self.fc = nn.Linear(16 * 7 * 7, 10)
+
+    def forward(self, x):
+        x = self.pool(F.relu(self.conv1(x)))
+        x = self.pool(F.relu(self.conv2(x)))
+        x = x.view(x.size(0), -1)
+        return self.fc(x)
+
+
+def make_net():
+    return MyNet()
+
+
+def not_a_module():
+    return 42
+'''
+
+
+def run(script, *args, cwd=ROOT):
+    return subprocess.run([sys.executable, os.path.join(ROOT, script), *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=600)
+
+
+def one_error_line(proc):
+    """exit code 1 and one line on stderr, an `error:` line (config errors: `config error:`)"""
+    lines = proc.stderr.strip().splitlines()
+    return proc.returncode == 1 and len(lines) == 1 and "error:" in lines[0]
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """my_net.py, its trained checkpoint, calib.npz, test.npz, x.npy / y.npy, in a temp folder."""
+    tmp = tmp_path_factory.mktemp("user")
+    (tmp / "my_net.py").write_text(USER_NET)
+    sys.path.insert(0, str(tmp))
+    try:
+        import my_net
+    finally:
+        sys.path.remove(str(tmp))
+    mirror = config.MIRROR_DIR if os.path.isabs(config.MIRROR_DIR) else os.path.join(ROOT, config.MIRROR_DIR)
+    train_x, train_y = datasets.load("mnist", "train", os.path.join(ROOT, "data"), mirror)
+    test_x, test_y = datasets.load("mnist", "test", os.path.join(ROOT, "data"), mirror)
+    train_x, train_y = train_x[:6000], train_y[:6000]
+    torch.manual_seed(0)
+    net = my_net.MyNet()
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    gen = torch.Generator().manual_seed(0)
+    for step in range(400):                        # "outside the project": plain PyTorch
+        idx = torch.randint(0, len(train_x), (64,), generator=gen)
+        x = (train_x[idx].float() / 255.0 - MEAN) / STD
+        loss = torch.nn.functional.cross_entropy(net(x), train_y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    torch.save(net.state_dict(), tmp / "my_net.pth")
+    np.savez(tmp / "calib.npz", x=train_x[:500].numpy(), y=train_y[:500].numpy())
+    np.savez(tmp / "test.npz", x=test_x[:2000].numpy(), y=test_y[:2000].numpy())
+    np.save(tmp / "x.npy", test_x[:2000].numpy())
+    np.save(tmp / "y.npy", test_y[:2000].numpy().astype(np.int32))
+    return tmp
+
+
+def user_args(tmp, name="MyNet"):
+    return [f"--model={tmp / 'my_net.py'}:{name}", f"--quant_dir={tmp / 'q'}"]
+
+
+@pytest.fixture(scope="module")
+def quantized(project):
+    tmp = project
+    proc = run("quant_model.py", *user_args(tmp), f"--checkpoint={tmp / 'my_net.pth'}", "--input_shape=1x28x28",
+               f"--input_mean={MEAN}", f"--input_std={STD}", f"--calib_data={tmp / 'calib.npz'}")
+    assert proc.returncode == 0, proc.stderr
+    assert os.path.isfile(tmp / "q" / "MyNet_quant.tuple")
+    return tmp
+
+
+def test_stages_and_c_engine_bit_exact(quantized):
+    tmp = quantized
+    report = tmp / "report.json"
+    # test_model.py needs no --checkpoint / --input_*: they are in the tuple
+    proc = run("test_model.py", *user_args(tmp), f"--test_data={tmp / 'test.npz'}", "--test_batch=250", f"--json={report}")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(report.read_text())
+    assert result["model"] == "MyNet" and result["dataset"] == "custom" and result["images"] == 2000
+    assert result["identical_logits"] == {"quant_vs_np_quant": 1.0, "np_quant_vs_c_int8": 1.0}
+    acc = result["accuracy"]
+    assert acc["raw"] >= 0.9, acc
+    assert abs(acc["np_quant"] - acc["raw"]) <= 0.005, acc          # INT8 within 0.5 point of float
+    assert acc["np_quant"] == acc["quant"] == acc["c_int8"]
+
+    proc = run("export_quant_model.py", *user_args(tmp), f"--export_dir={tmp / 'e'}")
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(os.listdir(tmp / "e")) == sorted(f"MyNet_{k}" for k in
+                                                   ("weight.txt", "weight.bin", "bias.bin", "quant.txt", "model.bin"))
+
+    from model import api
+    state, quant_list = torch.load(tmp / "q" / "MyNet_quant.tuple", weights_only=True)
+    head = quant_list[0]
+    assert head["dataset"] == "custom" and head["input_shape"] == [1, 28, 28]
+    assert head["input_mean"] == [MEAN] and head["input_std"] == [STD] and head["checkpoint_sha256"]
+    assert quant_list[1]["op"] == "conv" and quant_list[1]["groups"] == 1   # the normalisation, a 1x1 depthwise conv
+    x = np.load(tmp / "x.npy")[:500]
+    want = api.run_integer(state, quant_list, x, engine="numpy")
+    assert (api.run_integer(state, quant_list, x, engine="torch") == want).all()
+
+    assert subprocess.run(["make", "-s", "-C", C_DIR, "inference", "asan"], capture_output=True).returncode == 0
+    for binary, fmt in (("inference", "bin"), ("inference", "txt"), ("inference_asan", "bin")):
+        logits = tmp / f"logits_{binary}_{fmt}.txt"
+        proc = subprocess.run([os.path.join(C_DIR, binary), "--dir", str(tmp / "e"), "--model", "MyNet",
+                               "--format", fmt, "--images", str(tmp / "x.npy"), "--labels", str(tmp / "y.npy"),
+                               "--limit", "500", "--logits", str(logits)], capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+        assert "result: images=500 correct=" in proc.stdout
+        assert (np.loadtxt(logits, delimiter=",", dtype=np.int64) == want).all()
+    # without labels: no accuracy, the logits still written
+    logits = tmp / "logits_nolabels.txt"
+    proc = subprocess.run([os.path.join(C_DIR, "inference"), "--dir", str(tmp / "e"), "--model", "MyNet",
+                           "--images", str(tmp / "x.npy"), "--limit", "500", "--logits", str(logits)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "accuracy: n/a" in proc.stdout and re.search(r"result: images=500 seconds=", proc.stdout)
+    assert (np.loadtxt(logits, delimiter=",", dtype=np.int64) == want).all()
+
+
+def test_stored_settings_must_agree(quantized):
+    tmp = quantized
+    proc = run("export_quant_model.py", *user_args(tmp), "--input_mean=0.5", "--input_std=0.5",
+               f"--export_dir={tmp / 'e2'}")
+    assert one_error_line(proc) and "stale" in proc.stderr
+    proc = run("export_quant_model.py", *user_args(tmp), "--weight_mode=per_tensor", f"--export_dir={tmp / 'e2'}")
+    assert one_error_line(proc) and "stale" in proc.stderr
+    proc = run("test_model.py", *user_args(tmp))
+    assert one_error_line(proc) and "--test_data" in proc.stderr
+
+
+@pytest.mark.parametrize("case", ["no_file", "no_name", "not_module", "syntax", "no_checkpoint", "bad_checkpoint",
+                                  "wrong_keys", "wrong_shape", "no_calib", "calib_shape"])
+def test_bad_inputs_one_error_line(project, case, tmp_path):
+    tmp = project
+    ckpt, calib = tmp / "my_net.pth", tmp / "calib.npz"
+    model = f"{tmp / 'my_net.py'}:MyNet"
+    if case == "no_file":
+        model = f"{tmp / 'nothere.py'}:MyNet"
+    elif case == "no_name":
+        model = f"{tmp / 'my_net.py'}:Nope"
+    elif case == "not_module":
+        model = f"{tmp / 'my_net.py'}:not_a_module"
+    elif case == "syntax":
+        model = f"{tmp / 'my_net.py'}"                # FILE.py without :NAME
+    elif case == "bad_checkpoint":
+        ckpt = tmp_path / "junk.pth"
+        ckpt.write_bytes(b"not a checkpoint at all")
+    elif case == "wrong_keys":
+        ckpt = tmp_path / "other.pth"
+        torch.save(torch.nn.Linear(3, 2).state_dict(), ckpt)
+    elif case == "wrong_shape":
+        ckpt = tmp_path / "shape.pth"
+        state = torch.load(tmp / "my_net.pth", weights_only=True)
+        state["fc.weight"] = torch.zeros(10, 100)
+        torch.save(state, ckpt)
+    elif case == "calib_shape":
+        calib = tmp_path / "rgb.npz"
+        np.savez(calib, x=np.zeros((4, 3, 28, 28), np.uint8), y=np.zeros(4, np.int64))
+    args = [f"--model={model}", f"--quant_dir={tmp_path}", "--input_shape=1x28x28"]
+    if case != "no_checkpoint":
+        args.append(f"--checkpoint={ckpt}")
+    if case != "no_calib":
+        args.append(f"--calib_data={calib}")
+    proc = run("quant_model.py", *args)
+    assert one_error_line(proc), (proc.returncode, proc.stderr)
+    assert os.listdir(tmp_path) in ([], ["junk.pth"], ["other.pth"], ["shape.pth"], ["rgb.npz"])
+    if case in ("wrong_keys", "wrong_shape"):
+        assert "does not fit the model" in proc.stderr
+
+
+def test_user_module_function_and_class():
+    import model as models
+    from model.fileio import ModelFileError
+    path = os.path.join(ROOT, "tests", "_user_net_tmp.py")
+    with open(path, "w") as f:
+        f.write(USER_NET)
+    try:
+        assert type(models.load_user_module(path, "make_net")).__name__ == "MyNet"
+        assert type(models.load_user_module(path, "MyNet")).__name__ == "MyNet"
+        with pytest.raises(ModelFileError, match="returned a int, not a torch.nn.Module"):
+            models.load_user_module(path, "not_a_module")
+    finally:
+        os.remove(path)
+
+
+def _c_error(tmp, *args):
+    return subprocess.run([os.path.join(C_DIR, "inference_asan"), "--dir", str(tmp / "e"), "--model", "MyNet", *args],
+                          capture_output=True, text=True)
+
+
+def test_c_engine_bad_npy_one_error_line(quantized, tmp_path):
+    tmp = quantized
+    if not os.path.isfile(tmp / "e" / "MyNet_model.bin"):
+        assert run("export_quant_model.py", *user_args(tmp), f"--export_dir={tmp / 'e'}").returncode == 0
+    assert subprocess.run(["make", "-s", "-C", C_DIR, "asan"], capture_output=True).returncode == 0
+    good = (tmp / "x.npy").read_bytes()
+    cases = {
+        "rgb.npy": None,                                          # 3x28x28 images for a 1x28x28 model
+        "truncated.npy": good[:1000],
+        "magic.npy": b"\x93NUMPX" + good[6:],
+        "version.npy": good[:6] + b"\x03\x00" + good[8:],
+        "fortran.npy": good.replace(b"'fortran_order': False", b"'fortran_order': True ", 1),
+        "descr.npy": good.replace(b"'|u1'", b"'<f4'", 1),
+        "key.npy": good.replace(b"'shape'", b"'shapf'", 1),
+        "header.npy": good.replace(b"{", b"[", 1),
+        "long.npy": good + b"\0",
+    }
+    np.save(tmp_path / "rgb.npy", np.zeros((2, 3, 28, 28), np.uint8))
+    for name, data in cases.items():
+        if data is not None:
+            (tmp_path / name).write_bytes(data)
+        proc = _c_error(tmp, "--images", str(tmp_path / name))
+        assert one_error_line(proc) and name in proc.stderr, (name, proc.stderr)
+    assert "the model takes 1x28x28" in _c_error(tmp, "--images", str(tmp_path / "rgb.npy")).stderr
+    np.save(tmp_path / "y_bad.npy", np.full(2000, 10, np.int64))             # label beyond the 10 outputs
+    np.save(tmp_path / "y_short.npy", np.zeros(5, np.int64))
+    np.save(tmp_path / "y_float.npy", np.zeros(2000, np.float32))
+    for name in ("y_bad.npy", "y_short.npy", "y_float.npy"):
+        proc = _c_error(tmp, "--images", str(tmp / "x.npy"), "--labels", str(tmp_path / name))
+        assert one_error_line(proc) and name in proc.stderr, (name, proc.stderr)
+    proc = _c_error(tmp)                                      # dataset custom: --images required
+    assert one_error_line(proc) and "--images" in proc.stderr
+
+
+def test_npy_fuzz_target(tmp_path):
+    """The libFuzzer target of the .npy reader, on its seeds, under ASan/UBSan (skips without clang)."""
+    proc = subprocess.run(["sh", os.path.join(C_DIR, "fuzz", "install-clang.sh")], capture_output=True, text=True,
+                          timeout=900)
+    if proc.returncode != 0:
+        pytest.skip("clang with libFuzzer is not available")
+    proc = subprocess.run(["make", "-s", "-C", C_DIR, "fuzz/bin/fuzz_npy"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    proc = subprocess.run([os.path.join(C_DIR, "fuzz", "bin", "fuzz_npy"), "-max_total_time=5", "-runs=500000",
+                           "-rss_limit_mb=2048", "-malloc_limit_mb=1024", f"-artifact_prefix={tmp_path}/",
+                           str(tmp_path), os.path.join(C_DIR, "fuzz", "corpus", "npy")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+
+README_API = re.compile(r"## Python API\n.*?```python\n(.*?)```", re.S)
+
+
+def test_readme_python_api_example(tmp_path):
+    """The README's "Python API" example, run as written (in a temporary folder)."""
+    code = README_API.search(open(os.path.join(ROOT, "README.md")).read()).group(1)
+    assert len(code.strip().splitlines()) <= 14
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": ROOT})
+    assert proc.returncode == 0, proc.stderr
+    assert os.path.isfile(tmp_path / "export_model" / "MyNet_model.bin")
