@@ -211,10 +211,14 @@ class Normalised(nn.Module):
             x = 2.0 * x - 1.0
         elif s == "reversed":
             x = (1.0 - x) / self.std[:, None, None]
+        elif s == "torch_functions":
+            x = torch.div(torch.sub(x, self.mean), self.std.reshape(1, 3, 1, 1))
+        elif s == "in_place":
+            x = x.sub_(self.mean)
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(torch.relu(self.bn(self.conv(x))), 1), 1))
 
 
-SPELLINGS = ["buffers", "floats", "mul_add", "methods", "scale_shift", "reversed"]
+SPELLINGS = ["buffers", "floats", "mul_add", "methods", "scale_shift", "reversed", "torch_functions"]
 
 
 @pytest.mark.parametrize("spelling", SPELLINGS)
@@ -245,6 +249,11 @@ def test_constant_arithmetic_elsewhere_is_refused():
     assert "constant arithmetic" in msg and "'mul'" in msg and "input" in msg
     msg = refusal(Fn(lambda m, x: m.fc((x - m.conv.bias.view(1, -1, 1, 1)).mean((2, 3)))))
     assert "constant arithmetic" in msg
+
+
+def test_in_place_normalisation_is_refused():
+    msg = refusal(Normalised("in_place"))
+    assert "in-place" in msg and "sub_" in msg
 
 
 def test_a_normalisation_constant_that_is_not_per_channel_is_refused():
