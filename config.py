@@ -201,6 +201,10 @@ def load(argv=None, extra=None):
         cfg[key] = _parse_value(key, text, cfg[key])
         i += 1
     validate(cfg)
+    main = os.path.basename(getattr(sys.modules.get("__main__"), "__file__", "") or "")
+    if main == "train_model.py" and user_model(cfg["MODEL"]):
+        raise ConfigError(f"--model={cfg['MODEL']}: train_model.py trains the built-in models only; train yours "
+                          f"your way, torch.save(model.state_dict(), FILE) and pass --checkpoint=FILE to quant_model.py")
     return types.SimpleNamespace(**{k.lower(): v for k, v in cfg.items()})
 
 

@@ -2,7 +2,8 @@
 outside the project, through the stage scripts with --model=FILE.py:NAME and .npz data, then the
 C engine on .npy images; every bad input one `error:` line and exit code 1.
 
-The model is trained here in a few seconds on 6,000 MNIST training images (1x28x28) with mean/std
+The model (Conv-ReLU branches joined by torch.cat, MaxPool, Conv-LeakyReLU, x.view(x.size(0), -1),
+Linear) is trained here in a few seconds on 6,000 MNIST training images (1x28x28) with mean/std
 normalisation, saved with torch.save(model.state_dict()); calibration and test sets are .npz files.
 """
 import json
@@ -29,16 +30,20 @@ from torch import nn
 
 
 class MyNet(nn.Module):
+    """The issue's acceptance model: torch.cat, LeakyReLU, view-flatten (normalised outside forward)."""
+
     def __init__(self):
         super().__init__()
-        self.conv1 = nn.Conv2d(1, 8, 3, padding=1)
-        self.conv2 = nn.Conv2d(8, 16, 3, padding=1)
+        self.conv3 = nn.Conv2d(1, 8, 3, padding=1)
+        self.conv1 = nn.Conv2d(1, 4, 1)
+        self.conv2 = nn.Conv2d(12, 16, 3, padding=1)
         self.pool = nn.MaxPool2d(2)
         self.fc = nn.Linear(16 * 7 * 7, 10)
 
     def forward(self, x):
-        x = self.pool(F.relu(self.conv1(x)))
-        x = self.pool(F.relu(self.conv2(x)))
+        x = torch.cat([F.relu(self.conv3(x)), F.relu(self.conv1(x))], 1)
+        x = self.pool(x)
+        x = self.pool(F.leaky_relu(self.conv2(x), 0.1))
         x = x.view(x.size(0), -1)
         return self.fc(x)
 
@@ -58,8 +63,9 @@ def run(script, *args, cwd=ROOT):
 
 
 def one_error_line(proc):
-    """exit code 1 and one line on stderr, an `error:` line (config errors: `config error:`)"""
-    lines = proc.stderr.strip().splitlines()
+    """exit code 1 and one line on stderr, an `error:` line (config errors: `config error:`); the
+    calibration's progress bar (tqdm, erased on a terminal) is not a line"""
+    lines = [ln for ln in re.split(r"[\r\n]", proc.stderr) if ln.strip() and not ln.startswith("calibrating:")]
     return proc.returncode == 1 and len(lines) == 1 and "error:" in lines[0]
 
 
@@ -148,6 +154,19 @@ def test_stages_and_c_engine_bit_exact(quantized):
         assert proc.returncode == 0, proc.stderr
         assert "result: images=500 correct=" in proc.stdout
         assert (np.loadtxt(logits, delimiter=",", dtype=np.int64) == want).all()
+    # per-tensor uint8 weights, through the Python API on the same trained model: three engines agree
+    sys.path.insert(0, str(tmp))
+    try:
+        import my_net
+    finally:
+        sys.path.remove(str(tmp))
+    net = my_net.MyNet()
+    net.load_state_dict(torch.load(tmp / "my_net.pth", weights_only=True))
+    calib = np.load(tmp / "calib.npz")["x"]
+    s2, q2 = api.quantize(net, calib, weight_mode="per_tensor", input_mean=[MEAN], input_std=[STD], name="MyNetPT")
+    got = {e: api.run_integer(s2, q2, x[:200], engine=e) for e in ("numpy", "torch", "c")}
+    assert (got["numpy"] == got["torch"]).all() and (got["numpy"] == got["c"]).all()
+    assert (got["c"].argmax(1) == api.run_float(net, x[:200], [MEAN], [STD]).argmax(1)).mean() >= 0.97
     # without labels: no accuracy, the logits still written
     logits = tmp / "logits_nolabels.txt"
     proc = subprocess.run([os.path.join(C_DIR, "inference"), "--dir", str(tmp / "e"), "--model", "MyNet",
@@ -170,7 +189,7 @@ def test_stored_settings_must_agree(quantized):
 
 
 @pytest.mark.parametrize("case", ["no_file", "no_name", "not_module", "syntax", "no_checkpoint", "bad_checkpoint",
-                                  "wrong_keys", "wrong_shape", "no_calib", "calib_shape"])
+                                  "wrong_keys", "wrong_shape", "no_calib", "calib_shape", "model_fails"])
 def test_bad_inputs_one_error_line(project, case, tmp_path):
     tmp = project
     ckpt, calib = tmp / "my_net.pth", tmp / "calib.npz"
@@ -193,11 +212,13 @@ def test_bad_inputs_one_error_line(project, case, tmp_path):
         ckpt = tmp_path / "shape.pth"
         state = torch.load(tmp / "my_net.pth", weights_only=True)
         state["fc.weight"] = torch.zeros(10, 100)
+        state.pop("conv1.bias")
         torch.save(state, ckpt)
-    elif case == "calib_shape":
+    elif case in ("calib_shape", "model_fails"):
         calib = tmp_path / "rgb.npz"
         np.savez(calib, x=np.zeros((4, 3, 28, 28), np.uint8), y=np.zeros(4, np.int64))
-    args = [f"--model={model}", f"--quant_dir={tmp_path}", "--input_shape=1x28x28"]
+    shape = "3x28x28" if case == "model_fails" else "1x28x28"       # the model itself takes 1 channel
+    args = [f"--model={model}", f"--quant_dir={tmp_path}", f"--input_shape={shape}"]
     if case != "no_checkpoint":
         args.append(f"--checkpoint={ckpt}")
     if case != "no_calib":
@@ -207,6 +228,38 @@ def test_bad_inputs_one_error_line(project, case, tmp_path):
     assert os.listdir(tmp_path) in ([], ["junk.pth"], ["other.pth"], ["shape.pth"], ["rgb.npz"])
     if case in ("wrong_keys", "wrong_shape"):
         assert "does not fit the model" in proc.stderr
+    if case == "wrong_shape":
+        assert "missing 1 key(s): conv1.bias" in proc.stderr and "fc.weight is [10, 100]" in proc.stderr
+    if case == "model_fails":
+        assert "the float model failed on the 3x28x28 calibration images" in proc.stderr
+
+
+def test_npz_and_image_folder(tmp_path):
+    """--calib_data / --test_data: a .npz (x uint8 NxCxHxW, y labels) or an ImageFolder directory,
+    resized to the input shape, grayscale or RGB."""
+    from PIL import Image
+    for k, cls in enumerate(("cat", "dog")):
+        (tmp_path / "folder" / cls).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (12 + i, 10), (40 * k + i, 100, 200)).save(tmp_path / "folder" / cls / f"{i}.png")
+    x, y = datasets.load_images(str(tmp_path / "folder"), [3, 8, 6])
+    assert x.dtype == torch.uint8 and list(x.shape) == [6, 3, 8, 6] and y.tolist() == [0, 0, 0, 1, 1, 1]
+    assert x[4, :, 0, 0].tolist() == [41, 100, 200]                 # CHW, RGB order
+    x, _ = datasets.load_images(str(tmp_path / "folder"), [1, 5, 5])
+    assert list(x.shape) == [6, 1, 5, 5]
+    with pytest.raises(datasets.DatasetError, match="needs --input_shape"):
+        datasets.load_images(str(tmp_path / "folder"), None)
+    np.savez(tmp_path / "d.npz", x=np.zeros((2, 1, 4, 4), np.uint8), y=np.array([1, 0], np.uint8))
+    x, y = datasets.load_images(str(tmp_path / "d.npz"), None)
+    assert list(x.shape) == [2, 1, 4, 4] and y.dtype == torch.int64 and y.tolist() == [1, 0]
+    np.savez(tmp_path / "nolabels.npz", x=np.zeros((2, 1, 4, 4), np.uint8))
+    assert datasets.load_images(str(tmp_path / "nolabels.npz"), None, need_labels=False)[1] is None
+    for bad, message in (({"x": np.zeros((2, 1, 4, 4), np.float32)}, "expected uint8"),
+                         ({"y": np.zeros(2, np.int64)}, "no array 'x'"),
+                         ({"x": np.zeros((2, 1, 4, 4), np.uint8), "y": np.zeros(3, np.int64)}, "2 integer labels")):
+        np.savez(tmp_path / "bad.npz", **bad)
+        with pytest.raises(datasets.DatasetError, match=message):
+            datasets.load_images(str(tmp_path / "bad.npz"), None)
 
 
 def test_user_module_function_and_class():
