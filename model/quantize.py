@@ -346,7 +346,7 @@ def build_integer_graph(model, calib_images, cfg, dataset, raw_header, progress=
             raise QuantizeError(f"{cfg.model}: unsupported constant arithmetic {_describe(gm, node)} at node "
                                 f"'{node.name}'; a constant is folded only in a normalisation directly on the "
                                 f"input ((x - mean) / std, x * 2 - 1); elsewhere fold it into the layer before "
-                                f"(arithmetic of two tensors: add, and mul where the mul kind exists)")
+                                f"(ops of two tensors: {', '.join(k for k in ('add', 'mul') if k in ops.KINDS)})")
         role = _role(gm, node)
         if role == "alias":
             if observer.batch.get(node.name) != batch:
