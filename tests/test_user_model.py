@@ -325,6 +325,7 @@ def test_npy_fuzz_target(tmp_path):
     proc = subprocess.run(["make", "-s", "-C", C_DIR, "fuzz/bin/fuzz_npy"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     proc = subprocess.run([os.path.join(C_DIR, "fuzz", "bin", "fuzz_npy"), "-max_total_time=5", "-runs=500000",
+                           "-dict=" + os.path.join(C_DIR, "fuzz", "npy.dict"),
                            "-rss_limit_mb=2048", "-malloc_limit_mb=1024", f"-artifact_prefix={tmp_path}/",
                            str(tmp_path), os.path.join(C_DIR, "fuzz", "corpus", "npy")],
                           capture_output=True, text=True, timeout=300)

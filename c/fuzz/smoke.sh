@@ -15,6 +15,7 @@ for t in model weights_bin weights_txt mnist cifar npy; do
     case $t in
         model|weights_bin) dict="-dict=$here/model.dict" ;;
         weights_txt) dict="-dict=$here/weights_txt.dict" ;;
+        npy) dict="-dict=$here/npy.dict" ;;
     esac
     dirs="$here/corpus/$t"
     [ -d "$here/regressions/$t" ] && dirs="$dirs $here/regressions/$t"
