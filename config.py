@@ -160,6 +160,8 @@ def check_input_settings(shape_text, mean_text, std_text):
 def validate(cfg):
     for key, choices in CHOICES.items():
         if key == "MODEL" and user_model(cfg[key]):
+            if len(user_model(cfg[key])[1].encode()) > 31:
+                raise ConfigError(f"--model={cfg[key]}: NAME names the files and model.bin holds at most 31 bytes of it")
             continue
         if key == "MODEL" and ".py" in cfg[key]:
             raise ConfigError(f"--model={cfg[key]}: expected FILE.py:NAME, NAME a class or function in FILE.py "

@@ -29,6 +29,23 @@ def test_help_lists_every_option(script):
     assert proc.returncode == 0 and proc.stderr == ""
     assert proc.stdout.startswith("Stage ") and "--model=lenet  [lenet, resnet18" in proc.stdout
     assert "--weight_mode=per_channel  [per_channel, per_tensor]" in proc.stdout
+    assert "vgg19] or FILE.py:NAME" in proc.stdout
+    for option in ("--checkpoint=", "--input_shape=", "--input_mean=", "--input_std=", "--calib_data=", "--test_data="):
+        assert option in proc.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model=net.py"], "expected FILE.py:NAME"),
+    (["--model=net.py:" + "N" * 32], "at most 31 bytes"),
+    (["--input_shape=3x32"], "expected CxHxW"),
+    (["--input_mean=0.5"], "--input_mean and --input_std go together"),
+    (["--input_mean=0.5,0.5", "--input_std=0.2,0"], "every std must be positive"),
+    (["--input_mean=a,b", "--input_std=1,1"], "expected comma-separated numbers"),
+    (["--input_shape=3x32x32", "--input_mean=0.5,0.5", "--input_std=1,1"], "2 values for 3 input channels"),
+])
+def test_bad_user_model_options(args, message):
+    proc = run("quant_model.py", *args)
+    assert proc.returncode == 1 and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize("args, message", [
