@@ -61,6 +61,7 @@ typedef struct {
 
     /* parameters: the ones of its kind (KINDS[kind].params), the others 0 */
     int32_t kh, kw, stride_h, stride_w, pad_h, pad_w, groups;
+    int32_t ceil_mode;              /* maxpool: the output size rounds up (PyTorch's ceil_mode) */
     int32_t w_zero_point, w_offset, b_offset;
 
     /* the requantization block */

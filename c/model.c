@@ -222,11 +222,16 @@ static const char *kind_name(const Op *op)
 }
 
 /* Output size of a window op along one axis: (in + 2 pad - k) / stride + 1, or -1. */
-static int64_t window_out(int32_t in, int32_t k, int32_t stride, int32_t pad)
+static int64_t window_out(int32_t in, int32_t k, int32_t stride, int32_t pad, int ceil_mode)
 {
     if ((int64_t)in + 2 * (int64_t)pad < k)
         return -1;
-    return ((int64_t)in + 2 * (int64_t)pad - k) / stride + 1;
+    int64_t out = ((int64_t)in + 2 * (int64_t)pad - k + (ceil_mode ? stride - 1 : 0)) / stride + 1;
+    /* PyTorch's rule: a last window may reach past the padded input, never start past the
+     * input and its left padding, so every window still holds a real element */
+    if (ceil_mode && (out - 1) * stride >= (int64_t)in + pad)
+        out--;
+    return out;
 }
 
 /* Largest |x - z| of a tensor: every op clamps its output to [qmin, qmax] (maxpool copies its
@@ -260,12 +265,13 @@ static void check_window(const Model *m, int i)
         fail("%s: op %d (%s): pad_h %d is not below kernel_h %d", m->path, i, kind_name(op), op->pad_h, op->kh);
     if (op->pad_w >= op->kw)
         fail("%s: op %d (%s): pad_w %d is not below kernel_w %d", m->path, i, kind_name(op), op->pad_w, op->kw);
-    int64_t oh = window_out(x->h, op->kh, op->stride_h, op->pad_h);
-    int64_t ow = window_out(x->w, op->kw, op->stride_w, op->pad_w);
+    int64_t oh = window_out(x->h, op->kh, op->stride_h, op->pad_h, op->ceil_mode);
+    int64_t ow = window_out(x->w, op->kw, op->stride_w, op->pad_w, op->ceil_mode);
     if (oh != op->h || ow != op->w)
         fail("%s: op %d (%s): output %dx%d, but a %dx%d input with kernel %dx%d, stride %dx%d, "
-             "padding %dx%d gives %lldx%lld", m->path, i, kind_name(op), op->h, op->w, x->h, x->w, op->kh,
-             op->kw, op->stride_h, op->stride_w, op->pad_h, op->pad_w, (long long)oh, (long long)ow);
+             "padding %dx%d%s gives %lldx%lld", m->path, i, kind_name(op), op->h, op->w, x->h, x->w, op->kh,
+             op->kw, op->stride_h, op->stride_w, op->pad_h, op->pad_w, op->ceil_mode ? ", ceil_mode" : "",
+             (long long)oh, (long long)ow);
 }
 
 static void check_same_channels(const Model *m, int i)
@@ -432,8 +438,8 @@ const KindSpec KINDS[OP_KIND_COUNT] = {
                  {WINDOW, PADDING, PARAM(groups, "groups", 1, MAX_DIM), WEIGHTS, {NULL, 0, 0, 0}},
                  RQ_C, RQ_C, RQ_NONE, validate_conv},
     [OP_LINEAR] = {"linear", OP_LINEAR, 1, 1, 1, {WEIGHTS, {NULL, 0, 0, 0}}, RQ_C, RQ_C, RQ_NONE, validate_linear},
-    [OP_MAXPOOL] = {"maxpool", OP_MAXPOOL, 1, 1, 0, {WINDOW, PADDING, {NULL, 0, 0, 0}}, RQ_NONE, RQ_NONE,
-                    RQ_NONE, validate_maxpool},
+    [OP_MAXPOOL] = {"maxpool", OP_MAXPOOL, 1, 1, 0, {WINDOW, PADDING, PARAM(ceil_mode, "ceil_mode", 0, 1),
+                                                         {NULL, 0, 0, 0}}, RQ_NONE, RQ_NONE, RQ_NONE, validate_maxpool},
     [OP_AVGPOOL] = {"avgpool", OP_AVGPOOL, 1, 1, 0, {WINDOW, {NULL, 0, 0, 0}}, RQ_ONE, RQ_ONE, RQ_NONE,
                      validate_avgpool},
     [OP_ADD] = {"add", OP_ADD, 2, 2, 0, {{NULL, 0, 0, 0}}, RQ_TWO, RQ_ONE, RQ_NONE, validate_add},

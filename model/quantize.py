@@ -15,7 +15,6 @@ The integer graph is the tuple `(state_dict, quant_list)`:
 Each kind's matching and quantization lives in model/ops/KIND.py; this file walks the
 graph, calibrates, and hands every node to its kind.
 """
-import copy
 import hashlib
 import json
 
@@ -28,7 +27,6 @@ from torch.fx.experimental.optimization import fuse as fold_bn
 from model import graph_passes, ops, qmath
 from model.fileio import FORMAT_VERSIONS
 from model.ops.base import QuantizeError
-from model.ops.base import pair as qpair
 from model.ops.input import INPUT_SCALE
 from model.ops.weighted import ACC_LIMIT, BIAS_LIMIT, accumulator_bound, quantize_weight, weight_sqnr_db
 
@@ -128,24 +126,6 @@ def _single_cat(node):
 
 def _alias_source(node):
     return node.args[0][0] if _single_cat(node) else next(a for a in node.args if isinstance(a, fx.Node))
-
-
-def _floor_mode_twin(b, node, mod):
-    """A ceil_mode=True MaxPool2d whose output size is the floor-mode one (no extra window at the
-    end: e.g. every SqueezeNet pool at 32x32 and 64x64) is that very pool with ceil_mode=False."""
-    if not isinstance(mod, nn.MaxPool2d) or not mod.ceil_mode:
-        return mod
-    size_in, size_out = b.ops[b.src(node)]["shape"][1:], b.shape_of(node)[1:]
-    k, s, p, d = (qpair(v) for v in (mod.kernel_size, mod.stride or mod.kernel_size, mod.padding, mod.dilation))
-    floor = [(size_in[i] + 2 * p[i] - d[i] * (k[i] - 1) - 1) // s[i] + 1 for i in range(2)]
-    if floor != size_out:
-        raise QuantizeError(f"{b.cfg.model}: maxpool '{node.name}': ceil_mode=True adds a partial window at the end "
-                            f"({'x'.join(map(str, size_in))} -> {'x'.join(map(str, size_out))} instead of "
-                            f"{'x'.join(map(str, floor))}), which model.bin's symmetric maxpool padding cannot "
-                            f"express; supported: ceil_mode=False, or ceil_mode where it changes nothing")
-    twin = copy.copy(mod)
-    twin.ceil_mode = False
-    return twin
 
 
 def _short(value):
@@ -371,7 +351,7 @@ def build_integer_graph(model, calib_images, cfg, dataset, raw_header, progress=
                                     f"{'x'.join(map(str, b.ops[b.where[a]]['shape']))} to "
                                     f"{'x'.join(map(str, b.shape_of(a)))}; a reshape that changes C,H,W may only "
                                     f"feed a linear layer (flatten before nn.Linear)")
-        kind.quantize(b, node, _floor_mode_twin(b, node, mod))
+        kind.quantize(b, node, mod)
 
     b.ops[0].update(kind="fpgai-quant", version=FORMAT_VERSIONS["fpgai-quant"], model=cfg.model, dataset=dataset,
                     fingerprint=settings_fingerprint(cfg, raw_header), weight_mode=cfg.weight_mode,

@@ -391,7 +391,7 @@ def pool_graph(kernel, padding, stride=1):
     state, quant, images = random_quantized("conv_pool", "per_channel", seed=3)
     oh = (28 + 2 * padding - kernel) // stride + 1
     pool = {"op": "maxpool", "name": "pool", "inputs": [0], "shape": [1, max(oh, 1), max(oh, 1)],
-            "kernel": [kernel, kernel], "stride": [stride, stride], "padding": [padding, padding],
+            "kernel": [kernel, kernel], "stride": [stride, stride], "padding": [padding, padding], "ceil_mode": 0,
             **{k: quant[0][k] for k in ("scale", "zero_point", "qmin", "qmax")}}
     return {}, [quant[0], pool], images
 

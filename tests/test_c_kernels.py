@@ -82,15 +82,16 @@ class MobileNetish(nn.Module):
 
 
 class TinyMnist(nn.Module):
-    """MNIST-shaped: single-channel input, 5x5 kernels, odd channel counts."""
+    """MNIST-shaped: single-channel input, 5x5 kernels, odd channel counts, a ceil_mode max pool
+    whose last windows reach past the padded input."""
 
     def __init__(self):
         super().__init__()
         self.c1 = cbr(1, 7, 5, padding=2)
         self.pool = nn.MaxPool2d(2)
         self.c2 = cbr(7, 17, 5)                                                 # 10x10
-        self.pool2 = nn.MaxPool2d(3, stride=2, padding=1)                       # 5x5
-        self.fc = nn.Linear(17 * 5 * 5, 10)
+        self.pool2 = nn.MaxPool2d(3, stride=2, padding=1, ceil_mode=True)       # 6x6 (5x5 without ceil_mode)
+        self.fc = nn.Linear(17 * 6 * 6, 10)
 
     def forward(self, x):
         return self.fc(torch.flatten(self.pool2(self.c2(self.pool(self.c1(x)))), 1))
@@ -112,7 +113,7 @@ def binaries():
 CASES = [("awkward", "per_channel", 16), ("awkward", "per_tensor", 32), ("mobilenetish", "per_channel", 8),
          ("mobilenetish", "per_tensor", 16), ("tiny_mnist", "per_tensor", 16), ("tiny_mnist", "per_channel", 32),
          ("conv_pool", "per_tensor", 16), ("residual", "per_channel", 32), ("activations", "per_channel", 16),
-         ("activations", "per_tensor", 32)]
+         ("activations", "per_tensor", 32), ("data_movement", "per_channel", 16), ("data_movement", "per_tensor", 32)]
 
 
 def force_wide_requantization(state, quant):

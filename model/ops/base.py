@@ -25,7 +25,8 @@ class QuantizeError(RuntimeError):
 PARAM_KEYS = {"kernel_h": ("kernel", 0), "kernel_w": ("kernel", 1), "stride_h": ("stride", 0),
               "stride_w": ("stride", 1), "pad_h": ("padding", 0), "pad_w": ("padding", 1),
               "groups": ("groups", None), "weight_zero_point": ("weight_zero_point", None),
-              "weight_offset": ("weight_offset", None), "bias_offset": ("bias_offset", None)}
+              "weight_offset": ("weight_offset", None), "bias_offset": ("bias_offset", None),
+              "ceil_mode": ("ceil_mode", None)}
 # how many multipliers / shifts / table values a record holds (the C engine's --op-table uses the same words)
 REQUANT_COUNTS = {"0": lambda op: 0, "1": lambda op: 1, "2": lambda op: 2,
                   "C": lambda op: op["shape"][0], "n_inputs": lambda op: len(op["inputs"]), "256": lambda op: 256}

@@ -1,6 +1,9 @@
 """maxpool: window maximum; keeps its input's scale, zero point and clamp (max commutes with
 the monotone quantizer), so no requantization. Padding never wins (pad < kernel: every
-window holds a real element)."""
+window holds a real element). ceil_mode as PyTorch's: the output size rounds up, so a last
+window may reach past the padded input (what it reaches is padding too), but never starts
+past the input and its left padding."""
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -17,25 +20,33 @@ def match(gm, node):
 
 
 def quantize(b, node, mod):
-    if mod.ceil_mode or pair(mod.dilation) != [1, 1]:
-        raise QuantizeError(f"{b.cfg.model}: maxpool '{node.name}': ceil_mode/dilation unsupported")
+    if pair(mod.dilation) != [1, 1]:
+        raise QuantizeError(f"{b.cfg.model}: maxpool '{node.name}': dilation {pair(mod.dilation)} unsupported; "
+                            f"supported: dilation 1")
     src = b.src(node)
     stride = mod.stride if mod.stride is not None else mod.kernel_size
     op = {"op": "maxpool", "name": b.name_for(node), "kernel": pair(mod.kernel_size), "stride": pair(stride),
-          "padding": pair(mod.padding)}
+          "padding": pair(mod.padding), "ceil_mode": int(mod.ceil_mode)}
     same = b.ops[src]
     b.emit(op, [src], node, node, None, qparams=(same["scale"], same["zero_point"]),
            clamp=(same["qmin"], same["qmax"]))
 
 
 def run_numpy(xs, op, p):
-    # -1 is below every uint8 value, so padding never wins
-    return np_windows(xs[0], op["kernel"], op["stride"], op["padding"], -1).max(axis=(4, 5))
+    # -1 is below every uint8 value, so padding never wins; ceil_mode's last windows reach into
+    # as much more padding at the end as they need
+    x, (oh, ow) = xs[0], op["shape"][1:]
+    extra = [max(0, (o - 1) * s + k - (n + 2 * pad)) for o, s, k, n, pad in
+             zip((oh, ow), op["stride"], op["kernel"], x.shape[2:], op["padding"])]
+    x = np.pad(x, ((0, 0), (0, 0), (0, extra[0]), (0, extra[1])), constant_values=-1)
+    return np_windows(x, op["kernel"], op["stride"], op["padding"], -1)[:, :, :oh, :ow].max(axis=(4, 5))
 
 
 def run_torch(xs, op, p):
-    return F.max_pool2d(xs[0].to(torch.float64), op["kernel"], op["stride"], op["padding"]).to(torch.int64)
+    return F.max_pool2d(xs[0].to(torch.float64), op["kernel"], op["stride"], op["padding"],
+                        ceil_mode=bool(op["ceil_mode"])).to(torch.int64)
 
 
-KIND = OpKind("maxpool", 3, (1, 1), ("kernel_h", "kernel_w", "stride_h", "stride_w", "pad_h", "pad_w"),
+KIND = OpKind("maxpool", 3, (1, 1),
+              ("kernel_h", "kernel_w", "stride_h", "stride_w", "pad_h", "pad_w", "ceil_mode"),
               "0", "0", False, match, quantize, run_numpy, run_torch)
