@@ -47,7 +47,8 @@
 /* ---- op kinds ------------------------------------------------------------------------- */
 
 /* The record's type word.  Each kind is declared once, in KINDS (model.c). */
-enum { OP_INPUT, OP_CONV, OP_LINEAR, OP_MAXPOOL, OP_AVGPOOL, OP_ADD, OP_CONCAT, OP_LUT, OP_MUL, OP_KIND_COUNT };
+enum { OP_INPUT, OP_CONV, OP_LINEAR, OP_MAXPOOL, OP_AVGPOOL, OP_ADD, OP_CONCAT, OP_LUT, OP_MUL, OP_SHUFFLE, OP_SLICE,
+       OP_UPSAMPLE, OP_KIND_COUNT };
 
 /* One op of the graph; op i produces tensor i.  Filled by the record parser from the
  * declaration table, checked by the kind's validate function, then read-only. */
@@ -63,6 +64,8 @@ typedef struct {
     int32_t kh, kw, stride_h, stride_w, pad_h, pad_w, groups;
     int32_t ceil_mode;              /* maxpool: the output size rounds up (PyTorch's ceil_mode) */
     int32_t w_zero_point, w_offset, b_offset;
+    int32_t ch_start;               /* slice: its first input channel */
+    int32_t scale_h, scale_w;       /* upsample: the integer factors */
 
     /* the requantization block */
     int32_t n_mult, n_shift;

@@ -866,6 +866,38 @@ static void fast_mul(const Op *op, const Op *ia, const Op *ib, const uint8_t *a,
     }
 }
 
+/* Channel shuffle (HWC): at each pixel, out channel j*groups + g is input channel g*(C/groups) + j. */
+static void fast_shuffle(const Op *op, const uint8_t *x, uint8_t *out)
+{
+    const size_t P = (size_t)op->h * op->w, C = (size_t)op->c, G = (size_t)op->groups, per = C / G;
+    for (size_t p = 0; p < P; p++) {
+        const uint8_t *src = x + p * C;
+        uint8_t *dst = out + p * C;
+        for (size_t g = 0; g < G; g++)
+            for (size_t j = 0; j < per; j++)
+                dst[j * G + g] = src[g * per + j];
+    }
+}
+
+/* Channel slice (HWC): each pixel's channels channel_start .. channel_start + C - 1. */
+static void fast_slice(const Op *op, const Op *in, const uint8_t *x, uint8_t *out)
+{
+    const size_t P = (size_t)op->h * op->w, C = (size_t)op->c, Cin = (size_t)in->c;
+    for (size_t p = 0; p < P; p++)
+        memcpy(out + p * C, x + p * Cin + (size_t)op->ch_start, C);
+}
+
+/* Nearest upsampling (HWC): output pixel (y, x) is input pixel (y / scale_h, x / scale_w), all C. */
+static void fast_upsample(const Op *op, const Op *in, const uint8_t *x, uint8_t *out)
+{
+    const size_t C = (size_t)op->c;
+    for (int32_t y = 0; y < op->h; y++) {
+        const uint8_t *row = x + (size_t)(y / op->scale_h) * in->w * C;
+        for (int32_t ox = 0; ox < op->w; ox++, out += C)
+            memcpy(out, row + (size_t)(ox / op->scale_w) * C, C);
+    }
+}
+
 /* ---- the kernel table and the kernel set ------------------------------------------------- */
 
 typedef void FastKernel(const Model *m, const FastModel *fm, int i, Workspace *ws, const uint8_t *image);
@@ -940,10 +972,28 @@ static void fk_mul(FAST_ARGS)
     fast_mul(&m->ops[i], OP_IN(0), OP_IN(1), X_IN(0), X_IN(1), OUT);
 }
 
+static void fk_shuffle(FAST_ARGS)
+{
+    FAST_UNUSED;
+    fast_shuffle(&m->ops[i], X_IN(0), OUT);
+}
+
+static void fk_slice(FAST_ARGS)
+{
+    FAST_UNUSED;
+    fast_slice(&m->ops[i], OP_IN(0), X_IN(0), OUT);
+}
+
+static void fk_upsample(FAST_ARGS)
+{
+    FAST_UNUSED;
+    fast_upsample(&m->ops[i], OP_IN(0), X_IN(0), OUT);
+}
+
 static FastKernel *const FAST_KERNEL[OP_KIND_COUNT] = {
     [OP_INPUT] = fk_input,     [OP_CONV] = fk_conv, [OP_LINEAR] = fk_linear, [OP_MAXPOOL] = fk_maxpool,
     [OP_AVGPOOL] = fk_avgpool, [OP_ADD] = fk_add,   [OP_CONCAT] = fk_concat, [OP_LUT] = fk_lut,
-    [OP_MUL] = fk_mul,
+    [OP_MUL] = fk_mul,         [OP_SHUFFLE] = fk_shuffle, [OP_SLICE] = fk_slice, [OP_UPSAMPLE] = fk_upsample,
 };
 
 static void *fast_prepare(const Model *m)

@@ -2,7 +2,8 @@
  * kernels_ref.c -- the reference kernels (--reference): CHW activations, plain loops.
  *
  * Conv is im2col + a matrix product on int16 (x - z_x) and (w - z_w); linear a dot product
- * per output; the pools, add, concat, mul and lut are direct loops.  Every output value goes
+ * per output; the pools, add, concat, mul and lut are direct loops, shuffle, slice and upsample
+ * copies.  Every output value goes
  * through requantize() (fpgai.h), the contract's one requantizer (a lut reads its table, which
  * holds requantized values).  The inner loops work on blocks of LANES consecutive values (a
  * SIMD/PE row): contiguous, branch free, with a constant trip count, so a compiler turns them
@@ -277,12 +278,52 @@ static void ref_mul(const Model *m, const RefModel *rm, int i, RefWorkspace *ws,
         }
 }
 
+/* Channel shuffle: out channel j*groups + g is input channel g*(C/groups) + j (whole planes). */
+static void ref_shuffle(const Model *m, const RefModel *rm, int i, RefWorkspace *ws, const uint8_t *image)
+{
+    (void)rm;
+    (void)image;
+    const Op *op = &m->ops[i];
+    const uint8_t *x = tensor(m, ws, op, 0);
+    uint8_t *out = ws->arena + op->offset;
+    const size_t P = (size_t)op->h * op->w;
+    const int32_t per = op->c / op->groups;
+    for (int32_t g = 0; g < op->groups; g++)
+        for (int32_t j = 0; j < per; j++)
+            memcpy(out + ((size_t)j * op->groups + g) * P, x + ((size_t)g * per + j) * P, P);
+}
+
+/* Channel slice: input channels channel_start .. channel_start + C - 1 (contiguous planes). */
+static void ref_slice(const Model *m, const RefModel *rm, int i, RefWorkspace *ws, const uint8_t *image)
+{
+    (void)rm;
+    (void)image;
+    const Op *op = &m->ops[i];
+    memcpy(ws->arena + op->offset, tensor(m, ws, op, 0) + (size_t)op->ch_start * op->h * op->w, op_elems(op));
+}
+
+/* Nearest upsampling: out[c][y][x] = in[c][y / scale_h][x / scale_w]. */
+static void ref_upsample(const Model *m, const RefModel *rm, int i, RefWorkspace *ws, const uint8_t *image)
+{
+    (void)rm;
+    (void)image;
+    const Op *op = &m->ops[i], *in = op_input(m, op, 0);
+    const uint8_t *x = tensor(m, ws, op, 0);
+    uint8_t *out = ws->arena + op->offset;
+    for (int32_t c = 0; c < op->c; c++)
+        for (int32_t y = 0; y < op->h; y++) {
+            const uint8_t *row = x + ((size_t)c * in->h + y / op->scale_h) * in->w;
+            for (int32_t ox = 0; ox < op->w; ox++)
+                *out++ = row[ox / op->scale_w];
+        }
+}
+
 typedef void RefKernel(const Model *m, const RefModel *rm, int i, RefWorkspace *ws, const uint8_t *image);
 
 static RefKernel *const REF_KERNEL[OP_KIND_COUNT] = {
     [OP_INPUT] = ref_input,     [OP_CONV] = ref_conv, [OP_LINEAR] = ref_linear, [OP_MAXPOOL] = ref_maxpool,
     [OP_AVGPOOL] = ref_avgpool, [OP_ADD] = ref_add,   [OP_CONCAT] = ref_concat, [OP_LUT] = ref_lut,
-    [OP_MUL] = ref_mul,
+    [OP_MUL] = ref_mul,         [OP_SHUFFLE] = ref_shuffle, [OP_SLICE] = ref_slice, [OP_UPSAMPLE] = ref_upsample,
 };
 
 /* ---- the kernel set ---------------------------------------------------------------------- */

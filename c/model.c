@@ -420,6 +420,51 @@ static void validate_mul(Model *m, int i)
              op->multiplier[0]);
 }
 
+/* The data-movement kinds (maxpool's rule): the output keeps its input's zero point and clamp */
+static void check_same_qparams(const Model *m, int i)
+{
+    const Op *op = &m->ops[i], *x = op_input(m, op, 0);
+    if (op->zero_point != x->zero_point || op->qmin != x->qmin || op->qmax != x->qmax)
+        fail("%s: op %d (%s): zero point/clamp %d/%d..%d differ from its input's %d/%d..%d", m->path, i,
+             kind_name(op), op->zero_point, op->qmin, op->qmax, x->zero_point, x->qmin, x->qmax);
+}
+
+/* channel shuffle: the input's shape; groups divides C */
+static void validate_shuffle(Model *m, int i)
+{
+    const Op *op = &m->ops[i], *x = op_input(m, op, 0);
+    if (x->c != op->c || x->h != op->h || x->w != op->w)
+        fail("%s: op %d (shuffle): output %dx%dx%d, its input tensor %d is %dx%dx%d", m->path, i, op->c, op->h,
+             op->w, op->in[0], x->c, x->h, x->w);
+    if (op->c % op->groups)
+        fail("%s: op %d (shuffle): groups %d does not divide its %d channels", m->path, i, op->groups, op->c);
+    check_same_qparams(m, i);
+}
+
+/* channels channel_start .. channel_start + C - 1 of the input, its H x W */
+static void validate_slice(Model *m, int i)
+{
+    const Op *op = &m->ops[i], *x = op_input(m, op, 0);
+    if (x->h != op->h || x->w != op->w)
+        fail("%s: op %d (slice): output %dx%d, its input tensor %d is %dx%d", m->path, i, op->h, op->w, op->in[0],
+             x->h, x->w);
+    if ((int64_t)op->ch_start + op->c > x->c)
+        fail("%s: op %d (slice): channels %d..%lld, its input tensor %d has %d", m->path, i, op->ch_start,
+             (long long)op->ch_start + op->c - 1, op->in[0], x->c);
+    check_same_qparams(m, i);
+}
+
+/* nearest upsampling: H = in H * scale_h, W = in W * scale_w, the input's C */
+static void validate_upsample(Model *m, int i)
+{
+    const Op *op = &m->ops[i], *x = op_input(m, op, 0);
+    if (x->c != op->c || (int64_t)x->h * op->scale_h != op->h || (int64_t)x->w * op->scale_w != op->w)
+        fail("%s: op %d (upsample): output %dx%dx%d, but its input tensor %d of %dx%dx%d by %dx%d gives "
+             "%dx%lldx%lld", m->path, i, op->c, op->h, op->w, op->in[0], x->c, x->h, x->w, op->scale_h,
+             op->scale_w, x->c, (long long)x->h * op->scale_h, (long long)x->w * op->scale_w);
+    check_same_qparams(m, i);
+}
+
 #define PARAM(field, name, lo, hi) {name, offsetof(Op, field), lo, hi}
 #define WINDOW PARAM(kh, "kernel_h", 1, MAX_DIM), PARAM(kw, "kernel_w", 1, MAX_DIM), \
                PARAM(stride_h, "stride_h", 1, MAX_DIM), PARAM(stride_w, "stride_w", 1, MAX_DIM)
@@ -447,6 +492,13 @@ const KindSpec KINDS[OP_KIND_COUNT] = {
                    RQ_NONE, validate_concat},
     [OP_LUT] = {"lut", OP_LUT, 1, 1, 0, {{NULL, 0, 0, 0}}, RQ_NONE, RQ_NONE, RQ_256, validate_lut},
     [OP_MUL] = {"mul", OP_MUL, 2, 2, 0, {{NULL, 0, 0, 0}}, RQ_ONE, RQ_ONE, RQ_NONE, validate_mul},
+    [OP_SHUFFLE] = {"shuffle", OP_SHUFFLE, 1, 1, 0, {PARAM(groups, "groups", 1, MAX_DIM), {NULL, 0, 0, 0}},
+                    RQ_NONE, RQ_NONE, RQ_NONE, validate_shuffle},
+    [OP_SLICE] = {"slice", OP_SLICE, 1, 1, 0, {PARAM(ch_start, "channel_start", 0, MAX_DIM), {NULL, 0, 0, 0}},
+                  RQ_NONE, RQ_NONE, RQ_NONE, validate_slice},
+    [OP_UPSAMPLE] = {"upsample", OP_UPSAMPLE, 1, 1, 0,
+                     {PARAM(scale_h, "scale_h", 1, MAX_DIM), PARAM(scale_w, "scale_w", 1, MAX_DIM), {NULL, 0, 0, 0}},
+                     RQ_NONE, RQ_NONE, RQ_NONE, validate_upsample},
 };
 
 const char *const RQ_RULE_NAMES[RQ_RULE_COUNT] = {"0", "1", "2", "C", "n_inputs", "256"};

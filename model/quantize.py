@@ -46,16 +46,14 @@ ALIAS_FUNCTIONS = {torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze,
 # data-permuting or otherwise unsupported spellings: the closest supported one, for the error
 HINTS = {
     "transpose": "it permutes data; only reshapes that keep the flat C,H,W order are free (view, reshape, flatten, "
-                 "squeeze); channel shuffle (view -> transpose -> view) is not supported yet",
+                 "squeeze), and channel shuffle: x.view(b, groups, c // groups, h, w).transpose(1, 2) then a view "
+                 "back to b x c x h x w",
     "permute": "it permutes data; only reshapes that keep the flat C,H,W order are free (view, reshape, flatten, "
                "squeeze)",
-    "interpolate": "upsampling (nearest or bilinear) is not supported yet",
-    "Upsample": "upsampling (nearest or bilinear) is not supported yet",
-    "UpsamplingNearest2d": "upsampling is not supported yet",
-    "UpsamplingBilinear2d": "upsampling is not supported yet",
-    "chunk": "channel split (chunk / split / slicing) is not supported yet",
-    "split": "channel split (chunk / split / slicing) is not supported yet",
-    "getitem": "indexing / slicing a tensor (channel split) is not supported yet",
+    "interpolate": "only nearest upsampling by integer factors is supported (F.interpolate(x, scale_factor=2))",
+    "Upsample": "only nearest upsampling by integer factors is supported (nn.Upsample(scale_factor=2))",
+    "tensor_split": "channel split is x.chunk(n, dim=1), x.split(n, dim=1) or x[:, a:b]",
+    "getitem": "only a range of channels (x[:, a:b], a piece of x.chunk / x.split on dim=1) is supported",
     "pad": "explicit padding is unsupported; use the conv's own symmetric padding (Conv2d(padding=k // 2))",
     "ZeroPad2d": "explicit padding is unsupported; use the conv's own symmetric padding (Conv2d(padding=k // 2))",
     "ConstantPad2d": "explicit padding is unsupported; use the conv's own symmetric padding (Conv2d(padding=k // 2))",
@@ -346,7 +344,7 @@ def build_integer_graph(model, calib_images, cfg, dataset, raw_header, progress=
                 raise QuantizeError(f"{cfg.model}: {_describe(gm, node)} at node '{node.name}' reads the constant "
                                     f"tensor '{a.name}'; constants are folded only in a normalisation directly on "
                                     f"the input; use modules (nn.Conv2d, nn.Linear, nn.BatchNorm2d) for weights")
-            if a in reshaped and kind.name != "linear":
+            if a in reshaped and kind.name not in ("linear", "shuffle"):    # shuffle checks its 5-D view
                 raise QuantizeError(f"{cfg.model}: {kind.name} '{node.name}' reads '{a.name}', a reshape of "
                                     f"{'x'.join(map(str, b.ops[b.where[a]]['shape']))} to "
                                     f"{'x'.join(map(str, b.shape_of(a)))}; a reshape that changes C,H,W may only "

@@ -24,6 +24,7 @@ from torch import nn
 
 from model import qmath
 from model.ops import KINDS
+from model.ops.base import keeps_qparams
 from model.ops.weighted import ACC_LIMIT, accumulator_bound
 from model.quantize import build_integer_graph
 from tests.random_models import _randomize_bn, make_cfg
@@ -137,6 +138,60 @@ class MulNet(nn.Module):
         return self.fc(torch.flatten(self.mix(s * y), 1))
 
 
+class ShuffleNarrowNet(nn.Module):
+    """Channel shuffles (groups 4 of a conv's output, groups 2 of a concat), then a padded conv reading one."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = conv(1, 8, 3, stride=2)                       # 8x13x13
+        self.a = conv(8, 4, 3, padding=1)
+        self.mix = conv(12, 6, 3, padding=1, stride=2)            # 6x7x7
+        self.fc = nn.Linear(6 * 7 * 7, 10)
+
+    def forward(self, x):
+        x = self.stem(x)
+        n, c, h, w = x.size()
+        x = torch.transpose(x.view(n, 4, c // 4, h, w), 1, 2).contiguous().view(n, -1, h, w)
+        y = torch.cat([x, self.a(x)], dim=1)
+        y = y.view(n, 2, 6, h, w).transpose(1, 2).reshape(n, 12, h, w)
+        return self.fc(torch.flatten(self.mix(y), 1))
+
+
+class SliceNarrowNet(nn.Module):
+    """ShuffleNet's channel split: x.chunk(2, dim=1), one piece through a conv, the other sliced
+    again (x[:, 1:3]), joined by a concat; a padded conv reading a split piece of it."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = conv(1, 8, 3, stride=2)                       # 8x13x13
+        self.b = conv(4, 6, 3, padding=1)
+        self.mix = conv(5, 4, 3, padding=1, stride=2)             # 4x7x7
+        self.fc = nn.Linear(4 * 7 * 7, 10)
+
+    def forward(self, x):
+        a, b = self.stem(x).chunk(2, dim=1)
+        y = torch.cat([a[:, 1:3], self.b(b)], dim=1)              # 8x13x13
+        _, z = y.split([3, 5], dim=1)
+        return self.fc(torch.flatten(self.mix(z), 1))
+
+
+class UpsampleNarrowNet(nn.Module):
+    """Nearest upsampling x2 (nn.Upsample) read by a padded conv, then (2, 1) (F.interpolate) into
+    the linear layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = conv(1, 6, 3, stride=2)                       # 6x13x13
+        self.down = conv(6, 6, 3, stride=2)                       # 6x6x6
+        self.up = nn.Upsample(scale_factor=2, mode="nearest")     # 6x12x12
+        self.mix = conv(6, 4, 3, padding=1)                       # 4x12x12
+        self.fc = nn.Linear(4 * 24 * 12, 10)
+
+    def forward(self, x):
+        x = self.mix(self.up(self.down(self.stem(x))))
+        return self.fc(torch.flatten(nn.functional.interpolate(x, scale_factor=(2, 1), mode="nearest"), 1))
+
+
 def q(zero_point, qmin, qmax, gain=1.0):
     """A rewrite of one op: its output zero point and clamp, its multipliers times gain."""
     return {"zero_point": zero_point, "qmin": qmin, "qmax": qmax, "gain": gain}
@@ -224,6 +279,22 @@ CASES = {c.name: c for c in [
          ("mul", "mul_1"), "a same-shape product of zero points 200 and 90; a Cx1x1 factor on zero point 60 "
          "times it, clamp 100..140 excluding its zero point 150; a 3x3 pad 1 conv reading it",
          padded=("a", "mix")),
+    Case("shuffle_narrow", ShuffleNarrowNet,
+         {"stem": q(90, 20, 230, 2.0), "a": q(200, 30, 240, 2.0), "cat": q(37, 20, 230, 2.0),
+          "mix": q(150, 100, 140, 1.0), "fc": q(37, 20, 230, 2.0)},
+         ("transpose", "transpose_1"), "channel shuffles (groups 4, 2) keep zero points 90 and 37 and their "
+         "clamps; a 3x3 pad 1 conv reading one", padded=("mix",)),
+    Case("slice_narrow", SliceNarrowNet,
+         {"stem": q(150, 20, 230, 2.0), "b": q(200, 30, 240, 2.0), "cat": q(37, 60, 200, 2.0),
+          "mix": q(90, 20, 230, 2.0), "fc": q(37, 20, 230, 2.0)},
+         ("getitem", "getitem_1", "getitem_2", "getitem_4"), "chunk pieces and a slice on zero point 150, a "
+         "split piece of a concat on zero point 37 below its clamp 60..200, read by a 3x3 pad 1 conv",
+         padded=("mix",)),
+    Case("upsample_narrow", UpsampleNarrowNet,
+         {"stem": q(90, 20, 230, 2.0), "down": q(200, 30, 240, 2.0), "mix": q(37, 100, 140, 2.0),
+          "fc": q(150, 20, 230, 2.0)},
+         ("up", "interpolate"), "nearest upsampling x2 on zero point 200 read by a 3x3 pad 1 conv; (2, 1) "
+         "on a clamp 100..140 excluding its zero point 37", padded=("mix",)),
 ]}
 
 
@@ -232,7 +303,7 @@ def _rewrite(state, quant, rewrites):
     unknown = set(rewrites) - set(by_name)
     assert not unknown, f"no ops named {sorted(unknown)} in {[op['name'] for op in quant]}"
     for op in quant[1:]:
-        if op["op"] == "maxpool":                    # keeps its input's zero point and clamp
+        if keeps_qparams(KINDS[op["op"]]):           # maxpool, shuffle, slice, upsample: its input's zero point and clamp
             src = quant[op["inputs"][0]]
             op.update(zero_point=src["zero_point"], qmin=src["qmin"], qmax=src["qmax"])
             continue

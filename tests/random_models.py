@@ -128,8 +128,52 @@ class ActivationNet(nn.Module):
         return self.fc2(F.leaky_relu(self.fc1(y), negative_slope=0.2))
 
 
+def channel_shuffle(x, groups):
+    """torchvision.models.shufflenetv2.channel_shuffle, as written there."""
+    batchsize, num_channels, height, width = x.size()
+    channels_per_group = num_channels // groups
+    x = x.view(batchsize, groups, channels_per_group, height, width)
+    x = torch.transpose(x, 1, 2).contiguous()
+    return x.view(batchsize, -1, height, width)
+
+
+class DataMovementNet(nn.Module):
+    """CIFAR-shaped: the ops that only move data: channel split (x.chunk, torch.split with sizes,
+    x.split, x[:, a:b] slicing, an unused piece), channel shuffles with groups 2 (torchvision's
+    function) and 4 (the method spelling, reshape), nearest upsampling x2 (nn.Upsample) and (2, 1)
+    (F.interpolate), a max pool on a shuffled tensor, a slice flattened into the linear layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(16),
+                                  nn.ReLU())                                                    # 16x16x16
+        self.b = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False), nn.BatchNorm2d(8), nn.ReLU())
+        self.pool = nn.MaxPool2d(2)                                                             # 16x8x8
+        self.mix = nn.Conv2d(16, 24, 1)                                                         # 24x8x8
+        self.up = nn.Upsample(scale_factor=2, mode="nearest")
+        self.cu = nn.Conv2d(16, 8, 3, stride=(1, 2), padding=1)                                 # 8x16x8
+        self.gap = nn.AdaptiveAvgPool2d(2)
+        self.fc = nn.Linear(18 * 2 * 2, 10)
+
+    def forward(self, x):
+        x = self.stem(x)
+        a, b = x.chunk(2, dim=1)
+        x = self.pool(channel_shuffle(torch.cat([a, self.b(b)], dim=1), 2))
+        y = self.mix(x)
+        p, _, r = torch.split(y, [8, 12, 4], dim=1)
+        s, t = y.split(12, dim=1)
+        n, c, h, w = y.shape
+        z = torch.cat([torch.cat([p, r], 1), s], 1).reshape(n, 4, c // 4, h, w).transpose(1, 2)
+        z = z.contiguous().view(n, c, h, w)
+        u = self.cu(self.up(z[:, 4:20]))                                                      # 8x16x8
+        v = F.interpolate(t[:, :8], scale_factor=(2, 1), mode="nearest")                       # 8x16x8
+        q = torch.cat([self.gap(torch.cat([u, v], dim=1)), self.gap(x[:, 12:])], dim=1)           # 20x2x2
+        return self.fc(torch.flatten(q[:, 2:], 1))
+
+
 ARCHS = {"conv_pool": (ConvPoolNet, "mnist", (1, 28, 28)), "residual": (ResidualNet, "cifar10", (3, 32, 32)),
-         "branch": (BranchNet, "cifar10", (3, 32, 32)), "activations": (ActivationNet, "cifar10", (3, 32, 32))}
+         "branch": (BranchNet, "cifar10", (3, 32, 32)), "activations": (ActivationNet, "cifar10", (3, 32, 32)),
+         "data_movement": (DataMovementNet, "cifar10", (3, 32, 32))}
 
 
 def make_cfg(**overrides):

@@ -274,7 +274,7 @@ def test_a_normalisation_constant_that_is_not_per_channel_is_refused():
 def test_unsupported_ops_are_named_in_one_line():
     msg = refusal(Fn(lambda m, x: F.interpolate(x, scale_factor=2, mode="bilinear")))
     assert "unsupported function interpolate" in msg and "at node 'interpolate'" in msg
-    assert "mode='bilinear'" in msg and "upsampling" in msg and "not supported yet" in msg
+    assert "mode='bilinear'" in msg and "upsampling" in msg and "mode='nearest' with integer factors" in msg
     msg = refusal(Fn(lambda m, x: torch.abs(x)))
     assert "unsupported function abs at node 'abs" in msg and "supported op kinds: input, conv" in msg
     msg = refusal(Fn(lambda m, x: m.fc(F.dropout(x, 0.5).mean((2, 3)))))

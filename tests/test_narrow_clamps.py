@@ -23,6 +23,7 @@ import pytest
 import torch
 
 from model.ops import KINDS
+from model.ops.base import keeps_qparams
 from model.ops.weighted import ACC_LIMIT, accumulator_bound
 from model.torch_engine import TorchIntegerModel
 from tests import narrow_graphs
@@ -45,7 +46,7 @@ def graph(name, mode):
 
 
 def requantizing(op):
-    return op["op"] not in ("input", "maxpool")
+    return op["op"] != "input" and not keeps_qparams(KINDS[op["op"]])
 
 
 # --- the cases exercise what they claim ------------------------------------------------------
@@ -58,7 +59,7 @@ def test_case_exercises_what_it_claims(name, mode):
     assert quant[0]["zero_point"] == 0 and (quant[0]["qmin"], quant[0]["qmax"]) == (0, 255)
     for i, op in enumerate(quant[1:], 1):
         assert 0 <= op["qmin"] <= op["qmax"] <= 255 and 0 <= op["zero_point"] <= 255, op
-        if op["op"] == "maxpool":          # legal: a max pool keeps its input's zero point and clamp
+        if keeps_qparams(KINDS[op["op"]]):  # legal: a max pool (shuffle, slice, upsample) keeps its input's
             src = quant[op["inputs"][0]]
             assert [op[k] for k in ("zero_point", "qmin", "qmax")] == [src[k] for k in ("zero_point", "qmin", "qmax")]
             continue

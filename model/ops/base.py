@@ -26,7 +26,8 @@ PARAM_KEYS = {"kernel_h": ("kernel", 0), "kernel_w": ("kernel", 1), "stride_h": 
               "stride_w": ("stride", 1), "pad_h": ("padding", 0), "pad_w": ("padding", 1),
               "groups": ("groups", None), "weight_zero_point": ("weight_zero_point", None),
               "weight_offset": ("weight_offset", None), "bias_offset": ("bias_offset", None),
-              "ceil_mode": ("ceil_mode", None)}
+              "ceil_mode": ("ceil_mode", None), "channel_start": ("channel_start", None),
+              "scale_h": ("factor", 0), "scale_w": ("factor", 1)}
 # how many multipliers / shifts / table values a record holds (the C engine's --op-table uses the same words)
 REQUANT_COUNTS = {"0": lambda op: 0, "1": lambda op: 1, "2": lambda op: 2,
                   "C": lambda op: op["shape"][0], "n_inputs": lambda op: len(op["inputs"]), "256": lambda op: 256}
@@ -71,3 +72,54 @@ def torch_requantize(acc, m, shift, op):
     """qmath.requantize in torch int64: m and shift broadcast."""
     out = op["zero_point"] + ((acc * m + ((torch.ones_like(shift) << shift) >> 1)) >> shift)
     return out.clamp_(op["qmin"], op["qmax"])
+
+
+def keeps_qparams(kind):
+    """A kind that only moves data (maxpool, shuffle, slice, upsample): no requantization, no table;
+    its output keeps its input's scale, zero point and clamp."""
+    return kind.name != "input" and kind.n_mult == "0" and kind.n_table == "0"
+
+
+def emit_same_qparams(b, node, op, src, shape=None):
+    """Append a data-movement op reading op index src, with its input's scale, zero point and clamp."""
+    same = b.ops[src]
+    return b.emit(op, [src], node, node, None, qparams=(same["scale"], same["zero_point"]),
+                  clamp=(same["qmin"], same["qmax"]), shape=shape)
+
+
+def meta_value(b, arg, tensor_of):
+    """An fx argument's value on a batch of one: a tensor node is `tensor_of(node)`, a node that
+    yields no tensor (x.size(1) // 2, x.shape[-2:]) is computed from those, constants stay."""
+    import torch.fx as fx
+    cache = {}
+
+    def value(a):
+        if a in cache:
+            return cache[a]
+        if a.name not in b.observer.meta:
+            out = tensor_of(a)
+        else:
+            args, kwargs = fx.node.map_arg(a.args, value), fx.node.map_arg(a.kwargs, value)
+            if a.op == "call_function":
+                out = a.target(*args, **kwargs)
+            elif a.op == "call_method":
+                out = getattr(args[0], a.target)(*args[1:], **kwargs)
+            else:
+                raise QuantizeError(f"{b.cfg.model}: cannot evaluate '{a.name}' ({a.op}), an argument of a "
+                                    f"data-movement op")
+        cache[a] = out
+        return out
+
+    return value(arg) if isinstance(arg, fx.Node) else fx.node.map_arg(arg, value)
+
+
+def index_tensor(shape):
+    """1 x C x H x W float64 holding each element's flat C,H,W index: a data-movement function applied
+    to it shows where each output element comes from."""
+    return torch.arange(int(np.prod(shape)), dtype=torch.float64).reshape(1, *shape)
+
+
+def describe(b, node):
+    """'function interpolate (scale_factor=2, mode='bilinear')': the node as the quantizer's refusals name it."""
+    from model.quantize import _describe
+    return _describe(b.gm, node)
