@@ -303,7 +303,7 @@ def _rewrite(state, quant, rewrites):
     unknown = set(rewrites) - set(by_name)
     assert not unknown, f"no ops named {sorted(unknown)} in {[op['name'] for op in quant]}"
     for op in quant[1:]:
-        if keeps_qparams(KINDS[op["op"]]):           # maxpool, shuffle, slice, upsample: its input's zero point and clamp
+        if keeps_qparams(KINDS[op["op"]]):           # maxpool, shuffle, slice, upsample: its input's zp, clamp
             src = quant[op["inputs"][0]]
             op.update(zero_point=src["zero_point"], qmin=src["qmin"], qmax=src["qmax"])
             continue

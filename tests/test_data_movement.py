@@ -8,7 +8,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from model.ops import KINDS
-from tests.random_models import channel_shuffle
+from tests.random_models import channel_shuffle, random_quantized
+from tests.test_c_engine import (assert_clean, binaries, clone, export_graph, mutate_model, read_logits,  # noqa: F401
+                                 run, set_field)
 from tests.test_graph_passes import quantize, refusal, tracks_float
 
 SHAPE = (3, 8, 8)
@@ -173,3 +175,53 @@ def test_other_upsampling_modes_and_factors_are_refused():
     assert "not by integer factors" in msg and "8x8x8 to 8x12x12" in msg
     msg = refusal(Net(lambda m, x: F.interpolate(x, size=(4, 4))))
     assert "not by integer factors" in msg
+
+
+# --- the C engine's load-time rules for the three kinds ----------------------------------------
+
+@pytest.fixture(scope="module")
+def movement_export(tmp_path_factory):
+    state, quant, images = random_quantized("data_movement", "per_channel", seed=3, n_test=8)
+    ex = export_graph(str(tmp_path_factory.mktemp("move")), state, quant, images, 3, mode="bin")
+    return ex, quant
+
+
+def test_data_movement_graph_runs_in_c(binaries, movement_export, tmp_path):  # noqa: F811
+    ex, _ = movement_export
+    for build, extra in (("asan", []), ("asan", ["--reference"]), ("fast", [])):
+        out = str(tmp_path / f"l_{build}_{len(extra)}.txt")
+        proc = run(binaries[build], ex, "--logits", out, *extra)
+        assert_clean(proc)
+        assert proc.returncode == 0, proc.stderr
+        np.testing.assert_array_equal(read_logits(out), ex["logits"])
+
+
+def _first(quant, kind, **fields):
+    return next(i for i, op in enumerate(quant) if op["op"] == kind and all(op.get(k) == v for k, v in fields.items()))
+
+
+@pytest.mark.parametrize("case", ["shuffle_groups", "shuffle_shape", "shuffle_zero_point", "slice_range",
+                                  "slice_hw", "slice_clamp", "upsample_size", "upsample_channels",
+                                  "upsample_zero_point"])
+def test_c_refuses_broken_data_movement_records(binaries, movement_export, tmp_path, case):  # noqa: F811
+    base, quant = movement_export
+    ex = clone(base, str(tmp_path / "ex"))
+    sh, sl, up = _first(quant, "shuffle", groups=4), _first(quant, "slice"), _first(quant, "upsample", factor=[2, 1])
+    c_sl = quant[quant[sl]["inputs"][0]]["shape"][0]
+    mutation, phrase = {
+        "shuffle_groups": (set_field(sh, "groups", 5), "does not divide"),
+        "shuffle_shape": (set_field(sh, "H", quant[sh]["shape"][1] - 1), "(shuffle): output"),
+        "shuffle_zero_point": (set_field(sh, "zero_point", (quant[sh]["zero_point"] + 1) % 256), "zero point/clamp"),
+        "slice_range": (set_field(sl, "channel_start", c_sl - quant[sl]["shape"][0] + 1), "(slice): channels"),
+        "slice_hw": (set_field(sl, "W", quant[sl]["shape"][2] + 1), "(slice): output"),
+        "slice_clamp": (set_field(sl, "qmax", quant[sl]["qmax"] - 1), "zero point/clamp"),
+        "upsample_size": (set_field(up, "scale_w", 2), "(upsample): output"),
+        "upsample_channels": (set_field(up, "C", quant[up]["shape"][0] - 1), "(upsample): output"),
+        "upsample_zero_point": (set_field(up, "zero_point", (quant[up]["zero_point"] + 1) % 256), "zero point/clamp"),
+    }[case]
+    mutate_model(ex, mutation)
+    proc = run(binaries["asan"], ex)
+    assert_clean(proc)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert "model.bin" in lines[0] and phrase in lines[0], lines[0]
