@@ -21,7 +21,7 @@ from data import datasets
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 C_DIR = os.path.join(ROOT, "c")
 FUZZ_DIR = os.path.join(C_DIR, "fuzz")
-TARGETS = ("model", "weights_bin", "weights_txt", "mnist", "cifar")
+TARGETS = ("model", "weights_bin", "weights_txt", "mnist", "cifar", "npy")
 
 
 @pytest.fixture(scope="module")
