@@ -15,10 +15,8 @@ mean/std come from quantization/NAME_quant.tuple; options repeated must agree wi
 """
 import json
 import os
-import re
 import subprocess
 import sys
-import tempfile
 import time
 
 import numpy as np
@@ -28,7 +26,6 @@ from tqdm import tqdm
 import config
 import model as models
 from data import datasets
-from model.export_format import write_export
 from model.fileio import ModelFileError, atomic_open
 from model.np_engine import NumpyIntegerModel
 from model.torch_engine import TorchIntegerModel
@@ -55,25 +52,6 @@ def choose_columns(cfg):
 def batched(fn, images, batch, desc):
     outs = [fn(images[i:i + batch]) for i in tqdm(range(0, len(images), batch), desc=desc, leave=False)]
     return np.concatenate(outs)
-
-
-def run_c(state, quant_list, dataset, cfg, limit):
-    """Build c/inference, export the tuple to a temporary folder, run it; (logits, inference seconds)."""
-    subprocess.run(["make", "-s", "-C", os.path.join(ROOT, "c")], check=True)
-    images, labels = datasets.test_files(dataset, cfg.data_dir, cfg.mirror_dir)
-    with tempfile.TemporaryDirectory() as tmp:
-        write_export(state, quant_list, tmp, "bin")
-        logits_path = os.path.join(tmp, "logits.txt")
-        cmd = [os.path.join(ROOT, "c", "inference"), "--model", cfg.model, "--dir", tmp, "--images", images,
-               "--limit", str(limit), "--logits", logits_path, "--quiet"]
-        if labels:
-            cmd += ["--labels", labels]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise RuntimeError(f"C engine failed ({proc.returncode}): {proc.stderr.strip()}")
-        seconds = float(re.search(r"result: .*seconds=([0-9.eE+-]+)", proc.stdout).group(1))
-        logits = np.loadtxt(logits_path, delimiter=",", dtype=np.int64, ndmin=2)
-    return logits, seconds
 
 
 def main():
@@ -120,7 +98,8 @@ def main():
                 if cfg.test_data or dataset not in datasets.DATASETS:   # the images as .npy
                     out, c_seconds = api.run_c(state, quant_list, images, labels)
                 else:
-                    out, c_seconds = run_c(state, quant_list, dataset, cfg, n)
+                    out, c_seconds = api.run_c_files(state, quant_list,
+                                                     *datasets.test_files(dataset, cfg.data_dir, cfg.mirror_dir), n)
             except (RuntimeError, subprocess.CalledProcessError) as err:
                 sys.exit(f"error: {err}")
         seconds[col] = c_seconds if col == "c_int8" else time.perf_counter() - t0

@@ -170,17 +170,24 @@ def run_integer(state, quant_list, images, engine="numpy", batch=16):
 def run_c(state, quant_list, images, labels=None, binary=None):
     """(logits, inference seconds) from the C engine on uint8 images (labels optional)."""
     from data.datasets import save_npy_pair
-    subprocess.run(["make", "-s", "-C", os.path.join(ROOT, "c")], check=True)
-    binary = binary or os.path.join(ROOT, "c", "inference")
-    name = quant_list[0]["model"]
     with tempfile.TemporaryDirectory() as tmp:
-        write_export(state, quant_list, tmp, "bin")
         x_path, y_path = save_npy_pair(tmp, _uint8_images(images).numpy(),
                                        None if labels is None else np.asarray(labels))
+        return run_c_files(state, quant_list, x_path, y_path, binary=binary)
+
+
+def run_c_files(state, quant_list, images_path, labels_path=None, limit=None, binary=None):
+    """(logits, inference seconds) from the C engine (built with make) on an export of the graph to a
+    temporary folder and an image file it reads (.npy, MNIST idx, CIFAR-10 batch)."""
+    subprocess.run(["make", "-s", "-C", os.path.join(ROOT, "c")], check=True)
+    binary = binary or os.path.join(ROOT, "c", "inference")
+    with tempfile.TemporaryDirectory() as tmp:
+        write_export(state, quant_list, tmp, "bin")
         logits_path = os.path.join(tmp, "logits.txt")
-        cmd = [binary, "--model", name, "--dir", tmp, "--images", x_path, "--logits", logits_path, "--quiet"]
-        if y_path:
-            cmd += ["--labels", y_path]
+        cmd = [binary, "--model", quant_list[0]["model"], "--dir", tmp, "--images", images_path,
+               "--logits", logits_path, "--quiet"]
+        cmd += ["--labels", labels_path] if labels_path else []
+        cmd += ["--limit", str(limit)] if limit else []
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             raise RuntimeError(f"C engine failed ({proc.returncode}): {proc.stderr.strip()}")
