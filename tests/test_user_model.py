@@ -316,22 +316,6 @@ def test_c_engine_bad_npy_one_error_line(quantized, tmp_path):
     assert one_error_line(proc) and "--images" in proc.stderr
 
 
-def test_npy_fuzz_target(tmp_path):
-    """The libFuzzer target of the .npy reader, on its seeds, under ASan/UBSan (skips without clang)."""
-    proc = subprocess.run(["sh", os.path.join(C_DIR, "fuzz", "install-clang.sh")], capture_output=True, text=True,
-                          timeout=900)
-    if proc.returncode != 0:
-        pytest.skip("clang with libFuzzer is not available")
-    proc = subprocess.run(["make", "-s", "-C", C_DIR, "fuzz/bin/fuzz_npy"], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
-    proc = subprocess.run([os.path.join(C_DIR, "fuzz", "bin", "fuzz_npy"), "-max_total_time=5", "-runs=500000",
-                           "-dict=" + os.path.join(C_DIR, "fuzz", "npy.dict"),
-                           "-rss_limit_mb=2048", "-malloc_limit_mb=1024", f"-artifact_prefix={tmp_path}/",
-                           str(tmp_path), os.path.join(C_DIR, "fuzz", "corpus", "npy")],
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-
-
 README_API = re.compile(r"## Python API\n.*?```python\n(.*?)```", re.S)
 
 
