@@ -9,13 +9,9 @@ import numpy as np
 import torch
 
 from model import qmath
-from model.ops.base import OpKind, QuantizeError
+from model.ops.base import OpKind, QuantizeError, matcher
 
-TARGETS = {operator.add, operator.iadd, torch.add, "add", "add_"}
-
-
-def match(gm, node):
-    return True if node.op in ("call_function", "call_method") and node.target in TARGETS else None
+match = matcher(functions={operator.add, operator.iadd, torch.add}, methods={"add", "add_"})
 
 
 def quantize(b, node, mod):

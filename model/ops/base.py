@@ -49,6 +49,24 @@ class OpKind:
     n_table: str = "0"          # values of its lookup table (state_dict NAME.table, 0..255)
 
 
+def matcher(modules=(), functions=(), methods=()):
+    """The `match` of a kind found by its module types, its functions (call_function targets)
+    or its tensor methods (call_method names): the module, or True, or None."""
+    modules = tuple(modules)
+
+    def match(gm, node):
+        if node.op == "call_module":
+            mod = gm.get_submodule(node.target)
+            return mod if isinstance(mod, modules) else None
+        if node.op == "call_function" and node.target in functions:
+            return True
+        if node.op == "call_method" and node.target in methods:
+            return True
+        return None
+
+    return match
+
+
 def pair(v):
     return [int(v), int(v)] if isinstance(v, int) else [int(x) for x in v]
 

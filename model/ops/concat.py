@@ -7,13 +7,12 @@ import numpy as np
 import torch
 
 from model import qmath
-from model.ops.base import OpKind, QuantizeError
+from model.ops.base import OpKind, QuantizeError, matcher
 
 MAX_INPUTS = 64
 
 
-def match(gm, node):
-    return True if node.op == "call_function" and node.target in (torch.cat, torch.concat) else None
+match = matcher(functions={torch.cat, torch.concat})
 
 
 def quantize(b, node, mod):

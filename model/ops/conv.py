@@ -12,18 +12,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.ops.base import OpKind, QuantizeError, np_requantize, np_windows, pair, torch_requantize
+from model.ops.base import OpKind, QuantizeError, matcher, np_requantize, np_windows, pair, torch_requantize
 from model.ops.weighted import quantize_weighted
 
 COLUMN_BUDGET = 1 << 25     # float64 im2col elements per chunk of images (256 MB)
 
 
-def match(gm, node):
-    if node.op == "call_module":
-        mod = gm.get_submodule(node.target)
-        if isinstance(mod, (nn.Conv2d, nn.BatchNorm2d)):
-            return mod
-    return None
+match = matcher(modules=(nn.Conv2d, nn.BatchNorm2d))
 
 
 def conv_padding(b, name, mod):

@@ -7,14 +7,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.ops.base import OpKind, np_requantize, torch_requantize
+from model.ops.base import OpKind, matcher, np_requantize, torch_requantize
 from model.ops.weighted import quantize_weighted
 
 
-def match(gm, node):
-    if node.op == "call_module" and isinstance(gm.get_submodule(node.target), nn.Linear):
-        return gm.get_submodule(node.target)
-    return None
+match = matcher(modules=(nn.Linear,))
 
 
 def quantize(b, node, mod):

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from model import qmath
-from model.ops.base import OpKind, QuantizeError
+from model.ops.base import OpKind, QuantizeError, matcher
 
 MODULES = (nn.LeakyReLU, nn.ELU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.SiLU, nn.Tanh, nn.GELU, nn.Mish,
            nn.SELU, nn.CELU, nn.Softplus, nn.Softsign, nn.LogSigmoid, nn.ReLU, nn.ReLU6, nn.Hardtanh)
@@ -29,15 +29,7 @@ FUNCTIONS |= {f for f in (getattr(torch, name, None) for name in ("sigmoid", "si
 METHODS = {"sigmoid", "sigmoid_", "tanh", "tanh_", "relu", "relu_"}
 
 
-def match(gm, node):
-    if node.op == "call_module":
-        mod = gm.get_submodule(node.target)
-        return mod if isinstance(mod, MODULES) else None
-    if node.op == "call_function" and node.target in FUNCTIONS:
-        return True
-    if node.op == "call_method" and node.target in METHODS:
-        return True
-    return None
+match = matcher(MODULES, FUNCTIONS, METHODS)
 
 
 def _is_node(a):

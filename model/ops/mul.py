@@ -13,13 +13,10 @@ import torch
 import torch.fx as fx
 
 from model import qmath
-from model.ops.base import OpKind, QuantizeError
+from model.ops.base import OpKind, QuantizeError, matcher
 
-TARGETS = {operator.mul, operator.imul, torch.mul, torch.multiply, "mul", "mul_", "multiply", "multiply_"}
-
-
-def match(gm, node):
-    return True if node.op in ("call_function", "call_method") and node.target in TARGETS else None
+match = matcher(functions={operator.mul, operator.imul, torch.mul, torch.multiply},
+                methods={"mul", "mul_", "multiply", "multiply_"})
 
 
 def quantize(b, node, mod):

@@ -12,20 +12,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.ops.base import OpKind, QuantizeError, describe, emit_same_qparams, index_tensor, meta_value
+from model.ops.base import OpKind, QuantizeError, describe, emit_same_qparams, index_tensor, matcher, meta_value
 
 MODULES = (nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d)
 FUNCTIONS = {F.interpolate, F.upsample, F.upsample_nearest, F.upsample_bilinear}
 NEAREST = ("nearest", "nearest-exact")
 
 
-def match(gm, node):
-    if node.op == "call_module":
-        mod = gm.get_submodule(node.target)
-        return mod if isinstance(mod, MODULES) else None
-    if node.op == "call_function" and node.target in FUNCTIONS:
-        return True
-    return None
+match = matcher(MODULES, FUNCTIONS)
 
 
 def _mode(node, mod):
