@@ -20,7 +20,7 @@ import config
 import model as models
 from data import datasets
 from model import api
-from model.fileio import ModelFileError, atomic_save, load_checked
+from model.fileio import ModelFileError, atomic_save, error_line, load_checked
 from model.quantize import QuantizeError, settings_fingerprint
 
 
@@ -85,14 +85,20 @@ def load_float(cfg, head=None):
     user = config.user_model(cfg.model)
     if not user:
         return models.load_raw(types.SimpleNamespace(**{**vars(cfg), "checkpoint": ckpt}))[0], mean, std
-    if not ckpt:
-        raise ModelFileError(f"--model={cfg.model} needs --checkpoint=FILE (a torch.save(model.state_dict()) file)")
-    net = models.load_user_module(*user)
-    state, sha = models.read_checkpoint(ckpt)
+    net, sha = user_float(cfg.model, ckpt)
     if head.get("checkpoint_sha256") and sha != head["checkpoint_sha256"]:
         raise ModelFileError(f"{ckpt}: changed since it was quantized (sha256 differs from the tuple's); "
                              f"run `python quant_model.py --model={cfg.model}` again")
-    return models.load_state(net, state, ckpt).eval(), mean, std
+    return net.eval(), mean, std
+
+
+def user_float(model, checkpoint):
+    """(module with the checkpoint's weights, the checkpoint's sha256) of a user model FILE.py:NAME."""
+    if not checkpoint:
+        raise ModelFileError(f"--model={model} needs --checkpoint=FILE (a torch.save(model.state_dict()) file)")
+    net = models.load_user_module(*config.user_model(model))
+    state, sha = models.read_checkpoint(checkpoint)
+    return models.load_state(net, state, checkpoint), sha
 
 
 def summary(state, quant_list):
@@ -119,14 +125,9 @@ def main():
     shape, mean, std = config.check_input_settings(cfg.input_shape, cfg.input_mean, cfg.input_std)
     try:
         if user:
-            if not cfg.checkpoint:
-                raise ModelFileError(f"--model={cfg.model} needs --checkpoint=FILE "
-                                     f"(a torch.save(model.state_dict()) file)")
-            if not cfg.calib_data:
+            if cfg.checkpoint and not cfg.calib_data:     # (no checkpoint: user_float says so first)
                 raise ModelFileError(f"--model={cfg.model} needs --calib_data=FILE.npz or an ImageFolder directory")
-            net = models.load_user_module(*user)
-            state_dict, sha = models.read_checkpoint(cfg.checkpoint)
-            models.load_state(net, state_dict, cfg.checkpoint)
+            net, sha = user_float(cfg.model, cfg.checkpoint)
             dataset = api.CUSTOM_DATASET
         else:
             net, raw_header = models.load_raw(cfg)
@@ -157,9 +158,8 @@ def main():
     except QuantizeError as err:
         sys.exit(f"error: {err}")
     except (RuntimeError, ValueError, TypeError, IndexError) as err:   # the float model itself failed
-        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
         sys.exit(f"error: {name}: the float model failed on the {'x'.join(map(str, calib.shape[1:]))} calibration "
-                 f"images ({err.__class__.__name__}: {first}); check --input_shape and the model")
+                 f"images ({error_line(err)}); check --input_shape and the model")
     quant_list[0].update(checkpoint=os.path.abspath(cfg.checkpoint) if cfg.checkpoint else None,
                          calib_data=os.path.abspath(cfg.calib_data) if cfg.calib_data else None,
                          calib_available=int(len(images)))

@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import torch
 
-from model.fileio import atomic_open
+from model.fileio import atomic_open, error_line
 
 MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
                "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
@@ -144,8 +144,7 @@ def load_images(path, shape=None, need_labels=True):
         with np.load(path, allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files}
     except Exception as err:
-        raise DatasetError(f"{path}: not a readable .npz ({err.__class__.__name__}: "
-                           f"{str(err).splitlines()[0] if str(err) else ''})") from None
+        raise DatasetError(f"{path}: not a readable .npz ({error_line(err)})") from None
     if "x" not in arrays:
         raise DatasetError(f"{path}: no array 'x' (it holds {', '.join(arrays) or 'nothing'}); expected x "
                            f"(uint8 N×C×H×W) and y (labels)")
@@ -178,8 +177,7 @@ def _load_image_folder(path, shape):
     try:
         ds = ImageFolder(path)
     except Exception as err:
-        raise DatasetError(f"{path}: not an ImageFolder directory ({err.__class__.__name__}: "
-                           f"{str(err).splitlines()[0] if str(err) else ''})") from None
+        raise DatasetError(f"{path}: not an ImageFolder directory ({error_line(err)})") from None
     images = np.empty((len(ds), c, h, w), dtype=np.uint8)
     labels = np.empty(len(ds), dtype=np.int64)
     for i, (file, label) in enumerate(ds.samples):

@@ -9,7 +9,7 @@ from typing import Callable
 
 import torch
 
-from model.fileio import FORMAT_VERSIONS, ModelFileError, atomic_save, load_checked
+from model.fileio import FORMAT_VERSIONS, ModelFileError, atomic_save, error_line, load_checked
 from model import cifar
 from model.lenet import LeNet
 
@@ -70,9 +70,8 @@ def _read_raw(cfg):
         state, digest = read_checkpoint(path)
         return state, {"kind": "state_dict", "model": cfg.model, "sha256": digest}
     obj = load_checked(path, "fpgai-raw", cfg.model, hint=f"; train it with `python train_model.py --model={cfg.model}`")
-    with open(path, "rb") as f:   # identifies the checkpoint in the fingerprint of what is made from it
-        digest = hashlib.sha256(f.read()).hexdigest()
-    return obj["state_dict"], {**obj["header"], "sha256": digest}
+    # the sha256 identifies the checkpoint in the fingerprint of what is made from it
+    return obj["state_dict"], {**obj["header"], "sha256": sha256_file(path)}
 
 
 def raw_header(cfg):
@@ -98,11 +97,6 @@ def sha256_file(path):
     return h.hexdigest()
 
 
-def _first_line(err):
-    text = str(err).strip().splitlines()
-    return f"{err.__class__.__name__}: {text[0]}" if text else err.__class__.__name__
-
-
 def load_user_module(path, name):
     """NAME() of the Python file `path`: a class or a function that, called with no arguments,
     returns the nn.Module. ModelFileError (one line) for a bad path, a missing NAME, a failing
@@ -123,14 +117,14 @@ def load_user_module(path, name):
             sys.path.remove(folder)
     except Exception as err:
         sys.modules.pop(mod_name, None)
-        raise ModelFileError(f"{path}: cannot import it ({_first_line(err)})") from None
+        raise ModelFileError(f"{path}: cannot import it ({error_line(err)})") from None
     builder = getattr(module, name, None)
     if builder is None or not callable(builder):
         raise ModelFileError(f"{path}: has no class or function '{name}' ({where})")
     try:
         net = builder()
     except Exception as err:
-        raise ModelFileError(f"{path}: {name}() failed ({_first_line(err)}); NAME must be callable with "
+        raise ModelFileError(f"{path}: {name}() failed ({error_line(err)}); NAME must be callable with "
                              f"no arguments") from None
     if not isinstance(net, torch.nn.Module):
         raise ModelFileError(f"{path}: {name}() returned a {type(net).__name__}, not a torch.nn.Module")
@@ -146,7 +140,7 @@ def read_checkpoint(path):
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
         raise ModelFileError(f"{path}: not a readable checkpoint; expected torch.save(model.state_dict()) "
-                             f"loadable with weights_only=True ({_first_line(err)})") from None
+                             f"loadable with weights_only=True ({error_line(err)})") from None
     if isinstance(obj, dict) and isinstance(obj.get("header"), dict) and obj["header"].get("kind") == "fpgai-raw":
         obj = obj.get("state_dict")
     if (not isinstance(obj, dict) or not obj

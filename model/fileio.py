@@ -17,6 +17,12 @@ class ModelFileError(RuntimeError):
     pass
 
 
+def error_line(err):
+    """'ExceptionClass: the first line of its message', for a one-line error naming a file."""
+    text = str(err).strip().splitlines()
+    return f"{err.__class__.__name__}: {text[0]}" if text else err.__class__.__name__
+
+
 @contextlib.contextmanager
 def atomic_open(path, mode="wb"):
     folder = os.path.dirname(path) or "."
@@ -46,8 +52,7 @@ def load_checked(path, kind, model=None, hint=""):
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise ModelFileError(f"{path}: not a readable {kind} file ({err.__class__.__name__}: "
-                             f"{str(err).splitlines()[0] if str(err) else ''})") from None
+        raise ModelFileError(f"{path}: not a readable {kind} file ({error_line(err)})") from None
     header = obj.get("header") if isinstance(obj, dict) else (
         obj[1][0] if isinstance(obj, tuple) and len(obj) == 2 and obj[1] else None)
     if not isinstance(header, dict) or header.get("kind") != kind:
