@@ -1,12 +1,10 @@
 """Small float models with random weights and BN statistics that exercise every
 integer op, and their quantized integer graphs; shared by the engine tests."""
-import types
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-import config
+from model.api import make_cfg
 from model.quantize import build_integer_graph
 
 
@@ -174,14 +172,6 @@ class DataMovementNet(nn.Module):
 ARCHS = {"conv_pool": (ConvPoolNet, "mnist", (1, 28, 28)), "residual": (ResidualNet, "cifar10", (3, 32, 32)),
          "branch": (BranchNet, "cifar10", (3, 32, 32)), "activations": (ActivationNet, "cifar10", (3, 32, 32)),
          "data_movement": (DataMovementNet, "cifar10", (3, 32, 32))}
-
-
-def make_cfg(**overrides):
-    """config.py's defaults as the namespace config.load() returns, with overrides."""
-    cfg = types.SimpleNamespace(**{k.lower(): v for k, v in config.defaults().items()})
-    for key, value in overrides.items():
-        setattr(cfg, key, value)
-    return cfg
 
 
 def random_quantized(arch, weight_mode="per_channel", seed=0, calib=64, multiplier_bits=16, archs=None, n_test=32):

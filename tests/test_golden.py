@@ -9,7 +9,6 @@ regenerated on purpose, recompute them (run this file, read the failure) and say
 """
 import hashlib
 import os
-import shutil
 import subprocess
 
 import numpy as np
@@ -19,7 +18,7 @@ import torch
 import config
 from data import datasets
 from model.np_engine import NumpyIntegerModel
-from tests.test_c_engine import C_DIR, assert_clean, result_line
+from tests.test_c_engine import assert_clean, binaries, result_line  # noqa: F401  (binaries: a fixture)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IMAGES = 10_000
@@ -41,19 +40,10 @@ def mnist():
         pytest.fail(str(err))
 
 
-@pytest.fixture(scope="module")
-def inference():
-    if shutil.which("make") is None or shutil.which("gcc") is None:
-        pytest.skip("make/gcc not available")
-    proc = subprocess.run(["make", "-C", C_DIR, "all"], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return os.path.join(C_DIR, "inference")
-
-
 @pytest.mark.parametrize("fmt", ["bin", "txt"])
-def test_c_engine_on_the_committed_export(inference, mnist, tmp_path, fmt):
+def test_c_engine_on_the_committed_export(binaries, mnist, tmp_path, fmt):  # noqa: F811
     out = tmp_path / "logits.txt"
-    proc = subprocess.run([inference, "--model", "lenet", "--dir", os.path.join(ROOT, "export_model"),
+    proc = subprocess.run([binaries["fast"], "--model", "lenet", "--dir", os.path.join(ROOT, "export_model"),
                            "--images", mnist[0], "--labels", mnist[1], "--format", fmt, "--logits", str(out)],
                           capture_output=True, text=True, timeout=300)
     assert_clean(proc)
