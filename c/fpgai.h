@@ -27,7 +27,7 @@
 
 /* ---- limits (README "Exported files") -------------------------------------------------- */
 
-#define FORMAT_VERSION 2
+#define FORMAT_VERSION 3
 #define HEADER_BYTES   256
 #define MIN_OPS        2
 #define MAX_OPS        4096
@@ -61,7 +61,10 @@ typedef struct {
     int32_t *in;                    /* n_inputs input tensor ids, each < this op's index */
 
     /* parameters: the ones of its kind (KINDS[kind].params), the others 0 */
-    int32_t kh, kw, stride_h, stride_w, pad_h, pad_w, groups;
+    int32_t kh, kw, stride_h, stride_w, groups;
+    int32_t pad_top, pad_left;      /* conv: each side; maxpool: its pad_h / pad_w, on both sides */
+    int32_t pad_bottom, pad_right;  /* conv; the pools: copies of pad_top / pad_left (at load) */
+    int32_t dil_h, dil_w;           /* conv: kernel taps this far apart; the pools: 1 (at load) */
     int32_t ceil_mode;              /* maxpool: the output size rounds up (PyTorch's ceil_mode) */
     int32_t w_zero_point, w_offset, b_offset;
     int32_t ch_start;               /* slice: its first input channel */
@@ -112,7 +115,7 @@ typedef struct {
 /* How many multipliers, shifts (or table values) a record holds */
 enum { RQ_NONE, RQ_ONE, RQ_TWO, RQ_C, RQ_INPUTS, RQ_256, RQ_RULE_COUNT };
 
-#define MAX_PARAMS 12
+#define MAX_PARAMS 16
 
 typedef struct {
     const char *name;               /* "conv" */

@@ -148,6 +148,17 @@ static size_t dw_slot(size_t c)
     return c - r + r / 4 % 4 * 16 + r / 16 * 4 + r % 4;
 }
 
+/* Rows and columns of a conv's input with its padding (pad_input) */
+static size_t padded_h(const Op *op, const Op *in)
+{
+    return (size_t)in->h + (size_t)op->pad_top + (size_t)op->pad_bottom;
+}
+
+static size_t padded_w(const Op *op, const Op *in)
+{
+    return (size_t)in->w + (size_t)op->pad_left + (size_t)op->pad_right;
+}
+
 /* The packed weights and requantization constants of every conv/linear layer, and the
  * workspace sizes. */
 static FastModel *fast_prepare_model(const Model *m)
@@ -172,8 +183,7 @@ static FastModel *fast_prepare_model(const Model *m)
         f->d = m->weight_signed ? 0 : 128 - op->w_zero_point;
         const int taps = op->kind == OP_CONV ? op->kh * op->kw : 1;
         /* the input with its padding (pad_input): depthwise and im2col convs */
-        const size_t padded = op->kind == OP_CONV ? ((size_t)in->h + 2 * (size_t)op->pad_h)
-                                                    * ((size_t)in->w + 2 * (size_t)op->pad_w) * (size_t)in->c : 0;
+        const size_t padded = op->kind == OP_CONV ? padded_h(op, in) * padded_w(op, in) * (size_t)in->c : 0;
         if (op->kind == OP_CONV && f->cin_g == 1 && f->cout_g == 1 && groups > 1 && taps <= 64) {
             f->kind = FK_DEPTHWISE;
             if (FAST_VNNI) {            /* the VNNI kernel reads the padded input */
@@ -197,7 +207,7 @@ static FastModel *fast_prepare_model(const Model *m)
             const int32_t rg = (op->kh + 3) / 4;      /* groups of 4 kernel rows */
             if (FAST_VNNI) {
                 f->w8 = xcalloc(nch / 64 * (size_t)rg * (size_t)op->kw * 256, 1, "depthwise weights");
-                fm->dwcols_bytes = max_size(fm->dwcols_bytes, ((size_t)in->w + 2 * (size_t)op->pad_w) * (size_t)rg * 256);
+                fm->dwcols_bytes = max_size(fm->dwcols_bytes, padded_w(op, in) * (size_t)rg * 256);
             }
             for (int32_t c = 0; c < op->c; c++) {
                 size_t sl = FAST_VNNI ? dw_slot((size_t)c) : (size_t)c;
@@ -544,17 +554,17 @@ static void tile(int nb, int mp, const uint8_t *A, size_t lda, const int8_t *B, 
 /* The conv input x (HWC) with its padding, which holds z_x, into pb. */
 static void pad_input(const Op *op, const Op *in, const uint8_t *x, uint8_t *pb)
 {
-    const size_t C = (size_t)in->c, Wp = (size_t)in->w + 2 * (size_t)op->pad_w;
+    const size_t C = (size_t)in->c, Wp = padded_w(op, in);
     const int zx = in->zero_point;
-    memset(pb, zx, (size_t)op->pad_h * Wp * C);
-    pb += (size_t)op->pad_h * Wp * C;
+    memset(pb, zx, (size_t)op->pad_top * Wp * C);
+    pb += (size_t)op->pad_top * Wp * C;
     for (int32_t iy = 0; iy < in->h; iy++) {
-        memset(pb, zx, (size_t)op->pad_w * C);
-        memcpy(pb + (size_t)op->pad_w * C, x + (size_t)iy * in->w * C, (size_t)in->w * C);
-        memset(pb + (size_t)(op->pad_w + in->w) * C, zx, (size_t)op->pad_w * C);
+        memset(pb, zx, (size_t)op->pad_left * C);
+        memcpy(pb + (size_t)op->pad_left * C, x + (size_t)iy * in->w * C, (size_t)in->w * C);
+        memset(pb + (size_t)(op->pad_left + in->w) * C, zx, (size_t)op->pad_right * C);
         pb += Wp * C;
     }
-    memset(pb, zx, (size_t)op->pad_h * Wp * C);
+    memset(pb, zx, (size_t)op->pad_bottom * Wp * C);
 }
 
 /* A conv (any groups but depthwise) or linear layer; x and out are HWC. */
@@ -573,22 +583,24 @@ static void fast_gemm(const Op *op, const Op *in, const FastOp *f, const uint8_t
             } else {
                 /* the input with its padding (z_x) in the workspace, then each row of A
                  * from whole spans of it: kw*C bytes per kernel row (groups 1), else cin_g per tap */
-                const size_t C = (size_t)in->c, Wp = (size_t)in->w + 2 * (size_t)op->pad_w;
+                const size_t C = (size_t)in->c, Wp = padded_w(op, in), tap = (size_t)op->dil_w * C;
                 if (g == 0)
                     pad_input(op, in, x, ws->pad);
-                const size_t span = groups == 1 ? (size_t)op->kw * C : (size_t)f->cin_g;
+                /* a kernel row is one span when its taps are adjacent and take every channel */
+                const int whole_rows = groups == 1 && op->dil_w == 1;
+                const size_t span = whole_rows ? (size_t)op->kw * C : (size_t)f->cin_g;
                 for (int32_t oy = 0; oy < op->h; oy++)
                     for (int32_t ox = 0; ox < op->w; ox++, row += K4) {
                         uint8_t *dst = row;
                         for (int32_t ky = 0; ky < op->kh; ky++) {
-                            const uint8_t *src = ws->pad + ((size_t)(oy * op->stride_h + ky) * Wp
+                            const uint8_t *src = ws->pad + ((size_t)(oy * op->stride_h + ky * op->dil_h) * Wp
                                                             + (size_t)ox * op->stride_w) * C + (size_t)g * f->cin_g;
-                            if (groups == 1) {
+                            if (whole_rows) {
                                 copy_over(dst, src, span);
                                 dst += span;
                             } else {
                                 for (int32_t kx = 0; kx < op->kw; kx++, dst += span)
-                                    copy_over(dst, src + (size_t)kx * C, span);
+                                    copy_over(dst, src + (size_t)kx * tap, span);
                             }
                         }
                         memset(dst, 0, K4 - (size_t)f->K);
@@ -635,7 +647,8 @@ static inline __attribute__((always_inline)) void dw_chunk(const int KW, const i
                                                            size_t Wpad, size_t c0, uint8_t *out, Workspace *ws)
 {
     /* everything in locals: the byte stores may alias any field */
-    const size_t C = (size_t)op->c, sw = (size_t)op->stride_w, sh = (size_t)op->stride_h, Wp = (size_t)(op->w - 1) * sw + (size_t)KW;
+    const size_t C = (size_t)op->c, sw = (size_t)op->stride_w, sh = (size_t)op->stride_h;
+    const size_t dh = (size_t)op->dil_h, dw = (size_t)op->dil_w, Wp = (size_t)(op->w - 1) * sw + (size_t)(KW - 1) * dw + 1;
     const int32_t OH = op->h, OW = op->w, KH = op->kh, d = f->d, post = f->post;
     const int n = C - c0 < 64 ? (int)(C - c0) : 64;
     const __mmask64 mask = n == 64 ? ~(__mmask64)0 : ((__mmask64)1 << n) - 1;
@@ -654,7 +667,7 @@ static inline __attribute__((always_inline)) void dw_chunk(const int KW, const i
                 for (int k = 0; k < 4; k++) {
                     int ky = 4 * g + k;
                     r[k] = ky < KH
-                               ? _mm512_maskz_loadu_epi8(mask, pad + (((size_t)oy * sh + (size_t)ky)
+                               ? _mm512_maskz_loadu_epi8(mask, pad + (((size_t)oy * sh + (size_t)ky * dh)
                                                                           * Wpad + ix) * C + c0)
                                : z;
                 }
@@ -672,7 +685,7 @@ static inline __attribute__((always_inline)) void dw_chunk(const int KW, const i
             __m512i s0 = z, s1 = z, s2 = z, s3 = z;
             for (int kx = 0; kx < KW; kx++)
                 for (int g = 0; g < RG; g++) {
-                    const __m512i *cv = col + (((size_t)ox * sw + (size_t)kx) * RG + (size_t)g) * 4;
+                    const __m512i *cv = col + (((size_t)ox * sw + (size_t)kx * dw) * RG + (size_t)g) * 4;
                     const int8_t *wv = w + ((size_t)g * KW + (size_t)kx) * 256;
                     __m512i v0 = _mm512_load_si512(cv), v1 = _mm512_load_si512(cv + 1);
                     __m512i v2 = _mm512_load_si512(cv + 2), v3 = _mm512_load_si512(cv + 3);
@@ -712,7 +725,7 @@ static inline __attribute__((always_inline)) void dw_chunk(const int KW, const i
 
 static void fast_depthwise(const Op *op, const Op *in, const FastOp *f, const uint8_t *x, uint8_t *out, Workspace *ws)
 {
-    const size_t Wpad = (size_t)in->w + 2 * (size_t)op->pad_w;
+    const size_t Wpad = padded_w(op, in);
     pad_input(op, in, x, ws->pad);
     for (size_t c0 = 0; c0 < (size_t)op->c; c0 += 64) {
         if (op->kw == 3 && op->kh <= 4)
@@ -731,11 +744,11 @@ static void fast_depthwise(const Op *op, const Op *in, const FastOp *f, const ui
             for (int32_t c = 0; c < C; c++)
                 acc[c] = op->bias[c];
             for (int32_t ky = 0; ky < op->kh; ky++) {
-                int32_t iy = oy * op->stride_h + ky - op->pad_h;
+                int32_t iy = oy * op->stride_h + ky * op->dil_h - op->pad_top;
                 if (iy < 0 || iy >= in->h)
                     continue;
                 for (int32_t kx = 0; kx < op->kw; kx++) {
-                    int32_t ix = ox * op->stride_w + kx - op->pad_w;
+                    int32_t ix = ox * op->stride_w + kx * op->dil_w - op->pad_left;
                     if (ix < 0 || ix >= in->w)
                         continue;               /* padding: x - z_x = 0 */
                     const uint8_t *src = x + ((size_t)iy * in->w + ix) * C;
@@ -756,10 +769,10 @@ static void fast_maxpool(const Op *op, const Op *in, const uint8_t *x, uint8_t *
     const size_t C = (size_t)op->c;
     for (int32_t oy = 0; oy < op->h; oy++) {
         int32_t y0, y1;
-        pool_window(oy, op->stride_h, op->pad_h, op->kh, in->h, &y0, &y1);
+        pool_window(oy, op->stride_h, op->pad_top, op->kh, in->h, &y0, &y1);
         for (int32_t ox = 0; ox < op->w; ox++) {
             int32_t x0, x1;
-            pool_window(ox, op->stride_w, op->pad_w, op->kw, in->w, &x0, &x1);
+            pool_window(ox, op->stride_w, op->pad_left, op->kw, in->w, &x0, &x1);
             uint8_t *dst = out + ((size_t)oy * op->w + ox) * C;
             memset(dst, 0, C);
             for (int32_t iy = y0; iy < y1; iy++)

@@ -54,7 +54,7 @@ static void ref_input(const Model *m, const RefModel *rm, int i, RefWorkspace *w
 }
 
 /* Convolution as im2col + matrix product, one group at a time.
- *   cols[k][p]  = x[ci][oy*sh + ky - ph][ox*sw + kx - pw] - z_x   (0 in the padding)
+ *   cols[k][p]  = x[ci][oy*sh + ky*dh - pt][ox*sw + kx*dw - pl] - z_x   (0 in the padding)
  *                 with k = (ci*kh + ky)*kw + kx over the group's input channels,
  *                 p = oy*OW + ox; each row is zero padded to P8 = P rounded up to LANES
  *   acc[p]      = bias[co] + sum_k w[co][k] * cols[k][p]
@@ -81,7 +81,7 @@ static void ref_conv(const Model *m, const RefModel *rm, int i, RefWorkspace *ws
             for (int32_t ky = 0; ky < op->kh; ky++) {
                 for (int32_t kx = 0; kx < op->kw; kx++, row += P8) {
                     for (int32_t oy = 0; oy < OH; oy++) {
-                        int32_t iy = oy * op->stride_h + ky - op->pad_h;
+                        int32_t iy = oy * op->stride_h + ky * op->dil_h - op->pad_top;
                         int16_t *dst = row + (size_t)oy * OW;
                         if (iy < 0 || iy >= H) {
                             memset(dst, 0, (size_t)OW * sizeof *dst);
@@ -89,7 +89,7 @@ static void ref_conv(const Model *m, const RefModel *rm, int i, RefWorkspace *ws
                         }
                         const uint8_t *src = plane + (size_t)iy * W;
                         for (int32_t ox = 0; ox < OW; ox++) {
-                            int32_t ix = ox * op->stride_w + kx - op->pad_w;
+                            int32_t ix = ox * op->stride_w + kx * op->dil_w - op->pad_left;
                             dst[ox] = (int16_t)(ix >= 0 && ix < W ? src[ix] - zx : 0);
                         }
                     }
@@ -170,10 +170,10 @@ static void ref_maxpool(const Model *m, const RefModel *rm, int i, RefWorkspace 
         const uint8_t *plane = x + (size_t)c * in->h * in->w;
         for (int32_t oy = 0; oy < op->h; oy++) {
             int32_t y0, y1;
-            pool_window(oy, op->stride_h, op->pad_h, op->kh, in->h, &y0, &y1);
+            pool_window(oy, op->stride_h, op->pad_top, op->kh, in->h, &y0, &y1);
             for (int32_t ox = 0; ox < op->w; ox++) {
                 int32_t x0, x1;
-                pool_window(ox, op->stride_w, op->pad_w, op->kw, in->w, &x0, &x1);
+                pool_window(ox, op->stride_w, op->pad_left, op->kw, in->w, &x0, &x1);
                 uint8_t best = 0;
                 for (int32_t iy = y0; iy < y1; iy++)
                     for (int32_t ix = x0; ix < x1; ix++)

@@ -1,5 +1,5 @@
 /*
- * model.c -- everything the C engine reads from files: model.bin (format version 2, README
+ * model.c -- everything the C engine reads from files: model.bin (format version 3, README
  * "Exported files"), the weight files it seals, and the load-time checks (accumulator bound,
  * work limits, the activation memory plan).  Nothing here runs per image.
  *
@@ -221,15 +221,17 @@ static const char *kind_name(const Op *op)
     return KINDS[op->kind].name;
 }
 
-/* Output size of a window op along one axis: (in + 2 pad - k) / stride + 1, or -1. */
-static int64_t window_out(int32_t in, int32_t k, int32_t stride, int32_t pad, int ceil_mode)
+/* Output size of a window op along one axis: (in + before + after - extent) / stride + 1, or -1;
+ * extent = the kernel's reach, dilation (k - 1) + 1. */
+static int64_t window_out(int32_t in, int64_t extent, int32_t stride, int32_t before, int32_t after, int ceil_mode)
 {
-    if ((int64_t)in + 2 * (int64_t)pad < k)
+    const int64_t padded = (int64_t)in + before + after;
+    if (padded < extent)
         return -1;
-    int64_t out = ((int64_t)in + 2 * (int64_t)pad - k + (ceil_mode ? stride - 1 : 0)) / stride + 1;
+    int64_t out = (padded - extent + (ceil_mode ? stride - 1 : 0)) / stride + 1;
     /* PyTorch's rule: a last window may reach past the padded input, never start past the
      * input and its left padding, so every window still holds a real element */
-    if (ceil_mode && (out - 1) * stride >= (int64_t)in + pad)
+    if (ceil_mode && (out - 1) * stride >= (int64_t)in + before)
         out--;
     return out;
 }
@@ -257,21 +259,34 @@ static void check_scratch(const Model *m, int i, const char *what, uint64_t elem
              (unsigned long long)elems, what, (unsigned long long)MAX_SCRATCH);
 }
 
-/* kernel, stride and padding against the input and output sizes (conv, pools) */
+/* kernel, stride, padding and dilation against the input and output sizes (conv, pools); no
+ * padding reaches as far as the kernel, so every window holds a real element */
 static void check_window(const Model *m, int i)
 {
     const Op *op = &m->ops[i], *x = op_input(m, op, 0);
-    if (op->pad_h >= op->kh)
-        fail("%s: op %d (%s): pad_h %d is not below kernel_h %d", m->path, i, kind_name(op), op->pad_h, op->kh);
-    if (op->pad_w >= op->kw)
-        fail("%s: op %d (%s): pad_w %d is not below kernel_w %d", m->path, i, kind_name(op), op->pad_w, op->kw);
-    int64_t oh = window_out(x->h, op->kh, op->stride_h, op->pad_h, op->ceil_mode);
-    int64_t ow = window_out(x->w, op->kw, op->stride_w, op->pad_w, op->ceil_mode);
+    const int64_t eh = (int64_t)op->dil_h * (op->kh - 1) + 1, ew = (int64_t)op->dil_w * (op->kw - 1) + 1;
+    const int32_t pads[4] = {op->pad_top, op->pad_left, op->pad_bottom, op->pad_right};
+    static const char *const side[4] = {"top", "left", "bottom", "right"};
+    for (int k = 0; k < 4; k++)
+        if (pads[k] >= (k % 2 ? ew : eh))
+            fail("%s: op %d (%s): %s padding %d is not below the kernel's reach %lld", m->path, i, kind_name(op),
+                 side[k], pads[k], (long long)(k % 2 ? ew : eh));
+    int64_t oh = window_out(x->h, eh, op->stride_h, op->pad_top, op->pad_bottom, op->ceil_mode);
+    int64_t ow = window_out(x->w, ew, op->stride_w, op->pad_left, op->pad_right, op->ceil_mode);
     if (oh != op->h || ow != op->w)
-        fail("%s: op %d (%s): output %dx%d, but a %dx%d input with kernel %dx%d, stride %dx%d, "
-             "padding %dx%d%s gives %lldx%lld", m->path, i, kind_name(op), op->h, op->w, x->h, x->w, op->kh,
-             op->kw, op->stride_h, op->stride_w, op->pad_h, op->pad_w, op->ceil_mode ? ", ceil_mode" : "",
+        fail("%s: op %d (%s): output %dx%d, but a %dx%d input with kernel %dx%d, stride %dx%d, padding "
+             "%d,%d,%d,%d (top, left, bottom, right), dilation %dx%d%s gives %lldx%lld", m->path, i, kind_name(op),
+             op->h, op->w, x->h, x->w, op->kh, op->kw, op->stride_h, op->stride_w, op->pad_top, op->pad_left,
+             op->pad_bottom, op->pad_right, op->dil_h, op->dil_w, op->ceil_mode ? ", ceil_mode" : "",
              (long long)oh, (long long)ow);
+}
+
+/* A pool's geometry in the conv's terms: its padding on both sides, no dilation */
+static void pool_geometry(Op *op)
+{
+    op->pad_bottom = op->pad_top;
+    op->pad_right = op->pad_left;
+    op->dil_h = op->dil_w = 1;
 }
 
 static void check_same_channels(const Model *m, int i)
@@ -315,8 +330,9 @@ static void validate_conv(Model *m, int i)
     /* the kernels' scratch: im2col rows (the reference pads each to 8 lanes), the padded input */
     uint64_t plane = ((uint64_t)op->h * (uint64_t)op->w + 7) / 8 * 8;
     check_scratch(m, i, "im2col", k * plane);
-    check_scratch(m, i, "padded input",
-                  ((uint64_t)x->h + 2 * (uint64_t)op->pad_h) * ((uint64_t)x->w + 2 * (uint64_t)op->pad_w) * (uint64_t)x->c);
+    check_scratch(m, i, "padded input", ((uint64_t)x->h + (uint64_t)op->pad_top + (uint64_t)op->pad_bottom)
+                                        * ((uint64_t)x->w + (uint64_t)op->pad_left + (uint64_t)op->pad_right)
+                                        * (uint64_t)x->c);
 }
 
 static void validate_linear(Model *m, int i)
@@ -334,7 +350,9 @@ static void validate_linear(Model *m, int i)
 
 static void validate_maxpool(Model *m, int i)
 {
-    const Op *op = &m->ops[i], *x = op_input(m, op, 0);
+    Op *op = &m->ops[i];
+    const Op *x = op_input(m, op, 0);
+    pool_geometry(op);
     check_same_channels(m, i);
     check_window(m, i);
     check_work(m, i, "window reads", (uint64_t)op_elems(op) * (uint64_t)op->kh * (uint64_t)op->kw);
@@ -346,7 +364,9 @@ static void validate_maxpool(Model *m, int i)
 /* (window sum - n*z_in) * m + rounding must fit int64 */
 static void validate_avgpool(Model *m, int i)
 {
-    const Op *op = &m->ops[i], *x = op_input(m, op, 0);
+    Op *op = &m->ops[i];
+    const Op *x = op_input(m, op, 0);
+    pool_geometry(op);
     check_same_channels(m, i);
     check_window(m, i);
     uint64_t n = (uint64_t)op->kh * (uint64_t)op->kw;
@@ -468,7 +488,10 @@ static void validate_upsample(Model *m, int i)
 #define PARAM(field, name, lo, hi) {name, offsetof(Op, field), lo, hi}
 #define WINDOW PARAM(kh, "kernel_h", 1, MAX_DIM), PARAM(kw, "kernel_w", 1, MAX_DIM), \
                PARAM(stride_h, "stride_h", 1, MAX_DIM), PARAM(stride_w, "stride_w", 1, MAX_DIM)
-#define PADDING PARAM(pad_h, "pad_h", 0, MAX_DIM), PARAM(pad_w, "pad_w", 0, MAX_DIM)
+#define POOL_PADDING PARAM(pad_top, "pad_h", 0, MAX_DIM), PARAM(pad_left, "pad_w", 0, MAX_DIM)
+#define CONV_PADDING PARAM(pad_top, "pad_top", 0, MAX_DIM), PARAM(pad_left, "pad_left", 0, MAX_DIM), \
+                     PARAM(pad_bottom, "pad_bottom", 0, MAX_DIM), PARAM(pad_right, "pad_right", 0, MAX_DIM), \
+                     PARAM(dil_h, "dilation_h", 1, MAX_DIM), PARAM(dil_w, "dilation_w", 1, MAX_DIM)
 #define WEIGHTS PARAM(w_zero_point, "weight_zero_point", 0, 255), \
                 PARAM(w_offset, "weight_offset", 0, INT32_MAX), PARAM(b_offset, "bias_offset", 0, INT32_MAX)
 
@@ -480,10 +503,10 @@ static void validate_upsample(Model *m, int i)
 const KindSpec KINDS[OP_KIND_COUNT] = {
     [OP_INPUT] = {"input", OP_INPUT, 0, 0, 0, {{NULL, 0, 0, 0}}, RQ_NONE, RQ_NONE, RQ_NONE, validate_input},
     [OP_CONV] = {"conv", OP_CONV, 1, 1, 1,
-                 {WINDOW, PADDING, PARAM(groups, "groups", 1, MAX_DIM), WEIGHTS, {NULL, 0, 0, 0}},
+                 {WINDOW, CONV_PADDING, PARAM(groups, "groups", 1, MAX_DIM), WEIGHTS, {NULL, 0, 0, 0}},
                  RQ_C, RQ_C, RQ_NONE, validate_conv},
     [OP_LINEAR] = {"linear", OP_LINEAR, 1, 1, 1, {WEIGHTS, {NULL, 0, 0, 0}}, RQ_C, RQ_C, RQ_NONE, validate_linear},
-    [OP_MAXPOOL] = {"maxpool", OP_MAXPOOL, 1, 1, 0, {WINDOW, PADDING, PARAM(ceil_mode, "ceil_mode", 0, 1),
+    [OP_MAXPOOL] = {"maxpool", OP_MAXPOOL, 1, 1, 0, {WINDOW, POOL_PADDING, PARAM(ceil_mode, "ceil_mode", 0, 1),
                                                          {NULL, 0, 0, 0}}, RQ_NONE, RQ_NONE, RQ_NONE, validate_maxpool},
     [OP_AVGPOOL] = {"avgpool", OP_AVGPOOL, 1, 1, 0, {WINDOW, {NULL, 0, 0, 0}}, RQ_ONE, RQ_ONE, RQ_NONE,
                      validate_avgpool},

@@ -6,7 +6,7 @@
 {model}_bias.bin    all layers' biases, int32 little-endian
 {model}_quant.txt   'multiplier,shift,zero_point' lines: one a layer (per-tensor mode) or
                     one an output channel (per-channel mode), layers in graph order
-{model}_model.bin   the graph (format v2): the op records of model/ops, and the size and
+{model}_model.bin   the graph (format v3): the op records of model/ops, and the size and
                     CRC-32 of every weight file beside it, so the set is sealed
 """
 import glob
@@ -20,7 +20,7 @@ from model.fileio import atomic_open
 from model.ops import BY_CODE, KINDS, REQUANT_COUNTS, param_words, params_from_words, weighted_ops
 
 MAGIC = b"FPGAIQM\0"
-MODEL_BIN_VERSION = 2
+MODEL_BIN_VERSION = 3
 HEADER_BYTES = 256
 # magic, version, crc, header size, n_ops, weight mode, total weights, total biases, exported formats,
 # (size, crc, 0) of weight.bin, bias.bin, weight.txt, model, dataset, fingerprint; reserved zeros to 256
@@ -171,7 +171,7 @@ def read_weight_txt(path):
 
 
 def read_model_bin(path):
-    """(header dict, [op dicts]) of a model.bin v2: each op has `op` (its kind), shape, zero_point,
+    """(header dict, [op dicts]) of a model.bin v3: each op has `op` (its kind), shape, zero_point,
     qmin, qmax, scale, inputs, its kind's parameters under their quant_list names (plus
     weight_offset / bias_offset), multiplier, shift and table lists. Strict length and CRC checks."""
     data = open(path, "rb").read()

@@ -10,7 +10,7 @@ import os
 import torch
 
 # the version each kind of file this project writes has now; a file of another version is refused
-FORMAT_VERSIONS = {"fpgai-raw": 1, "fpgai-train-state": 1, "fpgai-quant": 2}
+FORMAT_VERSIONS = {"fpgai-raw": 1, "fpgai-train-state": 1, "fpgai-quant": 3}
 
 
 class ModelFileError(RuntimeError):

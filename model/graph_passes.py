@@ -1,4 +1,4 @@
-"""fx graph rewrites run on the traced float model before BN folding and calibration.
+"""fx graph rewrites run on the traced float model around BN folding, before calibration.
 
 fold_input_normalisation: constant arithmetic applied to the input in `forward`, such as
 `(x - mean) / std`, `x * 2 - 1`, `x.sub(self.mean).div(self.std)`, with python numbers or
@@ -11,11 +11,16 @@ to float rounding. BN folding leaves it alone (no conv before it), and the quant
 as the standalone-BatchNorm path (model/ops/conv.py: a 1x1 depthwise conv on the raw pixels).
 Only the chain directly on the input is folded; constant arithmetic anywhere else stays in the
 graph and the quantizer refuses it by name.
+
+fold_zero_padding: a zero pad (F.pad(x, (l, r, t, b)), nn.ZeroPad2d, nn.ConstantPad2d(p, 0.))
+that only Conv2d layers read becomes part of their padding (TF-style "same" padding, asymmetric
+padding): each conv module is wrapped in model.ops.conv.ZeroPaddedConv, the same float function.
 """
 import operator
 
 import torch
 import torch.fx as fx
+import torch.nn.functional as F
 from torch import nn
 
 NORM_MODULE = "input_normalisation"
@@ -171,3 +176,53 @@ def fold_input_normalisation(gm, channels):
     graph.lint()
     gm.recompile()
     return [n.name for n in chain]
+
+
+def _zero_pad(gm, node):
+    """[top, left, bottom, right] of a constant-zero pad of H and W (no cropping), else None."""
+    if node.op == "call_module":
+        mod = gm.get_submodule(node.target)
+        if not isinstance(mod, (nn.ZeroPad2d, nn.ConstantPad2d)) or getattr(mod, "value", 0.0) != 0:
+            return None
+        pad = mod.padding
+    elif node.op == "call_function" and node.target is F.pad:
+        args = dict(zip(("input", "pad", "mode", "value"), node.args), **node.kwargs)
+        if args.get("mode", "constant") != "constant" or args.get("value") not in (None, 0, 0.0):
+            return None
+        pad = args.get("pad")
+    else:
+        return None
+    if not isinstance(pad, (tuple, list)) or len(pad) not in (2, 4) or not all(
+            isinstance(p, int) and not isinstance(p, bool) and p >= 0 for p in pad):
+        return None
+    left, right, top, bottom = (*pad, 0, 0)[:4]
+    return [top, left, bottom, right]
+
+
+def fold_zero_padding(gm):
+    """Fold every zero pad that only plain Conv2d layers (each called once) read into their
+    padding (in place); returns the folded pads' node names."""
+    from model.ops.conv import ZeroPaddedConv
+    calls = {}
+    for node in gm.graph.nodes:
+        if node.op == "call_module":
+            calls[node.target] = calls.get(node.target, 0) + 1
+    folded = []
+    for node in list(gm.graph.nodes):
+        pads = _zero_pad(gm, node)
+        users = list(node.users)
+        if pads is None or not users or not all(
+                u.op == "call_module" and type(gm.get_submodule(u.target)) is nn.Conv2d and calls[u.target] == 1
+                and u.args[0] is node and len(u.args) == 1 and not u.kwargs for u in users):
+            continue
+        for user in users:
+            parent, _, attr = user.target.rpartition(".")
+            setattr(gm.get_submodule(parent) if parent else gm, attr,
+                    ZeroPaddedConv(gm.get_submodule(user.target), pads))
+            user.replace_input_with(node, node.args[0])
+        gm.graph.erase_node(node)
+        folded.append(node.name)
+    if folded:
+        gm.graph.lint()
+        gm.recompile()
+    return folded

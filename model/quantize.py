@@ -43,6 +43,8 @@ ALIAS_MODULES = (nn.Flatten, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3
 DROPOUT_FUNCTIONS = {F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout, F.feature_alpha_dropout}
 ALIAS_FUNCTIONS = {torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze, "flatten", "view", "reshape",
                    "squeeze", "unsqueeze", "contiguous", "view_as", "reshape_as", "detach", "clone"}
+PAD_HINT = ("only a zero pad of H, W (F.pad(x, (l, r, t, b)), nn.ZeroPad2d) read only by Conv2d layers is "
+            "supported: they take it into their padding")
 # data-permuting or otherwise unsupported spellings: the closest supported one, for the error
 HINTS = {
     "transpose": "it permutes data; only reshapes that keep the flat C,H,W order are free (view, reshape, flatten, "
@@ -54,9 +56,9 @@ HINTS = {
     "Upsample": "only nearest upsampling by integer factors is supported (nn.Upsample(scale_factor=2))",
     "tensor_split": "channel split is x.chunk(n, dim=1), x.split(n, dim=1) or x[:, a:b]",
     "getitem": "only a range of channels (x[:, a:b], a piece of x.chunk / x.split on dim=1) is supported",
-    "pad": "explicit padding is unsupported; use the conv's own symmetric padding (Conv2d(padding=k // 2))",
-    "ZeroPad2d": "explicit padding is unsupported; use the conv's own symmetric padding (Conv2d(padding=k // 2))",
-    "ConstantPad2d": "explicit padding is unsupported; use the conv's own symmetric padding (Conv2d(padding=k // 2))",
+    "pad": PAD_HINT,
+    "ZeroPad2d": PAD_HINT,
+    "ConstantPad2d": PAD_HINT,
     "conv2d": "functional F.conv2d with its weight read as a tensor; use the module nn.Conv2d",
     "linear": "functional F.linear with its weight read as a tensor; use the module nn.Linear",
     "batch_norm": "functional F.batch_norm; use the module nn.BatchNorm2d",
@@ -294,6 +296,7 @@ def build_integer_graph(model, calib_images, cfg, dataset, raw_header, progress=
     except graph_passes.NormalisationError as err:
         raise QuantizeError(f"{cfg.model}: {err}") from None
     gm = fold_bn(traced)                           # conv+BN -> conv with folded weight/bias
+    graph_passes.fold_zero_padding(gm)             # F.pad / ZeroPad2d -> the padding of the conv(s) reading it
 
     observer = _Observer(gm, cfg.calib_method, cfg.calib_percentile)
     batches = torch.split(calib_images, 250)

@@ -24,7 +24,7 @@ from torch import nn
 
 from model import qmath
 from model.ops import KINDS
-from model.ops.base import keeps_qparams
+from model.ops.base import keeps_qparams, sides
 from model.ops.weighted import ACC_LIMIT, accumulator_bound
 from model.quantize import build_integer_graph
 from tests.random_models import _randomize_bn, make_cfg
@@ -220,6 +220,14 @@ CASES = {c.name: c for c in [
           "fc": q(200, 20, 230, 2.0)},
          ("features_1", "features_2"), "3x5 stride (1,2) pad (1,2) on zero point 200; 5x1 pad (2,0) on a "
          "clamp 100..140 that excludes its zero point 150", padded=("features_1", "features_2")),
+    Case("conv_asymmetric_dilated_zp200",
+         lambda: Chain([conv(1, 6, 3, stride=2), nn.ZeroPad2d((0, 1, 1, 0)), conv(6, 8, 3, dilation=2),
+                        conv(8, 8, 3, padding=2, dilation=(2, 1), groups=8)], 8 * 10 * 12),
+         {"features_0": q(200, 30, 240, 2.0), "features_2": q(90, 100, 140, 2.0), "features_3": q(37, 20, 230, 2.0),
+          "fc": q(150, 20, 230, 2.0)},
+         ("features_2", "features_3"), "a zero pad (top 1, right 1) folded into a 3x3 dilation 2 conv on zero "
+         "point 200; a depthwise 3x3 dilation (2, 1) pad 2 conv on a clamp 100..140 excluding its zero point 90",
+         padded=("features_2", "features_3")),
     Case("grouped_conv_pad_zp90",
          lambda: Chain([conv(1, 8, 3, stride=2), conv(8, 12, 3, padding=1, groups=4),
                         conv(12, 6, 3, padding=1, stride=2, groups=2)], 6 * 7 * 7),
@@ -377,6 +385,6 @@ def padded_with(state, quant, values, i, pad_value):
     """Op i (a padded conv or max pool) with its input padded by `pad_value` in raw uint8 terms
     (instead of z_x for a conv, instead of "never wins" for a max pool)."""
     op = with_zps(quant, i)
-    (ph, pw), x = op["padding"], values[op["inputs"][0]]
-    x = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=pad_value)
-    return KINDS[op["op"]].numpy([x], dict(op, padding=[0, 0]), params_of(state, op))
+    (top, left, bottom, right), x = sides(op["padding"]), values[op["inputs"][0]]
+    x = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)), constant_values=pad_value)
+    return KINDS[op["op"]].numpy([x], dict(op, padding=[0] * len(op["padding"])), params_of(state, op))

@@ -169,9 +169,38 @@ class DataMovementNet(nn.Module):
         return self.fc(torch.flatten(q[:, 2:], 1))
 
 
+class PaddingNet(nn.Module):
+    """CIFAR-shaped: the conv geometries beyond a symmetric pad: "same" with an even kernel (one
+    more row/column after), dilation (dense, grouped and depthwise, with "same"), TF-style
+    asymmetric zero pads folded into the conv(s) reading them (F.pad, nn.ZeroPad2d, one pad read
+    by two convs), a pad of W only, a non-square dilation with stride 2."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 4, padding="same", bias=False), nn.BatchNorm2d(8),
+                                  nn.ReLU())                                                    # 8x32x32
+        self.down = nn.Conv2d(8, 12, 3, stride=2)                                               # 12x16x16
+        self.dil = nn.Sequential(nn.Conv2d(12, 12, 3, padding=2, dilation=2, groups=12), nn.ReLU6())
+        self.dil_same = nn.Conv2d(12, 16, 3, padding="same", dilation=3, groups=4)
+        self.pad = nn.ZeroPad2d((1, 1, 0, 1))
+        self.a = nn.Conv2d(16, 8, 3, stride=(2, 2))                                             # 8x8x8
+        self.b = nn.Conv2d(16, 8, (2, 4), stride=2, dilation=(2, 1))                            # 8x8x8
+        self.w_only = nn.Conv2d(16, 16, (1, 3), dilation=(1, 2), groups=16)
+        self.gap = nn.AdaptiveAvgPool2d(2)
+        self.fc = nn.Linear(16 * 2 * 2, 10)
+
+    def forward(self, x):
+        x = self.down(F.pad(self.stem(x), (0, 1, 0, 1)))
+        x = self.dil_same(self.dil(x))
+        p = self.pad(x)
+        x = torch.cat([self.a(p), self.b(p)], dim=1)
+        x = self.w_only(F.pad(x, (2, 2)))
+        return self.fc(torch.flatten(self.gap(x), 1))
+
+
 ARCHS = {"conv_pool": (ConvPoolNet, "mnist", (1, 28, 28)), "residual": (ResidualNet, "cifar10", (3, 32, 32)),
          "branch": (BranchNet, "cifar10", (3, 32, 32)), "activations": (ActivationNet, "cifar10", (3, 32, 32)),
-         "data_movement": (DataMovementNet, "cifar10", (3, 32, 32))}
+         "data_movement": (DataMovementNet, "cifar10", (3, 32, 32)), "padding": (PaddingNet, "cifar10", (3, 32, 32))}
 
 
 def random_quantized(arch, weight_mode="per_channel", seed=0, calib=64, multiplier_bits=16, archs=None, n_test=32):

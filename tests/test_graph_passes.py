@@ -157,9 +157,12 @@ def test_other_means_and_non_uniform_adaptive_pools_are_refused():
     assert "not uniform" in msg and "8x8->3x3" in msg
 
 
-@pytest.mark.parametrize("kernel,pad", [(3, [1, 1]), (5, [2, 2]), ((3, 5), [1, 2]), (1, [0, 0])])
-def test_padding_same_is_symmetric_for_odd_kernels(kernel, pad):
-    net = Fn(lambda m, x: m.fc(x.mean((2, 3))), kernel_size=kernel, padding="same")
+@pytest.mark.parametrize("kernel,dilation,pad", [(3, 1, [1, 1, 1, 1]), (5, 1, [2, 2, 2, 2]), ((3, 5), 1, [1, 2, 1, 2]),
+                                                (1, 1, [0, 0, 0, 0]), (2, 1, [0, 0, 1, 1]), ((4, 3), 1, [1, 1, 2, 1]),
+                                                (3, 2, [2, 2, 2, 2]), (2, 3, [1, 1, 2, 2]), (4, (1, 2), [1, 3, 2, 3])])
+def test_padding_same_is_torchs_for_every_kernel_and_dilation(kernel, dilation, pad):
+    """d (k - 1) in all, the smaller half before: asymmetric for even kernels with odd dilation."""
+    net = Fn(lambda m, x: m.fc(x.mean((2, 3))), kernel_size=kernel, padding="same", dilation=dilation)
     kinds, _, ql, test, logits = quantize(net)
     assert ql[1]["padding"] == pad and ql[1]["shape"] == [4, 8, 8]
     tracks_float(net, ql, test, logits)
@@ -167,18 +170,57 @@ def test_padding_same_is_symmetric_for_odd_kernels(kernel, pad):
 
 def test_padding_valid():
     _, _, ql, _, _ = quantize(Fn(lambda m, x: m.fc(x.mean((2, 3))), padding="valid"))
-    assert ql[1]["padding"] == [0, 0] and ql[1]["shape"] == [4, 6, 6]
+    assert ql[1]["padding"] == [0, 0, 0, 0] and ql[1]["shape"] == [4, 6, 6]
 
 
-def test_even_same_padding_dilation_and_padding_modes_are_refused():
-    msg = refusal(Fn(lambda m, x: x, kernel_size=2, padding="same"))
-    assert "even kernel" in msg and "asymmetric" in msg
-    msg = refusal(Fn(lambda m, x: x, dilation=2))
-    assert "dilation" in msg and "model.bin" in msg
+ZERO_PADS = {   # spelling, [top, left, bottom, right] of the conv reading it (its own padding 1 added)
+    "F.pad": (lambda m, x: m.fc(m.conv2(F.pad(x, (0, 1, 1, 0))).mean((2, 3))), [2, 1, 1, 2]),
+    "F.pad_w_only": (lambda m, x: m.fc(m.conv2(F.pad(x, [1, 0], "constant", 0.0)).mean((2, 3))), [1, 2, 1, 1]),
+    "ZeroPad2d": (lambda m, x: m.fc(m.conv2(m.zero_pad(x)).mean((2, 3))), [1, 2, 2, 1]),
+    "ConstantPad2d": (lambda m, x: m.fc(m.conv2(m.pad(x)).mean((2, 3))), [1, 2, 2, 2]),
+}
+
+
+class Padded(nn.Module):
+    """conv -> a zero pad (spelled by fn) -> conv2 (3x3, its own padding 1) -> mean -> fc."""
+
+    def __init__(self, fn):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.pad = nn.ConstantPad2d((1, 1, 0, 1), 0.0)
+        self.zero_pad = nn.ZeroPad2d((1, 0, 0, 1))
+        self.fc = nn.Linear(4, 5)
+        self.fn = fn
+
+    def forward(self, x):
+        return self.fn(self, self.conv(x))
+
+
+@pytest.mark.parametrize("spelling", list(ZERO_PADS))
+def test_a_zero_pad_is_folded_into_the_conv_reading_it(spelling):
+    fn, pad = ZERO_PADS[spelling]
+    net = Padded(fn)
+    kinds, _, ql, test, logits = quantize(net)
+    assert kinds == ["input", "conv", "conv", "avgpool", "linear"] and ql[2]["padding"] == pad
+    tracks_float(net, ql, test, logits)
+
+
+def test_pads_that_are_not_a_convs_zero_padding_are_refused():
+    for fn in (lambda m, x: F.pad(x, (1, 1, 1, 1), value=0.5), lambda m, x: F.pad(x, (1, 1, 1, 1), mode="reflect"),
+               lambda m, x: F.max_pool2d(F.pad(x, (1, 1, 1, 1)), 2), lambda m, x: F.pad(x, (0, 0, 0, 0, 1, 1)),
+               lambda m, x: m.conv2(F.pad(x, (-1, 0, 0, 0)))):
+        msg = refusal(Padded(fn))
+        assert "function pad" in msg and "read only by Conv2d" in msg
+    msg = refusal(Padded(lambda m, x: m.conv2(F.pad(x, (0, 2, 0, 0)))))      # 1 + 2 of padding: a 3x3 reaches 3
+    assert "conv2" in msg and "[1, 1, 1, 3]" in msg and "reaches past its 3x3 window" in msg
+
+
+def test_padding_modes_and_dilated_pools_are_refused():
     msg = refusal(Fn(lambda m, x: x, padding_mode="reflect"))
     assert "padding_mode='reflect'" in msg
-    msg = refusal(Fn(lambda m, x: F.pad(x, (0, 1, 0, 1))))
-    assert "pad" in msg and "symmetric" in msg
+    msg = refusal(Fn(lambda m, x: F.max_pool2d(x, 2, dilation=2)))
+    assert "maxpool" in msg and "dilation" in msg
 
 
 # --- input normalisation -------------------------------------------------------------------

@@ -108,11 +108,13 @@ def test_cases_cover_every_kind_with_nonzero_input_zero_points():
                 cin = quant[op["inputs"][0]]["shape"][0]
                 shapes.add("depthwise" if op["groups"] == cin > 1 else "grouped" if op["groups"] > 1 else "dense")
                 shapes.add("non-square" if op["kernel"][0] != op["kernel"][1] else "square")
+                shapes |= {"dilated"} if op["dilation"] != [1, 1] else set()
+                shapes |= {"asymmetric"} if op["padding"][:2] != op["padding"][2:] else set()
             outside["below"] |= requantizing(op) and op["zero_point"] < op["qmin"]
             outside["above"] |= requantizing(op) and op["zero_point"] > op["qmax"]
     missing = set(KINDS) - {"input"} - seen
     assert not missing, f"op kinds with no narrow case in tests/narrow_graphs.py: {sorted(missing)}"
-    assert shapes == {"depthwise", "grouped", "dense", "non-square", "square"}
+    assert shapes == {"depthwise", "grouped", "dense", "non-square", "square", "dilated", "asymmetric"}
     assert all(outside.values())
     _, quant, _, _ = graph("bn_after_relu", "per_channel")
     bn = next(op for op in quant if op["name"] == "bn")

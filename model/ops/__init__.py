@@ -50,7 +50,9 @@ def params_from_words(kind, words):
         if index is None:
             fields[key] = value
         else:
-            fields.setdefault(key, [0, 0])[index] = value
+            fields.setdefault(key, [])
+            fields[key] += [0] * (index + 1 - len(fields[key]))
+            fields[key][index] = value
     return fields
 
 

@@ -20,10 +20,13 @@ class QuantizeError(RuntimeError):
     pass
 
 
-# model.bin record word -> (quant_list key, index into a [h, w] pair or None); the writer's
-# offsets into weight.bin / bias.bin are not in the tuple, it adds them to the op it writes
+# model.bin record word -> (quant_list key, index into a list or None); the writer's offsets
+# into weight.bin / bias.bin are not in the tuple, it adds them to the op it writes.  A max
+# pool's padding is [h, w] (both sides), a conv's [top, left, bottom, right]
 PARAM_KEYS = {"kernel_h": ("kernel", 0), "kernel_w": ("kernel", 1), "stride_h": ("stride", 0),
               "stride_w": ("stride", 1), "pad_h": ("padding", 0), "pad_w": ("padding", 1),
+              "pad_top": ("padding", 0), "pad_left": ("padding", 1), "pad_bottom": ("padding", 2),
+              "pad_right": ("padding", 3), "dilation_h": ("dilation", 0), "dilation_w": ("dilation", 1),
               "groups": ("groups", None), "weight_zero_point": ("weight_zero_point", None),
               "weight_offset": ("weight_offset", None), "bias_offset": ("bias_offset", None),
               "ceil_mode": ("ceil_mode", None), "channel_start": ("channel_start", None),
@@ -71,13 +74,19 @@ def pair(v):
     return [int(v), int(v)] if isinstance(v, int) else [int(x) for x in v]
 
 
-def np_windows(x, kernel, stride, padding, pad_value):
-    """(N, C, OH, OW, kh, kw) view of every kernel window."""
-    ph, pw = padding
-    if ph or pw:
-        x = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=pad_value)
-    win = sliding_window_view(x, tuple(kernel), axis=(2, 3))
-    return win[:, :, ::stride[0], ::stride[1]]
+def sides(padding):
+    """[top, left, bottom, right] of a padding given as [h, w] (both sides) or as those four."""
+    return list(padding) * 2 if len(padding) == 2 else list(padding)
+
+
+def np_windows(x, kernel, stride, padding, pad_value, dilation=(1, 1)):
+    """(N, C, OH, OW, kh, kw) view of every kernel window (taps `dilation` apart); padding as sides()."""
+    top, left, bottom, right = sides(padding)
+    if top or left or bottom or right:
+        x = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)), constant_values=pad_value)
+    extent = [d * (k - 1) + 1 for k, d in zip(kernel, dilation)]
+    win = sliding_window_view(x, tuple(extent), axis=(2, 3))
+    return win[:, :, ::stride[0], ::stride[1], ::dilation[0], ::dilation[1]]
 
 
 def np_requantize(acc, op, p, view=(1, -1, 1, 1)):

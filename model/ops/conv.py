@@ -1,7 +1,8 @@
-"""conv: 2-D convolution (any stride, zero padding, groups), bias and a fused ReLU/ReLU6.
+"""conv: 2-D convolution (any stride and dilation, zero padding on each side, groups), bias and a
+fused ReLU/ReLU6.  A zero pad before it (F.pad, nn.ZeroPad2d) is folded into its padding.
 
-    acc[co] = bias[co] + sum (x - z_x)(w - z_w)   over the window of the group of co,
-              padding holding z_x (so it adds 0); int32, bound proven at quantization
+    acc[co] = bias[co] + sum (x - z_x)(w - z_w)   over the window of the group of co (taps
+              dilation apart), padding holding z_x (so it adds 0); int32, bound proven
     out     = requantize(acc, m[co], shift[co])
 
 Also the home of a BatchNorm that cannot be folded into a conv (after a ReLU, or on the
@@ -12,37 +13,50 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.ops.base import OpKind, QuantizeError, matcher, np_requantize, np_windows, pair, torch_requantize
+from model.ops.base import OpKind, QuantizeError, matcher, np_requantize, np_windows, pair, sides, torch_requantize
 from model.ops.weighted import quantize_weighted
 
 COLUMN_BUDGET = 1 << 25     # float64 im2col elements per chunk of images (256 MB)
 
 
-match = matcher(modules=(nn.Conv2d, nn.BatchNorm2d))
+class ZeroPaddedConv(nn.Module):
+    """A Conv2d reading a zero pad (F.pad, nn.ZeroPad2d) that graph_passes.fold_zero_padding folded
+    into it: `pads` [top, left, bottom, right] added to the conv's own padding; the same float function."""
+
+    def __init__(self, conv, pads):
+        super().__init__()
+        self.conv, self.pads = conv, list(pads)
+
+    def forward(self, x):
+        top, left, bottom, right = self.pads
+        return self.conv(F.pad(x, (left, right, top, bottom)))
 
 
-def conv_padding(b, name, mod):
-    """[pad_h, pad_w] of a Conv2d: model.bin's conv pads symmetrically with zeros and has no dilation."""
-    where = f"{b.cfg.model}: conv '{name}'"
-    if pair(mod.dilation) != [1, 1]:
-        raise QuantizeError(f"{where}: dilation {tuple(mod.dilation)} unsupported (model.bin v2's conv record has no "
-                            f"dilation field); supported: dilation=1")
+match = matcher(modules=(nn.Conv2d, nn.BatchNorm2d, ZeroPaddedConv))
+
+
+def conv_geometry(b, name, mod):
+    """(padding [top, left, bottom, right], dilation [h, w]) of a Conv2d, a folded zero pad included."""
+    extra = mod.pads if isinstance(mod, ZeroPaddedConv) else [0, 0, 0, 0]
+    mod = mod.conv if isinstance(mod, ZeroPaddedConv) else mod
+    dilation = pair(mod.dilation)
     if mod.padding_mode != "zeros":
-        raise QuantizeError(f"{where}: padding_mode='{mod.padding_mode}' unsupported; supported: "
-                            f"padding_mode='zeros'")
+        raise QuantizeError(f"{b.cfg.model}: conv '{name}': padding_mode='{mod.padding_mode}' unsupported; "
+                            f"supported: padding_mode='zeros'")
     if mod.padding == "valid":
-        return [0, 0]
-    if mod.padding == "same":      # torch pads (k - 1) // 2 before and the rest after (stride 1)
-        kernel = pair(mod.kernel_size)
-        if any(k % 2 == 0 for k in kernel):
-            raise QuantizeError(f"{where}: padding='same' with the even kernel {tuple(kernel)} pads asymmetrically "
-                                f"(one more row/column after), which model.bin v2's symmetric pad_h/pad_w cannot "
-                                f"express; supported: odd kernels (padding='same' = (k - 1) / 2 on each side)")
-        return [(k - 1) // 2 for k in kernel]
-    if isinstance(mod.padding, str):
-        raise QuantizeError(f"{where}: padding='{mod.padding}' unsupported; supported: an int, a pair, 'same' "
-                            f"(odd kernels), 'valid'")
-    return pair(mod.padding)
+        own = [0, 0, 0, 0]
+    elif mod.padding == "same":     # torch's rule: d (k - 1) in all, the smaller half before
+        total = [d * (k - 1) for k, d in zip(pair(mod.kernel_size), dilation)]
+        own = [total[0] // 2, total[1] // 2, total[0] - total[0] // 2, total[1] - total[1] // 2]
+    else:
+        own = sides(pair(mod.padding))
+    padding = [a + e for a, e in zip(own, extra)]
+    extent = [d * (k - 1) + 1 for k, d in zip(pair(mod.kernel_size), dilation)]
+    if any(p >= extent[i % 2] for i, p in enumerate(padding)):
+        raise QuantizeError(f"{b.cfg.model}: conv '{name}': padding {padding} (top, left, bottom, right) reaches "
+                            f"past its {extent[0]}x{extent[1]} window, so some outputs would see padding only; "
+                            f"supported: padding below the window on each side")
+    return padding, dilation
 
 
 def quantize(b, node, mod):
@@ -53,12 +67,14 @@ def quantize(b, node, mod):
         beta = mod.bias.detach() if mod.affine else torch.zeros_like(mod.running_mean)
         scale = gamma / torch.sqrt(mod.running_var + mod.eps)
         weight, bias = scale.view(-1, 1, 1, 1), beta - mod.running_mean * scale
-        fields = {"kernel": [1, 1], "stride": [1, 1], "padding": [0, 0], "groups": mod.num_features}
+        fields = {"kernel": [1, 1], "stride": [1, 1], "padding": [0, 0, 0, 0], "dilation": [1, 1],
+                  "groups": mod.num_features}
         return quantize_weighted(b, node, "conv", weight, bias, fields)
-    name = b.name_for(node)
-    fields = {"kernel": pair(mod.kernel_size), "stride": pair(mod.stride), "padding": conv_padding(b, name, mod),
-              "groups": int(mod.groups)}
-    return quantize_weighted(b, node, "conv", mod.weight, mod.bias, fields)
+    padding, dilation = conv_geometry(b, b.name_for(node), mod)
+    conv = mod.conv if isinstance(mod, ZeroPaddedConv) else mod
+    fields = {"kernel": pair(conv.kernel_size), "stride": pair(conv.stride), "padding": padding,
+              "dilation": dilation, "groups": int(conv.groups)}
+    return quantize_weighted(b, node, "conv", conv.weight, conv.bias, fields)
 
 
 def run_numpy(xs, op, p):
@@ -74,7 +90,7 @@ def run_numpy(xs, op, p):
     # quantizer proves |acc| < 2^31), so BLAS computes them exactly
     for i in range(0, len(x), chunk):
         xs_ = (x[i:i + chunk] - op["in_zero_points"][0]).astype(np.float64)   # padding with 0 here = with z_x
-        win = np_windows(xs_, (kh, kw), op["stride"], op["padding"], 0.0)
+        win = np_windows(xs_, (kh, kw), op["stride"], op["padding"], 0.0, op["dilation"])
         n = len(xs_)
         # (N, G, Cg*kh*kw, OH*OW) columns against (G, Cout/G, Cg*kh*kw) weights
         cols = win.reshape(n, groups, cin_g, oh, ow, kh, kw).transpose(0, 1, 2, 5, 6, 3, 4)
@@ -83,34 +99,34 @@ def run_numpy(xs, op, p):
     return np_requantize(acc + p["bias"].reshape(1, -1, 1, 1), op, p)
 
 
-def _depthwise(x, w, stride, padding):
-    """Depthwise conv as kh*kw shifted products summed in exact int64: faster here than torch's
-    float64 grouped conv (MobileNetV2's quant column: 101 vs 78 images/s)."""
+def _depthwise(x, w, stride, dilation, oh, ow):
+    """Depthwise conv (x padded) as kh*kw shifted products summed in exact int64: faster here
+    than torch's float64 grouped conv (MobileNetV2's quant column: 101 vs 78 images/s)."""
     kh, kw = w.shape[2:]
-    oh = (x.shape[2] + 2 * padding[0] - kh) // stride[0] + 1
-    ow = (x.shape[3] + 2 * padding[1] - kw) // stride[1] + 1
-    padded = F.pad(x, (padding[1], padding[1], padding[0], padding[0]))
     acc = torch.zeros(x.shape[0], x.shape[1], oh, ow, dtype=x.dtype)
     for i in range(kh):
         for j in range(kw):
-            window = padded[:, :, i:i + stride[0] * (oh - 1) + 1:stride[0], j:j + stride[1] * (ow - 1) + 1:stride[1]]
+            y0, x0 = i * dilation[0], j * dilation[1]
+            window = x[:, :, y0:y0 + stride[0] * (oh - 1) + 1:stride[0], x0:x0 + stride[1] * (ow - 1) + 1:stride[1]]
             acc += w[:, 0, i, j].view(1, -1, 1, 1) * window
     return acc
 
 
 def run_torch(xs, op, p):
-    x = xs[0] - op["in_zero_points"][0]
+    top, left, bottom, right = op["padding"]
+    x = F.pad(xs[0] - op["in_zero_points"][0], (left, right, top, bottom))     # padding with 0 here = with z_x
     w = p["weight"].to(torch.int64) - op["weight_zero_point"]
     if op["groups"] == x.shape[1] == w.shape[0]:
-        acc = _depthwise(x, w, op["stride"], op["padding"])
+        acc = _depthwise(x, w, op["stride"], op["dilation"], *op["shape"][1:])
     else:
-        acc = F.conv2d(x.to(torch.float64), w.to(torch.float64), stride=op["stride"], padding=op["padding"],
+        acc = F.conv2d(x.to(torch.float64), w.to(torch.float64), stride=op["stride"], dilation=op["dilation"],
                        groups=op["groups"]).round().to(torch.int64)
     view = (1, -1, 1, 1)
     acc = acc + p["bias"].to(torch.int64).view(view)
     return torch_requantize(acc, p["multiplier"].to(torch.int64).view(view), p["shift"].to(torch.int64).view(view), op)
 
 
-KIND = OpKind("conv", 1, (1, 1), ("kernel_h", "kernel_w", "stride_h", "stride_w", "pad_h", "pad_w", "groups",
+KIND = OpKind("conv", 1, (1, 1), ("kernel_h", "kernel_w", "stride_h", "stride_w", "pad_top", "pad_left",
+                                   "pad_bottom", "pad_right", "dilation_h", "dilation_w", "groups",
                                    "weight_zero_point", "weight_offset", "bias_offset"),
               "C", "C", True, match, quantize, run_numpy, run_torch)
