@@ -3,6 +3,8 @@
 Each stage script reads these globals through `load()`, which also accepts
 `--key=value` overrides on the command line (e.g. `python train_model.py
 --model=lenet --epochs=5`) and validates every value before any work starts.
+OPTIONS says which stages take each option and what it means (each stage's --help);
+a stage refuses the options of the others.
 """
 import ast
 import os
@@ -10,54 +12,106 @@ import re
 import sys
 import types
 
-# --- what to run -------------------------------------------------------------
-MODEL = "lenet"                 # lenet (MNIST); resnet18/34/50, mobilenet_v2, vgg11/13/16/19 (CIFAR-10);
-                                # or FILE.py:NAME, your own model (NAME() returns the nn.Module)
-CHECKPOINT = ""                 # float weights: a torch.save(model.state_dict()) file or a *_raw.pth
-                                # ("" = pretrained/{model}_raw.pth; required for FILE.py:NAME)
-INPUT_SHAPE = ""                # CxHxW of the input ("" = the built-in model's, or the calibration data's)
-INPUT_MEAN = ""                 # per-channel mean on the 0..1 scale, e.g. 0.485,0.456,0.406 ("" = none)
-INPUT_STD = ""                  # per-channel std, same scale: the float model sees (pixel/255 - mean)/std
-CALIB_DATA = ""                 # .npz (x uint8 NxCxHxW, y labels) or ImageFolder dir ("" = the built-in dataset)
-TEST_DATA = ""                  # the same, for testing ("" = the built-in dataset's test set)
-DATA_DIR = "data"               # torchvision-layout datasets live here
+# --- what to run (OPTIONS below says what each one is and which stages read it) ---------------
+MODEL = "lenet"
+CHECKPOINT = ""
+INPUT_SHAPE = ""
+INPUT_MEAN = ""
+INPUT_STD = ""
+CALIB_DATA = ""
+TEST_DATA = ""
+DATA_DIR = "data"
 MIRROR_DIR = os.environ.get("FPGAI_MIRROR", os.path.join("..", "shared", "datasets"))
 PRETRAINED_DIR = "pretrained"
 QUANT_DIR = "quantization"
 EXPORT_DIR = "export_model"
 SEED = 0
+THREADS = 0
 
 # --- stage 1: training -------------------------------------------------------
-EPOCHS = 0                      # 0 = the model's own default (model.MODELS)
-BATCH_SIZE = 0                  # 0 = the model's own default
-LR = 0.0                        # 0 = the model's own default
-WEIGHT_DECAY = -1.0             # <0 = the model's own default
-VAL_IMAGES = 5000               # validation split carved from the training set
-TRAIN_IMAGES = 0                # train on only this many of the rest (0 = all): quick smoke runs
-RESUME = True                   # continue from pretrained/{model}_ckpt.pt when present
-DEVICE = "auto"                 # auto | cpu | cuda
-AMP = "auto"                    # bf16 autocast: auto = on CUDA only; bf16 = also on a CPU that has it; off
+EPOCHS = 0
+BATCH_SIZE = 0
+LR = 0.0
+WEIGHT_DECAY = -1.0
+VAL_IMAGES = 5000
+TRAIN_IMAGES = 0
+RESUME = True
+DEVICE = "auto"
+AMP = "auto"
 
 # --- stage 2: quantization ---------------------------------------------------
-WEIGHT_MODE = "per_channel"     # per_channel: int8 symmetric per output channel
-                                # per_tensor: uint8 with a zero point (the original's format)
-MULTIPLIER_BITS = 16            # requantization multiplier width, signed bits (8..32)
-CALIB_IMAGES = 2000             # training images used to calibrate activation ranges
-CALIB_METHOD = "minmax"         # minmax | percentile
-CALIB_PERCENTILE = 99.99        # used by CALIB_METHOD = percentile
+WEIGHT_MODE = "per_channel"
+MULTIPLIER_BITS = 16
+CALIB_IMAGES = 2000
+CALIB_METHOD = "minmax"
+CALIB_PERCENTILE = 99.99
 
 # --- stage 3: testing (the four columns of the original) ----------------------
-RAW_TEST = True                 # float model
-QUANT_TEST = True               # torch integer model
-NP_QUANT_TEST = True            # numpy integer model (the written-down spec)
-C_TEST = True                   # C INT8 engine, built and run by test_model.py
-COLUMNS = "auto"                # or a comma list of raw,quant,np,c (overrides the four switches)
-LIMIT = 0                       # test only the first N test images; 0 = the whole test set
-TEST_BATCH = 16                 # images per engine call: small batches keep the int64 activations in cache
-                                # (2-5x faster than 500 on MobileNetV2, a fraction of the memory)
+RAW_TEST = True
+QUANT_TEST = True
+NP_QUANT_TEST = True
+C_TEST = True
+COLUMNS = "auto"
+LIMIT = 0
+TEST_BATCH = 16
 
 # --- stage 4: export ---------------------------------------------------------
-EXPORT_MODE = "both"            # txt | bin | both: which weight files to write
+EXPORT_MODE = "both"
+
+# --- which stage reads which option, and what it means (the stages' --help) ----
+_TRAIN, _QUANT, _TEST, _EXPORT = STAGES = ("train_model.py", "quant_model.py", "test_model.py",
+                                           "export_quant_model.py")
+_TUPLE = (_QUANT, _TEST, _EXPORT)   # these check a given quantization setting against the tuple
+_MAX_DEFAULT_THREADS = 16
+OPTIONS = {
+    "MODEL": (STAGES, "the network: a built-in one (lenet: MNIST, the others: CIFAR-10) or your own, "
+                      "FILE.py:NAME (NAME() returns the nn.Module)"),
+    "CHECKPOINT": (STAGES, "float weights: a torch.save(model.state_dict()) file or a *_raw.pth; train_model.py "
+                           "writes it (\"\" = PRETRAINED_DIR/{model}_raw.pth; required for FILE.py:NAME)"),
+    "INPUT_SHAPE": (_TUPLE, "CxHxW of the input (\"\" = the built-in model's, or the calibration data's)"),
+    "INPUT_MEAN": (_TUPLE, "per-channel mean on the 0..1 scale, e.g. 0.485,0.456,0.406 (\"\" = none; "
+                           "one value = every channel)"),
+    "INPUT_STD": (_TUPLE, "per-channel std, same scale: the float model sees (pixel/255 - mean)/std (\"\" = none)"),
+    "CALIB_DATA": ((_QUANT,), ".npz (x uint8 NxCxHxW, y labels) or ImageFolder directory to calibrate on "
+                              "(\"\" = the built-in dataset's training set)"),
+    "TEST_DATA": ((_TEST,), ".npz (x uint8 NxCxHxW, y labels) or ImageFolder directory to test on "
+                            "(\"\" = the built-in dataset's test set)"),
+    "DATA_DIR": ((_TRAIN, _QUANT, _TEST), "the built-in datasets, torchvision layout (filled from MIRROR_DIR "
+                                          "or downloaded)"),
+    "MIRROR_DIR": ((_TRAIN, _QUANT, _TEST), "offline dataset mirror (default: $FPGAI_MIRROR, else "
+                                            "../shared/datasets)"),
+    "PRETRAINED_DIR": (STAGES, "float checkpoints {model}_raw.pth, training state {model}_ckpt.pt and curves"),
+    "QUANT_DIR": (_TUPLE, "quantized tuples {model}_quant.tuple"),
+    "EXPORT_DIR": ((_EXPORT,), "the C engine's files {model}_*"),
+    "SEED": (STAGES, "seed of the validation split, the training order and the calibration pick"),
+    "THREADS": (STAGES, f"CPU threads for torch, and OMP_NUM_THREADS for the C engine (0 = $OMP_NUM_THREADS "
+                        f"if set, else the CPUs this process may use, shared by torchrun's processes, "
+                        f"at most {_MAX_DEFAULT_THREADS})"),
+    "EPOCHS": ((_TRAIN,), "epochs to train (0 = the model's own default, model.MODELS)"),
+    "BATCH_SIZE": ((_TRAIN,), "images per step and process (0 = the model's own default)"),
+    "LR": ((_TRAIN,), "peak learning rate of the one-cycle schedule (0 = the model's own default)"),
+    "WEIGHT_DECAY": ((_TRAIN,), "weight decay (<0 = the model's own default)"),
+    "VAL_IMAGES": ((_TRAIN,), "validation split carved from the training set (never the test set)"),
+    "TRAIN_IMAGES": ((_TRAIN,), "train on only this many of the rest (0 = all): quick smoke runs"),
+    "RESUME": ((_TRAIN,), "continue from PRETRAINED_DIR/{model}_ckpt.pt when present"),
+    "DEVICE": ((_TRAIN,), "where to train: auto = CUDA when present, else the CPU"),
+    "AMP": ((_TRAIN,), "bf16 autocast: auto = on CUDA only; bf16 = also on a CPU that has it; off"),
+    "WEIGHT_MODE": (_TUPLE, "per_channel: int8 symmetric per output channel; per_tensor: uint8 with a zero point "
+                            "(the original's format)"),
+    "MULTIPLIER_BITS": (_TUPLE, "requantization multiplier width, signed bits"),
+    "CALIB_IMAGES": (_TUPLE, "images (of the training set or CALIB_DATA) that calibrate the activation ranges"),
+    "CALIB_METHOD": (_TUPLE, "activation range: minmax, or percentile (CALIB_PERCENTILE) of the calibration values"),
+    "CALIB_PERCENTILE": (_TUPLE, "calib_method=percentile: a range spans the (100-P)th..Pth percentile"),
+    "RAW_TEST": ((_TEST,), "the raw column: the float model"),
+    "QUANT_TEST": ((_TEST,), "the quant column: the torch integer model"),
+    "NP_QUANT_TEST": ((_TEST,), "the np quant column: the numpy integer model (the written-down spec)"),
+    "C_TEST": ((_TEST,), "the C INT8 column: c/inference, built and run by test_model.py"),
+    "COLUMNS": ((_TEST,), "a comma list of raw,quant,np,c (overrides the four switches; auto = the switches)"),
+    "LIMIT": ((_TEST,), "test only the first N test images (0 = the whole test set)"),
+    "TEST_BATCH": ((_TEST,), "images per engine call: small batches keep the int64 activations in cache "
+                             "(2-5x faster than 500 on MobileNetV2, a fraction of the memory)"),
+    "EXPORT_MODE": ((_EXPORT,), "which weight files to write: txt (weight.txt), bin (weight.bin + bias.bin) or both"),
+}
 
 CHOICES = {
     "MODEL": ("lenet", "resnet18", "resnet34", "resnet50", "mobilenet_v2",
@@ -78,6 +132,7 @@ RANGES = {
     "TRAIN_IMAGES": (0, 60000),
     "LIMIT": (0, 10000),
     "TEST_BATCH": (1, 65536),
+    "THREADS": (0, 1024),
 }
 
 
@@ -86,7 +141,54 @@ class ConfigError(ValueError):
 
 
 def defaults():
-    return {k: v for k, v in globals().items() if k.isupper() and k not in ("CHOICES", "RANGES")}
+    return {k: globals()[k] for k in OPTIONS}
+
+
+def _table(extra=None):
+    """{KEY: (default, description)} of every option and a script's `extra` ones."""
+    return {**{k: (globals()[k], description) for k, (_, description) in OPTIONS.items()},
+            **{k.upper(): default_description for k, default_description in (extra or {}).items()}}
+
+
+def stage_options(stage, extra=None):
+    """The option names (upper case) `stage` reads, in OPTIONS' order, then its script-only `extra`
+    ones; every option for stage None (a tool that is no stage)."""
+    return [k for k, (stages, _) in OPTIONS.items() if stage is None or stage in stages] + \
+        [k.upper() for k in (extra or {})]
+
+
+def default_threads():
+    """THREADS=0: $OMP_NUM_THREADS when set, else the CPUs this process may use (its affinity mask, or
+    fewer under a cgroup CPU quota) shared among torchrun's processes on this node, at most
+    _MAX_DEFAULT_THREADS: never more threads than CPUs, and a big shared machine is not taken over."""
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        with open("/sys/fs/cgroup/cpu.max") as f:
+            quota, period = f.read().split()
+        if quota != "max":
+            cpus = min(cpus, -(-int(quota) // int(period)))
+    except (OSError, ValueError):
+        pass
+    local = os.environ.get("LOCAL_WORLD_SIZE", "1")
+    return max(1, min(_MAX_DEFAULT_THREADS, cpus // (int(local) if local.isdigit() and int(local) > 0 else 1)))
+
+
+def apply_threads(threads):
+    """Use `threads` CPU threads (0 = default_threads()): torch's intra- and inter-op pools, and
+    OMP_NUM_THREADS for the processes this one starts (the C engine's OpenMP build). Returns the count."""
+    n = threads or default_threads()
+    os.environ["OMP_NUM_THREADS"] = str(n)
+    torch = sys.modules.get("torch")          # not imported yet: it reads OMP_NUM_THREADS when it is
+    if torch is not None:
+        torch.set_num_threads(n)
+        try:
+            torch.set_num_interop_threads(n)
+        except RuntimeError:                  # set once per process, before any inter-op work
+            pass
+    return n
 
 
 def _parse_value(key, text, current):
@@ -175,14 +277,18 @@ def validate(cfg):
     check_input_settings(cfg["INPUT_SHAPE"], cfg["INPUT_MEAN"], cfg["INPUT_STD"])
 
 
-def load(argv=None, extra=None):
+def load(argv=None, extra=None, stage=None):
     """Defaults, overridden by `--key=value` arguments, validated.
 
-    `extra` maps script-only flags (e.g. {"json": ""}) to their defaults.
-    Returns a namespace with lower-case attribute names.
+    `stage` is the script's name (one of STAGES): it takes only the options OPTIONS gives it; None
+    takes every option. `extra` maps script-only flags to (default, description), e.g.
+    {"json": ("", "write the results as JSON here")}. Returns a namespace with lower-case attribute
+    names (every option, the stage's own set from the command line).
     """
-    cfg = defaults()
-    cfg.update({k.upper(): v for k, v in (extra or {}).items()})
+    if stage is not None and stage not in STAGES:
+        raise ValueError(f"stage {stage!r} is not one of {STAGES}")
+    cfg = {k: default for k, (default, _) in _table(extra).items()}
+    own = stage_options(stage, extra)
     args = sys.argv[1:] if argv is None else argv
     i = 0
     while i < len(args):
@@ -197,37 +303,52 @@ def load(argv=None, extra=None):
         else:
             raise ConfigError(f"{arg} needs a value")
         key = key.replace("-", "_").upper()
+        valid = ", ".join(k.lower() for k in own)
         if key not in cfg:
-            valid = ", ".join(sorted(k.lower() for k in cfg))
             raise ConfigError(f"unknown option --{key.lower()}; valid options: {valid}")
+        if key not in own:
+            raise ConfigError(f"--{key.lower()} is not an option of {stage}; its options: {valid}")
         cfg[key] = _parse_value(key, text, cfg[key])
         i += 1
     validate(cfg)
-    main = os.path.basename(getattr(sys.modules.get("__main__"), "__file__", "") or "")
-    if main == "train_model.py" and user_model(cfg["MODEL"]):
+    if stage == _TRAIN and user_model(cfg["MODEL"]):
         raise ConfigError(f"--model={cfg['MODEL']}: train_model.py trains the built-in models only; train yours "
                           f"your way, torch.save(model.state_dict(), FILE) and pass --checkpoint=FILE to quant_model.py")
     return types.SimpleNamespace(**{k.lower(): v for k, v in cfg.items()})
 
 
-def usage(extra=None):
-    """The calling script's docstring, then every option with its default and valid values."""
+def _valid(key, value):
+    """The valid values of an option, as --help shows them ("" where its description says)."""
+    if key in CHOICES:
+        return f"[{', '.join(CHOICES[key])}]" + (" or FILE.py:NAME" if key == "MODEL" else "")
+    if key in RANGES:
+        return f"[{RANGES[key][0]}..{RANGES[key][1]}]"
+    return "[True, False]" if isinstance(value, bool) else ""
+
+
+def usage(extra=None, stage=None):
+    """The calling script's docstring, then each of its options: default, valid values, description."""
+    table = _table(extra)
     lines = [(sys.modules["__main__"].__doc__ or "").strip(), "",
-             "options (--key=value or --key value; defaults from config.py):"]
-    for key, value in {**defaults(), **{k.upper(): v for k, v in (extra or {}).items()}}.items():
-        valid = (f"  [{', '.join(CHOICES[key])}]" + (" or FILE.py:NAME" if key == "MODEL" else "")
-                 if key in CHOICES else
-                 f"  [{RANGES[key][0]}..{RANGES[key][1]}]" if key in RANGES else "")
-        lines.append(f"  --{key.lower()}={value}{valid}")
+             f"options{' of ' + stage if stage else ''} (--key=value or --key value; defaults from config.py):"]
+    for key in stage_options(stage, extra):
+        default, description = table[key]
+        shown = '""' if default == "" else default
+        lines.append(f"  --{key.lower()}={shown}  {_valid(key, default)}".rstrip())
+        lines.append(f"      {description}")
     return "\n".join(lines).lstrip()
 
 
-def load_or_exit(argv=None, extra=None):
+def load_or_exit(argv=None, extra=None, stage=None):
+    """load(), with --help answered and a ConfigError one line and exit 1; then THREADS applied, before
+    the stage's work starts."""
     args = sys.argv[1:] if argv is None else argv
     if "-h" in args or "--help" in args:
-        print(usage(extra))
+        print(usage(extra, stage))
         sys.exit(0)
     try:
-        return load(args, extra)
+        cfg = load(args, extra, stage)
     except ConfigError as err:
         sys.exit(f"config error: {err}")
+    apply_threads(cfg.threads)
+    return cfg

@@ -17,7 +17,7 @@ from quant_model import load_quant
 
 
 def main():
-    cfg = config.load_or_exit()
+    cfg = config.load_or_exit(stage="export_quant_model.py")
     try:
         state, quant_list = load_quant(cfg)
     except ModelFileError as err:

@@ -119,7 +119,7 @@ def summary(state, quant_list):
 
 
 def main():
-    cfg = config.load_or_exit()
+    cfg = config.load_or_exit(stage="quant_model.py")
     user = config.user_model(cfg.model)
     name = config.model_name(cfg)
     shape, mean, std = config.check_input_settings(cfg.input_shape, cfg.input_mean, cfg.input_std)

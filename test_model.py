@@ -55,7 +55,8 @@ def batched(fn, images, batch, desc):
 
 
 def main():
-    cfg = config.load_or_exit(extra={"json": ""})
+    cfg = config.load_or_exit(extra={"json": ("", "also write the results as JSON to this file (\"\" = no)")},
+                              stage="test_model.py")
     try:
         columns = choose_columns(cfg)
     except config.ConfigError as err:

@@ -74,7 +74,7 @@ def plot_history(history, model_name, path):
 
 
 def main():
-    cfg = config.load_or_exit()
+    cfg = config.load_or_exit(stage="train_model.py")
     spec = models.spec(cfg.model)
     epochs = cfg.epochs or spec.epochs
     batch_size = cfg.batch_size or spec.batch_size

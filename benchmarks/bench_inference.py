@@ -149,7 +149,11 @@ def peak_rss_mb(binary, model_name, folder, images, labels):
 
 
 def main():
-    cfg = config.load_or_exit(extra={"json": "", "images": 1000, "calib": 200, "random_weights": False})
+    cfg = config.load_or_exit(extra={
+        "json": ("", "write the results as JSON to this file (\"\" = no)"),
+        "images": (1000, "test images to time"),
+        "calib": (200, "training images that calibrate the INT8 models"),
+        "random_weights": (False, "time random weights instead of the trained checkpoint")})
     spec = models.spec(cfg.model)
     warnings.filterwarnings("ignore")
     torch.manual_seed(cfg.seed)

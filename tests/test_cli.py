@@ -1,6 +1,7 @@
 """The stage scripts as a user runs them: clear errors and exit codes, and the shipped LeNet end to end."""
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -23,15 +24,139 @@ def test_unknown_model_lists_the_choices(script):
     assert "unknown model 'alexnet'" in proc.stderr and "lenet" in proc.stderr and "resnet18" in proc.stderr
 
 
-@pytest.mark.parametrize("script", ["train_model.py", "quant_model.py", "test_model.py", "export_quant_model.py"])
-def test_help_lists_every_option(script):
+def help_options(script):
+    """--help of a stage: {option: (default as shown, valid values, description)}."""
     proc = run(script, "--help")
     assert proc.returncode == 0 and proc.stderr == ""
-    assert proc.stdout.startswith("Stage ") and "--model=lenet  [lenet, resnet18" in proc.stdout
-    assert "--weight_mode=per_channel  [per_channel, per_tensor]" in proc.stdout
-    assert "vgg19] or FILE.py:NAME" in proc.stdout
-    for option in ("--checkpoint=", "--input_shape=", "--input_mean=", "--input_std=", "--calib_data=", "--test_data="):
-        assert option in proc.stdout
+    assert proc.stdout.startswith("Stage ") and f"options of {script} (" in proc.stdout
+    return {name: (default, valid, description) for name, default, valid, description in
+            re.findall(r"^  --(\w+)=(\S*)(?:  (.+))?\n      (.*)$", proc.stdout, re.M)}
+
+
+# per stage: options its --help must list, and options of other stages it must not
+HELP = {
+    "train_model.py": ({"model", "seed", "threads", "data_dir", "pretrained_dir", "epochs", "batch_size", "lr", "amp",
+                        "device", "resume", "val_images", "train_images"},
+                       {"weight_mode", "calib_data", "test_data", "export_mode", "export_dir", "limit", "json",
+                        "input_mean", "quant_dir"}),
+    "quant_model.py": ({"model", "checkpoint", "seed", "threads", "input_shape", "input_mean", "input_std",
+                        "calib_data", "weight_mode", "multiplier_bits", "calib_images", "calib_method", "quant_dir"},
+                       {"epochs", "lr", "amp", "test_data", "export_mode", "export_dir", "limit", "columns", "json"}),
+    "test_model.py": ({"model", "threads", "test_data", "limit", "columns", "raw_test", "c_test", "test_batch", "json",
+                       "weight_mode", "quant_dir", "input_shape"},
+                      {"epochs", "lr", "amp", "device", "calib_data", "export_mode", "export_dir"}),
+    "export_quant_model.py": ({"model", "threads", "export_mode", "export_dir", "quant_dir", "weight_mode", "input_mean"},
+                              {"epochs", "lr", "amp", "calib_data", "test_data", "data_dir", "limit", "columns",
+                               "json"}),
+}
+
+
+@pytest.mark.parametrize("script", list(HELP))
+def test_help_lists_the_stages_own_options(script):
+    """Each stage's --help lists its own options, each with a description, and none of another stage's."""
+    import config
+    options = help_options(script)
+    own, foreign = HELP[script]
+    assert own <= set(options) and not foreign & set(options)
+    assert list(options) == [k.lower() for k in config.stage_options(script)] + (["json"] if script == "test_model.py" else [])
+    for name, (default, valid, description) in options.items():
+        assert len(description.strip()) > 10, name
+    assert options["model"][:2] == ("lenet", "[lenet, resnet18, resnet34, resnet50, mobilenet_v2, vgg11, vgg13, vgg16, "
+                                             "vgg19] or FILE.py:NAME")
+    assert options["threads"][:2] == ("0", "[0..1024]")
+    if "weight_mode" in options:
+        assert options["weight_mode"][:2] == ("per_channel", "[per_channel, per_tensor]")
+    if "checkpoint" in options:
+        assert options["checkpoint"][0] == '""'
+
+
+def test_every_option_has_stages_and_a_description():
+    """OPTIONS covers exactly config.py's settings: each read by some stage and described."""
+    import config
+    settings = {k for k, v in vars(config).items() if k.isupper() and not k.startswith("_")
+                and isinstance(v, (str, int, float, bool)) and k not in config.STAGES}
+    assert settings == set(config.OPTIONS) == set(config.defaults())
+    for key, (stages, description) in config.OPTIONS.items():
+        assert stages and set(stages) <= set(config.STAGES) and description.strip(), key
+    assert set(config.RANGES) <= set(config.OPTIONS) and set(config.CHOICES) <= set(config.OPTIONS)
+
+
+@pytest.mark.parametrize("script, option", [
+    ("export_quant_model.py", "--epochs=3"),
+    ("export_quant_model.py", "--calib_data=x.npz"),
+    ("train_model.py", "--weight_mode=per_tensor"),
+    ("quant_model.py", "--limit=5"),
+    ("test_model.py", "--export_mode=txt"),
+    ("test_model.py", "--amp=off"),
+])
+def test_another_stages_option_is_refused(script, option):
+    proc = run(script, "--model=lenet", option)
+    name = option[2:].split("=")[0]
+    assert proc.returncode == 1 and proc.stdout == "" and len(proc.stderr.strip().splitlines()) == 1
+    assert proc.stderr.startswith(f"config error: --{name} is not an option of {script}; its options: model, ")
+
+
+def test_a_script_only_option_is_its_scripts_only():
+    proc = run("export_quant_model.py", "--json=report.json")
+    assert proc.returncode == 1 and "unknown option --json; valid options: model, " in proc.stderr
+    assert "export_mode" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("script, option, message", [
+    ("train_model.py", "--threads=-1", "threads=-1 is out of range [0, 1024]"),
+    ("export_quant_model.py", "--threads=-1", "threads=-1 is out of range [0, 1024]"),
+    ("test_model.py", "--threads=2000", "threads=2000 is out of range [0, 1024]"),
+    ("quant_model.py", "--threads=two", "--threads=two: expected a int"),
+])
+def test_bad_threads_refused(script, option, message):
+    proc = run(script, option)
+    assert proc.returncode == 1 and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+THREADS_PROBE = (
+    "import os, sys, torch, config\n"
+    "config.load_or_exit(sys.argv[1:], stage='test_model.py')\n"
+    "print(torch.get_num_threads(), torch.get_num_interop_threads(), os.environ['OMP_NUM_THREADS'])\n")
+
+
+@pytest.mark.parametrize("threads, env, expected", [
+    ("1", {}, "1 1 1"),
+    ("3", {"OMP_NUM_THREADS": "1"}, "3 3 3"),               # the option wins over the environment
+    ("0", {"OMP_NUM_THREADS": "1"}, "1 1 1"),               # 0: the environment's count, if any
+])
+def test_threads_applied_to_torch_and_the_c_engine(threads, env, expected):
+    """load_or_exit sets torch's thread pools and OMP_NUM_THREADS (inherited by c/inference)."""
+    full = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    proc = subprocess.run([sys.executable, "-c", THREADS_PROBE, f"--threads={threads}"], cwd=ROOT, env={**full, **env},
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split("\n")[0] == expected
+
+
+def test_default_threads(monkeypatch):
+    """THREADS=0 without OMP_NUM_THREADS: the CPUs this process may use, shared by torchrun's local
+    processes, between 1 and 16."""
+    import config
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    cpus = len(os.sched_getaffinity(0))
+    assert 1 <= config.default_threads() <= min(cpus, 16)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)))
+    assert config.default_threads() <= 16
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert config.default_threads() <= 2
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    assert config.default_threads() == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "5")
+    assert config.default_threads() == 5
+
+
+@pytest.mark.parametrize("threads", ["0", "1"])
+def test_threads_zero_and_one_accepted(tmp_path, threads):
+    """Accepted by the config: the stage goes on to its work (here: the missing checkpoint)."""
+    proc = run("quant_model.py", f"--threads={threads}", f"--pretrained_dir={tmp_path}")
+    assert proc.returncode == 1 and "config error" not in proc.stderr and "lenet_raw.pth: no such file" in proc.stderr
 
 
 @pytest.mark.parametrize("args, message", [
