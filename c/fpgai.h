@@ -48,7 +48,7 @@
 
 /* The record's type word.  Each kind is declared once, in KINDS (model.c). */
 enum { OP_INPUT, OP_CONV, OP_LINEAR, OP_MAXPOOL, OP_AVGPOOL, OP_ADD, OP_CONCAT, OP_LUT, OP_MUL, OP_SHUFFLE, OP_SLICE,
-       OP_UPSAMPLE, OP_KIND_COUNT };
+       OP_UPSAMPLE, OP_ADAPTIVE_AVGPOOL, OP_KIND_COUNT };
 
 /* One op of the graph; op i produces tensor i.  Filled by the record parser from the
  * declaration table, checked by the kind's validate function, then read-only. */
@@ -113,7 +113,7 @@ typedef struct {
 } ParamSpec;
 
 /* How many multipliers, shifts (or table values) a record holds */
-enum { RQ_NONE, RQ_ONE, RQ_TWO, RQ_C, RQ_INPUTS, RQ_256, RQ_RULE_COUNT };
+enum { RQ_NONE, RQ_ONE, RQ_TWO, RQ_C, RQ_INPUTS, RQ_256, RQ_HW, RQ_RULE_COUNT };
 
 #define MAX_PARAMS 16
 
@@ -176,6 +176,14 @@ static inline void pool_window(int32_t o, int32_t stride, int32_t pad, int32_t k
     int32_t start = o * stride - pad, end = start + k;
     *lo = start < 0 ? 0 : start;
     *hi = end > size ? size : end;
+}
+
+/* Rows (or columns) [lo, hi) of the input under adaptive pooling window o of out (PyTorch's
+ * floor(o*size/out) .. ceil((o+1)*size/out)): the reference and the optimized kernels' geometry. */
+static inline void adaptive_window(int32_t o, int32_t out, int32_t size, int32_t *lo, int32_t *hi)
+{
+    *lo = (int32_t)((int64_t)o * size / out);
+    *hi = (int32_t)(((int64_t)(o + 1) * size + out - 1) / out);
 }
 
 /* Weight k of output channel c minus its zero point (-255..255), from weight.bin's bytes. */

@@ -171,7 +171,7 @@ static FastModel *fast_prepare_model(const Model *m)
         FastOp *f = &fm->ops[i];
         const Op *in = op->n_inputs ? op_input(m, op, 0) : NULL;
         size_t P = (size_t)op->h * op->w;
-        if (op->kind == OP_AVGPOOL)
+        if (op->kind == OP_AVGPOOL || op->kind == OP_ADAPTIVE_AVGPOOL)
             fm->acc_elems = max_size(fm->acc_elems, (size_t)op->c);
         if (!KINDS[op->kind].weighted)
             continue;
@@ -806,6 +806,32 @@ static void fast_avgpool(const Op *op, const Op *in, const uint8_t *x, uint8_t *
         }
 }
 
+static void fast_adaptive_avgpool(const Op *op, const Op *in, const uint8_t *x, uint8_t *out, Workspace *ws)
+{
+    const size_t C = (size_t)op->c;
+    int64_t *sum = ws->acc;
+    for (int32_t oy = 0; oy < op->h; oy++) {
+        int32_t y0, y1;
+        adaptive_window(oy, op->h, in->h, &y0, &y1);
+        for (int32_t ox = 0; ox < op->w; ox++) {
+            int32_t x0, x1;
+            adaptive_window(ox, op->w, in->w, &x0, &x1);
+            for (size_t c = 0; c < C; c++)
+                sum[c] = -(int64_t)(y1 - y0) * (x1 - x0) * in->zero_point;
+            for (int32_t iy = y0; iy < y1; iy++)
+                for (int32_t ix = x0; ix < x1; ix++) {
+                    const uint8_t *src = x + ((size_t)iy * in->w + ix) * C;
+                    for (size_t c = 0; c < C; c++)
+                        sum[c] += src[c];
+                }
+            const size_t p = (size_t)oy * op->w + ox;
+            uint8_t *dst = out + p * C;
+            for (size_t c = 0; c < C; c++)
+                dst[c] = requantize(sum[c], op->multiplier[p], op->shift[p], op->zero_point, op->qmin, op->qmax);
+        }
+    }
+}
+
 /* Residual add: requantize((a - z_a)*m_a + (b - z_b)*m_b) with multiplier 1 and the shared shift */
 static void fast_add(const Op *op, const Op *ia, const Op *ib, const uint8_t *a, const uint8_t *b, uint8_t *out)
 {
@@ -1003,10 +1029,17 @@ static void fk_upsample(FAST_ARGS)
     fast_upsample(&m->ops[i], OP_IN(0), X_IN(0), OUT);
 }
 
+static void fk_adaptive_avgpool(FAST_ARGS)
+{
+    FAST_UNUSED;
+    fast_adaptive_avgpool(&m->ops[i], OP_IN(0), X_IN(0), OUT, ws);
+}
+
 static FastKernel *const FAST_KERNEL[OP_KIND_COUNT] = {
     [OP_INPUT] = fk_input,     [OP_CONV] = fk_conv, [OP_LINEAR] = fk_linear, [OP_MAXPOOL] = fk_maxpool,
     [OP_AVGPOOL] = fk_avgpool, [OP_ADD] = fk_add,   [OP_CONCAT] = fk_concat, [OP_LUT] = fk_lut,
     [OP_MUL] = fk_mul,         [OP_SHUFFLE] = fk_shuffle, [OP_SLICE] = fk_slice, [OP_UPSAMPLE] = fk_upsample,
+    [OP_ADAPTIVE_AVGPOOL] = fk_adaptive_avgpool,
 };
 
 static void *fast_prepare(const Model *m)

@@ -210,6 +210,34 @@ static void ref_avgpool(const Model *m, const RefModel *rm, int i, RefWorkspace 
     }
 }
 
+/* Adaptive average pooling: out[c][p] = requantize(sum_window_p(x) - n_p*z_in) with position p's
+ * multiplier and shift, windows as PyTorch's (adaptive_window) */
+static void ref_adaptive_avgpool(const Model *m, const RefModel *rm, int i, RefWorkspace *ws, const uint8_t *image)
+{
+    (void)rm;
+    (void)image;
+    const Op *op = &m->ops[i], *in = op_input(m, op, 0);
+    const uint8_t *x = tensor(m, ws, op, 0);
+    uint8_t *out = ws->arena + op->offset;
+    for (int32_t c = 0; c < op->c; c++) {
+        const uint8_t *plane = x + (size_t)c * in->h * in->w;
+        for (int32_t oy = 0; oy < op->h; oy++) {
+            int32_t y0, y1;
+            adaptive_window(oy, op->h, in->h, &y0, &y1);
+            for (int32_t ox = 0; ox < op->w; ox++) {
+                int32_t x0, x1;
+                adaptive_window(ox, op->w, in->w, &x0, &x1);
+                int64_t sum = -(int64_t)(y1 - y0) * (x1 - x0) * in->zero_point;
+                for (int32_t iy = y0; iy < y1; iy++)
+                    for (int32_t ix = x0; ix < x1; ix++)
+                        sum += plane[(size_t)iy * in->w + ix];
+                size_t p = (size_t)oy * op->w + ox;
+                *out++ = requantize(sum, op->multiplier[p], op->shift[p], op->zero_point, op->qmin, op->qmax);
+            }
+        }
+    }
+}
+
 /* Residual add: out = requantize((a - z_a)*m_a + (b - z_b)*m_b) with multiplier 1 and the
  * shared shift: both products summed before the one rounding. */
 static void ref_add(const Model *m, const RefModel *rm, int i, RefWorkspace *ws, const uint8_t *image)
@@ -324,6 +352,7 @@ static RefKernel *const REF_KERNEL[OP_KIND_COUNT] = {
     [OP_INPUT] = ref_input,     [OP_CONV] = ref_conv, [OP_LINEAR] = ref_linear, [OP_MAXPOOL] = ref_maxpool,
     [OP_AVGPOOL] = ref_avgpool, [OP_ADD] = ref_add,   [OP_CONCAT] = ref_concat, [OP_LUT] = ref_lut,
     [OP_MUL] = ref_mul,         [OP_SHUFFLE] = ref_shuffle, [OP_SLICE] = ref_slice, [OP_UPSAMPLE] = ref_upsample,
+    [OP_ADAPTIVE_AVGPOOL] = ref_adaptive_avgpool,
 };
 
 /* ---- the kernel set ---------------------------------------------------------------------- */

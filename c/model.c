@@ -485,6 +485,30 @@ static void validate_upsample(Model *m, int i)
     check_same_qparams(m, i);
 }
 
+/* windows of every output position (their reads bounded), each sum times its multiplier within int64 */
+static void validate_adaptive_avgpool(Model *m, int i)
+{
+    const Op *op = &m->ops[i], *x = op_input(m, op, 0);
+    check_same_channels(m, i);
+    /* a window spans at most in/out + 2 rows (columns): bounds the reads before the sum below */
+    check_work(m, i, "window reads", (uint64_t)op_elems(op) * ((uint64_t)x->h / (uint64_t)op->h + 2)
+                                     * ((uint64_t)x->w / (uint64_t)op->w + 2));
+    const int64_t room = INT64_MAX - ((int64_t)1 << (MAX_SHIFT - 1));
+    for (int32_t oy = 0; oy < op->h; oy++) {
+        int32_t y0, y1;
+        adaptive_window(oy, op->h, x->h, &y0, &y1);
+        for (int32_t ox = 0; ox < op->w; ox++) {
+            int32_t x0, x1;
+            adaptive_window(ox, op->w, x->w, &x0, &x1);
+            int64_t window = (int64_t)(y1 - y0) * (x1 - x0) * max_abs_centered(x);   /* <= 2^32 * 255 */
+            int32_t mult = op->multiplier[(size_t)oy * op->w + ox];
+            if (mult > 0 && window > room / mult)
+                fail("%s: op %d (adaptive_avgpool): window sum %lld times multiplier %d overflows int64", m->path, i,
+                     (long long)window, mult);
+        }
+    }
+}
+
 #define PARAM(field, name, lo, hi) {name, offsetof(Op, field), lo, hi}
 #define WINDOW PARAM(kh, "kernel_h", 1, MAX_DIM), PARAM(kw, "kernel_w", 1, MAX_DIM), \
                PARAM(stride_h, "stride_h", 1, MAX_DIM), PARAM(stride_w, "stride_w", 1, MAX_DIM)
@@ -522,14 +546,16 @@ const KindSpec KINDS[OP_KIND_COUNT] = {
     [OP_UPSAMPLE] = {"upsample", OP_UPSAMPLE, 1, 1, 0,
                      {PARAM(scale_h, "scale_h", 1, MAX_DIM), PARAM(scale_w, "scale_w", 1, MAX_DIM), {NULL, 0, 0, 0}},
                      RQ_NONE, RQ_NONE, RQ_NONE, validate_upsample},
+    [OP_ADAPTIVE_AVGPOOL] = {"adaptive_avgpool", OP_ADAPTIVE_AVGPOOL, 1, 1, 0, {{NULL, 0, 0, 0}}, RQ_HW, RQ_HW,
+                             RQ_NONE, validate_adaptive_avgpool},
 };
 
-const char *const RQ_RULE_NAMES[RQ_RULE_COUNT] = {"0", "1", "2", "C", "n_inputs", "256"};
+const char *const RQ_RULE_NAMES[RQ_RULE_COUNT] = {"0", "1", "2", "C", "n_inputs", "256", "HW"};
 
 static int64_t rq_count(int rule, const Op *op)
 {
     return rule == RQ_ONE ? 1 : rule == RQ_TWO ? 2 : rule == RQ_C ? op->c : rule == RQ_INPUTS ? op->n_inputs
-         : rule == RQ_256 ? 256 : 0;
+         : rule == RQ_256 ? 256 : rule == RQ_HW ? (int64_t)op->h * op->w : 0;
 }
 
 void print_op_table(void)

@@ -256,6 +256,14 @@ CASES = {c.name: c for c in [
           "features_3": q(150, 100, 140, 1.0), "fc": q(37, 20, 230, 4.0)},
          ("features_1", "features_3"), "avg pools on zero points 200 and 90 (the n*z_in term), clamped to "
          "100..140 (which excludes their zero points 37 and 150)"),
+    Case("adaptive_avgpool_narrow",
+         lambda: Chain([conv(1, 6, 3, stride=2), nn.AdaptiveAvgPool2d((3, 5)), conv(6, 6, 1),
+                        nn.AdaptiveAvgPool2d((4, 7))], 6 * 4 * 7),
+         {"features_0": q(200, 20, 230, 2.0), "features_1": q(37, 100, 140, 4.0), "features_2": q(90, 20, 230, 2.0),
+          "features_3": q(60, 100, 140, 2.0), "fc": q(37, 20, 230, 4.0)},
+         ("features_1", "features_3"), "adaptive pools with windows of several sizes (13x13 -> 3x5, overlapping; "
+         "3x5 -> 4x7, repeating) on zero points 200 and 90 (the n_p*z_in term), clamped to 100..140 (which "
+         "excludes their zero points 37 and 60)"),
     Case("add_clamp_excludes_zp", AddNet,
          {"stem": q(90, 20, 230, 2.0), "a": q(37, 20, 230, 2.0), "b": q(200, 30, 240, 2.0), "add": q(10, 100, 140, 2.0),
           "pool": q(37, 160, 200, 1.0), "fc": q(37, 20, 230, 2.0)},

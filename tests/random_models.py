@@ -169,11 +169,12 @@ class DataMovementNet(nn.Module):
         return self.fc(torch.flatten(q[:, 2:], 1))
 
 
-class PaddingNet(nn.Module):
-    """CIFAR-shaped: the conv geometries beyond a symmetric pad: "same" with an even kernel (one
+class GeometryNet(nn.Module):
+    """CIFAR-shaped: the window geometries beyond a symmetric pad: "same" with an even kernel (one
     more row/column after), dilation (dense, grouped and depthwise, with "same"), TF-style
     asymmetric zero pads folded into the conv(s) reading them (F.pad, nn.ZeroPad2d, one pad read
-    by two convs), a pad of W only, a non-square dilation with stride 2."""
+    by two convs), a pad of W only, a non-square dilation with stride 2; adaptive average pools
+    with windows that are not uniform: 8x8 -> 3x5 (overlapping), 2x2 -> 3x5 (repeating)."""
 
     def __init__(self):
         super().__init__()
@@ -186,8 +187,8 @@ class PaddingNet(nn.Module):
         self.a = nn.Conv2d(16, 8, 3, stride=(2, 2))                                             # 8x8x8
         self.b = nn.Conv2d(16, 8, (2, 4), stride=2, dilation=(2, 1))                            # 8x8x8
         self.w_only = nn.Conv2d(16, 16, (1, 3), dilation=(1, 2), groups=16)
-        self.gap = nn.AdaptiveAvgPool2d(2)
-        self.fc = nn.Linear(16 * 2 * 2, 10)
+        self.pool = nn.AdaptiveAvgPool2d((3, 5))
+        self.fc = nn.Linear(32 * 3 * 5, 10)
 
     def forward(self, x):
         x = self.down(F.pad(self.stem(x), (0, 1, 0, 1)))
@@ -195,12 +196,13 @@ class PaddingNet(nn.Module):
         p = self.pad(x)
         x = torch.cat([self.a(p), self.b(p)], dim=1)
         x = self.w_only(F.pad(x, (2, 2)))
-        return self.fc(torch.flatten(self.gap(x), 1))
+        x = torch.cat([self.pool(x), F.adaptive_avg_pool2d(F.adaptive_avg_pool2d(x, 2), (3, 5))], dim=1)
+        return self.fc(torch.flatten(x, 1))
 
 
 ARCHS = {"conv_pool": (ConvPoolNet, "mnist", (1, 28, 28)), "residual": (ResidualNet, "cifar10", (3, 32, 32)),
          "branch": (BranchNet, "cifar10", (3, 32, 32)), "activations": (ActivationNet, "cifar10", (3, 32, 32)),
-         "data_movement": (DataMovementNet, "cifar10", (3, 32, 32)), "padding": (PaddingNet, "cifar10", (3, 32, 32))}
+         "data_movement": (DataMovementNet, "cifar10", (3, 32, 32)), "geometry": (GeometryNet, "cifar10", (3, 32, 32))}
 
 
 def random_quantized(arch, weight_mode="per_channel", seed=0, calib=64, multiplier_bits=16, archs=None, n_test=32):

@@ -114,7 +114,7 @@ CASES = [("awkward", "per_channel", 16), ("awkward", "per_tensor", 32), ("mobile
          ("mobilenetish", "per_tensor", 16), ("tiny_mnist", "per_tensor", 16), ("tiny_mnist", "per_channel", 32),
          ("conv_pool", "per_tensor", 16), ("residual", "per_channel", 32), ("activations", "per_channel", 16),
          ("activations", "per_tensor", 32), ("data_movement", "per_channel", 16), ("data_movement", "per_tensor", 32),
-         ("padding", "per_channel", 16), ("padding", "per_tensor", 32)]
+         ("geometry", "per_channel", 16), ("geometry", "per_tensor", 32)]
 
 
 def force_wide_requantization(state, quant):

@@ -150,11 +150,19 @@ def test_means_over_hw_are_a_global_avgpool(spelling):
     tracks_float(net, ql, test, logits)
 
 
-def test_other_means_and_non_uniform_adaptive_pools_are_refused():
+def test_other_means_are_refused():
     msg = refusal(Fn(lambda m, x: x.mean(1)))
     assert "mean" in msg and "H and W" in msg
-    msg = refusal(Fn(lambda m, x: F.adaptive_avg_pool2d(x, 3)))
-    assert "not uniform" in msg and "8x8->3x3" in msg
+
+
+@pytest.mark.parametrize("size", [3, (5, 2), (12, 8), (4, 16)])
+def test_adaptive_pools_with_uneven_windows_are_their_own_kind(size):
+    """8x8 -> sizes that do not divide it: windows of several sizes, overlapping or repeating."""
+    net = Fn(lambda m, x: m.fc(F.adaptive_avg_pool2d(F.adaptive_avg_pool2d(x, size), 1).flatten(1)))
+    kinds, state, ql, test, logits = quantize(net)
+    assert kinds == ["input", "conv", "adaptive_avgpool", "avgpool", "linear"]
+    assert len(state[ql[2]["name"] + ".multiplier"]) == ql[2]["shape"][1] * ql[2]["shape"][2]
+    tracks_float(net, ql, test, logits)
 
 
 @pytest.mark.parametrize("kernel,dilation,pad", [(3, 1, [1, 1, 1, 1]), (5, 1, [2, 2, 2, 2]), ((3, 5), 1, [1, 2, 1, 2]),

@@ -83,7 +83,7 @@ def main():
               "lenet_cut": (state, quant[:3])}    # input, conv1 (+ReLU), maxpool: small seeds
     for arch, mode in (("conv_pool", "per_channel"), ("conv_pool", "per_tensor"), ("residual", "per_channel"),
                        ("branch", "per_tensor"), ("activations", "per_channel"),
-                       ("data_movement", "per_tensor"), ("padding", "per_channel")):
+                       ("data_movement", "per_tensor"), ("geometry", "per_channel")):
         graphs[f"{arch}_{mode}"] = random_quantized(arch, mode, seed=1)[:2]
     for tag, (state, quant) in graphs.items():
         files = exported(state, quant)

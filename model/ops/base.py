@@ -33,7 +33,8 @@ PARAM_KEYS = {"kernel_h": ("kernel", 0), "kernel_w": ("kernel", 1), "stride_h": 
               "scale_h": ("factor", 0), "scale_w": ("factor", 1)}
 # how many multipliers / shifts / table values a record holds (the C engine's --op-table uses the same words)
 REQUANT_COUNTS = {"0": lambda op: 0, "1": lambda op: 1, "2": lambda op: 2,
-                  "C": lambda op: op["shape"][0], "n_inputs": lambda op: len(op["inputs"]), "256": lambda op: 256}
+                  "C": lambda op: op["shape"][0], "n_inputs": lambda op: len(op["inputs"]), "256": lambda op: 256,
+                  "HW": lambda op: op["shape"][1] * op["shape"][2]}
 
 
 @dataclass(frozen=True)
