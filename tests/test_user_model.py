@@ -327,3 +327,66 @@ def test_readme_python_api_example(tmp_path):
                           env={**os.environ, "PYTHONPATH": ROOT})
     assert proc.returncode == 0, proc.stderr
     assert os.path.isfile(tmp_path / "export_model" / "MyNet_model.bin")
+
+
+GEOMETRY_NET = '''
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class Odd(nn.Module):
+    """RGB, non-square input; the window geometries of issue 10's last ops: an even-kernel "same",
+    a dilated depthwise conv, a TF-style asymmetric pad, an adaptive pool of uneven windows."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 4, padding="same"), nn.BatchNorm2d(8), nn.ReLU())
+        self.dw = nn.Conv2d(8, 8, 3, padding=2, dilation=2, groups=8)
+        self.down = nn.Conv2d(8, 12, 3, stride=2)
+        self.pool = nn.AdaptiveAvgPool2d((3, 3))
+        self.fc = nn.Linear(12 * 9, 4)
+
+    def forward(self, x):
+        x = F.relu6(self.dw(self.stem(x)))
+        x = self.down(F.pad(x, (0, 1, 0, 1)))
+        return self.fc(torch.flatten(self.pool(x), 1))
+'''
+
+
+def test_an_rgb_non_square_model_from_image_folders(tmp_path):
+    """3x36x20 with per-channel mean/std, calibrated and tested on ImageFolder directories of PNGs of
+    other sizes (resized by the loader): every engine bit-exact, the C column reading .npy."""
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for split, n in (("calib", 24), ("test", 40)):
+        for cls in ("cat", "dog"):
+            os.makedirs(tmp_path / split / cls)
+            for i in range(n // 2):
+                size = (int(rng.integers(20, 60)), int(rng.integers(20, 60)))
+                Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(tmp_path / split / cls / f"{i}.png")
+    (tmp_path / "odd_net.py").write_text(GEOMETRY_NET)
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import odd_net
+    finally:
+        sys.path.remove(str(tmp_path))
+    torch.manual_seed(0)
+    torch.save(odd_net.Odd().state_dict(), tmp_path / "odd.pth")
+    common = [f"--model={tmp_path / 'odd_net.py'}:Odd", f"--quant_dir={tmp_path / 'q'}"]
+    proc = run("quant_model.py", *common, f"--checkpoint={tmp_path / 'odd.pth'}", "--input_shape=3x36x20",
+               "--input_mean=0.5,0.4,0.3", "--input_std=0.2,0.25,0.3", f"--calib_data={tmp_path / 'calib'}")
+    assert proc.returncode == 0, proc.stderr
+    report = tmp_path / "report.json"
+    proc = run("test_model.py", *common, f"--test_data={tmp_path / 'test'}", f"--json={report}")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(report.read_text())
+    assert result["images"] == 40 and result["identical_logits"] == {"quant_vs_np_quant": 1.0, "np_quant_vs_c_int8": 1.0}
+    _, quant_list = torch.load(tmp_path / "q" / "Odd_quant.tuple", weights_only=True)
+    kinds = [op["op"] for op in quant_list]
+    assert kinds[0] == "input" and quant_list[0]["input_shape"] == [3, 36, 20] and "adaptive_avgpool" in kinds
+    convs = {op["name"]: op for op in quant_list if op["op"] == "conv"}
+    assert convs["stem_0"]["padding"] == [1, 1, 2, 2] and convs["dw"]["dilation"] == [2, 2]
+    assert convs["down"]["padding"] == [0, 0, 1, 1]
+    proc = run("export_quant_model.py", *common, f"--export_dir={tmp_path / 'e'}")
+    assert proc.returncode == 0, proc.stderr
