@@ -8,18 +8,25 @@
  * kernels_fast.c run the graph, datasets.c reads the test set; this file is the command
  * line, the loop over images (in parallel with OpenMP, one workspace per thread), the report.
  */
-#define _POSIX_C_SOURCE 200809L     /* clock_gettime, stat */
+#define _POSIX_C_SOURCE 200809L     /* clock_gettime, stat, lstat, readlink, sigaction, kill */
 
 #include "datasets.h"
 #include "fpgai.h"
 #include "kernels.h"
 
+#include <ctype.h>
+#include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/types.h>
 #include <time.h>
+#include <unistd.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -46,6 +53,8 @@ static void usage(const char *msg, const char *arg)
             "  --format F      weights from NAME_weight.bin + NAME_bias.bin (bin) or NAME_weight.txt (txt)\n"
             "  --limit N       run only the first N images\n"
             "  --logits FILE   write each image's output values, one comma-separated line per image\n"
+            "                  ('-': stdout; a file atomically, through a symlink to its target; a device\n"
+            "                  or FIFO directly)\n"
             "  --images PATH   test images: a .npy of uint8 N x C x H x W (any model; required for dataset\n"
             "                  custom), or the idx3 file (mnist) or CIFAR-10 batch (cifar10)\n"
             "  --labels PATH   test labels: a .npy of N integers (optional with .npy images: without it,\n"
@@ -154,27 +163,162 @@ static void engine_free(Engine *e)
     e->k->release(e->prepared);
 }
 
-/* --logits goes to FILE.tmp, renamed over FILE only when complete (fail() deletes it). */
-static FILE *open_logits(const char *path, char *tmp, size_t cap)
+/* ---- --logits: where the bytes go (one rule) -------------------------------------------
+ * "-", or the very file stdout is: stdout.  A character or block device, a FIFO, a socket, or a
+ * path under /dev/: opened and written directly, no temporary and no rename (a device node is
+ * never replaced).  A directory: an error.  Anything else (a regular file, or a path not there
+ * yet) atomically: the bytes go to DIR/.NAME.PID.tmp beside the file and are renamed over it once
+ * complete; a symlink is followed to its final target first, so the link stays and the target is
+ * replaced.  The temporary is removed by fail() on every error and by on_signal() on SIGINT,
+ * SIGTERM and SIGHUP; one that a SIGKILLed run left (its PID no longer alive) by the next run. */
+typedef struct {
+    FILE *f;
+    const char *path;               /* as given, for messages */
+    int atomic, is_stdout;
+    char target[4096];              /* the atomic write's file, symlinks followed */
+} Output;
+
+static char out_tmp[4200];
+static volatile sig_atomic_t out_tmp_armed;
+
+/* Async-signal-safe: unlink, then the signal's default action (SA_RESETHAND, SA_NODEFER). */
+static void on_signal(int sig)
 {
-    int n = snprintf(tmp, cap, "%s.tmp", path);
-    if (n < 0 || (size_t)n >= cap)
-        fail("%s: path too long", path);
-    FILE *f = fopen(tmp, "w");
-    if (!f)
-        fail("%s: cannot write (%s)", tmp, strerror(errno));
-    fpgai_tmp_path = tmp;
-    return f;
+    if (out_tmp_armed)
+        unlink(out_tmp);
+    raise(sig);
+    _exit(128 + sig);
 }
 
-static void close_logits(FILE *f, const char *tmp, const char *path)
+static void catch_signals(void)
 {
-    int bad = ferror(f);
-    bad |= fclose(f) != 0;
+    static const int sigs[] = {SIGINT, SIGTERM, SIGHUP};
+    for (size_t i = 0; i < sizeof sigs / sizeof sigs[0]; i++) {
+        struct sigaction sa, old;
+        if (sigaction(sigs[i], NULL, &old) == 0 && old.sa_handler == SIG_IGN)
+            continue;               /* left ignored (nohup, a background job) */
+        memset(&sa, 0, sizeof sa);
+        sa.sa_handler = on_signal;
+        sigemptyset(&sa.sa_mask);
+        sa.sa_flags = SA_RESETHAND | SA_NODEFER;
+        sigaction(sigs[i], &sa, NULL);
+    }
+}
+
+/* out = path with the symlinks of its last component followed (to a target that may not exist yet). */
+static void follow_links(const char *path, char *out, size_t cap)
+{
+    char link[4096];
+    if (snprintf(out, cap, "%s", path) >= (int)cap)
+        fail("%s: path too long", path);
+    for (int hops = 0;; hops++) {
+        struct stat st;
+        if (lstat(out, &st) != 0 || !S_ISLNK(st.st_mode))
+            return;
+        if (hops == 40)
+            fail("%s: too many levels of symbolic links", path);
+        ssize_t n = readlink(out, link, sizeof link - 1);
+        if (n < 0)
+            fail("%s: cannot read the link %s (%s)", path, out, strerror(errno));
+        link[n] = '\0';
+        const char *slash = strrchr(out, '/');
+        size_t keep = link[0] == '/' || !slash ? 0 : (size_t)(slash - out) + 1;
+        if (keep + (size_t)n >= cap)
+            fail("%s: path too long", path);
+        memmove(out + keep, link, (size_t)n + 1);
+    }
+}
+
+/* Remove PREFIX.NAME.PID.tmp (PREFIX: the folder part, "" or ending in '/') of every PID no
+ * longer alive, and of this process's own PID (left by an earlier process of the same PID). */
+static void remove_stale_tmps(const char *prefix, size_t prefix_len, const char *name)
+{
+    char folder[4200], stale[4200];
+    snprintf(folder, sizeof folder, "%.*s", prefix_len ? (int)prefix_len : 1, prefix_len ? prefix : ".");
+    DIR *d = opendir(folder);
+    if (!d)
+        return;
+    const size_t len = strlen(name);
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        const char *s = e->d_name;
+        if (s[0] != '.' || strncmp(s + 1, name, len) || s[1 + len] != '.' || !isdigit((unsigned char)s[2 + len]))
+            continue;
+        char *end;
+        errno = 0;
+        long pid = strtol(s + 2 + len, &end, 10);
+        if (strcmp(end, ".tmp") || errno || pid <= 0 || pid > INT_MAX)
+            continue;
+        if ((pid_t)pid != getpid() && (kill((pid_t)pid, 0) == 0 || errno != ESRCH))
+            continue;               /* a live writer's */
+        if (snprintf(stale, sizeof stale, "%.*s%s", (int)prefix_len, prefix, s) < (int)sizeof stale)
+            unlink(stale);
+    }
+    closedir(d);
+}
+
+static void output_open(Output *o, const char *path)
+{
+    memset(o, 0, sizeof *o);
+    o->path = path;
+    struct stat st, out_st;
+    const int exists = stat(path, &st) == 0;
+    if (!exists && errno != ENOENT)
+        fail("%s: cannot write (%s)", path, strerror(errno));
+    if (!strcmp(path, "-") || (exists && fstat(STDOUT_FILENO, &out_st) == 0 && st.st_dev == out_st.st_dev
+                               && st.st_ino == out_st.st_ino)) {
+        o->f = stdout;
+        o->is_stdout = 1;
+        return;
+    }
+    if (exists && S_ISDIR(st.st_mode))
+        fail("%s: is a directory", path);
+    if ((exists && !S_ISREG(st.st_mode)) || !strncmp(path, "/dev/", 5)) {
+        o->f = fopen(path, "w");
+        if (!o->f)
+            fail("%s: cannot write (%s)", path, strerror(errno));
+        return;
+    }
+    follow_links(path, o->target, sizeof o->target);
+    const char *slash = strrchr(o->target, '/');
+    const size_t prefix_len = slash ? (size_t)(slash - o->target) + 1 : 0;
+    const char *name = o->target + prefix_len;
+    if (!*name)
+        fail("%s: is a directory", path);
+    remove_stale_tmps(o->target, prefix_len, name);
+    int n = snprintf(out_tmp, sizeof out_tmp, "%.*s.%s.%ld.tmp", (int)prefix_len, o->target, name, (long)getpid());
+    if (n < 0 || (size_t)n >= sizeof out_tmp)
+        fail("%s: path too long", path);
+    catch_signals();
+    out_tmp_armed = 1;
+    int fd = open(out_tmp, O_WRONLY | O_CREAT | O_EXCL, 0666);
+    if (fd < 0) {
+        out_tmp_armed = 0;
+        fail("%s: cannot write %s (%s)", path, out_tmp, strerror(errno));
+    }
+    fpgai_tmp_path = out_tmp;
+    o->f = fdopen(fd, "w");
+    if (!o->f)
+        fail("%s: cannot write %s (%s)", path, out_tmp, strerror(errno));
+    o->atomic = 1;
+}
+
+static void output_close(Output *o)
+{
+    if (o->is_stdout) {
+        if (fflush(stdout) != 0 || ferror(stdout))
+            fail("%s: write error (%s)", o->path, strerror(errno));
+        return;
+    }
+    int bad = ferror(o->f);
+    if (o->atomic)
+        bad |= fflush(o->f) != 0 || fsync(fileno(o->f)) != 0;
+    bad |= fclose(o->f) != 0;
     if (bad)
-        fail("%s: write error", tmp);
-    if (rename(tmp, path) != 0)
-        fail("%s: cannot rename to %s (%s)", tmp, path, strerror(errno));
+        fail("%s: write error (%s)", o->path, strerror(errno));
+    if (o->atomic && rename(out_tmp, o->target) != 0)
+        fail("%s: cannot rename %s to %s (%s)", o->path, out_tmp, o->target, strerror(errno));
+    out_tmp_armed = 0;
     fpgai_tmp_path = NULL;
 }
 
@@ -233,15 +377,16 @@ int main(int argc, char **argv)
     free(m.weight_raw);                 /* the kernels have their own copy */
     m.weight_raw = NULL;
     size_t count = opt.limit > 0 && (size_t)opt.limit < ds.count ? (size_t)opt.limit : ds.count;
-    char tmp[4200];
-    FILE *logits = opt.logits ? open_logits(opt.logits, tmp, sizeof tmp) : NULL;
+    Output logits;
+    if (opt.logits)
+        output_open(&logits, opt.logits);
 
     double t0 = now_seconds();
-    size_t correct = run_images(&e, &m, &ds, count, logits);
+    size_t correct = run_images(&e, &m, &ds, count, opt.logits ? logits.f : NULL);
     double seconds = now_seconds() - t0;
 
-    if (logits)
-        close_logits(logits, tmp, opt.logits);
+    if (opt.logits)
+        output_close(&logits);
     if (!opt.quiet) {
         printf("model: %s (%s, fingerprint %s), %d ops, %s weights from %s files, %zu KiB activations\n",
                m.name, m.dataset, m.fingerprint, m.n_ops, m.weight_signed ? "int8" : "uint8",

@@ -1,11 +1,15 @@
 """Atomic writes and checked loads: one place for both rules.
 
-Every file the pipeline writes goes to a temporary name in the same folder and
-is renamed over the target only once complete, so an interrupted run never
-leaves a half file that a later stage would load.
+Every regular file the pipeline writes goes to a temporary name in the same
+folder and is renamed over the target only once complete, so an interrupted run
+never leaves a half file that a later stage would load; devices, FIFOs and "-"
+(stdout) are written directly, symlinks through to their target (atomic_open).
 """
 import contextlib
+import glob
 import os
+import stat
+import sys
 
 import torch
 
@@ -23,17 +27,71 @@ def error_line(err):
     return f"{err.__class__.__name__}: {text[0]}" if text else err.__class__.__name__
 
 
+def _is_stdout(path, st):
+    try:
+        out = os.fstat(sys.stdout.fileno())
+    except (AttributeError, OSError, ValueError):           # stdout replaced or closed
+        return False
+    return (st.st_dev, st.st_ino) == (out.st_dev, out.st_ino)
+
+
+def _remove_stale_tmps(folder, name):
+    """Remove .NAME.PID.tmp beside NAME whose PID is no longer alive (a SIGKILLed writer's)."""
+    for tmp in glob.glob(os.path.join(glob.escape(folder), f".{glob.escape(name)}.*.tmp")):
+        pid = os.path.basename(tmp)[len(name) + 2:-len(".tmp")]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(tmp)
+        except (OSError, OverflowError):                     # alive (another user's), or not a PID
+            pass
+
+
 @contextlib.contextmanager
 def atomic_open(path, mode="wb"):
-    folder = os.path.dirname(path) or "."
+    """open() for writing, by one rule for where the bytes go:
+    - "-", or the very file stdout is: stdout, not closed;
+    - a character or block device, a FIFO, a socket, or a path under /dev/: written directly,
+      no temporary and no rename (a device node is never replaced);
+    - a directory: IsADirectoryError("PATH: is a directory");
+    - anything else (a regular file, a path not there yet) atomically: .NAME.PID.tmp beside it,
+      renamed over it once complete and fsynced; a symlink is followed to its final target, so the
+      link stays and the target is replaced.  The temporary is removed on every error; those a
+      SIGKILLed writer left (PID no longer alive) are removed by the next write of the same file."""
+    path = os.fspath(path)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        st = None
+    if path == "-" or (st is not None and _is_stdout(path, st)):
+        sys.stdout.flush()
+        out = sys.stdout.buffer if "b" in mode else sys.stdout
+        yield out
+        out.flush()
+        return
+    if st is not None and stat.S_ISDIR(st.st_mode):
+        raise IsADirectoryError(f"{path}: is a directory")
+    if (st is not None and not stat.S_ISREG(st.st_mode)) or path.startswith("/dev/"):
+        with open(path, mode) as f:
+            yield f
+        return
+    target = os.path.realpath(path) if os.path.islink(path) else path
+    folder, name = os.path.split(target)
+    folder = folder or "."
+    if not name:
+        raise IsADirectoryError(f"{path}: is a directory")
     os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    _remove_stale_tmps(folder, name)
+    tmp = os.path.join(folder, f".{name}.{os.getpid()}.tmp")
     try:
         with open(tmp, mode) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
