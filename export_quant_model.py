@@ -5,19 +5,52 @@ or both; quant.txt and the versioned graph file model.bin are always written.
 Proves each layer's worst-case accumulator magnitude again from the integers it exports
 and prints it against the int32 limit (a tuple edited by hand cannot smuggle in an overflow).
 Your own model: --model=FILE.py:NAME -> export_model/NAME_* (the other settings come from the tuple).
+--report=PATH.json also writes the per-layer report (model/report.py): a table, PATH.json and PATH.png.
 """
 import sys
 
+import torch
+
 import config
+from data import datasets
+from model import report
 from model.export_format import write_export
-from model.fileio import ModelFileError
+from model.fileio import ModelFileError, error_line
 from model.ops import weighted_ops
 from model.quantize import ACC_LIMIT, accumulator_bound
-from quant_model import load_quant
+from quant_model import load_float, load_quant
+
+
+def calibration_sample(cfg, head, count=report.REPORT_IMAGES):
+    """The first `count` of the images the quantizer calibrated on: the same seeded pick of the tuple's
+    calib_data, or of the built-in dataset's training set."""
+    if head.get("calib_data"):
+        images, _ = datasets.load_images(head["calib_data"], head.get("input_shape"), need_labels=False)
+    else:
+        images, _ = datasets.load(head["dataset"], "train", cfg.data_dir, cfg.mirror_dir)
+    pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(cfg.seed))
+    return images[pick[:min(count, head.get("calib_images") or count)]]
+
+
+def write_report(cfg, state, quant_list):
+    """The per-layer report: printed, and written to cfg.report (JSON) and beside it (PNG)."""
+    net = images = note = None
+    try:
+        net = load_float(cfg, quant_list[0])[0]
+        images = calibration_sample(cfg, quant_list[0])
+    except (ModelFileError, datasets.DatasetError) as err:
+        note = f"no float model or calibration images ({error_line(err)})"
+    rep = report.layer_report(state, quant_list, net, images, note=note)
+    print(report.table(rep))
+    for path in report.write(rep, cfg.report):
+        print(f"wrote {path}")
 
 
 def main():
-    cfg = config.load_or_exit(stage="export_quant_model.py")
+    cfg = config.load_or_exit(extra={"report": ("", "also write the per-layer report (MACs, bytes, accumulator "
+                                                    "and multiplier bits, weight and activation SQNR) to this "
+                                                    "JSON file, a table and a PNG beside it (\"\" = no)")},
+                              stage="export_quant_model.py")
     try:
         state, quant_list = load_quant(cfg)
     except ModelFileError as err:
@@ -31,6 +64,12 @@ def main():
             sys.exit(f"error: {op['name']}: worst-case accumulator {bound} exceeds int32 ({ACC_LIMIT})")
     for path in write_export(state, quant_list, cfg.export_dir, cfg.export_mode):
         print(f"wrote {path}")
+    if cfg.report:
+        try:
+            write_report(cfg, state, quant_list)
+        except OSError as err:
+            text = str(err) if cfg.report in str(err) else f"{cfg.report}: {error_line(err)}"
+            sys.exit(f"error: {text}")
 
 
 if __name__ == "__main__":
