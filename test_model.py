@@ -9,7 +9,10 @@
 Prints accuracy, seconds and images/s per column, and how many images got
 identical integer logits in quant vs np quant and np quant vs C. Exits 1 when
 the integer engines disagree on any image.
-Flags: --model NAME --limit N --columns raw,quant,np,c --json PATH
+Flags: --model NAME --limit N --columns raw,quant,np,c --json PATH --dump_layers DIR
+--dump_layers=DIR: also write every op's uint8 output for the N images (the numpy engine) as golden
+vectors: DIR/op{i:03d}_{name}.npy and .hex ($readmemh) and manifest.json (model/golden.py); compare
+two such folders with `python compare_dumps.py A B`.
 Your own model: --model=FILE.py:NAME --test_data=FILE.npz|DIR (the checkpoint, input shape and
 mean/std come from quantization/NAME_quant.tuple; options repeated must agree with it).
 """
@@ -29,7 +32,7 @@ from data import datasets
 from model.fileio import ModelFileError, atomic_open
 from model.np_engine import NumpyIntegerModel
 from model.torch_engine import TorchIntegerModel
-from model import api
+from model import api, golden
 from quant_model import load_float, load_quant
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -55,7 +58,9 @@ def batched(fn, images, batch, desc):
 
 
 def main():
-    cfg = config.load_or_exit(extra={"json": ("", "also write the results as JSON to this file (\"\" = no)")},
+    cfg = config.load_or_exit(extra={"json": ("", "also write the results as JSON to this file (\"\" = no)"),
+                                     "dump_layers": ("", "also write every op's uint8 output of the N images (numpy "
+                                                         "engine) to this folder: .npy, .hex, manifest.json (\"\" = no)")},
                               stage="test_model.py")
     try:
         columns = choose_columns(cfg)
@@ -63,8 +68,11 @@ def main():
         sys.exit(f"config error: {err}")
     user = config.user_model(cfg.model)
     try:
+        if cfg.dump_layers:                 # refused before any work: not a folder a dump may replace
+            golden.check_target(cfg.dump_layers)
         # a user model's settings live in its tuple: load it even for the raw column alone
-        state, quant_list = load_quant(cfg) if user or set(columns) - {"raw"} else (None, None)
+        state, quant_list = (load_quant(cfg) if user or set(columns) - {"raw"} or cfg.dump_layers
+                             else (None, None))
         head = quant_list[0] if quant_list else {}
         dataset = head.get("dataset") or models.spec(cfg.model).dataset
         if cfg.test_data:
@@ -127,6 +135,15 @@ def main():
         with atomic_open(cfg.json, "w") as f:
             json.dump(report, f, indent=2)
         print(f"wrote {cfg.json}")
+    if cfg.dump_layers:
+        t0 = time.perf_counter()
+        try:
+            values = golden.layer_outputs(state, quant_list, images, cfg.test_batch)
+            golden.write_dump(cfg.dump_layers, quant_list, values, name)
+        except golden.DumpError as err:
+            sys.exit(f"error: {err}")
+        print(f"wrote {cfg.dump_layers}: {len(quant_list)} ops x {n} images "
+              f"({time.perf_counter() - t0:.2f} s)")
     if any(frac < 1.0 for frac in identical.values()):
         sys.exit("error: the integer engines disagree (see above)")
 
