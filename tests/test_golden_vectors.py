@@ -218,3 +218,40 @@ def test_help_describes_the_options():
     assert proc.returncode == 0 and "\n  --dump_layers=\"\"\n      also write every op's uint8 output" in proc.stdout
     proc = run("compare_dumps.py", "--help")
     assert proc.returncode == 0 and "FIRST differing value" in proc.stdout and "--ignore_names" in proc.stdout
+
+
+KILLED_WRITER = """
+import sys, time
+import numpy as np, torch
+from model import golden
+quant_list = torch.load(sys.argv[2], map_location="cpu", weights_only=True)[1]
+save, saved = np.save, []
+def slow_save(*args, **kwargs):
+    save(*args, **kwargs)
+    saved.append(1)
+    if len(saved) == 3:
+        print("ready", flush=True)
+        time.sleep(60)
+golden.np.save = slow_save
+golden.write_dump(sys.argv[1], quant_list, [np.zeros((2, *op["shape"]), np.uint8) for op in quant_list], "lenet")
+"""
+
+
+def test_a_killed_dump_leaves_the_previous_one(lenet, tmp_path):
+    """SIGKILL in the middle of a dump: the previous dump stays as it was; the next dump removes the
+    dead writer's temporary folder."""
+    state, quant_list, images = lenet
+    folder = tmp_path / "dump"
+    golden.write_dump(str(folder), quant_list, golden.layer_outputs(state, quant_list, images), "lenet")
+    before = {f: (folder / f).read_bytes() for f in os.listdir(folder)}
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(folder), TUPLE], cwd=ROOT,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline() == "ready\n"
+    finally:
+        proc.kill()
+        proc.wait()
+    assert {f: (folder / f).read_bytes() for f in os.listdir(folder)} == before
+    assert sorted(os.listdir(tmp_path)) == [f".dump.{proc.pid}.tmp", "dump"]
+    golden.write_dump(str(folder), quant_list, golden.layer_outputs(state, quant_list, images[:1]), "lenet")
+    assert sorted(os.listdir(tmp_path)) == ["dump"] and golden.read_dump(str(folder))[0]["images"] == 1
