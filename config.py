@@ -110,7 +110,8 @@ OPTIONS = {
     "LIMIT": ((_TEST,), "test only the first N test images (0 = the whole test set)"),
     "TEST_BATCH": ((_TEST,), "images per engine call: small batches keep the int64 activations in cache "
                              "(2-5x faster than 500 on MobileNetV2, a fraction of the memory)"),
-    "EXPORT_MODE": ((_EXPORT,), "which weight files to write: txt (weight.txt), bin (weight.bin + bias.bin) or both"),
+    "EXPORT_MODE": ((_EXPORT,), "which files to write: txt (weight.txt), bin (weight.bin + bias.bin), both, or c "
+                                "(model.h / model.c: the sealed files as const arrays for firmware)"),
 }
 
 CHOICES = {
@@ -118,7 +119,7 @@ CHOICES = {
               "vgg11", "vgg13", "vgg16", "vgg19"),
     "WEIGHT_MODE": ("per_channel", "per_tensor"),
     "CALIB_METHOD": ("minmax", "percentile"),
-    "EXPORT_MODE": ("txt", "bin", "both"),
+    "EXPORT_MODE": ("txt", "bin", "both", "c"),
     "DEVICE": ("auto", "cpu", "cuda"),
     "AMP": ("auto", "bf16", "off"),
 }

@@ -4,6 +4,7 @@
  * Every length is checked against the file's real size.
  */
 #include "datasets.h"
+#include "host.h"
 
 #include <stdio.h>
 #include <stdlib.h>

@@ -1,18 +1,21 @@
 /*
- * fpgai.h -- the types every part of the C engine shares (C99, libc only).
+ * fpgai.h -- the core library: the types every part of the C engine shares, and the API of
+ * fpgai.c, which loads a model from memory buffers and runs images into caller-provided memory
+ * (C99; no malloc/free, no stdio, no file I/O, no OS call: firmware links it as it is).
  *
- *   fpgai.h         this file: limits, the op kinds and their declaration table, Op and
- *                   Model (read-only once loaded), the one requantizer, the loader's API
- *   model.c         errors, CRC-32, model.bin (format version 2) and the weight files,
- *                   load-time checks, the activation memory plan: everything that reads files
- *   kernels.h       the two kernel sets' API: reference (kernels_ref.c, CHW, plain loops)
+ *   fpgai.h / fpgai.c  this file and the core: limits, the op kinds and their declaration table,
+ *                   Op and Model (read-only once loaded), the one requantizer; model.bin
+ *                   (format version 3) and the weight buffers checked against its seal, the
+ *                   load-time checks, the activation memory plan, the reference kernels
+ *   host.h / model.c   the host's side: errors that print and exit, files, weight.txt
+ *   kernels.h       the host's two kernel sets: reference (the core's, CHW, plain loops)
  *                   and optimized (kernels_fast.c, HWC, int8 GEMM, AVX-512 VNNI where present)
- *   datasets.c/.h   MNIST idx and CIFAR-10 binary readers
+ *   datasets.c/.h   MNIST idx, CIFAR-10 binary and .npy readers
  *   inference.c     the program: command line, threads, the report
  *
  * llama2.c's split: a loaded Model (graph, weights, memory plan) is never written while
- * images run; each kernel set prepares its own read-only copy of the weights, and every
- * thread owns a workspace (its arena of activations and its scratch buffers).
+ * images run; every thread owns a workspace (its arena of activations, and the optimized
+ * kernels' scratch buffers).
  *
  * The arithmetic contract (README "The integer arithmetic contract", model/qmath.py):
  *   rshift_round(x, s) = floor((x + 2^(s-1)) / 2^s)        round half toward +infinity
@@ -22,6 +25,7 @@
 #ifndef FPGAI_H
 #define FPGAI_H
 
+#include <setjmp.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -46,7 +50,7 @@
 
 /* ---- op kinds ------------------------------------------------------------------------- */
 
-/* The record's type word.  Each kind is declared once, in KINDS (model.c). */
+/* The record's type word.  Each kind is declared once, in KINDS (fpgai.c). */
 enum { OP_INPUT, OP_CONV, OP_LINEAR, OP_MAXPOOL, OP_AVGPOOL, OP_ADD, OP_CONCAT, OP_LUT, OP_MUL, OP_SHUFFLE, OP_SLICE,
        OP_UPSAMPLE, OP_ADAPTIVE_AVGPOOL, OP_KIND_COUNT };
 
@@ -80,15 +84,15 @@ typedef struct {
 
     /* derived at load */
     int32_t k_size;                 /* conv / linear: weights per output channel */
-    const int32_t *bias;            /* conv / linear: its C biases, into Model.bias */
     size_t offset;                  /* of its output tensor in a workspace's arena */
 } Op;
 
 enum { FILE_WEIGHT_BIN, FILE_BIAS_BIN, FILE_WEIGHT_TXT, FILE_COUNT };   /* the files model.bin seals */
 
 typedef struct {
-    char path[4096];                /* of model.bin, for messages */
-    char weights_path[8200];        /* of the weight file(s) read, for messages */
+    const char *path;               /* model.bin's name in messages (the caller's string) */
+    const char *weights_path;       /* the weight file(s)' names in messages */
+    char error[256];                /* why the last load failed */
     char name[32], dataset[16], fingerprint[24];
     int weight_signed;              /* 1: int8 per-channel weights (zero point 0); 0: uint8 per tensor */
     uint32_t exported;              /* bit 0: weight.bin + bias.bin, bit 1: weight.txt */
@@ -97,9 +101,15 @@ typedef struct {
     int64_t weight_bytes, bias_count;
     int n_ops;
     Op *ops;
-    uint8_t *weight_raw;            /* weight.bin bytes (int8 or uint8); NULL once the kernels have their copy */
-    int32_t *bias;                  /* bias.bin values */
-    size_t arena_bytes;             /* every activation, placed by plan_memory */
+    const uint8_t *weight_raw;      /* weight.bin bytes (int8 or uint8), the caller's buffer */
+    const uint8_t *bias_raw;        /* bias.bin bytes (int32 little-endian), the caller's buffer */
+    size_t arena_bytes;             /* every activation, placed by the memory plan */
+
+    /* the loader's own */
+    uint8_t *storage;               /* the caller's block for ops and their arrays (FPGAI_STORAGE_BYTES) */
+    size_t storage_bytes, storage_used;
+    jmp_buf *on_error;
+    void *owned[5];                 /* the host's: buffers it frees with the model; the core never touches them */
 } Model;
 
 /* ---- the declaration table ------------------------------------------------------------ */
@@ -186,6 +196,19 @@ static inline void adaptive_window(int32_t o, int32_t out, int32_t size, int32_t
     *hi = (int32_t)(((int64_t)(o + 1) * size + out - 1) / out);
 }
 
+/* uint32 -> int32 two's complement without implementation-defined conversion */
+static inline int32_t u32_to_i32(uint32_t u)
+{
+    return u <= INT32_MAX ? (int32_t)u : (int32_t)(u - 2147483648u) - INT32_MAX - 1;
+}
+
+/* Bias of output channel c of a conv / linear op, from bias.bin's little-endian bytes. */
+static inline int32_t op_bias(const Model *m, const Op *op, int32_t c)
+{
+    const uint8_t *p = m->bias_raw + 4 * ((size_t)op->b_offset + (size_t)c);
+    return u32_to_i32((uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24);
+}
+
 /* Weight k of output channel c minus its zero point (-255..255), from weight.bin's bytes. */
 static inline int weight_centered(const Model *m, const Op *op, int32_t c, int32_t k)
 {
@@ -193,43 +216,37 @@ static inline int weight_centered(const Model *m, const Op *op, int32_t c, int32
     return (m->weight_signed && raw >= 128 ? raw - 256 : raw) - op->w_zero_point;
 }
 
-/* ---- model.c: errors, files, loading -------------------------------------------------- */
+/* ---- the core's API (fpgai.c) --------------------------------------------------------- */
 
-/* Print "error: ..." to stderr, delete fpgai_tmp_path if set, exit 1.  In the fuzzing build
- * (FPGAI_FUZZ) a harness that sets fpgai_fuzz_jmp gets a longjmp instead. */
-void fail(const char *fmt, ...)
-#if defined(__GNUC__)
-    __attribute__((format(printf, 1, 2), noreturn))
-#endif
-    ;
-extern const char *fpgai_tmp_path;
-#ifdef FPGAI_FUZZ
-#include <setjmp.h>
-extern jmp_buf *fpgai_fuzz_jmp;
-#endif
+/* Bytes of storage (fpgai_load_graph) for a model.bin of n_ops ops and `size` bytes: the Op array,
+ * every int32 array of the records (at most one a word), the memory plan's work arrays, alignment. */
+#define FPGAI_STORAGE_BYTES(n_ops, size) \
+    ((size_t)(n_ops) * (sizeof(Op) + 5 * sizeof(size_t) + 4 * 8) + (size_t)(size) + 64)
+/* FPGAI_STORAGE_BYTES of this model.bin (its op count read from the header) */
+size_t fpgai_storage_bytes(const uint8_t *model_bin, size_t size);
 
-void *xmalloc(size_t n, const char *what);
-void *xcalloc(size_t count, size_t size, const char *what);
+/* model.bin from memory: header, its CRC-32, the records with every rule of README "Exported
+ * files", the layers' tiling of the weight files, the memory plan (m->arena_bytes).  m->path
+ * names it in messages; want_model NULL accepts any model name.  Returns 0, or -1 with
+ * m->error set. */
+int fpgai_load_graph(Model *m, void *storage, size_t storage_bytes, const uint8_t *model_bin, size_t size,
+                     const char *want_model);
+/* The weights (weight.bin's bytes) and biases (bias.bin's), kept by reference, and the
+ * accumulator bound they must keep (m->weights_path names them in its message).  `sealed`: check them against the size and CRC-32 model.bin
+ * recorded for weight.bin / bias.bin (0 when they come from weight.txt, whose seal the caller
+ * checked with fpgai_check_seal).  Returns 0, or -1 with m->error set. */
+int fpgai_attach_weights(Model *m, const uint8_t *weights, size_t w_size, const char *weight_path,
+                         const uint8_t *biases, size_t b_size, const char *bias_path, int sealed);
+/* One exported file's bytes against the size and CRC-32 model.bin recorded (FILE_*): 0 or -1 */
+int fpgai_check_seal(Model *m, int file, const char *path, const uint8_t *data, size_t size);
+/* One image (C*H*W pixels, CHW) through the graph with the reference kernels, in `arena`
+ * (m->arena_bytes); returns the last op's output (CHW), inside the arena. */
+const uint8_t *fpgai_run(const Model *m, uint8_t *arena, const uint8_t *image);
+
 uint32_t rd_u32(const uint8_t *p);
-uint32_t rd_be32(const uint8_t *p);
 uint32_t crc32_bytes(const uint8_t *p, size_t n);   /* zlib's CRC-32 */
-uint8_t *read_file(const char *path, size_t max_size, size_t *size_out);
-
-/* model.bin from memory (m->path names it): header, seal, records, tiling.  want_model NULL
- * accepts any model name. */
-void parse_model_bin(Model *m, const uint8_t *data, size_t size, const char *want_model);
-/* weight.bin + bias.bin, or weight.txt, from memory: checked against model.bin's seal */
-void parse_weight_bins(Model *m, const uint8_t *w, size_t w_size, const char *weight_path,
-                       const uint8_t *b, size_t b_size, const char *bias_path);
-void parse_weight_txt(Model *m, const char *text, size_t size, const char *path);
-void check_overflow(const Model *m);    /* the accumulator bound, per conv/linear channel */
-void plan_memory(Model *m);             /* op offsets and arena_bytes */
-
-/* The whole load: DIR/NAME_model.bin, its weight files (txt or bin), every check, the plan. */
-void load_model(Model *m, const char *dir, const char *name, int txt);
-void free_model(Model *m);
-
-/* --op-table: the declaration table as JSON, one kind a line */
-void print_op_table(void);
+/* n bytes of file content for a message: at most cap - 1 of them, stopping at a NUL, anything
+ * but printable ASCII shown as '?' */
+void printable(char *dst, size_t cap, const char *src, size_t n);
 
 #endif

@@ -11,6 +11,7 @@
 #define _POSIX_C_SOURCE 200809L     /* clock_gettime, stat, lstat, readlink, sigaction, kill */
 
 #include "datasets.h"
+#include "host.h"
 #include "fpgai.h"
 #include "kernels.h"
 
@@ -374,8 +375,8 @@ int main(int argc, char **argv)
     load_model(&m, opt.dir, opt.model, opt.txt);
     load_dataset(&ds, &m, opt.data, opt.images, opt.labels);
     engine_init(&e, &m, opt.reference);
-    free(m.weight_raw);                 /* the kernels have their own copy */
-    m.weight_raw = NULL;
+    if (!opt.reference)
+        release_weights(&m);            /* the optimized kernels have their own copy */
     size_t count = opt.limit > 0 && (size_t)opt.limit < ds.count ? (size_t)opt.limit : ds.count;
     Output logits;
     if (opt.logits)
@@ -388,9 +389,9 @@ int main(int argc, char **argv)
     if (opt.logits)
         output_close(&logits);
     if (!opt.quiet) {
-        printf("model: %s (%s, fingerprint %s), %d ops, %s weights from %s files, %zu KiB activations\n",
+        printf("model: %s (%s, fingerprint %s), %d ops, %s weights from %s files, %zu bytes of activations\n",
                m.name, m.dataset, m.fingerprint, m.n_ops, m.weight_signed ? "int8" : "uint8",
-               opt.txt ? "txt" : "bin", (m.arena_bytes + 1023) / 1024);
+               opt.txt ? "txt" : "bin", m.arena_bytes);
         printf("kernels: %s, %d thread%s\n", e.k->name, e.n_threads, e.n_threads > 1 ? "s" : "");
         printf("images: %zu of %zu from %s\n", count, ds.count, ds.source);
         if (ds.has_labels)

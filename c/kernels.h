@@ -1,15 +1,16 @@
 /*
  * kernels.h -- the two kernel sets, with identical integer results (tests/test_c_kernels.py):
  *
- *   REFERENCE_KERNELS  kernels_ref.c   CHW activations, im2col, int16 (x - z_x)(w - z_w): the
- *                                      plain loops an FPGA engineer reads (--reference)
+ *   REFERENCE_KERNELS  kernels_ref.c   the core's (fpgai.c): CHW activations, direct loops over
+ *                                      the contract, the plain code an FPGA engineer reads
+ *                                      (--reference)
  *   FAST_KERNELS       kernels_fast.c  HWC activations, every conv and linear layer an int8
  *                                      GEMM (AVX-512 VNNI where the compiler targets it, else
  *                                      C99), depthwise convs vectorized over channels
  *
- * Each set prepares its own read-only copy of the weights from a loaded Model (which it
- * never writes), and gives each thread a workspace: its arena of activations (the Model's
- * memory plan) and the scratch buffers that set's kernels use, nothing more.  Inside each
+ * The optimized set prepares its own read-only copy of the weights from a loaded Model (which
+ * it never writes); each set gives each thread a workspace: its arena of activations (the
+ * Model's memory plan) and the scratch buffers that set's kernels use, nothing more.  Inside each
  * set, a table indexed by op kind (fpgai.h) holds one kernel per kind.
  */
 #ifndef FPGAI_KERNELS_H

@@ -27,6 +27,7 @@
  * where that is exact).  Both give requantize()'s value bit for bit; the tests run every
  * build's fast kernels against the reference ones on awkward random graphs.
  */
+#include "host.h"
 #include "kernels.h"
 
 #include <stdlib.h>
@@ -224,7 +225,7 @@ static FastModel *fast_prepare_model(const Model *m)
                         f->w8[((sl / 64 * (size_t)rg + ky / 4) * (size_t)op->kw + kx) * 256 + sl % 64 * 4 + ky % 4] = (int8_t)v;
                     }
                 }
-                f->bias[sl] = (uint32_t)op->bias[c] - (uint32_t)in->zero_point * (wsum + (uint32_t)f->d * (uint32_t)taps);
+                f->bias[sl] = (uint32_t)op_bias(m, op, c) - (uint32_t)in->zero_point * (wsum + (uint32_t)f->d * (uint32_t)taps);
             }
             qparams(f, nch);
             if (FAST_VNNI)
@@ -272,7 +273,7 @@ static FastModel *fast_prepare_model(const Model *m)
                     wsum += (uint32_t)v;
                 }
                 uint32_t zx = (uint32_t)in->zero_point;
-                f->bias[slot] = (uint32_t)op->bias[co] - zx * (wsum + (uint32_t)f->d * (uint32_t)f->K);
+                f->bias[slot] = (uint32_t)op_bias(m, op, co) - zx * (wsum + (uint32_t)f->d * (uint32_t)f->K);
                 f->mult[slot] = op->multiplier[co];
                 f->sh[slot] = op->shift[co];
                 f->rnd[slot] = ((int64_t)1 << op->shift[co]) >> 1;
@@ -518,12 +519,6 @@ static void tile(int nb, int mp, const uint8_t *A, size_t lda, const int8_t *B, 
     }
 }
 #else
-/* uint32 (a sum modulo 2^32 whose true value fits int32) -> int32, no implementation-defined conversion */
-static int32_t u32_to_i32(uint32_t u)
-{
-    return u <= INT32_MAX ? (int32_t)u : (int32_t)(u - 2147483648u) - INT32_MAX - 1;
-}
-
 /* Portable register tile: the same computation in C99, modulo 2^32. */
 static void tile(int nb, int mp, const uint8_t *A, size_t lda, const int8_t *B, size_t bstride, int32_t nk,
                  const int32_t *rowsum, const FastOp *f, size_t slot, int last_n, const Op *op, uint8_t *out, size_t ldc)
@@ -723,8 +718,10 @@ static inline __attribute__((always_inline)) void dw_chunk(const int KW, const i
     }
 }
 
-static void fast_depthwise(const Op *op, const Op *in, const FastOp *f, const uint8_t *x, uint8_t *out, Workspace *ws)
+static void fast_depthwise(const Model *m, const Op *op, const Op *in, const FastOp *f, const uint8_t *x,
+                           uint8_t *out, Workspace *ws)
 {
+    (void)m;
     const size_t Wpad = padded_w(op, in);
     pad_input(op, in, x, ws->pad);
     for (size_t c0 = 0; c0 < (size_t)op->c; c0 += 64) {
@@ -735,14 +732,15 @@ static void fast_depthwise(const Op *op, const Op *in, const FastOp *f, const ui
     }
 }
 #else
-static void fast_depthwise(const Op *op, const Op *in, const FastOp *f, const uint8_t *x, uint8_t *out, Workspace *ws)
+static void fast_depthwise(const Model *m, const Op *op, const Op *in, const FastOp *f, const uint8_t *x,
+                           uint8_t *out, Workspace *ws)
 {
     const int32_t C = op->c, zx = in->zero_point;
     int32_t *acc = ws->rowsum;
     for (int32_t oy = 0; oy < op->h; oy++)
         for (int32_t ox = 0; ox < op->w; ox++) {
             for (int32_t c = 0; c < C; c++)
-                acc[c] = op->bias[c];
+                acc[c] = op_bias(m, op, c);
             for (int32_t ky = 0; ky < op->kh; ky++) {
                 int32_t iy = oy * op->stride_h + ky * op->dil_h - op->pad_top;
                 if (iy < 0 || iy >= in->h)
@@ -964,7 +962,7 @@ static void fk_conv(FAST_ARGS)
     FAST_UNUSED;
     const FastOp *f = &fm->ops[i];
     if (f->kind == FK_DEPTHWISE)
-        fast_depthwise(&m->ops[i], OP_IN(0), f, X_IN(0), OUT, ws);
+        fast_depthwise(m, &m->ops[i], OP_IN(0), f, X_IN(0), OUT, ws);
     else
         fast_gemm(&m->ops[i], OP_IN(0), f, X_IN(0), OUT, ws);
 }

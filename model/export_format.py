@@ -8,9 +8,12 @@
                     one an output channel (per-channel mode), layers in graph order
 {model}_model.bin   the graph (format v3): the op records of model/ops, and the size and
                     CRC-32 of every weight file beside it, so the set is sealed
+{model}_model.h/.c  EXPORT_MODE=c, for firmware: model.bin, weight.bin and bias.bin as const
+                    byte arrays (flash), and #defines of the sizes the core library needs
 """
 import glob
 import os
+import re
 import struct
 import zlib
 
@@ -105,29 +108,94 @@ def quant_txt_lines(state, quant_list):
 
 def export_paths(folder, model):
     return {kind: os.path.join(folder, f"{model}_{kind}") for kind in
-            ("weight.txt", "weight.bin", "bias.bin", "quant.txt", "model.bin")}
+            ("weight.txt", "weight.bin", "bias.bin", "quant.txt", "model.bin", "model.c", "model.h")}
+
+
+def arena_bytes(quant_list):
+    """The bytes of activations the C engine's memory plan (c/fpgai.c plan_memory) places, by the
+    same rule: op i's tensor goes to the smallest free slot that fits, else the largest free one
+    (grown), else a new slot; a slot is free once every reader of its tensor has run; the last
+    op's tensor stays live."""
+    n = len(quant_list)
+    last_use = list(range(n))
+    for i, op in enumerate(quant_list):
+        for j in op["inputs"]:
+            last_use[j] = i
+    last_use[-1] = n
+    sizes, holder = [], []            # per slot: its size and the tensor in it
+    for i, op in enumerate(quant_list):
+        need = op["shape"][0] * op["shape"][1] * op["shape"][2]
+        best = None
+        for s, t in enumerate(holder):
+            if last_use[t] >= i:
+                continue
+            fits, best_fits = sizes[s] >= need, best is not None and sizes[best] >= need
+            if best is None or (fits and (not best_fits or sizes[s] < sizes[best])) or (
+                    not fits and not best_fits and sizes[s] > sizes[best]):
+                best = s
+        if best is None:
+            best = len(sizes)
+            sizes.append(0)
+            holder.append(i)
+        sizes[best] = max(sizes[best], need)
+        holder[best] = i
+    return sum(sizes)
+
+
+def _c_array(name, data):
+    rows = [", ".join(f"0x{b:02x}" for b in data[i:i + 16]) for i in range(0, len(data), 16)]
+    return f"const uint8_t {name}[{len(data)}] = {{\n    " + ",\n    ".join(rows) + "\n};\n"
+
+
+def c_source(quant_list, files):
+    """(model.h, model.c) of EXPORT_MODE=c: the sealed model.bin, weight.bin and bias.bin bytes
+    as const arrays, and the sizes a firmware gives the core (c/fpgai.h)."""
+    head = quant_list[0]
+    ident = re.sub(r"[^A-Za-z0-9_]", "_", head["model"])
+    ident = ("m_" if ident[0].isdigit() else "") + ident
+    up, low = ident.upper(), ident.lower()
+    c, h, w = head["shape"]
+    out = quant_list[-1]["shape"]
+    arrays = {"model_bin": files["model.bin"], "weight_bin": files["weight.bin"], "bias_bin": files["bias.bin"]}
+    header = "\n".join([
+        f"/* {head['model']}: FPGAI export for the core library (c/fpgai.h), model.bin format v{MODEL_BIN_VERSION},",
+        f" * fingerprint {head['fingerprint']}. Written by export_quant_model.py --export_mode=c. */",
+        f"#ifndef FPGAI_MODEL_{up}_H", f"#define FPGAI_MODEL_{up}_H", "", "#include \"fpgai.h\"", "",
+        f"#define {up}_INPUT_C {c}", f"#define {up}_INPUT_H {h}", f"#define {up}_INPUT_W {w}",
+        f"#define {up}_OUTPUTS {out[0] * out[1] * out[2]}",
+        f"#define {up}_ARENA_BYTES {arena_bytes(quant_list)}    /* fpgai_run's arena: the memory plan */",
+        f"#define {up}_STORAGE_BYTES FPGAI_STORAGE_BYTES({len(quant_list)}, {len(files['model.bin'])})",
+        *(f"extern const uint8_t {low}_{k}[{len(v)}];" for k, v in arrays.items()), "", "#endif", ""])
+    body = (f"/* {head['model']}: the sealed export files as bytes (see {head['model']}_model.h) */\n"
+            f"#include \"{head['model']}_model.h\"\n\n" + "\n".join(_c_array(f"{low}_{k}", v) for k, v in arrays.items()))
+    return header.encode(), body.encode()
 
 
 def write_export(state, quant_list, folder, mode):
-    """Write every file of `mode` (txt | bin | both), each atomically, model.bin last; returns the
-    paths written. The old model.bin goes first and the weight files of the other format are
-    deleted, so an interrupted export leaves no model.bin and no stale file can pass for new."""
+    """Write every file of `mode` (txt | bin | both | c), each atomically, model.bin last; returns
+    the paths written. The old model.bin goes first and the weight files of the other format are
+    deleted, so an interrupted export leaves no model.bin and no stale file can pass for new.
+    Mode c writes model.c, then model.h (its #defines: last), the bin files' bytes inside them."""
     layers = weighted_ops(quant_list)
     files = {}
     if mode in ("txt", "both"):
         files["weight.txt"] = weight_txt_bytes(state, quant_list)
-    if mode in ("bin", "both"):
+    if mode in ("bin", "both", "c"):
         files["weight.bin"] = b"".join(state[op["name"] + ".weight"].numpy().tobytes() for op in layers)
         files["bias.bin"] = b"".join(state[op["name"] + ".bias"].numpy().astype("<i4").tobytes() for op in layers)
     files["quant.txt"] = ("\n".join(quant_txt_lines(state, quant_list)) + "\n").encode()
     files["model.bin"] = model_bin_bytes(state, quant_list, files)     # checks the names before any file goes
+    if mode == "c":
+        header, body = c_source(quant_list, files)
+        files = {"model.c": body, "model.h": header}
 
     paths = export_paths(folder, quant_list[0]["model"])
     for path in paths.values():                  # litter of an export killed before (atomic_open's names)
         for tmp in glob.glob(os.path.join(glob.escape(os.path.dirname(path) or "."),
                                           f".{glob.escape(os.path.basename(path))}.*.tmp")):
             os.remove(tmp)
-    for kind in ("model.bin", *(k for k in WEIGHT_FILES if k not in files)):
+    stale = ("model.h", "model.c") if mode == "c" else ("model.bin", *(k for k in WEIGHT_FILES if k not in files))
+    for kind in stale:
         if os.path.lexists(paths[kind]):
             os.remove(paths[kind])
     written = []
