@@ -32,7 +32,8 @@ input (the raw uint8 images), the last op the logits. Every value is the op's ui
   so readers compare it at float32 precision).
 
 A folder is written whole or not at all: the files go to a temporary folder `.DIR.PID.tmp` beside
-DIR, which is renamed to DIR once complete (temporaries of dead PIDs are removed by the next dump).
+DIR, which is renamed to DIR once complete (a previous dump is first renamed to `.DIR.PID.old`,
+then removed; such folders of dead PIDs are removed by the next dump).
 DIR may not exist, may be empty, or may hold a previous dump (a manifest of this format and only
 the files it lists), which is replaced; anything else is refused.
 """
@@ -242,6 +243,9 @@ def read_dump(folder, mmap=True):
             raise DumpError(f"{path}: op {i} lacks {', '.join(missing)}")
         if op["index"] != i:
             raise DumpError(f"{path}: op {i} has index {op['index']} (ops must be listed 0, 1, 2, ...)")
+        shape = op["shape"]
+        if not (isinstance(shape, list) and len(shape) == 3 and all(isinstance(d, int) and d > 0 for d in shape)):
+            raise DumpError(f"{path}: op {i} has shape {shape!r}, not [C, H, W]")
         file = os.path.join(folder, op["npy"])
         try:
             v = np.load(file, mmap_mode="r" if mmap else None, allow_pickle=False)
