@@ -58,10 +58,10 @@ def batched(fn, images, batch, desc):
 
 
 def main():
-    cfg = config.load_or_exit(extra={"json": ("", "also write the results as JSON to this file (\"\" = no)"),
-                                     "dump_layers": ("", "also write every op's uint8 output of the N images (numpy "
-                                                         "engine) to this folder: .npy, .hex, manifest.json (\"\" = no)")},
-                              stage="test_model.py")
+    extra = {"json": ("", "also write the results as JSON to this file (\"\" = no)"),
+             "dump_layers": ("", "also write every op's uint8 output of the N images (numpy engine) to this "
+                                 "folder: .npy, .hex, manifest.json (\"\" = no)")}
+    cfg = config.load_or_exit(extra=extra, stage="test_model.py")
     try:
         columns = choose_columns(cfg)
     except config.ConfigError as err:
