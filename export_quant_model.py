@@ -7,6 +7,7 @@ and prints it against the int32 limit (a tuple edited by hand cannot smuggle in 
 Your own model: --model=FILE.py:NAME -> export_model/NAME_* (the other settings come from the tuple).
 --report=PATH.json also writes the per-layer report (model/report.py): a table, PATH.json and PATH.png.
 """
+import os
 import sys
 
 import torch
@@ -51,6 +52,8 @@ def main():
                                                     "and multiplier bits, weight and activation SQNR) to this "
                                                     "JSON file, a table and a PNG beside it (\"\" = no)")},
                               stage="export_quant_model.py")
+    if cfg.report and os.path.isdir(cfg.report):
+        sys.exit(f"error: --report={cfg.report}: is a directory (give a PATH.json)")
     try:
         state, quant_list = load_quant(cfg)
     except ModelFileError as err:

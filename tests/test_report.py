@@ -167,3 +167,10 @@ def test_without_float_model():
     assert all(r["activation_sqnr_db"] is None for r in rep["ops"]) and rep["sqnr_note"] == "no images"
     assert "not measured: no images" in report.table(rep)
     assert rep["totals"]["macs"] == 416_520
+
+
+def test_report_to_a_directory_is_one_error_line(tmp_path):
+    proc = subprocess.run([sys.executable, "export_quant_model.py", f"--export_dir={tmp_path / 'e'}",
+                           f"--report={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and proc.stderr.strip() == f"error: --report={tmp_path}: is a directory (give a PATH.json)"
+    assert not (tmp_path / "e").exists()                 # refused before any work
