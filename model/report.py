@@ -23,8 +23,9 @@ import torch.fx as fx
 from torch.fx.experimental.optimization import fuse as fold_bn
 
 from model import graph_passes
+from model.export_format import arena_bytes
 from model.fileio import atomic_open, error_line
-from model.np_engine import params_by_op, with_input_zero_points
+from model.np_engine import NumpyIntegerModel
 from model.ops import KINDS
 from model.ops.base import keeps_qparams
 from model.ops.weighted import accumulator_bound
@@ -64,33 +65,6 @@ def live_bytes(quant_list):
     (its inputs among them) plus its own output."""
     last, size = last_readers(quant_list), [activation_bytes(op) for op in quant_list]
     return [sum(size[j] for j in range(i + 1) if last[j] >= i) for i in range(len(quant_list))]
-
-
-def arena_bytes(quant_list):
-    """The activation arena of the C engine's memory plan (c/model.c plan_memory): tensors placed in
-    slots, a slot reused once every reader of its tensor has run (the smallest free one that fits,
-    else the largest free one, grown); the logits never reused."""
-    n = len(quant_list)
-    last = last_readers(quant_list)
-    last[n - 1] = n
-    slot_size, slot_tensor = [], []
-    for i, op in enumerate(quant_list):
-        need, best = activation_bytes(op), -1
-        for s in range(len(slot_size)):
-            if last[slot_tensor[s]] >= i:
-                continue
-            fits = slot_size[s] >= need
-            best_fits = best >= 0 and slot_size[best] >= need
-            if best < 0 or (fits and (not best_fits or slot_size[s] < slot_size[best])) or \
-                    (not fits and not best_fits and slot_size[s] > slot_size[best]):
-                best = s
-        if best < 0:
-            best = len(slot_size)
-            slot_size.append(0)
-            slot_tensor.append(i)
-        slot_size[best] = max(slot_size[best], need)
-        slot_tensor[best] = i
-    return sum(slot_size)
 
 
 def signed_bits(magnitude):
@@ -188,9 +162,8 @@ def activation_sqnr(state, quant_list, net, images, batch=BATCH):
         probe.run(x[:1].float() / 255.0)
     nodes, notes = match_ops(gm, quant_list, probe.meta)
     unmatched = sorted(notes)
-    ops = with_input_zero_points(quant_list)
-    as_numpy = lambda v: v.numpy() if hasattr(v, "numpy") else np.asarray(v)
-    params = params_by_op(state, lambda field, v: as_numpy(v) if field == "weight" else as_numpy(v).astype(np.int64))
+    engine = NumpyIntegerModel(state, quant_list)       # its ops (with input zero points) and parameters
+    ops, params = engine.ops, engine.params
     last = last_readers(quant_list)
     signal, noise = np.zeros(len(ops)), np.zeros(len(ops))
     recorder = _Recorder(gm, [n for n in nodes if n is not None])
