@@ -90,14 +90,14 @@ def hex_bytes(values):
 
 
 def read_hex(path):
-    """The bytes of a .hex file of this layout (strict: each line two hex digits and LF), uint8 1-D."""
+    """The bytes a .hex file of this layout holds, as `bytes` (strict: each line two hex digits and LF)."""
     with open(path, "rb") as f:
         data = f.read()
     lines = np.frombuffer(data, dtype=np.uint8)
     if len(data) % 3 or (lines[2::3] != ord("\n")).any():
         raise DumpError(f"{path}: not a dump .hex file (each line two hex digits and LF)")
     try:
-        return np.frombuffer(bytes.fromhex(bytes(np.delete(lines, np.s_[2::3])).decode("ascii")), dtype=np.uint8)
+        return bytes.fromhex(bytes(np.delete(lines, np.s_[2::3])).decode("ascii"))
     except (ValueError, UnicodeDecodeError):
         raise DumpError(f"{path}: not a dump .hex file (a line that is not two hex digits)") from None
 

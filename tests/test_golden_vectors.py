@@ -98,7 +98,17 @@ def test_hex_files_hold_the_npy_bytes(dumps):
             assert lines[-1] == "" and len(lines) - 1 == v.size          # every line ends in LF, the last too
             assert all(len(line) == 2 and line == line.lower() for line in lines[:-1])
             assert bytes(int(line, 16) for line in lines[:-1]) == np.ascontiguousarray(v).tobytes()
-            assert np.array_equal(golden.read_hex(os.path.join(folder, entry["hex"])), v.reshape(-1))
+            assert golden.read_hex(os.path.join(folder, entry["hex"])) == np.ascontiguousarray(v).tobytes()
+
+
+def test_read_hex_is_strict(tmp_path):
+    path = tmp_path / "x.hex"
+    path.write_bytes(b"00\nff\n7a\n")
+    assert golden.read_hex(str(path)) == b"\x00\xff\x7a"
+    for bad in (b"0g\n", b"0a\r\n", b"0a", b"// c\n", b"1\n"):
+        path.write_bytes(bad)
+        with pytest.raises(golden.DumpError, match="not a dump .hex file"):
+            golden.read_hex(str(path))
 
 
 def test_identical_dumps(dumps, capsys):
