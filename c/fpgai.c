@@ -1098,11 +1098,18 @@ static Kernel *const KERNEL[OP_KIND_COUNT] = {
     [OP_ADAPTIVE_AVGPOOL] = k_adaptive_avgpool,
 };
 
+void fpgai_run_op(const Model *m, uint8_t *arena, const uint8_t *image, int i)
+{
+    if (i == 0)
+        memcpy(arena + m->ops[0].offset, image, op_elems(&m->ops[0]));  /* op 0: the input */
+    else
+        KERNEL[m->ops[i].kind](m, &m->ops[i], arena);
+}
+
 const uint8_t *fpgai_run(const Model *m, uint8_t *arena, const uint8_t *image)
 {
-    memcpy(arena + m->ops[0].offset, image, op_elems(&m->ops[0]));      /* op 0: the input */
-    for (int i = 1; i < m->n_ops; i++)
-        KERNEL[m->ops[i].kind](m, &m->ops[i], arena);
+    for (int i = 0; i < m->n_ops; i++)
+        fpgai_run_op(m, arena, image, i);
     return arena + m->ops[m->n_ops - 1].offset;
 }
 

@@ -242,6 +242,10 @@ int fpgai_check_seal(Model *m, int file, const char *path, const uint8_t *data, 
 /* One image (C*H*W pixels, CHW) through the graph with the reference kernels, in `arena`
  * (m->arena_bytes); returns the last op's output (CHW), inside the arena. */
 const uint8_t *fpgai_run(const Model *m, uint8_t *arena, const uint8_t *image);
+/* Op i alone, what fpgai_run does op by op (its inputs already in the arena; op 0 copies the
+ * image): for tools that look at every op's output (--dump-layers).  Op i's output is at
+ * arena + m->ops[i].offset until a later op reuses its slot. */
+void fpgai_run_op(const Model *m, uint8_t *arena, const uint8_t *image, int i);
 
 uint32_t rd_u32(const uint8_t *p);
 uint32_t crc32_bytes(const uint8_t *p, size_t n);   /* zlib's CRC-32 */

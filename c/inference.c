@@ -11,6 +11,7 @@
 #define _POSIX_C_SOURCE 200809L     /* clock_gettime, stat, lstat, readlink, sigaction, kill */
 
 #include "datasets.h"
+#include "dump.h"
 #include "host.h"
 #include "fpgai.h"
 #include "kernels.h"
@@ -33,7 +34,7 @@
 #endif
 
 typedef struct {
-    const char *model, *dir, *data, *logits, *images, *labels;
+    const char *model, *dir, *data, *logits, *images, *labels, *dump;
     int txt, quiet, reference;
     long limit;                     /* 0: all */
 } Options;
@@ -47,6 +48,7 @@ static void usage(const char *msg, const char *arg)
     fprintf(f,
             "usage: inference [--model NAME] [--dir DIR] [--data DIR] [--format bin|txt] [--limit N]\n"
             "                 [--logits FILE] [--images PATH] [--labels PATH] [--quiet] [--reference]\n"
+            "                 [--dump-layers DIR]\n"
             "       inference --op-table\n"
             "  --model NAME    model name, files DIR/NAME_model.bin etc. (default lenet)\n"
             "  --dir DIR       export folder (default export_model)\n"
@@ -62,6 +64,8 @@ static void usage(const char *msg, const char *arg)
             "                  no accuracy), or the idx1 file (mnist)\n"
             "  --quiet         print only the result line\n"
             "  --reference     run the simple reference kernels instead of the optimized ones\n"
+            "  --dump-layers DIR  write every op's output for the images (--limit N of them) to DIR as\n"
+            "                  golden vectors (.npy, .hex, manifest.json: model/golden.py's layout) and exit\n"
             "  --op-table      print the op kinds this engine reads, as JSON (one per line), and exit\n");
     exit(msg ? 2 : 0);
 }
@@ -94,7 +98,8 @@ static void parse_args(Options *o, int argc, char **argv)
             usage(NULL, NULL);
         const char **slot = !strcmp(a, "--model") ? &o->model : !strcmp(a, "--dir") ? &o->dir
                           : !strcmp(a, "--data") ? &o->data : !strcmp(a, "--logits") ? &o->logits
-                          : !strcmp(a, "--images") ? &o->images : !strcmp(a, "--labels") ? &o->labels : NULL;
+                          : !strcmp(a, "--images") ? &o->images : !strcmp(a, "--labels") ? &o->labels
+                          : !strcmp(a, "--dump-layers") ? &o->dump : NULL;
         int is_format = !strcmp(a, "--format"), is_limit = !strcmp(a, "--limit");
         if (!slot && !is_format && !is_limit)
             usage("unknown option", a);
@@ -374,10 +379,17 @@ int main(int argc, char **argv)
     memset(&e, 0, sizeof e);
     load_model(&m, opt.dir, opt.model, opt.txt);
     load_dataset(&ds, &m, opt.data, opt.images, opt.labels);
+    size_t count = opt.limit > 0 && (size_t)opt.limit < ds.count ? (size_t)opt.limit : ds.count;
+    if (opt.dump) {
+        dump_layers(&m, &ds, count, opt.dump);
+        printf("wrote %s: %d ops of %zu images (the reference kernels)\n", opt.dump, m.n_ops, count);
+        free_dataset(&ds);
+        free_model(&m);
+        return 0;
+    }
     engine_init(&e, &m, opt.reference);
     if (!opt.reference)
         release_weights(&m);            /* the optimized kernels have their own copy */
-    size_t count = opt.limit > 0 && (size_t)opt.limit < ds.count ? (size_t)opt.limit : ds.count;
     Output logits;
     if (opt.logits)
         output_open(&logits, opt.logits);

@@ -58,7 +58,8 @@ def test_help_lists_the_stages_own_options(script):
     options = help_options(script)
     own, foreign = HELP[script]
     assert own <= set(options) and not foreign & set(options)
-    assert list(options) == [k.lower() for k in config.stage_options(script)] + (["json"] if script == "test_model.py" else [])
+    extras = {"test_model.py": ["json", "dump_layers"], "export_quant_model.py": ["report"]}.get(script, [])
+    assert list(options) == [k.lower() for k in config.stage_options(script)] + extras
     for name, (default, valid, description) in options.items():
         assert len(description.strip()) > 10, name
     assert options["model"][:2] == ("lenet", "[lenet, resnet18, resnet34, resnet50, mobilenet_v2, vgg11, vgg13, vgg16, "

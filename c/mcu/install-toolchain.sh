@@ -1,13 +1,15 @@
 #!/bin/sh
-# Make sure the Cortex-M toolchain and QEMU work (arm-none-eabi-gcc with newlib-nano, and
-# qemu-system-arm); install them with apt-get if not (Debian/Ubuntu, as root or with sudo).
-# Idempotent and quiet: prints nothing and exits 0 when they already work; exit 1 with one
-# message when they cannot be installed.  Debian 12: gcc-arm-none-eabi libnewlib-arm-none-eabi
-# qemu-system-arm.
+# Make sure the Cortex-M toolchain, QEMU and Icarus Verilog work (arm-none-eabi-gcc with
+# newlib-nano, qemu-system-arm, iverilog); install them with apt-get if not (Debian/Ubuntu, as
+# root or with sudo).  Idempotent and quiet: prints nothing and exits 0 when they already work;
+# exit 1 with one message when they cannot be installed.  Debian 12: gcc-arm-none-eabi
+# libnewlib-arm-none-eabi qemu-system-arm iverilog.
 set -u
 
 works() {
-    command -v arm-none-eabi-gcc >/dev/null 2>&1 && command -v qemu-system-arm >/dev/null 2>&1 || return 1
+    for tool in arm-none-eabi-gcc qemu-system-arm iverilog vvp; do
+        command -v $tool >/dev/null 2>&1 || return 1
+    done
     tmp=$(mktemp -d) || return 1
     printf '%s\n' '#include <string.h>' 'void f(char *d, const char *s) { memcpy(d, s, 4); }' > "$tmp/t.c"
     arm-none-eabi-gcc -mcpu=cortex-m4 -mthumb --specs=nano.specs -nostartfiles -Wl,-e,f -o "$tmp/t" "$tmp/t.c" \
@@ -21,15 +23,15 @@ works && exit 0
 
 if [ "$(id -u)" = 0 ]; then SUDO=""
 elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then SUDO="sudo -n"
-else echo "install-toolchain: arm-none-eabi-gcc / qemu-system-arm missing and not root" >&2; exit 1
+else echo "install-toolchain: arm-none-eabi-gcc / qemu-system-arm / iverilog missing and not root" >&2; exit 1
 fi
-command -v apt-get >/dev/null 2>&1 || { echo "install-toolchain: no apt-get; install gcc-arm-none-eabi, libnewlib-arm-none-eabi and qemu-system-arm by hand" >&2; exit 1; }
+PKGS="gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm iverilog"
+command -v apt-get >/dev/null 2>&1 || { echo "install-toolchain: no apt-get; install $PKGS by hand" >&2; exit 1; }
 
-PKGS="gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm"
 apt_install() {
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $PKGS >/dev/null 2>&1
 }
 apt_install || { $SUDO apt-get update -qq >/dev/null 2>&1; apt_install; }
 works && exit 0
-echo "install-toolchain: could not get arm-none-eabi-gcc (newlib-nano) and qemu-system-arm working (apt-get install $PKGS)" >&2
+echo "install-toolchain: could not get arm-none-eabi-gcc (newlib-nano), qemu-system-arm and iverilog working (apt-get install $PKGS)" >&2
 exit 1
