@@ -781,7 +781,8 @@ static void check_overflow(const Model *m)
 }
 
 /* Place every tensor in one arena.  A tensor's buffer is reused once every op that reads it
- * has run ("slots"); the logits (last op) are never reused. */
+ * has run ("slots"); the logits (last op) are never reused.  The reference conv's accumulator
+ * row follows them. */
 static void plan_memory(Model *m)
 {
     int n = m->n_ops;
@@ -829,6 +830,13 @@ static void plan_memory(Model *m)
     }
     for (int i = 0; i < n; i++)
         m->ops[i].offset = slot_offset[slot_of[i]];
+    /* after them, 4-byte aligned: the reference conv's row of int32 accumulators (its widest output row) */
+    total = (total + 3) / 4 * 4;
+    m->row_offset = (size_t)total;
+    for (int i = 0; i < n; i++)
+        if (m->ops[i].kind == OP_CONV && 4 * (uint64_t)m->ops[i].w > m->row_bytes)
+            m->row_bytes = 4 * (size_t)m->ops[i].w;
+    total += m->row_bytes;
     if (total > MAX_ARENA)
         fail("%s: %llu bytes of activations, over the %llu-byte limit", m->path, (unsigned long long)total,
              (unsigned long long)MAX_ARENA);
@@ -849,18 +857,6 @@ static const uint8_t *input_of(const Model *m, const Op *op, const uint8_t *aren
     return arena + op_input(m, op, k)->offset;
 }
 
-/* The first and one-past-last kernel tap k of a window starting at `start` (stride*o - pad)
- * that land inside [0, size), taps `dil` apart: the taps outside are padding, which adds 0. */
-static void taps_inside(int32_t start, int32_t k, int32_t dil, int32_t size, int32_t *k0, int32_t *k1)
-{
-    *k0 = 0;
-    *k1 = k;
-    while (*k0 < *k1 && start + *k0 * dil < 0)
-        (*k0)++;
-    while (*k1 > *k0 && start + (*k1 - 1) * dil >= size)
-        (*k1)--;
-}
-
 /* Weight byte b minus the op's weight zero point, branch free: int8 (b ^ 0x80) - 128, uint8
  * b - z_w.  weight_flip / weight_sub give the two constants. */
 static int weight_flip(const Model *m)
@@ -873,37 +869,56 @@ static int weight_sub(const Model *m, const Op *op)
     return m->weight_signed ? 128 : op->w_zero_point;
 }
 
+/* The outputs o in [*lo, *hi) whose tap at offset `at` (k*dil - pad) lands inside [0, size):
+ * 0 <= o*stride + at < size. */
+static void outputs_inside(int32_t at, int32_t stride, int32_t size, int32_t out, int32_t *lo, int32_t *hi)
+{
+    int32_t first = at >= 0 ? 0 : (-at + stride - 1) / stride;
+    int32_t last = size - 1 - at < 0 ? -1 : (size - 1 - at) / stride;       /* the last o, or -1 */
+    *lo = first;
+    *hi = last + 1 < out ? last + 1 : out;
+    if (*hi < *lo)
+        *hi = *lo;
+}
+
 /* Convolution: acc = bias[co] + sum over the group's input channels and the kernel taps of
- * (x - z_x)(w - z_w), taps dilation apart; the taps in the padding are skipped (the padding
- * holds z_x: they add 0). */
+ * (x - z_x)(w - z_w), taps dilation apart; a tap in the padding adds 0 (the padding holds z_x)
+ * and is skipped.  One output row at a time, in a row of int32 accumulators (the arena's last
+ * bytes): per input channel and tap, one weight times a run of the input row. */
 static void k_conv(const Model *m, const Op *op, uint8_t *arena)
 {
     const Op *in = op_input(m, op, 0);
     const uint8_t *x = input_of(m, op, arena, 0);
     uint8_t *out = arena + op->offset;
+    int32_t *acc = (int32_t *)(void *)(arena + m->row_offset);
     const int32_t H = in->h, W = in->w, cin_g = in->c / op->groups, cout_g = op->c / op->groups;
-    const int32_t zx = in->zero_point, flip = weight_flip(m), sub = weight_sub(m, op);
+    const int32_t sh = op->stride_h, sw = op->stride_w, zx = in->zero_point;
+    const int32_t flip = weight_flip(m), sub = weight_sub(m, op);
     for (int32_t co = 0; co < op->c; co++) {
         const uint8_t *group = x + (size_t)(co / cout_g) * (size_t)cin_g * H * W;
         const uint8_t *w = m->weight_raw + (size_t)op->w_offset + (size_t)co * (size_t)op->k_size;
+        const int32_t bias = op_bias(m, op, co);
         for (int32_t oy = 0; oy < op->h; oy++) {
-            const int32_t y0 = oy * op->stride_h - op->pad_top;
-            int32_t ky0, ky1;
-            taps_inside(y0, op->kh, op->dil_h, H, &ky0, &ky1);
-            for (int32_t ox = 0; ox < op->w; ox++) {
-                const int32_t x0 = ox * op->stride_w - op->pad_left;
-                int32_t kx0, kx1;
-                taps_inside(x0, op->kw, op->dil_w, W, &kx0, &kx1);
-                int32_t acc = op_bias(m, op, co);
-                for (int32_t ci = 0; ci < cin_g; ci++)
-                    for (int32_t ky = ky0; ky < ky1; ky++) {
-                        const uint8_t *row = group + ((size_t)ci * H + (size_t)(y0 + ky * op->dil_h)) * W;
-                        const uint8_t *wr = w + ((size_t)ci * op->kh + (size_t)ky) * op->kw;
-                        for (int32_t kx = kx0; kx < kx1; kx++)
-                            acc += (row[x0 + kx * op->dil_w] - zx) * ((wr[kx] ^ flip) - sub);
+            for (int32_t ox = 0; ox < op->w; ox++)
+                acc[ox] = bias;
+            for (int32_t ky = 0; ky < op->kh; ky++) {
+                const int32_t iy = oy * sh + ky * op->dil_h - op->pad_top;
+                if (iy < 0 || iy >= H)
+                    continue;
+                for (int32_t kx = 0; kx < op->kw; kx++) {
+                    const int32_t at = kx * op->dil_w - op->pad_left;
+                    int32_t lo, hi;
+                    outputs_inside(at, sw, W, op->w, &lo, &hi);
+                    for (int32_t ci = 0; ci < cin_g; ci++) {
+                        const int32_t wv = (w[((size_t)ci * op->kh + (size_t)ky) * op->kw + (size_t)kx] ^ flip) - sub;
+                        const uint8_t *row = group + ((size_t)ci * H + (size_t)iy) * W;
+                        for (int32_t ox = lo; ox < hi; ox++)
+                            acc[ox] += (row[ox * sw + at] - zx) * wv;
                     }
-                *out++ = requantize(acc, op->multiplier[co], op->shift[co], op->zero_point, op->qmin, op->qmax);
+                }
             }
+            for (int32_t ox = 0; ox < op->w; ox++)
+                *out++ = requantize(acc[ox], op->multiplier[co], op->shift[co], op->zero_point, op->qmin, op->qmax);
         }
     }
 }

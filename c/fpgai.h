@@ -103,7 +103,8 @@ typedef struct {
     Op *ops;
     const uint8_t *weight_raw;      /* weight.bin bytes (int8 or uint8), the caller's buffer */
     const uint8_t *bias_raw;        /* bias.bin bytes (int32 little-endian), the caller's buffer */
-    size_t arena_bytes;             /* every activation, placed by the memory plan */
+    size_t arena_bytes;             /* every activation, placed by the memory plan, and the row below */
+    size_t row_offset, row_bytes;   /* the reference conv's int32 accumulator row, in the arena */
 
     /* the loader's own */
     uint8_t *storage;               /* the caller's block for ops and their arrays (FPGAI_STORAGE_BYTES) */

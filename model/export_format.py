@@ -112,10 +112,10 @@ def export_paths(folder, model):
 
 
 def arena_bytes(quant_list):
-    """The bytes of activations the C engine's memory plan (c/fpgai.c plan_memory) places, by the
-    same rule: op i's tensor goes to the smallest free slot that fits, else the largest free one
-    (grown), else a new slot; a slot is free once every reader of its tensor has run; the last
-    op's tensor stays live."""
+    """The bytes of the C engine's arena (c/fpgai.c plan_memory), by the same rule: op i's tensor
+    goes to the smallest free slot that fits, else the largest free one (grown), else a new slot;
+    a slot is free once every reader of its tensor has run; the last op's tensor stays live; then,
+    4-byte aligned, the reference conv's int32 accumulator row (the widest conv output row)."""
     n = len(quant_list)
     last_use = list(range(n))
     for i, op in enumerate(quant_list):
@@ -139,7 +139,8 @@ def arena_bytes(quant_list):
             holder.append(i)
         sizes[best] = max(sizes[best], need)
         holder[best] = i
-    return sum(sizes)
+    row = max((4 * op["shape"][2] for op in quant_list if op["op"] == "conv"), default=0)
+    return (sum(sizes) + 3) // 4 * 4 + row
 
 
 def _c_array(name, data):

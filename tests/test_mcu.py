@@ -3,7 +3,9 @@
 - the core compiled alone references no heap, stdio, file or OS function (host gcc always;
   arm-none-eabi-gcc for Cortex-M4, the issue's acceptance command, with the toolchain);
 - EXPORT_MODE=c: the arena its header defines is the C engine's memory plan, on every random
-  graph of tests/random_models.py and on LeNet; the arrays are the bin export's bytes;
+  graph of tests/random_models.py and on LeNet; the arrays are the bin export's bytes; compiled
+  with the core on the host (c/mcu/host_check.c), it equals the file-based engine on the whole
+  LeNet test set (the shipped CIFAR models: tests/test_shipped_models.py, 500 images each);
 - make -C c mcu-test: LeNet's export and 8 MNIST images in a bare-metal firmware, run by
   qemu-system-arm (MPS2 AN386, semihosting): its logits equal the numpy engine's, and it fits
   16 KB of RAM (flash: see README "Firmware").
@@ -99,6 +101,39 @@ def test_the_c_arrays_are_the_sealed_bin_files(tmp_path):
         data = bytes(int(v, 16) for v in body.group(2).replace("\n", "").split(","))
         assert int(body.group(1)) == len(data)
         assert data == (tmp_path / "bin" / f"lenet_{name}").read_bytes(), name
+
+
+def build_host_check(export_dir, model, out):
+    """c/mcu/host_check.c compiled with the core and the EXPORT_MODE=c files of `model` in export_dir."""
+    ident = re.sub(r"[^A-Za-z0-9_]", "_", model)
+    subprocess.run(["gcc", "-std=c99", "-O3", "-Wall", "-Wextra", "-Werror", "-I", C_DIR, "-I", export_dir,
+                    f'-DMODEL_H="{model}_model.h"', f"-DPREFIX={ident.lower()}_", f"-DUPREFIX={ident.upper()}_",
+                    os.path.join(C_DIR, "mcu", "host_check.c"), os.path.join(C_DIR, "fpgai.c"),
+                    os.path.join(export_dir, f"{model}_model.c"), "-o", out], check=True)
+    return out
+
+
+def run_host_check(binary, raw_images):
+    """Each image's logits line (c/inference --logits' format) from raw C*H*W bytes, image after image."""
+    proc = subprocess.run([binary], input=raw_images, capture_output=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr.decode()
+    return proc.stdout.decode()
+
+
+def test_the_c_export_with_the_core_equals_the_file_engine_on_lenet(engine, tmp_path):
+    from data import datasets
+    import config
+    state, quant = torch.load(os.path.join(ROOT, "quantization", "lenet_quant.tuple"), weights_only=True)
+    write_export(state, quant, str(tmp_path), "c")
+    binary = build_host_check(str(tmp_path), "lenet", str(tmp_path / "check"))
+    mirror = config.MIRROR_DIR if os.path.isabs(config.MIRROR_DIR) else os.path.join(ROOT, config.MIRROR_DIR)
+    images = datasets.load("mnist", "test", os.path.join(ROOT, "data"), mirror)[0].numpy()
+    got = run_host_check(binary, images.tobytes())
+    logits = tmp_path / "file_engine.txt"
+    proc = subprocess.run([engine, "--dir", os.path.join(ROOT, "export_model"), "--model", "lenet", "--logits",
+                           str(logits), "--quiet"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert got.count("\n") == len(images) == 10000 and got == logits.read_text()
 
 
 def test_firmware_under_qemu_equals_numpy(toolchain):

@@ -1,17 +1,25 @@
 """The trained CIFAR-10 checkpoints the repository ships, through all four columns on a few
 hundred test images: quantized afresh from the committed fp16 weights, bit-exact in the three
-integer engines, INT8 close to float; and the size rule for committed model files."""
+integer engines, INT8 close to float; their golden vectors from numpy and from C identical for
+every op on 10 images; their EXPORT_MODE=c export with the core library equal to the file-based
+engine on 500 images; and the size rule for committed model files."""
 import json
 import os
 import subprocess
 
+import numpy as np
 import pytest
+import torch
 
+from model import golden
+from model.export_format import write_export
 from tests.test_cli import ROOT, run
+from tests.test_mcu import build_host_check, run_host_check
 
 SHIPPED_CIFAR = ["resnet18", "mobilenet_v2", "vgg13"]
 MODEL_FILES_LIMIT = 48_000_000   # bytes, every committed file under pretrained/, quantization/, export_model/
 IMAGES = 300
+CORE_IMAGES = 500           # through the EXPORT_MODE=c export and the core's reference kernels
 
 
 @pytest.mark.parametrize("name", SHIPPED_CIFAR)
@@ -29,6 +37,29 @@ def test_shipped_cifar_model_in_every_column(tmp_path, name):
     accuracy = result["accuracy"]
     assert accuracy["raw"] >= 0.88, accuracy      # ~93% on the full test set; 300 images wobble
     assert accuracy["c_int8"] >= accuracy["raw"] - 0.03, accuracy
+
+    # golden vectors, numpy and C, 10 images; the C export with the core on 500
+    proc = run("test_model.py", *common, "--limit=10", "--columns=np", f"--dump_layers={tmp_path / 'np_dump'}")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    state, quant = torch.load(tmp_path / f"{name}_quant.tuple", weights_only=True)
+    write_export(state, quant, str(tmp_path / "bin"), "bin")
+    write_export(state, quant, str(tmp_path / "c"), "c")
+    batch = open(os.path.join(ROOT, "data", "cifar-10-batches-bin", "test_batch.bin"), "rb").read()
+    images = np.frombuffer(batch, dtype=np.uint8).reshape(-1, 3073)[:CORE_IMAGES, 1:]
+    np.save(tmp_path / "x.npy", images.reshape(-1, 3, 32, 32))
+    engine = os.path.join(ROOT, "c", "inference")
+    proc = subprocess.run([engine, "--dir", str(tmp_path / "bin"), "--model", name, "--images", str(tmp_path / "x.npy"),
+                           "--limit", "10", "--dump-layers", str(tmp_path / "c_dump")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    a, b = golden.read_dump(tmp_path / "np_dump"), golden.read_dump(tmp_path / "c_dump")
+    assert golden.manifest_mismatch(a[0], b[0], names=False) is None and len(a[0]["ops"]) == len(quant)
+    assert golden.first_difference(a[0], a[1], b[1]) is None
+    logits = tmp_path / "file_engine.txt"
+    proc = subprocess.run([engine, "--dir", str(tmp_path / "bin"), "--model", name, "--images", str(tmp_path / "x.npy"),
+                           "--logits", str(logits), "--quiet"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    binary = build_host_check(str(tmp_path / "c"), name, str(tmp_path / "check"))
+    assert run_host_check(binary, images.tobytes()) == logits.read_text()
 
 
 def test_committed_model_files_stay_under_the_limit():
