@@ -319,7 +319,8 @@ static void validate_conv(Model *m, int i)
              op->kh, op->kw);
     op->k_size = (int32_t)k;
     check_work(m, i, "multiply-accumulates", (uint64_t)op_elems(op) * k);
-    /* the kernels' scratch: im2col rows (the reference pads each to 8 lanes), the padded input */
+    /* the optimized kernels' scratch: im2col (K values for each output pixel, bounded here in whole
+     * 8-element blocks of the output plane), the padded input */
     uint64_t plane = ((uint64_t)op->h * (uint64_t)op->w + 7) / 8 * 8;
     check_scratch(m, i, "im2col", k * plane);
     check_scratch(m, i, "padded input", ((uint64_t)x->h + (uint64_t)op->pad_top + (uint64_t)op->pad_bottom)
@@ -514,8 +515,8 @@ static void validate_adaptive_avgpool(Model *m, int i)
 /* THE op kinds (README "Exported files", the kinds table).  The record parser reads a record
  * from its row: n_inputs in [min_inputs, max_inputs] and the ids, the parameters in order,
  * n_mult / n_shift / n_table words by their rule; then the row's validate function checks the rules
- * between fields.  A new kind: a row here, its validate function, a kernel in kernels_ref.c
- * and in kernels_fast.c (their dispatch tables), the enum in fpgai.h. */
+ * between fields.  A new kind: a row here, its validate function, a reference kernel here
+ * (KERNEL) and an optimized one in kernels_fast.c (FAST_KERNEL), the enum in fpgai.h. */
 const KindSpec KINDS[OP_KIND_COUNT] = {
     [OP_INPUT] = {"input", OP_INPUT, 0, 0, 0, {{NULL, 0, 0, 0}}, RQ_NONE, RQ_NONE, RQ_NONE, validate_input},
     [OP_CONV] = {"conv", OP_CONV, 1, 1, 1,

@@ -2,11 +2,13 @@
  * inference.c -- FPGAI's C inference engine, the program (C99, libc only; OpenMP optional).
  *
  * Runs the integer graph that export_quant_model.py writes ({model}_model.bin, format
- * version 2, plus {model}_weight.bin/_bias.bin or {model}_weight.txt) on the MNIST or
- * CIFAR-10 test set, or on .npy images (any model; --labels optional), and reports accuracy.  Every op matches model/np_engine.py bit for bit.
- * The parts (fpgai.h lists them): model.c loads and checks the files, kernels_ref.c and
- * kernels_fast.c run the graph, datasets.c reads the test set; this file is the command
- * line, the loop over images (in parallel with OpenMP, one workspace per thread), the report.
+ * version 3, plus {model}_weight.bin/_bias.bin or {model}_weight.txt) on the MNIST or
+ * CIFAR-10 test set, or on .npy images (any model; --labels optional), and reports accuracy.
+ * Every op matches model/np_engine.py bit for bit.  The parts (fpgai.h lists them): model.c
+ * reads the files and the core (fpgai.c) checks them, the core's reference kernels or
+ * kernels_fast.c run the graph, datasets.c reads the test set, dump.c writes golden vectors;
+ * this file is the command line, the loop over images (in parallel with OpenMP, one workspace
+ * per thread), the report.
  */
 #define _POSIX_C_SOURCE 200809L     /* clock_gettime, stat, lstat, readlink, sigaction, kill */
 

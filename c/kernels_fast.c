@@ -1,6 +1,6 @@
 /*
  * kernels_fast.c -- the optimized kernels (FAST_KERNELS in kernels.h, the default).  Same
- * integer results as the reference kernels (kernels_ref.c), bit for bit
+ * integer results as the reference kernels (the core's, fpgai.c), bit for bit
  * (tests/test_c_kernels.py).
  *
  * Layout: activations are HWC here (channels innermost), so a conv is a GEMM
