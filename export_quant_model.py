@@ -16,7 +16,7 @@ import config
 from data import datasets
 from model import report
 from model.export_format import write_export
-from model.fileio import ModelFileError, error_line
+from model.fileio import ModelFileError, WriteError, check_output_file, check_writable, error_line, run_main
 from model.ops import weighted_ops
 from model.quantize import ACC_LIMIT, accumulator_bound
 from quant_model import load_float, load_quant
@@ -55,8 +55,11 @@ def main():
     if cfg.report and os.path.isdir(cfg.report):
         sys.exit(f"error: --report={cfg.report}: is a directory (give a PATH.json)")
     try:
+        check_writable(cfg.export_dir, "--export_dir")      # before any work
+        if cfg.report:
+            check_output_file(cfg.report, "--report")
         state, quant_list = load_quant(cfg)
-    except ModelFileError as err:
+    except (ModelFileError, WriteError) as err:
         sys.exit(f"error: {err}")
     print(f"{'layer':<24} {'op':<7} {'|acc| bound':>12} {'of int32':>9}")
     for op in weighted_ops(quant_list):
@@ -76,4 +79,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -20,8 +20,8 @@ import config
 import model as models
 from data import datasets
 from model import api
-from model.fileio import ModelFileError, atomic_save, error_line, load_checked
-from model.quantize import QuantizeError, settings_fingerprint
+from model.fileio import ModelFileError, WriteError, atomic_save, check_writable, error_line, load_checked, run_main
+from model.quantize import QuantizeError, settings_fingerprint, tuple_problem
 
 
 def quant_path(cfg):
@@ -46,6 +46,9 @@ def load_quant(cfg):
     user = config.user_model(cfg.model)
     hint = f"; run `python quant_model.py --model={cfg.model}`" + (" with the same options" if user else "")
     state, quant_list = load_checked(path, "fpgai-quant", config.model_name(cfg), hint=hint)
+    problem = tuple_problem(state, quant_list)
+    if problem:
+        raise ModelFileError(f"{path}: not a whole tuple: {problem}{hint}")
     head = quant_list[0]
     shape, mean, std = config.check_input_settings(cfg.input_shape, cfg.input_mean, cfg.input_std)
     stored_shape = head.get("input_shape", head["shape"])
@@ -124,6 +127,7 @@ def main():
     name = config.model_name(cfg)
     shape, mean, std = config.check_input_settings(cfg.input_shape, cfg.input_mean, cfg.input_std)
     try:
+        check_writable(cfg.quant_dir, "--quant_dir")      # before any work
         if user:
             if cfg.checkpoint and not cfg.calib_data:     # (no checkpoint: user_float says so first)
                 raise ModelFileError(f"--model={cfg.model} needs --calib_data=FILE.npz or an ImageFolder directory")
@@ -139,7 +143,7 @@ def main():
             images, _ = datasets.load_images(cfg.calib_data, shape, need_labels=False)
         else:
             images, _ = datasets.load(dataset, "train", cfg.data_dir, cfg.mirror_dir)
-    except (ModelFileError, datasets.DatasetError) as err:
+    except (ModelFileError, WriteError, datasets.DatasetError) as err:
         sys.exit(f"error: {err}")
     if mean is not None and len(mean) not in (1, images.shape[1]):
         sys.exit(f"error: --input_mean/--input_std have {len(mean)} values for {images.shape[1]} input channels")
@@ -170,4 +174,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

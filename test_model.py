@@ -29,7 +29,7 @@ from tqdm import tqdm
 import config
 import model as models
 from data import datasets
-from model.fileio import ModelFileError, atomic_open
+from model.fileio import ModelFileError, WriteError, atomic_open, check_output_file, check_writable, run_main
 from model.np_engine import NumpyIntegerModel
 from model.torch_engine import TorchIntegerModel
 from model import api, golden
@@ -68,8 +68,11 @@ def main():
         sys.exit(f"config error: {err}")
     user = config.user_model(cfg.model)
     try:
-        if cfg.dump_layers:                 # refused before any work: not a folder a dump may replace
+        if cfg.json:                        # the outputs, refused before any work
+            check_output_file(cfg.json, "--json")
+        if cfg.dump_layers:                 # not a folder a dump may replace, or no writable folder
             golden.check_target(cfg.dump_layers)
+            check_writable(os.path.dirname(os.path.realpath(cfg.dump_layers)), "--dump_layers", cfg.dump_layers)
         # a user model's settings live in its tuple: load it even for the raw column alone
         state, quant_list = (load_quant(cfg) if user or set(columns) - {"raw"} or cfg.dump_layers
                              else (None, None))
@@ -84,7 +87,7 @@ def main():
         else:
             images, labels = datasets.load(dataset, "test", cfg.data_dir, cfg.mirror_dir)
         net, mean, std = load_float(cfg, head) if "raw" in columns else (None, None, None)
-    except (ModelFileError, datasets.DatasetError) as err:
+    except (ModelFileError, WriteError, golden.DumpError, datasets.DatasetError) as err:
         sys.exit(f"error: {err}")
     n = min(cfg.limit or len(images), len(images))
     images, labels = images[:n], labels[:n].numpy()
@@ -149,4 +152,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

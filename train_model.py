@@ -19,7 +19,8 @@ from tqdm import tqdm
 import config
 import model as models
 from data import datasets
-from model.fileio import FORMAT_VERSIONS, ModelFileError, atomic_open, atomic_save, load_checked
+from model.fileio import (FORMAT_VERSIONS, ModelFileError, WriteError, atomic_open, atomic_save, check_output_file,
+                          check_writable, error_line, load_checked, run_main)
 
 
 def augment(x, generator, pad, flip):
@@ -73,6 +74,45 @@ def plot_history(history, model_name, path):
     plt.close(fig)
 
 
+def non_finite(net):
+    """The name of the first parameter or buffer of `net` holding NaN or Inf, or None."""
+    for name, value in net.state_dict().items():
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            return name
+    return None
+
+
+def diverged(lr, epoch, what):
+    sys.exit(f"error: training diverged in epoch {epoch + 1}: {what} (lr {lr}); nothing saved for this "
+             f"epoch; lower --lr")
+
+
+def load_resume_state(ckpt_path, cfg, epochs, bare, opt, sched):
+    """(start epoch, best val, history) of a training state, loaded into bare/opt/sched; ModelFileError
+    (one line) for a state that lacks a part or does not fit."""
+    ckpt = load_checked(ckpt_path, "fpgai-train-state", cfg.model)
+    head = ckpt["header"]
+    if not (isinstance(head.get("epochs"), int) and isinstance(head.get("epoch"), int)
+            and isinstance(head.get("best_val"), (int, float))):
+        raise ModelFileError(f"{ckpt_path}: its header lacks epoch, epochs or best_val")
+    if head["epochs"] != epochs:
+        raise ModelFileError(f"{ckpt_path} was started for {head['epochs']} epochs, config asks for {epochs}; "
+                             f"pass --epochs={head['epochs']}")
+    kinds = {"model": dict, "optimizer": dict, "scheduler": dict, "history": list}
+    missing = [k for k, kind in kinds.items() if not isinstance(ckpt.get(k), kind)]
+    if missing:
+        raise ModelFileError(f"{ckpt_path}: a training state without its {' and '.join(missing)} state")
+    if not 0 <= head["epoch"] <= epochs:
+        raise ModelFileError(f"{ckpt_path}: epoch {head['epoch']} of {epochs}")
+    models.load_state(bare, ckpt["model"], ckpt_path)
+    for part, target in (("optimizer", opt), ("scheduler", sched)):
+        try:
+            target.load_state_dict(ckpt[part])
+        except (KeyError, ValueError, TypeError, IndexError, RuntimeError, AttributeError) as err:
+            raise ModelFileError(f"{ckpt_path}: its {part} state does not fit ({error_line(err)})") from None
+    return head["epoch"], head["best_val"], ckpt["history"]
+
+
 def main():
     cfg = config.load_or_exit(stage="train_model.py")
     spec = models.spec(cfg.model)
@@ -98,11 +138,20 @@ def main():
     if cfg.amp == "bf16" and not use_cuda and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
         sys.exit("error: --amp=bf16 but this CPU has no bf16 support in oneDNN; use --amp=off")
     amp = cfg.amp == "bf16" or (cfg.amp == "auto" and use_cuda)
+    try:                        # the outputs' folder, before any work
+        check_writable(cfg.pretrained_dir, "--pretrained_dir")
+        if cfg.checkpoint:
+            check_output_file(cfg.checkpoint, "--checkpoint")
+    except WriteError as err:
+        sys.exit(f"error: {err}")
 
     try:
         images, labels = datasets.load(spec.dataset, "train", cfg.data_dir, cfg.mirror_dir)
     except datasets.DatasetError as err:
         sys.exit(f"error: {err}")
+    if cfg.val_images >= len(images):
+        sys.exit(f"error: --val_images={cfg.val_images} leaves no training images ({spec.dataset} has "
+                 f"{len(images)}); give fewer")
     split = torch.randperm(len(images), generator=torch.Generator().manual_seed(cfg.seed))
     val_idx, train_idx = split[:cfg.val_images], split[cfg.val_images:]
     if cfg.train_images:
@@ -132,16 +181,9 @@ def main():
     start_epoch, best_val, history = 0, -1.0, []
     if cfg.resume and os.path.exists(ckpt_path):
         try:
-            ckpt = load_checked(ckpt_path, "fpgai-train-state", cfg.model)
+            start_epoch, best_val, history = load_resume_state(ckpt_path, cfg, epochs, bare, opt, sched)
         except ModelFileError as err:
             sys.exit(f"error: {err} (delete it or pass --resume=False to start over)")
-        if ckpt["header"]["epochs"] != epochs:
-            sys.exit(f"error: {ckpt_path} was started for {ckpt['header']['epochs']} epochs, "
-                     f"config asks for {epochs}; pass --epochs={ckpt['header']['epochs']} or --resume=False")
-        bare.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        sched.load_state_dict(ckpt["scheduler"])
-        start_epoch, best_val, history = ckpt["header"]["epoch"], ckpt["header"]["best_val"], ckpt["history"]
         if main_proc:
             print(f"resuming {cfg.model} from {ckpt_path} at epoch {start_epoch}/{epochs}")
 
@@ -176,8 +218,16 @@ def main():
             sched.step()
             total_loss += loss.detach()
             if step % 20 == 19:
-                bar.set_postfix(loss=f"{total_loss.item() / (step + 1):.4f}")
+                running = total_loss.item()
+                if not math.isfinite(running):
+                    diverged(lr, epoch, f"the loss is {running} after step {step + 1}")
+                bar.set_postfix(loss=f"{running / (step + 1):.4f}")
         total_loss = total_loss.item()
+        if not math.isfinite(total_loss):
+            diverged(lr, epoch, f"the loss is {total_loss}")
+        bad = non_finite(bare)
+        if bad is not None:
+            diverged(lr, epoch, f"'{bad}' holds NaN or Inf")
         if not main_proc:
             continue
         val_acc = evaluate(bare, val_x, val_y, device)
@@ -205,4 +255,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -69,7 +69,10 @@ def _read_raw(cfg):
     if getattr(cfg, "checkpoint", ""):         # given explicitly: a plain state_dict or a *_raw.pth
         state, digest = read_checkpoint(path)
         return state, {"kind": "state_dict", "model": cfg.model, "sha256": digest}
-    obj = load_checked(path, "fpgai-raw", cfg.model, hint=f"; train it with `python train_model.py --model={cfg.model}`")
+    hint = f"; train it with `python train_model.py --model={cfg.model}`"
+    obj = load_checked(path, "fpgai-raw", cfg.model, hint=hint)
+    if not is_state_dict(obj.get("state_dict")):
+        raise ModelFileError(f"{path}: its state_dict is missing or not a dict of names to tensors{hint}")
     # the sha256 identifies the checkpoint in the fingerprint of what is made from it
     return obj["state_dict"], {**obj["header"], "sha256": sha256_file(path)}
 
@@ -131,6 +134,12 @@ def load_user_module(path, name):
     return net
 
 
+def is_state_dict(obj):
+    """A non-empty dict of names to tensors."""
+    return (isinstance(obj, dict) and bool(obj)
+            and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()))
+
+
 def read_checkpoint(path):
     """(state_dict, sha256) of a plain `torch.save(model.state_dict())` file or of this project's
     raw checkpoint (*_raw.pth), loaded with weights_only=True."""
@@ -143,15 +152,17 @@ def read_checkpoint(path):
                              f"loadable with weights_only=True ({error_line(err)})") from None
     if isinstance(obj, dict) and isinstance(obj.get("header"), dict) and obj["header"].get("kind") == "fpgai-raw":
         obj = obj.get("state_dict")
-    if (not isinstance(obj, dict) or not obj
-            or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())):
+    if not is_state_dict(obj):
         raise ModelFileError(f"{path}: not a state_dict (a dict of names to tensors); save it with "
                              f"torch.save(model.state_dict(), path)")
     return obj, sha256_file(path)
 
 
 def load_state(net, state, path):
-    """net.load_state_dict(state) (fp16 widened), with one clear line when keys or shapes differ."""
+    """net.load_state_dict(state) (fp16 widened), with one clear line when keys or shapes differ or
+    a value is NaN or Inf (naming the tensor, so the layer)."""
+    if not is_state_dict(state):
+        raise ModelFileError(f"{path}: its state_dict is not a dict of names to tensors")
     own = net.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
@@ -165,5 +176,10 @@ def load_state(net, state, path):
                                                   f"{list(own[k].shape)} in the model" for k in shapes[:3])]
                  if shapes else [])
         raise ModelFileError(f"{path}: does not fit the model: {'; '.join(parts)}")
+    for key, value in state.items():
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            bad = "NaN" if torch.isnan(value).any() else "Inf"
+            raise ModelFileError(f"{path}: layer '{key.rsplit('.', 1)[0]}': '{key}' holds {bad} values; "
+                                 f"the checkpoint is unusable (did its training diverge?)")
     net.load_state_dict({k: v.to(own[k].dtype) if v.is_floating_point() else v for k, v in state.items()})
     return net

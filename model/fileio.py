@@ -6,10 +6,12 @@ never leaves a half file that a later stage would load; devices, FIFOs and "-"
 (stdout) are written directly, symlinks through to their target (atomic_open).
 """
 import contextlib
+import errno
 import glob
 import os
 import stat
 import sys
+import tempfile
 
 import torch
 
@@ -19,6 +21,76 @@ FORMAT_VERSIONS = {"fpgai-raw": 1, "fpgai-train-state": 1, "fpgai-quant": 3}
 
 class ModelFileError(RuntimeError):
     pass
+
+
+class WriteError(OSError):
+    """A file could not be written (disk full, folder not writable): one line naming it; the
+    temporary is gone and the file, if it was there, is as it was (str(err) is the whole line)."""
+
+
+def disk_full(err):
+    """True for the errors a full disk (or quota, or file-size limit) raises: OSError ENOSPC /
+    EDQUOT / EFBIG, and torch.save's RuntimeError 'unexpected pos' (its zip writer's short write)."""
+    if isinstance(err, OSError):
+        return err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+    return isinstance(err, RuntimeError) and "unexpected pos" in str(err)
+
+
+def write_failure(path, err, replaced=True):
+    """The WriteError (one line, naming `path`) of an error raised while writing `path`."""
+    if isinstance(err, WriteError):
+        return err
+    kept = "; nothing was replaced" if replaced else ""
+    if disk_full(err):
+        return WriteError(f"{path}: no space left on the device{kept}")
+    reason = (err.strerror if isinstance(err, OSError) and err.strerror else error_line(err))
+    return WriteError(f"{path}: cannot write it ({reason}){kept}")
+
+
+def check_writable(folder, option, value=None):
+    """Raise WriteError (one line naming `option`=`value`, default `folder`) unless files can be
+    created in `folder`, or in the nearest folder above it that exists (the stage creates the rest):
+    a probe file is created there and removed, so a read-only folder is found before any work, for
+    root too."""
+    shown = f"{option}={folder if value is None else value}"
+    path = os.path.abspath(folder or ".")
+    probe_in = path
+    while not os.path.lexists(probe_in):
+        probe_in = os.path.dirname(probe_in)
+    if not os.path.isdir(probe_in):
+        where = "" if probe_in == path and value is None else f" ({probe_in} is not a folder)"
+        raise WriteError(f"{shown}: {'not a folder' if probe_in == path else 'no folder can be made there'}{where}")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".fpgai-write-probe-", dir=probe_in)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as err:
+        raise WriteError(f"{shown}: cannot write in {probe_in} ({err.strerror or error_line(err)})") from None
+
+
+def check_output_file(path, option):
+    """Raise WriteError (one line naming `option`) unless `path` can be written by atomic_open:
+    not a directory, its folder writable (devices, FIFOs and "-" are written directly: not probed)."""
+    if path == "-" or path.startswith("/dev/"):
+        return
+    try:
+        st = os.stat(path)
+    except OSError:
+        st = None
+    if st is not None and stat.S_ISDIR(st.st_mode):
+        raise WriteError(f"{option}={path}: is a directory (give a file name)")
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        return
+    target = os.path.realpath(path) if os.path.islink(path) else path
+    check_writable(os.path.dirname(target) or ".", option, path)
+
+
+def run_main(main):
+    """Run a stage's main(): a WriteError raised while writing (a full disk) is one `error:` line and exit 1."""
+    try:
+        main()
+    except WriteError as err:
+        sys.exit(f"error: {err}")
 
 
 def error_line(err):
@@ -75,15 +147,23 @@ def atomic_open(path, mode="wb"):
     if st is not None and stat.S_ISDIR(st.st_mode):
         raise IsADirectoryError(f"{path}: is a directory")
     if (st is not None and not stat.S_ISREG(st.st_mode)) or path.startswith("/dev/"):
-        with open(path, mode) as f:
-            yield f
+        try:
+            with open(path, mode) as f:
+                yield f
+        except (OSError, RuntimeError) as err:
+            if isinstance(err, OSError) or disk_full(err):
+                raise write_failure(path, err, replaced=False) from None
+            raise
         return
     target = os.path.realpath(path) if os.path.islink(path) else path
     folder, name = os.path.split(target)
     folder = folder or "."
     if not name:
         raise IsADirectoryError(f"{path}: is a directory")
-    os.makedirs(folder, exist_ok=True)
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as err:
+        raise write_failure(path, err, replaced=False) from None
     _remove_stale_tmps(folder, name)
     tmp = os.path.join(folder, f".{name}.{os.getpid()}.tmp")
     try:
@@ -92,6 +172,10 @@ def atomic_open(path, mode="wb"):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, target)
+    except (OSError, RuntimeError) as err:      # a full disk, or the folder unwritable: one line
+        if isinstance(err, OSError) or disk_full(err):
+            raise write_failure(path, err) from None
+        raise
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -112,7 +196,7 @@ def load_checked(path, kind, model=None, hint=""):
     except Exception as err:
         raise ModelFileError(f"{path}: not a readable {kind} file ({error_line(err)})") from None
     header = obj.get("header") if isinstance(obj, dict) else (
-        obj[1][0] if isinstance(obj, tuple) and len(obj) == 2 and obj[1] else None)
+        obj[1][0] if isinstance(obj, tuple) and len(obj) == 2 and isinstance(obj[1], list) and obj[1] else None)
     if not isinstance(header, dict) or header.get("kind") != kind:
         raise ModelFileError(f"{path}: not a {kind} file")
     if header.get("version") != FORMAT_VERSIONS[kind]:

@@ -17,6 +17,7 @@ graph, calibrates, and hands every node to its kind.
 """
 import hashlib
 import json
+import math
 
 import torch
 import torch.fx as fx
@@ -246,8 +247,16 @@ class Builder:
         return _shape3(self.observer.shapes[node.name])
 
     def qparams(self, node):
-        """(scale, zero_point) of node's output from its calibrated range."""
-        return qmath.choose_qparams(*self.observer.ranges[node.name])
+        """(scale, zero_point) of node's output from its calibrated range; QuantizeError naming the node
+        when the float model's values there are not finite (weights too large: float overflow)."""
+        lo, hi = self.observer.ranges[node.name]
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            raise QuantizeError(f"{self.cfg.model}: layer '{node.name}': the float model's output there spans "
+                                f"[{lo}, {hi}] on the calibration images, not finite values; check its weights")
+        try:
+            return qmath.choose_qparams(lo, hi)
+        except ValueError as err:
+            raise QuantizeError(f"{self.cfg.model}: layer '{node.name}': {err}") from None
 
     def fused_activation(self, node):
         """(act, node whose output is this op's output): fold a single following ReLU/ReLU6."""
@@ -359,3 +368,62 @@ def build_integer_graph(model, calib_images, cfg, dataset, raw_header, progress=
                     multiplier_bits=cfg.multiplier_bits, calib_images=int(len(calib_images)),
                     calib_method=cfg.calib_method)
     return b.state, b.ops
+
+
+# the header fields (on quant_list[0]) the later stages read
+TUPLE_HEADER = ("fingerprint", "weight_mode", "multiplier_bits", "calib_images", "dataset")
+_OP_FIELDS = {"op": str, "name": str, "inputs": list, "shape": list, "scale": float, "zero_point": int,
+              "qmin": int, "qmax": int}
+
+
+def tuple_problem(state, quant_list):
+    """What is missing or malformed in a (state_dict, quant_list) tuple, as one phrase, or None when
+    it holds every field and tensor the engines and the exporter read (the op table says which)."""
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in state.items()):
+        return "its state_dict is not a dict of names to tensors"
+    if not isinstance(quant_list, list) or not quant_list or not all(isinstance(op, dict) for op in quant_list):
+        return "its quant_list is not a list of ops"
+    lacking = [k for k in TUPLE_HEADER if k not in quant_list[0]]
+    if lacking:
+        return f"its header (op 0) lacks {', '.join(lacking)}"
+    for i, op in enumerate(quant_list):
+        where = f"op {i} ({op.get('name', '?')})"
+        for key, kind in _OP_FIELDS.items():
+            value = op.get(key)
+            ok = (isinstance(value, (int, float)) and math.isfinite(value) if kind is float
+                  else isinstance(value, kind) and (kind is not int or not isinstance(value, bool)))
+            if not ok:
+                return f"{where} has no valid '{key}' field"
+        if op["op"] not in ops.KINDS:
+            return f"{where}: unknown op kind '{op['op']}'"
+        kind = ops.KINDS[op["op"]]
+        if not (len(op["shape"]) == 3 and all(isinstance(d, int) and d > 0 for d in op["shape"])):
+            return f"{where}: shape {op['shape']} is not C, H, W"
+        if not 0 <= op["qmin"] <= op["qmax"] <= 255:
+            return f"{where}: clamp {op['qmin']}..{op['qmax']} is not within 0..255"
+        low, high = (0, 0) if i == 0 else kind.inputs
+        if not (low <= len(op["inputs"]) <= high and all(isinstance(j, int) and 0 <= j < i for j in op["inputs"])):
+            return f"{where}: inputs {op['inputs']} are not {low}..{high} earlier ops"
+        for param in kind.params:
+            key, index = ops.PARAM_KEYS[param]
+            if key in ("weight_offset", "bias_offset"):       # the exporter's, not the tuple's
+                continue
+            value = op.get(key)
+            if index is not None:
+                value = value[index] if isinstance(value, list) and len(value) > index else None
+            if not isinstance(value, int) or isinstance(value, bool):
+                return f"{where} has no valid '{key}' field"
+        fields = {"multiplier": kind.n_mult, "shift": kind.n_shift, "table": kind.n_table}
+        expected = {f: ops.REQUANT_COUNTS[count](op) for f, count in fields.items() if count != "0"}
+        if kind.weighted:
+            expected.update(weight=None, bias=op["shape"][0])
+        for field, count in expected.items():
+            tensor = state.get(f"{op['name']}.{field}")
+            if tensor is None:
+                return f"{where}: the state_dict has no '{op['name']}.{field}'"
+            if field == "weight" and (tensor.dim() < 2 or tensor.shape[0] != op["shape"][0]):
+                return f"{where}: '{op['name']}.weight' has shape {list(tensor.shape)} for {op['shape'][0]} channels"
+            if count is not None and tensor.numel() != count:
+                return f"{where}: '{op['name']}.{field}' holds {tensor.numel()} values, not {count}"
+    return None
