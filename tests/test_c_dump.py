@@ -55,14 +55,14 @@ def test_lenet_dump_replaces_a_previous_one_and_refuses_other_folders(engine, tm
     from data import datasets
     import config
     mirror = config.MIRROR_DIR if os.path.isabs(config.MIRROR_DIR) else os.path.join(ROOT, config.MIRROR_DIR)
-    images = datasets.load("mnist", "test", os.path.join(ROOT, "data"), mirror)[0][:4].numpy()
+    images = datasets.load("mnist", "test", os.path.join(ROOT, "data"), mirror)[0][:10].numpy()
     np.save(tmp_path / "x.npy", images)
     out = str(tmp_path / "dump")
     export = os.path.join(ROOT, "export_model")
-    for limit in (2, 4):                                          # the second replaces the first
+    for limit in (2, 10):                                         # the second replaces the first
         proc = c_dump(engine, export, "lenet", str(tmp_path / "x.npy"), out, limit)
         assert proc.returncode == 0, proc.stderr
-    assert golden.read_dump(out)[0]["images"] == 4
+    assert golden.read_dump(out)[0]["images"] == 10
     assert_same_dump(state, quant, images, out)
     assert sorted(os.listdir(tmp_path)) == ["dump", "dump_py", "x.npy"]      # no temporary left
     os.makedirs(tmp_path / "other")
