@@ -7,6 +7,8 @@ repository's shipped files are only read. A full disk is simulated by running th
 model.fileio's open() replaced (FULL_DISK): its temporary file's writes fail with ENOSPC after
 FULL_AFTER bytes, which makes torch.save raise OSError 28 (0 bytes) or its own RuntimeError
 'unexpected pos' (a few KB), the two errors a full disk gives; `--json=/dev/full` is a real ENOSPC.
+Diverging training is forced the same way: DIVERGE multiplies the loss by NaN, INF_WEIGHTS fills a
+weight with Inf after the optimizer's step.
 An unwritable folder is a path below a regular file (no folder can be made there, even for root);
 a chmod 0o555 folder as well where the tests do not run as root (root writes there regardless).
 """
@@ -53,6 +55,20 @@ import runpy, sys
 import torch.nn.functional as F
 cross_entropy = F.cross_entropy
 F.cross_entropy = lambda *args, **kwargs: cross_entropy(*args, **kwargs) * float("nan")
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+INF_WEIGHTS = """
+import runpy, sys, torch
+step = torch.optim.AdamW.step
+def step_to_inf(self, *args, **kwargs):
+    out = step(self, *args, **kwargs)
+    with torch.no_grad():
+        self.param_groups[0]["params"][0].fill_(float("inf"))
+    return out
+torch.optim.AdamW.step = step_to_inf
 sys.argv = sys.argv[1:]
 runpy.run_path(sys.argv[0], run_name="__main__")
 """
@@ -379,4 +395,14 @@ def test_diverging_training_stops_and_saves_nothing(tmp_path):
     proc = run_with(DIVERGE, "train_model.py", *TRAIN, f"--pretrained_dir={tmp_path}")
     line = error_line(proc)
     assert line.startswith("error: training diverged in epoch 1: the loss is nan (lr 0.003)")
+    assert os.listdir(tmp_path) == []
+
+
+def test_training_to_infinite_weights_stops_and_saves_nothing(tmp_path):
+    """Weights that go Inf with a finite loss (forced: the optimizer step fills conv1 with Inf) stop
+    training at the end of the epoch, naming the tensor; nothing is saved."""
+    proc = run_with(INF_WEIGHTS, "train_model.py", *TRAIN, f"--pretrained_dir={tmp_path}")
+    line = error_line(proc)
+    assert line == ("error: training diverged in epoch 1: 'features.0.weight' holds NaN or Inf (lr 0.003); "
+                    "nothing saved for this epoch; lower --lr")
     assert os.listdir(tmp_path) == []
