@@ -5,8 +5,9 @@
  * Built once per target (make -C c fuzz), with -DFUZZ_TARGET_<name>:
  *   model        model.bin: parse + validate, tiling, memory plan
  *   weights_bin  [model.bin][weight.bin] bias.bin: the whole load of --format bin (and the
- *                accumulator bound)
- *   weights_txt  [model.bin] weight.txt: the whole load of --format txt
+ *                accumulator bound), then one image through the core's reference kernels
+ *                when the model's work is small
+ *   weights_txt  [model.bin] weight.txt: the whole load of --format txt, then one image as above
  *   mnist        [idx3 images] idx1 labels
  *   cifar        a CIFAR-10 binary batch
  *   npy          [images.npy] labels.npy: the .npy reader (header parser, dtypes, shapes, labels);
@@ -108,6 +109,34 @@ static void check_plan(const Model *m)
         if (m->ops[i].offset + op_elems(&m->ops[i]) > m->arena_bytes || m->arena_bytes > MAX_ARENA)
             abort();
 }
+
+#if defined(FUZZ_TARGET_weights_bin) || defined(FUZZ_TARGET_weights_txt)
+static volatile uint8_t g_sink_run;
+
+/* A model that loaded runs one image through the core's reference kernels (fpgai_run), when its
+ * work is small enough for a fuzzing iteration: every kernel on every graph the fuzzer finds
+ * valid, under ASan and UBSan (an image of 0x5a bytes). */
+static void run_small(const Model *m)
+{
+    uint64_t work = 0;
+    for (int i = 0; i < m->n_ops; i++) {
+        const Op *op = &m->ops[i];
+        uint64_t per = op->kind == OP_CONV || op->kind == OP_LINEAR ? (uint64_t)op->k_size
+                     : op->kind == OP_MAXPOOL || op->kind == OP_AVGPOOL ? (uint64_t)op->kh * (uint64_t)op->kw
+                     : op->kind == OP_ADAPTIVE_AVGPOOL ? op_elems(op_input(m, op, 0)) : 1;
+        work += op_elems(op) * per;
+    }
+    if (work > ((uint64_t)1 << 22) || m->arena_bytes > ((size_t)1 << 24))
+        return;
+    uint8_t *arena = malloc(m->arena_bytes ? m->arena_bytes : 1), *image = malloc(op_elems(&m->ops[0]));
+    if (!arena || !image)
+        abort();
+    memset(image, 0x5a, op_elems(&m->ops[0]));
+    g_sink_run = fpgai_run(m, arena, image)[0];
+    free(arena);
+    free(image);
+}
+#endif
 #else
 static volatile uint32_t g_sink;
 
@@ -160,6 +189,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         parse_weight_txt(m, (const char *)g_part[1], g_part_size[1], "weight.txt");
 #endif
         check_plan(m);
+#if !defined(FUZZ_TARGET_model)
+        run_small(m);
+#endif
 #elif defined(FUZZ_TARGET_mnist)
         parse_mnist(&g_data, g_part[0], g_part_size[0], "images", g_part[1], g_part_size[1], "labels");
         touch_dataset(&g_data, 784);
