@@ -294,6 +294,7 @@ def load(argv=None, extra=None, stage=None):
     cfg = {k: default for k, (default, _) in _table(extra).items()}
     own = stage_options(stage, extra)
     args = sys.argv[1:] if argv is None else argv
+    given = set()
     i = 0
     while i < len(args):
         arg = args[i]
@@ -313,12 +314,14 @@ def load(argv=None, extra=None, stage=None):
         if key not in own:
             raise ConfigError(f"--{key.lower()} is not an option of {stage}; its options: {valid}")
         cfg[key] = _parse_value(key, text, cfg[key])
+        given.add(key.lower())
         i += 1
     validate(cfg)
     if stage == _TRAIN and user_model(cfg["MODEL"]):
         raise ConfigError(f"--model={cfg['MODEL']}: train_model.py trains the built-in models only; train yours "
                           f"your way, torch.save(model.state_dict(), FILE) and pass --checkpoint=FILE to quant_model.py")
-    return types.SimpleNamespace(**{k.lower(): v for k, v in cfg.items()})
+    # `given`: the options set on the command line (a later stage takes the others from its artifact)
+    return types.SimpleNamespace(**{k.lower(): v for k, v in cfg.items()}, given=frozenset(given))
 
 
 def _valid(key, value):

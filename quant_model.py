@@ -37,11 +37,15 @@ def _same(given, stored):
     return len(given) == len(stored) and all(abs(a - b) <= 1e-12 * max(1.0, abs(b)) for a, b in zip(given, stored))
 
 
+# the quantization settings a tuple records (quant_list[0]); a later stage takes them from it
+STORED_SETTINGS = ("weight_mode", "multiplier_bits", "calib_images", "calib_method", "calib_percentile", "seed")
+
+
 def load_quant(cfg):
     """The tuple of cfg.model, checked against the current config and checkpoint (stale = error).
 
-    The options quant_model.py recorded in it (checkpoint, input_shape, input_mean, input_std) need not
-    be repeated; those that are must agree with it."""
+    The options quant_model.py recorded in it (the quantization settings, checkpoint, input_shape,
+    input_mean, input_std) need not be repeated; those given on the command line must agree with it."""
     path = quant_path(cfg)
     user = config.user_model(cfg.model)
     hint = f"; run `python quant_model.py --model={cfg.model}`" + (" with the same options" if user else "")
@@ -58,6 +62,9 @@ def load_quant(cfg):
             raise ModelFileError(f"{path}: stale: it was made with {key} {stored}, the command line says "
                                  f"{given}{hint}")
     ckpt = cfg.checkpoint or head.get("checkpoint") or ""
+    given = getattr(cfg, "given", frozenset(STORED_SETTINGS))
+    cfg = types.SimpleNamespace(**{**vars(cfg), **{k: head[k] for k in STORED_SETTINGS
+                                                   if k in head and k not in given}})
     if user:
         sha = models.sha256_file(ckpt) if cfg.checkpoint and os.path.isfile(ckpt) else head.get("checkpoint_sha256", "")
         if cfg.checkpoint and not os.path.isfile(ckpt):

@@ -366,7 +366,7 @@ def build_integer_graph(model, calib_images, cfg, dataset, raw_header, progress=
     b.ops[0].update(kind="fpgai-quant", version=FORMAT_VERSIONS["fpgai-quant"], model=cfg.model, dataset=dataset,
                     fingerprint=settings_fingerprint(cfg, raw_header), weight_mode=cfg.weight_mode,
                     multiplier_bits=cfg.multiplier_bits, calib_images=int(len(calib_images)),
-                    calib_method=cfg.calib_method)
+                    calib_method=cfg.calib_method, calib_percentile=cfg.calib_percentile, seed=cfg.seed)
     return b.state, b.ops
 
 

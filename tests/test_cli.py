@@ -204,6 +204,25 @@ def test_stale_tuple_is_refused(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+def test_settings_travel_in_the_tuple(tmp_path):
+    """Quantized with --weight_mode=per_tensor and other settings, the tuple is tested and exported by
+    plain commands (the settings come from it); a contradicting option is refused as stale."""
+    from model.export_format import read_model_bin
+    qdir, report = tmp_path / "q", tmp_path / "report.json"
+    proc = run("quant_model.py", f"--quant_dir={qdir}", "--weight_mode=per_tensor", "--calib_images=300",
+               "--multiplier_bits=24", "--seed=3")
+    assert proc.returncode == 0, proc.stderr
+    proc = run("test_model.py", f"--quant_dir={qdir}", "--limit=50", "--columns=np,c", f"--json={report}")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(report.read_text())["identical_logits"] == {"np_quant_vs_c_int8": 1.0}
+    proc = run("export_quant_model.py", f"--quant_dir={qdir}", f"--export_dir={tmp_path / 'e'}")
+    assert proc.returncode == 0, proc.stderr
+    assert read_model_bin(tmp_path / "e" / "lenet_model.bin")[0]["weight_mode"] == "per_tensor"
+    for option in ("--weight_mode=per_channel", "--multiplier_bits=16", "--seed=0"):
+        proc = run("test_model.py", f"--quant_dir={qdir}", "--limit=10", option)
+        assert proc.returncode != 0 and "stale" in proc.stderr, option
+
+
 def test_tuple_of_another_model_is_refused(tmp_path):
     shutil.copy(os.path.join(ROOT, "quantization", "lenet_quant.tuple"), tmp_path / "resnet18_quant.tuple")
     shutil.copy(os.path.join(ROOT, "pretrained", "lenet_raw.pth"), tmp_path / "resnet18_raw.pth")
