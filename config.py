@@ -213,6 +213,13 @@ def _parse_value(key, text, current):
 USER_MODEL = re.compile(r"^(?P<path>.+\.py):(?P<name>[A-Za-z_][A-Za-z0-9_]*)$")
 
 
+def dataset_dirs(root):
+    """(DATA_DIR, MIRROR_DIR) of the defaults, resolved against `root`, a repository checkout: what
+    a script or test that runs from any working directory passes to data.datasets."""
+    return (os.path.join(root, DATA_DIR),
+            MIRROR_DIR if os.path.isabs(MIRROR_DIR) else os.path.join(root, MIRROR_DIR))
+
+
 def user_model(model):
     """(path, NAME) of a --model=FILE.py:NAME, or None for a built-in name."""
     m = USER_MODEL.match(model)

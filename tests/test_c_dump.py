@@ -54,8 +54,7 @@ def test_lenet_dump_replaces_a_previous_one_and_refuses_other_folders(engine, tm
     state, quant = torch.load(os.path.join(ROOT, "quantization", "lenet_quant.tuple"), weights_only=True)
     from data import datasets
     import config
-    mirror = config.MIRROR_DIR if os.path.isabs(config.MIRROR_DIR) else os.path.join(ROOT, config.MIRROR_DIR)
-    images = datasets.load("mnist", "test", os.path.join(ROOT, "data"), mirror)[0][:10].numpy()
+    images = datasets.load("mnist", "test", *config.dataset_dirs(ROOT))[0][:10].numpy()
     np.save(tmp_path / "x.npy", images)
     out = str(tmp_path / "dump")
     export = os.path.join(ROOT, "export_model")

@@ -33,9 +33,8 @@ def sha256(data):
 @pytest.fixture(scope="module")
 def mnist():
     """(images path, labels path) of the MNIST test set, from data/ or the offline mirror."""
-    mirror = config.MIRROR_DIR if os.path.isabs(config.MIRROR_DIR) else os.path.join(ROOT, config.MIRROR_DIR)
     try:
-        return datasets.test_files("mnist", os.path.join(ROOT, config.DATA_DIR), mirror)
+        return datasets.test_files("mnist", *config.dataset_dirs(ROOT))
     except datasets.DatasetError as err:
         pytest.fail(str(err))
 

@@ -126,8 +126,7 @@ def test_the_c_export_with_the_core_equals_the_file_engine_on_lenet(engine, tmp_
     state, quant = torch.load(os.path.join(ROOT, "quantization", "lenet_quant.tuple"), weights_only=True)
     write_export(state, quant, str(tmp_path), "c")
     binary = build_host_check(str(tmp_path), "lenet", str(tmp_path / "check"))
-    mirror = config.MIRROR_DIR if os.path.isabs(config.MIRROR_DIR) else os.path.join(ROOT, config.MIRROR_DIR)
-    images = datasets.load("mnist", "test", os.path.join(ROOT, "data"), mirror)[0].numpy()
+    images = datasets.load("mnist", "test", *config.dataset_dirs(ROOT))[0].numpy()
     got = run_host_check(binary, images.tobytes())
     logits = tmp_path / "file_engine.txt"
     proc = subprocess.run([engine, "--dir", os.path.join(ROOT, "export_model"), "--model", "lenet", "--logits",

@@ -244,8 +244,7 @@ def test_val_images_leaving_no_training_images(tmp_path):
     from data import datasets
     # the mirror's training batches copied into data/ first: on a fresh clone that copy prints a
     # "data: SRC -> DST" note on stderr, which is not the stage's error line
-    mirror = config.MIRROR_DIR if os.path.isabs(config.MIRROR_DIR) else os.path.join(ROOT, config.MIRROR_DIR)
-    datasets.load("cifar10", "train", os.path.join(ROOT, "data"), mirror)
+    datasets.load("cifar10", "train", *config.dataset_dirs(ROOT))
     proc = run("train_model.py", *TRAIN, "--model=resnet18", "--val_images=50000", f"--pretrained_dir={tmp_path}")
     assert error_line(proc) == ("error: --val_images=50000 leaves no training images (cifar10 has 50000); "
                                 "give fewer")

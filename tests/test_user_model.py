@@ -79,9 +79,8 @@ def project(tmp_path_factory):
         import my_net
     finally:
         sys.path.remove(str(tmp))
-    mirror = config.MIRROR_DIR if os.path.isabs(config.MIRROR_DIR) else os.path.join(ROOT, config.MIRROR_DIR)
-    train_x, train_y = datasets.load("mnist", "train", os.path.join(ROOT, "data"), mirror)
-    test_x, test_y = datasets.load("mnist", "test", os.path.join(ROOT, "data"), mirror)
+    train_x, train_y = datasets.load("mnist", "train", *config.dataset_dirs(ROOT))
+    test_x, test_y = datasets.load("mnist", "test", *config.dataset_dirs(ROOT))
     train_x, train_y = train_x[:6000], train_y[:6000]
     torch.manual_seed(0)
     net = my_net.MyNet()

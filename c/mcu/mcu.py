@@ -26,8 +26,7 @@ def write_data(build, count):
 
     state, quant = torch.load(os.path.join(ROOT, "quantization", "lenet_quant.tuple"), weights_only=True)
     write_export(state, quant, build, "c")
-    mirror = config.MIRROR_DIR if os.path.isabs(config.MIRROR_DIR) else os.path.join(ROOT, config.MIRROR_DIR)
-    images, _ = datasets.load("mnist", "test", os.path.join(ROOT, "data"), mirror)
+    images, _ = datasets.load("mnist", "test", *config.dataset_dirs(ROOT))
     x = images[:count].numpy().astype(np.uint8)
     logits = NumpyIntegerModel(state, quant)(x)
     rows = [", ".join(str(v) for v in img.reshape(-1)) for img in x]

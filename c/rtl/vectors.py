@@ -54,8 +54,7 @@ def main(build, count):
     from model.ops import KINDS
 
     state, quant = torch.load(os.path.join(ROOT, "quantization", "lenet_quant.tuple"), weights_only=True)
-    mirror = config.MIRROR_DIR if os.path.isabs(config.MIRROR_DIR) else os.path.join(ROOT, config.MIRROR_DIR)
-    images, _ = datasets.load("mnist", "test", os.path.join(ROOT, "data"), mirror)
+    images, _ = datasets.load("mnist", "test", *config.dataset_dirs(ROOT))
     outs = layer_outputs(state, quant, images[:count])
     words = []
     for i, op in enumerate(quant):
