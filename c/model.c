@@ -197,15 +197,22 @@ static void attach(Model *m, uint8_t *w, size_t w_size, const char *weight_path,
         fail("%s", m->error);
 }
 
-void parse_weight_bins(Model *m, const uint8_t *w, size_t w_size, const char *weight_path,
-                       const uint8_t *b, size_t b_size, const char *bias_path)
+/* weight.bin and bias.bin in buffers the Model takes over */
+static void take_weight_bins(Model *m, uint8_t *w, size_t w_size, const char *weight_path, uint8_t *b, size_t b_size,
+                             const char *bias_path)
 {
     require_format(m, 0);
     m->weights_path = own_string(m, OWN_WEIGHTS_PATH, weight_path, bias_path);
+    attach(m, w, w_size, weight_path, b, b_size, bias_path, 1);
+}
+
+void parse_weight_bins(Model *m, const uint8_t *w, size_t w_size, const char *weight_path,
+                       const uint8_t *b, size_t b_size, const char *bias_path)
+{
     uint8_t *wc = xmalloc(w_size, "weights"), *bc = xmalloc(b_size, "biases");
     memcpy(wc, w, w_size);
     memcpy(bc, b, b_size);
-    attach(m, wc, w_size, weight_path, bc, b_size, bias_path, 1);
+    take_weight_bins(m, wc, w_size, weight_path, bc, b_size, bias_path);
 }
 
 /* One comma-separated field of the text file as a number: optional sign, digits, optional
@@ -393,9 +400,7 @@ void load_model(Model *m, const char *dir, const char *name, int txt)
         join_path(path2, sizeof path2, dir, name, "_bias.bin");
         uint8_t *w = read_sealed(m, FILE_WEIGHT_BIN, path, &size);
         uint8_t *b = read_sealed(m, FILE_BIAS_BIN, path2, &size2);
-        parse_weight_bins(m, w, size, path, b, size2, path2);
-        free(w);
-        free(b);
+        take_weight_bins(m, w, size, path, b, size2, path2);     /* read once, not copied */
     }
 }
 

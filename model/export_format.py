@@ -148,12 +148,18 @@ def _c_array(name, data):
     return f"const uint8_t {name}[{len(data)}] = {{\n    " + ",\n    ".join(rows) + "\n};\n"
 
 
+def c_identifier(model):
+    """The C name of a model's arrays and #defines (EXPORT_MODE=c): its name with every character
+    other than A-Z a-z 0-9 _ replaced by '_', 'm_' before a leading digit."""
+    ident = re.sub(r"[^A-Za-z0-9_]", "_", model)
+    return ("m_" if ident[0].isdigit() else "") + ident
+
+
 def c_source(quant_list, files):
     """(model.h, model.c) of EXPORT_MODE=c: the sealed model.bin, weight.bin and bias.bin bytes
     as const arrays, and the sizes a firmware gives the core (c/fpgai.h)."""
     head = quant_list[0]
-    ident = re.sub(r"[^A-Za-z0-9_]", "_", head["model"])
-    ident = ("m_" if ident[0].isdigit() else "") + ident
+    ident = c_identifier(head["model"])
     up, low = ident.upper(), ident.lower()
     c, h, w = head["shape"]
     out = quant_list[-1]["shape"]

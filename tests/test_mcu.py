@@ -21,7 +21,7 @@ import subprocess
 import pytest
 import torch
 
-from model.export_format import arena_bytes, write_export
+from model.export_format import arena_bytes, c_identifier, write_export
 from tests.random_models import ARCHS, random_quantized
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -105,7 +105,7 @@ def test_the_c_arrays_are_the_sealed_bin_files(tmp_path):
 
 def build_host_check(export_dir, model, out):
     """c/mcu/host_check.c compiled with the core and the EXPORT_MODE=c files of `model` in export_dir."""
-    ident = re.sub(r"[^A-Za-z0-9_]", "_", model)
+    ident = c_identifier(model)
     subprocess.run(["gcc", "-std=c99", "-O3", "-Wall", "-Wextra", "-Werror", "-I", C_DIR, "-I", export_dir,
                     f'-DMODEL_H="{model}_model.h"', f"-DPREFIX={ident.lower()}_", f"-DUPREFIX={ident.upper()}_",
                     os.path.join(C_DIR, "mcu", "host_check.c"), os.path.join(C_DIR, "fpgai.c"),
