@@ -1,5 +1,6 @@
 # The two promises of the README:
-#   make demo   set up .venv, then train, quantize, test (4 columns), export and run C on LeNet/MNIST
+#   make demo   set up .venv, then train, quantize, test (4 columns), export and run C on LeNet/MNIST,
+#               all under runs/demo/ (the shipped files untouched)
 #   make test   set up .venv, then run every test
 #   make test-fast  the C engine and integer-engine tests only (under a minute on 2 cores)
 PYTHON ?= python3
@@ -19,12 +20,17 @@ $(VENV)/.installed: requirements.txt
 c:
 	$(MAKE) -C c
 
+# the demo writes under DEMO (runs/ is git-ignored): the shipped models, exports and results stay as
+# they are, and `git status` stays clean; TRAIN_FLAGS for a quicker run, e.g. --epochs=1
+DEMO ?= runs/demo
+DEMO_DIRS = --pretrained_dir=$(DEMO)/pretrained --quant_dir=$(DEMO)/quantization
 demo: venv c
-	$(PY) train_model.py --model=$(MODEL)
-	$(PY) quant_model.py --model=$(MODEL)
-	$(PY) test_model.py --model=$(MODEL)
-	$(PY) export_quant_model.py --model=$(MODEL)
-	./c/inference --model $(MODEL)
+	$(PY) train_model.py --model=$(MODEL) --pretrained_dir=$(DEMO)/pretrained $(TRAIN_FLAGS)
+	$(PY) quant_model.py --model=$(MODEL) $(DEMO_DIRS)
+	$(PY) test_model.py --model=$(MODEL) $(DEMO_DIRS)
+	$(PY) export_quant_model.py --model=$(MODEL) $(DEMO_DIRS) --export_dir=$(DEMO)/export_model
+	./c/inference --dir $(DEMO)/export_model --model $(MODEL)
+	@echo "demo: everything it made is under $(DEMO)/"
 
 test: venv c
 	$(PY) -m pytest -q tests

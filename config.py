@@ -27,6 +27,7 @@ QUANT_DIR = "quantization"
 EXPORT_DIR = "export_model"
 SEED = 0
 THREADS = 0
+OVERWRITE = False
 
 # --- stage 1: training -------------------------------------------------------
 EPOCHS = 0
@@ -87,6 +88,8 @@ OPTIONS = {
     "THREADS": (STAGES, f"CPU threads for torch, and OMP_NUM_THREADS for the C engine (0 = $OMP_NUM_THREADS "
                         f"if set, else the CPUs this process may use, shared by torchrun's processes, "
                         f"at most {_MAX_DEFAULT_THREADS})"),
+    "OVERWRITE": (STAGES, "replace files that git tracks (the shipped models, exports and results); without it "
+                          "a stage refuses them before any work"),
     "EPOCHS": ((_TRAIN,), "epochs to train (0 = the model's own default, model.MODELS)"),
     "BATCH_SIZE": ((_TRAIN,), "images per step and process (0 = the model's own default)"),
     "LR": ((_TRAIN,), "peak learning rate of the one-cycle schedule (0 = the model's own default)"),

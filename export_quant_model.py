@@ -15,8 +15,9 @@ import torch
 import config
 from data import datasets
 from model import report
-from model.export_format import write_export
-from model.fileio import ModelFileError, WriteError, check_output_file, check_writable, error_line, run_main
+from model.export_format import export_paths, write_export
+from model.fileio import (ModelFileError, WriteError, check_not_tracked, check_output_file, check_writable, error_line,
+                          run_main)
 from model.ops import weighted_ops
 from model.quantize import ACC_LIMIT, accumulator_bound
 from quant_model import load_float, load_quant
@@ -59,6 +60,8 @@ def main():
         if cfg.report:
             check_output_file(cfg.report, "--report")
         state, quant_list = load_quant(cfg)
+        check_not_tracked(export_paths(cfg.export_dir, quant_list[0]["model"]).values(), cfg.overwrite,
+                          "--export_dir=DIR")
     except (ModelFileError, WriteError) as err:
         sys.exit(f"error: {err}")
     print(f"{'layer':<24} {'op':<7} {'|acc| bound':>12} {'of int32':>9}")

@@ -20,7 +20,8 @@ import config
 import model as models
 from data import datasets
 from model import api
-from model.fileio import ModelFileError, WriteError, atomic_save, check_writable, error_line, load_checked, run_main
+from model.fileio import (ModelFileError, WriteError, atomic_save, check_not_tracked, check_writable, error_line,
+                          load_checked, run_main)
 from model.quantize import QuantizeError, settings_fingerprint, tuple_problem
 
 
@@ -135,6 +136,7 @@ def main():
     shape, mean, std = config.check_input_settings(cfg.input_shape, cfg.input_mean, cfg.input_std)
     try:
         check_writable(cfg.quant_dir, "--quant_dir")      # before any work
+        check_not_tracked((quant_path(cfg),), cfg.overwrite, "--quant_dir=DIR")
         if user:
             if cfg.checkpoint and not cfg.calib_data:     # (no checkpoint: user_float says so first)
                 raise ModelFileError(f"--model={cfg.model} needs --calib_data=FILE.npz or an ImageFolder directory")

@@ -29,7 +29,8 @@ from tqdm import tqdm
 import config
 import model as models
 from data import datasets
-from model.fileio import ModelFileError, WriteError, atomic_open, check_output_file, check_writable, run_main
+from model.fileio import (ModelFileError, WriteError, atomic_open, check_not_tracked, check_output_file, check_writable,
+                          run_main)
 from model.np_engine import NumpyIntegerModel
 from model.torch_engine import TorchIntegerModel
 from model import api, golden
@@ -70,6 +71,7 @@ def main():
     try:
         if cfg.json:                        # the outputs, refused before any work
             check_output_file(cfg.json, "--json")
+            check_not_tracked((cfg.json,), cfg.overwrite, "--json=FILE")
         if cfg.dump_layers:                 # not a folder a dump may replace, or no writable folder
             golden.check_target(cfg.dump_layers)
             check_writable(os.path.dirname(os.path.realpath(cfg.dump_layers)), "--dump_layers", cfg.dump_layers)

@@ -19,8 +19,8 @@ from tqdm import tqdm
 import config
 import model as models
 from data import datasets
-from model.fileio import (FORMAT_VERSIONS, ModelFileError, WriteError, atomic_open, atomic_save, check_output_file,
-                          check_writable, error_line, load_checked, run_main)
+from model.fileio import (FORMAT_VERSIONS, ModelFileError, WriteError, atomic_open, atomic_save, check_not_tracked,
+                          check_output_file, check_writable, error_line, load_checked, run_main)
 
 
 def augment(x, generator, pad, flip):
@@ -138,10 +138,14 @@ def main():
     if cfg.amp == "bf16" and not use_cuda and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
         sys.exit("error: --amp=bf16 but this CPU has no bf16 support in oneDNN; use --amp=off")
     amp = cfg.amp == "bf16" or (cfg.amp == "auto" and use_cuda)
-    try:                        # the outputs' folder, before any work
+    ckpt_path = os.path.join(cfg.pretrained_dir, f"{cfg.model}_ckpt.pt")
+    raw_path = models.raw_path(cfg)
+    plot_path = os.path.join(cfg.pretrained_dir, f"{cfg.model}_training.png")
+    try:                        # the outputs, before any work
         check_writable(cfg.pretrained_dir, "--pretrained_dir")
         if cfg.checkpoint:
             check_output_file(cfg.checkpoint, "--checkpoint")
+        check_not_tracked((raw_path, plot_path, ckpt_path), cfg.overwrite, "--pretrained_dir=DIR")
     except WriteError as err:
         sys.exit(f"error: {err}")
 
@@ -176,8 +180,6 @@ def main():
         opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, epochs=epochs, steps_per_epoch=steps_per_epoch)
 
-    ckpt_path = os.path.join(cfg.pretrained_dir, f"{cfg.model}_ckpt.pt")
-    raw_path = models.raw_path(cfg)
     start_epoch, best_val, history = 0, -1.0, []
     if cfg.resume and os.path.exists(ckpt_path):
         try:
@@ -247,9 +249,8 @@ def main():
         print(f"epoch {epoch + 1}/{epochs}: loss {history[-1]['loss']:.4f}  val {val_acc * 100:.2f}%  "
               f"{seconds:.0f}s{'  (best, saved)' if improved else ''}", flush=True)
     if main_proc and history:
-        plot = os.path.join(cfg.pretrained_dir, f"{cfg.model}_training.png")
-        plot_history(history, cfg.model, plot)
-        print(f"done: best validation accuracy {best_val * 100:.2f}% -> {raw_path} (curves: {plot})")
+        plot_history(history, cfg.model, plot_path)
+        print(f"done: best validation accuracy {best_val * 100:.2f}% -> {raw_path} (curves: {plot_path})")
     if distributed:
         dist.destroy_process_group()
 

@@ -10,6 +10,7 @@ import errno
 import glob
 import os
 import stat
+import subprocess
 import sys
 import tempfile
 
@@ -83,6 +84,27 @@ def check_output_file(path, option):
         return
     target = os.path.realpath(path) if os.path.islink(path) else path
     check_writable(os.path.dirname(target) or ".", option, path)
+
+
+def check_not_tracked(paths, overwrite, elsewhere):
+    """Raise WriteError (one line) if one of `paths` is a file git tracks (a shipped model, a committed
+    result) and `overwrite` is False: a stage replaces those only when asked. `elsewhere` names the
+    option that writes to another folder instead. Outside a git checkout, or without git, nothing is
+    tracked."""
+    if overwrite:
+        return
+    for path in paths:
+        if not os.path.lexists(path):
+            continue
+        target = os.path.realpath(path)
+        try:
+            proc = subprocess.run(["git", "-C", os.path.dirname(target), "ls-files", "--error-unmatch", "--",
+                                   os.path.basename(target)], capture_output=True)
+        except OSError:                                       # no git: no checkout to protect
+            return
+        if proc.returncode == 0:
+            raise WriteError(f"{path}: a file git tracks (shipped with the repository); pass --overwrite to "
+                             f"replace it, or {elsewhere} to write elsewhere")
 
 
 def run_main(main):

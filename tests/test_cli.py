@@ -315,3 +315,63 @@ def test_sigkill_inside_an_atomic_write_leaves_the_old_tuple_whole(tmp_path):
     quant_list[0]["calib_images"] = 3000
     atomic_save((state, quant_list), str(target))
     assert torch.load(target, weights_only=True)[1][0]["calib_images"] == 3000
+
+
+def sha256(path):
+    import hashlib
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+@pytest.mark.parametrize("script, args, shipped", [
+    ("train_model.py", ["--epochs=1"], "pretrained/lenet_raw.pth"),
+    ("quant_model.py", [], "quantization/lenet_quant.tuple"),
+    ("export_quant_model.py", ["--export_mode=bin"], "export_model/lenet_weight.txt"),
+    ("test_model.py", ["--json=results/lenet_per_channel.json"], "results/lenet_per_channel.json"),
+])
+def test_shipped_files_are_not_overwritten(script, args, shipped):
+    """Every stage refuses, before any work, to replace a file git tracks unless --overwrite is given."""
+    if subprocess.run(["git", "-C", ROOT, "ls-files", "--error-unmatch", shipped], capture_output=True).returncode:
+        pytest.skip("not a git checkout")
+    before = sha256(os.path.join(ROOT, shipped))
+    proc = run(script, "--model=lenet", *args)
+    assert proc.returncode == 1 and proc.stderr.strip().count("\n") == 0, proc.stderr
+    assert "git tracks" in proc.stderr and "--overwrite" in proc.stderr
+    assert sha256(os.path.join(ROOT, shipped)) == before
+
+
+def test_check_not_tracked(tmp_path):
+    """Tracked files (and symlinks to them) are refused without overwrite; untracked, new and
+    --overwrite'd ones pass; outside a checkout nothing is tracked."""
+    from model.fileio import WriteError, check_not_tracked
+    git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    (tmp_path / "shipped.bin").write_bytes(b"1")
+    (tmp_path / "mine.bin").write_bytes(b"2")
+    (tmp_path / "link.bin").symlink_to(tmp_path / "shipped.bin")
+    subprocess.run([*git, "add", "shipped.bin"], check=True)
+    for path in ("shipped.bin", "link.bin"):
+        with pytest.raises(WriteError, match=f"{path}: a file git tracks.*--overwrite.*--x=DIR"):
+            check_not_tracked([str(tmp_path / "new.bin"), str(tmp_path / path)], False, "--x=DIR")
+        check_not_tracked([str(tmp_path / path)], True, "--x=DIR")
+    check_not_tracked([str(tmp_path / "mine.bin"), str(tmp_path / "new.bin")], False, "--x=DIR")
+    shutil.rmtree(tmp_path / ".git")
+    check_not_tracked([str(tmp_path / "shipped.bin")], False, "--x=DIR")
+
+
+def test_make_demo_leaves_git_status_clean(tmp_path):
+    """`make demo` (one short epoch here) writes only under its run folder: git status is as before."""
+    if not os.path.isdir(os.path.join(ROOT, ".git")):
+        pytest.skip("not a git checkout")
+    status = ["git", "-C", ROOT, "status", "--porcelain"]
+    before = subprocess.run(status, capture_output=True, text=True, check=True).stdout
+    demo = f"runs/test-demo-{os.getpid()}"
+    try:
+        proc = subprocess.run(["make", "-C", ROOT, "demo", f"DEMO={demo}", f"PY={sys.executable}",
+                               "TRAIN_FLAGS=--epochs=1 --train_images=2000"],
+                              capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+        assert os.path.isfile(os.path.join(ROOT, demo, "export_model", "lenet_model.bin"))
+        assert f"under {demo}/" in proc.stdout
+    finally:
+        shutil.rmtree(os.path.join(ROOT, demo), ignore_errors=True)
+    assert subprocess.run(status, capture_output=True, text=True, check=True).stdout == before
