@@ -10,6 +10,7 @@
                     CRC-32 of every weight file beside it, so the set is sealed
 {model}_model.h/.c  EXPORT_MODE=c, for firmware: model.bin, weight.bin and bias.bin as const
                     byte arrays (flash), and #defines of the sizes the core library needs
+{model}_model.onnx  EXPORT_MODE=onnx: the integer graph for ONNX Runtime and Netron (model/onnx_export.py)
 """
 import glob
 import os
@@ -108,7 +109,7 @@ def quant_txt_lines(state, quant_list):
 
 def export_paths(folder, model):
     return {kind: os.path.join(folder, f"{model}_{kind}") for kind in
-            ("weight.txt", "weight.bin", "bias.bin", "quant.txt", "model.bin", "model.c", "model.h")}
+            ("weight.txt", "weight.bin", "bias.bin", "quant.txt", "model.bin", "model.c", "model.h", "model.onnx")}
 
 
 def arena_bytes(quant_list):
@@ -179,10 +180,11 @@ def c_source(quant_list, files):
 
 
 def write_export(state, quant_list, folder, mode):
-    """Write every file of `mode` (txt | bin | both | c), each atomically, model.bin last; returns
+    """Write every file of `mode` (txt | bin | both | c | onnx), each atomically, model.bin last; returns
     the paths written. The old model.bin goes first and the weight files of the other format are
     deleted, so an interrupted export leaves no model.bin and no stale file can pass for new.
-    Mode c writes model.c, then model.h (its #defines: last), the bin files' bytes inside them."""
+    Mode c writes model.c, then model.h (its #defines: last), the bin files' bytes inside them.
+    Mode onnx writes model.onnx only, and leaves the other files as they are."""
     layers = weighted_ops(quant_list)
     files = {}
     if mode in ("txt", "both"):
@@ -195,13 +197,17 @@ def write_export(state, quant_list, folder, mode):
     if mode == "c":
         header, body = c_source(quant_list, files)
         files = {"model.c": body, "model.h": header}
+    if mode == "onnx":
+        from model.onnx_export import onnx_bytes      # the onnx package: needed by this mode only
+        files = {"model.onnx": onnx_bytes(state, quant_list)}
 
     paths = export_paths(folder, quant_list[0]["model"])
     for path in paths.values():                  # litter of an export killed before (atomic_open's names)
         for tmp in glob.glob(os.path.join(glob.escape(os.path.dirname(path) or "."),
                                           f".{glob.escape(os.path.basename(path))}.*.tmp")):
             os.remove(tmp)
-    stale = ("model.h", "model.c") if mode == "c" else ("model.bin", *(k for k in WEIGHT_FILES if k not in files))
+    stale = {"c": ("model.h", "model.c"), "onnx": ()}.get(mode, ("model.bin",
+                                                                *(k for k in WEIGHT_FILES if k not in files)))
     for kind in stale:
         if os.path.lexists(paths[kind]):
             os.remove(paths[kind])

@@ -10,6 +10,8 @@ has its own window, PyTorch's
 
     out[c][p] = requantize(sum_window_p(x) - n_p*z_x, m[p], shift[p]),  m[p] / 2^shift[p] = s_in / (n_p*s_out)
 """
+import itertools
+
 import numpy as np
 import torch
 from torch import nn
@@ -81,4 +83,16 @@ def run_torch(xs, op, p):
     return out.reshape(len(out), -1, oh, ow)
 
 
-KIND = OpKind("adaptive_avgpool", 12, (1, 1), (), "HW", "HW", False, match, quantize, run_numpy, run_torch)
+def to_onnx(g, xs, op, p):
+    # the window sums of x - z_x: MatMulInteger of the flat H*W with a 0/1 matrix, a column a window
+    (c, h, w), (oh, ow) = g.shape(xs[0]), op["shape"][1:]
+    member = np.zeros((h, w, oh * ow))
+    for i, ((y0, y1), (x0, x1)) in enumerate(itertools.product(windows(h, oh), windows(w, ow))):
+        member[y0:y1, x0:x1, i] = 1
+    acc = g.node("MatMulInteger", [g.reshape(xs[0], [0, c, h * w]), g.const(member.reshape(h * w, -1), np.uint8, "windows"),
+                                   g.const(op["in_zero_points"][0], np.uint8, "x_zero_point"),
+                                   g.const(0, np.uint8, "windows_zero_point")])
+    return g.reshape(g.requantize(g.cast(acc, np.int64), p["multiplier"], p["shift"], op), [0, c, oh, ow])
+
+
+KIND = OpKind("adaptive_avgpool", 12, (1, 1), (), "HW", "HW", False, match, quantize, run_numpy, run_torch, to_onnx)

@@ -38,4 +38,10 @@ def run_torch(xs, op, p):
     return (op["zero_point"] + ((acc + ((1 << s) >> 1)) >> s)).clamp_(op["qmin"], op["qmax"])
 
 
-KIND = OpKind("add", 5, (2, 2), (), "2", "1", False, match, quantize, run_numpy, run_torch)
+def to_onnx(g, xs, op, p):
+    a, b = (g.node("Mul", [g.int64_minus(x, z), g.const(m, np.int64, "multiplier")])
+            for x, z, m in zip(xs, op["in_zero_points"], p["multiplier"]))
+    return g.clamp(g.rshift_round(g.node("Add", [a, b]), p["shift"][0]), op)
+
+
+KIND = OpKind("add", 5, (2, 2), (), "2", "1", False, match, quantize, run_numpy, run_torch, to_onnx)

@@ -3,6 +3,7 @@ and means over H, W whose windows are uniform (model/ops/adaptive_avgpool.py).
 
     out = requantize(sum_window(x) - kh*kw*z_x, m, shift),   m / 2^shift = s_in / (kh*kw*s_out)
 """
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -51,5 +52,15 @@ def run_torch(xs, op, p):
     return torch_requantize(acc, p["multiplier"].to(torch.int64), p["shift"].to(torch.int64), op)
 
 
+def to_onnx(g, xs, op, p):
+    # the window sums of x - z_x: a depthwise ConvInteger with weights 1
+    c = g.shape(xs[0])[0]
+    ones = g.const(np.ones((c, 1, *op["kernel"])), np.uint8, "ones")
+    acc = g.node("ConvInteger", [xs[0], ones, g.const(op["in_zero_points"][0], np.uint8, "x_zero_point"),
+                                 g.const(0, np.uint8, "weight_zero_point")],
+                 kernel_shape=op["kernel"], strides=op["stride"], group=c)
+    return g.requantize(g.cast(acc, np.int64), p["multiplier"], p["shift"], op)
+
+
 KIND = OpKind("avgpool", 4, (1, 1), ("kernel_h", "kernel_w", "stride_h", "stride_w"), "1", "1", False,
-              match, quantize, run_numpy, run_torch)
+              match, quantize, run_numpy, run_torch, to_onnx)

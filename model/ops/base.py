@@ -50,6 +50,8 @@ class OpKind:
     quantize: Callable          # (builder, fx node, module) -> appends the op(s) to the integer graph
     numpy: Callable             # (xs, op, p) -> output, the specification
     torch: Callable             # (xs, op, p) -> output, bit-exact with numpy
+    onnx: Callable              # (OnnxGraph, input names, op, p) -> output name: its ONNX nodes, bit-exact
+                                # with numpy (model/onnx_export.py)
     n_table: str = "0"          # values of its lookup table (state_dict NAME.table, 0..255)
 
 

@@ -41,4 +41,12 @@ def run_torch(xs, op, p):
     return torch.cat(parts, dim=1).clamp_(op["qmin"], op["qmax"])
 
 
-KIND = OpKind("concat", 6, (2, MAX_INPUTS), (), "n_inputs", "n_inputs", False, match, quantize, run_numpy, run_torch)
+def to_onnx(g, xs, op, p):
+    # z_out added to the joined parts, then one clamp: the numpy kernel's clamp of the joined parts
+    parts = [g.rshift_round(g.node("Mul", [g.int64_minus(x, z), g.const(m, np.int64, "multiplier")]), s)
+             for x, z, m, s in zip(xs, op["in_zero_points"], p["multiplier"], p["shift"])]
+    return g.clamp(g.node("Concat", parts, axis=1), op)
+
+
+KIND = OpKind("concat", 6, (2, MAX_INPUTS), (), "n_inputs", "n_inputs", False, match, quantize, run_numpy, run_torch,
+              to_onnx)

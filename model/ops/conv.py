@@ -126,7 +126,22 @@ def run_torch(xs, op, p):
     return torch_requantize(acc, p["multiplier"].to(torch.int64).view(view), p["shift"].to(torch.int64).view(view), op)
 
 
+def to_onnx(g, xs, op, p):
+    top, left, bottom, right = op["padding"]
+    zx = op["in_zero_points"][0]
+    x = xs[0]
+    if top or left or bottom or right:          # padding holding z_x adds 0, as in the numpy kernel
+        x = g.node("Pad", [x, g.const([0, 0, top, left, 0, 0, bottom, right], np.int64, "pads"),
+                           g.const(zx, np.uint8, "pad_value")])
+    w, wz = g.weight(p["weight"], op["weight_zero_point"])
+    acc = g.node("ConvInteger", [x, w, g.const(zx, np.uint8, "x_zero_point"), wz], kernel_shape=op["kernel"],
+                 strides=op["stride"], dilations=op["dilation"], group=op["groups"])
+    acc = g.node("Add", [acc, g.const(p["bias"].reshape(1, -1, 1, 1), np.int32, "bias")])
+    view = (1, -1, 1, 1)
+    return g.requantize(g.cast(acc, np.int64), p["multiplier"].reshape(view), p["shift"].reshape(view), op)
+
+
 KIND = OpKind("conv", 1, (1, 1), ("kernel_h", "kernel_w", "stride_h", "stride_w", "pad_top", "pad_left",
                                    "pad_bottom", "pad_right", "dilation_h", "dilation_w", "groups",
                                    "weight_zero_point", "weight_offset", "bias_offset"),
-              "C", "C", True, match, quantize, run_numpy, run_torch)
+              "C", "C", True, match, quantize, run_numpy, run_torch, to_onnx)

@@ -33,5 +33,14 @@ def run_torch(xs, op, p):
     return out[:, :, None, None]
 
 
+def to_onnx(g, xs, op, p):
+    w, wz = g.weight(p["weight"].T, op["weight_zero_point"])
+    x = g.node("Flatten", [xs[0]], axis=1)
+    acc = g.node("MatMulInteger", [x, w, g.const(op["in_zero_points"][0], np.uint8, "x_zero_point"), wz])
+    acc = g.node("Add", [acc, g.const(p["bias"], np.int32, "bias")])
+    out = g.requantize(g.cast(acc, np.int64), p["multiplier"], p["shift"], op)
+    return g.node("Unsqueeze", [out, g.const([2, 3], np.int64, "axes")])
+
+
 KIND = OpKind("linear", 2, (1, 1), ("weight_zero_point", "weight_offset", "bias_offset"), "C", "C", True,
-              match, quantize, run_numpy, run_torch)
+              match, quantize, run_numpy, run_torch, to_onnx)

@@ -84,4 +84,8 @@ def run_torch(xs, op, p):
     return torch.take(p["table"].to(torch.int64), xs[0])
 
 
-KIND = OpKind("lut", 7, (1, 1), (), "0", "0", False, match, quantize, run_numpy, run_torch, n_table="256")
+def to_onnx(g, xs, op, p):
+    return g.node("Gather", [g.const(p["table"], np.uint8, "table"), g.cast(xs[0], np.int64)])
+
+
+KIND = OpKind("lut", 7, (1, 1), (), "0", "0", False, match, quantize, run_numpy, run_torch, to_onnx, n_table="256")

@@ -51,4 +51,9 @@ def run_torch(xs, op, p):
     return (op["zero_point"] + ((acc + ((1 << s) >> 1)) >> s)).clamp_(op["qmin"], op["qmax"])
 
 
-KIND = OpKind("mul", 8, (2, 2), (), "1", "1", False, match, quantize, run_numpy, run_torch)
+def to_onnx(g, xs, op, p):
+    a, b = (g.int64_minus(x, z) for x, z in zip(xs, op["in_zero_points"]))
+    return g.requantize(g.node("Mul", [a, b]), p["multiplier"], p["shift"], op)
+
+
+KIND = OpKind("mul", 8, (2, 2), (), "1", "1", False, match, quantize, run_numpy, run_torch, to_onnx)

@@ -59,4 +59,10 @@ def run_torch(xs, op, p):
     return xs[0].index_select(1, index)
 
 
-KIND = OpKind("shuffle", 9, (1, 1), ("groups",), "0", "0", False, match, quantize, run_numpy, run_torch)
+def to_onnx(g, xs, op, p):
+    c, h, w = g.shape(xs[0])
+    grouped = g.reshape(xs[0], [0, op["groups"], c // op["groups"], h, w])
+    return g.reshape(g.node("Transpose", [grouped], perm=[0, 2, 1, 3, 4]), [0, c, h, w])
+
+
+KIND = OpKind("shuffle", 9, (1, 1), ("groups",), "0", "0", False, match, quantize, run_numpy, run_torch, to_onnx)

@@ -11,6 +11,7 @@ refused.
 """
 import operator
 
+import numpy as np
 import torch
 import torch.fx as fx
 
@@ -93,4 +94,11 @@ def run_torch(xs, op, p):
     return xs[0].narrow(1, op["channel_start"], op["shape"][0])
 
 
-KIND = OpKind("slice", 10, (1, 1), ("channel_start",), "0", "0", False, match, quantize, run_numpy, run_torch)
+def to_onnx(g, xs, op, p):
+    start = op["channel_start"]
+    return g.node("Slice", [xs[0], g.const([start], np.int64, "starts"),
+                            g.const([start + op["shape"][0]], np.int64, "ends"), g.const([1], np.int64, "axes")])
+
+
+KIND = OpKind("slice", 10, (1, 1), ("channel_start",), "0", "0", False, match, quantize, run_numpy, run_torch,
+              to_onnx)

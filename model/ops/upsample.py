@@ -8,6 +8,7 @@ data: it keeps its input's scale, zero point and clamp.
 The node is applied to a tensor of element indices and must give exactly that; other modes
 (bilinear, bicubic, ...) and non-integer factors are refused.
 """
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -78,5 +79,12 @@ def run_torch(xs, op, p):
     return xs[0].reshape(n, c, h, 1, w, 1).expand(n, c, h, sh, w, sw).reshape(n, c, h * sh, w * sw)
 
 
+def to_onnx(g, xs, op, p):
+    # each element repeated (the torch kernel's expand): no coordinate rule of Resize involved
+    (sh, sw), (c, h, w) = op["factor"], g.shape(xs[0])
+    x = g.node("Expand", [g.reshape(xs[0], [0, c, h, 1, w, 1]), g.const([1, 1, 1, sh, 1, sw], np.int64, "repeats")])
+    return g.reshape(x, [0, c, h * sh, w * sw])
+
+
 KIND = OpKind("upsample", 11, (1, 1), ("scale_h", "scale_w"), "0", "0", False, match, quantize, run_numpy,
-              run_torch)
+              run_torch, to_onnx)
