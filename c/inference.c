@@ -37,6 +37,7 @@
 
 typedef struct {
     const char *model, *dir, *data, *logits, *images, *labels, *dump;
+    const char *isa;                /* --isa: the optimized kernels' build; NULL: the best the CPU runs */
     int txt, quiet, reference;
     long limit;                     /* 0: all */
 } Options;
@@ -50,7 +51,7 @@ static void usage(const char *msg, const char *arg)
     fprintf(f,
             "usage: inference [--model NAME] [--dir DIR] [--data DIR] [--format bin|txt] [--limit N]\n"
             "                 [--logits FILE] [--images PATH] [--labels PATH] [--quiet] [--reference]\n"
-            "                 [--dump-layers DIR]\n"
+            "                 [--isa NAME] [--dump-layers DIR]\n"
             "       inference --op-table\n"
             "  --model NAME    model name, files DIR/NAME_model.bin etc. (default lenet)\n"
             "  --dir DIR       export folder (default export_model)\n"
@@ -66,6 +67,8 @@ static void usage(const char *msg, const char *arg)
             "                  no accuracy), or the idx1 file (mnist)\n"
             "  --quiet         print only the result line\n"
             "  --reference     run the simple reference kernels instead of the optimized ones\n"
+            "  --isa NAME      the optimized kernels' build: avx512, avx2 or c99 (x86-64); default the\n"
+            "                  best this CPU runs\n"
             "  --dump-layers DIR  write every op's output for the images (--limit N of them) to DIR as\n"
             "                  golden vectors (.npy, .hex, manifest.json: model/golden.py's layout) and exit\n"
             "  --op-table      print the op kinds this engine reads, as JSON (one per line), and exit\n");
@@ -101,7 +104,7 @@ static void parse_args(Options *o, int argc, char **argv)
         const char **slot = !strcmp(a, "--model") ? &o->model : !strcmp(a, "--dir") ? &o->dir
                           : !strcmp(a, "--data") ? &o->data : !strcmp(a, "--logits") ? &o->logits
                           : !strcmp(a, "--images") ? &o->images : !strcmp(a, "--labels") ? &o->labels
-                          : !strcmp(a, "--dump-layers") ? &o->dump : NULL;
+                          : !strcmp(a, "--dump-layers") ? &o->dump : !strcmp(a, "--isa") ? &o->isa : NULL;
         int is_format = !strcmp(a, "--format"), is_limit = !strcmp(a, "--limit");
         if (!slot && !is_format && !is_limit)
             usage("unknown option", a);
@@ -150,9 +153,9 @@ typedef struct {
     int n_threads;
 } Engine;
 
-static void engine_init(Engine *e, const Model *m, int reference)
+static void engine_init(Engine *e, const Model *m, int reference, const KernelSet *fast)
 {
-    e->k = reference ? &REFERENCE_KERNELS : &FAST_KERNELS;
+    e->k = reference ? &REFERENCE_KERNELS : fast;
     e->prepared = e->k->prepare(m);
     e->n_threads = 1;
 #ifdef _OPENMP
@@ -371,6 +374,7 @@ int main(int argc, char **argv)
 {
     Options opt;
     parse_args(&opt, argc, argv);
+    const KernelSet *fast = fast_kernels(&opt.isa);     /* checked even with --reference */
 
     /* Load and check everything before the clock starts. */
     Model m;
@@ -389,7 +393,7 @@ int main(int argc, char **argv)
         free_model(&m);
         return 0;
     }
-    engine_init(&e, &m, opt.reference);
+    engine_init(&e, &m, opt.reference, fast);
     if (!opt.reference)
         release_weights(&m);            /* the optimized kernels have their own copy */
     Output logits;

@@ -4,9 +4,10 @@
  *   REFERENCE_KERNELS  kernels_ref.c   the core's (fpgai.c): CHW activations, direct loops over
  *                                      the contract, the plain code an FPGA engineer reads
  *                                      (--reference)
- *   FAST_KERNELS       kernels_fast.c  HWC activations, every conv and linear layer an int8
- *                                      GEMM (AVX-512 VNNI where the compiler targets it, else
- *                                      C99), depthwise convs vectorized over channels
+ *   FAST_KERNELS_*     kernels_fast.c  HWC activations, every conv and linear layer an int8
+ *                                      GEMM, depthwise convs vectorized over channels; one build
+ *                                      of that file per ISA (c/Makefile): _AVX512 (VNNI), _AVX2,
+ *                                      _C99 (any CPU); isa.c picks the best one this CPU runs
  *
  * The optimized set prepares its own read-only copy of the weights from a loaded Model (which
  * it never writes); each set gives each thread a workspace: its arena of activations (the
@@ -29,6 +30,12 @@ typedef struct {
     const uint8_t *(*run)(const Model *m, const void *prepared, void *ws, const uint8_t *image);
 } KernelSet;
 
-extern const KernelSet REFERENCE_KERNELS, FAST_KERNELS;
+extern const KernelSet REFERENCE_KERNELS;
+extern const KernelSet FAST_KERNELS_AVX512, FAST_KERNELS_AVX2, FAST_KERNELS_C99;
+
+/* isa.c: the optimized set for ISA name (avx512, avx2, c99), or, for NULL, the best one this
+ * binary holds that the CPU runs; *isa gets its name.  Fails (one error line, exit 1) on a name
+ * this binary does not know or one the CPU lacks. */
+const KernelSet *fast_kernels(const char **isa);
 
 #endif

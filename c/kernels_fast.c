@@ -33,15 +33,37 @@
 #include <stdlib.h>
 #include <string.h>
 
-#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__) && defined(__AVX512DQ__) \
-    && defined(__AVX512VL__) && defined(__AVX512VBMI__) && !defined(FPGAI_NO_SIMD)
+/* Which build this is: the Makefile compiles this file once per ISA, each object with its target
+ * flags and its own KernelSet (kernels.h); isa.c picks one at run time. */
+#if defined(FAST_ISA_AVX512)
+#if !(defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__) && defined(__AVX512DQ__) \
+      && defined(__AVX512VL__) && defined(__AVX512VBMI__))
+#error "FAST_ISA_AVX512 needs -mavx512f -mavx512bw -mavx512dq -mavx512vl -mavx512vnni -mavx512vbmi"
+#endif
 #include <immintrin.h>
 #define FAST_VNNI 1
-#else
+#define FAST_KERNELS_ISA FAST_KERNELS_AVX512
+#define FAST_NAME "optimized (AVX-512 VNNI)"
+#elif defined(FAST_ISA_AVX2)
+#ifndef __AVX2__
+#error "FAST_ISA_AVX2 needs -mavx2"
+#endif
+#include <immintrin.h>
 #define FAST_VNNI 0
+#define FAST_KERNELS_ISA FAST_KERNELS_AVX2
+#define FAST_NAME "optimized (AVX2)"
+#elif defined(FAST_ISA_C99)
+#define FAST_VNNI 0
+#define FAST_KERNELS_ISA FAST_KERNELS_C99
+#define FAST_NAME "optimized (C99)"
+#else
+#error "kernels_fast.c: compile with one of -DFAST_ISA_AVX512, -DFAST_ISA_AVX2, -DFAST_ISA_C99 (c/Makefile)"
 #endif
 
 #define BLK 16          /* output channels per packed weight block (one zmm of int32) */
+/* The GEMM's depth step: VNNI packs 4 depths per 32-bit lane; the dot-product tile (every
+ * other build) reads 16 activations a vector, as pmaddwd-friendly int16 products */
+#define KSTEP (FAST_VNNI ? 4 : 16)
 #define MR  4           /* pixels per register tile (6 measured no faster once the weights stay in registers) */
 #define NBMAX 4         /* weight blocks per register tile */
 #define OVER 32         /* im2col copies move whole pieces of this many bytes */
@@ -52,12 +74,13 @@ enum { FK_NONE, FK_GEMM, FK_DEPTHWISE };
 
 typedef struct {
     int kind;
-    int32_t K, K4;          /* depth per group, rounded up to 4 */
+    int32_t K, Kp;          /* depth per group, rounded up to KSTEP */
     int32_t nblk;           /* 16-channel blocks per group */
     int32_t cin_g, cout_g;
-    int direct;             /* conv reads the input as A in place (1x1, stride 1, no padding, K % 4 == 0) */
+    int direct;             /* conv reads the input as A in place (1x1, stride 1, no padding, K % KSTEP == 0) */
     int32_t d;              /* 128 - z_w (per tensor) or 0 */
-    int8_t *w8;             /* [groups][nblk][K4/4][16][4] */
+    int8_t *w8;             /* GEMM (VNNI): [groups][nblk][Kp/4][16][4]; depthwise (VNNI): see fast_prepare */
+    int16_t *w16;           /* GEMM (dot-product tile): [groups][nblk*16][Kp], w8 widened */
     uint32_t *bias;         /* [groups*nblk*16] bias - z_x*(sum w8 + d*K), mod 2^32 */
     int64_t *mult, *rnd, *sh;   /* [groups*nblk*16] requantization per channel (padded) */
     int64_t *qv;            /* the same per 16-channel block for SIMD: mult even, odd, rnd even, odd, sh even, odd */
@@ -90,9 +113,9 @@ static size_t max_size(size_t a, size_t b)
     return a > b ? a : b;
 }
 
-static size_t round4(size_t n)
+static size_t round_up(size_t n, size_t step)
 {
-    return (n + 3) & ~(size_t)3;
+    return (n + step - 1) / step * step;
 }
 
 /* ---- load time --------------------------------------------------------- */
@@ -180,7 +203,7 @@ static FastModel *fast_prepare_model(const Model *m)
         f->cin_g = in->c / groups;
         f->cout_g = op->c / groups;
         f->K = op->k_size;
-        f->K4 = (int32_t)round4((size_t)op->k_size);
+        f->Kp = (int32_t)round_up((size_t)op->k_size, KSTEP);
         f->d = m->weight_signed ? 0 : 128 - op->w_zero_point;
         const int taps = op->kind == OP_CONV ? op->kh * op->kw : 1;
         /* the input with its padding (pad_input): depthwise and im2col convs */
@@ -235,16 +258,19 @@ static FastModel *fast_prepare_model(const Model *m)
         f->kind = FK_GEMM;
         f->nblk = (f->cout_g + BLK - 1) / BLK;
         f->direct = op->kind == OP_CONV && op->kh == 1 && op->kw == 1 && op->stride_h == 1 && op->stride_w == 1
-                    && groups == 1 && f->K4 == f->K;
+                    && groups == 1 && f->Kp == f->K;
         if (op->kind == OP_LINEAR)
-            f->direct = f->K4 == f->K;
+            f->direct = f->Kp == f->K;
         if (!f->direct)
-            fm->cols_bytes = max_size(fm->cols_bytes, P * (size_t)f->K4);
+            fm->cols_bytes = max_size(fm->cols_bytes, P * (size_t)f->Kp);
         if (!f->direct && op->kind == OP_CONV)
             fm->pad_bytes = max_size(fm->pad_bytes, padded);
         fm->rowsum_elems = max_size(fm->rowsum_elems, P);
         size_t nch = (size_t)groups * f->nblk * BLK;
-        f->w8 = xcalloc(nch * (size_t)f->K4, 1, "packed weights");
+        if (FAST_VNNI)
+            f->w8 = xcalloc(nch * (size_t)f->Kp, 1, "packed weights");
+        else
+            f->w16 = xcalloc(nch * (size_t)f->Kp, sizeof *f->w16, "packed weights");
         f->bias = xcalloc(nch, sizeof *f->bias, "biases");
         f->mult = xcalloc(3 * nch, sizeof *f->mult, "requantization");
         f->rnd = f->mult + nch;
@@ -254,7 +280,6 @@ static FastModel *fast_prepare_model(const Model *m)
         for (int32_t g = 0; g < groups; g++) {
             for (int32_t j = 0; j < f->nblk * BLK; j++) {
                 size_t slot = ((size_t)g * f->nblk + (size_t)j / BLK) * BLK + (size_t)j % BLK;  /* = g*nblk*16 + j */
-                int8_t *panel = f->w8 + ((size_t)g * f->nblk + (size_t)j / BLK) * (size_t)f->K4 * BLK;
                 if (j >= f->cout_g)
                     continue;
                 int32_t co = g * f->cout_g + j;
@@ -269,7 +294,11 @@ static FastModel *fast_prepare_model(const Model *m)
                         src = (int32_t)(c * hw + pos);
                     }
                     int32_t v = weight_centered(m, op, co, src) - f->d;      /* w8 = (w - z_w) - d */
-                    panel[(size_t)(k / 4) * BLK * 4 + (size_t)(j % BLK) * 4 + (size_t)(k % 4)] = (int8_t)v;
+                    if (FAST_VNNI)      /* panel of slot's block, then 4 depths of each of its 16 channels */
+                        f->w8[(slot - (size_t)j % BLK) * (size_t)f->Kp + (size_t)(k / 4) * BLK * 4 + (size_t)(j % BLK) * 4
+                              + (size_t)(k % 4)] = (int8_t)v;
+                    else
+                        f->w16[slot * (size_t)f->Kp + (size_t)k] = (int16_t)v;
                     wsum += (uint32_t)v;
                 }
                 uint32_t zx = (uint32_t)in->zero_point;
@@ -296,6 +325,7 @@ static void fast_release(void *p)
         return;
     for (int i = 0; fm->ops && i < fm->n_ops; i++) {
         free(fm->ops[i].w8);
+        free(fm->ops[i].w16);
         free(fm->ops[i].bias);
         free(fm->ops[i].mult);
         free(fm->ops[i].qv);
@@ -510,37 +540,53 @@ static inline __attribute__((always_inline)) void tile_vnni(const int NB, const 
     tile_vnni(nb, mp, A, lda, B, bstride, nk, rowsum, f, slot, last_n, op, out, ldc); break;
 #define TILE_ROW(nb) TILE_CASE(nb, 1) TILE_CASE(nb, 2) TILE_CASE(nb, 3) TILE_CASE(nb, 4)   /* mp = 1..MR */
 
-static void tile(int nb, int mp, const uint8_t *A, size_t lda, const int8_t *B, size_t bstride, int32_t nk,
-                 const int32_t *rowsum, const FastOp *f, size_t slot, int last_n, const Op *op, uint8_t *out, size_t ldc)
+/* nb blocks of 16 channels from slot (the last one's first last_n) x mp pixels */
+static void tile(int nb, int mp, const uint8_t *A, size_t lda, const int32_t *rowsum, const FastOp *f, size_t slot,
+                 int last_n, const Op *op, uint8_t *out, size_t ldc)
 {
+    const int8_t *B = f->w8 + slot * (size_t)f->Kp;
+    const size_t bstride = (size_t)f->Kp * BLK;
+    const int32_t nk = f->Kp / 4;
     switch (nb * 8 + mp) {
     TILE_ROW(1) TILE_ROW(2) TILE_ROW(3) TILE_ROW(4)
     default: break;
     }
 }
 #else
-/* Portable register tile: the same computation in C99, modulo 2^32. */
-static void tile(int nb, int mp, const uint8_t *A, size_t lda, const int8_t *B, size_t bstride, int32_t nk,
-                 const int32_t *rowsum, const FastOp *f, size_t slot, int last_n, const Op *op, uint8_t *out, size_t ldc)
+/* Dot-product register tile (every build but VNNI): 4 channels x 2 pixels of nb blocks of 16
+ * channels from slot (the last one's first last_n) x mp pixels, each output one dot product over
+ * the depth of uint8 activations and int16 weights, in plain C that compilers vectorize as pmaddwd
+ * (SSE2 at -O3 without -march, AVX2 with -mavx2: int16 products summed pairwise into int32 lanes;
+ * exact, unlike u8 x s8 vpmaddubsw, which saturates).  The sums wrap modulo 2^32, as the GEMM's. */
+static void tile(int nb, int mp, const uint8_t *A, size_t lda, const int32_t *rowsum, const FastOp *f, size_t slot,
+                 int last_n, const Op *op, uint8_t *out, size_t ldc)
 {
-    for (int b = 0; b < nb; b++) {
-        const int8_t *panel = B + (size_t)b * bstride;
-        for (int p = 0; p < mp; p++) {
-            const uint8_t *a = A + (size_t)p * lda;
-            uint32_t acc[BLK];
-            int32_t res[BLK];
-            for (int l = 0; l < BLK; l++)
-                acc[l] = f->bias[slot + (size_t)b * BLK + l] + (uint32_t)f->d * (uint32_t)rowsum[p];
-            for (int32_t s = 0; s < nk; s++) {
-                const int8_t *w = panel + (size_t)s * 64;
-                int32_t x0 = a[4 * s], x1 = a[4 * s + 1], x2 = a[4 * s + 2], x3 = a[4 * s + 3];
-                for (int l = 0; l < BLK; l++)
-                    acc[l] += (uint32_t)(x0 * w[4 * l] + x1 * w[4 * l + 1] + x2 * w[4 * l + 2] + x3 * w[4 * l + 3]);
+    const size_t Kp = (size_t)f->Kp;
+    const int n = (nb - 1) * BLK + last_n;
+    for (int c = 0; c < n; c += 4) {          /* the blocks' padding channels have zero weights */
+        const int16_t *w0 = f->w16 + (slot + (size_t)c) * Kp, *w1 = w0 + Kp, *w2 = w1 + Kp, *w3 = w2 + Kp;
+        for (int p = 0; p < mp; p += 2) {
+            const uint8_t *a0 = A + (size_t)p * lda, *a1 = p + 1 < mp ? a0 + lda : a0;
+            uint32_t s00 = 0, s01 = 0, s02 = 0, s03 = 0, s10 = 0, s11 = 0, s12 = 0, s13 = 0;
+            for (size_t k = 0; k < Kp; k++) {
+                const int32_t x0 = a0[k], x1 = a1[k];
+                s00 += (uint32_t)(x0 * w0[k]);
+                s01 += (uint32_t)(x0 * w1[k]);
+                s02 += (uint32_t)(x0 * w2[k]);
+                s03 += (uint32_t)(x0 * w3[k]);
+                s10 += (uint32_t)(x1 * w0[k]);
+                s11 += (uint32_t)(x1 * w1[k]);
+                s12 += (uint32_t)(x1 * w2[k]);
+                s13 += (uint32_t)(x1 * w3[k]);
             }
-            for (int l = 0; l < BLK; l++)
-                res[l] = u32_to_i32(acc[l]);
-            requant_store(res, f, slot + (size_t)b * BLK, b == nb - 1 ? last_n : BLK, op,
-                          out + (size_t)p * ldc + (size_t)b * BLK);
+            const uint32_t sums[2][4] = {{s00, s01, s02, s03}, {s10, s11, s12, s13}};
+            for (int q = 0; q < 2 && p + q < mp; q++) {
+                int32_t res[4];
+                for (int l = 0; l < 4; l++)
+                    res[l] = u32_to_i32(sums[q][l] + f->bias[slot + (size_t)(c + l)]
+                                        + (uint32_t)f->d * (uint32_t)rowsum[p + q]);
+                requant_store(res, f, slot + (size_t)c, n - c < 4 ? n - c : 4, op, out + (size_t)(p + q) * ldc + (size_t)c);
+            }
         }
     }
 }
@@ -566,15 +612,15 @@ static void pad_input(const Op *op, const Op *in, const uint8_t *x, uint8_t *pb)
 static void fast_gemm(const Op *op, const Op *in, const FastOp *f, const uint8_t *x, uint8_t *out, Workspace *ws)
 {
     const int32_t groups = op->kind == OP_CONV ? op->groups : 1;
-    const size_t P = (size_t)op->h * op->w, K4 = (size_t)f->K4;
+    const size_t P = (size_t)op->h * op->w, Kp = (size_t)f->Kp;
     for (int32_t g = 0; g < groups; g++) {
         const uint8_t *A = x;
-        size_t lda = K4;
+        size_t lda = Kp;
         if (!f->direct) {
             uint8_t *row = ws->cols;
             if (op->kind == OP_LINEAR) {
                 memcpy(row, x, (size_t)f->K);
-                memset(row + f->K, 0, K4 - (size_t)f->K);
+                memset(row + f->K, 0, Kp - (size_t)f->K);
             } else {
                 /* the input with its padding (z_x) in the workspace, then each row of A
                  * from whole spans of it: kw*C bytes per kernel row (groups 1), else cin_g per tap */
@@ -585,7 +631,7 @@ static void fast_gemm(const Op *op, const Op *in, const FastOp *f, const uint8_t
                 const int whole_rows = groups == 1 && op->dil_w == 1;
                 const size_t span = whole_rows ? (size_t)op->kw * C : (size_t)f->cin_g;
                 for (int32_t oy = 0; oy < op->h; oy++)
-                    for (int32_t ox = 0; ox < op->w; ox++, row += K4) {
+                    for (int32_t ox = 0; ox < op->w; ox++, row += Kp) {
                         uint8_t *dst = row;
                         for (int32_t ky = 0; ky < op->kh; ky++) {
                             const uint8_t *src = ws->pad + ((size_t)(oy * op->stride_h + ky * op->dil_h) * Wp
@@ -598,7 +644,7 @@ static void fast_gemm(const Op *op, const Op *in, const FastOp *f, const uint8_t
                                     copy_over(dst, src + (size_t)kx * tap, span);
                             }
                         }
-                        memset(dst, 0, K4 - (size_t)f->K);
+                        memset(dst, 0, Kp - (size_t)f->K);
                     }
             }
             A = ws->cols;
@@ -611,8 +657,6 @@ static void fast_gemm(const Op *op, const Op *in, const FastOp *f, const uint8_t
                     s += a[k];
                 ws->rowsum[p] = (int32_t)s;         /* <= 255 * K < 2^31 (K < 2^23 in practice) */
             }
-        const size_t bstride = K4 * BLK;
-        const int8_t *Bg = f->w8 + (size_t)g * f->nblk * bstride;
         uint8_t *outg = out + (size_t)g * f->cout_g;
         for (int32_t b0 = 0; b0 < f->nblk; b0 += NBMAX) {
             int nb = f->nblk - b0 < NBMAX ? f->nblk - b0 : NBMAX;
@@ -622,8 +666,8 @@ static void fast_gemm(const Op *op, const Op *in, const FastOp *f, const uint8_t
             size_t slot = ((size_t)g * f->nblk + b0) * BLK;
             for (size_t p0 = 0; p0 < P; p0 += MR) {
                 int mp = P - p0 < MR ? (int)(P - p0) : MR;
-                tile(nb, mp, A + p0 * lda, lda, Bg + (size_t)b0 * bstride, bstride, f->K4 / 4,
-                     ws->rowsum + p0, f, slot, last_n, op, outg + p0 * op->c + (size_t)b0 * BLK, (size_t)op->c);
+                tile(nb, mp, A + p0 * lda, lda, ws->rowsum + p0, f, slot, last_n, op,
+                     outg + p0 * op->c + (size_t)b0 * BLK, (size_t)op->c);
             }
         }
     }
@@ -1066,5 +1110,4 @@ static const uint8_t *fast_run(const Model *m, const void *prepared, void *works
     return ws->logits;
 }
 
-const KernelSet FAST_KERNELS = {FAST_VNNI ? "optimized (AVX-512 VNNI)" : "optimized (C99)", fast_prepare, fast_release,
-                                fast_workspace_new, fast_workspace_free, fast_run};
+const KernelSet FAST_KERNELS_ISA = {FAST_NAME, fast_prepare, fast_release, fast_workspace_new, fast_workspace_free, fast_run};

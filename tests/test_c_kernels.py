@@ -5,13 +5,18 @@ grouped and depthwise convs incl. a channel multiplier, channel counts that are 
 multiples of 4 or 16, 1x1 convs read in place, linear layers of odd width), in both
 weight modes and with 8- and 32-bit multipliers, run through:
   inference --reference     the simple kernels
-  inference                 optimized, -march=native (AVX-512 VNNI where the CPU has it)
-  inference_portable        optimized, C99 only
+  inference                 optimized, the best build of the kernels this CPU runs
+  inference --isa ISA       optimized, each build: avx512 (VNNI), avx2, c99; also under
+  inference_asan --isa ISA  ASan/UBSan (skipped only where the CPU lacks that ISA)
+  inference_portable        optimized, the C99 build alone
   inference_omp             optimized, OpenMP across images (2 threads)
-  inference_asan            optimized, -march=native, ASan/UBSan
-and every one must give the numpy engine's logits exactly.
+and every one must give the numpy engine's logits exactly; so must each ISA on LeNet's
+shipped export against --reference, and --isa NAME refuses a name it does not know, or an ISA
+the CPU lacks, in one line.
 """
+import functools
 import os
+import platform
 import shutil
 import subprocess
 
@@ -20,11 +25,37 @@ import pytest
 import torch
 from torch import nn
 
+import config
+from data import datasets
 from tests.random_models import random_quantized
-from tests.test_c_engine import C_DIR, assert_clean, export_graph, make_export, read_logits, result_line, run
+from tests.test_c_engine import C_DIR, ROOT, assert_clean, export_graph, make_export, read_logits, result_line, run
 
 TARGETS = {"native": "inference", "portable": "inference_portable", "omp": "inference_omp",
-           "asan": "inference_asan", "asan_portable": "inference_asan_portable"}
+           "asan": "inference_asan", "asan_portable": "inference_asan_portable", "valgrind": "inference_valgrind"}
+# The builds of the optimized kernels in each x86-64 binary (c/isa.c), with the /proc/cpuinfo
+# flags each one needs
+ISAS = {"avx512": ("avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512_vnni", "avx512vbmi"), "avx2": ("avx2",),
+        "c99": ()}
+ISA_NAMES = {"avx512": "AVX-512 VNNI", "avx2": "AVX2", "c99": "C99"}       # as the "kernels:" line names them
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_flags():
+    with open("/proc/cpuinfo") as f:
+        return frozenset(next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), []))
+
+
+def missing_flags(isa):
+    """The CPU flags ISA needs that this CPU lacks (all of them off x86-64, where only c99 exists)."""
+    if isa != "c99" and platform.machine() not in ("x86_64", "AMD64"):
+        return list(ISAS[isa])
+    return [flag for flag in ISAS[isa] if flag not in cpu_flags()]
+
+
+def require_isa(isa):
+    missing = missing_flags(isa)
+    if missing:
+        pytest.skip(f"this CPU lacks {isa}: no {', '.join(missing)}")
 
 
 def cbr(cin, cout, k, stride=1, padding=0, groups=1, act=nn.ReLU):
@@ -142,22 +173,46 @@ def export(folder, arch, mode, seed, bits, tweak=None):
 WIDE_CASES = [("awkward", "per_channel", 8), ("mobilenetish", "per_tensor", 16)]
 
 
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory):
+    """export(), once per graph for the module's tests."""
+    @functools.lru_cache(maxsize=None)
+    def get(arch, mode, bits, tweak=None):
+        return export(str(tmp_path_factory.mktemp("ex")), arch, mode, 7, bits, tweak)
+    return get
+
+
+BUILD_RUNS = [("native", ["--reference"]), ("native", []), ("portable", []), ("omp", []), ("asan_portable", [])]
+
+
+def isa_runs(isa):
+    return [("native", ["--isa", isa]), ("asan", ["--isa", isa])]
+
+
 @pytest.mark.parametrize("arch,mode,bits", CASES, ids=[f"{a}-{m}-{b}" for a, m, b in CASES])
-def test_optimized_equals_reference(binaries, tmp_path, arch, mode, bits):
-    check_all_engines(binaries, tmp_path, export(str(tmp_path / "ex"), arch, mode, 7, bits), arch, mode)
+def test_optimized_equals_reference(binaries, exports, tmp_path, arch, mode, bits):
+    check_engines(binaries, tmp_path, exports(arch, mode, bits), arch, mode, BUILD_RUNS)
 
 
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("arch,mode,bits", CASES, ids=[f"{a}-{m}-{b}" for a, m, b in CASES])
+def test_each_isa_equals_reference(binaries, exports, tmp_path, arch, mode, bits, isa):
+    require_isa(isa)
+    check_engines(binaries, tmp_path, exports(arch, mode, bits), arch, mode, isa_runs(isa))
+
+
+@pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("arch,mode,bits", WIDE_CASES, ids=[f"{a}-{m}-{b}" for a, m, b in WIDE_CASES])
-def test_wide_requantization_equals_reference(binaries, tmp_path, arch, mode, bits):
+def test_wide_requantization_equals_reference(binaries, exports, tmp_path, arch, mode, bits, isa):
     """Multipliers and shifts outside the optimized kernels' 32-bit requantization form."""
-    ex = export(str(tmp_path / "ex"), arch, mode, 7, bits, tweak=force_wide_requantization)
-    check_all_engines(binaries, tmp_path, ex, arch, mode)
+    require_isa(isa)
+    ex = exports(arch, mode, bits, tweak=force_wide_requantization)
+    check_engines(binaries, tmp_path, ex, arch, mode, BUILD_RUNS[:1] + isa_runs(isa))
 
 
-def check_all_engines(binaries, tmp_path, ex, arch, mode):
-    runs = [("native", ["--reference"])] + [(kind, []) for kind in TARGETS]
+def check_engines(binaries, tmp_path, ex, arch, mode, runs):
     for kind, extra in runs:
-        out = str(tmp_path / f"logits_{kind}{'_ref' if extra else ''}.txt")
+        out = str(tmp_path / f"logits_{kind}{''.join(extra)}.txt")
         env = dict(os.environ, OMP_NUM_THREADS="2")
         proc = subprocess.run([binaries[kind], "--dir", ex["dir"], "--model", ex["model"], *ex["data_args"],
                                "--logits", out, *extra], capture_output=True, text=True, env=env, timeout=120)
@@ -176,3 +231,51 @@ def test_txt_weights_and_limit_on_fast_path(binaries, tmp_path):
     assert_clean(proc)
     assert proc.returncode == 0, proc.stderr
     np.testing.assert_array_equal(read_logits(out), ex["logits"][:7])
+
+
+@pytest.fixture(scope="module")
+def lenet_reference(binaries, tmp_path_factory):
+    """LeNet's shipped export on 2,000 MNIST test images: the reference kernels' logits."""
+    datasets.prepare_mnist(os.path.join(ROOT, "data"), config.MIRROR_DIR)
+    out = str(tmp_path_factory.mktemp("lenet") / "reference.txt")
+    proc = subprocess.run([binaries["native"], "--reference", "--limit", "2000", "--logits", out],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return read_logits(out)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_lenet_each_isa_equals_reference(binaries, lenet_reference, tmp_path, isa):
+    require_isa(isa)
+    for kind, n in (("native", 2000), ("asan", 300)):
+        out = str(tmp_path / f"{kind}.txt")
+        proc = subprocess.run([binaries[kind], "--isa", isa, "--limit", str(n), "--logits", out],
+                              cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert_clean(proc)
+        assert proc.returncode == 0, proc.stderr
+        assert f"kernels: optimized ({ISA_NAMES[isa]})" in proc.stdout
+        np.testing.assert_array_equal(read_logits(out), lenet_reference[:n], err_msg=f"lenet {kind} --isa {isa}")
+
+
+def assert_one_line_error(proc, start):
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert proc.stdout == ""
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith(start), proc.stderr
+
+
+@pytest.mark.parametrize("kind,isa", [("native", "sse9"), ("asan", "AVX2"), ("portable", "avx2")])
+def test_unknown_isa_is_one_line(binaries, kind, isa):
+    proc = subprocess.run([binaries[kind], "--isa", isa], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert_one_line_error(proc, f"error: --isa {isa}: unknown")
+
+
+def test_isa_the_cpu_lacks_is_one_line(binaries):
+    """--isa avx512 on a CPU without it: directly, or on one with it under valgrind, which hides
+    AVX-512 from the program."""
+    command = [binaries["native"], "--isa", "avx512"]
+    if not missing_flags("avx512"):
+        if shutil.which("valgrind") is None:
+            pytest.skip("this CPU has AVX-512 and there is no valgrind to hide it")
+        command = ["valgrind", "-q", binaries["valgrind"], "--isa", "avx512"]
+    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert_one_line_error(proc, "error: --isa avx512: this CPU lacks")

@@ -1,0 +1,81 @@
+/*
+ * isa.c -- which build of the optimized kernels (kernels.h) this CPU runs.
+ *
+ * The Makefile links one build of kernels_fast.c per ISA the target architecture has (x86-64:
+ * AVX-512 VNNI, AVX2, C99), each compiled with its own target flags, and compiles everything
+ * else for the plain architecture, so that one binary runs on any x86-64: at start the engine
+ * takes the first ISA in the table below that the CPU supports, or the one --isa names.
+ * FPGAI_C99_ONLY (make portable) links the C99 build alone, for compilers without the
+ * intrinsics.
+ */
+#include "host.h"
+#include "kernels.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#if defined(__x86_64__) && !defined(FPGAI_C99_ONLY)
+#define X86_ISAS 1
+#else
+#define X86_ISAS 0
+#endif
+
+#if X86_ISAS
+/* Everything kernels_fast.c's AVX-512 build uses (its FAST_ISA_AVX512 flags); libgcc also checks
+ * that the OS saves the vector registers (XCR0) */
+static int cpu_has_avx512(void)
+{
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")
+           && __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl")
+           && __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vbmi");
+}
+
+static int cpu_has_avx2(void)
+{
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2");
+}
+#endif
+
+static int always(void)
+{
+    return 1;
+}
+
+typedef struct {
+    const char *name, *needs;       /* --isa NAME; what the CPU must have, for the error */
+    const KernelSet *kernels;
+    int (*supported)(void);
+} Isa;
+
+/* best first */
+static const Isa ISAS[] = {
+#if X86_ISAS
+    {"avx512", "AVX-512 F/BW/DQ/VL/VNNI/VBMI", &FAST_KERNELS_AVX512, cpu_has_avx512},
+    {"avx2", "AVX2", &FAST_KERNELS_AVX2, cpu_has_avx2},
+#endif
+    {"c99", "", &FAST_KERNELS_C99, always},
+};
+
+#define N_ISAS (sizeof ISAS / sizeof ISAS[0])
+
+const KernelSet *fast_kernels(const char **isa)
+{
+    for (size_t i = 0; i < N_ISAS; i++) {
+        const Isa *a = &ISAS[i];
+        if (*isa && strcmp(*isa, a->name))
+            continue;
+        if (!a->supported()) {
+            if (*isa)
+                fail("--isa %s: this CPU lacks %s", a->name, a->needs);
+            continue;
+        }
+        *isa = a->name;
+        return a->kernels;
+    }
+    char names[64] = "";
+    for (size_t i = 0; i < N_ISAS; i++)
+        snprintf(names + strlen(names), sizeof names - strlen(names), "%s%s", i ? ", " : "", ISAS[i].name);
+    fail("--isa %s: unknown, this binary has %s", *isa, names);
+}
