@@ -11,19 +11,20 @@ MatMulInteger accumulate in int32 (the quantizer proves |acc| < 2^31), the requa
 model/qmath.py runs in int64 (OnnxGraph.requantize), tables are a Gather.
 """
 import numpy as np
+import onnx
 
 from model.np_engine import NumpyIntegerModel
 from model.ops import KINDS
 
 OPSET = 21
+IO_NAMES = ("image", "logits", "logits_float")
 
 
 class OnnxGraph:
     """The nodes and constants of the graph being written; what an op's emitter calls.
     Node and constant names start with the op's name (Netron shows them)."""
 
-    def __init__(self, onnx):
-        self.onnx = onnx
+    def __init__(self):
         self.nodes, self.constants, self.shapes = [], [], {}
         self.prefix, self.count = "", 0
 
@@ -34,17 +35,17 @@ class OnnxGraph:
     def const(self, value, dtype, tag="const"):
         """An initializer holding `value` as numpy `dtype`; its name."""
         name = self._name(tag)
-        self.constants.append(self.onnx.numpy_helper.from_array(np.asarray(value, dtype=dtype), name))
+        self.constants.append(onnx.numpy_helper.from_array(np.asarray(value, dtype=dtype), name))
         return name
 
     def node(self, op_type, inputs, out=None, **attrs):
         """A node of one output (named `out`, or after the op); the output's name."""
         out = out or self._name(op_type)
-        self.nodes.append(self.onnx.helper.make_node(op_type, list(inputs), [out], name=out, **attrs))
+        self.nodes.append(onnx.helper.make_node(op_type, list(inputs), [out], name=out, **attrs))
         return out
 
     def cast(self, x, dtype):
-        return self.node("Cast", [x], to=self.onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype)))
+        return self.node("Cast", [x], to=onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype)))
 
     def reshape(self, x, shape):
         """Reshape to `shape`, its 0 entries kept from x (the batch)."""
@@ -89,17 +90,16 @@ class OnnxGraph:
 
 def onnx_model(state, quant_list):
     """The onnx.ModelProto of the integer graph `(state_dict, quant_list)`."""
-    import onnx         # only this export mode needs it
-
     spec = NumpyIntegerModel(state, quant_list)
-    g = OnnxGraph(onnx)
+    g = OnnxGraph()
     c, h, w = quant_list[0]["shape"]
     values = []
     for op in spec.ops:
         g.prefix = op["name"]
         xs = ["image"] if op["op"] == "input" else [values[i] for i in op["inputs"]]
         out = KINDS[op["op"]].onnx(g, xs, op, spec.params.get(op["name"], {}))
-        if g.nodes and g.nodes[-1].output[0] == out:          # the op's output carries its name
+        # the op's output tensor carries the op's name (unless a layer is called like an input or output)
+        if g.nodes and g.nodes[-1].output[0] == out and op["name"] not in IO_NAMES:
             out = g.nodes[-1].output[0] = op["name"]
         g.shapes[out] = op["shape"]
         values.append(out)
@@ -108,15 +108,15 @@ def onnx_model(state, quant_list):
     g.node("Flatten", [values[-1]], "logits", axis=1)
     g.node("Mul", [g.node("Sub", [g.cast("logits", np.float32), g.const(last["zero_point"], np.float32)]),
                    g.const(last["scale"], np.float32, "scale")], "logits_float")
-    k = int(np.prod(last["shape"]))
-    graph = onnx.helper.make_graph(
-        g.nodes, quant_list[0]["model"], [onnx.helper.make_tensor_value_info("image", onnx.TensorProto.UINT8, ["N", c, h, w])],
-        [onnx.helper.make_tensor_value_info("logits", onnx.TensorProto.UINT8, ["N", k]),
-         onnx.helper.make_tensor_value_info("logits_float", onnx.TensorProto.FLOAT, ["N", k])], g.constants)
+    value, outputs = onnx.helper.make_tensor_value_info, int(np.prod(last["shape"]))
+    graph = onnx.helper.make_graph(g.nodes, quant_list[0]["model"],
+                                   [value("image", onnx.TensorProto.UINT8, ["N", c, h, w])],
+                                   [value("logits", onnx.TensorProto.UINT8, ["N", outputs]),
+                                    value("logits_float", onnx.TensorProto.FLOAT, ["N", outputs])], g.constants)
     opset = [onnx.helper.make_opsetid("", OPSET)]
     model = onnx.helper.make_model(graph, opset_imports=opset, ir_version=onnx.helper.find_min_ir_version_for(opset),
                                    producer_name="FPGAI export_quant_model.py")
-    onnx.helper.set_model_props(model, {k: str(quant_list[0][k]) for k in ("model", "dataset", "fingerprint")})
+    onnx.helper.set_model_props(model, {key: str(quant_list[0][key]) for key in ("model", "dataset", "fingerprint")})
     return model
 
 

@@ -89,7 +89,8 @@ def to_onnx(g, xs, op, p):
     member = np.zeros((h, w, oh * ow))
     for i, ((y0, y1), (x0, x1)) in enumerate(itertools.product(windows(h, oh), windows(w, ow))):
         member[y0:y1, x0:x1, i] = 1
-    acc = g.node("MatMulInteger", [g.reshape(xs[0], [0, c, h * w]), g.const(member.reshape(h * w, -1), np.uint8, "windows"),
+    flat = g.reshape(xs[0], [0, c, h * w])
+    acc = g.node("MatMulInteger", [flat, g.const(member.reshape(h * w, -1), np.uint8, "windows"),
                                    g.const(op["in_zero_points"][0], np.uint8, "x_zero_point"),
                                    g.const(0, np.uint8, "windows_zero_point")])
     return g.reshape(g.requantize(g.cast(acc, np.int64), p["multiplier"], p["shift"], op), [0, c, oh, ow])
