@@ -56,17 +56,28 @@ def evaluate(net, images, labels, device, batch=1000):
 
 
 def plot_history(history, model_name, path):
-    """Loss and validation accuracy per epoch, as a PNG next to the checkpoint."""
+    """Loss, train and validation accuracy (the best epoch marked) and the learning rate of every
+    step, as a PNG next to the checkpoint."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     epochs = [h["epoch"] for h in history]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.2))
+    best = max(history, key=lambda h: h["val_acc"])
+    fig, (ax_loss, ax_acc, ax_lr) = plt.subplots(1, 3, figsize=(13, 3.2))
     ax_loss.plot(epochs, [h["loss"] for h in history], marker="o")
     ax_loss.set(xlabel="epoch", ylabel="training loss", yscale="log", title=f"{model_name}: loss")
-    ax_acc.plot(epochs, [100 * h["val_acc"] for h in history], marker="o", color="tab:green")
-    ax_acc.set(xlabel="epoch", ylabel="validation accuracy (%)", title=f"{model_name}: validation")
-    for ax in (ax_loss, ax_acc):
+    ax_acc.plot(epochs, [100 * h["train_acc"] for h in history], marker="o", color="tab:blue",
+                label="train (its batches, during the epoch)")
+    ax_acc.plot(epochs, [100 * h["val_acc"] for h in history], marker="o", color="tab:green", label="validation")
+    ax_acc.axvline(best["epoch"], color="tab:red", alpha=0.4, linestyle="--",
+                   label=f"best: epoch {best['epoch']}, {100 * best['val_acc']:.2f}%")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title=f"{model_name}: accuracy")
+    ax_acc.legend(fontsize=8)
+    # each epoch's steps spread over (epoch - 1, epoch]: the one-cycle curve on the epoch axis
+    steps = [(h["epoch"] - 1 + (i + 1) / len(h["lr"]), lr) for h in history for i, lr in enumerate(h["lr"])]
+    ax_lr.plot(*zip(*steps), color="tab:purple")
+    ax_lr.set(xlabel="epoch", ylabel="learning rate", title=f"{model_name}: learning rate")
+    for ax in (ax_loss, ax_acc, ax_lr):
         ax.grid(alpha=0.3)
     fig.tight_layout()
     with atomic_open(path, "wb") as f:
@@ -87,23 +98,34 @@ def diverged(lr, epoch, what):
              f"epoch; lower --lr")
 
 
-def load_resume_state(ckpt_path, cfg, epochs, bare, opt, sched):
+def training_settings(cfg, spec, world):
+    """The settings a training run is made of (the model's defaults resolved): recorded in its state and
+    its checkpoint; a resume with other values would silently mix two runs."""
+    return {"epochs": cfg.epochs or spec.epochs, "batch_size": cfg.batch_size or spec.batch_size,
+            "lr": cfg.lr or spec.lr, "weight_decay": spec.weight_decay if cfg.weight_decay < 0 else cfg.weight_decay,
+            "val_images": cfg.val_images, "train_images": cfg.train_images, "seed": cfg.seed, "processes": world}
+
+
+def load_resume_state(ckpt_path, cfg, settings, bare, opt, sched):
     """(start epoch, best val, history) of a training state, loaded into bare/opt/sched; ModelFileError
-    (one line) for a state that lacks a part or does not fit."""
+    (one line) for a state that lacks a part, does not fit, or was started with other settings."""
     ckpt = load_checked(ckpt_path, "fpgai-train-state", cfg.model)
     head = ckpt["header"]
-    if not (isinstance(head.get("epochs"), int) and isinstance(head.get("epoch"), int)
-            and isinstance(head.get("best_val"), (int, float))):
-        raise ModelFileError(f"{ckpt_path}: its header lacks epoch, epochs or best_val")
-    if head["epochs"] != epochs:
-        raise ModelFileError(f"{ckpt_path} was started for {head['epochs']} epochs, config asks for {epochs}; "
-                             f"pass --epochs={head['epochs']}")
+    if not (isinstance(head.get("epoch"), int) and isinstance(head.get("best_val"), (int, float))
+            and isinstance(head.get("settings"), dict)):
+        raise ModelFileError(f"{ckpt_path}: its header lacks epoch, best_val or settings")
+    for key, value in settings.items():
+        if head["settings"].get(key) != value:
+            old = head["settings"].get(key)
+            how = (f"run it on {old} processes" if key == "processes" else f"pass --{key}={old}")
+            raise ModelFileError(f"{ckpt_path} was started with {key} {old}, this run has {value}; {how} to "
+                                 f"resume it")
     kinds = {"model": dict, "optimizer": dict, "scheduler": dict, "history": list}
     missing = [k for k, kind in kinds.items() if not isinstance(ckpt.get(k), kind)]
     if missing:
         raise ModelFileError(f"{ckpt_path}: a training state without its {' and '.join(missing)} state")
-    if not 0 <= head["epoch"] <= epochs:
-        raise ModelFileError(f"{ckpt_path}: epoch {head['epoch']} of {epochs}")
+    if not 0 <= head["epoch"] <= settings["epochs"]:
+        raise ModelFileError(f"{ckpt_path}: epoch {head['epoch']} of {settings['epochs']}")
     models.load_state(bare, ckpt["model"], ckpt_path)
     for part, target in (("optimizer", opt), ("scheduler", sched)):
         try:
@@ -116,10 +138,6 @@ def load_resume_state(ckpt_path, cfg, epochs, bare, opt, sched):
 def main():
     cfg = config.load_or_exit(stage="train_model.py")
     spec = models.spec(cfg.model)
-    epochs = cfg.epochs or spec.epochs
-    batch_size = cfg.batch_size or spec.batch_size
-    lr = cfg.lr or spec.lr
-    weight_decay = spec.weight_decay if cfg.weight_decay < 0 else cfg.weight_decay
 
     distributed = "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1
     if cfg.device == "cuda" and not torch.cuda.is_available():
@@ -135,6 +153,8 @@ def main():
     else:
         device = torch.device("cpu")
     main_proc = rank == 0
+    settings = training_settings(cfg, spec, world)
+    epochs, batch_size, lr = settings["epochs"], settings["batch_size"], settings["lr"]
     if cfg.amp == "bf16" and not use_cuda and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
         sys.exit("error: --amp=bf16 but this CPU has no bf16 support in oneDNN; use --amp=off")
     amp = cfg.amp == "bf16" or (cfg.amp == "auto" and use_cuda)
@@ -175,15 +195,16 @@ def main():
     bare = net.module if distributed else net
     steps_per_epoch = math.ceil(len(train_x) / (batch_size * world))
     if spec.optimizer == "sgd":
-        opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay, nesterov=True)
+        opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, weight_decay=settings["weight_decay"],
+                              nesterov=True)
     else:
-        opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
+        opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=settings["weight_decay"])
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, epochs=epochs, steps_per_epoch=steps_per_epoch)
 
     start_epoch, best_val, history = 0, -1.0, []
     if cfg.resume and os.path.exists(ckpt_path):
         try:
-            start_epoch, best_val, history = load_resume_state(ckpt_path, cfg, epochs, bare, opt, sched)
+            start_epoch, best_val, history = load_resume_state(ckpt_path, cfg, settings, bare, opt, sched)
         except ModelFileError as err:
             sys.exit(f"error: {err} (delete it or pass --resume=False to start over)")
         if main_proc:
@@ -204,6 +225,7 @@ def main():
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{epochs}", disable=not main_proc,
                    leave=False, dynamic_ncols=True, mininterval=1.0)
         total_loss = torch.zeros((), device=device)   # summed on the device: no sync per step
+        train_correct, train_seen, lrs = torch.zeros((), device=device, dtype=torch.long), 0, []
         for step in bar:
             idx = order[step * batch_size:(step + 1) * batch_size]
             if len(idx) == 0:        # uneven shard tail: keep every rank's step count equal
@@ -213,12 +235,16 @@ def main():
             if spec.augment_pad:
                 x = augment(x, aug_gen, spec.augment_pad, spec.augment_flip)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):   # bf16: no loss scaling
-                loss = F.cross_entropy(net(to_float(x).contiguous(memory_format=memory_format)), y)
+                out = net(to_float(x).contiguous(memory_format=memory_format))
+                loss = F.cross_entropy(out, y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            lrs.append(sched.get_last_lr()[0])
             opt.step()
             sched.step()
             total_loss += loss.detach()
+            train_correct += (out.detach().argmax(1) == y).sum()
+            train_seen += len(y)
             if step % 20 == 19:
                 running = total_loss.item()
                 if not math.isfinite(running):
@@ -234,19 +260,22 @@ def main():
             continue
         val_acc = evaluate(bare, val_x, val_y, device)
         seconds = time.time() - t0
+        # train accuracy: on this process's augmented batches, as the model stood at each step
         history.append({"epoch": epoch + 1, "loss": total_loss / steps_per_epoch, "val_acc": val_acc,
-                        "seconds": seconds})
+                        "train_acc": train_correct.item() / train_seen, "lr": lrs, "seconds": seconds})
         improved = val_acc > best_val
         if improved:
             best_val = val_acc
             models.save_raw(bare, cfg.model, raw_path, {
-                "epoch": epoch + 1, "epochs": epochs, "val_acc": val_acc, "device": str(device.type), "amp": amp,
+                "epoch": epoch + 1, "epochs": epochs, "settings": settings, "val_acc": val_acc,
+                "device": str(device.type), "amp": amp,
                 "world_size": world, "train_seconds": sum(h["seconds"] for h in history)})
-        atomic_save({"header": {"kind": "fpgai-train-state", "version": FORMAT_VERSIONS["fpgai-train-state"], "model": cfg.model,
-                                "epoch": epoch + 1, "epochs": epochs, "best_val": best_val},
+        atomic_save({"header": {"kind": "fpgai-train-state", "version": FORMAT_VERSIONS["fpgai-train-state"],
+                                "model": cfg.model, "epoch": epoch + 1, "settings": settings, "best_val": best_val},
                      "model": bare.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                      "history": history}, ckpt_path)
-        print(f"epoch {epoch + 1}/{epochs}: loss {history[-1]['loss']:.4f}  val {val_acc * 100:.2f}%  "
+        print(f"epoch {epoch + 1}/{epochs}: loss {history[-1]['loss']:.4f}  "
+              f"train {history[-1]['train_acc'] * 100:.2f}%  val {val_acc * 100:.2f}%  "
               f"{seconds:.0f}s{'  (best, saved)' if improved else ''}", flush=True)
     if main_proc and history:
         plot_history(history, cfg.model, plot_path)

@@ -364,13 +364,23 @@ def test_disk_full_errors_are_recognised_and_leave_no_file(tmp_path, monkeypatch
 
 # --- training: a resume state without its optimizer; a diverging run ------------------------------
 
+def train_state_header():
+    """The header train_model.py writes after epoch 1 of a run with TRAIN's settings."""
+    import config
+    import model as models
+    import train_model
+    from model.fileio import FORMAT_VERSIONS
+    settings = train_model.training_settings(config.load(TRAIN, stage="train_model.py"), models.spec("lenet"), 1)
+    return {"kind": "fpgai-train-state", "version": FORMAT_VERSIONS["fpgai-train-state"], "model": "lenet",
+            "epoch": 1, "settings": settings, "best_val": 0.1}
+
+
 @pytest.mark.parametrize("drop", ["optimizer", "scheduler", "history", "model"])
 def test_resume_state_without_a_part(tmp_path, drop):
     from model.lenet import LeNet
     net = LeNet()
     opt = torch.optim.AdamW(net.parameters(), lr=3e-3)
-    state = {"header": {"kind": "fpgai-train-state", "version": 1, "model": "lenet", "epoch": 1, "epochs": 1,
-                        "best_val": 0.1},
+    state = {"header": train_state_header(),
              "model": net.state_dict(), "optimizer": opt.state_dict(), "scheduler": {}, "history": []}
     del state[drop]
     torch.save(state, tmp_path / "lenet_ckpt.pt")
@@ -385,8 +395,7 @@ def test_resume_state_whose_optimizer_does_not_fit(tmp_path):
     from model.lenet import LeNet
     net = LeNet()
     other = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(3))], lr=3e-3)
-    state = {"header": {"kind": "fpgai-train-state", "version": 1, "model": "lenet", "epoch": 1, "epochs": 1,
-                        "best_val": 0.1},
+    state = {"header": train_state_header(),
              "model": net.state_dict(), "optimizer": other.state_dict(), "scheduler": {}, "history": []}
     torch.save(state, tmp_path / "lenet_ckpt.pt")
     before = digest(tmp_path)
