@@ -2,7 +2,7 @@
 
 Each model/ops/KIND.py declares an OpKind (model/ops/base.py): how the kind is found in a
 torch.fx graph, how it is quantized, its numpy kernel (the specification), its torch kernel,
-and its model.bin record (code, inputs, parameters by name, multiplier/shift counts).
+its ONNX nodes, and its model.bin record (code, inputs, parameters by name, multiplier/shift counts).
 The quantizer, both Python engines, the exporter, the reader, the fuzz corpus and the tests
 read KINDS; the C engine declares the same table (`c/inference --op-table`, checked equal by
 tests/test_op_table.py). README "Adding an op" lists every place a new kind touches.

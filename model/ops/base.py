@@ -5,6 +5,8 @@ function is an independent implementation that must match it bit for bit.
 Both take (xs, op, p): the input tensors (uint8 values in int64 arrays, N×C×H×W),
 the op's quant_list entry plus `in_zero_points` (one per input), and its
 state_dict tensors by field (weight, bias, multiplier, shift; {} if none).
+Its onnx function writes the op as ONNX nodes (model/onnx_export.py), bit-exact too: it takes
+the graph being written, its inputs' tensor names (uint8), op and p as numpy's.
 """
 from dataclasses import dataclass
 from typing import Callable
