@@ -42,6 +42,7 @@
 #endif
 #include <immintrin.h>
 #define FAST_VNNI 1
+#define FAST_AVX2 0
 #define FAST_KERNELS_ISA FAST_KERNELS_AVX512
 #define FAST_NAME "optimized (AVX-512 VNNI)"
 #elif defined(FAST_ISA_AVX2)
@@ -50,14 +51,25 @@
 #endif
 #include <immintrin.h>
 #define FAST_VNNI 0
+#define FAST_AVX2 1
 #define FAST_KERNELS_ISA FAST_KERNELS_AVX2
 #define FAST_NAME "optimized (AVX2)"
 #elif defined(FAST_ISA_C99)
 #define FAST_VNNI 0
+#define FAST_AVX2 0
 #define FAST_KERNELS_ISA FAST_KERNELS_C99
 #define FAST_NAME "optimized (C99)"
 #else
 #error "kernels_fast.c: compile with one of -DFAST_ISA_AVX512, -DFAST_ISA_AVX2, -DFAST_ISA_C99 (c/Makefile)"
+#endif
+
+/* The dot-product tile's weights (every build but VNNI): int8 where the SIMD widens them as it
+ * loads them (AVX2: vpmovsxbw); int16 in C99, since SSE2, its vectorizer's x86-64 baseline, has
+ * no one-instruction sign extension */
+#if FAST_AVX2
+typedef int8_t DotWeight;
+#else
+typedef int16_t DotWeight;
 #endif
 
 #define BLK 16          /* output channels per packed weight block (one zmm of int32) */
@@ -80,7 +92,7 @@ typedef struct {
     int direct;             /* conv reads the input as A in place (1x1, stride 1, no padding, K % KSTEP == 0) */
     int32_t d;              /* 128 - z_w (per tensor) or 0 */
     int8_t *w8;             /* GEMM (VNNI): [groups][nblk][Kp/4][16][4]; depthwise (VNNI): see fast_prepare */
-    int16_t *w16;           /* GEMM (dot-product tile): [groups][nblk*16][Kp], w8 widened */
+    DotWeight *wdot;        /* GEMM (dot-product tile): [groups][nblk*16][Kp], the w8 values */
     uint32_t *bias;         /* [groups*nblk*16] bias - z_x*(sum w8 + d*K), mod 2^32 */
     int64_t *mult, *rnd, *sh;   /* [groups*nblk*16] requantization per channel (padded) */
     int64_t *qv;            /* the same per 16-channel block for SIMD: mult even, odd, rnd even, odd, sh even, odd */
@@ -98,6 +110,7 @@ typedef struct {
     size_t pad_bytes;       /* a conv input with its padding */
     size_t dwcols_bytes;    /* depthwise (VNNI): one row of interleaved input columns */
     size_t rowsum_elems;    /* GEMM row sums (int32 per pixel); depthwise (C99) accumulators */
+    size_t rows16_elems;    /* the dot-product tile's MR rows of A widened to int16 */
     size_t acc_elems;       /* avgpool sums (int64 per channel) */
     size_t logits_bytes;    /* the last op's output back in CHW order, when it has H*W > 1 */
 } FastModel;
@@ -105,6 +118,7 @@ typedef struct {
 typedef struct {
     uint8_t *arena, *cols, *pad, *logits, *dwcols;
     int32_t *rowsum;
+    int16_t *rows16;
     int64_t *acc;
 } Workspace;
 
@@ -266,11 +280,13 @@ static FastModel *fast_prepare_model(const Model *m)
         if (!f->direct && op->kind == OP_CONV)
             fm->pad_bytes = max_size(fm->pad_bytes, padded);
         fm->rowsum_elems = max_size(fm->rowsum_elems, P);
+        if (!FAST_VNNI)
+            fm->rows16_elems = max_size(fm->rows16_elems, MR * (size_t)f->Kp);
         size_t nch = (size_t)groups * f->nblk * BLK;
         if (FAST_VNNI)
             f->w8 = xcalloc(nch * (size_t)f->Kp, 1, "packed weights");
         else
-            f->w16 = xcalloc(nch * (size_t)f->Kp, sizeof *f->w16, "packed weights");
+            f->wdot = xcalloc(nch * (size_t)f->Kp, sizeof *f->wdot, "packed weights");
         f->bias = xcalloc(nch, sizeof *f->bias, "biases");
         f->mult = xcalloc(3 * nch, sizeof *f->mult, "requantization");
         f->rnd = f->mult + nch;
@@ -298,7 +314,7 @@ static FastModel *fast_prepare_model(const Model *m)
                         f->w8[(slot - (size_t)j % BLK) * (size_t)f->Kp + (size_t)(k / 4) * BLK * 4 + (size_t)(j % BLK) * 4
                               + (size_t)(k % 4)] = (int8_t)v;
                     else
-                        f->w16[slot * (size_t)f->Kp + (size_t)k] = (int16_t)v;
+                        f->wdot[slot * (size_t)f->Kp + (size_t)k] = (DotWeight)v;
                     wsum += (uint32_t)v;
                 }
                 uint32_t zx = (uint32_t)in->zero_point;
@@ -309,7 +325,7 @@ static FastModel *fast_prepare_model(const Model *m)
             }
         }
         qparams(f, nch);
-        if (FAST_VNNI)
+        if (FAST_VNNI || FAST_AVX2)
             qparams_fast(f, nch, op->zero_point);
     }
     const Op *last = &m->ops[m->n_ops - 1];
@@ -325,7 +341,7 @@ static void fast_release(void *p)
         return;
     for (int i = 0; fm->ops && i < fm->n_ops; i++) {
         free(fm->ops[i].w8);
-        free(fm->ops[i].w16);
+        free(fm->ops[i].wdot);
         free(fm->ops[i].bias);
         free(fm->ops[i].mult);
         free(fm->ops[i].qv);
@@ -354,6 +370,8 @@ static void *fast_workspace_new(const Model *m, const void *prepared)
         ws->dwcols = xcalloc(fm->dwcols_bytes + 64, 1, "depthwise columns");
     if (fm->rowsum_elems)
         ws->rowsum = xcalloc(fm->rowsum_elems, sizeof *ws->rowsum, "row sums");
+    if (fm->rows16_elems)
+        ws->rows16 = xcalloc(fm->rows16_elems, sizeof *ws->rows16, "widened rows");
     if (fm->acc_elems)
         ws->acc = xcalloc(fm->acc_elems, sizeof *ws->acc, "accumulators");
     if (fm->logits_bytes)
@@ -371,6 +389,7 @@ static void fast_workspace_free(void *p)
     free(ws->pad);
     free(ws->dwcols);
     free(ws->rowsum);
+    free(ws->rows16);
     free(ws->acc);
     free(ws->logits);
     free(ws);
@@ -541,9 +560,10 @@ static inline __attribute__((always_inline)) void tile_vnni(const int NB, const 
 #define TILE_ROW(nb) TILE_CASE(nb, 1) TILE_CASE(nb, 2) TILE_CASE(nb, 3) TILE_CASE(nb, 4)   /* mp = 1..MR */
 
 /* nb blocks of 16 channels from slot (the last one's first last_n) x mp pixels */
-static void tile(int nb, int mp, const uint8_t *A, size_t lda, const int32_t *rowsum, const FastOp *f, size_t slot,
-                 int last_n, const Op *op, uint8_t *out, size_t ldc)
+static void tile(int nb, int mp, const uint8_t *A, size_t lda, const int32_t *rowsum, int16_t *rows16, const FastOp *f,
+                 size_t slot, int last_n, const Op *op, uint8_t *out, size_t ldc)
 {
+    (void)rows16;
     const int8_t *B = f->w8 + slot * (size_t)f->Kp;
     const size_t bstride = (size_t)f->Kp * BLK;
     const int32_t nk = f->Kp / 4;
@@ -553,40 +573,124 @@ static void tile(int nb, int mp, const uint8_t *A, size_t lda, const int32_t *ro
     }
 }
 #else
-/* Dot-product register tile (every build but VNNI): 4 channels x 2 pixels of nb blocks of 16
- * channels from slot (the last one's first last_n) x mp pixels, each output one dot product over
- * the depth of uint8 activations and int16 weights, in plain C that compilers vectorize as pmaddwd
- * (SSE2 at -O3 without -march, AVX2 with -mavx2: int16 products summed pairwise into int32 lanes;
- * exact, unlike u8 x s8 vpmaddubsw, which saturates).  The sums wrap modulo 2^32, as the GEMM's. */
-static void tile(int nb, int mp, const uint8_t *A, size_t lda, const int32_t *rowsum, const FastOp *f, size_t slot,
-                 int last_n, const Op *op, uint8_t *out, size_t ldc)
+/* The dot-product tile (every build but VNNI): sums[p][l] = sum_k a[p][k] * w[l][k] for 4 pixel
+ * rows a (uint8 values, widened to int16 once per tile) and 2 channels' weights w0, w0 + Kp, each
+ * an exact dot product of int16 products summed pairwise into int32 lanes (pmaddwd; u8 x s8
+ * vpmaddubsw would saturate), wrapping modulo 2^32 as the GEMM's sums do. */
+#if FAST_AVX2
+static inline void dot_2x4(const int16_t *const a[MR], const DotWeight *w0, size_t Kp, uint32_t sums[MR][2])
+{
+    const DotWeight *w1 = w0 + Kp;
+    __m256i c00 = _mm256_setzero_si256(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00, c31 = c00;
+    for (size_t k = 0; k < Kp; k += 16) {       /* 16 depths a step, the weights widened as loaded */
+        const __m256i v0 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const void *)(w0 + k)));
+        const __m256i v1 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const void *)(w1 + k)));
+        __m256i x = _mm256_loadu_si256((const void *)(a[0] + k));
+        c00 = _mm256_add_epi32(c00, _mm256_madd_epi16(x, v0));
+        c01 = _mm256_add_epi32(c01, _mm256_madd_epi16(x, v1));
+        x = _mm256_loadu_si256((const void *)(a[1] + k));
+        c10 = _mm256_add_epi32(c10, _mm256_madd_epi16(x, v0));
+        c11 = _mm256_add_epi32(c11, _mm256_madd_epi16(x, v1));
+        x = _mm256_loadu_si256((const void *)(a[2] + k));
+        c20 = _mm256_add_epi32(c20, _mm256_madd_epi16(x, v0));
+        c21 = _mm256_add_epi32(c21, _mm256_madd_epi16(x, v1));
+        x = _mm256_loadu_si256((const void *)(a[3] + k));
+        c30 = _mm256_add_epi32(c30, _mm256_madd_epi16(x, v0));
+        c31 = _mm256_add_epi32(c31, _mm256_madd_epi16(x, v1));
+        /* updated in place: GCC otherwise adds into a copy and moves each accumulator back */
+        __asm__("" : "+x"(c00), "+x"(c01), "+x"(c10), "+x"(c11), "+x"(c20), "+x"(c21), "+x"(c30), "+x"(c31));
+    }
+    /* each 128-bit half of g0 holds its 4-lane sums of c00, c01, c10, c11 (g1: c20 .. c31); the
+     * two halves added give the 8 sums in sums' order */
+    const __m256i g0 = _mm256_hadd_epi32(_mm256_hadd_epi32(c00, c01), _mm256_hadd_epi32(c10, c11));
+    const __m256i g1 = _mm256_hadd_epi32(_mm256_hadd_epi32(c20, c21), _mm256_hadd_epi32(c30, c31));
+    _mm256_storeu_si256((void *)sums, _mm256_add_epi32(_mm256_permute2x128_si256(g0, g1, 0x20),
+                                                         _mm256_permute2x128_si256(g0, g1, 0x31)));
+}
+
+/* dot_2x4's sums (channels ch, ch + 1, ch even, x MR pixels) through requant_fast's form (f->qf,
+ * where f->rq32): bias and d * rowsum added, the high half of one 64-bit sum per lane (even lanes
+ * channel ch, odd ones ch + 1), the post shift, the clamp; the first nc channels of the first mp
+ * pixels stored. */
+static void requant_store_2x4(const uint32_t sums[MR][2], const int32_t *rowsum, const FastOp *f, size_t ch, int nc,
+                              int mp, const Op *op, uint8_t *out, size_t ldc)
+{
+    const int64_t *q = f->qf + ch / BLK * QF_WORDS;
+    const size_t j = ch % BLK / 2;
+    __m256i acc = _mm256_add_epi32(_mm256_loadu_si256((const void *)sums),
+                                   _mm256_broadcastq_epi64(_mm_loadl_epi64((const void *)(f->bias + ch))));
+    if (f->d) {
+        int32_t rs[MR];
+        for (int p = 0; p < MR; p++)
+            rs[p] = rowsum[p < mp ? p : 0];
+        acc = _mm256_add_epi32(acc, _mm256_mullo_epi32(_mm256_set1_epi32(f->d), _mm256_setr_epi32(
+                                        rs[0], rs[0], rs[1], rs[1], rs[2], rs[2], rs[3], rs[3])));
+    }
+    const __m256i e = _mm256_add_epi64(_mm256_mul_epi32(acc, _mm256_set1_epi64x(q[j])), _mm256_set1_epi64x(q[16 + j]));
+    const __m256i o = _mm256_add_epi64(_mm256_mul_epi32(_mm256_srli_epi64(acc, 32), _mm256_set1_epi64x(q[8 + j])),
+                                       _mm256_set1_epi64x(q[24 + j]));
+    __m256i h = _mm256_blend_epi32(_mm256_srli_epi64(e, 32), o, 0xAA);
+    if (f->post)
+        h = _mm256_srav_epi32(h, _mm256_broadcastq_epi64(_mm_loadl_epi64((const void *)((const int32_t *)(q + 32) + 2 * j))));
+    h = _mm256_min_epi32(_mm256_max_epi32(h, _mm256_set1_epi32(op->qmin)), _mm256_set1_epi32(op->qmax));
+    int32_t v[MR][2];
+    _mm256_storeu_si256((void *)v, h);
+    for (int p = 0; p < mp; p++)
+        for (int l = 0; l < nc; l++)
+            out[(size_t)p * ldc + (size_t)l] = (uint8_t)v[p][l];
+}
+#else
+/* plain C that GCC vectorizes as pmaddwd (SSE2 at -O3 without -march) */
+static inline void dot_2x4(const int16_t *const a[MR], const DotWeight *w0, size_t Kp, uint32_t sums[MR][2])
+{
+    const DotWeight *w1 = w0 + Kp;
+    const int16_t *a0 = a[0], *a1 = a[1], *a2 = a[2], *a3 = a[3];
+    uint32_t s00 = 0, s01 = 0, s10 = 0, s11 = 0, s20 = 0, s21 = 0, s30 = 0, s31 = 0;
+    for (size_t k = 0; k < Kp; k++) {
+        const int32_t x0 = a0[k], x1 = a1[k], x2 = a2[k], x3 = a3[k], v0 = w0[k], v1 = w1[k];
+        s00 += (uint32_t)(x0 * v0);
+        s01 += (uint32_t)(x0 * v1);
+        s10 += (uint32_t)(x1 * v0);
+        s11 += (uint32_t)(x1 * v1);
+        s20 += (uint32_t)(x2 * v0);
+        s21 += (uint32_t)(x2 * v1);
+        s30 += (uint32_t)(x3 * v0);
+        s31 += (uint32_t)(x3 * v1);
+    }
+    sums[0][0] = s00, sums[0][1] = s01, sums[1][0] = s10, sums[1][1] = s11;
+    sums[2][0] = s20, sums[2][1] = s21, sums[3][0] = s30, sums[3][1] = s31;
+}
+#endif
+
+/* Register tile: nb blocks of 16 channels from slot (the last one's first last_n) x mp <= MR
+ * pixels; the pixels' rows of A widened into rows16 once, then 2 channels at a time. */
+static void tile(int nb, int mp, const uint8_t *A, size_t lda, const int32_t *rowsum, int16_t *rows16, const FastOp *f,
+                 size_t slot, int last_n, const Op *op, uint8_t *out, size_t ldc)
 {
     const size_t Kp = (size_t)f->Kp;
     const int n = (nb - 1) * BLK + last_n;
-    for (int c = 0; c < n; c += 4) {          /* the blocks' padding channels have zero weights */
-        const int16_t *w0 = f->w16 + (slot + (size_t)c) * Kp, *w1 = w0 + Kp, *w2 = w1 + Kp, *w3 = w2 + Kp;
-        for (int p = 0; p < mp; p += 2) {
-            const uint8_t *a0 = A + (size_t)p * lda, *a1 = p + 1 < mp ? a0 + lda : a0;
-            uint32_t s00 = 0, s01 = 0, s02 = 0, s03 = 0, s10 = 0, s11 = 0, s12 = 0, s13 = 0;
-            for (size_t k = 0; k < Kp; k++) {
-                const int32_t x0 = a0[k], x1 = a1[k];
-                s00 += (uint32_t)(x0 * w0[k]);
-                s01 += (uint32_t)(x0 * w1[k]);
-                s02 += (uint32_t)(x0 * w2[k]);
-                s03 += (uint32_t)(x0 * w3[k]);
-                s10 += (uint32_t)(x1 * w0[k]);
-                s11 += (uint32_t)(x1 * w1[k]);
-                s12 += (uint32_t)(x1 * w2[k]);
-                s13 += (uint32_t)(x1 * w3[k]);
-            }
-            const uint32_t sums[2][4] = {{s00, s01, s02, s03}, {s10, s11, s12, s13}};
-            for (int q = 0; q < 2 && p + q < mp; q++) {
-                int32_t res[4];
-                for (int l = 0; l < 4; l++)
-                    res[l] = u32_to_i32(sums[q][l] + f->bias[slot + (size_t)(c + l)]
-                                        + (uint32_t)f->d * (uint32_t)rowsum[p + q]);
-                requant_store(res, f, slot + (size_t)c, n - c < 4 ? n - c : 4, op, out + (size_t)(p + q) * ldc + (size_t)c);
-            }
+    const int16_t *rows[MR];
+    for (int p = 0; p < MR; p++) {
+        int16_t *row = rows16 + (size_t)p * Kp;
+        const uint8_t *a = A + (size_t)(p < mp ? p : 0) * lda;  /* past mp: row 0 again, not stored */
+        for (size_t k = 0; k < Kp; k++)
+            row[k] = a[k];
+        rows[p] = row;
+    }
+    for (int c = 0; c < n; c += 2) {          /* a block's padding channels have zero weights */
+        uint32_t sums[MR][2];
+        dot_2x4(rows, f->wdot + (slot + (size_t)c) * Kp, Kp, sums);
+#if FAST_AVX2
+        if (f->rq32) {
+            requant_store_2x4(sums, rowsum, f, slot + (size_t)c, n - c < 2 ? 1 : 2, mp, op, out + (size_t)c, ldc);
+            continue;
+        }
+#endif
+        for (int p = 0; p < mp; p++) {
+            int32_t res[2];
+            for (int l = 0; l < 2; l++)
+                res[l] = u32_to_i32(sums[p][l] + f->bias[slot + (size_t)(c + l)] + (uint32_t)f->d * (uint32_t)rowsum[p]);
+            requant_store(res, f, slot + (size_t)c, n - c < 2 ? 1 : 2, op, out + (size_t)p * ldc + (size_t)c);
         }
     }
 }
@@ -666,7 +770,7 @@ static void fast_gemm(const Op *op, const Op *in, const FastOp *f, const uint8_t
             size_t slot = ((size_t)g * f->nblk + b0) * BLK;
             for (size_t p0 = 0; p0 < P; p0 += MR) {
                 int mp = P - p0 < MR ? (int)(P - p0) : MR;
-                tile(nb, mp, A + p0 * lda, lda, ws->rowsum + p0, f, slot, last_n, op,
+                tile(nb, mp, A + p0 * lda, lda, ws->rowsum + p0, ws->rows16, f, slot, last_n, op,
                      outg + p0 * op->c + (size_t)b0 * BLK, (size_t)op->c);
             }
         }
