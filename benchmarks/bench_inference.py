@@ -1,7 +1,9 @@
 """C INT8 against its peers, in one run, on the same images and the same float checkpoint.
 
-  c_int8_1thread  c/inference (one thread)
+  c_int8_1thread  c/inference (one thread), the best build of its kernels this CPU runs
   c_int8_all      c/inference_omp, OpenMP across images on every core
+  (c --isa ISA    c/inference with each build of its kernels this CPU runs forced, one thread,
+                  and its ratio to the best: avx512, avx2, c99)
   torch_fp32      the float model, 1 thread
   torch_int8      torch.ao FX post-training quantization, x86 backend, per channel, 1 thread
   ort_int8        ONNX Runtime, static QDQ per-channel quantization, 1 thread
@@ -35,6 +37,7 @@ from model.fileio import ModelFileError, atomic_open  # noqa: E402
 from model.quantize import build_integer_graph  # noqa: E402
 
 BATCHES = (1, 32)
+ISAS = ("avx512", "avx2", "c99")        # c/inference's builds of the optimized kernels, best first
 
 
 def conv_kernel_macs(state, quant_list):
@@ -110,12 +113,15 @@ def write_images(images, labels, dataset, folder):
     return path, None
 
 
-def run_c(binary, model_name, folder, images, labels, threads):
+def run_c(binary, model_name, folder, images, labels, threads, extra=()):
+    """(images/s, predictions); None for an --isa this CPU lacks."""
     cmd = [binary, "--model", model_name, "--dir", folder, "--images", images,
-           "--logits", os.path.join(folder, "logits.txt"), "--quiet"] + (["--labels", labels] if labels else [])
+           "--logits", os.path.join(folder, "logits.txt"), "--quiet", *extra] + (["--labels", labels] if labels else [])
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     out, err = proc.communicate()
+    if proc.returncode != 0 and ("this CPU lacks" in err or ": unknown, this binary has" in err):
+        return None
     if proc.returncode != 0:
         sys.exit(f"error: C engine failed: {err.strip()}")
     m = re.search(r"result: images=(\d+) correct=(\d+) seconds=([0-9.eE+-]+)", out)
@@ -189,6 +195,11 @@ def main():
         c1, c1_pred = run_c(os.path.join(ROOT, "c", "inference"), cfg.model, tmp, images, labels, 1)
         call, _ = run_c(os.path.join(ROOT, "c", "inference_omp"), cfg.model, tmp, images, labels, os.cpu_count())
         accuracy = {"c_int8": float((c1_pred == y).mean())}
+        isa_runs = {isa: run_c(os.path.join(ROOT, "c", "inference"), cfg.model, tmp, images, labels, 1, ["--isa", isa])
+                    for isa in ISAS}
+        isa_speeds = {isa: run[0] for isa, run in isa_runs.items() if run}
+        best = max(isa_speeds.values())
+        result["c_isa"] = {isa: {"images_per_s": v, "ratio_to_best": v / best} for isa, v in isa_speeds.items()}
         for batch in BATCHES:
             speeds = {"c_int8_1thread": c1, "c_int8_all": call}
             for name, fn in engines.items():
@@ -217,6 +228,8 @@ def main():
             row += f"{v:>16.0f}{(f'{ratio:.2f}x' if ratio else ''):>8}"
         acc = accuracy.get(name, accuracy["c_int8"])
         print(row + f"{acc * 100:>9.2f}%")
+    print("C per kernel build (--isa, one thread): " + ", ".join(
+        f"{isa} {v['images_per_s']:.0f} img/s ({v['ratio_to_best']:.2f}x)" for isa, v in result["c_isa"].items()))
     print(f"C: {result['gmac_per_image']:.4f} GMAC/image, {result['c_gmac_per_s']:.1f} GMAC/s on one thread, "
           f"peak RSS {result['c_peak_rss_mb']:.1f} MB (budget {result['c_memory_budget_mb']:.1f} MB)")
     if cfg.json:

@@ -597,8 +597,6 @@ static inline void dot_2x4(const int16_t *const a[MR], const DotWeight *w0, size
         x = _mm256_loadu_si256((const void *)(a[3] + k));
         c30 = _mm256_add_epi32(c30, _mm256_madd_epi16(x, v0));
         c31 = _mm256_add_epi32(c31, _mm256_madd_epi16(x, v1));
-        /* updated in place: GCC otherwise adds into a copy and moves each accumulator back */
-        __asm__("" : "+x"(c00), "+x"(c01), "+x"(c10), "+x"(c11), "+x"(c20), "+x"(c21), "+x"(c30), "+x"(c31));
     }
     /* each 128-bit half of g0 holds its 4-lane sums of c00, c01, c10, c11 (g1: c20 .. c31); the
      * two halves added give the 8 sums in sums' order */
