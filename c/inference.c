@@ -67,8 +67,8 @@ static void usage(const char *msg, const char *arg)
             "                  no accuracy), or the idx1 file (mnist)\n"
             "  --quiet         print only the result line\n"
             "  --reference     run the simple reference kernels instead of the optimized ones\n"
-            "  --isa NAME      the optimized kernels' build: avx512, avx2 or c99 (x86-64); default the\n"
-            "                  best this CPU runs\n"
+            "  --isa NAME      the optimized kernels' build: avx512, avx2 or c99 (x86-64), neon or c99\n"
+            "                  (aarch64); default the best this CPU runs\n"
             "  --dump-layers DIR  write every op's output for the images (--limit N of them) to DIR as\n"
             "                  golden vectors (.npy, .hex, manifest.json: model/golden.py's layout) and exit\n"
             "  --op-table      print the op kinds this engine reads, as JSON (one per line), and exit\n");

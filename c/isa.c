@@ -2,9 +2,10 @@
  * isa.c -- which build of the optimized kernels (kernels.h) this CPU runs.
  *
  * The Makefile links one build of kernels_fast.c per ISA the target architecture has (x86-64:
- * AVX-512 VNNI, AVX2, C99), each compiled with its own target flags, and compiles everything
- * else for the plain architecture, so that one binary runs on any x86-64: at start the engine
- * takes the first ISA in the table below that the CPU supports, or the one --isa names.
+ * AVX-512 VNNI, AVX2, C99; aarch64: NEON with the dot product, C99), each compiled with its own
+ * target flags, and compiles everything else for the plain architecture, so that one binary runs
+ * on any CPU of it: at start the engine takes the first ISA in the table below that the CPU
+ * supports, or the one --isa names.
  * FPGAI_C99_ONLY (make portable) links the C99 build alone, for compilers without the
  * intrinsics.
  */
@@ -18,6 +19,12 @@
 #define X86_ISAS 1
 #else
 #define X86_ISAS 0
+#endif
+#if defined(__aarch64__) && !defined(FPGAI_C99_ONLY)
+#define ARM_ISAS 1
+#include <sys/auxv.h>
+#else
+#define ARM_ISAS 0
 #endif
 
 #if X86_ISAS
@@ -38,6 +45,13 @@ static int cpu_has_avx2(void)
 }
 #endif
 
+#if ARM_ISAS
+static int cpu_has_dotprod(void)
+{
+    return (getauxval(AT_HWCAP) & HWCAP_ASIMDDP) != 0;
+}
+#endif
+
 static int always(void)
 {
     return 1;
@@ -54,6 +68,9 @@ static const Isa ISAS[] = {
 #if X86_ISAS
     {"avx512", "AVX-512 F/BW/DQ/VL/VNNI/VBMI", &FAST_KERNELS_AVX512, cpu_has_avx512},
     {"avx2", "AVX2", &FAST_KERNELS_AVX2, cpu_has_avx2},
+#endif
+#if ARM_ISAS
+    {"neon", "the NEON dot product (asimddp)", &FAST_KERNELS_NEON, cpu_has_dotprod},
 #endif
     {"c99", "", &FAST_KERNELS_C99, always},
 };

@@ -7,7 +7,8 @@
  *   FAST_KERNELS_*     kernels_fast.c  HWC activations, every conv and linear layer an int8
  *                                      GEMM, depthwise convs vectorized over channels; one build
  *                                      of that file per ISA (c/Makefile): _AVX512 (VNNI), _AVX2,
- *                                      _C99 (any CPU); isa.c picks the best one this CPU runs
+ *                                      _NEON (aarch64, sdot), _C99 (any CPU); isa.c picks the
+ *                                      best one this CPU runs
  *
  * The optimized set prepares its own read-only copy of the weights from a loaded Model (which
  * it never writes); each set gives each thread a workspace: its arena of activations (the
@@ -31,9 +32,9 @@ typedef struct {
 } KernelSet;
 
 extern const KernelSet REFERENCE_KERNELS;
-extern const KernelSet FAST_KERNELS_AVX512, FAST_KERNELS_AVX2, FAST_KERNELS_C99;
+extern const KernelSet FAST_KERNELS_AVX512, FAST_KERNELS_AVX2, FAST_KERNELS_NEON, FAST_KERNELS_C99;
 
-/* isa.c: the optimized set for ISA name (avx512, avx2, c99), or, for NULL, the best one this
+/* isa.c: the optimized set for ISA name (avx512, avx2, neon, c99), or, for NULL, the best one this
  * binary holds that the CPU runs; *isa gets its name.  Fails (one error line, exit 1) on a name
  * this binary does not know or one the CPU lacks. */
 const KernelSet *fast_kernels(const char **isa);

@@ -43,6 +43,7 @@
 #include <immintrin.h>
 #define FAST_VNNI 1
 #define FAST_AVX2 0
+#define FAST_NEON 0
 #define FAST_KERNELS_ISA FAST_KERNELS_AVX512
 #define FAST_NAME "optimized (AVX-512 VNNI)"
 #elif defined(FAST_ISA_AVX2)
@@ -52,25 +53,44 @@
 #include <immintrin.h>
 #define FAST_VNNI 0
 #define FAST_AVX2 1
+#define FAST_NEON 0
 #define FAST_KERNELS_ISA FAST_KERNELS_AVX2
 #define FAST_NAME "optimized (AVX2)"
+#elif defined(FAST_ISA_NEON)
+#if !(defined(__aarch64__) && defined(__ARM_FEATURE_DOTPROD))
+#error "FAST_ISA_NEON needs an aarch64 target with the dot product (-march=armv8.2-a+dotprod)"
+#endif
+#include <arm_neon.h>
+#define FAST_VNNI 0
+#define FAST_AVX2 0
+#define FAST_NEON 1
+#define FAST_KERNELS_ISA FAST_KERNELS_NEON
+#define FAST_NAME "optimized (NEON dot product)"
 #elif defined(FAST_ISA_C99)
 #define FAST_VNNI 0
 #define FAST_AVX2 0
+#define FAST_NEON 0
 #define FAST_KERNELS_ISA FAST_KERNELS_C99
 #define FAST_NAME "optimized (C99)"
 #else
-#error "kernels_fast.c: compile with one of -DFAST_ISA_AVX512, -DFAST_ISA_AVX2, -DFAST_ISA_C99 (c/Makefile)"
+#error "kernels_fast.c: compile with one of -DFAST_ISA_AVX512, -DFAST_ISA_AVX2, -DFAST_ISA_NEON, -DFAST_ISA_C99 (c/Makefile)"
 #endif
 
-/* The dot-product tile's weights (every build but VNNI): int8 where the SIMD widens them as it
- * loads them (AVX2: vpmovsxbw); int16 in C99, since SSE2, its vectorizer's x86-64 baseline, has
- * no one-instruction sign extension */
+/* The dot-product tile's weights and rows of A (every build but VNNI).  AVX2: int8 weights, widened
+ * as loaded (vpmovsxbw), int16 rows.  NEON: int8 both (sdot is s8 x s8), the rows holding x - 128,
+ * whose 128 * sum w8 is added back in the bias.  C99: int16 both, since SSE2, its vectorizer's
+ * x86-64 baseline, has no one-instruction sign extension. */
 #if FAST_AVX2
 typedef int8_t DotWeight;
+typedef int16_t DotRow;
+#elif FAST_NEON
+typedef int8_t DotWeight;
+typedef int8_t DotRow;
 #else
 typedef int16_t DotWeight;
+typedef int16_t DotRow;
 #endif
+#define ROW_OFFSET (FAST_NEON ? 128 : 0)
 
 #define BLK 16          /* output channels per packed weight block (one zmm of int32) */
 /* The GEMM's depth step: VNNI packs 4 depths per 32-bit lane; the dot-product tile (every
@@ -110,7 +130,7 @@ typedef struct {
     size_t pad_bytes;       /* a conv input with its padding */
     size_t dwcols_bytes;    /* depthwise (VNNI): one row of interleaved input columns */
     size_t rowsum_elems;    /* GEMM row sums (int32 per pixel); depthwise (C99) accumulators */
-    size_t rows16_elems;    /* the dot-product tile's MR rows of A widened to int16 */
+    size_t dotrows_elems;   /* the dot-product tile's MR rows of A as DotRow */
     size_t acc_elems;       /* avgpool sums (int64 per channel) */
     size_t logits_bytes;    /* the last op's output back in CHW order, when it has H*W > 1 */
 } FastModel;
@@ -118,7 +138,7 @@ typedef struct {
 typedef struct {
     uint8_t *arena, *cols, *pad, *logits, *dwcols;
     int32_t *rowsum;
-    int16_t *rows16;
+    DotRow *dotrows;
     int64_t *acc;
 } Workspace;
 
@@ -281,7 +301,7 @@ static FastModel *fast_prepare_model(const Model *m)
             fm->pad_bytes = max_size(fm->pad_bytes, padded);
         fm->rowsum_elems = max_size(fm->rowsum_elems, P);
         if (!FAST_VNNI)
-            fm->rows16_elems = max_size(fm->rows16_elems, MR * (size_t)f->Kp);
+            fm->dotrows_elems = max_size(fm->dotrows_elems, MR * (size_t)f->Kp);
         size_t nch = (size_t)groups * f->nblk * BLK;
         if (FAST_VNNI)
             f->w8 = xcalloc(nch * (size_t)f->Kp, 1, "packed weights");
@@ -318,7 +338,8 @@ static FastModel *fast_prepare_model(const Model *m)
                     wsum += (uint32_t)v;
                 }
                 uint32_t zx = (uint32_t)in->zero_point;
-                f->bias[slot] = (uint32_t)op_bias(m, op, co) - zx * (wsum + (uint32_t)f->d * (uint32_t)f->K);
+                f->bias[slot] = (uint32_t)op_bias(m, op, co) - zx * (wsum + (uint32_t)f->d * (uint32_t)f->K)
+                                + (uint32_t)ROW_OFFSET * wsum;
                 f->mult[slot] = op->multiplier[co];
                 f->sh[slot] = op->shift[co];
                 f->rnd[slot] = ((int64_t)1 << op->shift[co]) >> 1;
@@ -370,8 +391,8 @@ static void *fast_workspace_new(const Model *m, const void *prepared)
         ws->dwcols = xcalloc(fm->dwcols_bytes + 64, 1, "depthwise columns");
     if (fm->rowsum_elems)
         ws->rowsum = xcalloc(fm->rowsum_elems, sizeof *ws->rowsum, "row sums");
-    if (fm->rows16_elems)
-        ws->rows16 = xcalloc(fm->rows16_elems, sizeof *ws->rows16, "widened rows");
+    if (fm->dotrows_elems)
+        ws->dotrows = xcalloc(fm->dotrows_elems, sizeof *ws->dotrows, "dot-product rows");
     if (fm->acc_elems)
         ws->acc = xcalloc(fm->acc_elems, sizeof *ws->acc, "accumulators");
     if (fm->logits_bytes)
@@ -389,7 +410,7 @@ static void fast_workspace_free(void *p)
     free(ws->pad);
     free(ws->dwcols);
     free(ws->rowsum);
-    free(ws->rows16);
+    free(ws->dotrows);
     free(ws->acc);
     free(ws->logits);
     free(ws);
@@ -560,10 +581,10 @@ static inline __attribute__((always_inline)) void tile_vnni(const int NB, const 
 #define TILE_ROW(nb) TILE_CASE(nb, 1) TILE_CASE(nb, 2) TILE_CASE(nb, 3) TILE_CASE(nb, 4)   /* mp = 1..MR */
 
 /* nb blocks of 16 channels from slot (the last one's first last_n) x mp pixels */
-static void tile(int nb, int mp, const uint8_t *A, size_t lda, const int32_t *rowsum, int16_t *rows16, const FastOp *f,
+static void tile(int nb, int mp, const uint8_t *A, size_t lda, const int32_t *rowsum, DotRow *dotrows, const FastOp *f,
                  size_t slot, int last_n, const Op *op, uint8_t *out, size_t ldc)
 {
-    (void)rows16;
+    (void)dotrows;          /* the dot-product tile's */
     const int8_t *B = f->w8 + slot * (size_t)f->Kp;
     const size_t bstride = (size_t)f->Kp * BLK;
     const int32_t nk = f->Kp / 4;
@@ -574,11 +595,11 @@ static void tile(int nb, int mp, const uint8_t *A, size_t lda, const int32_t *ro
 }
 #else
 /* The dot-product tile (every build but VNNI): sums[p][l] = sum_k a[p][k] * w[l][k] for 4 pixel
- * rows a (uint8 values, widened to int16 once per tile) and 2 channels' weights w0, w0 + Kp, each
- * an exact dot product of int16 products summed pairwise into int32 lanes (pmaddwd; u8 x s8
- * vpmaddubsw would saturate), wrapping modulo 2^32 as the GEMM's sums do. */
+ * rows a (DotRow, converted once per tile) and 2 channels' weights w0, w0 + Kp, each an exact dot
+ * product, wrapping modulo 2^32 as the GEMM's sums do.  On x86, int16 products summed pairwise
+ * into int32 lanes (pmaddwd; u8 x s8 vpmaddubsw would saturate). */
 #if FAST_AVX2
-static inline void dot_2x4(const int16_t *const a[MR], const DotWeight *w0, size_t Kp, uint32_t sums[MR][2])
+static inline void dot_2x4(const DotRow *const a[MR], const DotWeight *w0, size_t Kp, uint32_t sums[MR][2])
 {
     const DotWeight *w1 = w0 + Kp;
     __m256i c00 = _mm256_setzero_si256(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00, c31 = c00;
@@ -637,12 +658,38 @@ static void requant_store_2x4(const uint32_t sums[MR][2], const int32_t *rowsum,
         for (int l = 0; l < nc; l++)
             out[(size_t)p * ldc + (size_t)l] = (uint8_t)v[p][l];
 }
-#else
-/* plain C that GCC vectorizes as pmaddwd (SSE2 at -O3 without -march) */
-static inline void dot_2x4(const int16_t *const a[MR], const DotWeight *w0, size_t Kp, uint32_t sums[MR][2])
+#elif FAST_NEON
+/* sdot: 4 int8 products summed into each int32 lane, 16 depths a step */
+static inline void dot_2x4(const DotRow *const a[MR], const DotWeight *w0, size_t Kp, uint32_t sums[MR][2])
 {
     const DotWeight *w1 = w0 + Kp;
-    const int16_t *a0 = a[0], *a1 = a[1], *a2 = a[2], *a3 = a[3];
+    int32x4_t c00 = vdupq_n_s32(0), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00, c31 = c00;
+    for (size_t k = 0; k < Kp; k += 16) {
+        const int8x16_t v0 = vld1q_s8(w0 + k), v1 = vld1q_s8(w1 + k);
+        int8x16_t x = vld1q_s8(a[0] + k);
+        c00 = vdotq_s32(c00, x, v0);
+        c01 = vdotq_s32(c01, x, v1);
+        x = vld1q_s8(a[1] + k);
+        c10 = vdotq_s32(c10, x, v0);
+        c11 = vdotq_s32(c11, x, v1);
+        x = vld1q_s8(a[2] + k);
+        c20 = vdotq_s32(c20, x, v0);
+        c21 = vdotq_s32(c21, x, v1);
+        x = vld1q_s8(a[3] + k);
+        c30 = vdotq_s32(c30, x, v0);
+        c31 = vdotq_s32(c31, x, v1);
+    }
+    sums[0][0] = (uint32_t)vaddvq_s32(c00), sums[0][1] = (uint32_t)vaddvq_s32(c01);
+    sums[1][0] = (uint32_t)vaddvq_s32(c10), sums[1][1] = (uint32_t)vaddvq_s32(c11);
+    sums[2][0] = (uint32_t)vaddvq_s32(c20), sums[2][1] = (uint32_t)vaddvq_s32(c21);
+    sums[3][0] = (uint32_t)vaddvq_s32(c30), sums[3][1] = (uint32_t)vaddvq_s32(c31);
+}
+#else
+/* plain C that GCC vectorizes as pmaddwd (SSE2 at -O3 without -march) */
+static inline void dot_2x4(const DotRow *const a[MR], const DotWeight *w0, size_t Kp, uint32_t sums[MR][2])
+{
+    const DotWeight *w1 = w0 + Kp;
+    const DotRow *a0 = a[0], *a1 = a[1], *a2 = a[2], *a3 = a[3];
     uint32_t s00 = 0, s01 = 0, s10 = 0, s11 = 0, s20 = 0, s21 = 0, s30 = 0, s31 = 0;
     for (size_t k = 0; k < Kp; k++) {
         const int32_t x0 = a0[k], x1 = a1[k], x2 = a2[k], x3 = a3[k], v0 = w0[k], v1 = w1[k];
@@ -661,18 +708,19 @@ static inline void dot_2x4(const int16_t *const a[MR], const DotWeight *w0, size
 #endif
 
 /* Register tile: nb blocks of 16 channels from slot (the last one's first last_n) x mp <= MR
- * pixels; the pixels' rows of A widened into rows16 once, then 2 channels at a time. */
-static void tile(int nb, int mp, const uint8_t *A, size_t lda, const int32_t *rowsum, int16_t *rows16, const FastOp *f,
+ * pixels; the pixels' rows of A into dotrows once (as DotRow, less ROW_OFFSET), then 2 channels at
+ * a time. */
+static void tile(int nb, int mp, const uint8_t *A, size_t lda, const int32_t *rowsum, DotRow *dotrows, const FastOp *f,
                  size_t slot, int last_n, const Op *op, uint8_t *out, size_t ldc)
 {
     const size_t Kp = (size_t)f->Kp;
     const int n = (nb - 1) * BLK + last_n;
-    const int16_t *rows[MR];
+    const DotRow *rows[MR];
     for (int p = 0; p < MR; p++) {
-        int16_t *row = rows16 + (size_t)p * Kp;
+        DotRow *row = dotrows + (size_t)p * Kp;
         const uint8_t *a = A + (size_t)(p < mp ? p : 0) * lda;  /* past mp: row 0 again, not stored */
         for (size_t k = 0; k < Kp; k++)
-            row[k] = a[k];
+            row[k] = (DotRow)(a[k] - ROW_OFFSET);
         rows[p] = row;
     }
     for (int c = 0; c < n; c += 2) {          /* a block's padding channels have zero weights */
@@ -768,7 +816,7 @@ static void fast_gemm(const Op *op, const Op *in, const FastOp *f, const uint8_t
             size_t slot = ((size_t)g * f->nblk + b0) * BLK;
             for (size_t p0 = 0; p0 < P; p0 += MR) {
                 int mp = P - p0 < MR ? (int)(P - p0) : MR;
-                tile(nb, mp, A + p0 * lda, lda, ws->rowsum + p0, ws->rows16, f, slot, last_n, op,
+                tile(nb, mp, A + p0 * lda, lda, ws->rowsum + p0, ws->dotrows, f, slot, last_n, op,
                      outg + p0 * op->c + (size_t)b0 * BLK, (size_t)op->c);
             }
         }

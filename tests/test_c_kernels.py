@@ -12,7 +12,9 @@ weight modes and with 8- and 32-bit multipliers, run through:
   inference_omp             optimized, OpenMP across images (2 threads)
 and every one must give the numpy engine's logits exactly; so must each ISA on LeNet's
 shipped export against --reference, and --isa NAME refuses a name it does not know, or an ISA
-the CPU lacks, in one line.
+the CPU lacks, in one line.  The aarch64 build (make -C c aarch64, cross-compiled) does the same
+under qemu-aarch64: --isa neon (sdot) and c99 on the graphs and LeNet, and a CPU without the dot
+product (qemu's cortex-a53) takes c99 and refuses neon.
 """
 import functools
 import os
@@ -36,7 +38,8 @@ TARGETS = {"native": "inference", "portable": "inference_portable", "omp": "infe
 # flags each one needs
 ISAS = {"avx512": ("avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512_vnni", "avx512vbmi"), "avx2": ("avx2",),
         "c99": ()}
-ISA_NAMES = {"avx512": "AVX-512 VNNI", "avx2": "AVX2", "c99": "C99"}       # as the "kernels:" line names them
+ISA_NAMES = {"avx512": "AVX-512 VNNI", "avx2": "AVX2", "neon": "NEON dot product", "c99": "C99"}   # the "kernels:" line's
+QEMU_AARCH64 = ["qemu-aarch64", "-L", "/usr/aarch64-linux-gnu"]
 
 
 @functools.lru_cache(maxsize=None)
@@ -210,11 +213,16 @@ def test_wide_requantization_equals_reference(binaries, exports, tmp_path, arch,
     check_engines(binaries, tmp_path, ex, arch, mode, BUILD_RUNS[:1] + isa_runs(isa))
 
 
+def command(binaries, kind):
+    """How to run build `kind`: the aarch64 one under qemu-aarch64."""
+    return [*QEMU_AARCH64, binaries[kind]] if kind == "aarch64" else [binaries[kind]]
+
+
 def check_engines(binaries, tmp_path, ex, arch, mode, runs):
     for kind, extra in runs:
         out = str(tmp_path / f"logits_{kind}{''.join(extra)}.txt")
         env = dict(os.environ, OMP_NUM_THREADS="2")
-        proc = subprocess.run([binaries[kind], "--dir", ex["dir"], "--model", ex["model"], *ex["data_args"],
+        proc = subprocess.run([*command(binaries, kind), "--dir", ex["dir"], "--model", ex["model"], *ex["data_args"],
                                "--logits", out, *extra], capture_output=True, text=True, env=env, timeout=120)
         assert_clean(proc)
         assert proc.returncode == 0, proc.stderr
@@ -279,3 +287,47 @@ def test_isa_the_cpu_lacks_is_one_line(binaries):
         command = ["valgrind", "-q", binaries["valgrind"], "--isa", "avx512"]
     proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert_one_line_error(proc, "error: --isa avx512: this CPU lacks")
+
+
+@pytest.fixture(scope="module")
+def aarch64(binaries):
+    """binaries plus the aarch64 cross build (c/mcu/install-toolchain.sh installs the cross
+    compiler and qemu-user)."""
+    for tool in ("aarch64-linux-gnu-gcc", "qemu-aarch64"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"no {tool} (c/mcu/install-toolchain.sh installs it)")
+    proc = subprocess.run(["make", "-C", C_DIR, "aarch64"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return {**binaries, "aarch64": os.path.join(C_DIR, "inference_aarch64")}
+
+
+AARCH64_CASES = [(a, m, b, False) for a, m, b in CASES] + [(a, m, b, True) for a, m, b in WIDE_CASES]
+
+
+@pytest.mark.parametrize("isa", ["neon", "c99"])
+@pytest.mark.parametrize("arch,mode,bits,wide", AARCH64_CASES,
+                         ids=[f"{a}-{m}-{b}{'-wide' if w else ''}" for a, m, b, w in AARCH64_CASES])
+def test_aarch64_equals_reference(aarch64, exports, tmp_path, arch, mode, bits, wide, isa):
+    """qemu-aarch64 emulates a CPU with the dot product (its default, max)."""
+    ex = exports(arch, mode, bits, tweak=force_wide_requantization) if wide else exports(arch, mode, bits)
+    check_engines(aarch64, tmp_path, ex, arch, mode, [("aarch64", ["--isa", isa])])
+
+
+@pytest.mark.parametrize("isa", ["neon", "c99"])
+def test_aarch64_lenet_equals_reference(aarch64, lenet_reference, tmp_path, isa):
+    out = str(tmp_path / "logits.txt")
+    proc = subprocess.run([*command(aarch64, "aarch64"), "--isa", isa, "--limit", "1000", "--logits", out],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert f"kernels: optimized ({ISA_NAMES[isa]})" in proc.stdout
+    np.testing.assert_array_equal(read_logits(out), lenet_reference[:1000], err_msg=f"aarch64 --isa {isa}")
+
+
+def test_aarch64_without_dot_product(aarch64):
+    """A Cortex-A53 (ARMv8.0, no sdot): the default takes c99, --isa neon is one error line."""
+    cpu = [*QEMU_AARCH64, "-cpu", "cortex-a53", aarch64["aarch64"], "--limit", "5"]
+    proc = subprocess.run(cpu, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "kernels: optimized (C99)" in proc.stdout
+    proc = subprocess.run([*cpu, "--isa", "neon"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert_one_line_error(proc, "error: --isa neon: this CPU lacks")
