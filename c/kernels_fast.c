@@ -1,7 +1,8 @@
 /*
- * kernels_fast.c -- the optimized kernels (FAST_KERNELS in kernels.h, the default).  Same
+ * kernels_fast.c -- the optimized kernels (FAST_KERNELS_* in kernels.h, the default).  Same
  * integer results as the reference kernels (the core's, fpgai.c), bit for bit
- * (tests/test_c_kernels.py).
+ * (tests/test_c_kernels.py).  The Makefile compiles this one file once per ISA (FAST_ISA_*,
+ * each object with its target flags and its own KernelSet); isa.c picks one at run time.
  *
  * Layout: activations are HWC here (channels innermost), so a conv is a GEMM
  *   acc[p][co] = sum_k A[p][k] * W[co][k],   k = (ky, kx, ci)
@@ -15,16 +16,20 @@
  * sum.  Every sum is an exact int32 (the loader proves |acc| < 2^31) computed
  * modulo 2^32 (uint32 in C, wrapping SIMD adds), hence exact.
  *
- * With AVX-512 VNNI (-march=native on a CPU that has it) the GEMM inner step is
- * vpdpbusd: 16 output channels x 4 depths (u8 x s8) per instruction, a register
- * tile of up to 64 channels x 4 pixels.  Without it, the same loops in C99.
- * Depthwise convs (groups == C) have their own kernel, vectorized over channels.
+ * The GEMM's register tile, per build:
+ *   AVX-512 VNNI  vpdpbusd: 16 output channels x 4 depths (u8 x s8) per instruction, up to
+ *                 64 channels x 4 pixels, the weights pinned in registers
+ *   AVX2, NEON,   the dot-product tile: 2 channels x 4 pixels, each output a dot product over
+ *   C99           the depth, 16 depths a step (AVX2: vpmaddwd on int16; NEON: sdot on int8;
+ *                 C99: plain loops GCC vectorizes as pmaddwd), the weights [channel][depth]
+ * Depthwise convs (groups == C) have their own kernel, vectorized over channels: VNNI's
+ * own, and for the other builds one C loop their compilers vectorize.
  *
  * Requantization: every scalar path calls requantize() (fpgai.h).  The SIMD paths use two
  * vector forms of the same function, precomputed per channel at load (qparams,
  * qparams_fast): requant_v (the product, the rounding constant and the shift in 64-bit
  * lanes) and requant_fast (the whole requantization as the high half of one 64-bit sum,
- * where that is exact).  Both give requantize()'s value bit for bit; the tests run every
+ * where that is exact; AVX2's requant_store_2x4 is the same in 256-bit lanes).  Both give requantize()'s value bit for bit; the tests run every
  * build's fast kernels against the reference ones on awkward random graphs.
  */
 #include "host.h"
@@ -129,7 +134,7 @@ typedef struct {
     size_t cols_bytes;      /* im2col rows (GEMM) */
     size_t pad_bytes;       /* a conv input with its padding */
     size_t dwcols_bytes;    /* depthwise (VNNI): one row of interleaved input columns */
-    size_t rowsum_elems;    /* GEMM row sums (int32 per pixel); depthwise (C99) accumulators */
+    size_t rowsum_elems;    /* GEMM row sums (int32 per pixel); depthwise (not VNNI) accumulators */
     size_t dotrows_elems;   /* the dot-product tile's MR rows of A as DotRow */
     size_t acc_elems;       /* avgpool sums (int64 per channel) */
     size_t logits_bytes;    /* the last op's output back in CHW order, when it has H*W > 1 */
@@ -246,14 +251,14 @@ static FastModel *fast_prepare_model(const Model *m)
             f->kind = FK_DEPTHWISE;
             if (FAST_VNNI) {            /* the VNNI kernel reads the padded input */
                 fm->pad_bytes = max_size(fm->pad_bytes, padded);
-            } else {                    /* the C99 one the input in place; its weights [tap][C] as int16 */
+            } else {                    /* the C loop the input in place; its weights [tap][C] as int16 */
                 fm->rowsum_elems = max_size(fm->rowsum_elems, (size_t)op->c);
                 f->wdw = xmalloc((size_t)taps * op->c * sizeof *f->wdw, "depthwise weights");
                 for (int32_t c = 0; c < op->c; c++)
                     for (int t = 0; t < taps; t++)
                         f->wdw[(size_t)t * op->c + c] = (int16_t)weight_centered(m, op, c, t);
             }
-            /* C99: channels in order, whole 16-channel vectors.  VNNI: whole 64-channel chunks,
+            /* C loop: channels in order, whole 16-channel vectors.  VNNI: whole 64-channel chunks,
              * channel 64u + 16L + 4j + i in lane 4L + i of vector j (dw_slot), the order in which
              * byte unpacks interleave 4 rows and packs put the results back */
             size_t nch = FAST_VNNI ? ((size_t)op->c + 63) / 64 * 64 : ((size_t)op->c + BLK - 1) / BLK * BLK;
