@@ -277,20 +277,22 @@ static FastModel *fast_prepare_model(const Model *m)
                 f->mult[sl] = op->multiplier[c];
                 f->sh[sl] = op->shift[c];
                 f->rnd[sl] = ((int64_t)1 << op->shift[c]) >> 1;
-                /* vpdpbusd form: w8 = (w - z_w) - d; bias folded as for GEMM */
+                /* the C loop sums (x - z_x)(w - z_w) onto the bias as it is; VNNI the vpdpbusd form,
+                 * w8 = (w - z_w) - d, the bias folded as for GEMM */
+                f->bias[sl] = (uint32_t)op_bias(m, op, c);
+                if (!FAST_VNNI)
+                    continue;
                 uint32_t wsum = 0;
                 for (int t = 0; t < taps; t++) {
                     int32_t v = weight_centered(m, op, c, t) - f->d;
                     wsum += (uint32_t)v;
-                    if (FAST_VNNI) {
-                        size_t ky = (size_t)(t / op->kw), kx = (size_t)(t % op->kw);
-                        f->w8[((sl / 64 * (size_t)rg + ky / 4) * (size_t)op->kw + kx) * 256 + sl % 64 * 4 + ky % 4] = (int8_t)v;
-                    }
+                    size_t ky = (size_t)(t / op->kw), kx = (size_t)(t % op->kw);
+                    f->w8[((sl / 64 * (size_t)rg + ky / 4) * (size_t)op->kw + kx) * 256 + sl % 64 * 4 + ky % 4] = (int8_t)v;
                 }
-                f->bias[sl] = (uint32_t)op_bias(m, op, c) - (uint32_t)in->zero_point * (wsum + (uint32_t)f->d * (uint32_t)taps);
+                f->bias[sl] -= (uint32_t)in->zero_point * (wsum + (uint32_t)f->d * (uint32_t)taps);
             }
             qparams(f, nch);
-            if (FAST_VNNI)
+            if (FAST_VNNI || FAST_AVX2)
                 qparams_fast(f, nch, op->zero_point);
             continue;
         }
@@ -604,6 +606,17 @@ static void tile(int nb, int mp, const uint8_t *A, size_t lda, const int32_t *ro
  * product, wrapping modulo 2^32 as the GEMM's sums do.  On x86, int16 products summed pairwise
  * into int32 lanes (pmaddwd; u8 x s8 vpmaddubsw would saturate). */
 #if FAST_AVX2
+/* requant_fast's form in 8 int32 lanes: me / mo the multipliers of the even / odd lanes' channels
+ * (m << a in each 64-bit lane), ce / co their constants, ps the post shifts (where post); returns
+ * zp + the requantized value, unclamped. */
+static inline __m256i requant_fast8(__m256i acc, __m256i me, __m256i mo, __m256i ce, __m256i co, __m256i ps, int post)
+{
+    const __m256i e = _mm256_add_epi64(_mm256_mul_epi32(acc, me), ce);
+    const __m256i o = _mm256_add_epi64(_mm256_mul_epi32(_mm256_srli_epi64(acc, 32), mo), co);
+    const __m256i h = _mm256_blend_epi32(_mm256_srli_epi64(e, 32), o, 0xAA);
+    return post ? _mm256_srav_epi32(h, ps) : h;
+}
+
 static inline void dot_2x4(const DotRow *const a[MR], const DotWeight *w0, size_t Kp, uint32_t sums[MR][2])
 {
     const DotWeight *w1 = w0 + Kp;
@@ -650,12 +663,9 @@ static void requant_store_2x4(const uint32_t sums[MR][2], const int32_t *rowsum,
         acc = _mm256_add_epi32(acc, _mm256_mullo_epi32(_mm256_set1_epi32(f->d), _mm256_setr_epi32(
                                         rs[0], rs[0], rs[1], rs[1], rs[2], rs[2], rs[3], rs[3])));
     }
-    const __m256i e = _mm256_add_epi64(_mm256_mul_epi32(acc, _mm256_set1_epi64x(q[j])), _mm256_set1_epi64x(q[16 + j]));
-    const __m256i o = _mm256_add_epi64(_mm256_mul_epi32(_mm256_srli_epi64(acc, 32), _mm256_set1_epi64x(q[8 + j])),
-                                       _mm256_set1_epi64x(q[24 + j]));
-    __m256i h = _mm256_blend_epi32(_mm256_srli_epi64(e, 32), o, 0xAA);
-    if (f->post)
-        h = _mm256_srav_epi32(h, _mm256_broadcastq_epi64(_mm_loadl_epi64((const void *)((const int32_t *)(q + 32) + 2 * j))));
+    const __m256i ps = _mm256_broadcastq_epi64(_mm_loadl_epi64((const void *)((const int32_t *)(q + 32) + 2 * j)));
+    __m256i h = requant_fast8(acc, _mm256_set1_epi64x(q[j]), _mm256_set1_epi64x(q[8 + j]), _mm256_set1_epi64x(q[16 + j]),
+                              _mm256_set1_epi64x(q[24 + j]), ps, f->post);
     h = _mm256_min_epi32(_mm256_max_epi32(h, _mm256_set1_epi32(op->qmin)), _mm256_set1_epi32(op->qmax));
     int32_t v[MR][2];
     _mm256_storeu_si256((void *)v, h);
@@ -917,10 +927,8 @@ static inline __attribute__((always_inline)) void dw_chunk(const int KW, const i
     }
 }
 
-static void fast_depthwise(const Model *m, const Op *op, const Op *in, const FastOp *f, const uint8_t *x,
-                           uint8_t *out, Workspace *ws)
+static void fast_depthwise(const Op *op, const Op *in, const FastOp *f, const uint8_t *x, uint8_t *out, Workspace *ws)
 {
-    (void)m;
     const size_t Wpad = padded_w(op, in);
     pad_input(op, in, x, ws->pad);
     for (size_t c0 = 0; c0 < (size_t)op->c; c0 += 64) {
@@ -931,15 +939,13 @@ static void fast_depthwise(const Model *m, const Op *op, const Op *in, const Fas
     }
 }
 #else
-static void fast_depthwise(const Model *m, const Op *op, const Op *in, const FastOp *f, const uint8_t *x,
-                           uint8_t *out, Workspace *ws)
+static void fast_depthwise(const Op *op, const Op *in, const FastOp *f, const uint8_t *x, uint8_t *out, Workspace *ws)
 {
     const int32_t C = op->c, zx = in->zero_point;
     int32_t *acc = ws->rowsum;
     for (int32_t oy = 0; oy < op->h; oy++)
         for (int32_t ox = 0; ox < op->w; ox++) {
-            for (int32_t c = 0; c < C; c++)
-                acc[c] = op_bias(m, op, c);
+            memcpy(acc, f->bias, (size_t)C * sizeof *acc);        /* int32 biases, stored as uint32 */
             for (int32_t ky = 0; ky < op->kh; ky++) {
                 int32_t iy = oy * op->stride_h + ky * op->dil_h - op->pad_top;
                 if (iy < 0 || iy >= in->h)
@@ -955,7 +961,25 @@ static void fast_depthwise(const Model *m, const Op *op, const Op *in, const Fas
                 }
             }
             uint8_t *dst = out + ((size_t)oy * op->w + ox) * C;
-            for (int32_t c = 0; c < C; c++)
+            int32_t c = 0;
+#if FAST_AVX2
+            /* 8 channels c.. (c % 8 == 0) at a time: in f->qf's block, the even ones' constants are 4
+             * consecutive words, the odd ones' too */
+            const __m128i order = _mm_setr_epi8(0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1);
+            for (; f->rq32 && c + 8 <= C; c += 8) {
+                const int64_t *qb = f->qf + (size_t)c / BLK * QF_WORDS, *q = qb + c % BLK / 2;
+                const __m256i ps = _mm256_loadu_si256((const void *)((const int32_t *)(qb + 32) + c % BLK));
+                __m256i h = requant_fast8(_mm256_loadu_si256((const void *)(acc + c)), _mm256_loadu_si256((const void *)q),
+                                          _mm256_loadu_si256((const void *)(q + 8)), _mm256_loadu_si256((const void *)(q + 16)),
+                                          _mm256_loadu_si256((const void *)(q + 24)), ps, f->post);
+                h = _mm256_min_epi32(_mm256_max_epi32(h, _mm256_set1_epi32(op->qmin)), _mm256_set1_epi32(op->qmax));
+                /* the low byte of each lane, in order */
+                const __m128i lo = _mm_shuffle_epi8(_mm256_castsi256_si128(h), order);
+                const __m128i hi = _mm_shuffle_epi8(_mm256_extracti128_si256(h, 1), order);
+                _mm_storel_epi64((void *)(dst + c), _mm_unpacklo_epi32(lo, hi));
+            }
+#endif
+            for (; c < C; c++)
                 dst[c] = requantize(acc[c], f->mult[c], (int)f->sh[c], op->zero_point, op->qmin, op->qmax);
         }
 }
@@ -1161,7 +1185,7 @@ static void fk_conv(FAST_ARGS)
     FAST_UNUSED;
     const FastOp *f = &fm->ops[i];
     if (f->kind == FK_DEPTHWISE)
-        fast_depthwise(m, &m->ops[i], OP_IN(0), f, X_IN(0), OUT, ws);
+        fast_depthwise(&m->ops[i], OP_IN(0), f, X_IN(0), OUT, ws);
     else
         fast_gemm(&m->ops[i], OP_IN(0), f, X_IN(0), OUT, ws);
 }
