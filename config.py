@@ -29,6 +29,9 @@ SEED = 0
 THREADS = 0
 OVERWRITE = False
 
+# the folders above: the checkout's from any working directory (checkout(), in_checkout)
+_FOLDERS = ("DATA_DIR", "MIRROR_DIR", "PRETRAINED_DIR", "QUANT_DIR", "EXPORT_DIR")
+
 # --- stage 1: training -------------------------------------------------------
 EPOCHS = 0
 BATCH_SIZE = 0
@@ -113,8 +116,9 @@ OPTIONS = {
     "LIMIT": ((_TEST,), "test only the first N test images (0 = the whole test set)"),
     "TEST_BATCH": ((_TEST,), "images per engine call: small batches keep the int64 activations in cache "
                              "(2-5x faster than 500 on MobileNetV2, a fraction of the memory)"),
-    "EXPORT_MODE": ((_EXPORT,), "which files to write: txt (weight.txt), bin (weight.bin + bias.bin), both, or c "
-                                "(model.h / model.c: the sealed files as const arrays for firmware)"),
+    "EXPORT_MODE": ((_EXPORT,), "which files to write: txt (weight.txt), bin (weight.bin + bias.bin), both, c "
+                                "(model.h / model.c: the sealed files as const arrays for firmware), or onnx "
+                                "(model.onnx: the integer graph for ONNX Runtime and Netron)"),
 }
 
 CHOICES = {
@@ -122,7 +126,7 @@ CHOICES = {
               "vgg11", "vgg13", "vgg16", "vgg19"),
     "WEIGHT_MODE": ("per_channel", "per_tensor"),
     "CALIB_METHOD": ("minmax", "percentile"),
-    "EXPORT_MODE": ("txt", "bin", "both", "c"),
+    "EXPORT_MODE": ("txt", "bin", "both", "c", "onnx"),
     "DEVICE": ("auto", "cpu", "cuda"),
     "AMP": ("auto", "bf16", "off"),
 }
@@ -216,11 +220,27 @@ def _parse_value(key, text, current):
 USER_MODEL = re.compile(r"^(?P<path>.+\.py):(?P<name>[A-Za-z_][A-Za-z0-9_]*)$")
 
 
+def checkout():
+    """The repository checkout this file is in (the C engine's sources beside it), or None for an
+    installed copy (pip install .), whose folders are the working directory's."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    return here if os.path.isfile(os.path.join(here, "c", "inference.c")) else None
+
+
+def in_checkout(folder, root=None):
+    """A relative folder of the defaults as seen from the working directory: inside `root` (default:
+    checkout()), unchanged when that is the working directory or there is none. A folder given on
+    the command line is the user's, as given."""
+    root = root or checkout()
+    if root is None or os.path.isabs(folder) or os.path.realpath(root) == os.path.realpath(os.getcwd()):
+        return folder
+    return os.path.join(root, folder)
+
+
 def dataset_dirs(root):
     """(DATA_DIR, MIRROR_DIR) of the defaults, resolved against `root`, a repository checkout: what
     a script or test that runs from any working directory passes to data.datasets."""
-    return (os.path.join(root, DATA_DIR),
-            MIRROR_DIR if os.path.isabs(MIRROR_DIR) else os.path.join(root, MIRROR_DIR))
+    return in_checkout(DATA_DIR, root), in_checkout(MIRROR_DIR, root)
 
 
 def user_model(model):
@@ -327,6 +347,9 @@ def load(argv=None, extra=None, stage=None):
         given.add(key.lower())
         i += 1
     validate(cfg)
+    for key in _FOLDERS:
+        if key.lower() not in given:
+            cfg[key] = in_checkout(cfg[key])
     if stage == _TRAIN and user_model(cfg["MODEL"]):
         raise ConfigError(f"--model={cfg['MODEL']}: train_model.py trains the built-in models only; train yours "
                           f"your way, torch.save(model.state_dict(), FILE) and pass --checkpoint=FILE to quant_model.py")
@@ -346,7 +369,9 @@ def _valid(key, value):
 def usage(extra=None, stage=None):
     """The calling script's docstring, then each of its options: default, valid values, description."""
     table = _table(extra)
-    lines = [(sys.modules["__main__"].__doc__ or "").strip(), "",
+    # the stage's module: __main__ when run as `python STAGE.py`, imported by an installed command
+    module = sys.modules.get(os.path.splitext(stage)[0]) if stage else None
+    lines = [((module or sys.modules["__main__"]).__doc__ or "").strip(), "",
              f"options{' of ' + stage if stage else ''} (--key=value or --key value; defaults from config.py):"]
     for key in stage_options(stage, extra):
         default, description = table[key]

@@ -17,7 +17,7 @@ from data import datasets
 from model import report
 from model.export_format import export_paths, write_export
 from model.fileio import (ModelFileError, WriteError, check_not_tracked, check_output_file, check_writable, error_line,
-                          run_main)
+                          stage_main)
 from model.ops import weighted_ops
 from model.quantize import ACC_LIMIT, accumulator_bound
 from quant_model import load_float, load_quant
@@ -48,6 +48,7 @@ def write_report(cfg, state, quant_list):
         print(f"wrote {path}")
 
 
+@stage_main
 def main():
     cfg = config.load_or_exit(extra={"report": ("", "also write the per-layer report (MACs, bytes, accumulator "
                                                     "and multiplier bits, weight and activation SQNR) to this "
@@ -82,4 +83,4 @@ def main():
 
 
 if __name__ == "__main__":
-    run_main(main)
+    main()

@@ -21,7 +21,7 @@ import model as models
 from data import datasets
 from model import api
 from model.fileio import (ModelFileError, WriteError, atomic_save, check_not_tracked, check_writable, error_line,
-                          load_checked, run_main)
+                          load_checked, stage_main)
 from model.quantize import QuantizeError, settings_fingerprint, tuple_problem
 
 
@@ -129,6 +129,7 @@ def summary(state, quant_list):
     return "\n".join(lines)
 
 
+@stage_main
 def main():
     cfg = config.load_or_exit(stage="quant_model.py")
     user = config.user_model(cfg.model)
@@ -183,4 +184,4 @@ def main():
 
 
 if __name__ == "__main__":
-    run_main(main)
+    main()

@@ -30,27 +30,34 @@ import config
 import model as models
 from data import datasets
 from model.fileio import (ModelFileError, WriteError, atomic_open, check_not_tracked, check_output_file, check_writable,
-                          run_main)
+                          stage_main)
 from model.np_engine import NumpyIntegerModel
 from model.torch_engine import TorchIntegerModel
 from model import api, golden
 from quant_model import load_float, load_quant
 
-ROOT = os.path.dirname(os.path.abspath(__file__))
 COLUMNS = {"raw": "raw", "quant": "quant", "np": "np_quant", "c": "c_int8"}
 TITLES = {"raw": "raw (float)", "quant": "quant (torch int)", "np_quant": "np quant", "c_int8": "C INT8"}
 
 
 def choose_columns(cfg):
+    """The columns to run: --columns, else the four switches. The C column builds c/inference from a
+    checkout's sources: an installed copy (pip install .) leaves it out unless asked, then refuses it."""
     if cfg.columns != "auto":
         names = [c.strip() for c in cfg.columns.split(",") if c.strip()]
         bad = [c for c in names if c not in COLUMNS]
         if bad or not names:
             raise config.ConfigError(f"--columns: unknown column(s) {', '.join(bad) or '(none)'}; "
                                      f"valid: {', '.join(COLUMNS)}")
-        return [COLUMNS[c] for c in COLUMNS if c in names]
-    switches = {"raw": cfg.raw_test, "quant": cfg.quant_test, "np": cfg.np_quant_test, "c": cfg.c_test}
-    return [COLUMNS[c] for c, on in switches.items() if on]
+        columns = [COLUMNS[c] for c in COLUMNS if c in names]
+    else:
+        switches = {"raw": cfg.raw_test, "quant": cfg.quant_test, "np": cfg.np_quant_test,
+                    "c": cfg.c_test and (config.checkout() is not None or "c_test" in cfg.given)}
+        columns = [COLUMNS[c] for c, on in switches.items() if on]
+    if "c_int8" in columns and config.checkout() is None:
+        raise config.ConfigError("the C INT8 column needs a checkout of the repository (it builds c/inference); "
+                                 "this is an installed copy: leave it out")
+    return columns
 
 
 def batched(fn, images, batch, desc):
@@ -58,6 +65,7 @@ def batched(fn, images, batch, desc):
     return np.concatenate(outs)
 
 
+@stage_main
 def main():
     extra = {"json": ("", "also write the results as JSON to this file (\"\" = no)"),
              "dump_layers": ("", "also write every op's uint8 output of the N images (numpy engine) to this "
@@ -154,4 +162,4 @@ def main():
 
 
 if __name__ == "__main__":
-    run_main(main)
+    main()

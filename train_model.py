@@ -20,7 +20,7 @@ import config
 import model as models
 from data import datasets
 from model.fileio import (FORMAT_VERSIONS, ModelFileError, WriteError, atomic_open, atomic_save, check_not_tracked,
-                          check_output_file, check_writable, error_line, load_checked, run_main)
+                          check_output_file, check_writable, error_line, load_checked, stage_main)
 
 
 def augment(x, generator, pad, flip):
@@ -135,6 +135,7 @@ def load_resume_state(ckpt_path, cfg, settings, bare, opt, sched):
     return head["epoch"], head["best_val"], ckpt["history"]
 
 
+@stage_main
 def main():
     cfg = config.load_or_exit(stage="train_model.py")
     spec = models.spec(cfg.model)
@@ -285,4 +286,4 @@ def main():
 
 
 if __name__ == "__main__":
-    run_main(main)
+    main()

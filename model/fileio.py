@@ -7,6 +7,7 @@ never leaves a half file that a later stage would load; devices, FIFOs and "-"
 """
 import contextlib
 import errno
+import functools
 import glob
 import os
 import stat
@@ -107,12 +108,16 @@ def check_not_tracked(paths, overwrite, elsewhere):
                              f"replace it, or {elsewhere} to write elsewhere")
 
 
-def run_main(main):
-    """Run a stage's main(): a WriteError raised while writing (a full disk) is one `error:` line and exit 1."""
-    try:
-        main()
-    except WriteError as err:
-        sys.exit(f"error: {err}")
+def stage_main(main):
+    """Decorates a stage's main() (also the installed command's entry point, pyproject.toml): a
+    WriteError raised while writing (a full disk) is one `error:` line and exit 1."""
+    @functools.wraps(main)
+    def run():
+        try:
+            return main()
+        except WriteError as err:
+            sys.exit(f"error: {err}")
+    return run
 
 
 def error_line(err):

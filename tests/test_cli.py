@@ -156,7 +156,7 @@ def test_default_threads(monkeypatch):
 @pytest.mark.parametrize("threads", ["0", "1"])
 def test_threads_zero_and_one_accepted(tmp_path, threads):
     """Accepted by the config: the stage goes on to its work (here: the missing checkpoint)."""
-    proc = run("quant_model.py", f"--threads={threads}", f"--pretrained_dir={tmp_path}")
+    proc = run("quant_model.py", f"--threads={threads}", f"--pretrained_dir={tmp_path}", f"--quant_dir={tmp_path}")
     assert proc.returncode == 1 and "config error" not in proc.stderr and "lenet_raw.pth: no such file" in proc.stderr
 
 
@@ -187,14 +187,14 @@ def test_bad_config_values(args, message):
 
 
 def test_missing_checkpoint_is_a_clear_error(tmp_path):
-    proc = run("quant_model.py", f"--pretrained_dir={tmp_path}")
+    proc = run("quant_model.py", f"--pretrained_dir={tmp_path}", f"--quant_dir={tmp_path}")
     assert proc.returncode != 0
     assert f"{tmp_path}/lenet_raw.pth: no such file" in proc.stderr and "train_model.py" in proc.stderr
 
 
 def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
     (tmp_path / "lenet_raw.pth").write_bytes(b"not a checkpoint")
-    proc = run("quant_model.py", f"--pretrained_dir={tmp_path}")
+    proc = run("quant_model.py", f"--pretrained_dir={tmp_path}", f"--quant_dir={tmp_path}")
     assert proc.returncode != 0 and "not a readable fpgai-raw file" in proc.stderr
 
 
@@ -375,3 +375,55 @@ def test_make_demo_leaves_git_status_clean(tmp_path):
     finally:
         shutil.rmtree(os.path.join(ROOT, demo), ignore_errors=True)
     assert subprocess.run(status, capture_output=True, text=True, check=True).stdout == before
+
+
+def test_scripts_run_from_any_directory(tmp_path):
+    """From another working directory the stages find the checkout's folders (its tuple, its data);
+    a folder given on the command line is the working directory's."""
+    proc = run("test_model.py", "--limit=20", "--columns=np,c", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "identical integer logits, np quant vs C INT8: 20/20" in proc.stdout
+    proc = run("export_quant_model.py", "--export_dir=e", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "e" / "lenet_model.bin").read_bytes() == \
+        open(os.path.join(ROOT, "export_model", "lenet_model.bin"), "rb").read()
+    assert os.listdir(tmp_path) == ["e"]
+
+
+def test_pip_install_gives_the_stages_as_commands(tmp_path):
+    """`pip install .` (pyproject.toml; here without dependencies into a folder): fpgai-* commands with
+    each stage's help; an installed copy's folders are the working directory's, and its test command
+    refuses the C column (it needs the checkout's sources) with one line."""
+    site, work = tmp_path / "site", tmp_path / "work"
+    proc = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                           "--disable-pip-version-check", "--target", str(site), ROOT],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    work.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(site)}
+
+    def command(name, *args):
+        return subprocess.run([str(site / "bin" / name), *args], cwd=work, env=env, capture_output=True, text=True,
+                              timeout=600)
+    for name, doc in [("fpgai-train", "Stage 1"), ("fpgai-quant", "Stage 2"), ("fpgai-test", "Stage 3"),
+                      ("fpgai-export", "Stage 4")]:
+        proc = command(name, "--help")
+        assert proc.returncode == 0 and proc.stdout.startswith(doc), proc.stdout[:200] + proc.stderr
+    shipped = [f"--quant_dir={ROOT}/quantization", f"--pretrained_dir={ROOT}/pretrained"]
+    proc = command("fpgai-export", *shipped)
+    assert proc.returncode == 0, proc.stderr
+    assert (work / "export_model" / "lenet_model.bin").read_bytes() == \
+        open(os.path.join(ROOT, "export_model", "lenet_model.bin"), "rb").read()
+    mirror = config_mirror()
+    proc = command("fpgai-test", *shipped, f"--mirror_dir={mirror}", "--limit=20")
+    assert proc.returncode == 0, proc.stderr
+    assert "identical integer logits, quant (torch int) vs np quant: 20/20" in proc.stdout and "C INT8" not in proc.stdout
+    proc = command("fpgai-test", *shipped, "--c_test=True")
+    assert proc.returncode == 1 and proc.stderr.startswith("config error: the C INT8 column needs a checkout")
+    proc = command("fpgai-compare-dumps", "a", "b")
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+
+
+def config_mirror():
+    import config
+    return os.path.abspath(config.dataset_dirs(ROOT)[1])
