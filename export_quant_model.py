@@ -16,8 +16,8 @@ import config
 from data import datasets
 from model import report
 from model.export_format import export_paths, write_export
-from model.fileio import (ModelFileError, WriteError, check_not_tracked, check_output_file, check_writable, error_line,
-                          stage_main)
+from model.fileio import (ModelFileError, WriteError, check_not_tracked, check_output_file, check_space, check_writable,
+                          error_line, stage_main)
 from model.ops import weighted_ops
 from model.quantize import ACC_LIMIT, accumulator_bound
 from quant_model import load_float, load_quant
@@ -63,6 +63,8 @@ def main():
         state, quant_list = load_quant(cfg)
         check_not_tracked(export_paths(cfg.export_dir, quant_list[0]["model"]).values(), cfg.overwrite,
                           "--export_dir=DIR")
+        # weight.txt writes a weight in up to 5 characters, the bins and the C arrays in 1 to 6
+        check_space(cfg.export_dir, 8 * sum(t.numel() for t in state.values()) + 2 ** 20, "--export_dir")
     except (ModelFileError, WriteError) as err:
         sys.exit(f"error: {err}")
     print(f"{'layer':<24} {'op':<7} {'|acc| bound':>12} {'of int32':>9}")

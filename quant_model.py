@@ -20,8 +20,8 @@ import config
 import model as models
 from data import datasets
 from model import api
-from model.fileio import (ModelFileError, WriteError, atomic_save, check_not_tracked, check_writable, error_line,
-                          load_checked, stage_main)
+from model.fileio import (ModelFileError, WriteError, atomic_save, check_not_tracked, check_space, check_writable,
+                          error_line, load_checked, stage_main)
 from model.quantize import QuantizeError, settings_fingerprint, tuple_problem
 
 
@@ -149,6 +149,8 @@ def main():
             if shape is not None and shape != list(datasets.DATASETS[dataset]["shape"]):
                 raise ModelFileError(f"--input_shape={cfg.input_shape}: {cfg.model} takes "
                                      f"{'x'.join(map(str, datasets.DATASETS[dataset]['shape']))} images")
+        # the tuple: a byte per weight, four per bias, its records
+        check_space(cfg.quant_dir, 2 * sum(p.numel() for p in net.parameters()) + 2 ** 20, "--quant_dir")
         if cfg.calib_data:
             images, _ = datasets.load_images(cfg.calib_data, shape, need_labels=False)
         else:

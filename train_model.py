@@ -20,7 +20,7 @@ import config
 import model as models
 from data import datasets
 from model.fileio import (FORMAT_VERSIONS, ModelFileError, WriteError, atomic_open, atomic_save, check_not_tracked,
-                          check_output_file, check_writable, error_line, load_checked, stage_main)
+                          check_output_file, check_space, check_writable, error_line, load_checked, stage_main)
 
 
 def augment(x, generator, pad, flip):
@@ -194,6 +194,10 @@ def main():
     if distributed:
         net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if use_cuda else None)
     bare = net.module if distributed else net
+    try:    # per parameter: the state's fp32 weights and two optimizer moments, the fp16 checkpoint
+        check_space(cfg.pretrained_dir, 16 * sum(p.numel() for p in bare.parameters()) + 2 ** 20, "--pretrained_dir")
+    except WriteError as err:
+        sys.exit(f"error: {err}")
     steps_per_epoch = math.ceil(len(train_x) / (batch_size * world))
     if spec.optimizer == "sgd":
         opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, weight_decay=settings["weight_decay"],

@@ -10,6 +10,7 @@ import errno
 import functools
 import glob
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -68,6 +69,19 @@ def check_writable(folder, option, value=None):
         os.remove(probe)
     except OSError as err:
         raise WriteError(f"{shown}: cannot write in {probe_in} ({err.strerror or error_line(err)})") from None
+
+
+def check_space(folder, needed, option):
+    """Raise WriteError (one line naming `option`) unless the file system of `folder` (or of the
+    nearest folder above it that exists) has about `needed` bytes free: a stage's estimate of what it
+    will write, checked before its work (a write that still runs out is one line too: write_failure)."""
+    path = os.path.abspath(folder or ".")
+    while not os.path.isdir(path):
+        path = os.path.dirname(path)
+    free = shutil.disk_usage(path).free
+    if free < needed:
+        raise WriteError(f"{option}={folder}: {free / 1e6:.1f} MB free on its file system, about "
+                         f"{needed / 1e6:.1f} MB needed; free some space or choose another folder")
 
 
 def check_output_file(path, option):

@@ -50,6 +50,13 @@ sys.argv = sys.argv[1:]
 runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
+LOW_SPACE = """
+import collections, runpy, shutil, sys
+shutil.disk_usage = lambda path: collections.namedtuple("usage", "total used free")(10 ** 9, 10 ** 9 - 4000, 4000)
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
 DIVERGE = """
 import runpy, sys
 import torch.nn.functional as F
@@ -333,6 +340,21 @@ def test_full_disk_while_training(tmp_path):
     assert error_line(proc) == (f"error: {tmp_path / 'lenet_raw.pth'}: no space left on the device; "
                                 f"nothing was replaced")
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("script, option, args", [
+    ("train_model.py", "--pretrained_dir", TRAIN),
+    ("quant_model.py", "--quant_dir", QUICK),
+    ("export_quant_model.py", "--export_dir", QUICK),
+])
+def test_too_little_space_is_found_before_the_work(tmp_path, script, option, args):
+    """A file system with 4 KB free (shutil.disk_usage replaced): one line with what is free and about
+    what is needed, before training, calibration or export start; nothing written."""
+    proc = run_with(LOW_SPACE, script, *args, f"{option}={tmp_path}")
+    line = error_line(proc)
+    assert re.fullmatch(rf"error: {option}={tmp_path}: 0\.0 MB free on its file system, about \d+\.\d MB needed; "
+                        r"free some space or choose another folder", line), line
+    assert not re.search(r"epoch|quantizing|wrote", proc.stdout) and os.listdir(tmp_path) == []
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full")
