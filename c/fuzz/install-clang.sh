@@ -1,7 +1,8 @@
 #!/bin/sh
 # Make sure clang with libFuzzer (-fsanitize=fuzzer,address,undefined) works; install it with
-# apt-get if not (Debian/Ubuntu, as root or with sudo).  Idempotent and quiet: prints nothing
-# and exits 0 when it already works; exit 1 with one message when it cannot be installed.
+# apt-get if not (c/apt-install.sh: Debian/Ubuntu, as root or with sudo).  Idempotent and quiet:
+# prints nothing and exits 0 when it already works; exit 1 with one message when it cannot be
+# installed.
 # Debian 12 packages: clang (-> clang-14, libclang-rt-14-dev, which holds libFuzzer).
 set -u
 CC=${FUZZ_CC:-clang}
@@ -19,20 +20,13 @@ works() {
 
 works && exit 0
 
-if [ "$(id -u)" = 0 ]; then SUDO=""
-elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then SUDO="sudo -n"
-else echo "install-clang: clang/libFuzzer missing and not root (install: apt-get install clang)" >&2; exit 1
-fi
-command -v apt-get >/dev/null 2>&1 || { echo "install-clang: no apt-get; install clang with libFuzzer by hand" >&2; exit 1; }
-
-apt_install() {
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "$@" >/dev/null 2>&1
-}
-apt_install clang || { $SUDO apt-get update -qq >/dev/null 2>&1; apt_install clang; }
+APT="$(dirname "$0")/../apt-install.sh"
+sh "$APT" install-clang clang
+[ $? = 2 ] && exit 1
 works && exit 0
 # newer Debian/Ubuntu ship the sanitizer/libFuzzer runtimes separately
 ver=$("$CC" -dumpversion 2>/dev/null | cut -d. -f1)
-[ -n "$ver" ] && apt_install "libclang-rt-$ver-dev"
+[ -n "$ver" ] && sh "$APT" install-clang "libclang-rt-$ver-dev"
 works && exit 0
 echo "install-clang: could not get a clang with -fsanitize=fuzzer working (apt-get install clang libclang-rt-N-dev)" >&2
 exit 1

@@ -26,17 +26,9 @@ works() {
 
 works && exit 0
 
-if [ "$(id -u)" = 0 ]; then SUDO=""
-elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then SUDO="sudo -n"
-else echo "install-toolchain: arm-none-eabi-gcc / qemu-system-arm / iverilog / aarch64-linux-gnu-gcc / qemu-aarch64 missing and not root" >&2; exit 1
-fi
 PKGS="gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm iverilog gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user"
-command -v apt-get >/dev/null 2>&1 || { echo "install-toolchain: no apt-get; install $PKGS by hand" >&2; exit 1; }
-
-apt_install() {
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $PKGS >/dev/null 2>&1
-}
-apt_install || { $SUDO apt-get update -qq >/dev/null 2>&1; apt_install; }
+sh "$(dirname "$0")/../apt-install.sh" install-toolchain $PKGS
+[ $? = 2 ] && exit 1
 works && exit 0
 echo "install-toolchain: could not get arm-none-eabi-gcc (newlib-nano), qemu-system-arm, iverilog, aarch64-linux-gnu-gcc and qemu-aarch64 working (apt-get install $PKGS)" >&2
 exit 1
