@@ -120,21 +120,6 @@ static void json_string(FILE *f, const char *s)
     fputc('"', f);
 }
 
-static void remove_folder(const char *dir)
-{
-    DIR *d = opendir(dir);
-    if (!d)
-        return;
-    char path[8192];
-    for (struct dirent *e; (e = readdir(d)) != NULL;)
-        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) {
-            join(path, sizeof path, dir, e->d_name);
-            remove(path);
-        }
-    closedir(d);
-    rmdir(dir);
-}
-
 void dump_layers(const Model *m, const Dataset *ds, size_t count, const char *dir)
 {
     int exists = check_target(dir);
@@ -159,9 +144,10 @@ void dump_layers(const Model *m, const Dataset *ds, size_t count, const char *di
         fail("%s: not a usable folder name", dir);
     snprintf(tmp, sizeof tmp, "%s/.%s.%ld.tmp", *parent ? parent : "/", base, (long)getpid());
     snprintf(old, sizeof old, "%s/.%s.%ld.old", *parent ? parent : "/", base, (long)getpid());
-    remove_folder(tmp);
+    remove_path(tmp);
     if (mkdir(tmp, 0777) != 0)
         fail("%s: cannot create (%s)", tmp, strerror(errno));
+    fpgai_tmp_path = tmp;       /* a failure from here on removes the partial dump */
     FILE *mf = create(tmp, "manifest.json", path, sizeof path);
     fprintf(mf, "{\"format\": \"fpgai-golden\", \"version\": 1, \"model\": ");
     json_string(mf, m->name);
@@ -190,6 +176,7 @@ void dump_layers(const Model *m, const Dataset *ds, size_t count, const char *di
         fail("%s: cannot move the previous dump aside (%s)", dir, strerror(errno));
     if (rename(tmp, dir) != 0)
         fail("%s: cannot rename %s to it (%s)", dir, tmp, strerror(errno));
+    fpgai_tmp_path = NULL;
     if (exists)
-        remove_folder(old);
+        remove_path(old);
 }

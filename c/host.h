@@ -7,7 +7,7 @@
 
 #include "fpgai.h"
 
-/* Print "error: ..." to stderr, delete fpgai_tmp_path if set, exit 1.  In the fuzzing build
+/* Print "error: ..." to stderr, remove_path(fpgai_tmp_path) if set, exit 1.  In the fuzzing build
  * (FPGAI_FUZZ) a harness that sets fpgai_fuzz_jmp gets a longjmp instead. */
 void fail(const char *fmt, ...)
 #if defined(__GNUC__)
@@ -15,6 +15,8 @@ void fail(const char *fmt, ...)
 #endif
     ;
 extern const char *fpgai_tmp_path;
+/* Remove a file, or a folder holding only files (a dump's temporary folder); errors ignored. */
+void remove_path(const char *path);
 #ifdef FPGAI_FUZZ
 extern jmp_buf *fpgai_fuzz_jmp;
 #endif

@@ -7,10 +7,11 @@
  * Whatever a failed load allocated hangs off the Model (free_model), so the fuzzing build,
  * where fail() longjmps, leaks nothing.
  */
-#define _POSIX_C_SOURCE 200809L     /* stat */
+#define _POSIX_C_SOURCE 200809L     /* stat, opendir, rmdir */
 
 #include "host.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <limits.h>
 #include <stdarg.h>
@@ -18,8 +19,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
-const char *fpgai_tmp_path;         /* a partial output file to delete on error */
+const char *fpgai_tmp_path;         /* a partial output file or dump folder to delete on error */
 
 #ifdef FPGAI_FUZZ
 /* Fuzzing build (c/fuzz/): a harness that sets fpgai_fuzz_jmp gets every error as a longjmp
@@ -45,8 +47,25 @@ void fail(const char *fmt, ...)
     va_end(ap);
     fputc('\n', stderr);
     if (fpgai_tmp_path)
-        remove(fpgai_tmp_path);
+        remove_path(fpgai_tmp_path);
     exit(1);
+}
+
+void remove_path(const char *path)
+{
+    if (remove(path) == 0)
+        return;
+    DIR *d = opendir(path);
+    if (!d)
+        return;
+    char file[8192];
+    for (struct dirent *e; (e = readdir(d)) != NULL;) {
+        int n = snprintf(file, sizeof file, "%s/%s", path, e->d_name);
+        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..") && n > 0 && (size_t)n < sizeof file)
+            remove(file);
+    }
+    closedir(d);
+    rmdir(path);
 }
 
 void *xmalloc(size_t n, const char *what)

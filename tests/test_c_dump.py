@@ -69,3 +69,21 @@ def test_lenet_dump_replaces_a_previous_one_and_refuses_other_folders(engine, tm
     proc = c_dump(engine, export, "lenet", str(tmp_path / "x.npy"), str(tmp_path / "other"), 1)
     assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: ")
     assert "not a previous dump" in proc.stderr and (tmp_path / "other" / "notes.txt").read_text() == "mine"
+
+
+def test_a_dump_that_fails_midway_leaves_nothing(engine, tmp_path):
+    """A write failing inside the dump (a 4 KB file-size limit: EFBIG, SIGXFSZ ignored) is one error
+    line, and the partial .DIR.PID.tmp folder is removed: neither it nor DIR is left."""
+    import resource
+    import signal
+    images = np.zeros((10, 1, 28, 28), np.uint8)
+    np.save(tmp_path / "x.npy", images)
+
+    def limit_files():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+    proc = subprocess.run([engine, "--dir", os.path.join(ROOT, "export_model"), "--model", "lenet", "--images",
+                           str(tmp_path / "x.npy"), "--limit", "10", "--dump-layers", str(tmp_path / "dump")],
+                          capture_output=True, text=True, timeout=300, preexec_fn=limit_files)
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: ")
+    assert os.listdir(tmp_path) == ["x.npy"]
