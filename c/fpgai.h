@@ -14,8 +14,8 @@
  *   inference.c     the program: command line, threads, the report
  *
  * llama2.c's split: a loaded Model (graph, weights, memory plan) is never written while
- * images run; every thread owns a workspace (its arena of activations, and the optimized
- * kernels' scratch buffers).
+ * images run; a workspace holds a batch's activations (the memory plan once per image) and the
+ * optimized kernels' scratch buffers (one set per thread).
  *
  * The arithmetic contract (README "The integer arithmetic contract", model/qmath.py):
  *   rshift_round(x, s) = floor((x + 2^(s-1)) / 2^s)        round half toward +infinity

@@ -7,8 +7,8 @@
  * Every op matches model/np_engine.py bit for bit.  The parts (fpgai.h lists them): model.c
  * reads the files and the core (fpgai.c) checks them, the core's reference kernels or
  * kernels_fast.c run the graph, datasets.c reads the test set, dump.c writes golden vectors;
- * this file is the command line, the loop over images (in parallel with OpenMP, one workspace
- * per thread), the report.
+ * this file is the command line, the loop over batches of images, the report.  Threads (the
+ * OpenMP build, inference_omp) work inside each layer of a batch (kernels.h).
  */
 #define _POSIX_C_SOURCE 200809L     /* clock_gettime, stat, lstat, readlink, sigaction, kill */
 
@@ -40,7 +40,14 @@ typedef struct {
     const char *isa;                /* --isa: the optimized kernels' build; NULL: the best the CPU runs */
     int txt, quiet, reference;
     long limit;                     /* 0: all */
+    long batch;                     /* images per pass through the graph */
+    long threads;                   /* 0: OpenMP's default (OMP_NUM_THREADS, else every core) */
 } Options;
+
+/* Images per pass by default: each weight panel is loaded once per chunk of the batch's pixels, not
+ * once per image (README "Speed" has the measurements) */
+#define DEFAULT_BATCH 16
+#define MAX_BATCH 65536
 
 /* Print the usage (to stderr after a command-line error, exit 2; to stdout for --help). */
 static void usage(const char *msg, const char *arg)
@@ -51,7 +58,7 @@ static void usage(const char *msg, const char *arg)
     fprintf(f,
             "usage: inference [--model NAME] [--dir DIR] [--data DIR] [--format bin|txt] [--limit N]\n"
             "                 [--logits FILE] [--images PATH] [--labels PATH] [--quiet] [--reference]\n"
-            "                 [--isa NAME] [--dump-layers DIR]\n"
+            "                 [--isa NAME] [--batch N] [--threads T] [--dump-layers DIR]\n"
             "       inference --op-table\n"
             "  --model NAME    model name, files DIR/NAME_model.bin etc. (default lenet)\n"
             "  --dir DIR       export folder (default export_model)\n"
@@ -69,6 +76,10 @@ static void usage(const char *msg, const char *arg)
             "  --reference     run the simple reference kernels instead of the optimized ones\n"
             "  --isa NAME      the optimized kernels' build: avx512, avx2 or c99 (x86-64), neon or c99\n"
             "                  (aarch64); default the best this CPU runs\n"
+            "  --batch N       run N images per pass through the graph, layer by layer (default 16); the\n"
+            "                  activations take N times the model's\n"
+            "  --threads T     split each layer across T threads (inference_omp; default OMP_NUM_THREADS,\n"
+            "                  else every core); other builds run one\n"
             "  --dump-layers DIR  write every op's output for the images (--limit N of them) to DIR as\n"
             "                  golden vectors (.npy, .hex, manifest.json: model/golden.py's layout) and exit\n"
             "  --op-table      print the op kinds this engine reads, as JSON (one per line), and exit\n");
@@ -81,10 +92,26 @@ static int is_dir(const char *path)
     return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
 }
 
+#define MAX_THREADS 4096
+
+/* --batch / --threads: an integer in 1..max, else one error line */
+static long positive_count(const char *option, const char *v, long max)
+{
+    char *end;
+    errno = 0;
+    long n = strtol(v, &end, 10);
+    if (!*v || *end || errno || v[0] == '+' || isspace((unsigned char)v[0]) || n < 1)
+        fail("%s needs a positive integer, not '%s'", option, v);
+    if (n > max)
+        fail("%s %s: at most %ld", option, v, max);
+    return n;
+}
+
 static void parse_args(Options *o, int argc, char **argv)
 {
     memset(o, 0, sizeof *o);
     o->model = "lenet";
+    o->batch = DEFAULT_BATCH;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "--quiet")) {
@@ -106,7 +133,8 @@ static void parse_args(Options *o, int argc, char **argv)
                           : !strcmp(a, "--images") ? &o->images : !strcmp(a, "--labels") ? &o->labels
                           : !strcmp(a, "--dump-layers") ? &o->dump : !strcmp(a, "--isa") ? &o->isa : NULL;
         int is_format = !strcmp(a, "--format"), is_limit = !strcmp(a, "--limit");
-        if (!slot && !is_format && !is_limit)
+        long *count = !strcmp(a, "--batch") ? &o->batch : !strcmp(a, "--threads") ? &o->threads : NULL;
+        if (!slot && !is_format && !is_limit && !count)
             usage("unknown option", a);
         if (i + 1 >= argc)
             usage("missing value for", a);
@@ -115,6 +143,8 @@ static void parse_args(Options *o, int argc, char **argv)
             if (!*v)
                 usage("empty value for", a);
             *slot = v;
+        } else if (count) {
+            *count = positive_count(a, v, count == &o->batch ? MAX_BATCH : MAX_THREADS);
         } else if (is_format) {
             if (strcmp(v, "bin") && strcmp(v, "txt"))
                 usage("--format must be bin or txt, not", v);
@@ -145,33 +175,87 @@ static double now_seconds(void)
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-/* A kernel set, prepared, and one workspace per thread. */
+/* A kernel set, prepared, and its workspaces for batches of `batch` images.  A batch of at least
+ * as many images as threads is split between the threads, each running its share through the
+ * whole graph in a workspace of its own (no thread waits for another between layers); a smaller
+ * one (a batch of 1: the latency) runs in one workspace, each layer split across the threads. */
 typedef struct {
     const KernelSet *k;
     void *prepared;
     void **ws;
-    int n_threads;
+    int n_ws;                       /* n_threads, or 1 */
+    int batch, n_threads;
+    uint8_t *outputs;               /* a batch's, gathered from the workspaces */
 } Engine;
 
-static void engine_init(Engine *e, const Model *m, int reference, const KernelSet *fast)
+/* The threads: --threads, else OpenMP's default; one without OpenMP */
+static int thread_count(long wanted)
 {
-    e->k = reference ? &REFERENCE_KERNELS : fast;
-    e->prepared = e->k->prepare(m);
-    e->n_threads = 1;
 #ifdef _OPENMP
-    e->n_threads = omp_get_max_threads() > 1 ? omp_get_max_threads() : 1;
+    if (wanted)
+        omp_set_num_threads((int)wanted);
+    omp_set_max_active_levels(1);       /* a layer inside a thread's share of a batch runs on that thread */
+    return omp_get_max_threads() > 1 ? omp_get_max_threads() : 1;
+#else
+    if (wanted > 1)
+        fail("--threads %ld: this build runs one thread (make -C c omp builds inference_omp)", wanted);
+    return 1;
 #endif
-    e->ws = xcalloc((size_t)e->n_threads, sizeof *e->ws, "workspaces");
-    for (int t = 0; t < e->n_threads; t++)
-        e->ws[t] = e->k->workspace_new(m, e->prepared);
+}
+
+/* Share w of n images split between `parts`: the first n % parts shares one image more */
+static int share(int n, int parts, int w)
+{
+    return n / parts + (w < n % parts);
+}
+
+static int first_of_share(int n, int parts, int w)
+{
+    return w * (n / parts) + (w < n % parts ? w : n % parts);
+}
+
+static void engine_init(Engine *e, const Model *m, int reference, const KernelSet *fast, long batch, long threads)
+{
+    /* the batch's activations, the memory plan once per image, under the core's limit on one plan */
+    if ((uint64_t)batch * m->arena_bytes > MAX_ARENA)
+        fail("--batch %ld: %ld images' activations take %llu bytes, more than %llu", batch, batch,
+             (unsigned long long)batch * m->arena_bytes, (unsigned long long)MAX_ARENA);
+    e->k = reference ? &REFERENCE_KERNELS : fast;
+    e->batch = (int)batch;
+    e->n_threads = thread_count(threads);
+    e->prepared = e->k->prepare(m);
+    e->n_ws = e->batch >= e->n_threads ? e->n_threads : 1;
+    e->ws = xcalloc((size_t)e->n_ws, sizeof *e->ws, "workspaces");
+    for (int w = 0; w < e->n_ws; w++)
+        e->ws[w] = e->k->workspace_new(m, e->prepared, share(e->batch, e->n_ws, w), e->n_threads);
+    e->outputs = xmalloc((size_t)e->batch * op_elems(&m->ops[m->n_ops - 1]), "outputs");
 }
 
 static void engine_free(Engine *e)
 {
-    for (int t = 0; e->ws && t < e->n_threads; t++)
-        e->k->workspace_free(e->ws[t]);
+    for (int w = 0; e->ws && w < e->n_ws; w++)
+        e->k->workspace_free(e->ws[w]);
     free(e->ws);
+    free(e->outputs);
     e->k->release(e->prepared);
+}
+
+/* n images through the graph; returns their outputs, one image after the other */
+static const uint8_t *run_batch(const Engine *e, const Model *m, const uint8_t *images, size_t stride, int n)
+{
+    if (e->n_ws == 1)
+        return e->k->run(m, e->prepared, e->ws[0], images, stride, n);
+    const size_t n_out = op_elems(&m->ops[m->n_ops - 1]);
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static, 1)
+#endif
+    for (int w = 0; w < e->n_ws; w++) {
+        const int first = first_of_share(n, e->n_ws, w), count = share(n, e->n_ws, w);
+        if (count)
+            memcpy(e->outputs + (size_t)first * n_out,
+                   e->k->run(m, e->prepared, e->ws[w], images + (size_t)first * stride, stride, count), (size_t)count * n_out);
+    }
+    return e->outputs;
 }
 
 /* ---- --logits: where the bytes go (one rule) -------------------------------------------
@@ -333,28 +417,16 @@ static void output_close(Output *o)
     fpgai_tmp_path = NULL;
 }
 
-/* Images run in chunks (in parallel with OpenMP); results are scored and written in order.
+/* Images run in batches (the last one partial); results are scored and written in order.
  * Returns the number of correct predictions (argmax, first index on ties). */
 static size_t run_images(const Engine *e, const Model *m, const Dataset *ds, size_t count, FILE *logits)
 {
-    enum { CHUNK = 256 };
     const size_t n_out = op_elems(&m->ops[m->n_ops - 1]);     /* all of the last op, CHW, as numpy flattens it */
-    uint8_t *results = xmalloc(CHUNK * n_out, "results");
     size_t correct = 0;
-    for (size_t start = 0; start < count; start += CHUNK) {
-        const long n = (long)(count - start < CHUNK ? count - start : CHUNK);
-#ifdef _OPENMP
-#pragma omp parallel for schedule(dynamic, 1)
-#endif
-        for (long j = 0; j < n; j++) {
-            int t = 0;
-#ifdef _OPENMP
-            t = omp_get_thread_num();
-#endif
-            const uint8_t *image = ds->pixels + (start + (size_t)j) * ds->image_stride;
-            memcpy(results + (size_t)j * n_out, e->k->run(m, e->prepared, e->ws[t], image), n_out);
-        }
-        for (long j = 0; j < n; j++) {
+    for (size_t start = 0; start < count; start += (size_t)e->batch) {
+        const int n = count - start < (size_t)e->batch ? (int)(count - start) : e->batch;
+        const uint8_t *results = run_batch(e, m, ds->pixels + start * ds->image_stride, ds->image_stride, n);
+        for (int j = 0; j < n; j++) {
             const uint8_t *out = results + (size_t)j * n_out;
             size_t best = 0;
             for (size_t c = 1; c < n_out; c++)
@@ -366,7 +438,6 @@ static size_t run_images(const Engine *e, const Model *m, const Dataset *ds, siz
                     fprintf(logits, c + 1 < n_out ? "%d," : "%d\n", out[c]);
         }
     }
-    free(results);
     return correct;
 }
 
@@ -393,7 +464,7 @@ int main(int argc, char **argv)
         free_model(&m);
         return 0;
     }
-    engine_init(&e, &m, opt.reference, fast);
+    engine_init(&e, &m, opt.reference, fast, opt.batch, opt.threads);
     if (!opt.reference)
         release_weights(&m);            /* the optimized kernels have their own copy */
     Output logits;
@@ -410,7 +481,8 @@ int main(int argc, char **argv)
         printf("model: %s (%s, fingerprint %s), %d ops, %s weights from %s files, %zu bytes of activations\n",
                m.name, m.dataset, m.fingerprint, m.n_ops, m.weight_signed ? "int8" : "uint8",
                opt.txt ? "txt" : "bin", m.arena_bytes);
-        printf("kernels: %s, %d thread%s\n", e.k->name, e.n_threads, e.n_threads > 1 ? "s" : "");
+        printf("kernels: %s, %d thread%s, batches of %d\n", e.k->name, e.n_threads, e.n_threads > 1 ? "s" : "",
+               e.batch);
         printf("images: %zu of %zu from %s\n", count, ds.count, ds.source);
         if (ds.has_labels)
             printf("accuracy: %.2f%% (%zu/%zu)\n", 100.0 * (double)correct / (double)count, correct, count);

@@ -11,9 +11,14 @@
  *                                      best one this CPU runs
  *
  * The optimized set prepares its own read-only copy of the weights from a loaded Model (which
- * it never writes); each set gives each thread a workspace: its arena of activations (the
- * Model's memory plan) and the scratch buffers that set's kernels use, nothing more.  Inside each
- * set, a table indexed by op kind (fpgai.h) holds one kernel per kind.
+ * it never writes); a workspace runs a batch of up to `batch` images: their arenas of
+ * activations (the Model's memory plan, scaled by the batch) and the scratch buffers that set's
+ * kernels use, nothing more.  The optimized set runs a batch layer-major (op i for every image,
+ * then op i + 1; a conv or linear layer one GEMM over all the images' pixels, so each weight
+ * panel is loaded once per chunk of pixels, not once per image) and, in the OpenMP build, splits
+ * each layer across the threads (workspace_new's thread count); the reference set runs the
+ * images one after the other on one thread.  Inside each set, a table indexed by op kind
+ * (fpgai.h) holds one kernel per kind.
  */
 #ifndef FPGAI_KERNELS_H
 #define FPGAI_KERNELS_H
@@ -24,11 +29,13 @@ typedef struct {
     const char *name;
     void *(*prepare)(const Model *m);               /* the set's weights; fails on a limit */
     void (*release)(void *prepared);
-    void *(*workspace_new)(const Model *m, const void *prepared);
+    /* for batches of up to `batch` images, on up to `threads` threads (OpenMP's thread numbers) */
+    void *(*workspace_new)(const Model *m, const void *prepared, int batch, int threads);
     void (*workspace_free)(void *ws);
-    /* one image (C*H*W pixels, CHW) through the graph; returns the last op's output, CHW,
-     * valid until the next run on this workspace */
-    const uint8_t *(*run)(const Model *m, const void *prepared, void *ws, const uint8_t *image);
+    /* n <= batch images (C*H*W pixels each, CHW, `stride` bytes apart) through the graph; returns
+     * their last op's outputs, each CHW, op_elems(last op) bytes apart, in input order, valid until
+     * the next run on this workspace */
+    const uint8_t *(*run)(const Model *m, const void *prepared, void *ws, const uint8_t *images, size_t stride, int n);
 } KernelSet;
 
 extern const KernelSet REFERENCE_KERNELS;

@@ -25,6 +25,12 @@
  * Depthwise convs (groups == C) have their own kernel, vectorized over channels: VNNI's
  * own, and for the other builds one C loop their compilers vectorize.
  *
+ * Batches and threads: a workspace runs a batch of images layer by layer, each tensor's images one
+ * HWC matrix (image_tensor); a conv or linear layer is one GEMM over all of the batch's pixels,
+ * in chunks of rows (CHUNK_BYTES of A) that every weight panel passes over, so a panel is read
+ * once per chunk, not once per image.  In the OpenMP build each layer's rows (im2col, depthwise
+ * output rows) and tiles are split across the threads, each with its own scratch (Scratch).
+ *
  * Requantization: every scalar path calls requantize() (fpgai.h).  The SIMD paths use two
  * vector forms of the same function, precomputed per channel at load (qparams,
  * qparams_fast): requant_v (the product, the rounding constant and the shift in 64-bit
@@ -37,6 +43,26 @@
 
 #include <stdlib.h>
 #include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+/* The OpenMP build (make omp) splits each layer's work across the threads; the others run it in
+ * order on one.  Every parallel loop's iterations write disjoint bytes. */
+#ifdef _OPENMP
+#define PRAGMA(text) _Pragma(#text)
+#define PARALLEL_FOR_IF(cond) PRAGMA(omp parallel for schedule(static) if (cond))
+static int thread_id(void)
+{
+    return omp_get_thread_num();
+}
+#else
+#define PARALLEL_FOR_IF(cond)
+static int thread_id(void)
+{
+    return 0;
+}
+#endif
 
 /* Which build this is: the Makefile compiles this file once per ISA, each object with its target
  * flags and its own KernelSet (kernels.h); isa.c picks one at run time. */
@@ -106,6 +132,9 @@ typedef int16_t DotRow;
 #define OVER 32         /* im2col copies move whole pieces of this many bytes */
 #define QV_WORDS 48     /* int64 words of qv per block */
 #define QF_WORDS 40     /* int64 words of qf per block */
+/* A GEMM runs over the batch's pixels in chunks of about this many bytes of A (its rows of all the
+ * images, one after the other): each chunk stays in cache while every weight panel passes over it */
+#define CHUNK_BYTES (256 * 1024)
 
 enum { FK_NONE, FK_GEMM, FK_DEPTHWISE };
 
@@ -113,6 +142,7 @@ typedef struct {
     int kind;
     int32_t K, Kp;          /* depth per group, rounded up to KSTEP */
     int32_t nblk;           /* 16-channel blocks per group */
+    int32_t chunk_rows;     /* GEMM: rows of A per chunk, a multiple of MR */
     int32_t cin_g, cout_g;
     int direct;             /* conv reads the input as A in place (1x1, stride 1, no padding, K % KSTEP == 0) */
     int32_t d;              /* 128 - z_w (per tensor) or 0 */
@@ -131,21 +161,40 @@ typedef struct {
     FastOp *ops;
     int n_ops;
     /* a workspace's buffers (0: no kernel of this model uses it) */
-    size_t cols_bytes;      /* im2col rows (GEMM) */
-    size_t pad_bytes;       /* a conv input with its padding */
-    size_t dwcols_bytes;    /* depthwise (VNNI): one row of interleaved input columns */
-    size_t rowsum_elems;    /* GEMM row sums (int32 per pixel); depthwise (not VNNI) accumulators */
-    size_t dotrows_elems;   /* the dot-product tile's MR rows of A as DotRow */
-    size_t acc_elems;       /* avgpool sums (int64 per channel) */
-    size_t logits_bytes;    /* the last op's output back in CHW order, when it has H*W > 1 */
+    size_t pad_bytes;       /* per image: a conv input with its padding */
+    size_t dwcols_bytes;    /* per thread: depthwise (VNNI), one row of interleaved input columns */
+    size_t dwacc_elems;     /* per thread: depthwise (not VNNI), one pixel's int32 accumulators */
+    size_t dotrows_elems;   /* per thread: the dot-product tile's MR rows of A as DotRow */
+    size_t acc_elems;       /* per thread: avgpool sums (int64 per channel) */
+    size_t logits_bytes;    /* per image: the last op's output back in CHW order, when it has H*W > 1 */
 } FastModel;
 
+/* One thread's scratch buffers */
 typedef struct {
-    uint8_t *arena, *cols, *pad, *logits, *dwcols;
-    int32_t *rowsum;
+    uint8_t *dwcols;
+    int32_t *dwacc;
     DotRow *dotrows;
     int64_t *acc;
+} Scratch;
+
+/* A batch's: tensor j of image b at arena + batch * ops[j].offset + b * op_elems(&ops[j]) (the
+ * memory plan scaled by the batch keeps its tensors apart), so a tensor's images are one HWC
+ * matrix of batch * H * W pixels */
+typedef struct {
+    int batch, n_threads;
+    uint8_t *arena, *logits;
+    uint8_t *cols;          /* a GEMM chunk's rows of A, cols_stride() bytes apart */
+    uint8_t *pad;           /* each image's conv input with its padding, pad_stride bytes apart */
+    size_t pad_stride;
+    int32_t *rowsum;        /* a GEMM chunk's row sums */
+    Scratch *scratch;       /* [n_threads] */
 } Workspace;
+
+/* Op's output (a tensor) of image b */
+static uint8_t *image_tensor(const Workspace *ws, const Op *op, int b)
+{
+    return ws->arena + (size_t)ws->batch * op->offset + (size_t)b * op_elems(op);
+}
 
 static size_t max_size(size_t a, size_t b)
 {
@@ -233,7 +282,6 @@ static FastModel *fast_prepare_model(const Model *m)
         const Op *op = &m->ops[i];
         FastOp *f = &fm->ops[i];
         const Op *in = op->n_inputs ? op_input(m, op, 0) : NULL;
-        size_t P = (size_t)op->h * op->w;
         if (op->kind == OP_AVGPOOL || op->kind == OP_ADAPTIVE_AVGPOOL)
             fm->acc_elems = max_size(fm->acc_elems, (size_t)op->c);
         if (!KINDS[op->kind].weighted)
@@ -252,7 +300,7 @@ static FastModel *fast_prepare_model(const Model *m)
             if (FAST_VNNI) {            /* the VNNI kernel reads the padded input */
                 fm->pad_bytes = max_size(fm->pad_bytes, padded);
             } else {                    /* the C loop the input in place; its weights [tap][C] as int16 */
-                fm->rowsum_elems = max_size(fm->rowsum_elems, (size_t)op->c);
+                fm->dwacc_elems = max_size(fm->dwacc_elems, (size_t)op->c);
                 f->wdw = xmalloc((size_t)taps * op->c * sizeof *f->wdw, "depthwise weights");
                 for (int32_t c = 0; c < op->c; c++)
                     for (int t = 0; t < taps; t++)
@@ -302,11 +350,9 @@ static FastModel *fast_prepare_model(const Model *m)
                     && groups == 1 && f->Kp == f->K;
         if (op->kind == OP_LINEAR)
             f->direct = f->Kp == f->K;
-        if (!f->direct)
-            fm->cols_bytes = max_size(fm->cols_bytes, P * (size_t)f->Kp);
+        f->chunk_rows = (int32_t)max_size(MR, CHUNK_BYTES / (size_t)f->Kp / MR * MR);
         if (!f->direct && op->kind == OP_CONV)
             fm->pad_bytes = max_size(fm->pad_bytes, padded);
-        fm->rowsum_elems = max_size(fm->rowsum_elems, P);
         if (!FAST_VNNI)
             fm->dotrows_elems = max_size(fm->dotrows_elems, MR * (size_t)f->Kp);
         size_t nch = (size_t)groups * f->nblk * BLK;
@@ -380,30 +426,58 @@ static void fast_release(void *p)
     free(fm);
 }
 
+/* Bytes between a GEMM's rows of A in cols: Kp and the OVER bytes that copy_over may write past a
+ * row, so that rows filled by different threads never overlap */
+static size_t cols_stride(const FastOp *f)
+{
+    return (size_t)f->Kp + OVER;
+}
+
 /* Only the buffers this model's kernels use, zero-filled once: the GEMM tile reads rowsum
  * even when its factor d is 0 (int8 weights), which changes no result but would read
  * indeterminate values; with every buffer defined the engine is valgrind-clean.  The
- * im2col copies touch up to OVER bytes past the end of cols and pad (copy_over); dwcols
- * gets 64 bytes to align to. */
-static void *fast_workspace_new(const Model *m, const void *prepared)
+ * im2col copies touch up to OVER bytes past the end of a row of cols and of pad (copy_over);
+ * dwcols gets 64 bytes to align to. */
+static void *fast_workspace_new(const Model *m, const void *prepared, int batch, int threads)
 {
     const FastModel *fm = prepared;
     Workspace *ws = xcalloc(1, sizeof *ws, "workspace");
-    ws->arena = xcalloc(m->arena_bytes, 1, "activations");
-    if (fm->cols_bytes)
-        ws->cols = xcalloc(fm->cols_bytes + OVER, 1, "im2col scratch");
+    ws->batch = batch;
+    ws->n_threads = threads;
+    ws->arena = xcalloc((size_t)batch * m->arena_bytes, 1, "activations");
+    /* each GEMM's chunk: its rows of A, never more than the batch's pixels */
+    size_t chunk_rows = 0, cols_bytes = 0;
+    for (int i = 0; i < m->n_ops; i++) {
+        const FastOp *f = &fm->ops[i];
+        if (f->kind != FK_GEMM)
+            continue;
+        const size_t rows = (size_t)batch * (size_t)m->ops[i].h * (size_t)m->ops[i].w;
+        const size_t chunk = rows < (size_t)f->chunk_rows ? rows : (size_t)f->chunk_rows;
+        chunk_rows = max_size(chunk_rows, chunk);
+        if (!f->direct)
+            cols_bytes = max_size(cols_bytes, chunk * cols_stride(f));
+    }
+    if (cols_bytes)
+        ws->cols = xcalloc(cols_bytes, 1, "im2col scratch");
+    if (chunk_rows)
+        ws->rowsum = xcalloc(chunk_rows, sizeof *ws->rowsum, "row sums");
+    ws->pad_stride = fm->pad_bytes;
     if (fm->pad_bytes)
-        ws->pad = xcalloc(fm->pad_bytes + OVER, 1, "padded input");
-    if (fm->dwcols_bytes)
-        ws->dwcols = xcalloc(fm->dwcols_bytes + 64, 1, "depthwise columns");
-    if (fm->rowsum_elems)
-        ws->rowsum = xcalloc(fm->rowsum_elems, sizeof *ws->rowsum, "row sums");
-    if (fm->dotrows_elems)
-        ws->dotrows = xcalloc(fm->dotrows_elems, sizeof *ws->dotrows, "dot-product rows");
-    if (fm->acc_elems)
-        ws->acc = xcalloc(fm->acc_elems, sizeof *ws->acc, "accumulators");
+        ws->pad = xcalloc((size_t)batch * fm->pad_bytes + OVER, 1, "padded input");
     if (fm->logits_bytes)
-        ws->logits = xcalloc(fm->logits_bytes, 1, "logits");
+        ws->logits = xcalloc((size_t)batch * fm->logits_bytes, 1, "logits");
+    ws->scratch = xcalloc((size_t)threads, sizeof *ws->scratch, "scratch");
+    for (int t = 0; t < threads; t++) {
+        Scratch *sc = &ws->scratch[t];
+        if (fm->dwcols_bytes)
+            sc->dwcols = xcalloc(fm->dwcols_bytes + 64, 1, "depthwise columns");
+        if (fm->dwacc_elems)
+            sc->dwacc = xcalloc(fm->dwacc_elems, sizeof *sc->dwacc, "depthwise sums");
+        if (fm->dotrows_elems)
+            sc->dotrows = xcalloc(fm->dotrows_elems, sizeof *sc->dotrows, "dot-product rows");
+        if (fm->acc_elems)
+            sc->acc = xcalloc(fm->acc_elems, sizeof *sc->acc, "accumulators");
+    }
     return ws;
 }
 
@@ -412,13 +486,17 @@ static void fast_workspace_free(void *p)
     Workspace *ws = p;
     if (!ws)
         return;
+    for (int t = 0; ws->scratch && t < ws->n_threads; t++) {
+        free(ws->scratch[t].dwcols);
+        free(ws->scratch[t].dwacc);
+        free(ws->scratch[t].dotrows);
+        free(ws->scratch[t].acc);
+    }
+    free(ws->scratch);
     free(ws->arena);
     free(ws->cols);
     free(ws->pad);
-    free(ws->dwcols);
     free(ws->rowsum);
-    free(ws->dotrows);
-    free(ws->acc);
     free(ws->logits);
     free(ws);
 }
@@ -773,66 +851,83 @@ static void pad_input(const Op *op, const Op *in, const uint8_t *x, uint8_t *pb)
     memset(pb, zx, (size_t)op->pad_bottom * Wp * C);
 }
 
-/* A conv (any groups but depthwise) or linear layer; x and out are HWC. */
-static void fast_gemm(const Op *op, const Op *in, const FastOp *f, const uint8_t *x, uint8_t *out, Workspace *ws)
+/* Row r (image r / P, pixel r % P) of group g's A for an im2col conv, from the padded inputs: whole
+ * spans of the padded input, kw*C bytes per kernel row (groups 1), else cin_g per tap */
+static void im2col_row(const Op *op, const Op *in, const FastOp *f, const Workspace *ws, int32_t g, size_t r,
+                       uint8_t *row)
+{
+    const size_t P = (size_t)op->h * op->w, p = r % P, C = (size_t)in->c, Wp = padded_w(op, in);
+    const size_t oy = p / (size_t)op->w, ox = p % (size_t)op->w, tap = (size_t)op->dil_w * C;
+    const uint8_t *pad = ws->pad + r / P * ws->pad_stride + (size_t)g * f->cin_g;
+    /* a kernel row is one span when its taps are adjacent and take every channel */
+    const int whole_rows = op->groups == 1 && op->dil_w == 1;
+    const size_t span = whole_rows ? (size_t)op->kw * C : (size_t)f->cin_g;
+    uint8_t *dst = row;
+    for (int32_t ky = 0; ky < op->kh; ky++) {
+        const uint8_t *src = pad + ((oy * op->stride_h + (size_t)ky * op->dil_h) * Wp + ox * op->stride_w) * C;
+        if (whole_rows) {
+            copy_over(dst, src, span);
+            dst += span;
+        } else {
+            for (int32_t kx = 0; kx < op->kw; kx++, dst += span)
+                copy_over(dst, src + (size_t)kx * tap, span);
+        }
+    }
+    memset(dst, 0, (size_t)f->Kp - (size_t)f->K);
+}
+
+/* A conv (any groups but depthwise) or linear layer on n images; x and out are HWC, the images one
+ * after the other.  All the images' pixels are the GEMM's rows, in chunks: per chunk, its rows of A
+ * (im2col, or the input in place) and their sums, then every tile of channels x pixels; the
+ * threads share each step's rows or tiles. */
+static void fast_gemm(const Op *op, const Op *in, const FastOp *f, const uint8_t *x, uint8_t *out, Workspace *ws, int n)
 {
     const int32_t groups = op->kind == OP_CONV ? op->groups : 1;
-    const size_t P = (size_t)op->h * op->w, Kp = (size_t)f->Kp;
-    for (int32_t g = 0; g < groups; g++) {
-        const uint8_t *A = x;
-        size_t lda = Kp;
-        if (!f->direct) {
-            uint8_t *row = ws->cols;
-            if (op->kind == OP_LINEAR) {
-                memcpy(row, x, (size_t)f->K);
-                memset(row + f->K, 0, Kp - (size_t)f->K);
-            } else {
-                /* the input with its padding (z_x) in the workspace, then each row of A
-                 * from whole spans of it: kw*C bytes per kernel row (groups 1), else cin_g per tap */
-                const size_t C = (size_t)in->c, Wp = padded_w(op, in), tap = (size_t)op->dil_w * C;
-                if (g == 0)
-                    pad_input(op, in, x, ws->pad);
-                /* a kernel row is one span when its taps are adjacent and take every channel */
-                const int whole_rows = groups == 1 && op->dil_w == 1;
-                const size_t span = whole_rows ? (size_t)op->kw * C : (size_t)f->cin_g;
-                for (int32_t oy = 0; oy < op->h; oy++)
-                    for (int32_t ox = 0; ox < op->w; ox++, row += Kp) {
-                        uint8_t *dst = row;
-                        for (int32_t ky = 0; ky < op->kh; ky++) {
-                            const uint8_t *src = ws->pad + ((size_t)(oy * op->stride_h + ky * op->dil_h) * Wp
-                                                            + (size_t)ox * op->stride_w) * C + (size_t)g * f->cin_g;
-                            if (whole_rows) {
-                                copy_over(dst, src, span);
-                                dst += span;
-                            } else {
-                                for (int32_t kx = 0; kx < op->kw; kx++, dst += span)
-                                    copy_over(dst, src + (size_t)kx * tap, span);
-                            }
-                        }
-                        memset(dst, 0, Kp - (size_t)f->K);
-                    }
+    const size_t rows = (size_t)n * op->h * op->w, Kp = (size_t)f->Kp, in_elems = op_elems(in);
+    const int im2col = !f->direct && op->kind == OP_CONV;
+    if (im2col) {
+        PARALLEL_FOR_IF(n > 1)
+        for (int b = 0; b < n; b++)
+            pad_input(op, in, x + (size_t)b * in_elems, ws->pad + (size_t)b * ws->pad_stride);
+    }
+    const int32_t groups_of_blocks = (f->nblk + NBMAX - 1) / NBMAX;
+    for (size_t r0 = 0; r0 < rows; r0 += (size_t)f->chunk_rows) {
+        const size_t mc = rows - r0 < (size_t)f->chunk_rows ? rows - r0 : (size_t)f->chunk_rows;
+        for (int32_t g = 0; g < groups; g++) {
+            /* the chunk's rows of A: in place (a linear layer's row is its image's input) or in cols */
+            const uint8_t *A = f->direct ? x + r0 * Kp : ws->cols;
+            const size_t lda = f->direct ? Kp : cols_stride(f);
+            PARALLEL_FOR_IF(mc > MR)
+            for (size_t r = 0; r < mc; r++) {
+                if (im2col) {
+                    im2col_row(op, in, f, ws, g, r0 + r, ws->cols + r * lda);
+                } else if (!f->direct) {            /* a linear layer, K not a multiple of KSTEP */
+                    memcpy(ws->cols + r * lda, x + (r0 + r) * in_elems, (size_t)f->K);
+                    memset(ws->cols + r * lda + f->K, 0, Kp - (size_t)f->K);
+                }
+                if (f->d) {
+                    const uint8_t *a = A + r * lda;
+                    uint32_t s = 0;
+                    for (int32_t k = 0; k < f->K; k++)
+                        s += a[k];
+                    ws->rowsum[r] = (int32_t)s;     /* <= 255 * K < 2^31 (K < 2^23 in practice) */
+                }
             }
-            A = ws->cols;
-        }
-        if (f->d)
-            for (size_t p = 0; p < P; p++) {
-                const uint8_t *a = A + p * lda;
-                uint32_t s = 0;
-                for (int32_t k = 0; k < f->K; k++)
-                    s += a[k];
-                ws->rowsum[p] = (int32_t)s;         /* <= 255 * K < 2^31 (K < 2^23 in practice) */
-            }
-        uint8_t *outg = out + (size_t)g * f->cout_g;
-        for (int32_t b0 = 0; b0 < f->nblk; b0 += NBMAX) {
-            int nb = f->nblk - b0 < NBMAX ? f->nblk - b0 : NBMAX;
-            int last_n = f->cout_g - (b0 + nb - 1) * BLK;
-            if (last_n > BLK)
-                last_n = BLK;
-            size_t slot = ((size_t)g * f->nblk + b0) * BLK;
-            for (size_t p0 = 0; p0 < P; p0 += MR) {
-                int mp = P - p0 < MR ? (int)(P - p0) : MR;
-                tile(nb, mp, A + p0 * lda, lda, ws->rowsum + p0, ws->dotrows, f, slot, last_n, op,
-                     outg + p0 * op->c + (size_t)b0 * BLK, (size_t)op->c);
+            /* the tiles, channel blocks outermost: each thread reads its share of the weights */
+            const long pixel_tiles = (long)((mc + MR - 1) / MR), n_tiles = groups_of_blocks * pixel_tiles;
+            uint8_t *outg = out + r0 * op->c + (size_t)g * f->cout_g;
+            PARALLEL_FOR_IF(n_tiles > 1)
+            for (long t = 0; t < n_tiles; t++) {
+                const int32_t b0 = (int32_t)(t / pixel_tiles) * NBMAX;
+                const size_t p0 = (size_t)(t % pixel_tiles) * MR;
+                const int nb = f->nblk - b0 < NBMAX ? f->nblk - b0 : NBMAX;
+                int last_n = f->cout_g - (b0 + nb - 1) * BLK;
+                if (last_n > BLK)
+                    last_n = BLK;
+                const int mp = mc - p0 < MR ? (int)(mc - p0) : MR;
+                tile(nb, mp, A + p0 * lda, lda, ws->rowsum + p0, ws->scratch[thread_id()].dotrows, f,
+                     ((size_t)g * f->nblk + b0) * BLK, last_n, op, outg + p0 * op->c + (size_t)b0 * BLK,
+                     (size_t)op->c);
             }
         }
     }
@@ -841,149 +936,169 @@ static void fast_gemm(const Op *op, const Op *in, const FastOp *f, const uint8_t
 /* ---- depthwise conv, maxpool, avgpool, add (HWC) ------------------------- */
 
 #if FAST_VNNI
-/* On the padded input (z_x in the padding), 64 channels at a time, per output row:
+/* Output row oy, on the padded input (z_x in the padding), 64 channels from c0:
  * each input column's 4 kernel rows (a group of them) interleaved by byte and word
  * unpacks into 4 vectors whose 32-bit lanes hold one channel's 4 rows (channel
- * order dw_slot), once into ws->dwcols; then per output pixel and kernel column one
+ * order dw_slot), once into dwcols (the thread's); then per output pixel and kernel column one
  * vpdpbusd per vector with the weights packed the same way, [chunk][row group][kx][4][16][4].
  * The 4 results' packs undo the interleave. */
 static inline __attribute__((always_inline)) void dw_chunk(const int KW, const int RG, const Op *op, const FastOp *f,
-                                                           size_t Wpad, size_t c0, uint8_t *out, Workspace *ws)
+                                                           size_t Wpad, size_t c0, int32_t oy, const uint8_t *pad,
+                                                           uint8_t *dwcols, uint8_t *out)
 {
     /* everything in locals: the byte stores may alias any field */
     const size_t C = (size_t)op->c, sw = (size_t)op->stride_w, sh = (size_t)op->stride_h;
     const size_t dh = (size_t)op->dil_h, dw = (size_t)op->dil_w, Wp = (size_t)(op->w - 1) * sw + (size_t)(KW - 1) * dw + 1;
-    const int32_t OH = op->h, OW = op->w, KH = op->kh, d = f->d, post = f->post;
+    const int32_t OW = op->w, KH = op->kh, d = f->d, post = f->post;
     const int n = C - c0 < 64 ? (int)(C - c0) : 64;
     const __mmask64 mask = n == 64 ? ~(__mmask64)0 : ((__mmask64)1 << n) - 1;
     const __m512i z = _mm512_setzero_si512(), dv = _mm512_set1_epi32(d), ones = _mm512_set1_epi8(1);
     const __m512i lo = _mm512_set1_epi8((char)op->qmin), hi = _mm512_set1_epi8((char)op->qmax);
     const int8_t *w = f->w8 + c0 / 64 * (size_t)RG * (size_t)KW * 256;
-    const uint8_t *pad = ws->pad;
     const int64_t *q = f->qf ? f->qf + c0 / BLK * QF_WORDS : NULL;
     const __m512i b0 = _mm512_loadu_si512(f->bias + c0), b1 = _mm512_loadu_si512(f->bias + c0 + 16);
     const __m512i b2 = _mm512_loadu_si512(f->bias + c0 + 32), b3 = _mm512_loadu_si512(f->bias + c0 + 48);
-    __m512i *col = (__m512i *)(void *)(ws->dwcols + (-(uintptr_t)ws->dwcols & 63));     /* 64-byte aligned */
-    for (int32_t oy = 0; oy < OH; oy++) {
-        for (size_t ix = 0; ix < Wp; ix++)
-            for (int g = 0; g < RG; g++) {
-                __m512i r[4];
-                for (int k = 0; k < 4; k++) {
-                    int ky = 4 * g + k;
-                    r[k] = ky < KH
-                               ? _mm512_maskz_loadu_epi8(mask, pad + (((size_t)oy * sh + (size_t)ky * dh)
-                                                                          * Wpad + ix) * C + c0)
-                               : z;
-                }
-                __m512i t0 = _mm512_unpacklo_epi8(r[0], r[1]), t1 = _mm512_unpackhi_epi8(r[0], r[1]);
-                __m512i t2 = _mm512_unpacklo_epi8(r[2], r[3]), t3 = _mm512_unpackhi_epi8(r[2], r[3]);
-                __m512i *cv = col + (ix * RG + g) * 4;
-                _mm512_store_si512(cv, _mm512_unpacklo_epi16(t0, t2));
-                _mm512_store_si512(cv + 1, _mm512_unpackhi_epi16(t0, t2));
-                _mm512_store_si512(cv + 2, _mm512_unpacklo_epi16(t1, t3));
-                _mm512_store_si512(cv + 3, _mm512_unpackhi_epi16(t1, t3));
+    __m512i *col = (__m512i *)(void *)(dwcols + (-(uintptr_t)dwcols & 63));     /* 64-byte aligned */
+    for (size_t ix = 0; ix < Wp; ix++)
+        for (int g = 0; g < RG; g++) {
+            __m512i r[4];
+            for (int k = 0; k < 4; k++) {
+                int ky = 4 * g + k;
+                r[k] = ky < KH
+                           ? _mm512_maskz_loadu_epi8(mask, pad + (((size_t)oy * sh + (size_t)ky * dh)
+                                                                      * Wpad + ix) * C + c0)
+                           : z;
             }
-        uint8_t *dst = out + (size_t)oy * OW * C + c0;
-        for (int32_t ox = 0; ox < OW; ox++, dst += C) {
-            __m512i a0 = b0, a1 = b1, a2 = b2, a3 = b3;
-            __m512i s0 = z, s1 = z, s2 = z, s3 = z;
-            for (int kx = 0; kx < KW; kx++)
-                for (int g = 0; g < RG; g++) {
-                    const __m512i *cv = col + (((size_t)ox * sw + (size_t)kx * dw) * RG + (size_t)g) * 4;
-                    const int8_t *wv = w + ((size_t)g * KW + (size_t)kx) * 256;
-                    __m512i v0 = _mm512_load_si512(cv), v1 = _mm512_load_si512(cv + 1);
-                    __m512i v2 = _mm512_load_si512(cv + 2), v3 = _mm512_load_si512(cv + 3);
-                    a0 = _mm512_dpbusd_epi32(a0, v0, _mm512_loadu_si512(wv));
-                    a1 = _mm512_dpbusd_epi32(a1, v1, _mm512_loadu_si512(wv + 64));
-                    a2 = _mm512_dpbusd_epi32(a2, v2, _mm512_loadu_si512(wv + 128));
-                    a3 = _mm512_dpbusd_epi32(a3, v3, _mm512_loadu_si512(wv + 192));
-                    if (d) {
-                        s0 = _mm512_dpbusd_epi32(s0, v0, ones);
-                        s1 = _mm512_dpbusd_epi32(s1, v1, ones);
-                        s2 = _mm512_dpbusd_epi32(s2, v2, ones);
-                        s3 = _mm512_dpbusd_epi32(s3, v3, ones);
-                    }
-                }
-            if (d) {
-                a0 = _mm512_add_epi32(a0, _mm512_mullo_epi32(dv, s0));
-                a1 = _mm512_add_epi32(a1, _mm512_mullo_epi32(dv, s1));
-                a2 = _mm512_add_epi32(a2, _mm512_mullo_epi32(dv, s2));
-                a3 = _mm512_add_epi32(a3, _mm512_mullo_epi32(dv, s3));
-            }
-            if (q) {
-                a0 = requant_fast(a0, q, post);
-                a1 = requant_fast(a1, q + QF_WORDS, post);
-                a2 = requant_fast(a2, q + 2 * QF_WORDS, post);
-                a3 = requant_fast(a3, q + 3 * QF_WORDS, post);
-            } else {
-                a0 = requant_v(a0, f, c0, op);
-                a1 = requant_v(a1, f, c0 + 16, op);
-                a2 = requant_v(a2, f, c0 + 32, op);
-                a3 = requant_v(a3, f, c0 + 48, op);
-            }
-            __m512i u = _mm512_packus_epi16(_mm512_packs_epi32(a0, a1), _mm512_packs_epi32(a2, a3));
-            _mm512_mask_storeu_epi8(dst, mask, _mm512_min_epu8(_mm512_max_epu8(u, lo), hi));
+            __m512i t0 = _mm512_unpacklo_epi8(r[0], r[1]), t1 = _mm512_unpackhi_epi8(r[0], r[1]);
+            __m512i t2 = _mm512_unpacklo_epi8(r[2], r[3]), t3 = _mm512_unpackhi_epi8(r[2], r[3]);
+            __m512i *cv = col + (ix * RG + g) * 4;
+            _mm512_store_si512(cv, _mm512_unpacklo_epi16(t0, t2));
+            _mm512_store_si512(cv + 1, _mm512_unpackhi_epi16(t0, t2));
+            _mm512_store_si512(cv + 2, _mm512_unpacklo_epi16(t1, t3));
+            _mm512_store_si512(cv + 3, _mm512_unpackhi_epi16(t1, t3));
         }
+    uint8_t *dst = out + (size_t)oy * OW * C + c0;
+    for (int32_t ox = 0; ox < OW; ox++, dst += C) {
+        __m512i a0 = b0, a1 = b1, a2 = b2, a3 = b3;
+        __m512i s0 = z, s1 = z, s2 = z, s3 = z;
+        for (int kx = 0; kx < KW; kx++)
+            for (int g = 0; g < RG; g++) {
+                const __m512i *cv = col + (((size_t)ox * sw + (size_t)kx * dw) * RG + (size_t)g) * 4;
+                const int8_t *wv = w + ((size_t)g * KW + (size_t)kx) * 256;
+                __m512i v0 = _mm512_load_si512(cv), v1 = _mm512_load_si512(cv + 1);
+                __m512i v2 = _mm512_load_si512(cv + 2), v3 = _mm512_load_si512(cv + 3);
+                a0 = _mm512_dpbusd_epi32(a0, v0, _mm512_loadu_si512(wv));
+                a1 = _mm512_dpbusd_epi32(a1, v1, _mm512_loadu_si512(wv + 64));
+                a2 = _mm512_dpbusd_epi32(a2, v2, _mm512_loadu_si512(wv + 128));
+                a3 = _mm512_dpbusd_epi32(a3, v3, _mm512_loadu_si512(wv + 192));
+                if (d) {
+                    s0 = _mm512_dpbusd_epi32(s0, v0, ones);
+                    s1 = _mm512_dpbusd_epi32(s1, v1, ones);
+                    s2 = _mm512_dpbusd_epi32(s2, v2, ones);
+                    s3 = _mm512_dpbusd_epi32(s3, v3, ones);
+                }
+            }
+        if (d) {
+            a0 = _mm512_add_epi32(a0, _mm512_mullo_epi32(dv, s0));
+            a1 = _mm512_add_epi32(a1, _mm512_mullo_epi32(dv, s1));
+            a2 = _mm512_add_epi32(a2, _mm512_mullo_epi32(dv, s2));
+            a3 = _mm512_add_epi32(a3, _mm512_mullo_epi32(dv, s3));
+        }
+        if (q) {
+            a0 = requant_fast(a0, q, post);
+            a1 = requant_fast(a1, q + QF_WORDS, post);
+            a2 = requant_fast(a2, q + 2 * QF_WORDS, post);
+            a3 = requant_fast(a3, q + 3 * QF_WORDS, post);
+        } else {
+            a0 = requant_v(a0, f, c0, op);
+            a1 = requant_v(a1, f, c0 + 16, op);
+            a2 = requant_v(a2, f, c0 + 32, op);
+            a3 = requant_v(a3, f, c0 + 48, op);
+        }
+        __m512i u = _mm512_packus_epi16(_mm512_packs_epi32(a0, a1), _mm512_packs_epi32(a2, a3));
+        _mm512_mask_storeu_epi8(dst, mask, _mm512_min_epu8(_mm512_max_epu8(u, lo), hi));
     }
 }
 
-static void fast_depthwise(const Op *op, const Op *in, const FastOp *f, const uint8_t *x, uint8_t *out, Workspace *ws)
+/* Output row oy of one image */
+static void dw_row(const Op *op, const Op *in, const FastOp *f, const uint8_t *pad, int32_t oy, Scratch *sc,
+                   uint8_t *out)
 {
     const size_t Wpad = padded_w(op, in);
-    pad_input(op, in, x, ws->pad);
     for (size_t c0 = 0; c0 < (size_t)op->c; c0 += 64) {
         if (op->kw == 3 && op->kh <= 4)
-            dw_chunk(3, 1, op, f, Wpad, c0, out, ws);
+            dw_chunk(3, 1, op, f, Wpad, c0, oy, pad, sc->dwcols, out);
         else
-            dw_chunk(op->kw, (op->kh + 3) / 4, op, f, Wpad, c0, out, ws);
+            dw_chunk(op->kw, (op->kh + 3) / 4, op, f, Wpad, c0, oy, pad, sc->dwcols, out);
     }
 }
 #else
-static void fast_depthwise(const Op *op, const Op *in, const FastOp *f, const uint8_t *x, uint8_t *out, Workspace *ws)
+/* Output row oy of one image, on its input x in place */
+static void dw_row(const Op *op, const Op *in, const FastOp *f, const uint8_t *x, int32_t oy, Scratch *sc,
+                   uint8_t *out)
 {
     const int32_t C = op->c, zx = in->zero_point;
-    int32_t *acc = ws->rowsum;
-    for (int32_t oy = 0; oy < op->h; oy++)
-        for (int32_t ox = 0; ox < op->w; ox++) {
-            memcpy(acc, f->bias, (size_t)C * sizeof *acc);        /* int32 biases, stored as uint32 */
-            for (int32_t ky = 0; ky < op->kh; ky++) {
-                int32_t iy = oy * op->stride_h + ky * op->dil_h - op->pad_top;
-                if (iy < 0 || iy >= in->h)
-                    continue;
-                for (int32_t kx = 0; kx < op->kw; kx++) {
-                    int32_t ix = ox * op->stride_w + kx * op->dil_w - op->pad_left;
-                    if (ix < 0 || ix >= in->w)
-                        continue;               /* padding: x - z_x = 0 */
-                    const uint8_t *src = x + ((size_t)iy * in->w + ix) * C;
-                    const int16_t *w = f->wdw + (size_t)(ky * op->kw + kx) * C;
-                    for (int32_t c = 0; c < C; c++)
-                        acc[c] += (src[c] - zx) * w[c];
-                }
+    int32_t *acc = sc->dwacc;
+    for (int32_t ox = 0; ox < op->w; ox++) {
+        memcpy(acc, f->bias, (size_t)C * sizeof *acc);        /* int32 biases, stored as uint32 */
+        for (int32_t ky = 0; ky < op->kh; ky++) {
+            int32_t iy = oy * op->stride_h + ky * op->dil_h - op->pad_top;
+            if (iy < 0 || iy >= in->h)
+                continue;
+            for (int32_t kx = 0; kx < op->kw; kx++) {
+                int32_t ix = ox * op->stride_w + kx * op->dil_w - op->pad_left;
+                if (ix < 0 || ix >= in->w)
+                    continue;               /* padding: x - z_x = 0 */
+                const uint8_t *src = x + ((size_t)iy * in->w + ix) * C;
+                const int16_t *w = f->wdw + (size_t)(ky * op->kw + kx) * C;
+                for (int32_t c = 0; c < C; c++)
+                    acc[c] += (src[c] - zx) * w[c];
             }
-            uint8_t *dst = out + ((size_t)oy * op->w + ox) * C;
-            int32_t c = 0;
-#if FAST_AVX2
-            /* 8 channels c.. (c % 8 == 0) at a time: in f->qf's block, the even ones' constants are 4
-             * consecutive words, the odd ones' too */
-            const __m128i order = _mm_setr_epi8(0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1);
-            for (; f->rq32 && c + 8 <= C; c += 8) {
-                const int64_t *qb = f->qf + (size_t)c / BLK * QF_WORDS, *q = qb + c % BLK / 2;
-                const __m256i ps = _mm256_loadu_si256((const void *)((const int32_t *)(qb + 32) + c % BLK));
-                __m256i h = requant_fast8(_mm256_loadu_si256((const void *)(acc + c)), _mm256_loadu_si256((const void *)q),
-                                          _mm256_loadu_si256((const void *)(q + 8)), _mm256_loadu_si256((const void *)(q + 16)),
-                                          _mm256_loadu_si256((const void *)(q + 24)), ps, f->post);
-                h = _mm256_min_epi32(_mm256_max_epi32(h, _mm256_set1_epi32(op->qmin)), _mm256_set1_epi32(op->qmax));
-                /* the low byte of each lane, in order */
-                const __m128i lo = _mm_shuffle_epi8(_mm256_castsi256_si128(h), order);
-                const __m128i hi = _mm_shuffle_epi8(_mm256_extracti128_si256(h, 1), order);
-                _mm_storel_epi64((void *)(dst + c), _mm_unpacklo_epi32(lo, hi));
-            }
-#endif
-            for (; c < C; c++)
-                dst[c] = requantize(acc[c], f->mult[c], (int)f->sh[c], op->zero_point, op->qmin, op->qmax);
         }
+        uint8_t *dst = out + ((size_t)oy * op->w + ox) * C;
+        int32_t c = 0;
+#if FAST_AVX2
+        /* 8 channels c.. (c % 8 == 0) at a time: in f->qf's block, the even ones' constants are 4
+         * consecutive words, the odd ones' too */
+        const __m128i order = _mm_setr_epi8(0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1);
+        for (; f->rq32 && c + 8 <= C; c += 8) {
+            const int64_t *qb = f->qf + (size_t)c / BLK * QF_WORDS, *q = qb + c % BLK / 2;
+            const __m256i ps = _mm256_loadu_si256((const void *)((const int32_t *)(qb + 32) + c % BLK));
+            __m256i h = requant_fast8(_mm256_loadu_si256((const void *)(acc + c)), _mm256_loadu_si256((const void *)q),
+                                      _mm256_loadu_si256((const void *)(q + 8)), _mm256_loadu_si256((const void *)(q + 16)),
+                                      _mm256_loadu_si256((const void *)(q + 24)), ps, f->post);
+            h = _mm256_min_epi32(_mm256_max_epi32(h, _mm256_set1_epi32(op->qmin)), _mm256_set1_epi32(op->qmax));
+            /* the low byte of each lane, in order */
+            const __m128i lo = _mm_shuffle_epi8(_mm256_castsi256_si128(h), order);
+            const __m128i hi = _mm_shuffle_epi8(_mm256_extracti128_si256(h, 1), order);
+            _mm_storel_epi64((void *)(dst + c), _mm_unpacklo_epi32(lo, hi));
+        }
+#endif
+        for (; c < C; c++)
+            dst[c] = requantize(acc[c], f->mult[c], (int)f->sh[c], op->zero_point, op->qmin, op->qmax);
+    }
 }
 #endif
+
+/* A depthwise conv on n images (HWC, one after the other), the threads sharing their output rows.
+ * The VNNI kernel reads each image's input with its padding, the C loop the input in place. */
+static void fast_depthwise(const Op *op, const Op *in, const FastOp *f, const uint8_t *x, uint8_t *out, Workspace *ws,
+                           int n)
+{
+    const size_t in_elems = op_elems(in), out_elems = op_elems(op);
+    if (FAST_VNNI) {
+        PARALLEL_FOR_IF(n > 1)
+        for (int b = 0; b < n; b++)
+            pad_input(op, in, x + (size_t)b * in_elems, ws->pad + (size_t)b * ws->pad_stride);
+    }
+    const long n_rows = (long)n * op->h;
+    PARALLEL_FOR_IF(n_rows > 1)
+    for (long r = 0; r < n_rows; r++) {
+        const size_t b = (size_t)(r / op->h);
+        const uint8_t *src = FAST_VNNI ? ws->pad + b * ws->pad_stride : x + b * in_elems;
+        dw_row(op, in, f, src, (int32_t)(r % op->h), &ws->scratch[thread_id()], out + b * out_elems);
+    }
+}
 
 static void fast_maxpool(const Op *op, const Op *in, const uint8_t *x, uint8_t *out)
 {
@@ -1006,11 +1121,10 @@ static void fast_maxpool(const Op *op, const Op *in, const uint8_t *x, uint8_t *
     }
 }
 
-static void fast_avgpool(const Op *op, const Op *in, const uint8_t *x, uint8_t *out, Workspace *ws)
+static void fast_avgpool(const Op *op, const Op *in, const uint8_t *x, uint8_t *out, int64_t *sum)
 {
     const size_t C = (size_t)op->c;
     const int64_t offset = (int64_t)op->kh * op->kw * in->zero_point;
-    int64_t *sum = ws->acc;
     for (int32_t oy = 0; oy < op->h; oy++)
         for (int32_t ox = 0; ox < op->w; ox++) {
             for (size_t c = 0; c < C; c++)
@@ -1027,10 +1141,9 @@ static void fast_avgpool(const Op *op, const Op *in, const uint8_t *x, uint8_t *
         }
 }
 
-static void fast_adaptive_avgpool(const Op *op, const Op *in, const uint8_t *x, uint8_t *out, Workspace *ws)
+static void fast_adaptive_avgpool(const Op *op, const Op *in, const uint8_t *x, uint8_t *out, int64_t *sum)
 {
     const size_t C = (size_t)op->c;
-    int64_t *sum = ws->acc;
     for (int32_t oy = 0; oy < op->h; oy++) {
         int32_t y0, y1;
         adaptive_window(oy, op->h, in->h, &y0, &y1);
@@ -1066,13 +1179,13 @@ static void fast_add(const Op *op, const Op *ia, const Op *ib, const uint8_t *a,
 
 /* Concat on channels (HWC): each pixel's output channels are input 0's, then input 1's, ...,
  * each value requantize(x - z_k) with input k's multiplier and shift. */
-static void fast_concat(const Model *m, const Op *op, const Workspace *ws, uint8_t *out)
+static void fast_concat(const Model *m, const Op *op, const Workspace *ws, int b, uint8_t *out)
 {
     const size_t P = (size_t)op->h * op->w, C = (size_t)op->c;
     size_t c0 = 0;
     for (int k = 0; k < op->n_inputs; k++) {
         const Op *in = op_input(m, op, k);
-        const uint8_t *x = ws->arena + in->offset;
+        const uint8_t *x = image_tensor(ws, in, b);
         const size_t Ck = (size_t)in->c;
         const int64_t mk = op->multiplier[k];
         const int s = op->shift[k];
@@ -1160,13 +1273,15 @@ static void fast_upsample(const Op *op, const Op *in, const uint8_t *x, uint8_t 
 
 /* ---- the kernel table and the kernel set ------------------------------------------------- */
 
-typedef void FastKernel(const Model *m, const FastModel *fm, int i, Workspace *ws, const uint8_t *image);
+/* The kernels of the ops but conv and linear (fast_gemm, fast_depthwise), one image each: image b
+ * of the batch, its pixels `image` (CHW), sc the thread's scratch */
+typedef void FastKernel(const Model *m, int i, const Workspace *ws, int b, const uint8_t *image, Scratch *sc);
 
-#define FAST_ARGS const Model *m, const FastModel *fm, int i, Workspace *ws, const uint8_t *image
-#define FAST_UNUSED (void)m, (void)fm, (void)i, (void)ws, (void)image
+#define FAST_ARGS const Model *m, int i, const Workspace *ws, int b, const uint8_t *image, Scratch *sc
+#define FAST_UNUSED (void)m, (void)i, (void)ws, (void)b, (void)image, (void)sc
 #define OP_IN(k) op_input(m, &m->ops[i], k)
-#define X_IN(k) (ws->arena + OP_IN(k)->offset)
-#define OUT (ws->arena + m->ops[i].offset)
+#define X_IN(k) image_tensor(ws, OP_IN(k), b)
+#define OUT image_tensor(ws, &m->ops[i], b)
 
 /* the image, CHW pixels, into HWC */
 static void fk_input(FAST_ARGS)
@@ -1180,22 +1295,6 @@ static void fk_input(FAST_ARGS)
             out[p * C + c] = image[c * hw + p];
 }
 
-static void fk_conv(FAST_ARGS)
-{
-    FAST_UNUSED;
-    const FastOp *f = &fm->ops[i];
-    if (f->kind == FK_DEPTHWISE)
-        fast_depthwise(&m->ops[i], OP_IN(0), f, X_IN(0), OUT, ws);
-    else
-        fast_gemm(&m->ops[i], OP_IN(0), f, X_IN(0), OUT, ws);
-}
-
-static void fk_linear(FAST_ARGS)
-{
-    FAST_UNUSED;
-    fast_gemm(&m->ops[i], OP_IN(0), &fm->ops[i], X_IN(0), OUT, ws);
-}
-
 static void fk_maxpool(FAST_ARGS)
 {
     FAST_UNUSED;
@@ -1205,7 +1304,7 @@ static void fk_maxpool(FAST_ARGS)
 static void fk_avgpool(FAST_ARGS)
 {
     FAST_UNUSED;
-    fast_avgpool(&m->ops[i], OP_IN(0), X_IN(0), OUT, ws);
+    fast_avgpool(&m->ops[i], OP_IN(0), X_IN(0), OUT, sc->acc);
 }
 
 static void fk_add(FAST_ARGS)
@@ -1217,7 +1316,7 @@ static void fk_add(FAST_ARGS)
 static void fk_concat(FAST_ARGS)
 {
     FAST_UNUSED;
-    fast_concat(m, &m->ops[i], ws, OUT);
+    fast_concat(m, &m->ops[i], ws, b, OUT);
 }
 
 static void fk_lut(FAST_ARGS)
@@ -1253,39 +1352,55 @@ static void fk_upsample(FAST_ARGS)
 static void fk_adaptive_avgpool(FAST_ARGS)
 {
     FAST_UNUSED;
-    fast_adaptive_avgpool(&m->ops[i], OP_IN(0), X_IN(0), OUT, ws);
+    fast_adaptive_avgpool(&m->ops[i], OP_IN(0), X_IN(0), OUT, sc->acc);
 }
 
 static FastKernel *const FAST_KERNEL[OP_KIND_COUNT] = {
-    [OP_INPUT] = fk_input,     [OP_CONV] = fk_conv, [OP_LINEAR] = fk_linear, [OP_MAXPOOL] = fk_maxpool,
-    [OP_AVGPOOL] = fk_avgpool, [OP_ADD] = fk_add,   [OP_CONCAT] = fk_concat, [OP_LUT] = fk_lut,
-    [OP_MUL] = fk_mul,         [OP_SHUFFLE] = fk_shuffle, [OP_SLICE] = fk_slice, [OP_UPSAMPLE] = fk_upsample,
-    [OP_ADAPTIVE_AVGPOOL] = fk_adaptive_avgpool,
+    [OP_INPUT] = fk_input,     [OP_MAXPOOL] = fk_maxpool, [OP_AVGPOOL] = fk_avgpool, [OP_ADD] = fk_add,
+    [OP_CONCAT] = fk_concat,   [OP_LUT] = fk_lut,         [OP_MUL] = fk_mul,         [OP_SHUFFLE] = fk_shuffle,
+    [OP_SLICE] = fk_slice,     [OP_UPSAMPLE] = fk_upsample, [OP_ADAPTIVE_AVGPOOL] = fk_adaptive_avgpool,
 };
 
 static void *fast_prepare(const Model *m)
 {
     for (int k = 0; k < OP_KIND_COUNT; k++)
-        if (!FAST_KERNEL[k])
+        if (!FAST_KERNEL[k] && !KINDS[k].weighted)
             fail("kernels_fast.c: no optimized kernel for op kind %s", KINDS[k].name);
     return fast_prepare_model(m);
 }
 
-/* Run the whole graph on one image (CHW pixels); returns the logits (CHW). */
-static const uint8_t *fast_run(const Model *m, const void *prepared, void *workspace, const uint8_t *image)
+/* Run the graph on n images (CHW pixels, stride bytes apart) layer by layer: each op on every
+ * image before the next op; returns their logits (CHW), one image after the other. */
+static const uint8_t *fast_run(const Model *m, const void *prepared, void *workspace, const uint8_t *images,
+                               size_t stride, int n)
 {
     const FastModel *fm = prepared;
     Workspace *ws = workspace;
-    for (int i = 0; i < m->n_ops; i++)
-        FAST_KERNEL[m->ops[i].kind](m, fm, i, ws, image);
+    for (int i = 0; i < m->n_ops; i++) {
+        const Op *op = &m->ops[i];
+        const FastOp *f = &fm->ops[i];
+        if (f->kind == FK_GEMM) {
+            fast_gemm(op, op_input(m, op, 0), f, image_tensor(ws, op_input(m, op, 0), 0), image_tensor(ws, op, 0), ws, n);
+        } else if (f->kind == FK_DEPTHWISE) {
+            fast_depthwise(op, op_input(m, op, 0), f, image_tensor(ws, op_input(m, op, 0), 0), image_tensor(ws, op, 0),
+                           ws, n);
+        } else {
+            PARALLEL_FOR_IF(n > 1)
+            for (int b = 0; b < n; b++)
+                FAST_KERNEL[op->kind](m, i, ws, b, images + (size_t)b * stride, &ws->scratch[thread_id()]);
+        }
+    }
     const Op *last = &m->ops[m->n_ops - 1];
-    const uint8_t *y = ws->arena + last->offset;
     const size_t hw = (size_t)last->h * last->w, C = (size_t)last->c;
     if (hw == 1)
-        return y;
-    for (size_t c = 0; c < C; c++)              /* HWC -> CHW */
-        for (size_t p = 0; p < hw; p++)
-            ws->logits[c * hw + p] = y[p * C + c];
+        return image_tensor(ws, last, 0);
+    for (int b = 0; b < n; b++) {               /* HWC -> CHW */
+        const uint8_t *y = image_tensor(ws, last, b);
+        uint8_t *logits = ws->logits + (size_t)b * C * hw;
+        for (size_t c = 0; c < C; c++)
+            for (size_t p = 0; p < hw; p++)
+                logits[c * hw + p] = y[p * C + c];
+    }
     return ws->logits;
 }
 

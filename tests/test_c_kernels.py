@@ -9,12 +9,13 @@ weight modes and with 8- and 32-bit multipliers, run through:
   inference --isa ISA       optimized, each build: avx512 (VNNI), avx2, c99; also under
   inference_asan --isa ISA  ASan/UBSan (skipped only where the CPU lacks that ISA)
   inference_portable        optimized, the C99 build alone
-  inference_omp             optimized, OpenMP across images (2 threads)
+  inference_omp             optimized, OpenMP (2 threads: the default batch split between them)
 and every one must give the numpy engine's logits exactly; so must each ISA on LeNet's
 shipped export against --reference, and --isa NAME refuses a name it does not know, or an ISA
 the CPU lacks, in one line.  The aarch64 build (make -C c aarch64, cross-compiled) does the same
 under qemu-aarch64: --isa neon (sdot) and c99 on the graphs and LeNet, and a CPU without the dot
-product (qemu's cortex-a53) takes c99 and refuses neon.
+product (qemu's cortex-a53) takes c99 and refuses neon.  tests/test_c_batch.py runs the batches
+(--batch) and threads (--threads) the same way.
 """
 import functools
 import os
@@ -33,7 +34,8 @@ from tests.random_models import random_quantized
 from tests.test_c_engine import C_DIR, ROOT, assert_clean, export_graph, make_export, read_logits, result_line, run
 
 TARGETS = {"native": "inference", "portable": "inference_portable", "omp": "inference_omp",
-           "asan": "inference_asan", "asan_portable": "inference_asan_portable", "valgrind": "inference_valgrind"}
+           "asan": "inference_asan", "asan_portable": "inference_asan_portable", "asan_omp": "inference_asan_omp",
+           "valgrind": "inference_valgrind"}
 # The builds of the optimized kernels in each x86-64 binary (c/isa.c), with the /proc/cpuinfo
 # flags each one needs
 ISAS = {"avx512": ("avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512_vnni", "avx512vbmi"), "avx2": ("avx2",),

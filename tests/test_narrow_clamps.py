@@ -8,7 +8,8 @@ Here, per named case and weight mode:
     the first reads zero points != 0 through a clamp narrower than 0..255;
   - numpy == torch engine, op by op and end to end;
   - C == numpy in every build (native, portable, OpenMP with 2 threads, ASan, ASan portable,
-    --reference), bin and txt weights, on the whole graph; on the graph cut after each op the case
+    --reference) and every ISA build of the optimized kernels this CPU runs (--isa, batches of 5
+    with a partial last one), bin and txt weights, on the whole graph; on the graph cut after each op the case
     is about (an identity linear layer then copies that op's output into the logits) in the
     native, portable, reference and ASan runs, bin weights;
   - the same in the optimized kernels' 64-bit requantization form (wide multipliers).
@@ -29,7 +30,7 @@ from model.torch_engine import TorchIntegerModel
 from tests import narrow_graphs
 from tests.narrow_graphs import CASES, padded_with, params_of, tensors, unclamped, with_zps
 from tests.test_c_engine import C_DIR, assert_clean, export_graph, read_logits, result_line
-from tests.test_c_kernels import force_wide_requantization
+from tests.test_c_kernels import ISAS, force_wide_requantization, missing_flags
 
 MODES = ["per_channel", "per_tensor"]
 PARAMS = [(name, mode) for name in CASES for mode in MODES]
@@ -168,6 +169,10 @@ def cut(state, quant, i):
     return sub, quant[:i + 1] + [readout]
 
 
+# each ISA build of the optimized kernels this CPU runs, in batches of 5 (of 24 images: the last one partial)
+ISA_RUNS = [["--isa", isa, "--batch", "5"] for isa in ISAS if not missing_flags(isa)]
+
+
 def run_c(binary, ex, out, *extra):
     env = dict(os.environ, OMP_NUM_THREADS="2")
     return subprocess.run([binary, "--dir", ex["dir"], "--model", ex["model"], *ex["data_args"], "--logits", out,
@@ -179,7 +184,7 @@ def test_c_equals_numpy(binaries, tmp_path, name, mode):
     state, quant, images, values = graph(name, mode)
     names = [op["name"] for op in quant]
     ends = sorted({names.index(t) for t in CASES[name].focus + CASES[name].padded})
-    runs = [(kind, "bin", []) for kind in BUILDS] + [("native", "bin", ["--reference"])]
+    runs = [(kind, "bin", []) for kind in BUILDS] + [("native", "bin", extra) for extra in [["--reference"]] + ISA_RUNS]
     txt_runs = [("asan", "txt", []), ("native", "txt", ["--reference"])]
     # the cuts: each kernel set once (VNNI, C99, reference) and ASan; bin only (an identity
     # layer's weight.txt is slow to write)
@@ -191,7 +196,7 @@ def test_c_equals_numpy(binaries, tmp_path, name, mode):
                           mode="both" if whole else "bin")
         np.testing.assert_array_equal(ex["logits"], values[end].reshape(len(images), -1))
         for kind, fmt, extra in (runs + txt_runs if whole else cut_runs):
-            out = str(tmp_path / f"logits{end}_{kind}_{fmt}{'_ref' if extra else ''}.txt")
+            out = str(tmp_path / f"logits{end}_{kind}_{fmt}{''.join(extra)}.txt")
             proc = run_c(binaries[kind], ex, out, "--format", fmt, *extra)
             assert_clean(proc)
             assert proc.returncode == 0, proc.stderr
@@ -215,8 +220,8 @@ def test_c_wide_requantization_equals_numpy(binaries, tmp_path, name):
                for i in layers), "no wide channel saturates at both ends"
     ex = export_graph(str(tmp_path / "ex"), state, quant, images, seed=0, mode="bin")
     np.testing.assert_array_equal(ex["logits"], values[-1].reshape(len(images), -1))
-    for kind, extra in [(kind, []) for kind in BUILDS] + [("native", ["--reference"])]:
-        out = str(tmp_path / f"logits_{kind}{'_ref' if extra else ''}.txt")
+    for kind, extra in [(kind, []) for kind in BUILDS] + [("native", extra) for extra in [["--reference"]] + ISA_RUNS]:
+        out = str(tmp_path / f"logits_{kind}{''.join(extra)}.txt")
         proc = run_c(binaries[kind], ex, out, *extra)
         assert_clean(proc)
         assert proc.returncode == 0, proc.stderr

@@ -1,0 +1,121 @@
+"""The C engine's batches (--batch N) and threads (--threads T), bit-exact.
+
+On the random graphs (tests/random_models.py's archs and test_c_kernels.py's), in both weight modes,
+23 images (so that batches of 3 and of 32 end in a partial one):
+  inference --isa ISA --batch N             N = 1, 3, 32, every ISA this CPU runs
+  inference_asan --isa ISA --batch N        the same under ASan/UBSan
+  inference_omp --isa ISA --threads T       T = 1, 2, 3 with batches of 1 (each layer split across
+  inference_asan_omp ...                    the threads), 3 and 32 (the batch split between them)
+  inference --reference --batch 3
+must each give the numpy engine's logits, in input order; so must LeNet's shipped export against
+--reference; and the aarch64 build under qemu-aarch64 (--isa neon, c99; batches of 5 and 32) on
+two of the graphs.  An invalid --batch or --threads is one error line and exit 1.
+"""
+import os
+import subprocess
+
+import numpy as np
+import pytest
+
+from tests.test_c_engine import ROOT, assert_clean, read_logits, result_line
+from tests.test_c_kernels import (ISAS, aarch64, assert_one_line_error, binaries, check_engines,  # noqa: F401
+                                  exports, lenet_reference, missing_flags)
+
+N_IMAGES = 23
+BATCHES = (1, 3, 32)
+THREADS = (1, 2, 3)
+CASES = [("awkward", "per_tensor", 32), ("mobilenetish", "per_channel", 8), ("tiny_mnist", "per_tensor", 16),
+         ("conv_pool", "per_channel", 16), ("residual", "per_tensor", 32), ("activations", "per_channel", 16),
+         ("data_movement", "per_tensor", 32), ("geometry", "per_channel", 16)]
+
+
+def available_isas():
+    return [isa for isa in ISAS if not missing_flags(isa)]
+
+
+def runs(isa):
+    """(binary, extra arguments) of every batch and thread count on ISA"""
+    single = [(kind, ["--batch", str(n)]) for kind in ("native", "asan") for n in BATCHES]
+    threaded = [(kind, ["--threads", str(t), "--batch", str(n)]) for kind in ("omp", "asan_omp")
+                for t in THREADS for n in BATCHES]
+    return [(kind, ["--isa", isa, *extra]) for kind, extra in single + threaded]
+
+
+def check(binaries, tmp_path, ex, expected, kind, extra, cwd=None):
+    out = str(tmp_path / "logits.txt")
+    data = ex["data_args"] if ex else []
+    where = ["--dir", ex["dir"], "--model", ex["model"]] if ex else []
+    proc = subprocess.run([binaries[kind], *where, *data, "--limit", str(len(expected)), "--logits", out, *extra],
+                          cwd=cwd, capture_output=True, text=True, timeout=300)
+    assert_clean(proc)
+    assert proc.returncode == 0, proc.stderr
+    np.testing.assert_array_equal(read_logits(out), expected, err_msg=f"{kind} {extra}")
+    return proc
+
+
+@pytest.mark.parametrize("arch,mode,bits", CASES, ids=[f"{a}-{m}-{b}" for a, m, b in CASES])
+def test_batches_and_threads_equal_numpy(binaries, exports, tmp_path, arch, mode, bits):
+    ex = exports(arch, mode, bits)
+    expected = ex["logits"][:N_IMAGES]
+    correct = int((expected.argmax(axis=1) == ex["labels"][:N_IMAGES]).sum())
+    for kind, extra in [("native", ["--reference", "--batch", "3"])] + [r for isa in available_isas() for r in runs(isa)]:
+        proc = check(binaries, tmp_path, ex, expected, kind, extra)
+        assert result_line(proc.stdout) == (N_IMAGES, correct)
+
+
+def test_lenet_batches_and_threads_equal_reference(binaries, lenet_reference, tmp_path):
+    expected = lenet_reference[:301]            # batches of 32 and of 3: a partial last one
+    for isa in available_isas():
+        for kind, extra in [("native", ["--isa", isa, "--batch", "32"]),
+                            ("omp", ["--isa", isa, "--threads", "2", "--batch", "1"]),
+                            ("omp", ["--isa", isa, "--threads", "3", "--batch", "32"]),
+                            ("asan_omp", ["--isa", isa, "--threads", "2", "--batch", "3"])]:
+            check(binaries, tmp_path, None, expected, kind, extra, cwd=ROOT)
+
+
+@pytest.mark.parametrize("isa", ["neon", "c99"])
+def test_aarch64_batches_equal_numpy(aarch64, exports, tmp_path, isa):
+    for arch, mode, bits in CASES[:2]:
+        check_engines(aarch64, tmp_path, exports(arch, mode, bits), arch, mode,
+                      [("aarch64", ["--isa", isa, "--batch", str(n)]) for n in (5, 32)])
+
+
+def test_the_run_names_its_batch_and_threads(binaries):
+    proc = subprocess.run([binaries["omp"], "--threads", "2", "--batch", "5", "--limit", "7"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert ", 2 threads, batches of 5" in proc.stdout
+
+
+@pytest.mark.parametrize("option,value,start", [
+    ("--batch", "0", "error: --batch needs a positive integer, not '0'"),
+    ("--batch", "-3", "error: --batch needs a positive integer, not '-3'"),
+    ("--batch", "many", "error: --batch needs a positive integer, not 'many'"),
+    ("--batch", "4x", "error: --batch needs a positive integer, not '4x'"),
+    ("--batch", "", "error: --batch needs a positive integer, not ''"),
+    ("--batch", "99999999999999999999", "error: --batch needs a positive integer"),
+    ("--batch", "65537", "error: --batch 65537: at most 65536"),
+    ("--threads", "0", "error: --threads needs a positive integer, not '0'"),
+    ("--threads", "two", "error: --threads needs a positive integer, not 'two'"),
+])
+def test_invalid_counts_are_one_line(binaries, option, value, start):
+    proc = subprocess.run([binaries["native"], option, value], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert_one_line_error(proc, start)
+
+
+def test_a_batch_past_the_memory_limit_is_one_line(binaries, exports):
+    """65,536 images of an inverted residual's activations (over 38,400 bytes each): more than the
+    1 GiB the arena may take."""
+    ex = exports("mobilenetish", "per_channel", 8)
+    proc = subprocess.run([binaries["native"], "--dir", ex["dir"], "--model", ex["model"], *ex["data_args"],
+                           "--batch", "65536"], capture_output=True, text=True, timeout=60)
+    assert_one_line_error(proc, "error: --batch 65536: 65536 images' activations take ")
+
+
+def test_threads_without_openmp_is_one_line(binaries):
+    proc = subprocess.run([binaries["native"], "--threads", "2"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60)
+    assert_one_line_error(proc, "error: --threads 2: this build runs one thread")
+    proc = subprocess.run([binaries["native"], "--threads", "1", "--limit", "3"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
