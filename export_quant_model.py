@@ -15,7 +15,7 @@ import torch
 import config
 from data import datasets
 from model import report
-from model.export_format import export_paths, write_export
+from model.export_format import export_targets, write_export
 from model.fileio import (ModelFileError, WriteError, check_not_tracked, check_output_file, check_space, check_writable,
                           error_line, stage_main)
 from model.ops import weighted_ops
@@ -61,7 +61,7 @@ def main():
         if cfg.report:
             check_output_file(cfg.report, "--report")
         state, quant_list = load_quant(cfg)
-        check_not_tracked(export_paths(cfg.export_dir, quant_list[0]["model"]).values(), cfg.overwrite,
+        check_not_tracked(export_targets(cfg.export_dir, quant_list[0]["model"], cfg.export_mode), cfg.overwrite,
                           "--export_dir=DIR")
         # weight.txt writes a weight in up to 5 characters, the bins and the C arrays in 1 to 6
         check_space(cfg.export_dir, 8 * sum(t.numel() for t in state.values()) + 2 ** 20, "--export_dir")

@@ -112,6 +112,29 @@ def export_paths(folder, model):
             ("weight.txt", "weight.bin", "bias.bin", "quant.txt", "model.bin", "model.c", "model.h", "model.onnx")}
 
 
+# per EXPORT_MODE, the files it writes (write_export builds them, model.bin last)
+MODE_FILES = {"txt": ("weight.txt", "quant.txt", "model.bin"),
+              "bin": ("weight.bin", "bias.bin", "quant.txt", "model.bin"),
+              "both": ("weight.txt", "weight.bin", "bias.bin", "quant.txt", "model.bin"),
+              "c": ("model.c", "model.h"), "onnx": ("model.onnx",)}
+
+
+def removed_files(mode):
+    """The files an export in `mode` removes before it writes: model.bin first and the weight files of
+    the other format; mode c its own two; mode onnx none (it leaves the other files as they are)."""
+    if mode == "c":
+        return MODE_FILES["c"]
+    if mode == "onnx":
+        return ()
+    return ("model.bin", *(k for k in WEIGHT_FILES if k not in MODE_FILES[mode]))
+
+
+def export_targets(folder, model, mode):
+    """Every path an export in `mode` writes or removes: what a stage checks before it starts."""
+    paths = export_paths(folder, model)
+    return [paths[k] for k in dict.fromkeys((*removed_files(mode), *MODE_FILES[mode]))]
+
+
 def arena_bytes(quant_list):
     """The bytes of the C engine's arena (c/fpgai.c plan_memory), by the same rule: op i's tensor
     goes to the smallest free slot that fits, else the largest free one (grown), else a new slot;
@@ -206,9 +229,8 @@ def write_export(state, quant_list, folder, mode):
         for tmp in glob.glob(os.path.join(glob.escape(os.path.dirname(path) or "."),
                                           f".{glob.escape(os.path.basename(path))}.*.tmp")):
             os.remove(tmp)
-    stale = {"c": ("model.h", "model.c"), "onnx": ()}.get(mode, ("model.bin",
-                                                                *(k for k in WEIGHT_FILES if k not in files)))
-    for kind in stale:
+    assert tuple(files) == MODE_FILES[mode]
+    for kind in removed_files(mode):
         if os.path.lexists(paths[kind]):
             os.remove(paths[kind])
     written = []

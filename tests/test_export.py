@@ -189,3 +189,18 @@ def test_interrupted_write_leaves_the_old_file_whole(graph, tmp_path):
             raise KeyboardInterrupt
     assert open(path, "rb").read() == before
     assert sorted(os.listdir(tmp_path)) == file_names(tmp_path, quant_list[0]["model"], ("weight.txt",))
+
+
+@pytest.mark.parametrize("mode", list(export_format.MODE_FILES))
+def test_export_targets_are_the_files_an_export_touches(graph, tmp_path, mode):
+    """export_targets (what export_quant_model.py checks for tracked files before it starts) names
+    exactly the files write_export writes or removes in each mode: onnx leaves the others alone."""
+    state, quant_list = graph
+    model = quant_list[0]["model"]
+    paths = export_paths(str(tmp_path), model)
+    for path in paths.values():
+        with open(path, "wb") as f:
+            f.write(b"old")
+    export_format.write_export(state, quant_list, str(tmp_path), mode)
+    touched = [p for p in paths.values() if not os.path.exists(p) or open(p, "rb").read() != b"old"]
+    assert sorted(touched) == sorted(export_format.export_targets(str(tmp_path), model, mode))
