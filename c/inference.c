@@ -47,6 +47,8 @@ typedef struct {
 /* Images per pass by default: each weight panel is loaded once per chunk of the batch's pixels, not
  * once per image (README "Speed" has the measurements) */
 #define DEFAULT_BATCH 16
+#define TEXT(x) #x
+#define MACRO_TEXT(x) TEXT(x)
 #define MAX_BATCH 65536
 
 /* Print the usage (to stderr after a command-line error, exit 2; to stdout for --help). */
@@ -76,7 +78,8 @@ static void usage(const char *msg, const char *arg)
             "  --reference     run the simple reference kernels instead of the optimized ones\n"
             "  --isa NAME      the optimized kernels' build: avx512, avx2 or c99 (x86-64), neon or c99\n"
             "                  (aarch64); default the best this CPU runs\n"
-            "  --batch N       run N images per pass through the graph, layer by layer (default 16); the\n"
+            "  --batch N       run N images per pass through the graph, layer by layer (default "
+            MACRO_TEXT(DEFAULT_BATCH) "); the\n"
             "                  activations take N times the model's\n"
             "  --threads T     split each layer across T threads (inference_omp; default OMP_NUM_THREADS,\n"
             "                  else every core); other builds run one\n"
@@ -203,17 +206,6 @@ static int thread_count(long wanted)
 #endif
 }
 
-/* Share w of n images split between `parts`: the first n % parts shares one image more */
-static int share(int n, int parts, int w)
-{
-    return n / parts + (w < n % parts);
-}
-
-static int first_of_share(int n, int parts, int w)
-{
-    return w * (n / parts) + (w < n % parts ? w : n % parts);
-}
-
 static void engine_init(Engine *e, const Model *m, int reference, const KernelSet *fast, long batch, long threads)
 {
     /* the batch's activations, the memory plan once per image, under the core's limit on one plan */
@@ -227,7 +219,7 @@ static void engine_init(Engine *e, const Model *m, int reference, const KernelSe
     e->n_ws = e->batch >= e->n_threads ? e->n_threads : 1;
     e->ws = xcalloc((size_t)e->n_ws, sizeof *e->ws, "workspaces");
     for (int w = 0; w < e->n_ws; w++)
-        e->ws[w] = e->k->workspace_new(m, e->prepared, share(e->batch, e->n_ws, w), e->n_threads);
+        e->ws[w] = e->k->workspace_new(m, e->prepared, (int)share_size((size_t)e->batch, e->n_ws, w), e->n_threads);
     e->outputs = xmalloc((size_t)e->batch * op_elems(&m->ops[m->n_ops - 1]), "outputs");
 }
 
@@ -250,10 +242,10 @@ static const uint8_t *run_batch(const Engine *e, const Model *m, const uint8_t *
 #pragma omp parallel for schedule(static, 1)
 #endif
     for (int w = 0; w < e->n_ws; w++) {
-        const int first = first_of_share(n, e->n_ws, w), count = share(n, e->n_ws, w);
+        const size_t first = share_start((size_t)n, e->n_ws, w), count = share_size((size_t)n, e->n_ws, w);
         if (count)
-            memcpy(e->outputs + (size_t)first * n_out,
-                   e->k->run(m, e->prepared, e->ws[w], images + (size_t)first * stride, stride, count), (size_t)count * n_out);
+            memcpy(e->outputs + first * n_out,
+                   e->k->run(m, e->prepared, e->ws[w], images + first * stride, stride, (int)count), count * n_out);
     }
     return e->outputs;
 }

@@ -41,6 +41,19 @@ typedef struct {
 extern const KernelSet REFERENCE_KERNELS;
 extern const KernelSet FAST_KERNELS_AVX512, FAST_KERNELS_AVX2, FAST_KERNELS_NEON, FAST_KERNELS_C99;
 
+/* Part w of n items split into `parts` consecutive shares, the first n % parts of them one item
+ * larger: its first item and its size */
+static inline size_t share_start(size_t n, int parts, int w)
+{
+    const size_t p = (size_t)parts, k = (size_t)w;
+    return k * (n / p) + (k < n % p ? k : n % p);
+}
+
+static inline size_t share_size(size_t n, int parts, int w)
+{
+    return n / (size_t)parts + ((size_t)w < n % (size_t)parts);
+}
+
 /* isa.c: the optimized set for ISA name (avx512, avx2, neon, c99), or, for NULL, the best one this
  * binary holds that the CPU runs; *isa gets its name.  Fails (one error line, exit 1) on a name
  * this binary does not know or one the CPU lacks. */

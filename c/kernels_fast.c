@@ -876,58 +876,97 @@ static void im2col_row(const Op *op, const Op *in, const FastOp *f, const Worksp
     memset(dst, 0, (size_t)f->Kp - (size_t)f->K);
 }
 
+/* One chunk of a GEMM's rows (of group g): where its rows of A are and where its outputs go */
+typedef struct {
+    const Op *op, *in;
+    const FastOp *f;
+    const uint8_t *x;           /* the layer's input, all the images */
+    size_t r0, mc;              /* the chunk: rows r0 .. r0 + mc - 1 of all the images' pixels */
+    int32_t g;
+    const uint8_t *A;           /* its first row of A */
+    size_t lda;
+    uint8_t *out;               /* its first row's output, group g's first channel */
+} GemmChunk;
+
+/* Rows lo .. hi - 1 of the chunk's A (im2col, or a linear layer's input padded to Kp; in place
+ * for the others) and their sums */
+static void fill_rows(const GemmChunk *ch, Workspace *ws, size_t lo, size_t hi)
+{
+    const FastOp *f = ch->f;
+    for (size_t r = lo; r < hi; r++) {
+        if (!f->direct && ch->op->kind == OP_CONV) {
+            im2col_row(ch->op, ch->in, f, ws, ch->g, ch->r0 + r, ws->cols + r * ch->lda);
+        } else if (!f->direct) {            /* a linear layer, K not a multiple of KSTEP */
+            memcpy(ws->cols + r * ch->lda, ch->x + (ch->r0 + r) * op_elems(ch->in), (size_t)f->K);
+            memset(ws->cols + r * ch->lda + f->K, 0, (size_t)f->Kp - (size_t)f->K);
+        }
+        if (f->d) {
+            const uint8_t *a = ch->A + r * ch->lda;
+            uint32_t s = 0;
+            for (int32_t k = 0; k < f->K; k++)
+                s += a[k];
+            ws->rowsum[r] = (int32_t)s;     /* <= 255 * K < 2^31 (K < 2^23 in practice) */
+        }
+    }
+}
+
+/* The chunk's register tiles of NBMAX-block groups bg_lo .. bg_hi - 1 x pixel tiles pt_lo ..
+ * pt_hi - 1, channel blocks outermost: a weight panel stays in cache over the pixels */
+static void gemm_tiles(const GemmChunk *ch, const Workspace *ws, int32_t bg_lo, int32_t bg_hi, size_t pt_lo,
+                       size_t pt_hi, DotRow *dotrows)
+{
+    const FastOp *f = ch->f;
+    for (int32_t b0 = bg_lo * NBMAX; b0 < bg_hi * NBMAX; b0 += NBMAX) {
+        const int nb = f->nblk - b0 < NBMAX ? f->nblk - b0 : NBMAX;
+        int last_n = f->cout_g - (b0 + nb - 1) * BLK;
+        if (last_n > BLK)
+            last_n = BLK;
+        for (size_t p0 = pt_lo * MR; p0 < pt_hi * MR && p0 < ch->mc; p0 += MR) {
+            const int mp = ch->mc - p0 < MR ? (int)(ch->mc - p0) : MR;
+            tile(nb, mp, ch->A + p0 * ch->lda, ch->lda, ws->rowsum + p0, dotrows, f, ((size_t)ch->g * f->nblk + b0) * BLK,
+                 last_n, ch->op, ch->out + p0 * ch->op->c + (size_t)b0 * BLK, (size_t)ch->op->c);
+        }
+    }
+}
+
 /* A conv (any groups but depthwise) or linear layer on n images; x and out are HWC, the images one
  * after the other.  All the images' pixels are the GEMM's rows, in chunks: per chunk, its rows of A
- * (im2col, or the input in place) and their sums, then every tile of channels x pixels; the
- * threads share each step's rows or tiles. */
+ * (im2col, or the input in place) and their sums, then every tile of channels x pixels.  The
+ * threads split a chunk by rows where it has a tile of pixels for each (each fills its rows, then
+ * runs their tiles: no wait in between), else by channel blocks once the rows are filled. */
 static void fast_gemm(const Op *op, const Op *in, const FastOp *f, const uint8_t *x, uint8_t *out, Workspace *ws, int n)
 {
     const int32_t groups = op->kind == OP_CONV ? op->groups : 1;
-    const size_t rows = (size_t)n * op->h * op->w, Kp = (size_t)f->Kp, in_elems = op_elems(in);
-    const int im2col = !f->direct && op->kind == OP_CONV;
-    if (im2col) {
+    const size_t rows = (size_t)n * op->h * op->w;
+    if (!f->direct && op->kind == OP_CONV) {
         PARALLEL_FOR_IF(n > 1)
         for (int b = 0; b < n; b++)
-            pad_input(op, in, x + (size_t)b * in_elems, ws->pad + (size_t)b * ws->pad_stride);
+            pad_input(op, in, x + (size_t)b * op_elems(in), ws->pad + (size_t)b * ws->pad_stride);
     }
-    const int32_t groups_of_blocks = (f->nblk + NBMAX - 1) / NBMAX;
+    const int32_t block_groups = (f->nblk + NBMAX - 1) / NBMAX;
+    const int parts = ws->n_threads;
     for (size_t r0 = 0; r0 < rows; r0 += (size_t)f->chunk_rows) {
         const size_t mc = rows - r0 < (size_t)f->chunk_rows ? rows - r0 : (size_t)f->chunk_rows;
+        const size_t pixel_tiles = (mc + MR - 1) / MR;
         for (int32_t g = 0; g < groups; g++) {
-            /* the chunk's rows of A: in place (a linear layer's row is its image's input) or in cols */
-            const uint8_t *A = f->direct ? x + r0 * Kp : ws->cols;
-            const size_t lda = f->direct ? Kp : cols_stride(f);
-            PARALLEL_FOR_IF(mc > MR)
-            for (size_t r = 0; r < mc; r++) {
-                if (im2col) {
-                    im2col_row(op, in, f, ws, g, r0 + r, ws->cols + r * lda);
-                } else if (!f->direct) {            /* a linear layer, K not a multiple of KSTEP */
-                    memcpy(ws->cols + r * lda, x + (r0 + r) * in_elems, (size_t)f->K);
-                    memset(ws->cols + r * lda + f->K, 0, Kp - (size_t)f->K);
+            const size_t lda = f->direct ? (size_t)f->Kp : cols_stride(f);
+            const GemmChunk ch = {op, in, f, x, r0, mc, g, f->direct ? x + r0 * lda : ws->cols, lda,
+                                  out + r0 * op->c + (size_t)g * f->cout_g};
+            if (pixel_tiles >= (size_t)parts) {
+                PARALLEL_FOR_IF(parts > 1)
+                for (int w = 0; w < parts; w++) {
+                    const size_t pt_lo = share_start(pixel_tiles, parts, w), pt_hi = pt_lo + share_size(pixel_tiles, parts, w);
+                    fill_rows(&ch, ws, pt_lo * MR, pt_hi * MR < mc ? pt_hi * MR : mc);
+                    gemm_tiles(&ch, ws, 0, block_groups, pt_lo, pt_hi, ws->scratch[thread_id()].dotrows);
                 }
-                if (f->d) {
-                    const uint8_t *a = A + r * lda;
-                    uint32_t s = 0;
-                    for (int32_t k = 0; k < f->K; k++)
-                        s += a[k];
-                    ws->rowsum[r] = (int32_t)s;     /* <= 255 * K < 2^31 (K < 2^23 in practice) */
+            } else {
+                fill_rows(&ch, ws, 0, mc);          /* fewer than MR * parts rows */
+                PARALLEL_FOR_IF(parts > 1 && block_groups > 1)
+                for (int w = 0; w < parts; w++) {
+                    const int32_t bg_lo = (int32_t)share_start((size_t)block_groups, parts, w);
+                    gemm_tiles(&ch, ws, bg_lo, bg_lo + (int32_t)share_size((size_t)block_groups, parts, w), 0, pixel_tiles,
+                               ws->scratch[thread_id()].dotrows);
                 }
-            }
-            /* the tiles, channel blocks outermost: each thread reads its share of the weights */
-            const long pixel_tiles = (long)((mc + MR - 1) / MR), n_tiles = groups_of_blocks * pixel_tiles;
-            uint8_t *outg = out + r0 * op->c + (size_t)g * f->cout_g;
-            PARALLEL_FOR_IF(n_tiles > 1)
-            for (long t = 0; t < n_tiles; t++) {
-                const int32_t b0 = (int32_t)(t / pixel_tiles) * NBMAX;
-                const size_t p0 = (size_t)(t % pixel_tiles) * MR;
-                const int nb = f->nblk - b0 < NBMAX ? f->nblk - b0 : NBMAX;
-                int last_n = f->cout_g - (b0 + nb - 1) * BLK;
-                if (last_n > BLK)
-                    last_n = BLK;
-                const int mp = mc - p0 < MR ? (int)(mc - p0) : MR;
-                tile(nb, mp, A + p0 * lda, lda, ws->rowsum + p0, ws->scratch[thread_id()].dotrows, f,
-                     ((size_t)g * f->nblk + b0) * BLK, last_n, op, outg + p0 * op->c + (size_t)b0 * BLK,
-                     (size_t)op->c);
             }
         }
     }
