@@ -1,17 +1,18 @@
 """C INT8 against its peers, in one run, on the same images and the same float checkpoint.
 
-  c_int8_1thread  c/inference (one thread), the best build of its kernels this CPU runs
-  c_int8_all      c/inference_omp, OpenMP across images on every core
-  (c --isa ISA    c/inference with each build of its kernels this CPU runs forced, one thread,
-                  and its ratio to the best: avx512, avx2, c99)
-  torch_fp32      the float model, 1 thread
-  torch_int8      torch.ao FX post-training quantization, x86 backend, per channel, 1 thread
-  ort_int8        ONNX Runtime, static QDQ per-channel quantization, 1 thread
+  c_int8          c/inference --batch B (one thread), c/inference_omp --batch B --threads T (every
+                  core: a batch of 1 splits each layer across the threads, a batch of 32 splits
+                  the batch between them); the best build of its kernels this CPU runs
+  (c --isa ISA    c/inference with each build of its kernels this CPU runs forced, batch 1, one
+                  thread, and its ratio to the best: avx512, avx2, c99)
+  torch_fp32      the float model
+  torch_int8      torch.ao FX post-training quantization, x86 backend, per channel
+  ort_int8        ONNX Runtime, static QDQ per-channel quantization
 
-Each at batch 1 and batch 32 (the C engine always runs image by image, so its two
-rows are one measurement). Prints a table with the ratio C / each peer, each
-engine's accuracy, C's peak resident memory and the GMAC/s it reaches; --json PATH
-writes it all. Usage: `make bench MODEL=lenet`, or after `make bench-setup`:
+Each in four cells: batch 1 and batch 32, on 1 thread and on every core (torch.set_num_threads,
+ORT's intra-op threads).  Prints the images/s of each engine in each cell, the ratio C / the best
+peer of each cell, each engine's accuracy, C's peak resident memory and the GMAC/s it reaches;
+--json PATH writes it all. Usage: `make bench MODEL=lenet`, or after `make bench-setup`:
   .venv/bin/python benchmarks/bench_inference.py --model=lenet --json=bench.json
 """
 import json
@@ -51,6 +52,10 @@ def conv_kernel_macs(state, quant_list):
     return total
 
 
+def cell_name(batch, threads):
+    return f"batch{batch}_threads{threads}"
+
+
 def time_batches(fn, x, batch):
     """(images/s, predictions) running fn over x in chunks of `batch`."""
     fn(x[:batch])                                   # warm-up
@@ -72,7 +77,8 @@ def torch_int8(net, calib, example):
     return convert_fx(prepared)
 
 
-def ort_int8(net, calib, example, folder):
+def ort_int8(net, calib, example, folder, thread_counts):
+    """{threads: run function}: one session per thread count"""
     import onnxruntime as ort
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
@@ -91,10 +97,13 @@ def ort_int8(net, calib, example, folder):
 
     quantize_static(fp32_path, int8_path, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = options.inter_op_num_threads = 1
-    session = ort.InferenceSession(int8_path, options, providers=["CPUExecutionProvider"])
-    return lambda x: session.run(None, {"x": x.numpy()})[0]
+    runs = {}
+    for threads in thread_counts:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+        session = ort.InferenceSession(int8_path, options, providers=["CPUExecutionProvider"])
+        runs[threads] = lambda x, session=session: session.run(None, {"x": x.numpy()})[0]
+    return runs
 
 
 def write_images(images, labels, dataset, folder):
@@ -113,12 +122,17 @@ def write_images(images, labels, dataset, folder):
     return path, None
 
 
-def run_c(binary, model_name, folder, images, labels, threads, extra=()):
+def c_binary(threads):
+    """c/inference for one thread (no OpenMP), c/inference_omp for more"""
+    return os.path.join(ROOT, "c", "inference" if threads == 1 else "inference_omp")
+
+
+def run_c(model_name, folder, images, labels, batch, threads, extra=()):
     """(images/s, predictions); None for an --isa this CPU lacks."""
-    cmd = [binary, "--model", model_name, "--dir", folder, "--images", images,
-           "--logits", os.path.join(folder, "logits.txt"), "--quiet", *extra] + (["--labels", labels] if labels else [])
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    cmd = [c_binary(threads), "--model", model_name, "--dir", folder, "--images", images, "--batch", str(batch),
+           "--threads", str(threads), "--logits", os.path.join(folder, "logits.txt"), "--quiet", *extra] + (
+        ["--labels", labels] if labels else [])
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     out, err = proc.communicate()
     if proc.returncode != 0 and ("this CPU lacks" in err or ": unknown, this binary has" in err):
         return None
@@ -187,50 +201,53 @@ def main():
     with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
         write_export(state, quant_list, tmp, "bin")
         images, labels = write_images(x_u8, test_y[:cfg.images], spec.dataset, tmp)
-        engines = {"torch_fp32": lambda b: net(b).argmax(1).numpy()}
+        all_threads = os.cpu_count()
+        thread_counts = sorted({1, all_threads})
         q = torch_int8(net, calib, example)
-        engines["torch_int8"] = lambda b: q(b).argmax(1).numpy()
-        ort_run = ort_int8(net, calib, example, tmp)
-        engines["ort_int8"] = lambda b: ort_run(b).argmax(1)
-        c1, c1_pred = run_c(os.path.join(ROOT, "c", "inference"), cfg.model, tmp, images, labels, 1)
-        call, _ = run_c(os.path.join(ROOT, "c", "inference_omp"), cfg.model, tmp, images, labels, os.cpu_count())
-        accuracy = {"c_int8": float((c1_pred == y).mean())}
-        isa_runs = {isa: run_c(os.path.join(ROOT, "c", "inference"), cfg.model, tmp, images, labels, 1, ["--isa", isa])
-                    for isa in ISAS}
+        ort_runs = ort_int8(net, calib, example, tmp, thread_counts)
+        accuracy = {}
+        for batch in BATCHES:
+            for threads in thread_counts:
+                speeds = {}
+                speeds["c_int8"], c_pred = run_c(cfg.model, tmp, images, labels, batch, threads)
+                accuracy["c_int8"] = float((c_pred == y).mean())
+                torch.set_num_threads(threads)
+                peers = {"torch_fp32": lambda b: net(b).argmax(1).numpy(), "torch_int8": lambda b: q(b).argmax(1).numpy(),
+                         "ort_int8": lambda b: ort_runs[threads](b).argmax(1)}
+                for name, fn in peers.items():
+                    speeds[name], pred = time_batches(fn, x, batch)
+                    accuracy[name] = float((pred == y).mean())
+                best = max(peers, key=speeds.get)
+                result[cell_name(batch, threads)] = {"batch": batch, "threads": threads, "images_per_s": speeds,
+                                                     "best_peer": best, "c_ratio_to_best_peer": speeds["c_int8"] / speeds[best]}
+        torch.set_num_threads(1)
+        isa_runs = {isa: run_c(cfg.model, tmp, images, labels, 1, 1, ["--isa", isa]) for isa in ISAS}
         isa_speeds = {isa: run[0] for isa, run in isa_runs.items() if run}
         best = max(isa_speeds.values())
         result["c_isa"] = {isa: {"images_per_s": v, "ratio_to_best": v / best} for isa, v in isa_speeds.items()}
-        for batch in BATCHES:
-            speeds = {"c_int8_1thread": c1, "c_int8_all": call}
-            for name, fn in engines.items():
-                speeds[name], pred = time_batches(fn, x, batch)
-                accuracy[name] = float((pred == y).mean())
-            result[f"batch{batch}"] = {"images_per_s": speeds,
-                                       "c_1thread_ratio": {k: c1 / v for k, v in speeds.items() if not k.startswith("c_")}}
         result["c_peak_rss_mb"] = peak_rss_mb(os.path.join(ROOT, "c", "inference"), cfg.model, tmp, images, labels)
     weight_bytes = sum(state[op["name"] + ".weight"].numel() + 4 * state[op["name"] + ".bias"].numel()
                        for op in quant_list if op["op"] in ("conv", "linear"))
     activations = sorted((int(np.prod(op["shape"])) for op in quant_list), reverse=True)
     result["c_memory_budget_mb"] = (2 * (weight_bytes + sum(activations[:2])) + 8 * 2 ** 20) / 2 ** 20
     result["gmac_per_image"] = conv_kernel_macs(state, quant_list) / 1e9
-    result["c_gmac_per_s"] = result["gmac_per_image"] * c1
+    result["c_gmac_per_s"] = result["gmac_per_image"] * result[cell_name(1, 1)]["images_per_s"]["c_int8"]
     result["accuracy"] = accuracy
     result["machine"] = f"{os.cpu_count()} cores, {open('/proc/cpuinfo').read().split('model name')[1].split(':')[1].splitlines()[0].strip()}" \
         if os.path.exists("/proc/cpuinfo") else f"{os.cpu_count()} cores"
 
     print(f"\n{cfg.model}: {len(x)} test images, {result['weights']} weights, {result['machine']}")
-    print(f"{'engine':<16}" + "".join(f"{f'batch {b} img/s':>16}{'C/peer':>8}" for b in BATCHES) + f"{'accuracy':>10}")
-    for name in result["batch1"]["images_per_s"]:
-        row = f"{name:<16}"
-        for b in BATCHES:
-            v = result[f"batch{b}"]["images_per_s"][name]
-            ratio = result[f"batch{b}"]["c_1thread_ratio"].get(name)
-            row += f"{v:>16.0f}{(f'{ratio:.2f}x' if ratio else ''):>8}"
-        acc = accuracy.get(name, accuracy["c_int8"])
-        print(row + f"{acc * 100:>9.2f}%")
+    cells = [result[cell_name(b, t)] for b in BATCHES for t in thread_counts]
+    print(f"{'img/s':<16}" + "".join(f"{'batch %d, %d thr' % (c['batch'], c['threads']):>20}" for c in cells)
+          + f"{'accuracy':>10}")
+    for name in cells[0]["images_per_s"]:
+        print(f"{name:<16}" + "".join(f"{c['images_per_s'][name]:>20.0f}" for c in cells)
+              + f"{accuracy[name] * 100:>9.2f}%")
+    print(f"{'C / best peer':<16}" + "".join(
+        f"{'%.2fx (%s)' % (c['c_ratio_to_best_peer'], c['best_peer']):>20}" for c in cells))
     print("C per kernel build (--isa, one thread): " + ", ".join(
         f"{isa} {v['images_per_s']:.0f} img/s ({v['ratio_to_best']:.2f}x)" for isa, v in result["c_isa"].items()))
-    print(f"C: {result['gmac_per_image']:.4f} GMAC/image, {result['c_gmac_per_s']:.1f} GMAC/s on one thread, "
+    print(f"C: {result['gmac_per_image']:.4f} GMAC/image, {result['c_gmac_per_s']:.1f} GMAC/s on one thread (batch 1), "
           f"peak RSS {result['c_peak_rss_mb']:.1f} MB (budget {result['c_memory_budget_mb']:.1f} MB)")
     if cfg.json:
         with atomic_open(cfg.json, "w") as f:
