@@ -8,7 +8,8 @@
  * reads the files and the core (fpgai.c) checks them, the core's reference kernels or
  * kernels_fast.c run the graph, datasets.c reads the test set, dump.c writes golden vectors;
  * this file is the command line, the loop over batches of images, the report.  Threads (the
- * OpenMP build, inference_omp) work inside each layer of a batch (kernels.h).
+ * OpenMP build, inference_omp) share each batch's images, or, in a batch of fewer images than
+ * threads, each layer's work (Engine, kernels.h).
  */
 #define _POSIX_C_SOURCE 200809L     /* clock_gettime, stat, lstat, readlink, sigaction, kill */
 
