@@ -8,7 +8,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 MODEL ?= lenet
 
-.PHONY: demo test test-fast test-models venv c bench bench-setup vnni-peak clean-venv
+.PHONY: demo test test-fast test-models venv c bench vnni-peak clean-venv
 
 venv: $(VENV)/.installed
 
@@ -44,11 +44,8 @@ test-fast: venv c
 test-models: venv c
 	$(PY) -m pytest -q -m models tests/test_torchvision_models.py
 
-# C INT8 against PyTorch fp32/INT8 and ONNX Runtime INT8 (benchmarks/requirements.txt)
-bench-setup: venv
-	$(PY) -m pip install --quiet --disable-pip-version-check -r benchmarks/requirements.txt
-
-bench: bench-setup c
+# C INT8 against PyTorch fp32/INT8 and ONNX Runtime INT8 (onnx and onnxruntime: the venv's)
+bench: venv c
 	$(PY) benchmarks/bench_inference.py --model=$(MODEL) --json=benchmarks/results/$(MODEL).json
 
 # one core's int8 multiply-accumulate ceiling (AVX-512 VNNI): what the C engine's GMAC/s reads against

@@ -12,7 +12,7 @@
 Each in four cells: batch 1 and batch 32, on 1 thread and on every core (torch.set_num_threads,
 ORT's intra-op threads).  Prints the images/s of each engine in each cell, the ratio C / the best
 peer of each cell, each engine's accuracy, C's peak resident memory and the GMAC/s it reaches;
---json PATH writes it all. Usage: `make bench MODEL=lenet`, or after `make bench-setup`:
+--json PATH writes it all. Usage: `make bench MODEL=lenet`, or:
   .venv/bin/python benchmarks/bench_inference.py --model=lenet --json=bench.json
 """
 import json
