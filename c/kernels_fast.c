@@ -64,12 +64,6 @@ static int thread_id(void)
 }
 #endif
 
-/* A layer's work is split across the threads only where it outweighs a parallel region's cost
- * (about 10-30 us on the 2-core VM): multiply-adds of a GEMM chunk, or a depthwise layer's output
- * values times its taps; below it (all of LeNet, MobileNetV2's smallest layers) one thread runs it.
- * $FPGAI_MIN_SPLIT_WORK overrides it (the tests split every layer of their small graphs with 0). */
-#define MIN_SPLIT_WORK ((uint64_t)4 << 20)
-
 /* Which build this is: the Makefile compiles this file once per ISA, each object with its target
  * flags and its own KernelSet (kernels.h); isa.c picks one at run time. */
 #if defined(FAST_ISA_AVX512)
@@ -188,7 +182,6 @@ typedef struct {
  * matrix of batch * H * W pixels */
 typedef struct {
     int batch, n_threads;
-    uint64_t min_split_work;    /* MIN_SPLIT_WORK, or $FPGAI_MIN_SPLIT_WORK */
     uint8_t *arena, *logits;
     uint8_t *cols;          /* a GEMM chunk's rows of A, cols_stride() bytes apart */
     uint8_t *pad;           /* each image's conv input with its padding, pad_stride bytes apart */
@@ -450,8 +443,6 @@ static void *fast_workspace_new(const Model *m, const void *prepared, int batch,
     const FastModel *fm = prepared;
     Workspace *ws = xcalloc(1, sizeof *ws, "workspace");
     ws->batch = batch;
-    const char *split = getenv("FPGAI_MIN_SPLIT_WORK");
-    ws->min_split_work = split && *split ? strtoull(split, NULL, 10) : MIN_SPLIT_WORK;
     ws->n_threads = threads;
     ws->arena = xcalloc((size_t)batch * m->arena_bytes, 1, "activations");
     /* each GEMM's chunk: its rows of A, never more than the batch's pixels */
@@ -953,10 +944,10 @@ static void fast_gemm(const Op *op, const Op *in, const FastOp *f, const uint8_t
             pad_input(op, in, x + (size_t)b * op_elems(in), ws->pad + (size_t)b * ws->pad_stride);
     }
     const int32_t block_groups = (f->nblk + NBMAX - 1) / NBMAX;
+    const int parts = ws->n_threads;
     for (size_t r0 = 0; r0 < rows; r0 += (size_t)f->chunk_rows) {
         const size_t mc = rows - r0 < (size_t)f->chunk_rows ? rows - r0 : (size_t)f->chunk_rows;
         const size_t pixel_tiles = (mc + MR - 1) / MR;
-        const int parts = (uint64_t)mc * (uint64_t)f->cout_g * (uint64_t)f->K >= ws->min_split_work ? ws->n_threads : 1;
         for (int32_t g = 0; g < groups; g++) {
             const size_t lda = f->direct ? (size_t)f->Kp : cols_stride(f);
             const GemmChunk ch = {op, in, f, x, r0, mc, g, f->direct ? x + r0 * lda : ws->cols, lda,
@@ -1140,7 +1131,7 @@ static void fast_depthwise(const Op *op, const Op *in, const FastOp *f, const ui
             pad_input(op, in, x + (size_t)b * in_elems, ws->pad + (size_t)b * ws->pad_stride);
     }
     const long n_rows = (long)n * op->h;
-    PARALLEL_FOR_IF(n_rows > 1 && (uint64_t)out_elems * (uint64_t)n * (uint64_t)(op->kh * op->kw) >= ws->min_split_work)
+    PARALLEL_FOR_IF(n_rows > 1)
     for (long r = 0; r < n_rows; r++) {
         const size_t b = (size_t)(r / op->h);
         const uint8_t *src = FAST_VNNI ? ws->pad + b * ws->pad_stride : x + b * in_elems;

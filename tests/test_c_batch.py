@@ -7,9 +7,8 @@ On the random graphs (tests/random_models.py's archs and test_c_kernels.py's), i
   inference_omp --isa ISA --threads T       T = 1, 2, 3 with batches of 1 (each layer split across
   inference_asan_omp ...                    the threads), 3 and 32 (the batch split between them)
   inference --reference --batch 3
-must each give the numpy engine's logits, in input order, with every layer split across the threads
-(FPGAI_MIN_SPLIT_WORK=0: these graphs are below the engine's own threshold); so must LeNet's shipped
-export against --reference, split and at the default threshold (no layer split); and the aarch64 build under qemu-aarch64 (--isa neon, c99; batches of 5 and 32) on
+must each give the numpy engine's logits, in input order; so must LeNet's shipped export against
+--reference; and the aarch64 build under qemu-aarch64 (--isa neon, c99; batches of 5 and 32) on
 two of the graphs.  An invalid --batch or --threads is one error line and exit 1.
 """
 import os
@@ -42,13 +41,12 @@ def runs(isa):
     return [(kind, ["--isa", isa, *extra]) for kind, extra in single + threaded]
 
 
-def check(binaries, tmp_path, ex, expected, kind, extra, cwd=None, min_split_work="0"):
+def check(binaries, tmp_path, ex, expected, kind, extra, cwd=None):
     out = str(tmp_path / "logits.txt")
     data = ex["data_args"] if ex else []
     where = ["--dir", ex["dir"], "--model", ex["model"]] if ex else []
-    env = {**os.environ, "FPGAI_MIN_SPLIT_WORK": min_split_work}
     proc = subprocess.run([binaries[kind], *where, *data, "--limit", str(len(expected)), "--logits", out, *extra],
-                          cwd=cwd, capture_output=True, text=True, timeout=300, env=env)
+                          cwd=cwd, capture_output=True, text=True, timeout=300)
     assert_clean(proc)
     assert proc.returncode == 0, proc.stderr
     np.testing.assert_array_equal(read_logits(out), expected, err_msg=f"{kind} {extra}")
@@ -72,8 +70,7 @@ def test_lenet_batches_and_threads_equal_reference(binaries, lenet_reference, tm
                             ("omp", ["--isa", isa, "--threads", "2", "--batch", "1"]),
                             ("omp", ["--isa", isa, "--threads", "3", "--batch", "32"]),
                             ("asan_omp", ["--isa", isa, "--threads", "2", "--batch", "3"])]:
-            for min_split_work in ("0", ""):
-                check(binaries, tmp_path, None, expected, kind, extra, cwd=ROOT, min_split_work=min_split_work)
+            check(binaries, tmp_path, None, expected, kind, extra, cwd=ROOT)
 
 
 @pytest.mark.parametrize("isa", ["neon", "c99"])
