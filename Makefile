@@ -40,9 +40,10 @@ FAST_TESTS := c_engine c_kernels engines narrow_clamps golden export qmath op_ta
 test-fast: venv c
 	$(PY) -m pytest -q $(FAST_TESTS:%=tests/test_%.py)
 
-# the slow acceptance cases: torchvision networks (random weights) bit-exact in numpy, torch and C
+# the slow acceptance cases: torchvision networks (random weights) bit-exact in numpy, torch and C;
+# each shipped model's whole test set identical in every ISA build, batch and thread count
 test-models: venv c
-	$(PY) -m pytest -q -m models tests/test_torchvision_models.py
+	$(PY) -m pytest -q -m models tests/test_torchvision_models.py tests/test_shipped_models.py
 
 # C INT8 against PyTorch fp32/INT8 and ONNX Runtime INT8 (onnx and onnxruntime: the venv's)
 bench: venv c

@@ -69,3 +69,37 @@ def test_committed_model_files_stay_under_the_limit():
     assert any(f.endswith("resnet18_raw.pth") for f in files)
     total = sum(os.path.getsize(os.path.join(ROOT, f)) for f in files)
     assert total < MODEL_FILES_LIMIT, f"committed model files take {total:,} bytes"
+
+
+# every build of the optimized kernels and every way of running them (test-models: ~10 minutes)
+FULL_SET_RUNS = [("inference", ["--isa", "avx512", "--batch", "1"]), ("inference", ["--isa", "avx2", "--batch", "32"]),
+                 ("inference", ["--isa", "c99", "--batch", "4"]),
+                 ("inference_omp", ["--isa", "avx512", "--threads", "2", "--batch", "1"]),
+                 ("inference_omp", ["--isa", "avx512", "--threads", "2", "--batch", "32"])]
+
+
+@pytest.mark.models
+@pytest.mark.parametrize("name", ["lenet", *SHIPPED_CIFAR])
+def test_full_test_set_identical_in_every_isa_batch_and_threads(tmp_path, name):
+    """Each shipped model quantized afresh, on its whole test set (10,000 images): every ISA build the
+    CPU runs, batches of 1, 4 and 32, and 2 threads splitting one image's layers or a batch, give the
+    same logits (the first run: AVX-512 VNNI at batch 1; equal to numpy and ONNX Runtime on these
+    sets when last measured, README "ONNX")."""
+    from tests.test_c_kernels import missing_flags
+    proc = run("quant_model.py", f"--model={name}", f"--quant_dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr
+    proc = run("export_quant_model.py", f"--model={name}", f"--quant_dir={tmp_path}", f"--export_dir={tmp_path}",
+               "--export_mode=bin")
+    assert proc.returncode == 0, proc.stderr
+    subprocess.run(["make", "-s", "-C", os.path.join(ROOT, "c"), "inference", "omp"], check=True)
+    runs = [(binary, extra) for binary, extra in FULL_SET_RUNS if not missing_flags(extra[1])]
+    assert runs and runs[0] == FULL_SET_RUNS[0], "the CPU lacks AVX-512 VNNI: no first run to compare with"
+    first = None
+    for binary, extra in runs:
+        out = tmp_path / "logits.txt"
+        proc = subprocess.run([os.path.join(ROOT, "c", binary), "--dir", str(tmp_path), "--model", name,
+                               "--logits", str(out), "--quiet", *extra], capture_output=True, text=True, cwd=ROOT)
+        assert proc.returncode == 0, proc.stderr
+        assert "images=10000" in proc.stdout
+        first = first or (out.read_text(), proc.stdout.split("seconds")[0])
+        assert (out.read_text(), proc.stdout.split("seconds")[0]) == first, f"{binary} {extra}"
