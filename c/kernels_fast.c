@@ -851,6 +851,14 @@ static void pad_input(const Op *op, const Op *in, const uint8_t *x, uint8_t *pb)
     memset(pb, zx, (size_t)op->pad_bottom * Wp * C);
 }
 
+/* Each of the n images' input (x: HWC, one after the other) with its padding into ws->pad */
+static void pad_inputs(const Op *op, const Op *in, const uint8_t *x, const Workspace *ws, int n)
+{
+    PARALLEL_FOR_IF(n > 1)
+    for (int b = 0; b < n; b++)
+        pad_input(op, in, x + (size_t)b * op_elems(in), ws->pad + (size_t)b * ws->pad_stride);
+}
+
 /* Row r (image r / P, pixel r % P) of group g's A for an im2col conv, from the padded inputs: whole
  * spans of the padded input, kw*C bytes per kernel row (groups 1), else cin_g per tap */
 static void im2col_row(const Op *op, const Op *in, const FastOp *f, const Workspace *ws, int32_t g, size_t r,
@@ -938,11 +946,8 @@ static void fast_gemm(const Op *op, const Op *in, const FastOp *f, const uint8_t
 {
     const int32_t groups = op->kind == OP_CONV ? op->groups : 1;
     const size_t rows = (size_t)n * op->h * op->w;
-    if (!f->direct && op->kind == OP_CONV) {
-        PARALLEL_FOR_IF(n > 1)
-        for (int b = 0; b < n; b++)
-            pad_input(op, in, x + (size_t)b * op_elems(in), ws->pad + (size_t)b * ws->pad_stride);
-    }
+    if (!f->direct && op->kind == OP_CONV)
+        pad_inputs(op, in, x, ws, n);
     const int32_t block_groups = (f->nblk + NBMAX - 1) / NBMAX;
     const int parts = ws->n_threads;
     for (size_t r0 = 0; r0 < rows; r0 += (size_t)f->chunk_rows) {
@@ -1125,11 +1130,8 @@ static void fast_depthwise(const Op *op, const Op *in, const FastOp *f, const ui
                            int n)
 {
     const size_t in_elems = op_elems(in), out_elems = op_elems(op);
-    if (FAST_VNNI) {
-        PARALLEL_FOR_IF(n > 1)
-        for (int b = 0; b < n; b++)
-            pad_input(op, in, x + (size_t)b * in_elems, ws->pad + (size_t)b * ws->pad_stride);
-    }
+    if (FAST_VNNI)
+        pad_inputs(op, in, x, ws, n);
     const long n_rows = (long)n * op->h;
     PARALLEL_FOR_IF(n_rows > 1)
     for (long r = 0; r < n_rows; r++) {
