@@ -82,9 +82,11 @@ static void usage(const char *msg, const char *arg)
             "  --reference     run the simple reference kernels instead of the optimized ones\n"
             "  --isa NAME      the optimized kernels' build: avx512, avx2 or c99 (x86-64), neon or c99\n"
             "                  (aarch64); default the best this CPU runs\n"
-            "  --batch N       run N images per pass through the graph, layer by layer (default "
+            "  --batch N       run N images at a time through the graph, layer by layer (default "
             MACRO_TEXT(DEFAULT_BATCH_PER_THREAD) " a thread); the\n"
-            "                  activations take N times the model's\n"
+            "                  activations take N times the model's.  Where the N images' activations\n"
+            "                  would overflow the cache, the layers before run in passes of fewer\n"
+            "                  (environment: FPGAI_PASS_BYTES, a pass's activations, default 524288)\n"
             "  --threads T     split each layer across T threads (inference_omp; default OMP_NUM_THREADS,\n"
             "                  else every core); other builds run one\n"
             "  --dump-layers DIR  write every op's output for the images (--limit N of them) to DIR as\n"
@@ -476,8 +478,11 @@ int main(int argc, char **argv)
         printf("model: %s (%s, fingerprint %s), %d ops, %s weights from %s files, %zu bytes of activations\n",
                m.name, m.dataset, m.fingerprint, m.n_ops, m.weight_signed ? "int8" : "uint8",
                opt.txt ? "txt" : "bin", m.arena_bytes);
-        printf("kernels: %s, %d thread%s, batches of %d\n", e.k->name, e.n_threads, e.n_threads > 1 ? "s" : "",
-               e.batch);
+        char passes[64] = "";
+        if (e.k->describe)
+            e.k->describe(e.ws[0], passes, sizeof passes);
+        printf("kernels: %s, %d thread%s, batches of %d%s\n", e.k->name, e.n_threads, e.n_threads > 1 ? "s" : "",
+               e.batch, passes);
         printf("images: %zu of %zu from %s\n", count, ds.count, ds.source);
         if (ds.has_labels)
             printf("accuracy: %.2f%% (%zu/%zu)\n", 100.0 * (double)correct / (double)count, correct, count);

@@ -36,6 +36,8 @@ typedef struct {
      * their last op's outputs, each CHW, op_elems(last op) bytes apart, in input order, valid until
      * the next run on this workspace */
     const uint8_t *(*run)(const Model *m, const void *prepared, void *ws, const uint8_t *images, size_t stride, int n);
+    /* how ws runs a batch, for the run's report ("" where there is nothing to say; NULL: never) */
+    void (*describe)(const void *ws, char *text, size_t size);
 } KernelSet;
 
 extern const KernelSet REFERENCE_KERNELS;

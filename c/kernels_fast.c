@@ -7,7 +7,9 @@
  * Layout: activations are HWC here (channels innermost), so a conv is a GEMM
  *   acc[p][co] = sum_k A[p][k] * W[co][k],   k = (ky, kx, ci)
  * with A[p] = the input pixels under output pixel p's window, raw uint8, the
- * padding holding z_x (im2col; a 1x1 stride-1 conv reads the input in place).
+ * padding holding z_x.  A 1x1 stride-1 conv reads the input in place; a conv whose
+ * kernel rows are whole runs of the padded input (groups 1, kw*C a multiple of 4)
+ * reads them there (implicit: A[p] is kh runs, no copy); the others copy A (im2col).
  * The weights are repacked at load as signed bytes w8:
  *   per channel (int8, z_w = 0):   w8 = w,        d = 0
  *   per tensor  (uint8, z_w):      w8 = w - 128,  d = 128 - z_w   (w - z_w = w8 + d)
@@ -28,7 +30,8 @@
  * Batches and threads: a workspace runs a batch of images layer by layer, each tensor's images one
  * HWC matrix (image_tensor); a conv or linear layer is one GEMM over all of the batch's pixels,
  * in chunks of rows (CHUNK_BYTES of A) that every weight panel passes over, so a panel is read
- * once per chunk, not once per image.  In the OpenMP build each layer's rows (im2col, depthwise
+ * once per chunk, not once per image.  Where the batch's activations would not stay in cache, the
+ * layers before the last such one run in passes of fewer images (schedule_passes).  In the OpenMP build each layer's rows (im2col, depthwise
  * output rows) and tiles are split across the threads, each with its own scratch (Scratch).
  *
  * Requantization: every scalar path calls requantize() (fpgai.h).  The SIMD paths use two
@@ -41,6 +44,7 @@
 #include "host.h"
 #include "kernels.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #ifdef _OPENMP
@@ -135,6 +139,11 @@ typedef int16_t DotRow;
 /* A GEMM runs over the batch's pixels in chunks of about this many bytes of A (its rows of all the
  * images, one after the other): each chunk stays in cache while every weight panel passes over it */
 #define CHUNK_BYTES (256 * 1024)
+/* A pass's activations (an op's inputs, output and padded input, times its images): about half a
+ * core's L2, so that one layer's output is still in cache when the next reads it (a workspace runs
+ * on one thread but where the batch is smaller than the threads: the latency, not the case here).  The
+ * environment's FPGAI_PASS_BYTES overrides it (tuning, and the tests' small passes). */
+#define PASS_BYTES (512 * 1024)
 
 enum { FK_NONE, FK_GEMM, FK_DEPTHWISE };
 
@@ -145,6 +154,12 @@ typedef struct {
     int32_t chunk_rows;     /* GEMM: rows of A per chunk, a multiple of MR */
     int32_t cin_g, cout_g;
     int direct;             /* conv reads the input as A in place (1x1, stride 1, no padding, K % KSTEP == 0) */
+    /* A row as read by the tiles: nseg segments of seg_bytes, seg_stride bytes apart.  An implicit
+     * conv (groups 1, taps adjacent in a kernel row) reads each kernel row of its window straight
+     * from the padded input: no im2col copy.  Otherwise one segment of Kp bytes. */
+    int implicit;
+    int32_t nseg, seg_bytes;
+    size_t seg_stride;
     int32_t d;              /* 128 - z_w (per tensor) or 0 */
     int8_t *w8;             /* GEMM (VNNI): [groups][nblk][Kp/4][16][4]; depthwise (VNNI): see fast_prepare */
     DotWeight *wdot;        /* GEMM (dot-product tile): [groups][nblk*16][Kp], the w8 values */
@@ -177,23 +192,29 @@ typedef struct {
     int64_t *acc;
 } Scratch;
 
-/* A batch's: tensor j of image b at arena + batch * ops[j].offset + b * op_elems(&ops[j]) (the
- * memory plan scaled by the batch keeps its tensors apart), so a tensor's images are one HWC
- * matrix of batch * H * W pixels */
+/* A batch's: tensor j of image b at tensor[j] + b * op_elems(&ops[j]), so a tensor's images are one
+ * HWC matrix of batch * H * W pixels.  tensor[j] = arena + batch * ops[j].offset (the memory plan
+ * scaled by the batch keeps its tensors apart), except the tensors that ops [0, split) write and
+ * later ops (or the logits) read: those ops run pass by pass, and such a tensor, written by one pass
+ * and read after all of them, gets its own place after the plan's. */
 typedef struct {
     int batch, n_threads;
+    int split, pass;        /* ops [0, split) run in passes of `pass` images, the others on the batch */
+    const Op *ops;          /* the model's, tensor's index */
+    uint8_t **tensor;
     uint8_t *arena, *logits;
     uint8_t *cols;          /* a GEMM chunk's rows of A, cols_stride() bytes apart */
     uint8_t *pad;           /* each image's conv input with its padding, pad_stride bytes apart */
     size_t pad_stride;
     int32_t *rowsum;        /* a GEMM chunk's row sums */
+    const uint8_t **arow;   /* a GEMM chunk's rows of A: where each starts */
     Scratch *scratch;       /* [n_threads] */
 } Workspace;
 
 /* Op's output (a tensor) of image b */
 static uint8_t *image_tensor(const Workspace *ws, const Op *op, int b)
 {
-    return ws->arena + (size_t)ws->batch * op->offset + (size_t)b * op_elems(op);
+    return ws->tensor[op - ws->ops] + (size_t)b * op_elems(op);
 }
 
 static size_t max_size(size_t a, size_t b)
@@ -350,6 +371,12 @@ static FastModel *fast_prepare_model(const Model *m)
                     && groups == 1 && f->Kp == f->K;
         if (op->kind == OP_LINEAR)
             f->direct = f->Kp == f->K;
+        /* a kernel row's kw * C bytes are one whole number of VNNI depth steps */
+        f->implicit = !f->direct && op->kind == OP_CONV && groups == 1 && op->dil_w == 1
+                      && (size_t)op->kw * (size_t)in->c % 4 == 0;
+        f->nseg = f->implicit ? op->kh : 1;
+        f->seg_bytes = f->implicit ? op->kw * in->c : f->Kp;
+        f->seg_stride = f->implicit ? (size_t)op->dil_h * padded_w(op, in) * (size_t)in->c : 0;
         f->chunk_rows = (int32_t)max_size(MR, CHUNK_BYTES / (size_t)f->Kp / MR * MR);
         if (!f->direct && op->kind == OP_CONV)
             fm->pad_bytes = max_size(fm->pad_bytes, padded);
@@ -433,6 +460,43 @@ static size_t cols_stride(const FastOp *f)
     return (size_t)f->Kp + OVER;
 }
 
+/* Which ops run in passes of fewer images than the batch, and how many (ws->split, ws->pass).  An
+ * op's footprint per image: its inputs, output and padded input.  The ops from the first one after
+ * which every op's batch footprint fits PASS_BYTES, or is outweighed by its weights (which a whole
+ * batch reads once), run on the whole batch; the ones before it in passes of as many images as fit
+ * PASS_BYTES (at least one). */
+static void schedule_passes(const Model *m, const FastModel *fm, Workspace *ws)
+{
+    size_t pass_bytes = PASS_BYTES;
+    const char *env = getenv("FPGAI_PASS_BYTES");
+    if (env) {
+        char *end;
+        long long v = strtoll(env, &end, 10);
+        if (end == env || *end || v < 1)
+            fail("FPGAI_PASS_BYTES=%s: not a positive number of bytes", env);
+        pass_bytes = (size_t)v;
+    }
+    const size_t budget = pass_bytes, batch = (size_t)ws->batch;
+    size_t head = 0;
+    ws->split = m->n_ops;
+    for (int i = m->n_ops - 1; i >= 0; i--) {
+        const Op *op = &m->ops[i];
+        size_t foot = op_elems(op), weights = KINDS[op->kind].weighted ? (size_t)op->k_size * (size_t)op->c : 0;
+        for (int k = 0; k < op->n_inputs; k++)
+            foot += op_elems(op_input(m, op, k));
+        if (op->kind == OP_CONV && fm->ops[i].kind != FK_NONE && !fm->ops[i].direct)
+            foot += padded_h(op, op_input(m, op, 0)) * padded_w(op, op_input(m, op, 0)) * (size_t)op_input(m, op, 0)->c;
+        if (ws->split == i + 1 && (foot * batch <= budget || weights >= foot * batch))
+            ws->split = i;
+        else
+            head = max_size(head, foot);
+    }
+    const size_t pass = head ? max_size(budget / head, 1) : batch;
+    ws->pass = pass < batch ? (int)pass : ws->batch;
+    if (ws->pass == ws->batch)
+        ws->split = 0;
+}
+
 /* Only the buffers this model's kernels use, zero-filled once: the GEMM tile reads rowsum
  * even when its factor d is 0 (int8 weights), which changes no result but would read
  * indeterminate values; with every buffer defined the engine is valgrind-clean.  The
@@ -444,7 +508,29 @@ static void *fast_workspace_new(const Model *m, const void *prepared, int batch,
     Workspace *ws = xcalloc(1, sizeof *ws, "workspace");
     ws->batch = batch;
     ws->n_threads = threads;
-    ws->arena = xcalloc((size_t)batch * m->arena_bytes, 1, "activations");
+    schedule_passes(m, fm, ws);
+    ws->ops = m->ops;
+    ws->tensor = xcalloc((size_t)m->n_ops, sizeof *ws->tensor, "tensors");
+    int *last_reader = xcalloc((size_t)m->n_ops, sizeof *last_reader, "tensors");
+    for (int i = 0; i < m->n_ops; i++)
+        for (int k = 0; k < m->ops[i].n_inputs; k++)
+            last_reader[m->ops[i].in[k]] = i;
+    last_reader[m->n_ops - 1] = m->n_ops;       /* the logits, read after the last op */
+    size_t own = 0;                             /* bytes per image after the plan's */
+    for (int j = 0; j < ws->split; j++)
+        if (last_reader[j] >= ws->split)
+            own += op_elems(&m->ops[j]);
+    ws->arena = xcalloc((size_t)batch * (m->arena_bytes + own), 1, "activations");
+    own = (size_t)batch * m->arena_bytes;
+    for (int j = 0; j < m->n_ops; j++) {
+        if (j < ws->split && last_reader[j] >= ws->split) {
+            ws->tensor[j] = ws->arena + own;
+            own += (size_t)batch * op_elems(&m->ops[j]);
+        } else {
+            ws->tensor[j] = ws->arena + (size_t)batch * m->ops[j].offset;
+        }
+    }
+    free(last_reader);
     /* each GEMM's chunk: its rows of A, never more than the batch's pixels */
     size_t chunk_rows = 0, cols_bytes = 0;
     for (int i = 0; i < m->n_ops; i++) {
@@ -454,13 +540,15 @@ static void *fast_workspace_new(const Model *m, const void *prepared, int batch,
         const size_t rows = (size_t)batch * (size_t)m->ops[i].h * (size_t)m->ops[i].w;
         const size_t chunk = rows < (size_t)f->chunk_rows ? rows : (size_t)f->chunk_rows;
         chunk_rows = max_size(chunk_rows, chunk);
-        if (!f->direct)
+        if (!f->direct && !f->implicit)
             cols_bytes = max_size(cols_bytes, chunk * cols_stride(f));
     }
     if (cols_bytes)
         ws->cols = xcalloc(cols_bytes, 1, "im2col scratch");
-    if (chunk_rows)
+    if (chunk_rows) {
         ws->rowsum = xcalloc(chunk_rows, sizeof *ws->rowsum, "row sums");
+        ws->arow = xcalloc(chunk_rows, sizeof *ws->arow, "row pointers");
+    }
     ws->pad_stride = fm->pad_bytes;
     if (fm->pad_bytes)
         ws->pad = xcalloc((size_t)batch * fm->pad_bytes + OVER, 1, "padded input");
@@ -493,10 +581,12 @@ static void fast_workspace_free(void *p)
         free(ws->scratch[t].acc);
     }
     free(ws->scratch);
+    free(ws->tensor);
     free(ws->arena);
     free(ws->cols);
     free(ws->pad);
     free(ws->rowsum);
+    free(ws->arow);
     free(ws->logits);
     free(ws);
 }
@@ -588,9 +678,9 @@ static inline __attribute__((always_inline)) void store_packed(__m512i r0, __m51
         _mm_mask_storeu_epi8(dst, (__mmask16)((1u << n) - 1), _mm512_castsi512_si128(u));
 }
 
-/* Register tile: NB blocks of 16 channels x MP pixels, the whole depth. */
-static inline __attribute__((always_inline)) void tile_vnni(const int NB, const int MP, const uint8_t *A, size_t lda,
-                                                            const int8_t *B, size_t bstride, int32_t nk,
+/* Register tile: NB blocks of 16 channels x MP pixels (their rows of A at arow), the whole depth. */
+static inline __attribute__((always_inline)) void tile_vnni(const int NB, const int MP, const uint8_t *const *arow,
+                                                            const int8_t *B, size_t bstride,
                                                             const int32_t *rowsum, const FastOp *f, size_t slot,
                                                             int last_n, const Op *op, uint8_t *out, size_t ldc)
 {
@@ -605,9 +695,13 @@ static inline __attribute__((always_inline)) void tile_vnni(const int NB, const 
     __m512i c10 = bias1, c11 = bias1, c12 = bias1, c13 = bias1;
     __m512i c20 = bias2, c21 = bias2, c22 = bias2, c23 = bias2;
     __m512i c30 = bias3, c31 = bias3, c32 = bias3, c33 = bias3;
-    const uint8_t *A0 = A, *A1 = A + lda, *A2 = A + 2 * lda, *A3 = A + 3 * lda;
+    const uint8_t *A0 = arow[0], *A1 = MP > 1 ? arow[1] : A0, *A2 = MP > 2 ? arow[2] : A0, *A3 = MP > 3 ? arow[3] : A0;
     const int8_t *B0 = B, *B1 = B + bstride, *B2 = B + 2 * bstride, *B3 = B + 3 * bstride;
-    for (int32_t s = 0; s < nk; s++) {
+    const int32_t nseg = f->nseg, seg_k = f->seg_bytes / 4;
+    const size_t seg_stride = f->seg_stride;
+    for (int32_t g = 0; g < nseg; g++, A0 += seg_stride, A1 += seg_stride, A2 += seg_stride, A3 += seg_stride,
+         B0 += (size_t)seg_k * 64, B1 += (size_t)seg_k * 64, B2 += (size_t)seg_k * 64, B3 += (size_t)seg_k * 64)
+    for (int32_t s = 0; s < seg_k; s++) {
         __m512i w0 = _mm512_loadu_si512(B0 + (size_t)s * 64), w1 = z, w2 = z, w3 = z;
         if (NB > 1) w1 = _mm512_loadu_si512(B1 + (size_t)s * 64);
         if (NB > 2) w2 = _mm512_loadu_si512(B2 + (size_t)s * 64);
@@ -662,17 +756,16 @@ static inline __attribute__((always_inline)) void tile_vnni(const int NB, const 
 }
 
 #define TILE_CASE(nb, mp) case (nb) * 8 + (mp): \
-    tile_vnni(nb, mp, A, lda, B, bstride, nk, rowsum, f, slot, last_n, op, out, ldc); break;
+    tile_vnni(nb, mp, arow, B, bstride, rowsum, f, slot, last_n, op, out, ldc); break;
 #define TILE_ROW(nb) TILE_CASE(nb, 1) TILE_CASE(nb, 2) TILE_CASE(nb, 3) TILE_CASE(nb, 4)   /* mp = 1..MR */
 
 /* nb blocks of 16 channels from slot (the last one's first last_n) x mp pixels */
-static void tile(int nb, int mp, const uint8_t *A, size_t lda, const int32_t *rowsum, DotRow *dotrows, const FastOp *f,
+static void tile(int nb, int mp, const uint8_t *const *arow, const int32_t *rowsum, DotRow *dotrows, const FastOp *f,
                  size_t slot, int last_n, const Op *op, uint8_t *out, size_t ldc)
 {
     (void)dotrows;          /* the dot-product tile's */
     const int8_t *B = f->w8 + slot * (size_t)f->Kp;
     const size_t bstride = (size_t)f->Kp * BLK;
-    const int32_t nk = f->Kp / 4;
     switch (nb * 8 + mp) {
     TILE_ROW(1) TILE_ROW(2) TILE_ROW(3) TILE_ROW(4)
     default: break;
@@ -803,7 +896,7 @@ static inline void dot_2x4(const DotRow *const a[MR], const DotWeight *w0, size_
 /* Register tile: nb blocks of 16 channels from slot (the last one's first last_n) x mp <= MR
  * pixels; the pixels' rows of A into dotrows once (as DotRow, less ROW_OFFSET), then 2 channels at
  * a time. */
-static void tile(int nb, int mp, const uint8_t *A, size_t lda, const int32_t *rowsum, DotRow *dotrows, const FastOp *f,
+static void tile(int nb, int mp, const uint8_t *const *arow, const int32_t *rowsum, DotRow *dotrows, const FastOp *f,
                  size_t slot, int last_n, const Op *op, uint8_t *out, size_t ldc)
 {
     const size_t Kp = (size_t)f->Kp;
@@ -811,9 +904,13 @@ static void tile(int nb, int mp, const uint8_t *A, size_t lda, const int32_t *ro
     const DotRow *rows[MR];
     for (int p = 0; p < MR; p++) {
         DotRow *row = dotrows + (size_t)p * Kp;
-        const uint8_t *a = A + (size_t)(p < mp ? p : 0) * lda;  /* past mp: row 0 again, not stored */
-        for (size_t k = 0; k < Kp; k++)
-            row[k] = (DotRow)(a[k] - ROW_OFFSET);
+        const uint8_t *a = arow[p < mp ? p : 0];    /* past mp: row 0 again, not stored */
+        size_t k = 0;
+        for (int32_t g = 0; g < f->nseg; g++)
+            for (int32_t j = 0; j < f->seg_bytes; j++)
+                row[k++] = (DotRow)(a[(size_t)g * f->seg_stride + (size_t)j] - ROW_OFFSET);
+        for (; k < Kp; k++)         /* an implicit conv's depth past K: zero weights */
+            row[k] = 0;
         rows[p] = row;
     }
     for (int c = 0; c < n; c += 2) {          /* a block's padding channels have zero weights */
@@ -859,20 +956,38 @@ static void pad_inputs(const Op *op, const Op *in, const uint8_t *x, const Works
         pad_input(op, in, x + (size_t)b * op_elems(in), ws->pad + (size_t)b * ws->pad_stride);
 }
 
-/* Row r (image r / P, pixel r % P) of group g's A for an im2col conv, from the padded inputs: whole
- * spans of the padded input, kw*C bytes per kernel row (groups 1), else cin_g per tap */
-static void im2col_row(const Op *op, const Op *in, const FastOp *f, const Workspace *ws, int32_t g, size_t r,
-                       uint8_t *row)
+/* Where rows lo .. hi - 1 (row r: image r / P, pixel r % P) of group g's kernel windows start in
+ * the padded inputs, into corner[0 .. hi - lo - 1].  The pixel is stepped row by row: no division
+ * per row. */
+static void window_corners(const Op *op, const Op *in, const FastOp *f, const Workspace *ws, int32_t g, size_t lo,
+                           size_t hi, const uint8_t **corner)
 {
-    const size_t P = (size_t)op->h * op->w, p = r % P, C = (size_t)in->c, Wp = padded_w(op, in);
-    const size_t oy = p / (size_t)op->w, ox = p % (size_t)op->w, tap = (size_t)op->dil_w * C;
-    const uint8_t *pad = ws->pad + r / P * ws->pad_stride + (size_t)g * f->cin_g;
+    const size_t P = (size_t)op->h * op->w, C = (size_t)in->c, Wp = padded_w(op, in);
+    size_t image = lo / P, oy = lo % P / (size_t)op->w, ox = lo % P % (size_t)op->w;
+    for (size_t r = lo; r < hi; r++) {
+        corner[r - lo] = ws->pad + image * ws->pad_stride + (size_t)g * f->cin_g
+                         + (oy * op->stride_h * Wp + ox * op->stride_w) * C;
+        if (++ox == (size_t)op->w) {
+            ox = 0;
+            if (++oy == (size_t)op->h) {
+                oy = 0;
+                image++;
+            }
+        }
+    }
+}
+
+/* Row r of an im2col conv's A from its window's corner in the padded input: whole spans, kw*C
+ * bytes per kernel row (groups 1), else cin_g per tap */
+static void im2col_row(const Op *op, const Op *in, const FastOp *f, const uint8_t *corner, uint8_t *row)
+{
+    const size_t C = (size_t)in->c, Wp = padded_w(op, in), tap = (size_t)op->dil_w * C;
     /* a kernel row is one span when its taps are adjacent and take every channel */
     const int whole_rows = op->groups == 1 && op->dil_w == 1;
     const size_t span = whole_rows ? (size_t)op->kw * C : (size_t)f->cin_g;
     uint8_t *dst = row;
     for (int32_t ky = 0; ky < op->kh; ky++) {
-        const uint8_t *src = pad + ((oy * op->stride_h + (size_t)ky * op->dil_h) * Wp + ox * op->stride_w) * C;
+        const uint8_t *src = corner + (size_t)ky * op->dil_h * Wp * C;
         if (whole_rows) {
             copy_over(dst, src, span);
             dst += span;
@@ -901,18 +1016,28 @@ typedef struct {
 static void fill_rows(const GemmChunk *ch, Workspace *ws, size_t lo, size_t hi)
 {
     const FastOp *f = ch->f;
-    for (size_t r = lo; r < hi; r++) {
-        if (!f->direct && ch->op->kind == OP_CONV) {
-            im2col_row(ch->op, ch->in, f, ws, ch->g, ch->r0 + r, ws->cols + r * ch->lda);
-        } else if (!f->direct) {            /* a linear layer, K not a multiple of KSTEP */
-            memcpy(ws->cols + r * ch->lda, ch->x + (ch->r0 + r) * op_elems(ch->in), (size_t)f->K);
-            memset(ws->cols + r * ch->lda + f->K, 0, (size_t)f->Kp - (size_t)f->K);
+    const uint8_t **arow = ws->arow;
+    if (ch->op->kind == OP_CONV && !f->direct) {
+        window_corners(ch->op, ch->in, f, ws, ch->g, ch->r0 + lo, ch->r0 + hi, arow + lo);
+        for (size_t r = lo; r < hi && !f->implicit; r++) {
+            im2col_row(ch->op, ch->in, f, arow[r], ws->cols + r * ch->lda);
+            arow[r] = ws->cols + r * ch->lda;
         }
-        if (f->d) {
-            const uint8_t *a = ch->A + r * ch->lda;
+    } else {
+        for (size_t r = lo; r < hi; r++) {
+            arow[r] = ch->A + r * ch->lda;
+            if (!f->direct) {               /* a linear layer, K not a multiple of KSTEP */
+                memcpy(ws->cols + r * ch->lda, ch->x + (ch->r0 + r) * op_elems(ch->in), (size_t)f->K);
+                memset(ws->cols + r * ch->lda + f->K, 0, (size_t)f->Kp - (size_t)f->K);
+            }
+        }
+    }
+    if (f->d) {
+        for (size_t r = lo; r < hi; r++) {
             uint32_t s = 0;
-            for (int32_t k = 0; k < f->K; k++)
-                s += a[k];
+            for (int32_t g = 0; g < f->nseg; g++)
+                for (int32_t k = 0; k < f->seg_bytes; k++)
+                    s += arow[r][(size_t)g * f->seg_stride + (size_t)k];
             ws->rowsum[r] = (int32_t)s;     /* <= 255 * K < 2^31 (K < 2^23 in practice) */
         }
     }
@@ -931,7 +1056,7 @@ static void gemm_tiles(const GemmChunk *ch, const Workspace *ws, int32_t bg_lo, 
             last_n = BLK;
         for (size_t p0 = pt_lo * MR; p0 < pt_hi * MR && p0 < ch->mc; p0 += MR) {
             const int mp = ch->mc - p0 < MR ? (int)(ch->mc - p0) : MR;
-            tile(nb, mp, ch->A + p0 * ch->lda, ch->lda, ws->rowsum + p0, dotrows, f, ((size_t)ch->g * f->nblk + b0) * BLK,
+            tile(nb, mp, ws->arow + p0, ws->rowsum + p0, dotrows, f, ((size_t)ch->g * f->nblk + b0) * BLK,
                  last_n, ch->op, ch->out + p0 * ch->op->c + (size_t)b0 * BLK, (size_t)ch->op->c);
         }
     }
@@ -1143,6 +1268,7 @@ static void fast_depthwise(const Op *op, const Op *in, const FastOp *f, const ui
 
 static void fast_maxpool(const Op *op, const Op *in, const uint8_t *x, uint8_t *out)
 {
+    enum { LANES = 64 };    /* channels a pass: the running maximum stays in vector registers */
     const size_t C = (size_t)op->c;
     for (int32_t oy = 0; oy < op->h; oy++) {
         int32_t y0, y1;
@@ -1151,13 +1277,22 @@ static void fast_maxpool(const Op *op, const Op *in, const uint8_t *x, uint8_t *
             int32_t x0, x1;
             pool_window(ox, op->stride_w, op->pad_left, op->kw, in->w, &x0, &x1);
             uint8_t *dst = out + ((size_t)oy * op->w + ox) * C;
-            memset(dst, 0, C);
-            for (int32_t iy = y0; iy < y1; iy++)
-                for (int32_t ix = x0; ix < x1; ix++) {
-                    const uint8_t *src = x + ((size_t)iy * in->w + ix) * C;
-                    for (size_t c = 0; c < C; c++)
-                        dst[c] = src[c] > dst[c] ? src[c] : dst[c];
-                }
+            for (size_t c0 = 0; c0 < C; c0 += LANES) {
+                const size_t n = C - c0 < LANES ? C - c0 : LANES;
+                uint8_t m[LANES] = {0};
+                for (int32_t iy = y0; iy < y1; iy++)
+                    for (int32_t ix = x0; ix < x1; ix++) {
+                        const uint8_t *src = x + ((size_t)iy * in->w + ix) * C + c0;
+                        if (n == LANES) {
+                            for (size_t c = 0; c < LANES; c++)
+                                m[c] = src[c] > m[c] ? src[c] : m[c];
+                        } else {
+                            for (size_t c = 0; c < n; c++)
+                                m[c] = src[c] > m[c] ? src[c] : m[c];
+                        }
+                    }
+                memcpy(dst + c0, m, n);
+            }
         }
     }
 }
@@ -1214,12 +1349,21 @@ static void fast_add(const Op *op, const Op *ia, const Op *ib, const uint8_t *a,
     const int64_t ma = op->multiplier[0], mb = op->multiplier[1], za = ia->zero_point, zb = ib->zero_point;
     const int s = op->shift[0];
     const int32_t zp = op->zero_point, lo = op->qmin, hi = op->qmax;
+    if (ma >= INT16_MIN && ma <= INT16_MAX && mb >= INT16_MIN && mb <= INT16_MAX && s <= 30) {
+        /* requantize() in int32, which vectorizes: |(a - za) * ma + (b - zb) * mb| < 2^25 and the
+         * rounding term <= 2^29, so nothing overflows; >> is arithmetic (rshift_round's rule) */
+        const int32_t ma32 = (int32_t)ma, mb32 = (int32_t)mb, za32 = (int32_t)za, zb32 = (int32_t)zb;
+        const int32_t rnd = (int32_t)(((int64_t)1 << s) >> 1);
+        for (size_t i = 0; i < n; i++) {
+            int32_t v = zp + (((a[i] - za32) * ma32 + (b[i] - zb32) * mb32 + rnd) >> s);
+            out[i] = (uint8_t)(v < lo ? lo : v > hi ? hi : v);
+        }
+        return;
+    }
     for (size_t i = 0; i < n; i++)
         out[i] = requantize((a[i] - za) * ma + (b[i] - zb) * mb, 1, s, zp, lo, hi);
 }
 
-/* Concat on channels (HWC): each pixel's output channels are input 0's, then input 1's, ...,
- * each value requantize(x - z_k) with input k's multiplier and shift. */
 static void fast_concat(const Model *m, const Op *op, const Workspace *ws, int b, uint8_t *out)
 {
     const size_t P = (size_t)op->h * op->w, C = (size_t)op->c;
@@ -1410,27 +1554,35 @@ static void *fast_prepare(const Model *m)
     return fast_prepare_model(m);
 }
 
-/* Run the graph on n images (CHW pixels, stride bytes apart) layer by layer: each op on every
- * image before the next op; returns their logits (CHW), one image after the other. */
+/* Ops i0 .. i1 - 1 on images b0 .. b0 + n - 1 (CHW pixels, stride bytes apart), layer by layer */
+static void run_ops(const Model *m, const FastModel *fm, Workspace *ws, int i0, int i1, int b0, int n,
+                    const uint8_t *images, size_t stride)
+{
+    for (int i = i0; i < i1; i++) {
+        const Op *op = &m->ops[i], *in = op->n_inputs ? op_input(m, op, 0) : NULL;
+        const FastOp *f = &fm->ops[i];
+        if (f->kind == FK_GEMM) {
+            fast_gemm(op, in, f, image_tensor(ws, in, b0), image_tensor(ws, op, b0), ws, n);
+        } else if (f->kind == FK_DEPTHWISE) {
+            fast_depthwise(op, in, f, image_tensor(ws, in, b0), image_tensor(ws, op, b0), ws, n);
+        } else {
+            PARALLEL_FOR_IF(n > 1)
+            for (int b = b0; b < b0 + n; b++)
+                FAST_KERNEL[op->kind](m, i, ws, b, images + (size_t)b * stride, &ws->scratch[thread_id()]);
+        }
+    }
+}
+
+/* Run the graph on n images (CHW pixels, stride bytes apart): ops [0, split) pass by pass, the
+ * rest on all n at once; returns their logits (CHW), one image after the other. */
 static const uint8_t *fast_run(const Model *m, const void *prepared, void *workspace, const uint8_t *images,
                                size_t stride, int n)
 {
     const FastModel *fm = prepared;
     Workspace *ws = workspace;
-    for (int i = 0; i < m->n_ops; i++) {
-        const Op *op = &m->ops[i];
-        const FastOp *f = &fm->ops[i];
-        if (f->kind == FK_GEMM) {
-            fast_gemm(op, op_input(m, op, 0), f, image_tensor(ws, op_input(m, op, 0), 0), image_tensor(ws, op, 0), ws, n);
-        } else if (f->kind == FK_DEPTHWISE) {
-            fast_depthwise(op, op_input(m, op, 0), f, image_tensor(ws, op_input(m, op, 0), 0), image_tensor(ws, op, 0),
-                           ws, n);
-        } else {
-            PARALLEL_FOR_IF(n > 1)
-            for (int b = 0; b < n; b++)
-                FAST_KERNEL[op->kind](m, i, ws, b, images + (size_t)b * stride, &ws->scratch[thread_id()]);
-        }
-    }
+    for (int b0 = 0; b0 < n && ws->split; b0 += ws->pass)
+        run_ops(m, fm, ws, 0, ws->split, b0, n - b0 < ws->pass ? n - b0 : ws->pass, images, stride);
+    run_ops(m, fm, ws, ws->split, m->n_ops, 0, n, images, stride);
     const Op *last = &m->ops[m->n_ops - 1];
     const size_t hw = (size_t)last->h * last->w, C = (size_t)last->c;
     if (hw == 1)
@@ -1445,4 +1597,15 @@ static const uint8_t *fast_run(const Model *m, const void *prepared, void *works
     return ws->logits;
 }
 
-const KernelSet FAST_KERNELS_ISA = {FAST_NAME, fast_prepare, fast_release, fast_workspace_new, fast_workspace_free, fast_run};
+/* The pass schedule, where there is one */
+static void fast_describe(const void *workspace, char *text, size_t size)
+{
+    const Workspace *ws = workspace;
+    if (ws->split)
+        snprintf(text, size, " (ops 0-%d in passes of %d)", ws->split - 1, ws->pass);
+    else if (size)
+        text[0] = 0;
+}
+
+const KernelSet FAST_KERNELS_ISA = {FAST_NAME, fast_prepare, fast_release, fast_workspace_new, fast_workspace_free, fast_run,
+                                    fast_describe};

@@ -9,9 +9,13 @@ On the random graphs (tests/random_models.py's archs and test_c_kernels.py's), i
   inference --reference --batch 3
 must each give the numpy engine's logits, in input order; so must LeNet's shipped export against
 --reference; and the aarch64 build under qemu-aarch64 (--isa neon, c99; batches of 5 and 32) on
-two of the graphs.  An invalid --batch or --threads is one error line and exit 1.
+two of the graphs.  With FPGAI_PASS_BYTES small (1 byte: one image a pass; a few KB: passes of
+several, split inside the graph) the first ops run pass by pass, the rest on the batch: the same
+logits, each ISA, ASan, threads.  An invalid --batch, --threads or FPGAI_PASS_BYTES is one error
+line and exit 1.
 """
 import os
+import re
 import subprocess
 
 import numpy as np
@@ -41,12 +45,12 @@ def runs(isa):
     return [(kind, ["--isa", isa, *extra]) for kind, extra in single + threaded]
 
 
-def check(binaries, tmp_path, ex, expected, kind, extra, cwd=None):
+def check(binaries, tmp_path, ex, expected, kind, extra, cwd=None, env=None):
     out = str(tmp_path / "logits.txt")
     data = ex["data_args"] if ex else []
     where = ["--dir", ex["dir"], "--model", ex["model"]] if ex else []
     proc = subprocess.run([binaries[kind], *where, *data, "--limit", str(len(expected)), "--logits", out, *extra],
-                          cwd=cwd, capture_output=True, text=True, timeout=300)
+                          cwd=cwd, capture_output=True, text=True, timeout=300, env=env)
     assert_clean(proc)
     assert proc.returncode == 0, proc.stderr
     np.testing.assert_array_equal(read_logits(out), expected, err_msg=f"{kind} {extra}")
@@ -61,6 +65,21 @@ def test_batches_and_threads_equal_numpy(binaries, exports, tmp_path, arch, mode
     for kind, extra in [("native", ["--reference", "--batch", "3"])] + [r for isa in available_isas() for r in runs(isa)]:
         proc = check(binaries, tmp_path, ex, expected, kind, extra)
         assert result_line(proc.stdout) == (N_IMAGES, correct)
+
+
+@pytest.mark.parametrize("arch,mode,bits", CASES, ids=[f"{a}-{m}-{b}" for a, m, b in CASES])
+def test_passes_equal_numpy(binaries, exports, tmp_path, arch, mode, bits):
+    ex = exports(arch, mode, bits)
+    expected = ex["logits"][:N_IMAGES]
+    schedules = {}
+    for budget in ("1", "3000", "30000"):
+        env = dict(os.environ, FPGAI_PASS_BYTES=budget)
+        for kind, extra in [("native", ["--isa", isa, "--batch", "32"]) for isa in available_isas()] + [
+                ("asan", ["--batch", "5"]), ("asan_omp", ["--threads", "2", "--batch", "23"])]:
+            proc = check(binaries, tmp_path, ex, expected, kind, extra, env=env)
+            schedules[budget, kind] = re.search(r"^kernels: .*, batches of \d+(.*)$", proc.stdout, re.M).group(1)
+    assert re.fullmatch(r" \(ops 0-\d+ in passes of 1\)", schedules["1", "native"]), schedules
+    assert len(set(schedules.values())) > 1, schedules      # more than one schedule
 
 
 def test_lenet_batches_and_threads_equal_reference(binaries, lenet_reference, tmp_path):
@@ -110,6 +129,13 @@ def test_a_batch_past_the_memory_limit_is_one_line(binaries, exports):
     proc = subprocess.run([binaries["native"], "--dir", ex["dir"], "--model", ex["model"], *ex["data_args"],
                            "--batch", "65536"], capture_output=True, text=True, timeout=60)
     assert_one_line_error(proc, "error: --batch 65536: 65536 images' activations take ")
+
+
+@pytest.mark.parametrize("value", ["", "0", "-5", "lots", "12k"])
+def test_invalid_pass_bytes_is_one_line(binaries, value):
+    proc = subprocess.run([binaries["native"], "--limit", "3"], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                          env=dict(os.environ, FPGAI_PASS_BYTES=value))
+    assert_one_line_error(proc, f"error: FPGAI_PASS_BYTES={value}: not a positive number of bytes")
 
 
 def test_threads_without_openmp_is_one_line(binaries):
