@@ -642,7 +642,8 @@ static inline __attribute__((always_inline)) __m512i requant_fast(__m512i acc, c
     __m512i e = _mm512_add_epi64(_mm512_mul_epi32(acc, _mm512_loadu_si512(q)), _mm512_loadu_si512(q + 16));
     __m512i o = _mm512_add_epi64(_mm512_mul_epi32(_mm512_srli_epi64(acc, 32), _mm512_loadu_si512(q + 8)),
                                  _mm512_loadu_si512(q + 24));
-    __m512i h = _mm512_mask_blend_epi32((__mmask16)0xAAAA, _mm512_srli_epi64(e, 32), o);
+    /* the even lanes' high halves moved down onto the odd lanes' (one shuffle, not a shift and a blend) */
+    __m512i h = _mm512_mask_shuffle_epi32(o, (__mmask16)0x5555, e, _MM_PERM_DDBB);
     if (post)
         h = _mm512_srav_epi32(h, _mm512_loadu_si512(q + 32));
     return h;
