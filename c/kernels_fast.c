@@ -192,16 +192,18 @@ typedef struct {
     int64_t *acc;
 } Scratch;
 
-/* A batch's: tensor j of image b at tensor[j] + b * op_elems(&ops[j]), so a tensor's images are one
- * HWC matrix of batch * H * W pixels.  tensor[j] = arena + batch * ops[j].offset (the memory plan
- * scaled by the batch keeps its tensors apart), except the tensors that ops [0, split) write and
- * later ops (or the logits) read: those ops run pass by pass, and such a tensor, written by one pass
- * and read after all of them, gets its own place after the plan's. */
+/* A batch's: tensor j of image b at tensor[j] + (b % images[j]) * op_elems(&ops[j]), so a tensor's
+ * images are one HWC matrix of H * W pixels per image.  tensor[j] = arena + images[j] * ops[j].offset
+ * (the memory plan scaled by the images it holds keeps its tensors apart).  Ops [0, split) run pass
+ * by pass: the tensors only they read hold one pass's images (images[j] = pass: each pass reuses
+ * the same memory, still in cache), the ones later ops (or the logits) read all the batch's, each
+ * in a place of its own after the plan's; the other tensors hold the batch's (images[j] = batch). */
 typedef struct {
     int batch, n_threads;
     int split, pass;        /* ops [0, split) run in passes of `pass` images, the others on the batch */
-    const Op *ops;          /* the model's, tensor's index */
+    const Op *ops;          /* the model's, the index of tensor and images */
     uint8_t **tensor;
+    int *images;
     uint8_t *arena, *logits;
     uint8_t *cols;          /* a GEMM chunk's rows of A, cols_stride() bytes apart */
     uint8_t *pad;           /* each image's conv input with its padding, pad_stride bytes apart */
@@ -214,7 +216,7 @@ typedef struct {
 /* Op's output (a tensor) of image b */
 static uint8_t *image_tensor(const Workspace *ws, const Op *op, int b)
 {
-    return ws->tensor[op - ws->ops] + (size_t)b * op_elems(op);
+    return ws->tensor[op - ws->ops] + (size_t)(b % ws->images[op - ws->ops]) * op_elems(op);
 }
 
 static size_t max_size(size_t a, size_t b)
@@ -511,6 +513,7 @@ static void *fast_workspace_new(const Model *m, const void *prepared, int batch,
     schedule_passes(m, fm, ws);
     ws->ops = m->ops;
     ws->tensor = xcalloc((size_t)m->n_ops, sizeof *ws->tensor, "tensors");
+    ws->images = xcalloc((size_t)m->n_ops, sizeof *ws->images, "tensors");
     int *last_reader = xcalloc((size_t)m->n_ops, sizeof *last_reader, "tensors");
     for (int i = 0; i < m->n_ops; i++)
         for (int k = 0; k < m->ops[i].n_inputs; k++)
@@ -523,11 +526,12 @@ static void *fast_workspace_new(const Model *m, const void *prepared, int batch,
     ws->arena = xcalloc((size_t)batch * (m->arena_bytes + own), 1, "activations");
     own = (size_t)batch * m->arena_bytes;
     for (int j = 0; j < m->n_ops; j++) {
+        ws->images[j] = j < ws->split && last_reader[j] < ws->split ? ws->pass : batch;
         if (j < ws->split && last_reader[j] >= ws->split) {
             ws->tensor[j] = ws->arena + own;
             own += (size_t)batch * op_elems(&m->ops[j]);
         } else {
-            ws->tensor[j] = ws->arena + (size_t)batch * m->ops[j].offset;
+            ws->tensor[j] = ws->arena + (size_t)ws->images[j] * m->ops[j].offset;
         }
     }
     free(last_reader);
@@ -582,6 +586,7 @@ static void fast_workspace_free(void *p)
     }
     free(ws->scratch);
     free(ws->tensor);
+    free(ws->images);
     free(ws->arena);
     free(ws->cols);
     free(ws->pad);
