@@ -19,6 +19,8 @@
  * The GEMM's register tile, per build:
  *   AVX-512 VNNI  vpdpbusd: 16 output channels x 4 depths (u8 x s8) per instruction, up to
  *                 64 channels x 4 pixels, the weights pinned in registers
+ *   AVX-VNNI      the same packing, vpdpbusd on ymm (8 channels): 16 channels x 6 pixels
+ *                 (tile_avxvnni); everything else as in the AVX2 build
  *   AVX2, NEON,   the dot-product tile: 2 channels x 4 pixels, each output a dot product over
  *   C99           the depth, 16 depths a step (AVX2: vpmaddwd on int16; NEON: sdot on int8;
  *                 C99: plain loops GCC vectorizes as pmaddwd), the weights [channel][depth]
