@@ -260,7 +260,8 @@ def main():
     print(f"{'C / best peer':<16}" + "".join(
         f"{'%.2fx (%s)' % (c['c_ratio_to_best_peer'], c['best_peer']):>20}" for c in cells))
     print("C per kernel build (--isa, one thread): " + ", ".join(
-        f"{isa}{' (EVEX test twin)' if isa in TWIN_ISAS else ''} {v['images_per_s']:.0f} img/s ({v['ratio_to_best']:.2f}x)"
+        f"{isa}{' (EVEX test twin)' if isa in TWIN_ISAS else ''} {v['images_per_s']:.0f} img/s"
+        f" ({v['ratio_to_best']:.2f}x)"
         for isa, v in result["c_isa"].items()))
     peak = result["vnni_peak_gmac_per_s"]
     share = f" = {100 * result['c_gmac_per_s'] / peak:.0f}% of one core's vpdpbusd peak ({peak:.0f})" if peak else ""

@@ -56,9 +56,9 @@ static inline size_t share_size(size_t n, int parts, int w)
     return n / (size_t)parts + ((size_t)w < n % (size_t)parts);
 }
 
-/* isa.c: the optimized set for ISA name (avx512, avxvnni, avx2, neon, c99; avxvnni-evex), or, for NULL, the best one this
- * binary holds that the CPU runs; *isa gets its name.  Fails (one error line, exit 1) on a name
- * this binary does not know or one the CPU lacks. */
+/* isa.c: the optimized set for ISA name (avx512, avxvnni, avx2, neon, c99; avxvnni-evex), or, for
+ * NULL, the best one this binary holds that the CPU runs; *isa gets its name.  Fails (one error
+ * line, exit 1) on a name this binary does not know or one the CPU lacks. */
 const KernelSet *fast_kernels(const char **isa);
 
 #endif

@@ -786,7 +786,8 @@ static inline __attribute__((always_inline)) void tile_avxvnni(const int MP, con
         v_lo = requant_fast8(v_lo, _mm256_loadu_si256((const void *)q), _mm256_loadu_si256((const void *)(q + 8)),
                              _mm256_loadu_si256((const void *)(q + 16)), _mm256_loadu_si256((const void *)(q + 24)),
                              _mm256_loadu_si256(ps), post);
-        v_hi = requant_fast8(v_hi, _mm256_loadu_si256((const void *)(q + 4)), _mm256_loadu_si256((const void *)(q + 12)),
+        v_hi = requant_fast8(v_hi, _mm256_loadu_si256((const void *)(q + 4)),
+                             _mm256_loadu_si256((const void *)(q + 12)),
                              _mm256_loadu_si256((const void *)(q + 20)), _mm256_loadu_si256((const void *)(q + 28)),
                              _mm256_loadu_si256(ps + 1), post);
         /* packs: int16 channels 0-3, 8-11 | 4-7, 12-15; packus: bytes 0-3, 8-11, 4-7, 12-15; the

@@ -300,7 +300,8 @@ def test_isa_the_cpu_lacks_is_one_line(binaries):
 def test_avxvnni_the_cpu_lacks_is_one_line(binaries):
     if not missing_flags("avxvnni"):
         pytest.skip("this CPU has AVX-VNNI")
-    proc = subprocess.run([binaries["native"], "--isa", "avxvnni"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([binaries["native"], "--isa", "avxvnni"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60)
     assert_one_line_error(proc, "error: --isa avxvnni: this CPU lacks AVX2 and AVX-VNNI")
 
 
