@@ -2,7 +2,7 @@
  * isa.c -- which build of the optimized kernels (kernels.h) this CPU runs.
  *
  * The Makefile links one build of kernels_fast.c per ISA the target architecture has (x86-64:
- * AVX-512 VNNI, AVX2, C99; aarch64: NEON with the dot product, C99), each compiled with its own
+ * AVX-512 VNNI, AVX-VNNI, AVX2, C99; aarch64: NEON with the dot product, C99), each compiled with its own
  * target flags, and compiles everything else for the plain architecture, so that one binary runs
  * on any CPU of it: at start the engine takes the first ISA in the table below that the CPU
  * supports, or the one --isa names.
@@ -43,6 +43,20 @@ static int cpu_has_avx2(void)
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx2");
 }
+
+/* AVX-VNNI: vpdpbusd on ymm, VEX encoded (Alder Lake and later, with or without AVX-512); the
+ * avx2 check includes libgcc's that the OS saves the ymm registers */
+static int cpu_has_avxvnni(void)
+{
+    return cpu_has_avx2() && __builtin_cpu_supports("avxvnni");
+}
+
+/* The avxvnni test twin's EVEX vpdpbusd on ymm */
+static int cpu_has_avx512vl_vnni(void)
+{
+    return cpu_has_avx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl")
+           && __builtin_cpu_supports("avx512vnni");
+}
 #endif
 
 #if ARM_ISAS
@@ -67,12 +81,17 @@ typedef struct {
 static const Isa ISAS[] = {
 #if X86_ISAS
     {"avx512", "AVX-512 F/BW/DQ/VL/VNNI/VBMI", &FAST_KERNELS_AVX512, cpu_has_avx512},
+    {"avxvnni", "AVX2 and AVX-VNNI", &FAST_KERNELS_AVXVNNI, cpu_has_avxvnni},
     {"avx2", "AVX2", &FAST_KERNELS_AVX2, cpu_has_avx2},
 #endif
 #if ARM_ISAS
     {"neon", "the NEON dot product (asimddp)", &FAST_KERNELS_NEON, cpu_has_dotprod},
 #endif
     {"c99", "", &FAST_KERNELS_C99, always},
+#if X86_ISAS
+    /* after c99, which every CPU runs: only --isa picks this test twin of avxvnni (c/Makefile) */
+    {"avxvnni-evex", "AVX2 and AVX-512 F/VL/VNNI", &FAST_KERNELS_AVXVNNI_EVEX, cpu_has_avx512vl_vnni},
+#endif
 };
 
 #define N_ISAS (sizeof ISAS / sizeof ISAS[0])

@@ -21,6 +21,8 @@
  * The GEMM's register tile, per build:
  *   AVX-512 VNNI  vpdpbusd: 16 output channels x 4 depths (u8 x s8) per instruction, up to
  *                 64 channels x 4 pixels, the weights pinned in registers
+ *   AVX-VNNI      the same packing, vpdpbusd on ymm (8 channels): 16 channels x 6 pixels
+ *                 (tile_avxvnni); everything else as in the AVX2 build
  *   AVX2, NEON,   the dot-product tile: 2 channels x 4 pixels, each output a dot product over
  *   C99           the depth, 16 depths a step (AVX2: vpmaddwd on int16; NEON: sdot on int8;
  *                 C99: plain loops GCC vectorizes as pmaddwd), the weights [channel][depth]
@@ -91,6 +93,30 @@ static int thread_id(void)
 #define FAST_NEON 0
 #define FAST_KERNELS_ISA FAST_KERNELS_AVX2
 #define FAST_NAME "optimized (AVX2)"
+#elif defined(FAST_ISA_AVXVNNI)
+/* The AVX2 build with the GEMM as vpdpbusd on ymm (VEX, AVX-VNNI).  FAST_AVXVNNI_EVEX, the test
+ * twin (c/Makefile's avxvnni-evex), compiles the very same code with the EVEX form of that
+ * instruction (AVX-512 VL + VNNI, the same sums), so that CPUs with AVX-512 but no AVX-VNNI run it */
+#ifdef FAST_AVXVNNI_EVEX
+#if !(defined(__AVX2__) && defined(__AVX512VL__) && defined(__AVX512VNNI__))
+#error "FAST_AVXVNNI_EVEX needs -mavx2 -mavx512vl -mavx512vnni"
+#endif
+#define dpbusd256 _mm256_dpbusd_epi32
+#define FAST_KERNELS_ISA FAST_KERNELS_AVXVNNI_EVEX
+#define FAST_NAME "optimized (AVX-VNNI, EVEX test twin)"
+#else
+#if !(defined(__AVX2__) && defined(__AVXVNNI__))
+#error "FAST_ISA_AVXVNNI needs -mavx2 -mavxvnni"
+#endif
+#define dpbusd256 _mm256_dpbusd_avx_epi32
+#define FAST_KERNELS_ISA FAST_KERNELS_AVXVNNI
+#define FAST_NAME "optimized (AVX-VNNI)"
+#endif
+#include <immintrin.h>
+#define FAST_VNNI 0
+#define FAST_AVX2 1
+#define FAST_AVXVNNI 1
+#define FAST_NEON 0
 #elif defined(FAST_ISA_NEON)
 #if !(defined(__aarch64__) && defined(__ARM_FEATURE_DOTPROD))
 #error "FAST_ISA_NEON needs an aarch64 target with the dot product (-march=armv8.2-a+dotprod)"
@@ -108,8 +134,13 @@ static int thread_id(void)
 #define FAST_KERNELS_ISA FAST_KERNELS_C99
 #define FAST_NAME "optimized (C99)"
 #else
-#error "kernels_fast.c: compile with one of -DFAST_ISA_AVX512, -DFAST_ISA_AVX2, -DFAST_ISA_NEON, -DFAST_ISA_C99 (c/Makefile)"
+#error "kernels_fast.c: compile with one of -DFAST_ISA_AVX512, -DFAST_ISA_AVXVNNI, -DFAST_ISA_AVX2, -DFAST_ISA_NEON, -DFAST_ISA_C99 (c/Makefile)"
 #endif
+#ifndef FAST_AVXVNNI
+#define FAST_AVXVNNI 0
+#endif
+/* The GEMM's weights in VNNI's packing (w8), for a vpdpbusd tile: zmm (AVX-512) or ymm (AVX-VNNI) */
+#define FAST_VNNI_GEMM (FAST_VNNI || FAST_AVXVNNI)
 
 /* The dot-product tile's weights and rows of A (every build but VNNI).  AVX2: int8 weights, widened
  * as loaded (vpmovsxbw), int16 rows.  NEON: int8 both (sdot is s8 x s8), the rows holding x - 128,
@@ -130,9 +161,11 @@ typedef int16_t DotRow;
 #define BLK 16          /* output channels per packed weight block (one zmm of int32) */
 /* The GEMM's depth step: VNNI packs 4 depths per 32-bit lane; the dot-product tile (every
  * other build) reads 16 activations a vector, as pmaddwd-friendly int16 products */
-#define KSTEP (FAST_VNNI ? 4 : 16)
-#define MR  4           /* pixels per register tile (6 measured no faster once the weights stay in registers) */
-#define NBMAX 4         /* weight blocks per register tile */
+#define KSTEP (FAST_VNNI_GEMM ? 4 : 16)
+/* pixels per register tile (AVX-512: 6 measured no faster once the weights stay in registers) and
+ * weight blocks per register tile; AVX-VNNI's 16 ymm hold 1 block (2 ymm) x 6 pixels of sums */
+#define MR (FAST_AVXVNNI ? 6 : 4)
+#define NBMAX (FAST_AVXVNNI ? 1 : 4)
 #define OVER 32         /* im2col copies move whole pieces of this many bytes */
 #define QV_WORDS 48     /* int64 words of qv per block */
 #define QF_WORDS 40     /* int64 words of qf per block */
@@ -382,10 +415,10 @@ static FastModel *fast_prepare_model(const Model *m)
         f->chunk_rows = (int32_t)max_size(MR, CHUNK_BYTES / (size_t)f->Kp / MR * MR);
         if (!f->direct && op->kind == OP_CONV)
             fm->pad_bytes = max_size(fm->pad_bytes, padded);
-        if (!FAST_VNNI)
+        if (!FAST_VNNI_GEMM)
             fm->dotrows_elems = max_size(fm->dotrows_elems, MR * (size_t)f->Kp);
         size_t nch = (size_t)groups * f->nblk * BLK;
-        if (FAST_VNNI)
+        if (FAST_VNNI_GEMM)
             f->w8 = xcalloc(nch * (size_t)f->Kp, 1, "packed weights");
         else
             f->wdot = xcalloc(nch * (size_t)f->Kp, sizeof *f->wdot, "packed weights");
@@ -412,7 +445,7 @@ static FastModel *fast_prepare_model(const Model *m)
                         src = (int32_t)(c * hw + pos);
                     }
                     int32_t v = weight_centered(m, op, co, src) - f->d;      /* w8 = (w - z_w) - d */
-                    if (FAST_VNNI)      /* panel of slot's block, then 4 depths of each of its 16 channels */
+                    if (FAST_VNNI_GEMM)      /* panel of slot's block, then 4 depths of each of its 16 channels */
                         f->w8[(slot - (size_t)j % BLK) * (size_t)f->Kp + (size_t)(k / 4) * BLK * 4 + (size_t)(j % BLK) * 4
                               + (size_t)(k % 4)] = (int8_t)v;
                     else
@@ -793,7 +826,105 @@ static inline __m256i requant_fast8(__m256i acc, __m256i me, __m256i mo, __m256i
     const __m256i h = _mm256_blend_epi32(_mm256_srli_epi64(e, 32), o, 0xAA);
     return post ? _mm256_srav_epi32(h, ps) : h;
 }
+#endif
 
+#if FAST_AVXVNNI
+/* Register tile (AVX-VNNI): one block of 16 channels x MP <= MR pixels (their rows of A at arow),
+ * the whole depth; each
+ * pixel's sums two ymm (channels 0-7: lo, 8-15: hi), as are the block's weights at a depth step
+ * (w8's [16][4] bytes), so 2 * MR sums + 2 weights + 1 broadcast fill the 16 ymm.  Then per pixel
+ * d * rowsum added, requantized in 8 lanes (requant_fast8 on f->qf where f->rq32, else
+ * requantize() per channel), the first n channels stored. */
+static inline __attribute__((always_inline)) void tile_avxvnni(const int MP, const uint8_t *const *arow,
+                                                               const int8_t *B, const int32_t *rowsum,
+                                                               const FastOp *f, size_t slot, int n, const Op *op,
+                                                               uint8_t *out, size_t ldc)
+{
+    const __m256i bias_lo = _mm256_loadu_si256((const void *)(f->bias + slot));
+    const __m256i bias_hi = _mm256_loadu_si256((const void *)(f->bias + slot + 8));
+    __m256i lo0 = bias_lo, lo1 = bias_lo, lo2 = bias_lo, lo3 = bias_lo, lo4 = bias_lo, lo5 = bias_lo;
+    __m256i hi0 = bias_hi, hi1 = bias_hi, hi2 = bias_hi, hi3 = bias_hi, hi4 = bias_hi, hi5 = bias_hi;
+    const uint8_t *A0 = arow[0], *A1 = MP > 1 ? arow[1] : A0, *A2 = MP > 2 ? arow[2] : A0;
+    const uint8_t *A3 = MP > 3 ? arow[3] : A0, *A4 = MP > 4 ? arow[4] : A0, *A5 = MP > 5 ? arow[5] : A0;
+    const int32_t nseg = f->nseg, seg_k = f->seg_bytes / 4;
+    const size_t seg_stride = f->seg_stride;
+    for (int32_t g = 0; g < nseg; g++, A0 += seg_stride, A1 += seg_stride, A2 += seg_stride, A3 += seg_stride,
+         A4 += seg_stride, A5 += seg_stride, B += (size_t)seg_k * 64)
+    for (int32_t s = 0; s < seg_k; s++) {
+        __m256i w_lo = _mm256_loadu_si256((const void *)(B + (size_t)s * 64));
+        __m256i w_hi = _mm256_loadu_si256((const void *)(B + (size_t)s * 64 + 32));
+        /* in registers, as in tile_vnni: otherwise GCC folds the loads into every vpdpbusd */
+        __asm__("" : "+x"(w_lo), "+x"(w_hi));
+#define TILE_PIX(p)                                                         \
+        if (MP > p) {                                                       \
+            int32_t a;                                                      \
+            memcpy(&a, A##p + (size_t)s * 4, 4);                            \
+            const __m256i av = _mm256_set1_epi32(a);                        \
+            lo##p = dpbusd256(lo##p, av, w_lo);                             \
+            hi##p = dpbusd256(hi##p, av, w_hi);                             \
+        }
+        TILE_PIX(0) TILE_PIX(1) TILE_PIX(2) TILE_PIX(3) TILE_PIX(4) TILE_PIX(5)
+#undef TILE_PIX
+    }
+    const __m256i acc[MR][2] = {{lo0, hi0}, {lo1, hi1}, {lo2, hi2}, {lo3, hi3}, {lo4, hi4}, {lo5, hi5}};
+    const int32_t d = f->d, post = f->post;     /* locals: the byte stores may alias any field */
+    const __m256i dv = _mm256_set1_epi32(d);
+    const int64_t *q = f->rq32 ? f->qf + slot / BLK * QF_WORDS : NULL;
+    const __m128i qmin = _mm_set1_epi8((char)op->qmin), qmax = _mm_set1_epi8((char)op->qmax);
+    for (int p = 0; p < MP; p++) {
+        __m256i v_lo = acc[p][0], v_hi = acc[p][1];
+        if (d) {
+            const __m256i drow = _mm256_mullo_epi32(dv, _mm256_set1_epi32(rowsum[p]));
+            v_lo = _mm256_add_epi32(v_lo, drow);
+            v_hi = _mm256_add_epi32(v_hi, drow);
+        }
+        uint8_t *dst = out + (size_t)p * ldc;
+        if (!q) {
+            int32_t v[BLK];
+            _mm256_storeu_si256((void *)v, v_lo);
+            _mm256_storeu_si256((void *)(v + 8), v_hi);
+            requant_store(v, f, slot, n, op, dst);
+            continue;
+        }
+        /* channels 0-7 take the block's 64-bit words 0-3 of each kind, channels 8-15 words 4-7 */
+        const __m256i *ps = (const __m256i *)(const void *)(q + 32);
+        v_lo = requant_fast8(v_lo, _mm256_loadu_si256((const void *)q), _mm256_loadu_si256((const void *)(q + 8)),
+                             _mm256_loadu_si256((const void *)(q + 16)), _mm256_loadu_si256((const void *)(q + 24)),
+                             _mm256_loadu_si256(ps), post);
+        v_hi = requant_fast8(v_hi, _mm256_loadu_si256((const void *)(q + 4)),
+                             _mm256_loadu_si256((const void *)(q + 12)),
+                             _mm256_loadu_si256((const void *)(q + 20)), _mm256_loadu_si256((const void *)(q + 28)),
+                             _mm256_loadu_si256(ps + 1), post);
+        /* packs: int16 channels 0-3, 8-11 | 4-7, 12-15; packus: bytes 0-3, 8-11, 4-7, 12-15; the
+         * dword shuffle puts them in order.  The saturations clamp to 0..255, then to qmin..qmax. */
+        const __m256i w = _mm256_packs_epi32(v_lo, v_hi);
+        __m128i b = _mm_packus_epi16(_mm256_castsi256_si128(w), _mm256_extracti128_si256(w, 1));
+        b = _mm_min_epu8(_mm_max_epu8(_mm_shuffle_epi32(b, _MM_SHUFFLE(3, 1, 2, 0)), qmin), qmax);
+        if (n == BLK) {
+            _mm_storeu_si128((void *)dst, b);
+        } else {
+            uint8_t bytes[BLK];
+            _mm_storeu_si128((void *)bytes, b);
+            memcpy(dst, bytes, (size_t)n);
+        }
+    }
+}
+
+#define TILE_MP(mp) case mp: tile_avxvnni(mp, arow, B, rowsum, f, slot, last_n, op, out, ldc); break;
+
+/* nb (NBMAX = 1) block of 16 channels from slot (its first last_n) x mp pixels */
+static void tile(int nb, int mp, const uint8_t *const *arow, const int32_t *rowsum, DotRow *dotrows, const FastOp *f,
+                 size_t slot, int last_n, const Op *op, uint8_t *out, size_t ldc)
+{
+    (void)nb, (void)dotrows;        /* one block per tile; dotrows is the dot-product tile's */
+    const int8_t *B = f->w8 + slot * (size_t)f->Kp;
+    switch (mp) {
+    TILE_MP(1) TILE_MP(2) TILE_MP(3) TILE_MP(4) TILE_MP(5) TILE_MP(6)     /* mp = 1..MR */
+    default: break;
+    }
+}
+#else
+#if FAST_AVX2
 static inline void dot_2x4(const DotRow *const a[MR], const DotWeight *w0, size_t Kp, uint32_t sums[MR][2])
 {
     const DotWeight *w1 = w0 + Kp;
@@ -936,6 +1067,7 @@ static void tile(int nb, int mp, const uint8_t *const *arow, const int32_t *rows
         }
     }
 }
+#endif /* FAST_AVXVNNI */
 #endif
 
 /* The conv input x (HWC) with its padding, which holds z_x, into pb. */

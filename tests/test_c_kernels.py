@@ -6,20 +6,24 @@ multiples of 4 or 16, 1x1 convs read in place, linear layers of odd width), in b
 weight modes and with 8- and 32-bit multipliers, run through:
   inference --reference     the simple kernels
   inference                 optimized, the best build of the kernels this CPU runs
-  inference --isa ISA       optimized, each build: avx512 (VNNI), avx2, c99; also under
+  inference --isa ISA       optimized, each build: avx512 (VNNI), avxvnni, avx2, c99, and
+                            avxvnni-evex (avxvnni's code with the EVEX vpdpbusd, for CPUs with
+                            AVX-512 VNNI but no AVX-VNNI); also under
   inference_asan --isa ISA  ASan/UBSan (skipped only where the CPU lacks that ISA)
   inference_portable        optimized, the C99 build alone
   inference_omp             optimized, OpenMP (2 threads: the default batch split between them)
 and every one must give the numpy engine's logits exactly; so must each ISA on LeNet's
 shipped export against --reference, and --isa NAME refuses a name it does not know, or an ISA
-the CPU lacks, in one line.  The aarch64 build (make -C c aarch64, cross-compiled) does the same
-under qemu-aarch64: --isa neon (sdot) and c99 on the graphs and LeNet, and a CPU without the dot
-product (qemu's cortex-a53) takes c99 and refuses neon.  tests/test_c_batch.py runs the batches
+the CPU lacks, in one line; the avxvnni object holds VEX instructions only.  The aarch64 build
+(make -C c aarch64, cross-compiled) does the same under qemu-aarch64: --isa neon (sdot) and c99
+on the graphs and LeNet, and a CPU without the dot product (qemu's cortex-a53) takes c99 and
+refuses neon.  tests/test_c_batch.py runs the batches
 (--batch) and threads (--threads) the same way.
 """
 import functools
 import os
 import platform
+import re
 import shutil
 import subprocess
 
@@ -38,9 +42,11 @@ TARGETS = {"native": "inference", "portable": "inference_portable", "omp": "infe
            "valgrind": "inference_valgrind"}
 # The builds of the optimized kernels in each x86-64 binary (c/isa.c), with the /proc/cpuinfo
 # flags each one needs
-ISAS = {"avx512": ("avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512_vnni", "avx512vbmi"), "avx2": ("avx2",),
-        "c99": ()}
-ISA_NAMES = {"avx512": "AVX-512 VNNI", "avx2": "AVX2", "neon": "NEON dot product", "c99": "C99"}   # the "kernels:" line's
+ISAS = {"avx512": ("avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512_vnni", "avx512vbmi"),
+        "avxvnni": ("avx2", "avx_vnni"), "avx2": ("avx2",), "c99": (),
+        "avxvnni-evex": ("avx2", "avx512f", "avx512vl", "avx512_vnni")}
+ISA_NAMES = {"avx512": "AVX-512 VNNI", "avxvnni": "AVX-VNNI", "avx2": "AVX2", "neon": "NEON dot product", "c99": "C99",
+             "avxvnni-evex": "AVX-VNNI, EVEX test twin"}   # the "kernels:" line's
 QEMU_AARCH64 = ["qemu-aarch64", "-L", "/usr/aarch64-linux-gnu"]
 
 
@@ -289,6 +295,28 @@ def test_isa_the_cpu_lacks_is_one_line(binaries):
         command = ["valgrind", "-q", binaries["valgrind"], "--isa", "avx512"]
     proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert_one_line_error(proc, "error: --isa avx512: this CPU lacks")
+
+
+def test_avxvnni_the_cpu_lacks_is_one_line(binaries):
+    if not missing_flags("avxvnni"):
+        pytest.skip("this CPU has AVX-VNNI")
+    proc = subprocess.run([binaries["native"], "--isa", "avxvnni"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60)
+    assert_one_line_error(proc, "error: --isa avxvnni: this CPU lacks AVX2 and AVX-VNNI")
+
+
+def test_avxvnni_object_is_vex_only(binaries):
+    """The avxvnni build runs on CPUs without AVX-512: no zmm, no mask registers, no ymm16-31 (all
+    EVEX only), and its vpdpbusd is the VEX one (the avxvnni-evex twin tested above has the EVEX one)."""
+    if shutil.which("objdump") is None:
+        pytest.skip("no objdump")
+    obj = os.path.join(C_DIR, "build", "inference", "kernels_fast_avxvnni.o")
+    text = subprocess.run(["objdump", "-d", obj], capture_output=True, text=True, check=True).stdout
+    evex = [line for line in text.splitlines()
+            if re.search(r"%zmm|%k[0-7]|\{k[0-7]\}|%[xy]mm(1[6-9]|2[0-9]|3[01])\b|\{evex\}", line)]
+    assert not evex, "\n".join(evex[:10])
+    dpbusd = [line for line in text.splitlines() if "vpdpbusd" in line]
+    assert dpbusd and all("{vex} vpdpbusd %ymm" in line for line in dpbusd), "\n".join(dpbusd[:10])
 
 
 @pytest.fixture(scope="module")
