@@ -648,43 +648,18 @@ static inline void requant_store(const int32_t *acc, const FastOp *f, size_t slo
 }
 
 #if FAST_VNNI
-/* requantize() (fpgai.h) on 16 int32 lanes at once: its vector form for any multiplier and shift.
- * 16 int32 lanes (channels slot..slot+15) -> bytes, masked store of the first n.
- * Even channels in the low halves of 64-bit lanes, odd ones shifted down: two
- * 32x32->64 multiplies, per-lane arithmetic shifts, clamp, back together.
- * The per-channel constants are stored even channels first (see qparams). */
-static inline __attribute__((always_inline)) __m512i requant_v(__m512i acc, const FastOp *f, size_t slot, const Op *op)
-{
-    const int64_t *q = f->qv + slot / BLK * QV_WORDS;
-    __m512i lo = _mm512_set1_epi64(op->qmin - op->zero_point), hi = _mm512_set1_epi64(op->qmax - op->zero_point);
-    __m512i e = _mm512_mul_epi32(acc, _mm512_loadu_si512(q));
-    __m512i o = _mm512_mul_epi32(_mm512_srli_epi64(acc, 32), _mm512_loadu_si512(q + 8));
-    e = _mm512_srav_epi64(_mm512_add_epi64(e, _mm512_loadu_si512(q + 16)), _mm512_loadu_si512(q + 32));
-    o = _mm512_srav_epi64(_mm512_add_epi64(o, _mm512_loadu_si512(q + 24)), _mm512_loadu_si512(q + 40));
-    e = _mm512_min_epi64(_mm512_max_epi64(e, lo), hi);
-    o = _mm512_min_epi64(_mm512_max_epi64(o, lo), hi);
-    __m512i v = _mm512_mask_blend_epi32((__mmask16)0xAAAA, e, _mm512_slli_epi64(o, 32));
-    return _mm512_add_epi32(v, _mm512_set1_epi32(op->zero_point));
-}
+/* requant_v, requant_fast and dw_chunk (the depthwise conv's) at two widths: _16 on zmm, _8 on ymm */
+#define LANES 16
+#include "kernels_fast_vnni.inc"
+#undef LANES
+#define LANES 8
+#include "kernels_fast_vnni.inc"
+#undef LANES
 
 static inline __attribute__((always_inline)) void requant_store_v(__m512i acc, const FastOp *f, size_t slot, int n,
                                                                   const Op *op, uint8_t *dst)
 {
-    _mm_mask_storeu_epi8(dst, (__mmask16)((1u << n) - 1), _mm512_cvtepi32_epi8(requant_v(acc, f, slot, op)));
-}
-
-/* requantize() (fpgai.h) on 16 int32 lanes, its faster vector form where qparams_fast found one
- * (the clamp is the caller's): 16 int32 lanes -> zp + the requantized value, unclamped. */
-static inline __attribute__((always_inline)) __m512i requant_fast(__m512i acc, const int64_t *q, int post)
-{
-    __m512i e = _mm512_add_epi64(_mm512_mul_epi32(acc, _mm512_loadu_si512(q)), _mm512_loadu_si512(q + 16));
-    __m512i o = _mm512_add_epi64(_mm512_mul_epi32(_mm512_srli_epi64(acc, 32), _mm512_loadu_si512(q + 8)),
-                                 _mm512_loadu_si512(q + 24));
-    /* the even lanes' high halves moved down onto the odd lanes' (one shuffle, not a shift and a blend) */
-    __m512i h = _mm512_mask_shuffle_epi32(o, (__mmask16)0x5555, e, _MM_PERM_DDBB);
-    if (post)
-        h = _mm512_srav_epi32(h, _mm512_loadu_si512(q + 32));
-    return h;
+    _mm_mask_storeu_epi8(dst, (__mmask16)((1u << n) - 1), _mm512_cvtepi32_epi8(requant_v_16(acc, f, slot, op)));
 }
 
 /* Byte k of packus(packs(r0, r1), packs(r2, r3)) is channel 16*(k/4%4) + 4*(k/16) + k%4 */
@@ -775,7 +750,7 @@ static inline __attribute__((always_inline)) void tile_vnni(const int NB, const 
                 __m512i v = acc[b][p];
                 if (d)
                     v = _mm512_add_epi32(v, _mm512_mullo_epi32(dv, _mm512_set1_epi32(rowsum[p])));
-                r[b] = requant_fast(v, q + (size_t)b * QF_WORDS, post);
+                r[b] = requant_fast_16(v, q + (size_t)b * QF_WORDS, post);
             }
             for (int b = NB; b < NBMAX; b++)
                 r[b] = r[0];
@@ -1243,100 +1218,21 @@ static void fast_gemm(const Op *op, const Op *in, const FastOp *f, const uint8_t
 /* ---- depthwise conv, maxpool, avgpool, add (HWC) ------------------------- */
 
 #if FAST_VNNI
-/* Output row oy, on the padded input (z_x in the padding), 64 channels from c0:
- * each input column's 4 kernel rows (a group of them) interleaved by byte and word
- * unpacks into 4 vectors whose 32-bit lanes hold one channel's 4 rows (channel
- * order dw_slot), once into dwcols (the thread's); then per output pixel and kernel column one
- * vpdpbusd per vector with the weights packed the same way, [chunk][row group][kx][4][16][4].
- * The 4 results' packs undo the interleave. */
-static inline __attribute__((always_inline)) void dw_chunk(const int KW, const int RG, const Op *op, const FastOp *f,
-                                                           size_t Wpad, size_t c0, int32_t oy, const uint8_t *pad,
-                                                           uint8_t *dwcols, uint8_t *out)
-{
-    /* everything in locals: the byte stores may alias any field */
-    const size_t C = (size_t)op->c, sw = (size_t)op->stride_w, sh = (size_t)op->stride_h;
-    const size_t dh = (size_t)op->dil_h, dw = (size_t)op->dil_w, Wp = (size_t)(op->w - 1) * sw + (size_t)(KW - 1) * dw + 1;
-    const int32_t OW = op->w, KH = op->kh, d = f->d, post = f->post;
-    const int n = C - c0 < 64 ? (int)(C - c0) : 64;
-    const __mmask64 mask = n == 64 ? ~(__mmask64)0 : ((__mmask64)1 << n) - 1;
-    const __m512i z = _mm512_setzero_si512(), dv = _mm512_set1_epi32(d), ones = _mm512_set1_epi8(1);
-    const __m512i lo = _mm512_set1_epi8((char)op->qmin), hi = _mm512_set1_epi8((char)op->qmax);
-    const int8_t *w = f->w8 + c0 / 64 * (size_t)RG * (size_t)KW * 256;
-    const int64_t *q = f->qf ? f->qf + c0 / BLK * QF_WORDS : NULL;
-    const __m512i b0 = _mm512_loadu_si512(f->bias + c0), b1 = _mm512_loadu_si512(f->bias + c0 + 16);
-    const __m512i b2 = _mm512_loadu_si512(f->bias + c0 + 32), b3 = _mm512_loadu_si512(f->bias + c0 + 48);
-    __m512i *col = (__m512i *)(void *)(dwcols + (-(uintptr_t)dwcols & 63));     /* 64-byte aligned */
-    for (size_t ix = 0; ix < Wp; ix++)
-        for (int g = 0; g < RG; g++) {
-            __m512i r[4];
-            for (int k = 0; k < 4; k++) {
-                int ky = 4 * g + k;
-                r[k] = ky < KH
-                           ? _mm512_maskz_loadu_epi8(mask, pad + (((size_t)oy * sh + (size_t)ky * dh)
-                                                                      * Wpad + ix) * C + c0)
-                           : z;
-            }
-            __m512i t0 = _mm512_unpacklo_epi8(r[0], r[1]), t1 = _mm512_unpackhi_epi8(r[0], r[1]);
-            __m512i t2 = _mm512_unpacklo_epi8(r[2], r[3]), t3 = _mm512_unpackhi_epi8(r[2], r[3]);
-            __m512i *cv = col + (ix * RG + g) * 4;
-            _mm512_store_si512(cv, _mm512_unpacklo_epi16(t0, t2));
-            _mm512_store_si512(cv + 1, _mm512_unpackhi_epi16(t0, t2));
-            _mm512_store_si512(cv + 2, _mm512_unpacklo_epi16(t1, t3));
-            _mm512_store_si512(cv + 3, _mm512_unpackhi_epi16(t1, t3));
-        }
-    uint8_t *dst = out + (size_t)oy * OW * C + c0;
-    for (int32_t ox = 0; ox < OW; ox++, dst += C) {
-        __m512i a0 = b0, a1 = b1, a2 = b2, a3 = b3;
-        __m512i s0 = z, s1 = z, s2 = z, s3 = z;
-        for (int kx = 0; kx < KW; kx++)
-            for (int g = 0; g < RG; g++) {
-                const __m512i *cv = col + (((size_t)ox * sw + (size_t)kx * dw) * RG + (size_t)g) * 4;
-                const int8_t *wv = w + ((size_t)g * KW + (size_t)kx) * 256;
-                __m512i v0 = _mm512_load_si512(cv), v1 = _mm512_load_si512(cv + 1);
-                __m512i v2 = _mm512_load_si512(cv + 2), v3 = _mm512_load_si512(cv + 3);
-                a0 = _mm512_dpbusd_epi32(a0, v0, _mm512_loadu_si512(wv));
-                a1 = _mm512_dpbusd_epi32(a1, v1, _mm512_loadu_si512(wv + 64));
-                a2 = _mm512_dpbusd_epi32(a2, v2, _mm512_loadu_si512(wv + 128));
-                a3 = _mm512_dpbusd_epi32(a3, v3, _mm512_loadu_si512(wv + 192));
-                if (d) {
-                    s0 = _mm512_dpbusd_epi32(s0, v0, ones);
-                    s1 = _mm512_dpbusd_epi32(s1, v1, ones);
-                    s2 = _mm512_dpbusd_epi32(s2, v2, ones);
-                    s3 = _mm512_dpbusd_epi32(s3, v3, ones);
-                }
-            }
-        if (d) {
-            a0 = _mm512_add_epi32(a0, _mm512_mullo_epi32(dv, s0));
-            a1 = _mm512_add_epi32(a1, _mm512_mullo_epi32(dv, s1));
-            a2 = _mm512_add_epi32(a2, _mm512_mullo_epi32(dv, s2));
-            a3 = _mm512_add_epi32(a3, _mm512_mullo_epi32(dv, s3));
-        }
-        if (q) {
-            a0 = requant_fast(a0, q, post);
-            a1 = requant_fast(a1, q + QF_WORDS, post);
-            a2 = requant_fast(a2, q + 2 * QF_WORDS, post);
-            a3 = requant_fast(a3, q + 3 * QF_WORDS, post);
-        } else {
-            a0 = requant_v(a0, f, c0, op);
-            a1 = requant_v(a1, f, c0 + 16, op);
-            a2 = requant_v(a2, f, c0 + 32, op);
-            a3 = requant_v(a3, f, c0 + 48, op);
-        }
-        __m512i u = _mm512_packus_epi16(_mm512_packs_epi32(a0, a1), _mm512_packs_epi32(a2, a3));
-        _mm512_mask_storeu_epi8(dst, mask, _mm512_min_epu8(_mm512_max_epu8(u, lo), hi));
-    }
-}
-
 /* Output row oy of one image */
 static void dw_row(const Op *op, const Op *in, const FastOp *f, const uint8_t *pad, int32_t oy, Scratch *sc,
                    uint8_t *out)
 {
     const size_t Wpad = padded_w(op, in);
     for (size_t c0 = 0; c0 < (size_t)op->c; c0 += 64) {
-        if (op->kw == 3 && op->kh <= 4)
-            dw_chunk(3, 1, op, f, Wpad, c0, oy, pad, sc->dwcols, out);
+        const int rg = (op->kh + 3) / 4, last32 = (size_t)op->c - c0 <= 32;     /* ymm: half the work */
+        if (op->kw == 3 && rg == 1 && last32)
+            dw_chunk_8(3, 1, op, f, Wpad, c0, oy, pad, sc->dwcols, out);
+        else if (op->kw == 3 && rg == 1)
+            dw_chunk_16(3, 1, op, f, Wpad, c0, oy, pad, sc->dwcols, out);
+        else if (last32)
+            dw_chunk_8(op->kw, rg, op, f, Wpad, c0, oy, pad, sc->dwcols, out);
         else
-            dw_chunk(op->kw, (op->kh + 3) / 4, op, f, Wpad, c0, oy, pad, sc->dwcols, out);
+            dw_chunk_16(op->kw, rg, op, f, Wpad, c0, oy, pad, sc->dwcols, out);
     }
 }
 #else
