@@ -45,11 +45,11 @@ typedef struct {
     long threads;                   /* 0: OpenMP's default (OMP_NUM_THREADS, else every core) */
 } Options;
 
-/* Images per pass and thread by default.  A batch reads each weight panel once per chunk of its
- * pixels, not once per image, but its activations outgrow the caches: on a Zen 4 (1 MB L2, 32 MB
- * L3) ResNet18 takes the same CPU time at batches of 1 to 64, MobileNetV2 4% more at 16 and 17%
- * more at 64 than at 1; 4 a thread keeps a few images a pass where the weights do not fit the
- * cache, and every thread its own images (inference_omp). */
+/* Images at a time and thread by default.  A batch reads each weight panel once per chunk of its
+ * pixels, not once per image, and runs its first layers in passes that stay in cache: on a Zen 4
+ * (1 MB L2, 32 MB L3) ResNet18, MobileNetV2 and VGG13 take the same CPU time at batches of 1 to 64
+ * (within 2%); 4 a thread keeps a few images together where the weights do not fit the cache, and
+ * every thread its own images (inference_omp). */
 #define DEFAULT_BATCH_PER_THREAD 4
 #define TEXT(x) #x
 #define MACRO_TEXT(x) TEXT(x)
