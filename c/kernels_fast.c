@@ -32,9 +32,10 @@
  * Batches and threads: a workspace runs a batch of images layer by layer, each tensor's images one
  * HWC matrix (image_tensor); a conv or linear layer is one GEMM over all of the batch's pixels,
  * in chunks of rows (CHUNK_BYTES of A) that every weight panel passes over, so a panel is read
- * once per chunk, not once per image.  Where the batch's activations would not stay in cache, the
- * layers before the last such one run in passes of fewer images (schedule_passes).  In the OpenMP build each layer's rows (im2col, depthwise
- * output rows) and tiles are split across the threads, each with its own scratch (Scratch).
+ * once per chunk, not once per image.  Where the batch's activations would not stay in cache, its
+ * first layers run in passes of fewer images (schedule_passes).  In the OpenMP build each layer's
+ * rows (im2col, depthwise output rows) and tiles are split across the threads, each with its own
+ * scratch (Scratch).
  *
  * Requantization: every scalar path calls requantize() (fpgai.h).  The SIMD paths use two
  * vector forms of the same function, precomputed per channel at load (qparams,
@@ -173,9 +174,9 @@ typedef int16_t DotRow;
  * images, one after the other): each chunk stays in cache while every weight panel passes over it */
 #define CHUNK_BYTES (256 * 1024)
 /* A pass's activations (an op's inputs, output and padded input, times its images): about half a
- * core's L2, so that one layer's output is still in cache when the next reads it (a workspace runs
- * on one thread but where the batch is smaller than the threads: the latency, not the case here).  The
- * environment's FPGAI_PASS_BYTES overrides it (tuning, and the tests' small passes). */
+ * core's L2, so that one layer's output is still in cache when the next reads it (a workspace is one
+ * thread's, but for a batch smaller than the thread count).  The environment's FPGAI_PASS_BYTES
+ * overrides it (tuning, and the tests' small passes). */
 #define PASS_BYTES (512 * 1024)
 
 enum { FK_NONE, FK_GEMM, FK_DEPTHWISE };
@@ -511,22 +512,24 @@ static void schedule_passes(const Model *m, const FastModel *fm, Workspace *ws)
             fail("FPGAI_PASS_BYTES=%s: not a positive number of bytes", env);
         pass_bytes = (size_t)v;
     }
-    const size_t budget = pass_bytes, batch = (size_t)ws->batch;
+    const size_t batch = (size_t)ws->batch;
     size_t head = 0;
     ws->split = m->n_ops;
     for (int i = m->n_ops - 1; i >= 0; i--) {
         const Op *op = &m->ops[i];
-        size_t foot = op_elems(op), weights = KINDS[op->kind].weighted ? (size_t)op->k_size * (size_t)op->c : 0;
+        const Op *in = op->n_inputs ? op_input(m, op, 0) : NULL;
+        const size_t weights = KINDS[op->kind].weighted ? (size_t)op->k_size * (size_t)op->c : 0;
+        size_t foot = op_elems(op);
         for (int k = 0; k < op->n_inputs; k++)
             foot += op_elems(op_input(m, op, k));
-        if (op->kind == OP_CONV && fm->ops[i].kind != FK_NONE && !fm->ops[i].direct)
-            foot += padded_h(op, op_input(m, op, 0)) * padded_w(op, op_input(m, op, 0)) * (size_t)op_input(m, op, 0)->c;
-        if (ws->split == i + 1 && (foot * batch <= budget || weights >= foot * batch))
+        if (op->kind == OP_CONV && !fm->ops[i].direct)
+            foot += padded_h(op, in) * padded_w(op, in) * (size_t)in->c;
+        if (ws->split == i + 1 && (foot * batch <= pass_bytes || weights >= foot * batch))
             ws->split = i;
         else
             head = max_size(head, foot);
     }
-    const size_t pass = head ? max_size(budget / head, 1) : batch;
+    const size_t pass = head ? max_size(pass_bytes / head, 1) : batch;
     ws->pass = pass < batch ? (int)pass : ws->batch;
     if (ws->pass == ws->batch)
         ws->split = 0;
@@ -1641,5 +1644,5 @@ static void fast_describe(const void *workspace, char *text, size_t size)
         text[0] = 0;
 }
 
-const KernelSet FAST_KERNELS_ISA = {FAST_NAME, fast_prepare, fast_release, fast_workspace_new, fast_workspace_free, fast_run,
-                                    fast_describe};
+const KernelSet FAST_KERNELS_ISA = {FAST_NAME,           fast_prepare, fast_release, fast_workspace_new,
+                                    fast_workspace_free, fast_run,     fast_describe};
