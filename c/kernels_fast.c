@@ -747,18 +747,19 @@ static inline __attribute__((always_inline)) void tile_vnni(const int NB, const 
         const __m512i order = _mm512_loadu_si512(pack_order);
         const __m512i lo = _mm512_set1_epi8((char)op->qmin), hi = _mm512_set1_epi8((char)op->qmax);
         const int64_t *q = f->qf + slot / BLK * QF_WORDS;
-        for (int p = 0; p < MP; p++) {
-            __m512i r[NBMAX];
-            for (int b = 0; b < NB; b++) {
-                __m512i v = acc[b][p];
+        /* every result before the first store: a block's constants are then loaded once, not once
+         * per pixel (a byte store may alias them) */
+        __m512i r[NBMAX][MR];
+        for (int b = 0; b < NBMAX; b++)
+            for (int p = 0; p < MP; p++) {
+                __m512i v = acc[b < NB ? b : 0][p];
                 if (d)
                     v = _mm512_add_epi32(v, _mm512_mullo_epi32(dv, _mm512_set1_epi32(rowsum[p])));
-                r[b] = requant_fast_16(v, q + (size_t)b * QF_WORDS, post);
+                r[b][p] = b < NB ? requant_fast_16(v, q + (size_t)b * QF_WORDS, post) : r[0][p];
             }
-            for (int b = NB; b < NBMAX; b++)
-                r[b] = r[0];
-            store_packed(r[0], r[1], r[2], r[3], (NB - 1) * BLK + last_n, order, lo, hi, out + (size_t)p * ldc);
-        }
+        for (int p = 0; p < MP; p++)
+            store_packed(r[0][p], r[1][p], r[2][p], r[3][p], (NB - 1) * BLK + last_n, order, lo, hi,
+                         out + (size_t)p * ldc);
         return;
     }
     for (int b = 0; b < NB; b++) {
