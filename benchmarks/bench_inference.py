@@ -12,10 +12,11 @@
   ort_int8        ONNX Runtime, static QDQ per-channel quantization
 
 Each in four cells: batch 1 and batch 32, on 1 thread and on every core (torch.set_num_threads,
-ORT's intra-op threads).  Prints the images/s of each engine in each cell, the ratio C / the best
-peer of each cell, each engine's accuracy, C's peak resident memory and the GMAC/s it reaches (with
-AVX-512 VNNI: its share of one core's vpdpbusd peak, `make vnni-peak`);
---json PATH writes it all. Usage: `make bench MODEL=lenet`, or:
+ORT's intra-op threads).  Each engine is timed --repeats times in each cell, each time over enough
+passes of the --images test images to last --min_seconds, and the fastest counts.  Prints the
+images/s of each engine in each cell, the ratio C / the best peer of each cell, each engine's
+accuracy, C's peak resident memory and the GMAC/s it reaches (with AVX-512 VNNI: its share of one
+core's vpdpbusd peak, `make vnni-peak`); --json PATH writes it all. Usage: `make bench MODEL=lenet`, or:
   .venv/bin/python benchmarks/bench_inference.py --model=lenet --json=bench.json
 """
 import json
@@ -60,14 +61,25 @@ def cell_name(batch, threads):
     return f"batch{batch}_threads{threads}"
 
 
-def time_batches(fn, x, batch):
-    """(images/s, predictions) running fn over x in chunks of `batch`."""
+def time_batches(fn, x, batch, passes):
+    """(seconds, predictions of the first pass) running fn over x `passes` times in chunks of `batch`."""
     fn(x[:batch])                                   # warm-up
     preds = []
     t0 = time.perf_counter()
-    for i in range(0, len(x), batch):
-        preds.append(fn(x[i:i + batch]))
-    return len(x) / (time.perf_counter() - t0), np.concatenate(preds)
+    for _ in range(passes):
+        for i in range(0, len(x), batch):
+            preds.append(fn(x[i:i + batch]))
+    return time.perf_counter() - t0, np.concatenate(preds)[:len(x)]
+
+
+def best_speed(run, n, cfg):
+    """(images/s, predictions): run(passes) -> (seconds, predictions) times `passes` passes over the
+    n images.  One untimed pass measures the engine; then cfg.repeats runs of enough passes to last
+    cfg.min_seconds each (a run of a few milliseconds measures the thread start and the machine's
+    hiccups more than the engine), and the fastest counts."""
+    seconds, pred = run(1)
+    passes = max(1, int(np.ceil(cfg.min_seconds / seconds)))
+    return max(passes * n / run(passes)[0] for _ in range(cfg.repeats)), pred
 
 
 def torch_int8(net, calib, example):
@@ -110,20 +122,18 @@ def ort_int8(net, calib, example, folder, thread_counts):
     return runs
 
 
-def write_images(images, labels, dataset, folder):
-    """The images in the dataset format the C engine reads; (images path, labels path or None)."""
-    n = len(images)
-    if dataset == "mnist":
-        img, lab = os.path.join(folder, "images-idx3-ubyte"), os.path.join(folder, "labels-idx1-ubyte")
-        with open(img, "wb") as f:
-            f.write(np.array([0x803, n, 28, 28], dtype=">i4").tobytes() + images.numpy().tobytes())
-        with open(lab, "wb") as f:
-            f.write(np.array([0x801, n], dtype=">i4").tobytes() + labels.numpy().astype(np.uint8).tobytes())
-        return img, lab
-    path = os.path.join(folder, "test_batch.bin")
-    records = np.concatenate([labels.numpy().astype(np.uint8)[:, None], images.numpy().reshape(n, -1)], axis=1)
-    records.tofile(path)
-    return path, None
+def image_files(images, folder):
+    """passes -> the path of a .npy (uint8 N x C x H x W) of the images `passes` times over, for the
+    C engine's --images (each count written once, on first use)."""
+    paths = {}
+
+    def path(passes):
+        if passes not in paths:
+            paths[passes] = os.path.join(folder, f"images-{passes}.npy")
+            x = images.numpy()
+            np.save(paths[passes], np.concatenate([x.reshape(len(x), -1, *x.shape[-2:])] * passes))
+        return paths[passes]
+    return path
 
 
 def c_binary(threads):
@@ -131,20 +141,25 @@ def c_binary(threads):
     return os.path.join(ROOT, "c", "inference" if threads == 1 else "inference_omp")
 
 
-def run_c(model_name, folder, images, labels, batch, threads, extra=()):
-    """(images/s, predictions); None for an --isa this CPU lacks."""
-    cmd = [c_binary(threads), "--model", model_name, "--dir", folder, "--images", images, "--batch", str(batch),
-           "--threads", str(threads), "--logits", os.path.join(folder, "logits.txt"), "--quiet", *extra] + (
-        ["--labels", labels] if labels else [])
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    out, err = proc.communicate()
-    if proc.returncode != 0 and ("this CPU lacks" in err or ": unknown, this binary has" in err):
+def run_c(model_name, folder, images, batch, threads, extra=()):
+    """run(passes) -> (seconds, predictions of the first pass) for the C engine, images(passes) the
+    test images `passes` times over; None for an --isa this CPU lacks."""
+    def run(passes):
+        cmd = [c_binary(threads), "--model", model_name, "--dir", folder, "--images", images(passes),
+               "--batch", str(batch), "--threads", str(threads), "--logits", os.path.join(folder, "logits.txt"),
+               "--quiet", *extra]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            sys.exit(f"error: C engine failed: {proc.stderr.strip()}")
+        seconds = float(re.search(r"result: images=\d+ seconds=([0-9.eE+-]+)", proc.stdout).group(1))
+        logits = np.loadtxt(os.path.join(folder, "logits.txt"), delimiter=",", dtype=np.int64, ndmin=2)
+        return seconds, logits[:len(logits) // passes].argmax(1)
+
+    probe = subprocess.run([c_binary(threads), "--model", model_name, "--dir", folder, "--images", images(1),
+                            "--limit", "1", "--quiet", *extra], capture_output=True, text=True)
+    if probe.returncode != 0 and ("this CPU lacks" in probe.stderr or ": unknown, this binary has" in probe.stderr):
         return None
-    if proc.returncode != 0:
-        sys.exit(f"error: C engine failed: {err.strip()}")
-    m = re.search(r"result: images=(\d+) correct=(\d+) seconds=([0-9.eE+-]+)", out)
-    logits = np.loadtxt(os.path.join(folder, "logits.txt"), delimiter=",", dtype=np.int64, ndmin=2)
-    return int(m.group(1)) / float(m.group(3)), logits.argmax(1)
+    return run
 
 
 def vnni_peak_gmac_per_s():
@@ -154,12 +169,11 @@ def vnni_peak_gmac_per_s():
     return float(m.group(1)) if proc.returncode == 0 and m else None
 
 
-def peak_rss_mb(binary, model_name, folder, images, labels):
+def peak_rss_mb(binary, model_name, folder, images):
     """The C engine's own peak resident memory.  Not os.wait4's ru_maxrss: a child
     forked from this (large, torch-loaded) process inherits its high-water mark
     across exec.  GNU time forks from a small process; else poll VmHWM."""
-    cmd = [binary, "--model", model_name, "--dir", folder, "--images", images, "--quiet"] + (
-        ["--labels", labels] if labels else [])
+    cmd = [binary, "--model", model_name, "--dir", folder, "--images", images, "--quiet"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     if os.path.exists("/usr/bin/time"):
         proc = subprocess.run(["/usr/bin/time", "-f", "%M"] + cmd, stdout=subprocess.DEVNULL,
@@ -183,6 +197,8 @@ def main():
     cfg = config.load_or_exit(extra={
         "json": ("", "write the results as JSON to this file (\"\" = no)"),
         "images": (1000, "test images to time"),
+        "min_seconds": (0.5, "the least time one timed run of an engine takes (passes over the images repeated)"),
+        "repeats": (3, "timed runs of each engine in each cell, the fastest counts"),
         "calib": (200, "training images that calibrate the INT8 models"),
         "random_weights": (False, "time random weights instead of the trained checkpoint")})
     spec = models.spec(cfg.model)
@@ -211,7 +227,7 @@ def main():
               "weights": "random" if cfg.random_weights else "checkpoint"}
     with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
         write_export(state, quant_list, tmp, "bin")
-        images, labels = write_images(x_u8, test_y[:cfg.images], spec.dataset, tmp)
+        images = image_files(x_u8, tmp)
         all_threads = os.cpu_count()
         thread_counts = sorted({1, all_threads})
         q = torch_int8(net, calib, example)
@@ -220,24 +236,24 @@ def main():
         for batch in BATCHES:
             for threads in thread_counts:
                 speeds = {}
-                speeds["c_int8"], c_pred = run_c(cfg.model, tmp, images, labels, batch, threads)
+                speeds["c_int8"], c_pred = best_speed(run_c(cfg.model, tmp, images, batch, threads), len(x), cfg)
                 accuracy["c_int8"] = float((c_pred == y).mean())
                 torch.set_num_threads(threads)
                 peers = {"torch_fp32": lambda b: net(b).argmax(1).numpy(), "torch_int8": lambda b: q(b).argmax(1).numpy(),
                          "ort_int8": lambda b: ort_runs[threads](b).argmax(1)}
                 for name, fn in peers.items():
-                    speeds[name], pred = time_batches(fn, x, batch)
+                    speeds[name], pred = best_speed(lambda passes: time_batches(fn, x, batch, passes), len(x), cfg)
                     accuracy[name] = float((pred == y).mean())
                 best = max(peers, key=speeds.get)
                 result[cell_name(batch, threads)] = {"batch": batch, "threads": threads, "images_per_s": speeds,
                                                      "best_peer": best, "c_ratio_to_best_peer": speeds["c_int8"] / speeds[best]}
         torch.set_num_threads(1)
-        isa_runs = {isa: run_c(cfg.model, tmp, images, labels, 1, 1, ["--isa", isa]) for isa in ISAS + TWIN_ISAS}
-        isa_speeds = {isa: run[0] for isa, run in isa_runs.items() if run}
+        isa_runs = {isa: run_c(cfg.model, tmp, images, 1, 1, ["--isa", isa]) for isa in ISAS + TWIN_ISAS}
+        isa_speeds = {isa: best_speed(run, len(x), cfg)[0] for isa, run in isa_runs.items() if run}
         best_isa = max((isa for isa in isa_speeds if isa in ISAS), key=isa_speeds.get)
         result["c_isa"] = {isa: {"images_per_s": v, "ratio_to_best": v / isa_speeds[best_isa]}
                            for isa, v in isa_speeds.items()}
-        result["c_peak_rss_mb"] = peak_rss_mb(os.path.join(ROOT, "c", "inference"), cfg.model, tmp, images, labels)
+        result["c_peak_rss_mb"] = peak_rss_mb(os.path.join(ROOT, "c", "inference"), cfg.model, tmp, images(1))
     weight_bytes = sum(state[op["name"] + ".weight"].numel() + 4 * state[op["name"] + ".bias"].numel()
                        for op in quant_list if op["op"] in ("conv", "linear"))
     activations = sorted((int(np.prod(op["shape"])) for op in quant_list), reverse=True)
