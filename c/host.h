@@ -21,6 +21,9 @@ void remove_path(const char *path);
 extern jmp_buf *fpgai_fuzz_jmp;
 #endif
 
+/* Seconds on a monotonic clock, for timings */
+double now_seconds(void);
+
 void *xmalloc(size_t n, const char *what);
 void *xcalloc(size_t count, size_t size, const char *what);
 uint32_t rd_be32(const uint8_t *p);

@@ -39,7 +39,7 @@
 typedef struct {
     const char *model, *dir, *data, *logits, *images, *labels, *dump;
     const char *isa;                /* --isa: the optimized kernels' build; NULL: the best the CPU runs */
-    int txt, quiet, reference;
+    int txt, quiet, reference, profile;
     long limit;                     /* 0: all */
     long batch;                     /* images per pass through the graph; 0: DEFAULT_BATCH_PER_THREAD a thread */
     long threads;                   /* 0: OpenMP's default (OMP_NUM_THREADS, else every core) */
@@ -64,7 +64,7 @@ static void usage(const char *msg, const char *arg)
     fprintf(f,
             "usage: inference [--model NAME] [--dir DIR] [--data DIR] [--format bin|txt] [--limit N]\n"
             "                 [--logits FILE] [--images PATH] [--labels PATH] [--quiet] [--reference]\n"
-            "                 [--isa NAME] [--batch N] [--threads T] [--dump-layers DIR]\n"
+            "                 [--isa NAME] [--batch N] [--threads T] [--profile] [--dump-layers DIR]\n"
             "       inference --op-table\n"
             "  --model NAME    model name, files DIR/NAME_model.bin etc. (default lenet)\n"
             "  --dir DIR       export folder (default export_model)\n"
@@ -80,8 +80,8 @@ static void usage(const char *msg, const char *arg)
             "                  no accuracy), or the idx1 file (mnist)\n"
             "  --quiet         print only the result line\n"
             "  --reference     run the simple reference kernels instead of the optimized ones\n"
-            "  --isa NAME      the optimized kernels' build: avx512, avx2 or c99 (x86-64), neon or c99\n"
-            "                  (aarch64); default the best this CPU runs\n"
+            "  --isa NAME      the optimized kernels' build: avx512, avxvnni, avx2 or c99 (x86-64), neon\n"
+            "                  or c99 (aarch64); default the best this CPU runs\n"
             "  --batch N       run N images at a time through the graph, layer by layer (default "
             MACRO_TEXT(DEFAULT_BATCH_PER_THREAD) " a thread); the\n"
             "                  activations take N times the model's.  Where the N images' activations\n"
@@ -89,6 +89,7 @@ static void usage(const char *msg, const char *arg)
             "                  (environment: FPGAI_PASS_BYTES, a pass's activations, default 524288)\n"
             "  --threads T     split each layer across T threads (inference_omp; default OMP_NUM_THREADS,\n"
             "                  else every core); other builds run one\n"
+            "  --profile       print each op's share of the time after the run (the optimized kernels)\n"
             "  --dump-layers DIR  write every op's output for the images (--limit N of them) to DIR as\n"
             "                  golden vectors (.npy, .hex, manifest.json: model/golden.py's layout) and exit\n"
             "  --op-table      print the op kinds this engine reads, as JSON (one per line), and exit\n");
@@ -128,6 +129,10 @@ static void parse_args(Options *o, int argc, char **argv)
         }
         if (!strcmp(a, "--reference")) {
             o->reference = 1;
+            continue;
+        }
+        if (!strcmp(a, "--profile")) {
+            o->profile = 1;
             continue;
         }
         if (!strcmp(a, "--op-table")) {
@@ -176,13 +181,6 @@ static void parse_args(Options *o, int argc, char **argv)
         o->data = up ? "../data" : "data";
 }
 
-static double now_seconds(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 /* A kernel set, prepared, and its workspaces for batches of `batch` images.  A batch of at least
  * as many images as threads is split between the threads, each running its share through the
  * whole graph in a workspace of its own (no thread waits for another between layers); a smaller
@@ -194,6 +192,7 @@ typedef struct {
     int n_ws;                       /* n_threads, or 1 */
     int batch, n_threads;
     uint8_t *outputs;               /* a batch's, gathered from the workspaces */
+    double *op_seconds;             /* --profile: [n_ws][n_ops], each workspace's; else NULL */
 } Engine;
 
 /* The threads: --threads, else OpenMP's default; one without OpenMP */
@@ -211,8 +210,10 @@ static int thread_count(long wanted)
 #endif
 }
 
-static void engine_init(Engine *e, const Model *m, int reference, const KernelSet *fast, long batch, long threads)
+static void engine_init(Engine *e, const Model *m, const Options *opt, const KernelSet *fast)
 {
+    const long batch = opt->batch, threads = opt->threads;
+    const int reference = opt->reference;
     e->k = reference ? &REFERENCE_KERNELS : fast;
     e->n_threads = thread_count(threads);
     e->batch = batch ? (int)batch : DEFAULT_BATCH_PER_THREAD * e->n_threads;
@@ -226,6 +227,13 @@ static void engine_init(Engine *e, const Model *m, int reference, const KernelSe
     for (int w = 0; w < e->n_ws; w++)
         e->ws[w] = e->k->workspace_new(m, e->prepared, (int)share_size((size_t)e->batch, e->n_ws, w), e->n_threads);
     e->outputs = xmalloc((size_t)e->batch * op_elems(&m->ops[m->n_ops - 1]), "outputs");
+    if (opt->profile) {
+        if (!e->k->time_ops)
+            fail("--profile: the %s kernels do not time their ops (the optimized ones do)", e->k->name);
+        e->op_seconds = xcalloc((size_t)e->n_ws * (size_t)m->n_ops, sizeof *e->op_seconds, "op times");
+        for (int w = 0; w < e->n_ws; w++)
+            e->k->time_ops(e->ws[w], e->op_seconds + (size_t)w * (size_t)m->n_ops);
+    }
 }
 
 static void engine_free(Engine *e)
@@ -234,6 +242,7 @@ static void engine_free(Engine *e)
         e->k->workspace_free(e->ws[w]);
     free(e->ws);
     free(e->outputs);
+    free(e->op_seconds);
     e->k->release(e->prepared);
 }
 
@@ -414,6 +423,36 @@ static void output_close(Output *o)
     fpgai_tmp_path = NULL;
 }
 
+/* --profile: each op's seconds (summed over the workspaces, which run at once where the threads
+ * share a batch's images), its share, and its speed where it multiplies. */
+static void print_profile(const Engine *e, const Model *m, size_t images)
+{
+    double total = 0;
+    for (size_t i = 0; i < (size_t)e->n_ws * (size_t)m->n_ops; i++)
+        total += e->op_seconds[i];
+    printf("profile: %zu images, seconds per op%s\n", images,
+           e->n_ws > 1 ? " (the threads' together: each runs its own share of every batch)" : "");
+    printf("%4s  %-16s %16s %10s %9s %7s %8s\n", "op", "kind", "output (CxHxW)", "MMAC/img", "seconds", "share",
+           "GMAC/s");
+    for (int i = 0; i < m->n_ops; i++) {
+        const Op *op = &m->ops[i];
+        double s = 0;
+        for (int w = 0; w < e->n_ws; w++)
+            s += e->op_seconds[(size_t)w * (size_t)m->n_ops + (size_t)i];
+        char shape[48];
+        snprintf(shape, sizeof shape, "%dx%dx%d", op->c, op->h, op->w);
+        printf("%4d  %-16s %16s", i, KINDS[op->kind].name, shape);
+        if (op->kind == OP_CONV || op->kind == OP_LINEAR) {
+            const double macs = (double)op_elems(op) * op->k_size;
+            printf(" %10.3f %9.4f %6.1f%% %8.1f\n", macs * 1e-6, s, total > 0 ? 100 * s / total : 0,
+                   s > 0 ? macs * (double)images / s * 1e-9 : 0);
+        } else {
+            printf(" %10s %9.4f %6.1f%% %8s\n", "-", s, total > 0 ? 100 * s / total : 0, "-");
+        }
+    }
+    printf("profile: %.4f seconds in the ops\n", total);
+}
+
 /* Images run in batches (the last one partial); results are scored and written in order.
  * Returns the number of correct predictions (argmax, first index on ties). */
 static size_t run_images(const Engine *e, const Model *m, const Dataset *ds, size_t count, FILE *logits)
@@ -461,7 +500,7 @@ int main(int argc, char **argv)
         free_model(&m);
         return 0;
     }
-    engine_init(&e, &m, opt.reference, fast, opt.batch, opt.threads);
+    engine_init(&e, &m, &opt, fast);
     if (!opt.reference)
         release_weights(&m);            /* the optimized kernels have their own copy */
     Output logits;
@@ -490,6 +529,8 @@ int main(int argc, char **argv)
             printf("accuracy: n/a (no --labels)\n");
         printf("speed: %.1f images/s\n", seconds > 0 ? (double)count / seconds : 0.0);
     }
+    if (opt.profile)
+        print_profile(&e, &m, count);
     if (ds.has_labels)
         printf("result: images=%zu correct=%zu seconds=%.4f\n", count, correct, seconds);
     else

@@ -39,6 +39,9 @@ typedef struct {
     const uint8_t *(*run)(const Model *m, const void *prepared, void *ws, const uint8_t *images, size_t stride, int n);
     /* how ws runs a batch, for the run's report ("" where there is nothing to say; NULL: never) */
     void (*describe)(const void *ws, char *text, size_t size);
+    /* from now on add the seconds each op of ws's runs takes to op_seconds[op] (n_ops entries,
+     * the caller's); NULL: the set does not time its ops */
+    void (*time_ops)(void *ws, double *op_seconds);
 } KernelSet;
 
 extern const KernelSet REFERENCE_KERNELS;

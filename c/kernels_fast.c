@@ -245,6 +245,7 @@ typedef struct {
     int32_t *rowsum;        /* a GEMM chunk's row sums */
     const uint8_t **arow;   /* a GEMM chunk's rows of A: where each starts */
     Scratch *scratch;       /* [n_threads] */
+    double *op_seconds;     /* NULL, or where each op's seconds add up (time_ops) */
 } Workspace;
 
 /* Op's output (a tensor) of image b */
@@ -1599,6 +1600,7 @@ static void run_ops(const Model *m, const FastModel *fm, Workspace *ws, int i0, 
     for (int i = i0; i < i1; i++) {
         const Op *op = &m->ops[i], *in = op->n_inputs ? op_input(m, op, 0) : NULL;
         const FastOp *f = &fm->ops[i];
+        const double t0 = ws->op_seconds ? now_seconds() : 0;
         if (f->kind == FK_GEMM) {
             fast_gemm(op, in, f, image_tensor(ws, in, b0), image_tensor(ws, op, b0), ws, n);
         } else if (f->kind == FK_DEPTHWISE) {
@@ -1608,6 +1610,8 @@ static void run_ops(const Model *m, const FastModel *fm, Workspace *ws, int i0, 
             for (int b = b0; b < b0 + n; b++)
                 FAST_KERNEL[op->kind](m, i, ws, b, images + (size_t)b * stride, &ws->scratch[thread_id()]);
         }
+        if (ws->op_seconds)
+            ws->op_seconds[i] += now_seconds() - t0;
     }
 }
 
@@ -1645,5 +1649,10 @@ static void fast_describe(const void *workspace, char *text, size_t size)
         text[0] = 0;
 }
 
-const KernelSet FAST_KERNELS_ISA = {FAST_NAME,           fast_prepare, fast_release, fast_workspace_new,
-                                    fast_workspace_free, fast_run,     fast_describe};
+static void fast_time_ops(void *workspace, double *op_seconds)
+{
+    ((Workspace *)workspace)->op_seconds = op_seconds;
+}
+
+const KernelSet FAST_KERNELS_ISA = {FAST_NAME, fast_prepare, fast_release,  fast_workspace_new,
+                                    fast_workspace_free, fast_run, fast_describe, fast_time_ops};

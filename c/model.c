@@ -7,7 +7,7 @@
  * Whatever a failed load allocated hangs off the Model (free_model), so the fuzzing build,
  * where fail() longjmps, leaks nothing.
  */
-#define _POSIX_C_SOURCE 200809L     /* stat, opendir, rmdir */
+#define _POSIX_C_SOURCE 200809L     /* stat, opendir, rmdir, clock_gettime */
 
 #include "host.h"
 
@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -66,6 +67,13 @@ void remove_path(const char *path)
     }
     closedir(d);
     rmdir(path);
+}
+
+double now_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
 void *xmalloc(size_t n, const char *what)

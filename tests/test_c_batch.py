@@ -12,7 +12,8 @@ must each give the numpy engine's logits, in input order; so must LeNet's shippe
 two of the graphs.  With FPGAI_PASS_BYTES small (1 byte: one image a pass; a few KB: passes of
 several, split inside the graph) the first ops run pass by pass, the rest on the batch: the same
 logits, each ISA, ASan, threads.  An invalid --batch, --threads or FPGAI_PASS_BYTES is one error
-line and exit 1.
+line and exit 1.  --profile times every op (one row each, in order, with its kind and shape; the
+rows add up to the total) without changing a logit, also pass by pass and on threads.
 """
 import os
 import re
@@ -21,6 +22,7 @@ import subprocess
 import numpy as np
 import pytest
 
+from model.export_format import read_model_bin
 from tests.test_c_engine import ROOT, assert_clean, read_logits, result_line
 from tests.test_c_kernels import (ISAS, aarch64, assert_one_line_error, binaries, check_engines,  # noqa: F401
                                   exports, lenet_reference, missing_flags)
@@ -97,6 +99,37 @@ def test_aarch64_batches_equal_numpy(aarch64, exports, tmp_path, isa):
     for arch, mode, bits in CASES[:2]:
         check_engines(aarch64, tmp_path, exports(arch, mode, bits), arch, mode,
                       [("aarch64", ["--isa", isa, "--batch", str(n)]) for n in (5, 32)])
+
+
+PROFILE_ROW = re.compile(r"^ *(\d+)  (\S+) +(\d+)x(\d+)x(\d+) +(\S+) +([0-9.]+) +([0-9.]+)% +(\S+)$")
+
+
+@pytest.mark.parametrize("kind,extra,workspaces", [("native", [], 1), ("asan", ["--batch", "3"], 1),
+                                                   ("omp", ["--threads", "2", "--batch", "1"], 1),
+                                                   ("asan_omp", ["--threads", "2", "--batch", "8"], 2)])
+def test_profile_times_every_op(binaries, exports, tmp_path, kind, extra, workspaces):
+    """workspaces: 2 where the 2 threads each run their share of a batch, timing its ops at once"""
+    ex = exports("residual", "per_tensor", 32)
+    _, ops = read_model_bin(os.path.join(ex["dir"], ex["model"] + "_model.bin"))
+    proc = check(binaries, tmp_path, ex, ex["logits"][:N_IMAGES], kind, ["--profile", "--quiet", *extra],
+                 env=dict(os.environ, FPGAI_PASS_BYTES="3000"))
+    rows = [m for m in map(PROFILE_ROW.match, proc.stdout.splitlines()) if m]
+    assert [(int(r[1]), r[2], [int(r[3]), int(r[4]), int(r[5])]) for r in rows] == [
+        (i, op["op"], op["shape"]) for i, op in enumerate(ops)], proc.stdout
+    for r, op in zip(rows, ops):                     # MACs and GMAC/s for the ops that multiply
+        assert (r[6] != "-", r[9] != "-") == (op["op"] in ("conv", "linear"),) * 2, r[0]
+    total = float(re.search(r"^profile: ([0-9.]+) seconds in the ops$", proc.stdout, re.M)[1])
+    wall = float(re.search(r" seconds=([0-9.]+)$", proc.stdout)[1])
+    assert 0.5 * wall <= total <= workspaces * wall + 1e-3   # the ops are most of the run, inside it
+    assert sum(float(r[7]) for r in rows) == pytest.approx(total, abs=1e-3)
+    assert sum(float(r[8]) for r in rows) == pytest.approx(100, abs=0.5)
+    assert result_line(proc.stdout)[0] == N_IMAGES
+
+
+def test_profile_of_the_reference_kernels_is_one_line(binaries):
+    proc = subprocess.run([binaries["native"], "--reference", "--profile"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60)
+    assert_one_line_error(proc, "error: --profile: the reference kernels do not time their ops")
 
 
 def test_the_run_names_its_batch_and_threads(binaries):
