@@ -787,7 +787,6 @@ static void check_overflow(const Model *m)
 static void plan_memory(Model *m)
 {
     int n = m->n_ops;
-    size_t *last_use = take_storage(m, (size_t)n * sizeof *last_use, "plan");
     size_t *slot_of = take_storage(m, (size_t)n * sizeof *slot_of, "plan");
     size_t *slot_tensor = take_storage(m, (size_t)n * sizeof *slot_tensor, "plan");
     size_t *slot_size = take_storage(m, (size_t)n * sizeof *slot_size, "plan");
@@ -795,17 +794,17 @@ static void plan_memory(Model *m)
     int n_slots = 0;
 
     for (int i = 0; i < n; i++) {
-        last_use[i] = (size_t)i;
+        m->ops[i].last_reader = i;
         for (int k = 0; k < m->ops[i].n_inputs; k++)
-            last_use[m->ops[i].in[k]] = (size_t)i;
+            m->ops[m->ops[i].in[k]].last_reader = i;
     }
-    last_use[n - 1] = (size_t)n;
+    m->ops[n - 1].last_reader = n;
 
     for (int i = 0; i < n; i++) {
         size_t need = op_elems(&m->ops[i]);
         int best = -1;
         for (int s = 0; s < n_slots; s++) {
-            if (last_use[slot_tensor[s]] >= (size_t)i)
+            if (m->ops[slot_tensor[s]].last_reader >= i)
                 continue;                           /* still live */
             /* prefer the smallest free slot that fits, else the largest free one (grown) */
             int fits = slot_size[s] >= need;

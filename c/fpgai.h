@@ -84,6 +84,8 @@ typedef struct {
 
     /* derived at load */
     int32_t k_size;                 /* conv / linear: weights per output channel */
+    int32_t last_reader;            /* the last op that reads its output: n_ops for the last op's
+                                     * (the logits, read after the run), itself where none does */
     size_t offset;                  /* of its output tensor in a workspace's arena */
 } Op;
 
@@ -222,7 +224,7 @@ static inline int weight_centered(const Model *m, const Op *op, int32_t c, int32
 /* Bytes of storage (fpgai_load_graph) for a model.bin of n_ops ops and `size` bytes: the Op array,
  * every int32 array of the records (at most one a word), the memory plan's work arrays, alignment. */
 #define FPGAI_STORAGE_BYTES(n_ops, size) \
-    ((size_t)(n_ops) * (sizeof(Op) + 5 * sizeof(size_t) + 4 * 8) + (size_t)(size) + 64)
+    ((size_t)(n_ops) * (sizeof(Op) + 4 * sizeof(size_t) + 4 * 8) + (size_t)(size) + 64)
 /* FPGAI_STORAGE_BYTES of this model.bin (its op count read from the header) */
 size_t fpgai_storage_bytes(const uint8_t *model_bin, size_t size);
 

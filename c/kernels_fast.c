@@ -551,27 +551,21 @@ static void *fast_workspace_new(const Model *m, const void *prepared, int batch,
     ws->ops = m->ops;
     ws->tensor = xcalloc((size_t)m->n_ops, sizeof *ws->tensor, "tensors");
     ws->images = xcalloc((size_t)m->n_ops, sizeof *ws->images, "tensors");
-    int *last_reader = xcalloc((size_t)m->n_ops, sizeof *last_reader, "tensors");
-    for (int i = 0; i < m->n_ops; i++)
-        for (int k = 0; k < m->ops[i].n_inputs; k++)
-            last_reader[m->ops[i].in[k]] = i;
-    last_reader[m->n_ops - 1] = m->n_ops;       /* the logits, read after the last op */
     size_t own = 0;                             /* bytes per image after the plan's */
     for (int j = 0; j < ws->split; j++)
-        if (last_reader[j] >= ws->split)
+        if (m->ops[j].last_reader >= ws->split)
             own += op_elems(&m->ops[j]);
     ws->arena = xcalloc((size_t)batch * (m->arena_bytes + own), 1, "activations");
     own = (size_t)batch * m->arena_bytes;
     for (int j = 0; j < m->n_ops; j++) {
-        ws->images[j] = j < ws->split && last_reader[j] < ws->split ? ws->pass : batch;
-        if (j < ws->split && last_reader[j] >= ws->split) {
+        ws->images[j] = j < ws->split && m->ops[j].last_reader < ws->split ? ws->pass : batch;
+        if (j < ws->split && m->ops[j].last_reader >= ws->split) {
             ws->tensor[j] = ws->arena + own;
             own += (size_t)batch * op_elems(&m->ops[j]);
         } else {
             ws->tensor[j] = ws->arena + (size_t)ws->images[j] * m->ops[j].offset;
         }
     }
-    free(last_reader);
     /* each GEMM's chunk: its rows of A, never more than the batch's pixels */
     size_t chunk_rows = 0, cols_bytes = 0;
     for (int i = 0; i < m->n_ops; i++) {
