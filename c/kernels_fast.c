@@ -8,8 +8,8 @@
  *   acc[p][co] = sum_k A[p][k] * W[co][k],   k = (ky, kx, ci)
  * with A[p] = the input pixels under output pixel p's window, raw uint8, the
  * padding holding z_x.  A 1x1 stride-1 conv reads the input in place; a conv whose
- * kernel rows are whole runs of the padded input (groups 1, kw*C a multiple of 4)
- * reads them there (implicit: A[p] is kh runs, no copy); the others copy A (im2col).
+ * kernel rows are whole runs of the padded input (groups 1, taps adjacent) reads them
+ * there (implicit: A[p] is kh runs, no copy); the others copy A (im2col).
  * The weights are repacked at load as signed bytes w8:
  *   per channel (int8, z_w = 0):   w8 = w,        d = 0
  *   per tensor  (uint8, z_w):      w8 = w - 128,  d = 128 - z_w   (w - z_w = w8 + d)
@@ -190,9 +190,11 @@ typedef struct {
     int direct;             /* conv reads the input as A in place (1x1, stride 1, no padding, K % KSTEP == 0) */
     /* A row as read by the tiles: nseg segments of seg_bytes, seg_stride bytes apart.  An implicit
      * conv (groups 1, taps adjacent in a kernel row) reads each kernel row of its window straight
-     * from the padded input: no im2col copy.  Otherwise one segment of Kp bytes. */
+     * from the padded input: no im2col copy.  Otherwise one segment of Kp bytes.  The VNNI tiles
+     * read whole 4-byte depth steps: seg_depth bytes a segment (seg_bytes rounded up; the bytes
+     * past a kernel row, the next pixels', meet zero weights), and the weights are packed so. */
     int implicit;
-    int32_t nseg, seg_bytes;
+    int32_t nseg, seg_bytes, seg_depth;
     size_t seg_stride;
     int32_t d;              /* 128 - z_w (per tensor) or 0 */
     int8_t *w8;             /* GEMM (VNNI): [groups][nblk][Kp/4][16][4]; depthwise (VNNI): see fast_prepare */
@@ -408,12 +410,13 @@ static FastModel *fast_prepare_model(const Model *m)
                     && groups == 1 && f->Kp == f->K;
         if (op->kind == OP_LINEAR)
             f->direct = f->Kp == f->K;
-        /* a kernel row's kw * C bytes are one whole number of VNNI depth steps */
-        f->implicit = !f->direct && op->kind == OP_CONV && groups == 1 && op->dil_w == 1
-                      && (size_t)op->kw * (size_t)in->c % 4 == 0;
+        f->implicit = !f->direct && op->kind == OP_CONV && groups == 1 && op->dil_w == 1;
         f->nseg = f->implicit ? op->kh : 1;
         f->seg_bytes = f->implicit ? op->kw * in->c : f->Kp;
+        f->seg_depth = FAST_VNNI_GEMM ? (int32_t)round_up((size_t)f->seg_bytes, 4) : f->seg_bytes;
         f->seg_stride = f->implicit ? (size_t)op->dil_h * padded_w(op, in) * (size_t)in->c : 0;
+        if (f->implicit && FAST_VNNI_GEMM)
+            f->Kp = f->nseg * f->seg_depth;
         f->chunk_rows = (int32_t)max_size(MR, CHUNK_BYTES / (size_t)f->Kp / MR * MR);
         if (!f->direct && op->kind == OP_CONV)
             fm->pad_bytes = max_size(fm->pad_bytes, padded);
@@ -447,9 +450,14 @@ static FastModel *fast_prepare_model(const Model *m)
                         src = (int32_t)(c * hw + pos);
                     }
                     int32_t v = weight_centered(m, op, co, src) - f->d;      /* w8 = (w - z_w) - d */
-                    if (FAST_VNNI_GEMM)      /* panel of slot's block, then 4 depths of each of its 16 channels */
-                        f->w8[(slot - (size_t)j % BLK) * (size_t)f->Kp + (size_t)(k / 4) * BLK * 4 + (size_t)(j % BLK) * 4
-                              + (size_t)(k % 4)] = (int8_t)v;
+                    /* panel of slot's block, then 4 depths of each of its 16 channels; depth k
+                     * where the tiles read it: its segment's, padded to whole depth steps (no
+                     * division per weight where nothing is padded: it took longer than the load) */
+                    const int32_t kp = f->seg_depth == f->seg_bytes ? k
+                                       : k / f->seg_bytes * f->seg_depth + k % f->seg_bytes;
+                    if (FAST_VNNI_GEMM)
+                        f->w8[(slot - (size_t)j % BLK) * (size_t)f->Kp + (size_t)(kp / 4) * BLK * 4 + (size_t)(j % BLK) * 4
+                              + (size_t)(kp % 4)] = (int8_t)v;
                     else
                         f->wdot[slot * (size_t)f->Kp + (size_t)k] = (DotWeight)v;
                     wsum += (uint32_t)v;
@@ -539,8 +547,8 @@ static void schedule_passes(const Model *m, const FastModel *fm, Workspace *ws)
 /* Only the buffers this model's kernels use, zero-filled once: the GEMM tile reads rowsum
  * even when its factor d is 0 (int8 weights), which changes no result but would read
  * indeterminate values; with every buffer defined the engine is valgrind-clean.  The
- * im2col copies touch up to OVER bytes past the end of a row of cols and of pad (copy_over);
- * dwcols gets 64 bytes to align to. */
+ * im2col copies touch up to OVER bytes past the end of a row of cols and of pad (copy_over), an
+ * implicit conv's VNNI tile up to 3 past a kernel row; dwcols gets 64 bytes to align to. */
 static void *fast_workspace_new(const Model *m, const void *prepared, int batch, int threads)
 {
     const FastModel *fm = prepared;
@@ -709,7 +717,7 @@ static inline __attribute__((always_inline)) void tile_vnni(const int NB, const 
     __m512i c30 = bias3, c31 = bias3, c32 = bias3, c33 = bias3;
     const uint8_t *A0 = arow[0], *A1 = MP > 1 ? arow[1] : A0, *A2 = MP > 2 ? arow[2] : A0, *A3 = MP > 3 ? arow[3] : A0;
     const int8_t *B0 = B, *B1 = B + bstride, *B2 = B + 2 * bstride, *B3 = B + 3 * bstride;
-    const int32_t nseg = f->nseg, seg_k = f->seg_bytes / 4;
+    const int32_t nseg = f->nseg, seg_k = f->seg_depth / 4;
     const size_t seg_stride = f->seg_stride;
     for (int32_t g = 0; g < nseg; g++, A0 += seg_stride, A1 += seg_stride, A2 += seg_stride, A3 += seg_stride,
          B0 += (size_t)seg_k * 64, B1 += (size_t)seg_k * 64, B2 += (size_t)seg_k * 64, B3 += (size_t)seg_k * 64)
@@ -820,7 +828,7 @@ static inline __attribute__((always_inline)) void tile_avxvnni(const int MP, con
     __m256i hi0 = bias_hi, hi1 = bias_hi, hi2 = bias_hi, hi3 = bias_hi, hi4 = bias_hi, hi5 = bias_hi;
     const uint8_t *A0 = arow[0], *A1 = MP > 1 ? arow[1] : A0, *A2 = MP > 2 ? arow[2] : A0;
     const uint8_t *A3 = MP > 3 ? arow[3] : A0, *A4 = MP > 4 ? arow[4] : A0, *A5 = MP > 5 ? arow[5] : A0;
-    const int32_t nseg = f->nseg, seg_k = f->seg_bytes / 4;
+    const int32_t nseg = f->nseg, seg_k = f->seg_depth / 4;
     const size_t seg_stride = f->seg_stride;
     for (int32_t g = 0; g < nseg; g++, A0 += seg_stride, A1 += seg_stride, A2 += seg_stride, A3 += seg_stride,
          A4 += seg_stride, A5 += seg_stride, B += (size_t)seg_k * 64)
@@ -1089,24 +1097,16 @@ static void window_corners(const Op *op, const Op *in, const FastOp *f, const Wo
     }
 }
 
-/* Row r of an im2col conv's A from its window's corner in the padded input: whole spans, kw*C
- * bytes per kernel row (groups 1), else cin_g per tap */
+/* Row r of an im2col conv's A (grouped, or taps dil_w apart: the others are implicit) from its
+ * window's corner in the padded input: cin_g bytes per tap */
 static void im2col_row(const Op *op, const Op *in, const FastOp *f, const uint8_t *corner, uint8_t *row)
 {
-    const size_t C = (size_t)in->c, Wp = padded_w(op, in), tap = (size_t)op->dil_w * C;
-    /* a kernel row is one span when its taps are adjacent and take every channel */
-    const int whole_rows = op->groups == 1 && op->dil_w == 1;
-    const size_t span = whole_rows ? (size_t)op->kw * C : (size_t)f->cin_g;
+    const size_t C = (size_t)in->c, Wp = padded_w(op, in), tap = (size_t)op->dil_w * C, span = (size_t)f->cin_g;
     uint8_t *dst = row;
     for (int32_t ky = 0; ky < op->kh; ky++) {
         const uint8_t *src = corner + (size_t)ky * op->dil_h * Wp * C;
-        if (whole_rows) {
-            copy_over(dst, src, span);
-            dst += span;
-        } else {
-            for (int32_t kx = 0; kx < op->kw; kx++, dst += span)
-                copy_over(dst, src + (size_t)kx * tap, span);
-        }
+        for (int32_t kx = 0; kx < op->kw; kx++, dst += span)
+            copy_over(dst, src + (size_t)kx * tap, span);
     }
     memset(dst, 0, (size_t)f->Kp - (size_t)f->K);
 }
