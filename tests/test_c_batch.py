@@ -19,12 +19,11 @@ import os
 import re
 import subprocess
 
-import numpy as np
 import pytest
 
 from model.export_format import read_model_bin
-from tests.test_c_engine import ROOT, assert_clean, read_logits, result_line
-from tests.test_c_kernels import (ISAS, aarch64, assert_one_line_error, binaries, check_engines,  # noqa: F401
+from tests.test_c_engine import ROOT, result_line
+from tests.test_c_kernels import (ISAS, aarch64, assert_one_line_error, binaries, check, check_engines,  # noqa: F401
                                   exports, lenet_reference, missing_flags)
 
 N_IMAGES = 23
@@ -45,18 +44,6 @@ def runs(isa):
     threaded = [(kind, ["--threads", str(t), "--batch", str(n)]) for kind in ("omp", "asan_omp")
                 for t in THREADS for n in BATCHES]
     return [(kind, ["--isa", isa, *extra]) for kind, extra in single + threaded]
-
-
-def check(binaries, tmp_path, ex, expected, kind, extra, cwd=None, env=None):
-    out = str(tmp_path / "logits.txt")
-    data = ex["data_args"] if ex else []
-    where = ["--dir", ex["dir"], "--model", ex["model"]] if ex else []
-    proc = subprocess.run([binaries[kind], *where, *data, "--limit", str(len(expected)), "--logits", out, *extra],
-                          cwd=cwd, capture_output=True, text=True, timeout=300, env=env)
-    assert_clean(proc)
-    assert proc.returncode == 0, proc.stderr
-    np.testing.assert_array_equal(read_logits(out), expected, err_msg=f"{kind} {extra}")
-    return proc
 
 
 @pytest.mark.parametrize("arch,mode,bits", CASES, ids=[f"{a}-{m}-{b}" for a, m, b in CASES])
@@ -97,7 +84,7 @@ def test_lenet_batches_and_threads_equal_reference(binaries, lenet_reference, tm
 @pytest.mark.parametrize("isa", ["neon", "c99"])
 def test_aarch64_batches_equal_numpy(aarch64, exports, tmp_path, isa):
     for arch, mode, bits in CASES[:2]:
-        check_engines(aarch64, tmp_path, exports(arch, mode, bits), arch, mode,
+        check_engines(aarch64, tmp_path, exports(arch, mode, bits),
                       [("aarch64", ["--isa", isa, "--batch", str(n)]) for n in (5, 32)])
 
 

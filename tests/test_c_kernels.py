@@ -205,14 +205,14 @@ def isa_runs(isa):
 
 @pytest.mark.parametrize("arch,mode,bits", CASES, ids=[f"{a}-{m}-{b}" for a, m, b in CASES])
 def test_optimized_equals_reference(binaries, exports, tmp_path, arch, mode, bits):
-    check_engines(binaries, tmp_path, exports(arch, mode, bits), arch, mode, BUILD_RUNS)
+    check_engines(binaries, tmp_path, exports(arch, mode, bits), BUILD_RUNS)
 
 
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("arch,mode,bits", CASES, ids=[f"{a}-{m}-{b}" for a, m, b in CASES])
 def test_each_isa_equals_reference(binaries, exports, tmp_path, arch, mode, bits, isa):
     require_isa(isa)
-    check_engines(binaries, tmp_path, exports(arch, mode, bits), arch, mode, isa_runs(isa))
+    check_engines(binaries, tmp_path, exports(arch, mode, bits), isa_runs(isa))
 
 
 @pytest.mark.parametrize("isa", ISAS)
@@ -221,7 +221,7 @@ def test_wide_requantization_equals_reference(binaries, exports, tmp_path, arch,
     """Multipliers and shifts outside the optimized kernels' 32-bit requantization form."""
     require_isa(isa)
     ex = exports(arch, mode, bits, tweak=force_wide_requantization)
-    check_engines(binaries, tmp_path, ex, arch, mode, BUILD_RUNS[:1] + isa_runs(isa))
+    check_engines(binaries, tmp_path, ex, BUILD_RUNS[:1] + isa_runs(isa))
 
 
 def command(binaries, kind):
@@ -229,17 +229,25 @@ def command(binaries, kind):
     return [*QEMU_AARCH64, binaries[kind]] if kind == "aarch64" else [binaries[kind]]
 
 
-def check_engines(binaries, tmp_path, ex, arch, mode, runs):
+def check(binaries, tmp_path, ex, expected, kind, extra, cwd=None, env=None):
+    """Build `kind` on export ex (None: the defaults, the shipped LeNet from cwd), its first
+    len(expected) images: a clean run whose logits equal expected.  Returns the process."""
+    out = str(tmp_path / "logits.txt")
+    where = ["--dir", ex["dir"], "--model", ex["model"], *ex["data_args"]] if ex else []
+    proc = subprocess.run([*command(binaries, kind), *where, "--limit", str(len(expected)), "--logits", out, *extra],
+                          cwd=cwd, capture_output=True, text=True, timeout=300,
+                          env=env or dict(os.environ, OMP_NUM_THREADS="2"))
+    assert_clean(proc)
+    assert proc.returncode == 0, proc.stderr
+    np.testing.assert_array_equal(read_logits(out), expected, err_msg=f"{ex and ex['dir']} {kind} {extra}")
+    return proc
+
+
+def check_engines(binaries, tmp_path, ex, runs):
+    """check() each (kind, extra) of runs on all of ex's images, and its result line"""
+    correct = int((ex["logits"].argmax(axis=1) == ex["labels"]).sum())
     for kind, extra in runs:
-        out = str(tmp_path / f"logits_{kind}{''.join(extra)}.txt")
-        env = dict(os.environ, OMP_NUM_THREADS="2")
-        proc = subprocess.run([*command(binaries, kind), "--dir", ex["dir"], "--model", ex["model"], *ex["data_args"],
-                               "--logits", out, *extra], capture_output=True, text=True, env=env, timeout=120)
-        assert_clean(proc)
-        assert proc.returncode == 0, proc.stderr
-        np.testing.assert_array_equal(read_logits(out), ex["logits"], err_msg=f"{arch} {mode} {kind} {extra}")
-        correct = int((ex["logits"].argmax(axis=1) == ex["labels"]).sum())
-        assert result_line(proc.stdout) == (ex["n"], correct)
+        assert result_line(check(binaries, tmp_path, ex, ex["logits"], kind, extra).stdout) == (ex["n"], correct)
 
 
 def test_txt_weights_and_limit_on_fast_path(binaries, tmp_path):
@@ -343,7 +351,7 @@ AARCH64_CASES = [(a, m, b, False) for a, m, b in CASES] + [(a, m, b, True) for a
 def test_aarch64_equals_reference(aarch64, exports, tmp_path, arch, mode, bits, wide, isa):
     """qemu-aarch64 emulates a CPU with the dot product (its default, max)."""
     ex = exports(arch, mode, bits, tweak=force_wide_requantization) if wide else exports(arch, mode, bits)
-    check_engines(aarch64, tmp_path, ex, arch, mode, [("aarch64", ["--isa", isa])])
+    check_engines(aarch64, tmp_path, ex, [("aarch64", ["--isa", isa])])
 
 
 @pytest.mark.parametrize("isa", ["neon", "c99"])
