@@ -12,8 +12,9 @@
   ort_int8        ONNX Runtime, static QDQ per-channel quantization
 
 Each in four cells: batch 1 and batch 32, on 1 thread and on every core (torch.set_num_threads,
-ORT's intra-op threads).  Each engine is timed --repeats times in each cell, each time over enough
-passes of the --images test images to last --min_seconds, and the fastest counts.  Prints the
+ORT's intra-op threads).  Each engine is timed --repeats times in each cell, in rounds (every
+engine once a round), each time over enough passes of the --images test images to last
+--min_seconds, and the fastest counts; so are the forced-ISA rows.  Prints the
 images/s of each engine in each cell, the ratio C / the best peer of each cell, each engine's
 accuracy, C's peak resident memory and the GMAC/s it reaches (with AVX-512 VNNI: its share of one
 core's vpdpbusd peak, `make vnni-peak`); --json PATH writes it all. Usage: `make bench MODEL=lenet`, or:
@@ -72,14 +73,20 @@ def time_batches(fn, x, batch, passes):
     return time.perf_counter() - t0, np.concatenate(preds)[:len(x)]
 
 
-def best_speed(run, n, cfg):
-    """(images/s, predictions): run(passes) -> (seconds, predictions) times `passes` passes over the
-    n images.  One untimed pass measures the engine; then cfg.repeats runs of enough passes to last
-    cfg.min_seconds each (a run of a few milliseconds measures the thread start and the machine's
-    hiccups more than the engine), and the fastest counts."""
-    seconds, pred = run(1)
-    passes = max(1, int(np.ceil(cfg.min_seconds / seconds)))
-    return max(passes * n / run(passes)[0] for _ in range(cfg.repeats)), pred
+def best_speeds(runs, n, cfg):
+    """{name: (images/s, predictions)}: runs[name](passes) -> (seconds, predictions) times `passes`
+    passes over the n images.  One untimed pass measures each engine; then cfg.repeats rounds, each
+    timing every engine in turn over enough passes to last cfg.min_seconds (a run of a few
+    milliseconds measures the thread start and the machine's hiccups more than the engine; the
+    rounds spread each engine's runs over the cell's time, so a slow spell of the machine does not
+    fall on one engine's runs alone), and each engine's fastest counts."""
+    first = {name: run(1) for name, run in runs.items()}
+    passes = {name: max(1, int(np.ceil(cfg.min_seconds / seconds))) for name, (seconds, _) in first.items()}
+    best = dict.fromkeys(runs, 0.0)
+    for _ in range(cfg.repeats):
+        for name, run in runs.items():
+            best[name] = max(best[name], passes[name] * n / run(passes[name])[0])
+    return {name: (best[name], first[name][1]) for name in runs}
 
 
 def torch_int8(net, calib, example):
@@ -235,21 +242,21 @@ def main():
         accuracy = {}
         for batch in BATCHES:
             for threads in thread_counts:
-                speeds = {}
-                speeds["c_int8"], c_pred = best_speed(run_c(cfg.model, tmp, images, batch, threads), len(x), cfg)
-                accuracy["c_int8"] = float((c_pred == y).mean())
                 torch.set_num_threads(threads)
                 peers = {"torch_fp32": lambda b: net(b).argmax(1).numpy(), "torch_int8": lambda b: q(b).argmax(1).numpy(),
                          "ort_int8": lambda b: ort_runs[threads](b).argmax(1)}
-                for name, fn in peers.items():
-                    speeds[name], pred = best_speed(lambda passes: time_batches(fn, x, batch, passes), len(x), cfg)
-                    accuracy[name] = float((pred == y).mean())
+                runs = {"c_int8": run_c(cfg.model, tmp, images, batch, threads)}
+                runs.update({name: lambda passes, fn=fn: time_batches(fn, x, batch, passes) for name, fn in peers.items()})
+                timed = best_speeds(runs, len(x), cfg)
+                speeds = {name: speed for name, (speed, _) in timed.items()}
+                accuracy.update({name: float((pred == y).mean()) for name, (_, pred) in timed.items()})
                 best = max(peers, key=speeds.get)
                 result[cell_name(batch, threads)] = {"batch": batch, "threads": threads, "images_per_s": speeds,
                                                      "best_peer": best, "c_ratio_to_best_peer": speeds["c_int8"] / speeds[best]}
         torch.set_num_threads(1)
         isa_runs = {isa: run_c(cfg.model, tmp, images, 1, 1, ["--isa", isa]) for isa in ISAS + TWIN_ISAS}
-        isa_speeds = {isa: best_speed(run, len(x), cfg)[0] for isa, run in isa_runs.items() if run}
+        isa_speeds = {isa: speed for isa, (speed, _) in best_speeds(
+            {isa: run for isa, run in isa_runs.items() if run}, len(x), cfg).items()}
         best_isa = max((isa for isa in isa_speeds if isa in ISAS), key=isa_speeds.get)
         result["c_isa"] = {isa: {"images_per_s": v, "ratio_to_best": v / isa_speeds[best_isa]}
                            for isa, v in isa_speeds.items()}
