@@ -808,6 +808,12 @@ static inline __m256i requant_fast8(__m256i acc, __m256i me, __m256i mo, __m256i
     const __m256i h = _mm256_blend_epi32(_mm256_srli_epi64(e, 32), o, 0xAA);
     return post ? _mm256_srav_epi32(h, ps) : h;
 }
+
+/* int32 lanes clamped to op's qmin .. qmax */
+static inline __m256i clamp8(__m256i h, const Op *op)
+{
+    return _mm256_min_epi32(_mm256_max_epi32(h, _mm256_set1_epi32(op->qmin)), _mm256_set1_epi32(op->qmax));
+}
 #endif
 
 #if FAST_AVXVNNI
@@ -956,7 +962,7 @@ static void requant_store_2x4(const uint32_t sums[MR][2], const int32_t *rowsum,
     const __m256i ps = _mm256_broadcastq_epi64(_mm_loadl_epi64((const void *)((const int32_t *)(q + 32) + 2 * j)));
     __m256i h = requant_fast8(acc, _mm256_set1_epi64x(q[j]), _mm256_set1_epi64x(q[8 + j]), _mm256_set1_epi64x(q[16 + j]),
                               _mm256_set1_epi64x(q[24 + j]), ps, f->post);
-    h = _mm256_min_epi32(_mm256_max_epi32(h, _mm256_set1_epi32(op->qmin)), _mm256_set1_epi32(op->qmax));
+    h = clamp8(h, op);
     int32_t v[MR][2];
     _mm256_storeu_si256((void *)v, h);
     for (int p = 0; p < mp; p++)
@@ -1269,7 +1275,7 @@ static void dw_row(const Op *op, const Op *in, const FastOp *f, const uint8_t *x
             __m256i h = requant_fast8(_mm256_loadu_si256((const void *)(acc + c)), _mm256_loadu_si256((const void *)q),
                                       _mm256_loadu_si256((const void *)(q + 8)), _mm256_loadu_si256((const void *)(q + 16)),
                                       _mm256_loadu_si256((const void *)(q + 24)), ps, f->post);
-            h = _mm256_min_epi32(_mm256_max_epi32(h, _mm256_set1_epi32(op->qmin)), _mm256_set1_epi32(op->qmax));
+            h = clamp8(h, op);
             /* the low byte of each lane, in order */
             const __m128i lo = _mm_shuffle_epi8(_mm256_castsi256_si128(h), order);
             const __m128i hi = _mm_shuffle_epi8(_mm256_extracti128_si256(h, 1), order);
