@@ -151,21 +151,22 @@ def c_binary(threads):
 def run_c(model_name, folder, images, batch, threads, extra=()):
     """run(passes) -> (seconds, predictions of the first pass) for the C engine, images(passes) the
     test images `passes` times over; None for an --isa this CPU lacks."""
+    cmd = [c_binary(threads), "--model", model_name, "--dir", folder, "--batch", str(batch), "--threads", str(threads),
+           "--quiet", *extra]
+
     def run(passes):
-        cmd = [c_binary(threads), "--model", model_name, "--dir", folder, "--images", images(passes),
-               "--batch", str(batch), "--threads", str(threads), "--logits", os.path.join(folder, "logits.txt"),
-               "--quiet", *extra]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        proc = subprocess.run(cmd + ["--images", images(passes), "--logits", os.path.join(folder, "logits.txt")],
+                              capture_output=True, text=True)
         if proc.returncode != 0:
             sys.exit(f"error: C engine failed: {proc.stderr.strip()}")
         seconds = float(re.search(r"result: images=\d+ seconds=([0-9.eE+-]+)", proc.stdout).group(1))
         logits = np.loadtxt(os.path.join(folder, "logits.txt"), delimiter=",", dtype=np.int64, ndmin=2)
         return seconds, logits[:len(logits) // passes].argmax(1)
 
-    probe = subprocess.run([c_binary(threads), "--model", model_name, "--dir", folder, "--images", images(1),
-                            "--limit", "1", "--quiet", *extra], capture_output=True, text=True)
-    if probe.returncode != 0 and ("this CPU lacks" in probe.stderr or ": unknown, this binary has" in probe.stderr):
-        return None
+    if extra:               # a forced build, which this CPU or binary may lack
+        probe = subprocess.run(cmd + ["--images", images(1), "--limit", "1"], capture_output=True, text=True)
+        if probe.returncode != 0 and ("this CPU lacks" in probe.stderr or ": unknown, this binary has" in probe.stderr):
+            return None
     return run
 
 

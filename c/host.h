@@ -1,6 +1,6 @@
 /*
  * host.h -- the host program's side of the engine (model.c): errors that print and exit, files,
- * weight.txt, and the whole load from a folder over the core's buffer loader (fpgai.h).
+ * a clock, weight.txt, and the whole load from a folder over the core's buffer loader (fpgai.h).
  */
 #ifndef FPGAI_HOST_H
 #define FPGAI_HOST_H

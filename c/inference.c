@@ -11,7 +11,7 @@
  * OpenMP build, inference_omp) share each batch's images, or, in a batch of fewer images than
  * threads, each layer's work (Engine, kernels.h).
  */
-#define _POSIX_C_SOURCE 200809L     /* clock_gettime, stat, lstat, readlink, sigaction, kill */
+#define _POSIX_C_SOURCE 200809L     /* stat, lstat, readlink, sigaction, kill */
 
 #include "datasets.h"
 #include "dump.h"
@@ -30,7 +30,6 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/types.h>
-#include <time.h>
 #include <unistd.h>
 #ifdef _OPENMP
 #include <omp.h>

@@ -450,16 +450,17 @@ static FastModel *fast_prepare_model(const Model *m)
                         src = (int32_t)(c * hw + pos);
                     }
                     int32_t v = weight_centered(m, op, co, src) - f->d;      /* w8 = (w - z_w) - d */
-                    /* panel of slot's block, then 4 depths of each of its 16 channels; depth k
-                     * where the tiles read it: its segment's, padded to whole depth steps (no
-                     * division per weight where nothing is padded: it took longer than the load) */
-                    const int32_t kp = f->seg_depth == f->seg_bytes ? k
-                                       : k / f->seg_bytes * f->seg_depth + k % f->seg_bytes;
-                    if (FAST_VNNI_GEMM)
+                    if (FAST_VNNI_GEMM) {
+                        /* panel of slot's block, then 4 depths of each of its 16 channels; depth k
+                         * where the tiles read it: its segment's, padded to whole depth steps (no
+                         * division per weight where nothing is padded: it took longer than the load) */
+                        const int32_t kp = f->seg_depth == f->seg_bytes ? k
+                                           : k / f->seg_bytes * f->seg_depth + k % f->seg_bytes;
                         f->w8[(slot - (size_t)j % BLK) * (size_t)f->Kp + (size_t)(kp / 4) * BLK * 4 + (size_t)(j % BLK) * 4
                               + (size_t)(kp % 4)] = (int8_t)v;
-                    else
+                    } else {
                         f->wdot[slot * (size_t)f->Kp + (size_t)k] = (DotWeight)v;
+                    }
                     wsum += (uint32_t)v;
                 }
                 uint32_t zx = (uint32_t)in->zero_point;
@@ -1654,5 +1655,5 @@ static void fast_time_ops(void *workspace, double *op_seconds)
     ((Workspace *)workspace)->op_seconds = op_seconds;
 }
 
-const KernelSet FAST_KERNELS_ISA = {FAST_NAME, fast_prepare, fast_release,  fast_workspace_new,
-                                    fast_workspace_free, fast_run, fast_describe, fast_time_ops};
+const KernelSet FAST_KERNELS_ISA = {FAST_NAME,           fast_prepare, fast_release,  fast_workspace_new,
+                                    fast_workspace_free, fast_run,     fast_describe, fast_time_ops};

@@ -1,7 +1,7 @@
 /*
- * model.c -- the host's side of loading (host.h): errors that print and exit, files, weight.txt,
- * and the whole load of an export folder over the core's buffer loader (fpgai.c), with the
- * buffers the Model owns (Model.owned, freed by free_model).
+ * model.c -- the host's side of loading (host.h): errors that print and exit, files, a clock,
+ * weight.txt, and the whole load of an export folder over the core's buffer loader (fpgai.c), with
+ * the buffers the Model owns (Model.owned, freed by free_model).
  *
  * Every problem is one fail() line naming the file; nothing trusts a length from a file.
  * Whatever a failed load allocated hangs off the Model (free_model), so the fuzzing build,
