@@ -8,7 +8,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 MODEL ?= lenet
 
-.PHONY: demo test test-fast test-models venv c bench vnni-peak clean-venv
+.PHONY: demo test test-fast test-models venv c bench vnni-peak amx-peak clean-venv
 
 venv: $(VENV)/.installed
 
@@ -54,6 +54,12 @@ vnni-peak:
 	mkdir -p build
 	$(CC) -O2 -march=native -Wall -Wextra -o build/vnni_peak benchmarks/vnni_peak.c
 	./build/vnni_peak
+
+# one core's AMX-INT8 ceiling (tdpbusd): what the C engine's AMX build reads against
+amx-peak:
+	mkdir -p build
+	$(CC) -O2 -mamx-tile -mamx-int8 -Wall -Wextra -o build/amx_peak benchmarks/amx_peak.c
+	./build/amx_peak
 
 clean-venv:
 	rm -rf $(VENV)

@@ -4,9 +4,10 @@
                   core: a batch of 1 splits each layer across the threads, a batch of 32 splits
                   the batch between them); the best build of its kernels this CPU runs
   (c --isa ISA    c/inference with each build of its kernels this CPU runs forced, batch 1, one
-                  thread, and its ratio to the best: avx512, avxvnni, avx2, c99; and avxvnni-evex,
-                  avxvnni's test twin with the EVEX vpdpbusd, which shows that code's speed on CPUs
-                  with AVX-512 VNNI but no AVX-VNNI)
+                  thread, and its ratio to the best: amx, avx512, avxvnni, avx2, c99; and
+                  avxvnni-evex, avxvnni's test twin with the EVEX vpdpbusd, which shows that code's
+                  speed on CPUs with AVX-512 VNNI but no AVX-VNNI; not amx-emu, whose emulated
+                  tiles' speed means nothing)
   torch_fp32      the float model
   torch_int8      torch.ao FX post-training quantization, x86 backend, per channel
   ort_int8        ONNX Runtime, static QDQ per-channel quantization
@@ -16,8 +17,8 @@ ORT's intra-op threads).  Each engine is timed --repeats times in each cell, in 
 engine once a round), each time over enough passes of the --images test images to last
 --min_seconds, and the fastest counts; so are the forced-ISA rows.  Prints the
 images/s of each engine in each cell, the ratio C / the best peer of each cell, each engine's
-accuracy, C's peak resident memory and the GMAC/s it reaches (with AVX-512 VNNI: its share of one
-core's vpdpbusd peak, `make vnni-peak`); --json PATH writes it all. Usage: `make bench MODEL=lenet`, or:
+accuracy, C's peak resident memory and the GMAC/s it reaches (its share of one core's peak where
+the best build is avx512, `make vnni-peak`, or amx, `make amx-peak`); --json PATH writes it all. Usage: `make bench MODEL=lenet`, or:
   .venv/bin/python benchmarks/bench_inference.py --model=lenet --json=bench.json
 """
 import json
@@ -43,7 +44,7 @@ from model.fileio import ModelFileError, atomic_open  # noqa: E402
 from model.quantize import build_integer_graph  # noqa: E402
 
 BATCHES = (1, 32)
-ISAS = ("avx512", "avxvnni", "avx2", "c99")        # c/inference's builds of the optimized kernels, best first
+ISAS = ("amx", "avx512", "avxvnni", "avx2", "c99")     # c/inference's builds of the optimized kernels, best first
 TWIN_ISAS = ("avxvnni-evex",)       # test twins (c/Makefile): measured, never the best
 
 
@@ -170,9 +171,14 @@ def run_c(model_name, folder, images, batch, threads, extra=()):
     return run
 
 
-def vnni_peak_gmac_per_s():
-    """One core's vpdpbusd ceiling (`make vnni-peak`), or None where the CPU or compiler lacks AVX-512 VNNI."""
-    proc = subprocess.run(["make", "-s", "-C", ROOT, "vnni-peak"], capture_output=True, text=True)
+PEAKS = {"avx512": "vnni-peak", "amx": "amx-peak"}     # the make target that measures each build's ceiling
+
+
+def peak_gmac_per_s(isa):
+    """One core's int8 ceiling of build isa (PEAKS), or None where there is none or the CPU or compiler lacks it."""
+    if isa not in PEAKS:
+        return None
+    proc = subprocess.run(["make", "-s", "-C", ROOT, PEAKS[isa]], capture_output=True, text=True)
     m = re.search(r"= ([0-9.]+) GMAC/s", proc.stdout)
     return float(m.group(1)) if proc.returncode == 0 and m else None
 
@@ -268,8 +274,8 @@ def main():
     result["c_memory_budget_mb"] = (2 * (weight_bytes + sum(activations[:2])) + 8 * 2 ** 20) / 2 ** 20
     result["gmac_per_image"] = conv_kernel_macs(state, quant_list) / 1e9
     result["c_gmac_per_s"] = result["gmac_per_image"] * result[cell_name(1, 1)]["images_per_s"]["c_int8"]
-    # the batch-1 cell runs the best build: its share of the VNNI peak where that build is avx512
-    result["vnni_peak_gmac_per_s"] = vnni_peak_gmac_per_s() if best_isa == "avx512" else None
+    # the batch-1 cell runs the best build: its share of that build's peak
+    result["peak_gmac_per_s"] = peak_gmac_per_s(best_isa)
     result["accuracy"] = accuracy
     result["machine"] = f"{os.cpu_count()} cores, {open('/proc/cpuinfo').read().split('model name')[1].split(':')[1].splitlines()[0].strip()}" \
         if os.path.exists("/proc/cpuinfo") else f"{os.cpu_count()} cores"
@@ -287,8 +293,8 @@ def main():
         f"{isa}{' (EVEX test twin)' if isa in TWIN_ISAS else ''} {v['images_per_s']:.0f} img/s"
         f" ({v['ratio_to_best']:.2f}x)"
         for isa, v in result["c_isa"].items()))
-    peak = result["vnni_peak_gmac_per_s"]
-    share = f" = {100 * result['c_gmac_per_s'] / peak:.0f}% of one core's vpdpbusd peak ({peak:.0f})" if peak else ""
+    peak = result["peak_gmac_per_s"]
+    share = f" = {100 * result['c_gmac_per_s'] / peak:.0f}% of one core's {best_isa} peak ({peak:.0f})" if peak else ""
     print(f"C: {result['gmac_per_image']:.4f} GMAC/image, {result['c_gmac_per_s']:.1f} GMAC/s on one thread (batch 1)"
           f"{share}, peak RSS {result['c_peak_rss_mb']:.1f} MB (budget {result['c_memory_budget_mb']:.1f} MB)")
     if cfg.json:

@@ -79,7 +79,7 @@ static void usage(const char *msg, const char *arg)
             "                  no accuracy), or the idx1 file (mnist)\n"
             "  --quiet         print only the result line\n"
             "  --reference     run the simple reference kernels instead of the optimized ones\n"
-            "  --isa NAME      the optimized kernels' build: avx512, avxvnni, avx2 or c99 (x86-64), neon\n"
+            "  --isa NAME      the optimized kernels' build: amx, avx512, avxvnni, avx2 or c99 (x86-64), neon\n"
             "                  or c99 (aarch64); default the best this CPU runs\n"
             "  --batch N       run N images at a time through the graph, layer by layer (default "
             MACRO_TEXT(DEFAULT_BATCH_PER_THREAD) " a thread); the\n"
@@ -516,7 +516,7 @@ int main(int argc, char **argv)
         printf("model: %s (%s, fingerprint %s), %d ops, %s weights from %s files, %zu bytes of activations\n",
                m.name, m.dataset, m.fingerprint, m.n_ops, m.weight_signed ? "int8" : "uint8",
                opt.txt ? "txt" : "bin", m.arena_bytes);
-        char passes[64] = "";
+        char passes[128] = "";
         if (e.k->describe)
             e.k->describe(e.ws[0], passes, sizeof passes);
         printf("kernels: %s, %d thread%s, batches of %d%s\n", e.k->name, e.n_threads, e.n_threads > 1 ? "s" : "",

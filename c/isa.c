@@ -2,13 +2,14 @@
  * isa.c -- which build of the optimized kernels (kernels.h) this CPU runs.
  *
  * The Makefile links one build of kernels_fast.c per ISA the target architecture has (x86-64:
- * AVX-512 VNNI, AVX-VNNI, AVX2, C99; aarch64: NEON with the dot product, C99), each compiled with its own
+ * AMX-INT8, AVX-512 VNNI, AVX-VNNI, AVX2, C99; aarch64: NEON with the dot product, C99), each compiled with its own
  * target flags, and compiles everything else for the plain architecture, so that one binary runs
  * on any CPU of it: at start the engine takes the first ISA in the table below that the CPU
  * supports, or the one --isa names.
  * FPGAI_C99_ONLY (make portable) links the C99 build alone, for compilers without the
  * intrinsics.
  */
+#define _DEFAULT_SOURCE             /* syscall */
 #include "host.h"
 #include "kernels.h"
 
@@ -28,6 +29,8 @@
 #endif
 
 #if X86_ISAS
+#include <sys/syscall.h>
+#include <unistd.h>
 /* Everything kernels_fast.c's AVX-512 build uses (its FAST_ISA_AVX512 flags); libgcc also checks
  * that the OS saves the vector registers (XCR0) */
 static int cpu_has_avx512(void)
@@ -36,6 +39,15 @@ static int cpu_has_avx512(void)
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")
            && __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl")
            && __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vbmi");
+}
+
+/* The AVX-512 build's and AMX-INT8's tiles, which Linux lets a process use once it asks for them
+ * (ARCH_REQ_XCOMP_PERM for XFEATURE_XTILEDATA, 18: a kernel without it, or one that refuses, means
+ * no AMX here) */
+static int cpu_has_amx(void)
+{
+    return cpu_has_avx512() && __builtin_cpu_supports("amx-tile") && __builtin_cpu_supports("amx-int8")
+           && syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18) == 0;
 }
 
 static int cpu_has_avx2(void)
@@ -80,6 +92,7 @@ typedef struct {
 /* best first */
 static const Isa ISAS[] = {
 #if X86_ISAS
+    {"amx", "AMX-INT8 with AVX-512 F/BW/DQ/VL/VNNI/VBMI, and the kernel's permission", &FAST_KERNELS_AMX, cpu_has_amx},
     {"avx512", "AVX-512 F/BW/DQ/VL/VNNI/VBMI", &FAST_KERNELS_AVX512, cpu_has_avx512},
     {"avxvnni", "AVX2 and AVX-VNNI", &FAST_KERNELS_AVXVNNI, cpu_has_avxvnni},
     {"avx2", "AVX2", &FAST_KERNELS_AVX2, cpu_has_avx2},
@@ -89,8 +102,9 @@ static const Isa ISAS[] = {
 #endif
     {"c99", "", &FAST_KERNELS_C99, always},
 #if X86_ISAS
-    /* after c99, which every CPU runs: only --isa picks this test twin of avxvnni (c/Makefile) */
+    /* after c99, which every CPU runs: only --isa picks these test twins of avxvnni and amx (c/Makefile) */
     {"avxvnni-evex", "AVX2 and AVX-512 F/VL/VNNI", &FAST_KERNELS_AVXVNNI_EVEX, cpu_has_avx512vl_vnni},
+    {"amx-emu", "AVX-512 F/BW/DQ/VL/VNNI/VBMI", &FAST_KERNELS_AMX_EMU, cpu_has_avx512},
 #endif
 };
 

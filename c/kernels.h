@@ -6,7 +6,8 @@
  *                                      (--reference)
  *   FAST_KERNELS_*     kernels_fast.c  HWC activations, every conv and linear layer an int8
  *                                      GEMM, depthwise convs vectorized over channels; one build
- *                                      of that file per ISA (c/Makefile): _AVX512 (VNNI),
+ *                                      of that file per ISA (c/Makefile): _AMX (AMX-INT8 tiles,
+ *                                      and its test twin _AMX_EMU), _AVX512 (VNNI),
  *                                      _AVXVNNI (and its test twin _AVXVNNI_EVEX), _AVX2,
  *                                      _NEON (aarch64, sdot), _C99 (any CPU); isa.c picks the
  *                                      best one this CPU runs
@@ -45,7 +46,7 @@ typedef struct {
 } KernelSet;
 
 extern const KernelSet REFERENCE_KERNELS;
-extern const KernelSet FAST_KERNELS_AVX512, FAST_KERNELS_AVXVNNI, FAST_KERNELS_AVXVNNI_EVEX, FAST_KERNELS_AVX2,
+extern const KernelSet FAST_KERNELS_AMX, FAST_KERNELS_AMX_EMU, FAST_KERNELS_AVX512, FAST_KERNELS_AVXVNNI, FAST_KERNELS_AVXVNNI_EVEX, FAST_KERNELS_AVX2,
     FAST_KERNELS_NEON, FAST_KERNELS_C99;
 
 /* Part w of n items split into `parts` consecutive shares, the first n % parts of them one item
@@ -61,7 +62,7 @@ static inline size_t share_size(size_t n, int parts, int w)
     return n / (size_t)parts + ((size_t)w < n % (size_t)parts);
 }
 
-/* isa.c: the optimized set for ISA name (avx512, avxvnni, avx2, neon, c99; avxvnni-evex), or, for
+/* isa.c: the optimized set for ISA name (amx, avx512, avxvnni, avx2, neon, c99; avxvnni-evex, amx-emu), or, for
  * NULL, the best one this binary holds that the CPU runs; *isa gets its name.  Fails (one error
  * line, exit 1) on a name this binary does not know or one the CPU lacks. */
 const KernelSet *fast_kernels(const char **isa);

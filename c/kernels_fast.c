@@ -19,6 +19,9 @@
  * modulo 2^32 (uint32 in C, wrapping SIMD adds), hence exact.
  *
  * The GEMM's register tile, per build:
+ *   AMX-INT8      tdpbusd on 2 x 2 tiles: 32 pixels x 32 channels, 64 depths a step, the rows of A
+ *                 packed per chunk (amx_tiles); chunks of fewer than AMX_MIN_ROWS rows and every
+ *                 other kernel as in the AVX-512 build
  *   AVX-512 VNNI  vpdpbusd: 16 output channels x 4 depths (u8 x s8) per instruction, up to
  *                 64 channels x 4 pixels, the weights pinned in registers
  *   AVX-VNNI      the same packing, vpdpbusd on ymm (8 channels): 16 channels x 6 pixels
@@ -73,17 +76,34 @@ static int thread_id(void)
 
 /* Which build this is: the Makefile compiles this file once per ISA, each object with its target
  * flags and its own KernelSet (kernels.h); isa.c picks one at run time. */
-#if defined(FAST_ISA_AVX512)
+#if defined(FAST_ISA_AVX512) || defined(FAST_ISA_AMX)
 #if !(defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__) && defined(__AVX512DQ__) \
       && defined(__AVX512VL__) && defined(__AVX512VBMI__))
-#error "FAST_ISA_AVX512 needs -mavx512f -mavx512bw -mavx512dq -mavx512vl -mavx512vnni -mavx512vbmi"
+#error "FAST_ISA_AVX512 and FAST_ISA_AMX need -mavx512f -mavx512bw -mavx512dq -mavx512vl -mavx512vnni -mavx512vbmi"
 #endif
 #include <immintrin.h>
 #define FAST_VNNI 1
 #define FAST_AVX2 0
 #define FAST_NEON 0
+#if defined(FAST_ISA_AMX)
+/* The AVX-512 build with the GEMM's chunks of enough rows on AMX-INT8 tiles (amx_tiles).
+ * FAST_AMX_EMULATE, the test twin (c/Makefile's amx-emu), runs the very same code with the tile
+ * instructions done in C (emu_*), so that CPUs without AMX test its packing and tiling. */
+#define FAST_AMX 1
+#ifdef FAST_AMX_EMULATE
+#define FAST_KERNELS_ISA FAST_KERNELS_AMX_EMU
+#define FAST_NAME "optimized (AMX-INT8, emulated test twin)"
+#else
+#if !(defined(__AMX_TILE__) && defined(__AMX_INT8__))
+#error "FAST_ISA_AMX needs -mamx-tile -mamx-int8"
+#endif
+#define FAST_KERNELS_ISA FAST_KERNELS_AMX
+#define FAST_NAME "optimized (AMX-INT8)"
+#endif
+#else
 #define FAST_KERNELS_ISA FAST_KERNELS_AVX512
 #define FAST_NAME "optimized (AVX-512 VNNI)"
+#endif
 #elif defined(FAST_ISA_AVX2)
 #ifndef __AVX2__
 #error "FAST_ISA_AVX2 needs -mavx2"
@@ -140,6 +160,9 @@ static int thread_id(void)
 #ifndef FAST_AVXVNNI
 #define FAST_AVXVNNI 0
 #endif
+#ifndef FAST_AMX
+#define FAST_AMX 0
+#endif
 /* The GEMM's weights in VNNI's packing (w8), for a vpdpbusd tile: zmm (AVX-512) or ymm (AVX-VNNI) */
 #define FAST_VNNI_GEMM (FAST_VNNI || FAST_AVXVNNI)
 
@@ -171,13 +194,26 @@ typedef int16_t DotRow;
 #define QV_WORDS 48     /* int64 words of qv per block */
 #define QF_WORDS 40     /* int64 words of qf per block */
 /* A GEMM runs over the batch's pixels in chunks of about this many bytes of A (its rows of all the
- * images, one after the other): each chunk stays in cache while every weight panel passes over it */
-#define CHUNK_BYTES (256 * 1024)
+ * images, one after the other): each chunk stays in cache while every weight panel passes over it.
+ * AMX: more (its cores have 2 MB of L2), so that a panel is read from memory fewer times for its
+ * tiles, which consume one 16 times faster. */
+#define CHUNK_BYTES (FAST_AMX ? 1024 * 1024 : 256 * 1024)
 /* A pass's activations (an op's inputs, output and padded input, times its images): about half a
  * core's L2, so that one layer's output is still in cache when the next reads it (a workspace is one
  * thread's, but for a batch smaller than the thread count).  The environment's FPGAI_PASS_BYTES
  * overrides it (tuning, and the tests' small passes). */
 #define PASS_BYTES (512 * 1024)
+/* AMX: a tile is 16 rows of 64 bytes.  A: 16 pixels x 64 depths (u8); B: 16 depth steps x 16
+ * channels x 4 depths (s8: one block's VNNI packing, as is); C: 16 pixels x 16 channels (int32).
+ * The register tile is 2 x 2 of them, 32 pixels x 2 blocks.  A chunk of at least AMX_MIN_ROWS rows
+ * runs on AMX tiles, a smaller one on the VNNI tiles (FPGAI_AMX_ROWS overrides it: tuning, tests). */
+#define AMX_DEPTH 64
+#define AMX_PIX 16
+#define AMX_M (2 * AMX_PIX)
+#define AMX_NB 2
+#define AMX_MIN_ROWS 16
+/* A GEMM chunk holds whole register tiles of either kind */
+#define CHUNK_UNIT (FAST_AMX ? AMX_M : MR)
 
 enum { FK_NONE, FK_GEMM, FK_DEPTHWISE };
 
@@ -197,7 +233,9 @@ typedef struct {
     int32_t nseg, seg_bytes, seg_depth;
     size_t seg_stride;
     int32_t d;              /* 128 - z_w (per tensor) or 0 */
-    int8_t *w8;             /* GEMM (VNNI): [groups][nblk][Kp/4][16][4]; depthwise (VNNI): see fast_prepare */
+    int32_t wdepth;         /* GEMM (VNNI): depth of a block's packed weights, Kp (AMX: rounded up to AMX_DEPTH,
+                             * zero weights past Kp) */
+    int8_t *w8;             /* GEMM (VNNI): [groups][nblk][wdepth/4][16][4]; depthwise (VNNI): see fast_prepare */
     DotWeight *wdot;        /* GEMM (dot-product tile): [groups][nblk*16][Kp], the w8 values */
     uint32_t *bias;         /* [groups*nblk*16] bias - z_x*(sum w8 + d*K), mod 2^32 */
     int64_t *mult, *rnd, *sh;   /* [groups*nblk*16] requantization per channel (padded) */
@@ -216,6 +254,7 @@ typedef struct {
     size_t dwcols_bytes;    /* per thread: depthwise (VNNI), one row of interleaved input columns */
     size_t dwacc_elems;     /* per thread: depthwise (not VNNI), one pixel's int32 accumulators */
     size_t dotrows_elems;   /* per thread: the dot-product tile's MR rows of A as DotRow */
+    int amx;                /* AMX: some layer is a GEMM (each thread: its tile sums) */
     size_t acc_elems;       /* per thread: avgpool sums (int64 per channel) */
     size_t logits_bytes;    /* per image: the last op's output back in CHW order, when it has H*W > 1 */
 } FastModel;
@@ -225,6 +264,7 @@ typedef struct {
     uint8_t *dwcols;
     int32_t *dwacc;
     DotRow *dotrows;
+    int32_t *amx_c;         /* AMX: a register tile's sums, [AMX_NB][AMX_M][16] */
     int64_t *acc;
 } Scratch;
 
@@ -245,6 +285,8 @@ typedef struct {
     uint8_t *pad;           /* each image's conv input with its padding, pad_stride bytes apart */
     size_t pad_stride;
     int32_t *rowsum;        /* a GEMM chunk's row sums */
+    uint8_t *amx_a;         /* AMX: a GEMM chunk's rows of A packed, wdepth bytes apart (whole AMX_M-row tiles) */
+    size_t amx_rows;        /* AMX: the fewest rows of a chunk that runs on AMX tiles */
     const uint8_t **arow;   /* a GEMM chunk's rows of A: where each starts */
     Scratch *scratch;       /* [n_threads] */
     double *op_seconds;     /* NULL, or where each op's seconds add up (time_ops) */
@@ -417,14 +459,16 @@ static FastModel *fast_prepare_model(const Model *m)
         f->seg_stride = f->implicit ? (size_t)op->dil_h * padded_w(op, in) * (size_t)in->c : 0;
         if (f->implicit && FAST_VNNI_GEMM)
             f->Kp = f->nseg * f->seg_depth;
-        f->chunk_rows = (int32_t)max_size(MR, CHUNK_BYTES / (size_t)f->Kp / MR * MR);
+        f->wdepth = FAST_AMX ? (int32_t)round_up((size_t)f->Kp, AMX_DEPTH) : f->Kp;
+        f->chunk_rows = (int32_t)max_size(CHUNK_UNIT, CHUNK_BYTES / (size_t)f->Kp / CHUNK_UNIT * CHUNK_UNIT);
         if (!f->direct && op->kind == OP_CONV)
             fm->pad_bytes = max_size(fm->pad_bytes, padded);
         if (!FAST_VNNI_GEMM)
             fm->dotrows_elems = max_size(fm->dotrows_elems, MR * (size_t)f->Kp);
+        fm->amx = FAST_AMX;
         size_t nch = (size_t)groups * f->nblk * BLK;
         if (FAST_VNNI_GEMM)
-            f->w8 = xcalloc(nch * (size_t)f->Kp, 1, "packed weights");
+            f->w8 = xcalloc(nch * (size_t)f->wdepth, 1, "packed weights");
         else
             f->wdot = xcalloc(nch * (size_t)f->Kp, sizeof *f->wdot, "packed weights");
         f->bias = xcalloc(nch, sizeof *f->bias, "biases");
@@ -456,7 +500,7 @@ static FastModel *fast_prepare_model(const Model *m)
                          * division per weight where nothing is padded: it took longer than the load) */
                         const int32_t kp = f->seg_depth == f->seg_bytes ? k
                                            : k / f->seg_bytes * f->seg_depth + k % f->seg_bytes;
-                        f->w8[(slot - (size_t)j % BLK) * (size_t)f->Kp + (size_t)(kp / 4) * BLK * 4 + (size_t)(j % BLK) * 4
+                        f->w8[(slot - (size_t)j % BLK) * (size_t)f->wdepth + (size_t)(kp / 4) * BLK * 4 + (size_t)(j % BLK) * 4
                               + (size_t)(kp % 4)] = (int8_t)v;
                     } else {
                         f->wdot[slot * (size_t)f->Kp + (size_t)k] = (DotWeight)v;
@@ -506,6 +550,19 @@ static size_t cols_stride(const FastOp *f)
     return (size_t)f->Kp + OVER;
 }
 
+/* The positive number in environment variable `name` (a tuning knob), else `fallback` */
+static size_t env_count(const char *name, size_t fallback, const char *unit)
+{
+    const char *env = getenv(name);
+    if (!env)
+        return fallback;
+    char *end;
+    long long v = strtoll(env, &end, 10);
+    if (end == env || *end || v < 1)
+        fail("%s=%s: not a positive number of %s", name, env, unit);
+    return (size_t)v;
+}
+
 /* Which ops run in passes of fewer images than the batch, and how many (ws->split, ws->pass).  An
  * op's footprint per image: its inputs, output and padded input.  The ops from the first one after
  * which every op's batch footprint fits PASS_BYTES, or is outweighed by its weights (which a whole
@@ -513,15 +570,7 @@ static size_t cols_stride(const FastOp *f)
  * PASS_BYTES (at least one). */
 static void schedule_passes(const Model *m, const FastModel *fm, Workspace *ws)
 {
-    size_t pass_bytes = PASS_BYTES;
-    const char *env = getenv("FPGAI_PASS_BYTES");
-    if (env) {
-        char *end;
-        long long v = strtoll(env, &end, 10);
-        if (end == env || *end || v < 1)
-            fail("FPGAI_PASS_BYTES=%s: not a positive number of bytes", env);
-        pass_bytes = (size_t)v;
-    }
+    const size_t pass_bytes = env_count("FPGAI_PASS_BYTES", PASS_BYTES, "bytes");
     const size_t batch = (size_t)ws->batch;
     size_t head = 0;
     ws->split = m->n_ops;
@@ -576,7 +625,7 @@ static void *fast_workspace_new(const Model *m, const void *prepared, int batch,
         }
     }
     /* each GEMM's chunk: its rows of A, never more than the batch's pixels */
-    size_t chunk_rows = 0, cols_bytes = 0;
+    size_t chunk_rows = 0, cols_bytes = 0, amx_bytes = 0;
     for (int i = 0; i < m->n_ops; i++) {
         const FastOp *f = &fm->ops[i];
         if (f->kind != FK_GEMM)
@@ -586,7 +635,12 @@ static void *fast_workspace_new(const Model *m, const void *prepared, int batch,
         chunk_rows = max_size(chunk_rows, chunk);
         if (!f->direct && !f->implicit)
             cols_bytes = max_size(cols_bytes, chunk * cols_stride(f));
+        if (fm->amx)
+            amx_bytes = max_size(amx_bytes, round_up(chunk, AMX_M) * (size_t)f->wdepth);
     }
+    if (amx_bytes)
+        ws->amx_a = xcalloc(amx_bytes, 1, "AMX rows");
+    ws->amx_rows = env_count("FPGAI_AMX_ROWS", AMX_MIN_ROWS, "rows");
     if (cols_bytes)
         ws->cols = xcalloc(cols_bytes, 1, "im2col scratch");
     if (chunk_rows) {
@@ -607,6 +661,8 @@ static void *fast_workspace_new(const Model *m, const void *prepared, int batch,
             sc->dwacc = xcalloc(fm->dwacc_elems, sizeof *sc->dwacc, "depthwise sums");
         if (fm->dotrows_elems)
             sc->dotrows = xcalloc(fm->dotrows_elems, sizeof *sc->dotrows, "dot-product rows");
+        if (fm->amx)
+            sc->amx_c = xcalloc(AMX_NB * AMX_M * BLK, sizeof *sc->amx_c, "AMX sums");
         if (fm->acc_elems)
             sc->acc = xcalloc(fm->acc_elems, sizeof *sc->acc, "accumulators");
     }
@@ -622,6 +678,7 @@ static void fast_workspace_free(void *p)
         free(ws->scratch[t].dwcols);
         free(ws->scratch[t].dwacc);
         free(ws->scratch[t].dotrows);
+        free(ws->scratch[t].amx_c);
         free(ws->scratch[t].acc);
     }
     free(ws->scratch);
@@ -631,6 +688,7 @@ static void fast_workspace_free(void *p)
     free(ws->cols);
     free(ws->pad);
     free(ws->rowsum);
+    free(ws->amx_a);
     free(ws->arow);
     free(ws->logits);
     free(ws);
@@ -699,6 +757,44 @@ static inline __attribute__((always_inline)) void store_packed(__m512i r0, __m51
         _mm_mask_storeu_epi8(dst, (__mmask16)((1u << n) - 1), _mm512_castsi512_si128(u));
 }
 
+/* A register tile's sums, acc[b][p] of block b (channels slot + 16b ..) and pixel p, the bias
+ * included, requantized and stored: pixel p's at out + p * ldc, the last block's first last_n */
+static inline __attribute__((always_inline)) void tile_store(const int NB, const int MP, const __m512i acc[NBMAX][MR],
+                                                             const int32_t *rowsum, const FastOp *f, size_t slot,
+                                                             int last_n, const Op *op, uint8_t *out, size_t ldc)
+{
+    const int32_t d = f->d, post = f->post;     /* locals: the byte stores may alias any field */
+    const __m512i dv = _mm512_set1_epi32(d);
+    if (f->rq32) {
+        const __m512i order = _mm512_loadu_si512(pack_order);
+        const __m512i lo = _mm512_set1_epi8((char)op->qmin), hi = _mm512_set1_epi8((char)op->qmax);
+        const int64_t *q = f->qf + slot / BLK * QF_WORDS;
+        /* every result before the first store: a block's constants are then loaded once, not once
+         * per pixel (a byte store may alias them) */
+        __m512i r[NBMAX][MR];
+        for (int b = 0; b < NBMAX; b++)
+            for (int p = 0; p < MP; p++) {
+                __m512i v = acc[b < NB ? b : 0][p];
+                if (d)
+                    v = _mm512_add_epi32(v, _mm512_mullo_epi32(dv, _mm512_set1_epi32(rowsum[p])));
+                r[b][p] = b < NB ? requant_fast_16(v, q + (size_t)b * QF_WORDS, post) : r[0][p];
+            }
+        for (int p = 0; p < MP; p++)
+            store_packed(r[0][p], r[1][p], r[2][p], r[3][p], (NB - 1) * BLK + last_n, order, lo, hi,
+                         out + (size_t)p * ldc);
+        return;
+    }
+    for (int b = 0; b < NB; b++) {
+        for (int p = 0; p < MP; p++) {
+            __m512i v = acc[b][p];
+            if (f->d)
+                v = _mm512_add_epi32(v, _mm512_mullo_epi32(dv, _mm512_set1_epi32(rowsum[p])));
+            requant_store_v(v, f, slot + (size_t)b * BLK, b == NB - 1 ? last_n : BLK, op,
+                            out + (size_t)p * ldc + (size_t)b * BLK);
+        }
+    }
+}
+
 /* Register tile: NB blocks of 16 channels x MP pixels (their rows of A at arow), the whole depth. */
 static inline __attribute__((always_inline)) void tile_vnni(const int NB, const int MP, const uint8_t *const *arow,
                                                             const int8_t *B, size_t bstride,
@@ -745,36 +841,7 @@ static inline __attribute__((always_inline)) void tile_vnni(const int NB, const 
     }
     const __m512i acc[NBMAX][MR] = {{c00, c01, c02, c03}, {c10, c11, c12, c13}, {c20, c21, c22, c23},
                                     {c30, c31, c32, c33}};
-    const int32_t d = f->d, post = f->post;     /* locals: the byte stores may alias any field */
-    const __m512i dv = _mm512_set1_epi32(d);
-    if (f->rq32) {
-        const __m512i order = _mm512_loadu_si512(pack_order);
-        const __m512i lo = _mm512_set1_epi8((char)op->qmin), hi = _mm512_set1_epi8((char)op->qmax);
-        const int64_t *q = f->qf + slot / BLK * QF_WORDS;
-        /* every result before the first store: a block's constants are then loaded once, not once
-         * per pixel (a byte store may alias them) */
-        __m512i r[NBMAX][MR];
-        for (int b = 0; b < NBMAX; b++)
-            for (int p = 0; p < MP; p++) {
-                __m512i v = acc[b < NB ? b : 0][p];
-                if (d)
-                    v = _mm512_add_epi32(v, _mm512_mullo_epi32(dv, _mm512_set1_epi32(rowsum[p])));
-                r[b][p] = b < NB ? requant_fast_16(v, q + (size_t)b * QF_WORDS, post) : r[0][p];
-            }
-        for (int p = 0; p < MP; p++)
-            store_packed(r[0][p], r[1][p], r[2][p], r[3][p], (NB - 1) * BLK + last_n, order, lo, hi,
-                         out + (size_t)p * ldc);
-        return;
-    }
-    for (int b = 0; b < NB; b++) {
-        for (int p = 0; p < MP; p++) {
-            __m512i v = acc[b][p];
-            if (f->d)
-                v = _mm512_add_epi32(v, _mm512_mullo_epi32(dv, _mm512_set1_epi32(rowsum[p])));
-            requant_store_v(v, f, slot + (size_t)b * BLK, b == NB - 1 ? last_n : BLK, op,
-                            out + (size_t)p * ldc + (size_t)b * BLK);
-        }
-    }
+    tile_store(NB, MP, acc, rowsum, f, slot, last_n, op, out, ldc);
 }
 
 #define TILE_CASE(nb, mp) case (nb) * 8 + (mp): \
@@ -786,8 +853,8 @@ static void tile(int nb, int mp, const uint8_t *const *arow, const int32_t *rows
                  size_t slot, int last_n, const Op *op, uint8_t *out, size_t ldc)
 {
     (void)dotrows;          /* the dot-product tile's */
-    const int8_t *B = f->w8 + slot * (size_t)f->Kp;
-    const size_t bstride = (size_t)f->Kp * BLK;
+    const int8_t *B = f->w8 + slot * (size_t)f->wdepth;
+    const size_t bstride = (size_t)f->wdepth * BLK;
     switch (nb * 8 + mp) {
     TILE_ROW(1) TILE_ROW(2) TILE_ROW(3) TILE_ROW(4)
     default: break;
@@ -906,7 +973,7 @@ static void tile(int nb, int mp, const uint8_t *const *arow, const int32_t *rows
                  size_t slot, int last_n, const Op *op, uint8_t *out, size_t ldc)
 {
     (void)nb, (void)dotrows;        /* one block per tile; dotrows is the dot-product tile's */
-    const int8_t *B = f->w8 + slot * (size_t)f->Kp;
+    const int8_t *B = f->w8 + slot * (size_t)f->wdepth;
     switch (mp) {
     TILE_MP(1) TILE_MP(2) TILE_MP(3) TILE_MP(4) TILE_MP(5) TILE_MP(6)     /* mp = 1..MR */
     default: break;
@@ -1128,7 +1195,172 @@ typedef struct {
     const uint8_t *A;           /* its first row of A */
     size_t lda;
     uint8_t *out;               /* its first row's output, group g's first channel */
+    int amx;                    /* on AMX tiles (its rows of A packed into ws->amx_a), else the build's own */
 } GemmChunk;
+
+#if FAST_AMX
+/* The tile instructions: AMX's, or in the test twin (FAST_AMX_EMULATE) the same in C on each
+ * thread's copy of the tile registers.  GCC's AMX intrinsics are asm statements that do not say
+ * which memory they read or write: memory_barrier() keeps the C stores and loads around them in
+ * place. */
+#define memory_barrier() __asm__ __volatile__("" ::: "memory")
+#ifdef FAST_AMX_EMULATE
+static __thread uint8_t emu_tile[8][AMX_PIX][AMX_DEPTH];
+
+static void emu_load(int t, const void *base, size_t stride)
+{
+    for (int r = 0; r < AMX_PIX; r++)
+        memcpy(emu_tile[t][r], (const uint8_t *)base + (size_t)r * stride, AMX_DEPTH);
+}
+
+static void emu_store(int t, void *base, size_t stride)
+{
+    for (int r = 0; r < AMX_PIX; r++)
+        memcpy((uint8_t *)base + (size_t)r * stride, emu_tile[t][r], AMX_DEPTH);
+}
+
+/* tdpbusd: C[m][n] += sum over k < 16, i < 4 of A[m][4k + i] (u8) * B[k][4n + i] (s8), modulo 2^32 */
+static void emu_dpbusd(int c, int a, int b)
+{
+    uint32_t sum[AMX_PIX][BLK];
+    memcpy(sum, emu_tile[c], sizeof sum);
+    for (int m = 0; m < AMX_PIX; m++)
+        for (int k = 0; k < AMX_DEPTH; k++) {
+            const int32_t x = emu_tile[a][m][k];
+            const uint8_t *w = &emu_tile[b][k / 4][k % 4];
+            for (int n = 0; n < BLK; n++)
+                sum[m][n] += (uint32_t)(x * (int32_t)(int8_t)w[4 * n]);
+        }
+    memcpy(emu_tile[c], sum, sizeof sum);
+}
+#define TILE_CONFIG(cfg) (void)(cfg)
+#define TILE_RELEASE() ((void)0)
+#define TILE_ZERO(t) memset(emu_tile[t], 0, sizeof emu_tile[t])
+#define TILE_LOAD(t, base, stride) emu_load(t, base, stride)
+#define TILE_STORE(t, base, stride) emu_store(t, base, stride)
+#define TILE_DPBUSD(c, a, b) emu_dpbusd(c, a, b)
+#else
+#define TILE_CONFIG(cfg) _tile_loadconfig(cfg)
+#define TILE_RELEASE() _tile_release()
+#define TILE_ZERO(t) _tile_zero(t)
+#define TILE_LOAD(t, base, stride) _tile_loadd(t, base, stride)
+#define TILE_STORE(t, base, stride) _tile_stored(t, base, stride)
+#define TILE_DPBUSD(c, a, b) _tile_dpbusd(c, a, b)
+#endif
+
+/* ldtilecfg's operand, palette 1: every tile 16 rows of 64 bytes */
+typedef struct {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} TileConfig;
+
+/* n bytes from src to dst in 64-byte vectors, the last one masked: nothing read or written past n
+ * (a call of memcpy per segment took about as long as the AMX tiles that read them) */
+static inline void copy_64(uint8_t *dst, const uint8_t *src, size_t n)
+{
+    size_t k = 0;
+    for (; k + 64 <= n; k += 64)
+        _mm512_storeu_si512(dst + k, _mm512_loadu_si512(src + k));
+    if (k < n) {
+        const __mmask64 m = ((__mmask64)1 << (n - k)) - 1;
+        _mm512_mask_storeu_epi8(dst + k, m, _mm512_maskz_loadu_epi8(m, src + k));
+    }
+}
+
+/* Rows lo .. hi - 1 of the chunk's A packed for the AMX tiles, wdepth bytes apart: each row's
+ * segments, seg_depth bytes each (as the VNNI tile reads them).  The bytes from Kp to wdepth keep
+ * whatever an earlier layer left there (the buffer starts zeroed): they meet zero weights. */
+static void amx_pack(const GemmChunk *ch, const Workspace *ws, size_t lo, size_t hi)
+{
+    const FastOp *f = ch->f;
+    const size_t seg = (size_t)f->seg_depth;
+    for (size_t r = lo; r < hi; r++)
+        for (int32_t g = 0; g < f->nseg; g++)
+            copy_64(ws->amx_a + r * (size_t)f->wdepth + (size_t)g * seg, ws->arow[r] + (size_t)g * f->seg_stride, seg);
+}
+
+/* Up to MR pixels' sums of an AMX register tile (c: [block][pixel][16]) plus the bias, stored */
+static inline __attribute__((always_inline)) void amx_store_pixels(const int NB, const int MP, const int32_t *c,
+                                                                   const int32_t *rowsum, const FastOp *f,
+                                                                   size_t slot, int last_n, const Op *op,
+                                                                   uint8_t *out, size_t ldc)
+{
+    __m512i acc[NBMAX][MR];
+    for (int b = 0; b < NBMAX; b++)
+        for (int p = 0; p < MR; p++)
+            acc[b][p] = b < NB && p < MP ? _mm512_add_epi32(_mm512_loadu_si512(c + ((size_t)b * AMX_M + p) * BLK),
+                                                            _mm512_loadu_si512(f->bias + slot + (size_t)b * BLK))
+                                         : _mm512_setzero_si512();
+    tile_store(NB, MP, acc, rowsum, f, slot, last_n, op, out, ldc);
+}
+
+#define AMX_STORE(nb, mp) case (nb) * 8 + (mp): \
+    amx_store_pixels(nb, mp, c + p * BLK, rowsum + p, f, slot, last_n, op, out + p * ldc, ldc); break;
+
+/* An AMX register tile's mp pixels x nb blocks, MR pixels at a time */
+static void amx_store(int nb, size_t mp, const int32_t *c, const int32_t *rowsum, const FastOp *f, size_t slot,
+                      int last_n, const Op *op, uint8_t *out, size_t ldc)
+{
+    for (size_t p = 0; p < mp; p += MR)
+        switch (nb * 8 + (mp - p < MR ? (int)(mp - p) : MR)) {
+        AMX_STORE(1, 1) AMX_STORE(1, 2) AMX_STORE(1, 3) AMX_STORE(1, 4)
+        AMX_STORE(2, 1) AMX_STORE(2, 2) AMX_STORE(2, 3) AMX_STORE(2, 4)
+        default: break;
+        }
+}
+
+/* The chunk's AMX register tiles (32 pixels x 2 blocks) of block pairs bg_lo .. bg_hi - 1 x pixel
+ * tiles pt_lo .. pt_hi - 1, blocks outermost; c: the thread's sums */
+static void amx_tiles(const GemmChunk *ch, const Workspace *ws, int32_t bg_lo, int32_t bg_hi, size_t pt_lo,
+                      size_t pt_hi, int32_t *c)
+{
+    const FastOp *f = ch->f;
+    const size_t wdepth = (size_t)f->wdepth, ldc = (size_t)ch->op->c;
+    TileConfig cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.palette = 1;
+    for (int t = 0; t < 8; t++) {
+        cfg.colsb[t] = AMX_DEPTH;
+        cfg.rows[t] = AMX_PIX;
+    }
+    TILE_CONFIG(&cfg);
+    memory_barrier();           /* the packed rows */
+    for (int32_t b0 = bg_lo * AMX_NB; b0 < bg_hi * AMX_NB; b0 += AMX_NB) {
+        const int nb = f->nblk - b0 < AMX_NB ? f->nblk - b0 : AMX_NB;
+        const int last_n = f->cout_g - (b0 + nb - 1) * BLK < BLK ? f->cout_g - (b0 + nb - 1) * BLK : BLK;
+        const size_t slot = ((size_t)ch->g * f->nblk + (size_t)b0) * BLK;
+        const int8_t *B0 = f->w8 + slot * wdepth, *B1 = B0 + wdepth * BLK;
+        for (size_t p0 = pt_lo * AMX_M; p0 < pt_hi * AMX_M && p0 < ch->mc; p0 += AMX_M) {
+            const uint8_t *A = ws->amx_a + p0 * wdepth;
+            TILE_ZERO(0);
+            TILE_ZERO(1);
+            TILE_ZERO(2);
+            TILE_ZERO(3);
+            for (size_t k = 0; k < wdepth; k += AMX_DEPTH) {     /* depth k: a block's byte 16k */
+                TILE_LOAD(4, A + k, wdepth);
+                TILE_LOAD(5, A + AMX_PIX * wdepth + k, wdepth);
+                TILE_LOAD(6, B0 + k * BLK, AMX_DEPTH);
+                TILE_DPBUSD(0, 4, 6);
+                TILE_DPBUSD(1, 5, 6);
+                if (nb > 1) {
+                    TILE_LOAD(7, B1 + k * BLK, AMX_DEPTH);
+                    TILE_DPBUSD(2, 4, 7);
+                    TILE_DPBUSD(3, 5, 7);
+                }
+            }
+            TILE_STORE(0, c, BLK * sizeof *c);
+            TILE_STORE(1, c + AMX_PIX * BLK, BLK * sizeof *c);
+            TILE_STORE(2, c + AMX_M * BLK, BLK * sizeof *c);
+            TILE_STORE(3, c + (AMX_M + AMX_PIX) * BLK, BLK * sizeof *c);
+            memory_barrier();
+            amx_store(nb, ch->mc - p0 < AMX_M ? ch->mc - p0 : AMX_M, c, ws->rowsum + p0, f, slot, last_n, ch->op,
+                      ch->out + p0 * ldc + (size_t)b0 * BLK, ldc);
+        }
+    }
+    TILE_RELEASE();
+}
+#endif
 
 /* Rows lo .. hi - 1 of the chunk's A (im2col, or a linear layer's input padded to Kp; in place
  * for the others) and their sums */
@@ -1160,14 +1392,25 @@ static void fill_rows(const GemmChunk *ch, Workspace *ws, size_t lo, size_t hi)
             ws->rowsum[r] = (int32_t)s;     /* <= 255 * K < 2^31 (K < 2^23 in practice) */
         }
     }
+#if FAST_AMX
+    if (ch->amx)
+        amx_pack(ch, ws, lo, hi);
+#endif
 }
 
 /* The chunk's register tiles of NBMAX-block groups bg_lo .. bg_hi - 1 x pixel tiles pt_lo ..
- * pt_hi - 1, channel blocks outermost: a weight panel stays in cache over the pixels */
+ * pt_hi - 1 (AMX: its own tiles' groups and pixel tiles), channel blocks outermost: a weight panel
+ * stays in cache over the pixels; sc: the thread's scratch */
 static void gemm_tiles(const GemmChunk *ch, const Workspace *ws, int32_t bg_lo, int32_t bg_hi, size_t pt_lo,
-                       size_t pt_hi, DotRow *dotrows)
+                       size_t pt_hi, const Scratch *sc)
 {
     const FastOp *f = ch->f;
+#if FAST_AMX
+    if (ch->amx) {
+        amx_tiles(ch, ws, bg_lo, bg_hi, pt_lo, pt_hi, sc->amx_c);
+        return;
+    }
+#endif
     for (int32_t b0 = bg_lo * NBMAX; b0 < bg_hi * NBMAX; b0 += NBMAX) {
         const int nb = f->nblk - b0 < NBMAX ? f->nblk - b0 : NBMAX;
         int last_n = f->cout_g - (b0 + nb - 1) * BLK;
@@ -1175,7 +1418,7 @@ static void gemm_tiles(const GemmChunk *ch, const Workspace *ws, int32_t bg_lo, 
             last_n = BLK;
         for (size_t p0 = pt_lo * MR; p0 < pt_hi * MR && p0 < ch->mc; p0 += MR) {
             const int mp = ch->mc - p0 < MR ? (int)(ch->mc - p0) : MR;
-            tile(nb, mp, ws->arow + p0, ws->rowsum + p0, dotrows, f, ((size_t)ch->g * f->nblk + b0) * BLK,
+            tile(nb, mp, ws->arow + p0, ws->rowsum + p0, sc->dotrows, f, ((size_t)ch->g * f->nblk + b0) * BLK,
                  last_n, ch->op, ch->out + p0 * ch->op->c + (size_t)b0 * BLK, (size_t)ch->op->c);
         }
     }
@@ -1183,38 +1426,41 @@ static void gemm_tiles(const GemmChunk *ch, const Workspace *ws, int32_t bg_lo, 
 
 /* A conv (any groups but depthwise) or linear layer on n images; x and out are HWC, the images one
  * after the other.  All the images' pixels are the GEMM's rows, in chunks: per chunk, its rows of A
- * (im2col, or the input in place) and their sums, then every tile of channels x pixels.  The
- * threads split a chunk by rows where it has a tile of pixels for each (each fills its rows, then
- * runs their tiles: no wait in between), else by channel blocks once the rows are filled. */
+ * (im2col, or the input in place; AMX: packed) and their sums, then every tile of channels x pixels.
+ * The threads split a chunk by rows where it has a tile of pixels for each (each fills its rows,
+ * then runs their tiles: no wait in between), else by channel blocks once the rows are filled. */
 static void fast_gemm(const Op *op, const Op *in, const FastOp *f, const uint8_t *x, uint8_t *out, Workspace *ws, int n)
 {
     const int32_t groups = op->kind == OP_CONV ? op->groups : 1;
     const size_t rows = (size_t)n * op->h * op->w;
     if (!f->direct && op->kind == OP_CONV)
         pad_inputs(op, in, x, ws, n);
-    const int32_t block_groups = (f->nblk + NBMAX - 1) / NBMAX;
     const int parts = ws->n_threads;
     for (size_t r0 = 0; r0 < rows; r0 += (size_t)f->chunk_rows) {
         const size_t mc = rows - r0 < (size_t)f->chunk_rows ? rows - r0 : (size_t)f->chunk_rows;
-        const size_t pixel_tiles = (mc + MR - 1) / MR;
+        const int amx = FAST_AMX && mc >= ws->amx_rows;
+        const size_t mr = amx ? AMX_M : MR;                 /* a tile's pixels and blocks */
+        const int32_t nbt = amx ? AMX_NB : NBMAX;
+        const size_t pixel_tiles = (mc + mr - 1) / mr;
+        const int32_t block_groups = (f->nblk + nbt - 1) / nbt;
         for (int32_t g = 0; g < groups; g++) {
             const size_t lda = f->direct ? (size_t)f->Kp : cols_stride(f);
             const GemmChunk ch = {op, in, f, x, r0, mc, g, f->direct ? x + r0 * lda : ws->cols, lda,
-                                  out + r0 * op->c + (size_t)g * f->cout_g};
+                                  out + r0 * op->c + (size_t)g * f->cout_g, amx};
             if (pixel_tiles >= (size_t)parts) {
                 PARALLEL_FOR_IF(parts > 1)
                 for (int w = 0; w < parts; w++) {
                     const size_t pt_lo = share_start(pixel_tiles, parts, w), pt_hi = pt_lo + share_size(pixel_tiles, parts, w);
-                    fill_rows(&ch, ws, pt_lo * MR, pt_hi * MR < mc ? pt_hi * MR : mc);
-                    gemm_tiles(&ch, ws, 0, block_groups, pt_lo, pt_hi, ws->scratch[thread_id()].dotrows);
+                    fill_rows(&ch, ws, pt_lo * mr, pt_hi * mr < mc ? pt_hi * mr : mc);
+                    gemm_tiles(&ch, ws, 0, block_groups, pt_lo, pt_hi, &ws->scratch[thread_id()]);
                 }
             } else {
-                fill_rows(&ch, ws, 0, mc);          /* fewer than MR * parts rows */
+                fill_rows(&ch, ws, 0, mc);          /* fewer than a tile of rows a thread */
                 PARALLEL_FOR_IF(parts > 1 && block_groups > 1)
                 for (int w = 0; w < parts; w++) {
                     const int32_t bg_lo = (int32_t)share_start((size_t)block_groups, parts, w);
                     gemm_tiles(&ch, ws, bg_lo, bg_lo + (int32_t)share_size((size_t)block_groups, parts, w), 0, pixel_tiles,
-                               ws->scratch[thread_id()].dotrows);
+                               &ws->scratch[thread_id()]);
                 }
             }
         }
@@ -1640,14 +1886,17 @@ static const uint8_t *fast_run(const Model *m, const void *prepared, void *works
     return ws->logits;
 }
 
-/* The pass schedule, where there is one */
+/* The pass schedule, where there is one; AMX: which GEMM chunks take its tiles */
 static void fast_describe(const void *workspace, char *text, size_t size)
 {
     const Workspace *ws = workspace;
-    if (ws->split)
-        snprintf(text, size, " (ops 0-%d in passes of %d)", ws->split - 1, ws->pass);
-    else if (size)
+    int n = 0;
+    if (size)
         text[0] = 0;
+    if (ws->split)
+        n = snprintf(text, size, " (ops 0-%d in passes of %d)", ws->split - 1, ws->pass);
+    if (FAST_AMX && n >= 0 && (size_t)n < size)
+        snprintf(text + n, size - (size_t)n, ", AMX tiles on GEMM chunks of %zu+ rows", ws->amx_rows);
 }
 
 static void fast_time_ops(void *workspace, double *op_seconds)

@@ -11,7 +11,7 @@ must each give the numpy engine's logits, in input order; so must LeNet's shippe
 --reference; and the aarch64 build under qemu-aarch64 (--isa neon, c99; batches of 5 and 32) on
 two of the graphs.  With FPGAI_PASS_BYTES small (1 byte: one image a pass; a few KB: passes of
 several, split inside the graph) the first ops run pass by pass, the rest on the batch: the same
-logits, each ISA, ASan, threads.  An invalid --batch, --threads or FPGAI_PASS_BYTES is one error
+logits, each ISA, ASan, threads.  An invalid --batch, --threads, FPGAI_PASS_BYTES or FPGAI_AMX_ROWS is one error
 line and exit 1.  --profile times every op (one row each, in order, with its kind and shape; the
 rows add up to the total) without changing a logit, also pass by pass and on threads.
 """
@@ -23,8 +23,8 @@ import pytest
 
 from model.export_format import read_model_bin
 from tests.test_c_engine import ROOT, result_line
-from tests.test_c_kernels import (ISAS, aarch64, assert_one_line_error, binaries, check, check_engines,  # noqa: F401
-                                  exports, lenet_reference, missing_flags)
+from tests.test_c_kernels import (AMX_ISAS, ISAS, aarch64, assert_one_line_error, binaries, check,  # noqa: F401
+                                  check_engines, exports, lenet_reference, missing_flags, require_isa)
 
 N_IMAGES = 23
 BATCHES = (1, 3, 32)
@@ -66,7 +66,8 @@ def test_passes_equal_numpy(binaries, exports, tmp_path, arch, mode, bits):
         for kind, extra in [("native", ["--isa", isa, "--batch", "32"]) for isa in available_isas()] + [
                 ("asan", ["--batch", "5"]), ("asan_omp", ["--threads", "2", "--batch", "23"])]:
             proc = check(binaries, tmp_path, ex, expected, kind, extra, env=env)
-            schedules[budget, kind] = re.search(r"^kernels: .*, batches of \d+(.*)$", proc.stdout, re.M).group(1)
+            schedules[budget, kind] = re.search(r"^kernels: .*, batches of \d+(.*?)(, AMX tiles .*)?$", proc.stdout,
+                                                re.M).group(1)
     assert re.fullmatch(r" \(ops 0-\d+ in passes of 1\)", schedules["1", "native"]), schedules
     assert len(set(schedules.values())) > 1, schedules      # more than one schedule
 
@@ -151,11 +152,31 @@ def test_a_batch_past_the_memory_limit_is_one_line(binaries, exports):
     assert_one_line_error(proc, "error: --batch 65536: 65536 images' activations take ")
 
 
+@pytest.mark.parametrize("isa", AMX_ISAS)
+@pytest.mark.parametrize("arch,mode,bits", CASES[:4], ids=[f"{a}-{m}-{b}" for a, m, b in CASES[:4]])
+def test_amx_on_every_chunk_and_on_none(binaries, exports, tmp_path, arch, mode, bits, isa):
+    """FPGAI_AMX_ROWS=1: every GEMM chunk on AMX tiles, a linear layer's one row at batch 1 too (the
+    default, 16 rows, leaves those to the VNNI tiles); a threshold past every chunk: none.  The
+    kernels line names the threshold in force."""
+    require_isa(isa)
+    ex = exports(arch, mode, bits)
+    expected = ex["logits"][:N_IMAGES]
+    for rows in ("1", "100000"):
+        env = dict(os.environ, FPGAI_AMX_ROWS=rows, OMP_NUM_THREADS="2")
+        for kind, extra in [("native", ["--batch", "1"]), ("asan", ["--batch", "3"]), ("asan_omp", ["--batch", "1"]),
+                            ("omp", ["--batch", "23"])]:
+            proc = check(binaries, tmp_path, ex, expected, kind, ["--isa", isa, *extra], env=env)
+            assert f"AMX tiles on GEMM chunks of {rows}+ rows" in proc.stdout
+
+
+@pytest.mark.parametrize("variable,unit", [("FPGAI_PASS_BYTES", "bytes"), ("FPGAI_AMX_ROWS", "rows")])
 @pytest.mark.parametrize("value", ["", "0", "-5", "lots", "12k"])
-def test_invalid_pass_bytes_is_one_line(binaries, value):
-    proc = subprocess.run([binaries["native"], "--limit", "3"], cwd=ROOT, capture_output=True, text=True, timeout=60,
-                          env=dict(os.environ, FPGAI_PASS_BYTES=value))
-    assert_one_line_error(proc, f"error: FPGAI_PASS_BYTES={value}: not a positive number of bytes")
+def test_invalid_tuning_variable_is_one_line(binaries, variable, unit, value):
+    isa = "amx-emu" if variable == "FPGAI_AMX_ROWS" else "c99"      # AMX builds alone read FPGAI_AMX_ROWS
+    require_isa(isa)
+    proc = subprocess.run([binaries["native"], "--limit", "3", "--isa", isa], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60, env=dict(os.environ, **{variable: value}))
+    assert_one_line_error(proc, f"error: {variable}={value}: not a positive number of {unit}")
 
 
 def test_threads_without_openmp_is_one_line(binaries):

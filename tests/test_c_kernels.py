@@ -6,9 +6,10 @@ multiples of 4 or 16, 1x1 convs read in place, linear layers of odd width), in b
 weight modes and with 8- and 32-bit multipliers, run through:
   inference --reference     the simple kernels
   inference                 optimized, the best build of the kernels this CPU runs
-  inference --isa ISA       optimized, each build: avx512 (VNNI), avxvnni, avx2, c99, and
-                            avxvnni-evex (avxvnni's code with the EVEX vpdpbusd, for CPUs with
-                            AVX-512 VNNI but no AVX-VNNI); also under
+  inference --isa ISA       optimized, each build: amx (AMX-INT8 tiles), avx512 (VNNI), avxvnni,
+                            avx2, c99, avxvnni-evex (avxvnni's code with the EVEX vpdpbusd, for
+                            CPUs with AVX-512 VNNI but no AVX-VNNI) and amx-emu (amx's code with
+                            its tile instructions done in C, for CPUs without AMX); also under
   inference_asan --isa ISA  ASan/UBSan (skipped only where the CPU lacks that ISA)
   inference_portable        optimized, the C99 build alone
   inference_omp             optimized, OpenMP (2 threads: the default batch split between them)
@@ -42,11 +43,14 @@ TARGETS = {"native": "inference", "portable": "inference_portable", "omp": "infe
            "valgrind": "inference_valgrind"}
 # The builds of the optimized kernels in each x86-64 binary (c/isa.c), with the /proc/cpuinfo
 # flags each one needs
-ISAS = {"avx512": ("avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512_vnni", "avx512vbmi"),
+AVX512 = ("avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512_vnni", "avx512vbmi")
+ISAS = {"amx": (*AVX512, "amx_tile", "amx_int8"), "avx512": AVX512,
         "avxvnni": ("avx2", "avx_vnni"), "avx2": ("avx2",), "c99": (),
-        "avxvnni-evex": ("avx2", "avx512f", "avx512vl", "avx512_vnni")}
-ISA_NAMES = {"avx512": "AVX-512 VNNI", "avxvnni": "AVX-VNNI", "avx2": "AVX2", "neon": "NEON dot product", "c99": "C99",
-             "avxvnni-evex": "AVX-VNNI, EVEX test twin"}   # the "kernels:" line's
+        "avxvnni-evex": ("avx2", "avx512f", "avx512vl", "avx512_vnni"), "amx-emu": AVX512}
+AMX_ISAS = ("amx", "amx-emu")
+ISA_NAMES = {"amx": "AMX-INT8", "avx512": "AVX-512 VNNI", "avxvnni": "AVX-VNNI", "avx2": "AVX2",
+             "neon": "NEON dot product", "c99": "C99", "avxvnni-evex": "AVX-VNNI, EVEX test twin",
+             "amx-emu": "AMX-INT8, emulated test twin"}   # the "kernels:" line's
 QEMU_AARCH64 = ["qemu-aarch64", "-L", "/usr/aarch64-linux-gnu"]
 
 

@@ -74,7 +74,7 @@ def test_committed_model_files_stay_under_the_limit():
 # every build of the optimized kernels and every way of running them (test-models: ~10 minutes)
 FULL_SET_RUNS = [("inference", ["--isa", "avx512", "--batch", "1"]), ("inference", ["--isa", "avx2", "--batch", "32"]),
                  ("inference", ["--isa", "c99", "--batch", "4"]), ("inference", ["--isa", "avxvnni", "--batch", "1"]),
-                 ("inference", ["--isa", "avxvnni-evex", "--batch", "32"]),
+                 ("inference", ["--isa", "avxvnni-evex", "--batch", "32"]), ("inference", ["--isa", "amx", "--batch", "32"]),
                  ("inference_omp", ["--isa", "avx512", "--threads", "2", "--batch", "1"]),
                  ("inference_omp", ["--isa", "avx512", "--threads", "2", "--batch", "32"])]
 
