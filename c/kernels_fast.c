@@ -1349,11 +1349,12 @@ static void amx_tiles(const GemmChunk *ch, const Workspace *ws, int32_t bg_lo, i
                     TILE_DPBUSD(3, 5, 7);
                 }
             }
+            memory_barrier();   /* the last tile's sums read */
             TILE_STORE(0, c, BLK * sizeof *c);
             TILE_STORE(1, c + AMX_PIX * BLK, BLK * sizeof *c);
             TILE_STORE(2, c + AMX_M * BLK, BLK * sizeof *c);
             TILE_STORE(3, c + (AMX_M + AMX_PIX) * BLK, BLK * sizeof *c);
-            memory_barrier();
+            memory_barrier();   /* ... and these written */
             amx_store(nb, ch->mc - p0 < AMX_M ? ch->mc - p0 : AMX_M, c, ws->rowsum + p0, f, slot, last_n, ch->op,
                       ch->out + p0 * ldc + (size_t)b0 * BLK, ldc);
         }
