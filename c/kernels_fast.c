@@ -1429,7 +1429,8 @@ static void gemm_tiles(const GemmChunk *ch, const Workspace *ws, int32_t bg_lo, 
  * after the other.  All the images' pixels are the GEMM's rows, in chunks: per chunk, its rows of A
  * (im2col, or the input in place; AMX: packed) and their sums, then every tile of channels x pixels.
  * The threads split a chunk by rows where it has a tile of pixels for each (each fills its rows,
- * then runs their tiles: no wait in between), else by channel blocks once the rows are filled. */
+ * then runs their tiles: no wait in between), else by tiles of channel blocks x pixels once the
+ * rows are filled. */
 static void fast_gemm(const Op *op, const Op *in, const FastOp *f, const uint8_t *x, uint8_t *out, Workspace *ws, int n)
 {
     const int32_t groups = op->kind == OP_CONV ? op->groups : 1;
@@ -1456,12 +1457,19 @@ static void fast_gemm(const Op *op, const Op *in, const FastOp *f, const uint8_t
                     gemm_tiles(&ch, ws, 0, block_groups, pt_lo, pt_hi, &ws->scratch[thread_id()]);
                 }
             } else {
-                fill_rows(&ch, ws, 0, mc);          /* fewer than a tile of rows a thread */
-                PARALLEL_FOR_IF(parts > 1 && block_groups > 1)
+                /* fewer than a tile of rows a thread: the rows filled first, then each thread a share
+                 * of the (block group, pixel tile) pairs, block groups outermost */
+                fill_rows(&ch, ws, 0, mc);
+                const size_t pairs = (size_t)block_groups * pixel_tiles;
+                PARALLEL_FOR_IF(parts > 1 && pairs > 1)
                 for (int w = 0; w < parts; w++) {
-                    const int32_t bg_lo = (int32_t)share_start((size_t)block_groups, parts, w);
-                    gemm_tiles(&ch, ws, bg_lo, bg_lo + (int32_t)share_size((size_t)block_groups, parts, w), 0, pixel_tiles,
-                               &ws->scratch[thread_id()]);
+                    const size_t hi = share_start(pairs, parts, w) + share_size(pairs, parts, w);
+                    for (size_t i = share_start(pairs, parts, w); i < hi;) {
+                        const size_t pt = i % pixel_tiles, n = hi - i < pixel_tiles - pt ? hi - i : pixel_tiles - pt;
+                        const int32_t bg = (int32_t)(i / pixel_tiles);
+                        gemm_tiles(&ch, ws, bg, bg + 1, pt, pt + n, &ws->scratch[thread_id()]);
+                        i += n;
+                    }
                 }
             }
         }
