@@ -757,9 +757,14 @@ static inline __attribute__((always_inline)) void store_packed(__m512i r0, __m51
         _mm_mask_storeu_epi8(dst, (__mmask16)((1u << n) - 1), _mm512_castsi512_si128(u));
 }
 
-/* A register tile's sums, acc[b][p] of block b (channels slot + 16b ..) and pixel p, the bias
- * included, requantized and stored: pixel p's at out + p * ldc, the last block's first last_n */
-static inline __attribute__((always_inline)) void tile_store(const int NB, const int MP, const __m512i acc[NBMAX][MR],
+/* A register tile's sums: v[b][p] of block b (channels slot + 16b ..) and pixel p, the bias included.
+ * Passed by value: GCC then keeps them in registers (an array by pointer: stack copies) */
+typedef struct {
+    __m512i v[NBMAX][MR];
+} TileSums;
+
+/* The tile's sums acc requantized and stored: pixel p's at out + p * ldc, the last block's first last_n */
+static inline __attribute__((always_inline)) void tile_store(const int NB, const int MP, const TileSums acc,
                                                              const int32_t *rowsum, const FastOp *f, size_t slot,
                                                              int last_n, const Op *op, uint8_t *out, size_t ldc)
 {
@@ -774,7 +779,7 @@ static inline __attribute__((always_inline)) void tile_store(const int NB, const
         __m512i r[NBMAX][MR];
         for (int b = 0; b < NBMAX; b++)
             for (int p = 0; p < MP; p++) {
-                __m512i v = acc[b < NB ? b : 0][p];
+                __m512i v = acc.v[b < NB ? b : 0][p];
                 if (d)
                     v = _mm512_add_epi32(v, _mm512_mullo_epi32(dv, _mm512_set1_epi32(rowsum[p])));
                 r[b][p] = b < NB ? requant_fast_16(v, q + (size_t)b * QF_WORDS, post) : r[0][p];
@@ -786,7 +791,7 @@ static inline __attribute__((always_inline)) void tile_store(const int NB, const
     }
     for (int b = 0; b < NB; b++) {
         for (int p = 0; p < MP; p++) {
-            __m512i v = acc[b][p];
+            __m512i v = acc.v[b][p];
             if (f->d)
                 v = _mm512_add_epi32(v, _mm512_mullo_epi32(dv, _mm512_set1_epi32(rowsum[p])));
             requant_store_v(v, f, slot + (size_t)b * BLK, b == NB - 1 ? last_n : BLK, op,
@@ -839,8 +844,7 @@ static inline __attribute__((always_inline)) void tile_vnni(const int NB, const 
         TILE_PIX(0) TILE_PIX(1) TILE_PIX(2) TILE_PIX(3)
 #undef TILE_PIX
     }
-    const __m512i acc[NBMAX][MR] = {{c00, c01, c02, c03}, {c10, c11, c12, c13}, {c20, c21, c22, c23},
-                                    {c30, c31, c32, c33}};
+    const TileSums acc = {{{c00, c01, c02, c03}, {c10, c11, c12, c13}, {c20, c21, c22, c23}, {c30, c31, c32, c33}}};
     tile_store(NB, MP, acc, rowsum, f, slot, last_n, op, out, ldc);
 }
 
@@ -1286,10 +1290,10 @@ static inline __attribute__((always_inline)) void amx_store_pixels(const int NB,
                                                                    size_t slot, int last_n, const Op *op,
                                                                    uint8_t *out, size_t ldc)
 {
-    __m512i acc[NBMAX][MR];
+    TileSums acc;
     for (int b = 0; b < NBMAX; b++)
         for (int p = 0; p < MR; p++)
-            acc[b][p] = b < NB && p < MP ? _mm512_add_epi32(_mm512_loadu_si512(c + ((size_t)b * AMX_M + p) * BLK),
+            acc.v[b][p] = b < NB && p < MP ? _mm512_add_epi32(_mm512_loadu_si512(c + ((size_t)b * AMX_M + p) * BLK),
                                                             _mm512_loadu_si512(f->bias + slot + (size_t)b * BLK))
                                          : _mm512_setzero_si512();
     tile_store(NB, MP, acc, rowsum, f, slot, last_n, op, out, ldc);
