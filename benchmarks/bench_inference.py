@@ -18,7 +18,8 @@ engine once a round), each time over enough passes of the --images test images t
 --min_seconds, and the fastest counts; so are the forced-ISA rows.  Prints the
 images/s of each engine in each cell, the ratio C / the best peer of each cell, each engine's
 accuracy, C's peak resident memory and the GMAC/s it reaches (its share of one core's peak where
-the best build is avx512, `make vnni-peak`, or amx, `make amx-peak`); --json PATH writes it all. Usage: `make bench MODEL=lenet`, or:
+the best build is avx512, `make vnni-peak`, or amx, `make amx-peak`); --json PATH writes it all.
+Usage: `make bench MODEL=lenet`, or:
   .venv/bin/python benchmarks/bench_inference.py --model=lenet --json=bench.json
 """
 import json

@@ -41,7 +41,7 @@ static int cpu_has_avx512(void)
            && __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vbmi");
 }
 
-/* The AVX-512 build's and AMX-INT8's tiles, which Linux lets a process use once it asks for them
+/* The AVX-512 build's set and AMX-INT8, whose tile state Linux lets a process use once it asks
  * (ARCH_REQ_XCOMP_PERM for XFEATURE_XTILEDATA, 18: a kernel without it, or one that refuses, means
  * no AMX here) */
 static int cpu_has_amx(void)

@@ -46,8 +46,8 @@ typedef struct {
 } KernelSet;
 
 extern const KernelSet REFERENCE_KERNELS;
-extern const KernelSet FAST_KERNELS_AMX, FAST_KERNELS_AMX_EMU, FAST_KERNELS_AVX512, FAST_KERNELS_AVXVNNI, FAST_KERNELS_AVXVNNI_EVEX, FAST_KERNELS_AVX2,
-    FAST_KERNELS_NEON, FAST_KERNELS_C99;
+extern const KernelSet FAST_KERNELS_AMX, FAST_KERNELS_AMX_EMU, FAST_KERNELS_AVX512, FAST_KERNELS_AVXVNNI,
+    FAST_KERNELS_AVXVNNI_EVEX, FAST_KERNELS_AVX2, FAST_KERNELS_NEON, FAST_KERNELS_C99;
 
 /* Part w of n items split into `parts` consecutive shares, the first n % parts of them one item
  * larger: its first item and its size */
@@ -62,8 +62,8 @@ static inline size_t share_size(size_t n, int parts, int w)
     return n / (size_t)parts + ((size_t)w < n % (size_t)parts);
 }
 
-/* isa.c: the optimized set for ISA name (amx, avx512, avxvnni, avx2, neon, c99; avxvnni-evex, amx-emu), or, for
- * NULL, the best one this binary holds that the CPU runs; *isa gets its name.  Fails (one error
+/* isa.c: the optimized set for ISA name (amx, avx512, avxvnni, avx2, neon, c99; avxvnni-evex,
+ * amx-emu), or, for NULL, the best one this binary holds that the CPU runs; *isa gets its name.  Fails (one error
  * line, exit 1) on a name this binary does not know or one the CPU lacks. */
 const KernelSet *fast_kernels(const char **isa);
 

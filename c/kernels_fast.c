@@ -155,7 +155,8 @@ static int thread_id(void)
 #define FAST_KERNELS_ISA FAST_KERNELS_C99
 #define FAST_NAME "optimized (C99)"
 #else
-#error "kernels_fast.c: compile with one of -DFAST_ISA_AVX512, -DFAST_ISA_AVXVNNI, -DFAST_ISA_AVX2, -DFAST_ISA_NEON, -DFAST_ISA_C99 (c/Makefile)"
+#error "kernels_fast.c: compile with one of -DFAST_ISA_AMX, -DFAST_ISA_AVX512, -DFAST_ISA_AVXVNNI, -DFAST_ISA_AVX2, \
+-DFAST_ISA_NEON, -DFAST_ISA_C99 (c/Makefile)"
 #endif
 #ifndef FAST_AVXVNNI
 #define FAST_AVXVNNI 0
@@ -500,8 +501,8 @@ static FastModel *fast_prepare_model(const Model *m)
                          * division per weight where nothing is padded: it took longer than the load) */
                         const int32_t kp = f->seg_depth == f->seg_bytes ? k
                                            : k / f->seg_bytes * f->seg_depth + k % f->seg_bytes;
-                        f->w8[(slot - (size_t)j % BLK) * (size_t)f->wdepth + (size_t)(kp / 4) * BLK * 4 + (size_t)(j % BLK) * 4
-                              + (size_t)(kp % 4)] = (int8_t)v;
+                        f->w8[(slot - (size_t)j % BLK) * (size_t)f->wdepth + (size_t)(kp / 4) * BLK * 4
+                              + (size_t)(j % BLK) * 4 + (size_t)(kp % 4)] = (int8_t)v;
                     } else {
                         f->wdot[slot * (size_t)f->Kp + (size_t)k] = (DotWeight)v;
                     }
