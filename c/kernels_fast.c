@@ -255,7 +255,6 @@ typedef struct {
     size_t dwcols_bytes;    /* per thread: depthwise (VNNI), one row of interleaved input columns */
     size_t dwacc_elems;     /* per thread: depthwise (not VNNI), one pixel's int32 accumulators */
     size_t dotrows_elems;   /* per thread: the dot-product tile's MR rows of A as DotRow */
-    int amx;                /* AMX: some layer is a GEMM (each thread: its tile sums) */
     size_t acc_elems;       /* per thread: avgpool sums (int64 per channel) */
     size_t logits_bytes;    /* per image: the last op's output back in CHW order, when it has H*W > 1 */
 } FastModel;
@@ -466,7 +465,6 @@ static FastModel *fast_prepare_model(const Model *m)
             fm->pad_bytes = max_size(fm->pad_bytes, padded);
         if (!FAST_VNNI_GEMM)
             fm->dotrows_elems = max_size(fm->dotrows_elems, MR * (size_t)f->Kp);
-        fm->amx = FAST_AMX;
         size_t nch = (size_t)groups * f->nblk * BLK;
         if (FAST_VNNI_GEMM)
             f->w8 = xcalloc(nch * (size_t)f->wdepth, 1, "packed weights");
@@ -636,7 +634,7 @@ static void *fast_workspace_new(const Model *m, const void *prepared, int batch,
         chunk_rows = max_size(chunk_rows, chunk);
         if (!f->direct && !f->implicit)
             cols_bytes = max_size(cols_bytes, chunk * cols_stride(f));
-        if (fm->amx)
+        if (FAST_AMX)
             amx_bytes = max_size(amx_bytes, round_up(chunk, AMX_M) * (size_t)f->wdepth);
     }
     if (amx_bytes)
@@ -662,7 +660,7 @@ static void *fast_workspace_new(const Model *m, const void *prepared, int batch,
             sc->dwacc = xcalloc(fm->dwacc_elems, sizeof *sc->dwacc, "depthwise sums");
         if (fm->dotrows_elems)
             sc->dotrows = xcalloc(fm->dotrows_elems, sizeof *sc->dotrows, "dot-product rows");
-        if (fm->amx)
+        if (amx_bytes)          /* an AMX build, a GEMM layer */
             sc->amx_c = xcalloc(AMX_NB * AMX_M * BLK, sizeof *sc->amx_c, "AMX sums");
         if (fm->acc_elems)
             sc->acc = xcalloc(fm->acc_elems, sizeof *sc->acc, "accumulators");
@@ -1260,6 +1258,9 @@ typedef struct {
     uint8_t rows[16];
 } TileConfig;
 
+static const TileConfig TILES = {1, 0, {0}, {AMX_DEPTH, AMX_DEPTH, AMX_DEPTH, AMX_DEPTH, AMX_DEPTH, AMX_DEPTH, AMX_DEPTH,
+                                            AMX_DEPTH}, {AMX_PIX, AMX_PIX, AMX_PIX, AMX_PIX, AMX_PIX, AMX_PIX, AMX_PIX, AMX_PIX}};
+
 /* n bytes from src to dst in 64-byte vectors, the last one masked: nothing read or written past n
  * (a call of memcpy per segment took about as long as the AMX tiles that read them) */
 static inline void copy_64(uint8_t *dst, const uint8_t *src, size_t n)
@@ -1322,14 +1323,7 @@ static void amx_tiles(const GemmChunk *ch, const Workspace *ws, int32_t bg_lo, i
 {
     const FastOp *f = ch->f;
     const size_t wdepth = (size_t)f->wdepth, ldc = (size_t)ch->op->c;
-    TileConfig cfg;
-    memset(&cfg, 0, sizeof cfg);
-    cfg.palette = 1;
-    for (int t = 0; t < 8; t++) {
-        cfg.colsb[t] = AMX_DEPTH;
-        cfg.rows[t] = AMX_PIX;
-    }
-    TILE_CONFIG(&cfg);
+    TILE_CONFIG(&TILES);
     memory_barrier();           /* the packed rows */
     for (int32_t b0 = bg_lo * AMX_NB; b0 < bg_hi * AMX_NB; b0 += AMX_NB) {
         const int nb = f->nblk - b0 < AMX_NB ? f->nblk - b0 : AMX_NB;
