@@ -182,6 +182,9 @@ typedef int16_t DotWeight;
 typedef int16_t DotRow;
 #endif
 #define ROW_OFFSET (FAST_NEON ? 128 : 0)
+/* A channel pair's weights in wdot: runs of this many depths of each channel in turn.  AVX2, NEON:
+ * 16, a vector of each a step, so that the tile reads one stream; C99: the two whole rows. */
+#define DOT_RUN(Kp) (FAST_AVX2 || FAST_NEON ? 16 : (Kp))
 
 #define BLK 16          /* output channels per packed weight block (one zmm of int32) */
 /* The GEMM's depth step: VNNI packs 4 depths per 32-bit lane; the dot-product tile (every
@@ -237,7 +240,8 @@ typedef struct {
     int32_t wdepth;         /* GEMM (VNNI): depth of a block's packed weights, Kp (AMX: rounded up to AMX_DEPTH,
                              * zero weights past Kp) */
     int8_t *w8;             /* GEMM (VNNI): [groups][nblk][wdepth/4][16][4]; depthwise (VNNI): see fast_prepare */
-    DotWeight *wdot;        /* GEMM (dot-product tile): [groups][nblk*16][Kp], the w8 values */
+    DotWeight *wdot;        /* GEMM (dot-product tile): [groups][nblk*8 channel pairs][Kp/run][2][run], the w8
+                             * values (run: DOT_RUN) */
     uint32_t *bias;         /* [groups*nblk*16] bias - z_x*(sum w8 + d*K), mod 2^32 */
     int64_t *mult, *rnd, *sh;   /* [groups*nblk*16] requantization per channel (padded) */
     int64_t *qv;            /* the same per 16-channel block for SIMD: mult even, odd, rnd even, odd, sh even, odd */
@@ -502,7 +506,9 @@ static FastModel *fast_prepare_model(const Model *m)
                         f->w8[(slot - (size_t)j % BLK) * (size_t)f->wdepth + (size_t)(kp / 4) * BLK * 4
                               + (size_t)(j % BLK) * 4 + (size_t)(kp % 4)] = (int8_t)v;
                     } else {
-                        f->wdot[slot * (size_t)f->Kp + (size_t)k] = (DotWeight)v;
+                        const size_t run = DOT_RUN((size_t)f->Kp);
+                        f->wdot[slot / 2 * 2 * (size_t)f->Kp + (size_t)k / run * 2 * run + slot % 2 * run
+                                + (size_t)k % run] = (DotWeight)v;
                     }
                     wsum += (uint32_t)v;
                 }
@@ -865,9 +871,9 @@ static void tile(int nb, int mp, const uint8_t *const *arow, const int32_t *rows
 }
 #else
 /* The dot-product tile (every build but VNNI): sums[p][l] = sum_k a[p][k] * w[l][k] for 4 pixel
- * rows a (DotRow, converted once per tile) and 2 channels' weights w0, w0 + Kp, each an exact dot
- * product, wrapping modulo 2^32 as the GEMM's sums do.  On x86, int16 products summed pairwise
- * into int32 lanes (pmaddwd; u8 x s8 vpmaddubsw would saturate). */
+ * rows a (DotRow, converted once per tile) and a channel pair's weights w (wdot's pair panel), each
+ * an exact dot product, wrapping modulo 2^32 as the GEMM's sums do.  On x86, int16 products summed
+ * pairwise into int32 lanes (pmaddwd; u8 x s8 vpmaddubsw would saturate). */
 #if FAST_AVX2
 /* requant_fast's form in 8 int32 lanes: me / mo the multipliers of the even / odd lanes' channels
  * (m << a in each 64-bit lane), ce / co their constants, ps the post shifts (where post); returns
@@ -984,25 +990,31 @@ static void tile(int nb, int mp, const uint8_t *const *arow, const int32_t *rows
 }
 #else
 #if FAST_AVX2
-static inline void dot_2x4(const DotRow *const a[MR], const DotWeight *w0, size_t Kp, uint32_t sums[MR][2])
+static inline void dot_2x4(const DotRow *const a[MR], const DotWeight *w, size_t Kp, uint32_t sums[MR][2])
 {
-    const DotWeight *w1 = w0 + Kp;
     __m256i c00 = _mm256_setzero_si256(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00, c31 = c00;
     for (size_t k = 0; k < Kp; k += 16) {       /* 16 depths a step, the weights widened as loaded */
-        const __m256i v0 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const void *)(w0 + k)));
-        const __m256i v1 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const void *)(w1 + k)));
-        __m256i x = _mm256_loadu_si256((const void *)(a[0] + k));
-        c00 = _mm256_add_epi32(c00, _mm256_madd_epi16(x, v0));
-        c01 = _mm256_add_epi32(c01, _mm256_madd_epi16(x, v1));
-        x = _mm256_loadu_si256((const void *)(a[1] + k));
-        c10 = _mm256_add_epi32(c10, _mm256_madd_epi16(x, v0));
-        c11 = _mm256_add_epi32(c11, _mm256_madd_epi16(x, v1));
-        x = _mm256_loadu_si256((const void *)(a[2] + k));
-        c20 = _mm256_add_epi32(c20, _mm256_madd_epi16(x, v0));
-        c21 = _mm256_add_epi32(c21, _mm256_madd_epi16(x, v1));
-        x = _mm256_loadu_si256((const void *)(a[3] + k));
-        c30 = _mm256_add_epi32(c30, _mm256_madd_epi16(x, v0));
-        c31 = _mm256_add_epi32(c31, _mm256_madd_epi16(x, v1));
+        const __m256i v0 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const void *)(w + 2 * k)));
+        const __m256i v1 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const void *)(w + 2 * k + 16)));
+        /* one weight stream of 32 bytes a step is too slow for the hardware prefetchers to run
+         * ahead of (ResNet18's 512-channel layers at batch 1, their weights from L3: 28 GMAC/s
+         * on a Zen 4, 50 with these): prefetched into L1 2 KB ahead and into L2 12 KB ahead,
+         * past the pair's panel into the next pair's */
+        _mm_prefetch((const char *)(w + 2 * k + 2048), _MM_HINT_T0);
+        _mm_prefetch((const char *)(w + 2 * k + 12288), _MM_HINT_T2);
+        /* each row's 16 values loaded once, into a register: otherwise GCC folds the load into
+         * both of its vpmaddwd, and the loads, not the multiplies, set the pace */
+#define DOT_ROW(p)                                                          \
+        {                                                                   \
+            __m256i x = _mm256_loadu_si256((const void *)(a[p] + k));       \
+            __asm__("" : "+x"(x));                                          \
+            c##p##0 = _mm256_add_epi32(c##p##0, _mm256_madd_epi16(x, v0));  \
+            c##p##1 = _mm256_add_epi32(c##p##1, _mm256_madd_epi16(x, v1));  \
+        }
+        DOT_ROW(0) DOT_ROW(1) DOT_ROW(2) DOT_ROW(3)
+#undef DOT_ROW
+        /* the sums pinned to registers: without, GCC 12 spilled one to the stack each step */
+        __asm__("" : "+x"(c00), "+x"(c01), "+x"(c10), "+x"(c11), "+x"(c20), "+x"(c21), "+x"(c30), "+x"(c31));
     }
     /* each 128-bit half of g0 holds its 4-lane sums of c00, c01, c10, c11 (g1: c20 .. c31); the
      * two halves added give the 8 sums in sums' order */
@@ -1042,12 +1054,11 @@ static void requant_store_2x4(const uint32_t sums[MR][2], const int32_t *rowsum,
 }
 #elif FAST_NEON
 /* sdot: 4 int8 products summed into each int32 lane, 16 depths a step */
-static inline void dot_2x4(const DotRow *const a[MR], const DotWeight *w0, size_t Kp, uint32_t sums[MR][2])
+static inline void dot_2x4(const DotRow *const a[MR], const DotWeight *w, size_t Kp, uint32_t sums[MR][2])
 {
-    const DotWeight *w1 = w0 + Kp;
     int32x4_t c00 = vdupq_n_s32(0), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00, c31 = c00;
     for (size_t k = 0; k < Kp; k += 16) {
-        const int8x16_t v0 = vld1q_s8(w0 + k), v1 = vld1q_s8(w1 + k);
+        const int8x16_t v0 = vld1q_s8(w + 2 * k), v1 = vld1q_s8(w + 2 * k + 16);
         int8x16_t x = vld1q_s8(a[0] + k);
         c00 = vdotq_s32(c00, x, v0);
         c01 = vdotq_s32(c01, x, v1);
@@ -1067,10 +1078,11 @@ static inline void dot_2x4(const DotRow *const a[MR], const DotWeight *w0, size_
     sums[3][0] = (uint32_t)vaddvq_s32(c30), sums[3][1] = (uint32_t)vaddvq_s32(c31);
 }
 #else
-/* plain C that GCC vectorizes as pmaddwd (SSE2 at -O3 without -march) */
-static inline void dot_2x4(const DotRow *const a[MR], const DotWeight *w0, size_t Kp, uint32_t sums[MR][2])
+/* plain C that GCC vectorizes as pmaddwd (SSE2 at -O3 without -march); the pair's weights are two
+ * rows of Kp (DOT_RUN), since a reduction per 16 depths would not vectorize as well */
+static inline void dot_2x4(const DotRow *const a[MR], const DotWeight *w, size_t Kp, uint32_t sums[MR][2])
 {
-    const DotWeight *w1 = w0 + Kp;
+    const DotWeight *w0 = w, *w1 = w + Kp;
     const DotRow *a0 = a[0], *a1 = a[1], *a2 = a[2], *a3 = a[3];
     uint32_t s00 = 0, s01 = 0, s10 = 0, s11 = 0, s20 = 0, s21 = 0, s30 = 0, s31 = 0;
     for (size_t k = 0; k < Kp; k++) {
