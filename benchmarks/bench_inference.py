@@ -8,6 +8,9 @@
                   avxvnni-evex, avxvnni's test twin with the EVEX vpdpbusd, which shows that code's
                   speed on CPUs with AVX-512 VNNI but no AVX-VNNI; not amx-emu, whose emulated
                   tiles' speed means nothing)
+  (aarch64        c/inference_aarch64_omp under qemu-aarch64 (NEON), batch 1, 1 and 2 threads, on
+                  the first AARCH64_IMAGES images: the 2-thread latency against the 1-thread one;
+                  where the cross compiler and qemu-user are installed)
   torch_fp32      the float model
   torch_int8      torch.ao FX post-training quantization, x86 backend, per channel
   ort_int8        ONNX Runtime, static QDQ per-channel quantization
@@ -25,6 +28,7 @@ Usage: `make bench MODEL=lenet`, or:
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -47,6 +51,8 @@ from model.quantize import build_integer_graph  # noqa: E402
 BATCHES = (1, 32)
 ISAS = ("amx", "avx512", "avxvnni", "avx2", "c99")     # c/inference's builds of the optimized kernels, best first
 TWIN_ISAS = ("avxvnni-evex",)       # test twins (c/Makefile): measured, never the best
+QEMU_AARCH64 = ["qemu-aarch64", "-L", "/usr/aarch64-linux-gnu"]
+AARCH64_IMAGES = 16                 # an emulated core runs ResNet18 at about 10 images/s
 
 
 def conv_kernel_macs(state, quant_list):
@@ -150,11 +156,12 @@ def c_binary(threads):
     return os.path.join(ROOT, "c", "inference" if threads == 1 else "inference_omp")
 
 
-def run_c(model_name, folder, images, batch, threads, extra=()):
-    """run(passes) -> (seconds, predictions of the first pass) for the C engine, images(passes) the
-    test images `passes` times over; None for an --isa this CPU lacks."""
-    cmd = [c_binary(threads), "--model", model_name, "--dir", folder, "--batch", str(batch), "--threads", str(threads),
-           "--quiet", *extra]
+def run_c(model_name, folder, images, batch, threads, extra=(), binary=None):
+    """run(passes) -> (seconds, predictions of the first pass) for the C engine (binary: the command
+    that runs it, default c_binary(threads)), images(passes) the test images `passes` times over;
+    None for an --isa this CPU lacks."""
+    cmd = [*(binary or [c_binary(threads)]), "--model", model_name, "--dir", folder, "--batch", str(batch),
+           "--threads", str(threads), "--quiet", *extra]
 
     def run(passes):
         proc = subprocess.run(cmd + ["--images", images(passes), "--logits", os.path.join(folder, "logits.txt")],
@@ -182,6 +189,20 @@ def peak_gmac_per_s(isa):
     proc = subprocess.run(["make", "-s", "-C", ROOT, PEAKS[isa]], capture_output=True, text=True)
     m = re.search(r"= ([0-9.]+) GMAC/s", proc.stdout)
     return float(m.group(1)) if proc.returncode == 0 and m else None
+
+
+def aarch64_latency(model_name, folder, x_u8, cfg):
+    """{threads: batch-1 images/s} of the aarch64 OpenMP build (NEON) under qemu-aarch64 on 1 and 2
+    threads, on the first AARCH64_IMAGES images; None without the cross compiler or qemu-user."""
+    if not all(shutil.which(tool) for tool in ("aarch64-linux-gnu-gcc", "qemu-aarch64")):
+        return None
+    subprocess.run(["make", "-s", "-C", os.path.join(ROOT, "c"), "aarch64-omp"], check=True)
+    folder_images = os.path.join(folder, "aarch64")
+    os.makedirs(folder_images)
+    images = image_files(x_u8[:AARCH64_IMAGES], folder_images)
+    binary = [*QEMU_AARCH64, os.path.join(ROOT, "c", "inference_aarch64_omp")]
+    runs = {threads: run_c(model_name, folder, images, 1, threads, ["--isa", "neon"], binary) for threads in (1, 2)}
+    return {threads: speed for threads, (speed, _) in best_speeds(runs, AARCH64_IMAGES, cfg).items()}
 
 
 def peak_rss_mb(binary, model_name, folder, images):
@@ -269,6 +290,10 @@ def main():
         result["c_isa"] = {isa: {"images_per_s": v, "ratio_to_best": v / isa_speeds[best_isa]}
                            for isa, v in isa_speeds.items()}
         result["c_peak_rss_mb"] = peak_rss_mb(os.path.join(ROOT, "c", "inference"), cfg.model, tmp, images(1))
+        aarch64 = aarch64_latency(cfg.model, tmp, x_u8, cfg)
+        if aarch64:
+            result["aarch64_qemu"] = {"images": AARCH64_IMAGES, "images_per_s": aarch64,
+                                      "latency_2_threads_over_1": aarch64[1] / aarch64[2]}
     weight_bytes = sum(state[op["name"] + ".weight"].numel() + 4 * state[op["name"] + ".bias"].numel()
                        for op in quant_list if op["op"] in ("conv", "linear"))
     activations = sorted((int(np.prod(op["shape"])) for op in quant_list), reverse=True)
@@ -294,6 +319,13 @@ def main():
         f"{isa}{' (EVEX test twin)' if isa in TWIN_ISAS else ''} {v['images_per_s']:.0f} img/s"
         f" ({v['ratio_to_best']:.2f}x)"
         for isa, v in result["c_isa"].items()))
+    if "aarch64_qemu" in result:
+        a = result["aarch64_qemu"]
+        print(f"aarch64 under qemu-aarch64 (NEON, batch 1, {a['images']} images): 1 thread "
+              f"{a['images_per_s'][1]:.1f} img/s, 2 threads {a['images_per_s'][2]:.1f} img/s: the 2-thread latency "
+              f"is {a['latency_2_threads_over_1']:.2f}x the 1-thread one")
+    else:
+        print("aarch64: not measured (no aarch64-linux-gnu-gcc or qemu-aarch64: c/mcu/install-toolchain.sh)")
     peak = result["peak_gmac_per_s"]
     share = f" = {100 * result['c_gmac_per_s'] / peak:.0f}% of one core's {best_isa} peak ({peak:.0f})" if peak else ""
     print(f"C: {result['gmac_per_image']:.4f} GMAC/image, {result['c_gmac_per_s']:.1f} GMAC/s on one thread (batch 1)"

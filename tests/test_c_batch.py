@@ -8,8 +8,8 @@ On the random graphs (tests/random_models.py's archs and test_c_kernels.py's), i
   inference_asan_omp ...                    the threads), 3 and 32 (the batch split between them)
   inference --reference --batch 3
 must each give the numpy engine's logits, in input order; so must LeNet's shipped export against
---reference; and the aarch64 build under qemu-aarch64 (--isa neon, c99; batches of 5 and 32) on
-two of the graphs.  With FPGAI_PASS_BYTES small (1 byte: one image a pass; a few KB: passes of
+--reference; and the aarch64 builds under qemu-aarch64 (--isa neon, c99; batches of 5 and 32, and
+with OpenMP 2 threads at batch 1 and 3 at batch 5) on two of the graphs.  With FPGAI_PASS_BYTES small (1 byte: one image a pass; a few KB: passes of
 several, split inside the graph) the first ops run pass by pass, the rest on the batch: the same
 logits, each ISA, ASan, threads.  An invalid --batch, --threads, FPGAI_PASS_BYTES or FPGAI_AMX_ROWS is one error
 line and exit 1.  --profile times every op (one row each, in order, with its kind and shape; the
@@ -83,10 +83,12 @@ def test_lenet_batches_and_threads_equal_reference(binaries, lenet_reference, tm
 
 
 @pytest.mark.parametrize("isa", ["neon", "c99"])
-def test_aarch64_batches_equal_numpy(aarch64, exports, tmp_path, isa):
+def test_aarch64_batches_and_threads_equal_numpy(aarch64, exports, tmp_path, isa):
     for arch, mode, bits in CASES[:2]:
         check_engines(aarch64, tmp_path, exports(arch, mode, bits),
-                      [("aarch64", ["--isa", isa, "--batch", str(n)]) for n in (5, 32)])
+                      [("aarch64", ["--isa", isa, "--batch", str(n)]) for n in (5, 32)]
+                      + [("aarch64_omp", ["--isa", isa, "--threads", "2", "--batch", "1"]),
+                         ("aarch64_omp", ["--isa", isa, "--threads", "3", "--batch", "5"])])
 
 
 PROFILE_ROW = re.compile(r"^ *(\d+)  (\S+) +(\d+)x(\d+)x(\d+) +(\S+) +([0-9.]+) +([0-9.]+)% +(\S+)$")

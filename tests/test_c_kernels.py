@@ -229,8 +229,8 @@ def test_wide_requantization_equals_reference(binaries, exports, tmp_path, arch,
 
 
 def command(binaries, kind):
-    """How to run build `kind`: the aarch64 one under qemu-aarch64."""
-    return [*QEMU_AARCH64, binaries[kind]] if kind == "aarch64" else [binaries[kind]]
+    """How to run build `kind`: the aarch64 ones under qemu-aarch64."""
+    return [*QEMU_AARCH64, binaries[kind]] if kind.startswith("aarch64") else [binaries[kind]]
 
 
 def check(binaries, tmp_path, ex, expected, kind, extra, cwd=None, env=None):
@@ -336,14 +336,15 @@ def test_avxvnni_object_is_vex_only(binaries):
 
 @pytest.fixture(scope="module")
 def aarch64(binaries):
-    """binaries plus the aarch64 cross build (c/mcu/install-toolchain.sh installs the cross
-    compiler and qemu-user)."""
+    """binaries plus the aarch64 cross builds, without and with OpenMP (c/mcu/install-toolchain.sh
+    installs the cross compiler and qemu-user)."""
     for tool in ("aarch64-linux-gnu-gcc", "qemu-aarch64"):
         if shutil.which(tool) is None:
             pytest.skip(f"no {tool} (c/mcu/install-toolchain.sh installs it)")
-    proc = subprocess.run(["make", "-C", C_DIR, "aarch64"], capture_output=True, text=True)
+    proc = subprocess.run(["make", "-C", C_DIR, "aarch64", "aarch64-omp"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    return {**binaries, "aarch64": os.path.join(C_DIR, "inference_aarch64")}
+    return {**binaries, "aarch64": os.path.join(C_DIR, "inference_aarch64"),
+            "aarch64_omp": os.path.join(C_DIR, "inference_aarch64_omp")}
 
 
 AARCH64_CASES = [(a, m, b, False) for a, m, b in CASES] + [(a, m, b, True) for a, m, b in WIDE_CASES]
