@@ -1508,28 +1508,70 @@ static void dw_row(const Op *op, const Op *in, const FastOp *f, const uint8_t *p
     }
 }
 #else
+/* The taps [lo, hi) of a k-tap kernel row (or column) whose input index o * stride - pad + t * dil
+ * lies inside 0 .. size - 1; the others read the padding (x - z_x = 0 there) */
+static inline void tap_window(int32_t o, int32_t stride, int32_t dil, int32_t pad, int32_t k, int32_t size,
+                              int32_t *lo, int32_t *hi)
+{
+    const int32_t start = o * stride - pad;
+    *lo = start >= 0 ? 0 : (-start + dil - 1) / dil;
+    *hi = start >= size ? 0 : (size - start + dil - 1) / dil;
+    if (*hi > k)
+        *hi = k;
+    if (*lo > *hi)
+        *lo = *hi;
+}
+
 /* Output row oy of one image, on its input x in place */
 static void dw_row(const Op *op, const Op *in, const FastOp *f, const uint8_t *x, int32_t oy, Scratch *sc,
                    uint8_t *out)
 {
     const int32_t C = op->c, zx = in->zero_point;
     int32_t *acc = sc->dwacc;
+    int32_t ky0, ky1;
+    tap_window(oy, op->stride_h, op->dil_h, op->pad_top, op->kh, in->h, &ky0, &ky1);
     for (int32_t ox = 0; ox < op->w; ox++) {
-        memcpy(acc, f->bias, (size_t)C * sizeof *acc);        /* int32 biases, stored as uint32 */
-        for (int32_t ky = 0; ky < op->kh; ky++) {
-            int32_t iy = oy * op->stride_h + ky * op->dil_h - op->pad_top;
-            if (iy < 0 || iy >= in->h)
-                continue;
-            for (int32_t kx = 0; kx < op->kw; kx++) {
-                int32_t ix = ox * op->stride_w + kx * op->dil_w - op->pad_left;
-                if (ix < 0 || ix >= in->w)
-                    continue;               /* padding: x - z_x = 0 */
-                const uint8_t *src = x + ((size_t)iy * in->w + ix) * C;
+        int32_t kx0, kx1;
+        tap_window(ox, op->stride_w, op->dil_w, op->pad_left, op->kw, in->w, &kx0, &kx1);
+        /* tap (ky, kx)'s input pixel: x0 + (ky - ky0) * ystep + (kx - kx0) * xstep, x0 the first
+         * tap's (where there is one: a window can lie wholly in the padding) */
+        const int32_t iy0 = oy * op->stride_h - op->pad_top + ky0 * op->dil_h;
+        const int32_t ix0 = ox * op->stride_w - op->pad_left + kx0 * op->dil_w;
+        const uint8_t *x0 = ky0 < ky1 && kx0 < kx1 ? x + ((size_t)iy0 * in->w + (size_t)ix0) * (size_t)C : x;
+        const size_t ystep = (size_t)op->dil_h * in->w * C, xstep = (size_t)op->dil_w * C;
+        int32_t c0 = 0;         /* channels c0.. take the plain loop */
+#if FAST_AVX2
+        /* 16 channels at a time, their sums in registers across the taps: the exact int32
+         * products of int16 x - z_x and w - z_w from their low and high halves (vpmullw, vpmulhw),
+         * interleaved by vpunpck* within each 128-bit lane, so s0 holds channels 0-3 | 8-11 and
+         * s1 4-7 | 12-15 */
+        const __m256i zxv = _mm256_set1_epi16((int16_t)zx);
+        for (; c0 + 16 <= C; c0 += 16) {
+            __m256i s0 = _mm256_setzero_si256(), s1 = s0;
+            for (int32_t ky = ky0; ky < ky1; ky++)
+                for (int32_t kx = kx0; kx < kx1; kx++) {
+                    const uint8_t *src = x0 + (size_t)(ky - ky0) * ystep + (size_t)(kx - kx0) * xstep + c0;
+                    const __m256i xv = _mm256_sub_epi16(_mm256_cvtepu8_epi16(_mm_loadu_si128((const void *)src)), zxv);
+                    const __m256i wv = _mm256_loadu_si256((const void *)(f->wdw + (size_t)(ky * op->kw + kx) * C + c0));
+                    const __m256i lo = _mm256_mullo_epi16(xv, wv), hi = _mm256_mulhi_epi16(xv, wv);
+                    s0 = _mm256_add_epi32(s0, _mm256_unpacklo_epi16(lo, hi));
+                    s1 = _mm256_add_epi32(s1, _mm256_unpackhi_epi16(lo, hi));
+                }
+            const uint32_t *bias = f->bias + c0;
+            _mm256_storeu_si256((void *)(acc + c0), _mm256_add_epi32(_mm256_permute2x128_si256(s0, s1, 0x20),
+                                                                     _mm256_loadu_si256((const void *)bias)));
+            _mm256_storeu_si256((void *)(acc + c0 + 8), _mm256_add_epi32(_mm256_permute2x128_si256(s0, s1, 0x31),
+                                                                         _mm256_loadu_si256((const void *)(bias + 8))));
+        }
+#endif
+        memcpy(acc + c0, f->bias + c0, (size_t)(C - c0) * sizeof *acc);     /* int32 biases, stored as uint32 */
+        for (int32_t ky = ky0; c0 < C && ky < ky1; ky++)
+            for (int32_t kx = kx0; kx < kx1; kx++) {
+                const uint8_t *src = x0 + (size_t)(ky - ky0) * ystep + (size_t)(kx - kx0) * xstep;
                 const int16_t *w = f->wdw + (size_t)(ky * op->kw + kx) * C;
-                for (int32_t c = 0; c < C; c++)
+                for (int32_t c = c0; c < C; c++)
                     acc[c] += (src[c] - zx) * w[c];
             }
-        }
         uint8_t *dst = out + ((size_t)oy * op->w + ox) * C;
         int32_t c = 0;
 #if FAST_AVX2
