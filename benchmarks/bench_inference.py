@@ -193,7 +193,8 @@ def peak_gmac_per_s(isa):
 
 def aarch64_latency(model_name, folder, x_u8, cfg):
     """{threads: batch-1 images/s} of the aarch64 OpenMP build (NEON) under qemu-aarch64 on 1 and 2
-    threads, on the first AARCH64_IMAGES images; None without the cross compiler or qemu-user."""
+    threads, on the first AARCH64_IMAGES images; None without the cross compiler or qemu-user, or
+    where qemu's CPU lacks the dot product."""
     if not all(shutil.which(tool) for tool in ("aarch64-linux-gnu-gcc", "qemu-aarch64")):
         return None
     subprocess.run(["make", "-s", "-C", os.path.join(ROOT, "c"), "aarch64-omp"], check=True)
@@ -202,6 +203,8 @@ def aarch64_latency(model_name, folder, x_u8, cfg):
     images = image_files(x_u8[:AARCH64_IMAGES], folder_images)
     binary = [*QEMU_AARCH64, os.path.join(ROOT, "c", "inference_aarch64_omp")]
     runs = {threads: run_c(model_name, folder, images, 1, threads, ["--isa", "neon"], binary) for threads in (1, 2)}
+    if not all(runs.values()):
+        return None
     return {threads: speed for threads, (speed, _) in best_speeds(runs, AARCH64_IMAGES, cfg).items()}
 
 
@@ -325,7 +328,8 @@ def main():
               f"{a['images_per_s'][1]:.1f} img/s, 2 threads {a['images_per_s'][2]:.1f} img/s: the 2-thread latency "
               f"is {a['latency_2_threads_over_1']:.2f}x the 1-thread one")
     else:
-        print("aarch64: not measured (no aarch64-linux-gnu-gcc or qemu-aarch64: c/mcu/install-toolchain.sh)")
+        print("aarch64: not measured (it needs aarch64-linux-gnu-gcc and qemu-aarch64, c/mcu/install-toolchain.sh, "
+              "and an emulated CPU with the dot product)")
     peak = result["peak_gmac_per_s"]
     share = f" = {100 * result['c_gmac_per_s'] / peak:.0f}% of one core's {best_isa} peak ({peak:.0f})" if peak else ""
     print(f"C: {result['gmac_per_image']:.4f} GMAC/image, {result['c_gmac_per_s']:.1f} GMAC/s on one thread (batch 1)"
