@@ -11,10 +11,10 @@ must each give the numpy engine's logits, in input order; so must LeNet's shippe
 --reference; and the aarch64 builds under qemu-aarch64 (--isa neon, c99; batches of 5 and 32, and
 with OpenMP 2 threads at batch 1 and 3 at batch 5) on two of the graphs.  With FPGAI_PASS_BYTES
 small (1 byte: one image a pass; a few KB: passes of several, split inside the graph) the first
-ops run pass by pass, the rest on the batch: the same
-logits, each ISA, ASan, threads.  An invalid --batch, --threads, FPGAI_PASS_BYTES or FPGAI_AMX_ROWS is one error
-line and exit 1.  --profile times every op (one row each, in order, with its kind and shape; the
-rows add up to the total) without changing a logit, also pass by pass and on threads.
+ops run pass by pass, the rest on the batch: the same logits, each ISA, ASan, threads.  An invalid
+--batch, --threads, FPGAI_PASS_BYTES or FPGAI_AMX_ROWS is one error line and exit 1.  --profile
+times every op (one row each, in order, with its kind and shape; the rows add up to the total)
+without changing a logit, also pass by pass and on threads.
 """
 import os
 import re
