@@ -26,9 +26,11 @@
  *                 64 channels x 4 pixels, the weights pinned in registers
  *   AVX-VNNI      the same packing, vpdpbusd on ymm (8 channels): 16 channels x 6 pixels
  *                 (tile_avxvnni); everything else as in the AVX2 build
- *   AVX2, NEON,   the dot-product tile: 2 channels x 4 pixels, each output a dot product over
- *   C99           the depth, 16 depths a step (AVX2: vpmaddwd on int16; NEON: sdot on int8;
- *                 C99: plain loops GCC vectorizes as pmaddwd), the weights [channel][depth]
+ *   AVX2          vpmaddwd on int16 pairs: 16 channels x 4 pixels, 2 depths a step (tile_avx2),
+ *                 the weights widened from int8 as loaded, the rows of A as int16 once per tile
+ *   NEON, C99     the dot-product tile: 2 channels x 4 pixels, each output a dot product over
+ *                 the depth, 16 depths a step (NEON: sdot on int8; C99: plain loops GCC
+ *                 vectorizes as pmaddwd), the weights [channel][depth]
  * Depthwise convs (groups == C) have their own kernel, vectorized over channels: VNNI's
  * own, and for the other builds one C loop their compilers vectorize.
  *
@@ -44,8 +46,9 @@
  * vector forms of the same function, precomputed per channel at load (qparams,
  * qparams_fast): requant_v (the product, the rounding constant and the shift in 64-bit
  * lanes) and requant_fast (the whole requantization as the high half of one 64-bit sum,
- * where that is exact; AVX2's requant_store_2x4 is the same in 256-bit lanes).  Both give requantize()'s value bit for bit; the tests run every
- * build's fast kernels against the reference ones on awkward random graphs.
+ * where that is exact; AVX2's requant_fast8 is the same in 256-bit lanes).  Both give
+ * requantize()'s value bit for bit; the tests run every build's fast kernels against the reference
+ * ones on awkward random graphs.
  */
 #include "host.h"
 #include "kernels.h"
@@ -167,10 +170,10 @@ static int thread_id(void)
 /* The GEMM's weights in VNNI's packing (w8), for a vpdpbusd tile: zmm (AVX-512) or ymm (AVX-VNNI) */
 #define FAST_VNNI_GEMM (FAST_VNNI || FAST_AVXVNNI)
 
-/* The dot-product tile's weights and rows of A (every build but VNNI).  AVX2: int8 weights, widened
- * as loaded (vpmovsxbw), int16 rows.  NEON: int8 both (sdot is s8 x s8), the rows holding x - 128,
- * whose 128 * sum w8 is added back in the bias.  C99: int16 both, since SSE2, its vectorizer's
- * x86-64 baseline, has no one-instruction sign extension. */
+/* The weights (wdot) and rows of A (dotrows) of the tiles of every build but VNNI.  AVX2: int8
+ * weights, widened as loaded (vpmovsxbw), int16 rows.  NEON: int8 both (sdot is s8 x s8), the rows
+ * holding x - 128, whose 128 * sum w8 is added back in the bias.  C99: int16 both, since SSE2, its
+ * vectorizer's x86-64 baseline, has no one-instruction sign extension. */
 #if FAST_AVX2
 typedef int8_t DotWeight;
 typedef int16_t DotRow;
@@ -182,14 +185,15 @@ typedef int16_t DotWeight;
 typedef int16_t DotRow;
 #endif
 #define ROW_OFFSET (FAST_NEON ? 128 : 0)
-/* A channel pair's weights in wdot: runs of this many depths of each channel in turn.  AVX2, NEON:
- * 16, a vector of each a step, so that the tile reads one stream; C99: the two whole rows. */
-#define DOT_RUN(Kp) (FAST_AVX2 || FAST_NEON ? 16 : (Kp))
+/* The dot-product tile's channel pair's weights in wdot: runs of this many depths of each channel
+ * in turn.  NEON: 16, a vector of each a step, so that the tile reads one stream; C99: the two
+ * whole rows. */
+#define DOT_RUN(Kp) (FAST_NEON ? 16 : (Kp))
 
 #define BLK 16          /* output channels per packed weight block (one zmm of int32) */
-/* The GEMM's depth step: VNNI packs 4 depths per 32-bit lane; the dot-product tile (every
- * other build) reads 16 activations a vector, as pmaddwd-friendly int16 products */
-#define KSTEP (FAST_VNNI_GEMM ? 4 : 16)
+/* The GEMM's depth step: VNNI packs 4 depths per 32-bit lane, AVX2 2 (vpmaddwd's int16 pairs);
+ * the dot-product tile (NEON, C99) reads 16 activations a vector */
+#define KSTEP (FAST_VNNI_GEMM ? 4 : FAST_AVX2 ? 2 : 16)
 /* pixels per register tile (AVX-512: 6 measured no faster once the weights stay in registers) and
  * weight blocks per register tile; AVX-VNNI's 16 ymm hold 1 block (2 ymm) x 6 pixels of sums */
 #define MR (FAST_AVXVNNI ? 6 : 4)
@@ -240,8 +244,8 @@ typedef struct {
     int32_t wdepth;         /* GEMM (VNNI): depth of a block's packed weights, Kp (AMX: rounded up to AMX_DEPTH,
                              * zero weights past Kp) */
     int8_t *w8;             /* GEMM (VNNI): [groups][nblk][wdepth/4][16][4]; depthwise (VNNI): see fast_prepare */
-    DotWeight *wdot;        /* GEMM (dot-product tile): [groups][nblk*8 channel pairs][Kp/run][2][run], the w8
-                             * values (run: DOT_RUN) */
+    DotWeight *wdot;        /* GEMM (not VNNI), the w8 values; AVX2: [groups][nblk][Kp/2][16][2]; NEON, C99:
+                             * [groups][nblk*8 channel pairs][Kp/run][2][run] (run: DOT_RUN) */
     uint32_t *bias;         /* [groups*nblk*16] bias - z_x*(sum w8 + d*K), mod 2^32 */
     int64_t *mult, *rnd, *sh;   /* [groups*nblk*16] requantization per channel (padded) */
     int64_t *qv;            /* the same per 16-channel block for SIMD: mult even, odd, rnd even, odd, sh even, odd */
@@ -258,7 +262,7 @@ typedef struct {
     size_t pad_bytes;       /* per image: a conv input with its padding */
     size_t dwcols_bytes;    /* per thread: depthwise (VNNI), one row of interleaved input columns */
     size_t dwacc_elems;     /* per thread: depthwise (not VNNI), one pixel's int32 accumulators */
-    size_t dotrows_elems;   /* per thread: the dot-product tile's MR rows of A as DotRow */
+    size_t dotrows_elems;   /* per thread: a tile's MR rows of A as DotRow (not VNNI) */
     size_t acc_elems;       /* per thread: avgpool sums (int64 per channel) */
     size_t logits_bytes;    /* per image: the last op's output back in CHW order, when it has H*W > 1 */
 } FastModel;
@@ -505,6 +509,10 @@ static FastModel *fast_prepare_model(const Model *m)
                                            : k / f->seg_bytes * f->seg_depth + k % f->seg_bytes;
                         f->w8[(slot - (size_t)j % BLK) * (size_t)f->wdepth + (size_t)(kp / 4) * BLK * 4
                               + (size_t)(j % BLK) * 4 + (size_t)(kp % 4)] = (int8_t)v;
+                    } else if (FAST_AVX2) {
+                        /* the block's panel, then 2 depths of each of its 16 channels */
+                        f->wdot[(slot - (size_t)j % BLK) * (size_t)f->Kp + (size_t)k / 2 * 2 * BLK
+                                + (size_t)(j % BLK) * 2 + (size_t)k % 2] = (DotWeight)v;
                     } else {
                         const size_t run = DOT_RUN((size_t)f->Kp);
                         f->wdot[slot / 2 * 2 * (size_t)f->Kp + (size_t)k / run * 2 * run + slot % 2 * run
@@ -861,7 +869,7 @@ static inline __attribute__((always_inline)) void tile_vnni(const int NB, const 
 static void tile(int nb, int mp, const uint8_t *const *arow, const int32_t *rowsum, DotRow *dotrows, const FastOp *f,
                  size_t slot, int last_n, const Op *op, uint8_t *out, size_t ldc)
 {
-    (void)dotrows;          /* the dot-product tile's */
+    (void)dotrows;          /* the other builds' */
     const int8_t *B = f->w8 + slot * (size_t)f->wdepth;
     const size_t bstride = (size_t)f->wdepth * BLK;
     switch (nb * 8 + mp) {
@@ -870,10 +878,8 @@ static void tile(int nb, int mp, const uint8_t *const *arow, const int32_t *rows
     }
 }
 #else
-/* The dot-product tile (every build but VNNI): sums[p][l] = sum_k a[p][k] * w[l][k] for 4 pixel
- * rows a (DotRow, converted once per tile) and a channel pair's weights w (wdot's pair panel), each
- * an exact dot product, wrapping modulo 2^32 as the GEMM's sums do.  On x86, int16 products summed
- * pairwise into int32 lanes (pmaddwd; u8 x s8 vpmaddubsw would saturate). */
+/* Every build but VNNI: AVX-VNNI and AVX2 run broadcast tiles of one block of 16 channels in two
+ * ymm a pixel, as VNNI's; NEON and C99 a dot-product tile of two channels. */
 #if FAST_AVX2
 /* requant_fast's form in 8 int32 lanes: me / mo the multipliers of the even / odd lanes' channels
  * (m << a in each 64-bit lane), ce / co their constants, ps the post shifts (where post); returns
@@ -891,47 +897,15 @@ static inline __m256i clamp8(__m256i h, const Op *op)
 {
     return _mm256_min_epi32(_mm256_max_epi32(h, _mm256_set1_epi32(op->qmin)), _mm256_set1_epi32(op->qmax));
 }
-#endif
 
-#if FAST_AVXVNNI
-/* Register tile (AVX-VNNI): one block of 16 channels x MP <= MR pixels (their rows of A at arow),
- * the whole depth; each
- * pixel's sums two ymm (channels 0-7: lo, 8-15: hi), as are the block's weights at a depth step
- * (w8's [16][4] bytes), so 2 * MR sums + 2 weights + 1 broadcast fill the 16 ymm.  Then per pixel
- * d * rowsum added, requantized in 8 lanes (requant_fast8 on f->qf where f->rq32, else
- * requantize() per channel), the first n channels stored. */
-static inline __attribute__((always_inline)) void tile_avxvnni(const int MP, const uint8_t *const *arow,
-                                                               const int8_t *B, const int32_t *rowsum,
-                                                               const FastOp *f, size_t slot, int n, const Op *op,
-                                                               uint8_t *out, size_t ldc)
+/* A register tile's sums, one block of 16 channels (slot..) x MP pixels, each pixel's two ymm
+ * (channels 0-7: acc[p][0], 8-15: acc[p][1]), the bias included: d * rowsum added, requantized in 8
+ * lanes (requant_fast8 on f->qf where f->rq32, else requantize() per channel), pixel p's first n
+ * channels stored at out + p * ldc. */
+static inline __attribute__((always_inline)) void store_tile16(const int MP, const __m256i acc[][2],
+                                                               const int32_t *rowsum, const FastOp *f, size_t slot,
+                                                               int n, const Op *op, uint8_t *out, size_t ldc)
 {
-    const __m256i bias_lo = _mm256_loadu_si256((const void *)(f->bias + slot));
-    const __m256i bias_hi = _mm256_loadu_si256((const void *)(f->bias + slot + 8));
-    __m256i lo0 = bias_lo, lo1 = bias_lo, lo2 = bias_lo, lo3 = bias_lo, lo4 = bias_lo, lo5 = bias_lo;
-    __m256i hi0 = bias_hi, hi1 = bias_hi, hi2 = bias_hi, hi3 = bias_hi, hi4 = bias_hi, hi5 = bias_hi;
-    const uint8_t *A0 = arow[0], *A1 = MP > 1 ? arow[1] : A0, *A2 = MP > 2 ? arow[2] : A0;
-    const uint8_t *A3 = MP > 3 ? arow[3] : A0, *A4 = MP > 4 ? arow[4] : A0, *A5 = MP > 5 ? arow[5] : A0;
-    const int32_t nseg = f->nseg, seg_k = f->seg_depth / 4;
-    const size_t seg_stride = f->seg_stride;
-    for (int32_t g = 0; g < nseg; g++, A0 += seg_stride, A1 += seg_stride, A2 += seg_stride, A3 += seg_stride,
-         A4 += seg_stride, A5 += seg_stride, B += (size_t)seg_k * 64)
-    for (int32_t s = 0; s < seg_k; s++) {
-        __m256i w_lo = _mm256_loadu_si256((const void *)(B + (size_t)s * 64));
-        __m256i w_hi = _mm256_loadu_si256((const void *)(B + (size_t)s * 64 + 32));
-        /* in registers, as in tile_vnni: otherwise GCC folds the loads into every vpdpbusd */
-        __asm__("" : "+x"(w_lo), "+x"(w_hi));
-#define TILE_PIX(p)                                                         \
-        if (MP > p) {                                                       \
-            int32_t a;                                                      \
-            memcpy(&a, A##p + (size_t)s * 4, 4);                            \
-            const __m256i av = _mm256_set1_epi32(a);                        \
-            lo##p = dpbusd256(lo##p, av, w_lo);                             \
-            hi##p = dpbusd256(hi##p, av, w_hi);                             \
-        }
-        TILE_PIX(0) TILE_PIX(1) TILE_PIX(2) TILE_PIX(3) TILE_PIX(4) TILE_PIX(5)
-#undef TILE_PIX
-    }
-    const __m256i acc[MR][2] = {{lo0, hi0}, {lo1, hi1}, {lo2, hi2}, {lo3, hi3}, {lo4, hi4}, {lo5, hi5}};
     const int32_t d = f->d, post = f->post;     /* locals: the byte stores may alias any field */
     const __m256i dv = _mm256_set1_epi32(d);
     const int64_t *q = f->rq32 ? f->qf + slot / BLK * QF_WORDS : NULL;
@@ -974,6 +948,47 @@ static inline __attribute__((always_inline)) void tile_avxvnni(const int MP, con
         }
     }
 }
+#endif
+
+#if FAST_AVXVNNI
+/* Register tile (AVX-VNNI): one block of 16 channels x MP <= MR pixels (their rows of A at arow),
+ * the whole depth; each pixel's sums two ymm (channels 0-7: lo, 8-15: hi), as are the block's
+ * weights at a depth step (w8's [16][4] bytes), so 2 * MR sums + 2 weights + 1 broadcast fill the
+ * 16 ymm. */
+static inline __attribute__((always_inline)) void tile_avxvnni(const int MP, const uint8_t *const *arow,
+                                                               const int8_t *B, const int32_t *rowsum,
+                                                               const FastOp *f, size_t slot, int n, const Op *op,
+                                                               uint8_t *out, size_t ldc)
+{
+    const __m256i bias_lo = _mm256_loadu_si256((const void *)(f->bias + slot));
+    const __m256i bias_hi = _mm256_loadu_si256((const void *)(f->bias + slot + 8));
+    __m256i lo0 = bias_lo, lo1 = bias_lo, lo2 = bias_lo, lo3 = bias_lo, lo4 = bias_lo, lo5 = bias_lo;
+    __m256i hi0 = bias_hi, hi1 = bias_hi, hi2 = bias_hi, hi3 = bias_hi, hi4 = bias_hi, hi5 = bias_hi;
+    const uint8_t *A0 = arow[0], *A1 = MP > 1 ? arow[1] : A0, *A2 = MP > 2 ? arow[2] : A0;
+    const uint8_t *A3 = MP > 3 ? arow[3] : A0, *A4 = MP > 4 ? arow[4] : A0, *A5 = MP > 5 ? arow[5] : A0;
+    const int32_t nseg = f->nseg, seg_k = f->seg_depth / 4;
+    const size_t seg_stride = f->seg_stride;
+    for (int32_t g = 0; g < nseg; g++, A0 += seg_stride, A1 += seg_stride, A2 += seg_stride, A3 += seg_stride,
+         A4 += seg_stride, A5 += seg_stride, B += (size_t)seg_k * 64)
+    for (int32_t s = 0; s < seg_k; s++) {
+        __m256i w_lo = _mm256_loadu_si256((const void *)(B + (size_t)s * 64));
+        __m256i w_hi = _mm256_loadu_si256((const void *)(B + (size_t)s * 64 + 32));
+        /* in registers, as in tile_vnni: otherwise GCC folds the loads into every vpdpbusd */
+        __asm__("" : "+x"(w_lo), "+x"(w_hi));
+#define TILE_PIX(p)                                                         \
+        if (MP > p) {                                                       \
+            int32_t a;                                                      \
+            memcpy(&a, A##p + (size_t)s * 4, 4);                            \
+            const __m256i av = _mm256_set1_epi32(a);                        \
+            lo##p = dpbusd256(lo##p, av, w_lo);                             \
+            hi##p = dpbusd256(hi##p, av, w_hi);                             \
+        }
+        TILE_PIX(0) TILE_PIX(1) TILE_PIX(2) TILE_PIX(3) TILE_PIX(4) TILE_PIX(5)
+#undef TILE_PIX
+    }
+    const __m256i acc[MR][2] = {{lo0, hi0}, {lo1, hi1}, {lo2, hi2}, {lo3, hi3}, {lo4, hi4}, {lo5, hi5}};
+    store_tile16(MP, acc, rowsum, f, slot, n, op, out, ldc);
+}
 
 #define TILE_MP(mp) case mp: tile_avxvnni(mp, arow, B, rowsum, f, slot, last_n, op, out, ldc); break;
 
@@ -981,7 +996,7 @@ static inline __attribute__((always_inline)) void tile_avxvnni(const int MP, con
 static void tile(int nb, int mp, const uint8_t *const *arow, const int32_t *rowsum, DotRow *dotrows, const FastOp *f,
                  size_t slot, int last_n, const Op *op, uint8_t *out, size_t ldc)
 {
-    (void)nb, (void)dotrows;        /* one block per tile; dotrows is the dot-product tile's */
+    (void)nb, (void)dotrows;        /* one block per tile; dotrows is the AVX2, NEON and C99 tiles' */
     const int8_t *B = f->w8 + slot * (size_t)f->wdepth;
     switch (mp) {
     TILE_MP(1) TILE_MP(2) TILE_MP(3) TILE_MP(4) TILE_MP(5) TILE_MP(6)     /* mp = 1..MR */
@@ -989,70 +1004,92 @@ static void tile(int nb, int mp, const uint8_t *const *arow, const int32_t *rows
     }
 }
 #else
-#if FAST_AVX2
-static inline void dot_2x4(const DotRow *const a[MR], const DotWeight *w, size_t Kp, uint32_t sums[MR][2])
+/* The mp <= count pixels' rows of A into dotrows, as DotRow less ROW_OFFSET, each Kp long (an
+ * implicit conv's segments one after the other); rows[p] where each is.  Past mp: row 0 again. */
+static void convert_rows(int mp, int count, const uint8_t *const *arow, const FastOp *f, DotRow *dotrows,
+                         const DotRow *rows[MR])
 {
-    __m256i c00 = _mm256_setzero_si256(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00, c31 = c00;
-    for (size_t k = 0; k < Kp; k += 16) {       /* 16 depths a step, the weights widened as loaded */
-        const __m256i v0 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const void *)(w + 2 * k)));
-        const __m256i v1 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const void *)(w + 2 * k + 16)));
-        /* one weight stream of 32 bytes a step is too slow for the hardware prefetchers to run
-         * ahead of (ResNet18's 512-channel layers at batch 1, their weights from L3: 28 GMAC/s
-         * on a Zen 4, 50 with these): prefetched into L1 2 KB ahead and into L2 12 KB ahead,
-         * past the pair's panel into the next pair's */
-        _mm_prefetch((const char *)(w + 2 * k + 2048), _MM_HINT_T0);
-        _mm_prefetch((const char *)(w + 2 * k + 12288), _MM_HINT_T2);
-        /* each row's 16 values loaded once, into a register: otherwise GCC folds the load into
-         * both of its vpmaddwd, and the loads, not the multiplies, set the pace */
-#define DOT_ROW(p)                                                          \
-        {                                                                   \
-            __m256i x = _mm256_loadu_si256((const void *)(a[p] + k));       \
-            __asm__("" : "+x"(x));                                          \
-            c##p##0 = _mm256_add_epi32(c##p##0, _mm256_madd_epi16(x, v0));  \
-            c##p##1 = _mm256_add_epi32(c##p##1, _mm256_madd_epi16(x, v1));  \
+    const size_t Kp = (size_t)f->Kp;
+    for (int p = 0; p < count; p++) {
+        DotRow *row = dotrows + (size_t)p * Kp;
+        const uint8_t *a = arow[p < mp ? p : 0];
+        const size_t seg = (size_t)f->seg_bytes, K = (size_t)f->nseg * seg;
+        for (size_t g = 0; g < (size_t)f->nseg; g++) {
+            const uint8_t *src = a + g * f->seg_stride;
+            DotRow *dst = row + g * seg;
+            for (size_t j = 0; j < seg; j++)        /* one index: GCC vectorizes it */
+                dst[j] = (DotRow)(src[j] - ROW_OFFSET);
         }
-        DOT_ROW(0) DOT_ROW(1) DOT_ROW(2) DOT_ROW(3)
-#undef DOT_ROW
-        /* the sums pinned to registers: without, GCC 12 spilled one to the stack each step */
-        __asm__("" : "+x"(c00), "+x"(c01), "+x"(c10), "+x"(c11), "+x"(c20), "+x"(c21), "+x"(c30), "+x"(c31));
+        for (size_t k = K; k < Kp; k++)     /* an implicit conv's depth past K: zero weights */
+            row[k] = 0;
+        rows[p] = row;
     }
-    /* each 128-bit half of g0 holds its 4-lane sums of c00, c01, c10, c11 (g1: c20 .. c31); the
-     * two halves added give the 8 sums in sums' order */
-    const __m256i g0 = _mm256_hadd_epi32(_mm256_hadd_epi32(c00, c01), _mm256_hadd_epi32(c10, c11));
-    const __m256i g1 = _mm256_hadd_epi32(_mm256_hadd_epi32(c20, c21), _mm256_hadd_epi32(c30, c31));
-    _mm256_storeu_si256((void *)sums, _mm256_add_epi32(_mm256_permute2x128_si256(g0, g1, 0x20),
-                                                         _mm256_permute2x128_si256(g0, g1, 0x31)));
 }
 
-/* dot_2x4's sums (channels ch, ch + 1, ch even, x MR pixels) through requant_fast's form (f->qf,
- * where f->rq32): bias and d * rowsum added, the high half of one 64-bit sum per lane (even lanes
- * channel ch, odd ones ch + 1), the post shift, the clamp; the first nc channels of the first mp
- * pixels stored. */
-static void requant_store_2x4(const uint32_t sums[MR][2], const int32_t *rowsum, const FastOp *f, size_t ch, int nc,
-                              int mp, const Op *op, uint8_t *out, size_t ldc)
+#if FAST_AVX2
+/* Register tile (AVX2): one block of 16 channels x MP <= MR pixels (their rows as int16 in rows),
+ * the whole depth.  A depth step is 2 depths: the block's weights there (wdot's [16][2] bytes),
+ * widened as loaded, are two ymm of 8 channels' int16 pairs, each pixel's 2 values one broadcast
+ * int32, and vpmaddwd sums each channel's 2 exact products into its int32 lane: no horizontal sums
+ * (u8 x s8 vpmaddubsw would saturate).  2 * MR sums + 2 weights + a broadcast + a product: 12 ymm. */
+static inline __attribute__((always_inline)) void tile_avx2(const int MP, const DotRow *const *rows,
+                                                            const DotWeight *B, size_t Kp, const int32_t *rowsum,
+                                                            const FastOp *f, size_t slot, int n, const Op *op,
+                                                            uint8_t *out, size_t ldc)
 {
-    const int64_t *q = f->qf + ch / BLK * QF_WORDS;
-    const size_t j = ch % BLK / 2;
-    __m256i acc = _mm256_add_epi32(_mm256_loadu_si256((const void *)sums),
-                                   _mm256_broadcastq_epi64(_mm_loadl_epi64((const void *)(f->bias + ch))));
-    if (f->d) {
-        int32_t rs[MR];
-        for (int p = 0; p < MR; p++)
-            rs[p] = rowsum[p < mp ? p : 0];
-        acc = _mm256_add_epi32(acc, _mm256_mullo_epi32(_mm256_set1_epi32(f->d), _mm256_setr_epi32(
-                                        rs[0], rs[0], rs[1], rs[1], rs[2], rs[2], rs[3], rs[3])));
+    const __m256i bias_lo = _mm256_loadu_si256((const void *)(f->bias + slot));
+    const __m256i bias_hi = _mm256_loadu_si256((const void *)(f->bias + slot + 8));
+    __m256i lo0 = bias_lo, lo1 = bias_lo, lo2 = bias_lo, lo3 = bias_lo;
+    __m256i hi0 = bias_hi, hi1 = bias_hi, hi2 = bias_hi, hi3 = bias_hi;
+    const DotRow *A0 = rows[0], *A1 = MP > 1 ? rows[1] : A0, *A2 = MP > 2 ? rows[2] : A0, *A3 = MP > 3 ? rows[3] : A0;
+    for (size_t k = 0; k < Kp; k += 2) {
+        const DotWeight *w = B + 16 * k;
+        const __m256i w_lo = _mm256_cvtepi8_epi16(_mm_loadu_si128((const void *)w));
+        const __m256i w_hi = _mm256_cvtepi8_epi16(_mm_loadu_si128((const void *)(w + 16)));
+        /* one weight stream of 32 bytes a step is too slow for the hardware prefetchers to run
+         * ahead of (ResNet18's 512-channel layers at batch 1, their weights from L3: 55 GMAC/s
+         * on a Zen 4, 77 with these): prefetched into L1 2 KB ahead and into L2 12 KB ahead,
+         * past the block's panel into the next block's */
+        _mm_prefetch((const char *)(w + 2048), _MM_HINT_T0);
+        _mm_prefetch((const char *)(w + 12288), _MM_HINT_T2);
+#define TILE_PIX(p)                                                                 \
+        if (MP > p) {                                                               \
+            int32_t a;                                                              \
+            memcpy(&a, A##p + k, 4);                                                \
+            const __m256i av = _mm256_set1_epi32(a);                                \
+            lo##p = _mm256_add_epi32(lo##p, _mm256_madd_epi16(av, w_lo));           \
+            hi##p = _mm256_add_epi32(hi##p, _mm256_madd_epi16(av, w_hi));           \
+        }
+        TILE_PIX(0) TILE_PIX(1) TILE_PIX(2) TILE_PIX(3)
+#undef TILE_PIX
     }
-    const __m256i ps = _mm256_broadcastq_epi64(_mm_loadl_epi64((const void *)((const int32_t *)(q + 32) + 2 * j)));
-    __m256i h = requant_fast8(acc, _mm256_set1_epi64x(q[j]), _mm256_set1_epi64x(q[8 + j]), _mm256_set1_epi64x(q[16 + j]),
-                              _mm256_set1_epi64x(q[24 + j]), ps, f->post);
-    h = clamp8(h, op);
-    int32_t v[MR][2];
-    _mm256_storeu_si256((void *)v, h);
-    for (int p = 0; p < mp; p++)
-        for (int l = 0; l < nc; l++)
-            out[(size_t)p * ldc + (size_t)l] = (uint8_t)v[p][l];
+    const __m256i acc[MR][2] = {{lo0, hi0}, {lo1, hi1}, {lo2, hi2}, {lo3, hi3}};
+    store_tile16(MP, acc, rowsum, f, slot, n, op, out, ldc);
 }
-#elif FAST_NEON
+
+#define TILE_MP(mp) case mp: tile_avx2(mp, rows, B, Kp, rowsum, f, slot, b == nb - 1 ? last_n : BLK, op, out, ldc); break;
+
+/* nb blocks of 16 channels from slot (the last one's first last_n) x mp pixels; their rows of A
+ * into dotrows once */
+static void tile(int nb, int mp, const uint8_t *const *arow, const int32_t *rowsum, DotRow *dotrows, const FastOp *f,
+                 size_t slot, int last_n, const Op *op, uint8_t *out, size_t ldc)
+{
+    const size_t Kp = (size_t)f->Kp;
+    const DotRow *rows[MR];
+    convert_rows(mp, mp, arow, f, dotrows, rows);
+    for (int b = 0; b < nb; b++, slot += BLK, out += BLK) {
+        const DotWeight *B = f->wdot + slot * Kp;
+        switch (mp) {
+        TILE_MP(1) TILE_MP(2) TILE_MP(3) TILE_MP(4)     /* mp = 1..MR */
+        default: break;
+        }
+    }
+}
+#else
+/* The dot-product tile (NEON, C99): sums[p][l] = sum_k a[p][k] * w[l][k] for 4 pixel rows a (DotRow,
+ * converted once per tile) and a channel pair's weights w (wdot's pair panel), each an exact dot
+ * product, wrapping modulo 2^32 as the GEMM's sums do. */
+#if FAST_NEON
 /* sdot: 4 int8 products summed into each int32 lane, 16 depths a step */
 static inline void dot_2x4(const DotRow *const a[MR], const DotWeight *w, size_t Kp, uint32_t sums[MR][2])
 {
@@ -1102,34 +1139,17 @@ static inline void dot_2x4(const DotRow *const a[MR], const DotWeight *w, size_t
 #endif
 
 /* Register tile: nb blocks of 16 channels from slot (the last one's first last_n) x mp <= MR
- * pixels; the pixels' rows of A into dotrows once (as DotRow, less ROW_OFFSET), then 2 channels at
- * a time. */
+ * pixels; the pixels' rows of A into dotrows once, then 2 channels at a time. */
 static void tile(int nb, int mp, const uint8_t *const *arow, const int32_t *rowsum, DotRow *dotrows, const FastOp *f,
                  size_t slot, int last_n, const Op *op, uint8_t *out, size_t ldc)
 {
     const size_t Kp = (size_t)f->Kp;
     const int n = (nb - 1) * BLK + last_n;
     const DotRow *rows[MR];
-    for (int p = 0; p < MR; p++) {
-        DotRow *row = dotrows + (size_t)p * Kp;
-        const uint8_t *a = arow[p < mp ? p : 0];    /* past mp: row 0 again, not stored */
-        size_t k = 0;
-        for (int32_t g = 0; g < f->nseg; g++)
-            for (int32_t j = 0; j < f->seg_bytes; j++)
-                row[k++] = (DotRow)(a[(size_t)g * f->seg_stride + (size_t)j] - ROW_OFFSET);
-        for (; k < Kp; k++)         /* an implicit conv's depth past K: zero weights */
-            row[k] = 0;
-        rows[p] = row;
-    }
+    convert_rows(mp, MR, arow, f, dotrows, rows);
     for (int c = 0; c < n; c += 2) {          /* a block's padding channels have zero weights */
         uint32_t sums[MR][2];
         dot_2x4(rows, f->wdot + (slot + (size_t)c) * Kp, Kp, sums);
-#if FAST_AVX2
-        if (f->rq32) {
-            requant_store_2x4(sums, rowsum, f, slot + (size_t)c, n - c < 2 ? 1 : 2, mp, op, out + (size_t)c, ldc);
-            continue;
-        }
-#endif
         for (int p = 0; p < mp; p++) {
             int32_t res[2];
             for (int l = 0; l < 2; l++)
@@ -1138,6 +1158,7 @@ static void tile(int nb, int mp, const uint8_t *const *arow, const int32_t *rows
         }
     }
 }
+#endif /* FAST_AVX2 */
 #endif /* FAST_AVXVNNI */
 #endif
 
