@@ -899,6 +899,26 @@ static inline __m256i clamp8(__m256i h, const Op *op)
     return _mm256_min_epi32(_mm256_max_epi32(h, _mm256_set1_epi32(op->qmin)), _mm256_set1_epi32(op->qmax));
 }
 
+/* 16 channels' int32 sums (v_lo: channels 0-7, v_hi: 8-15, the bias included) of a block whose
+ * requant_fast constants are q: requantized in 8 lanes, clamped to qmin .. qmax, as 16 bytes */
+static inline __m128i requant_pack16(__m256i v_lo, __m256i v_hi, const int64_t *q, int post, __m128i qmin,
+                                     __m128i qmax)
+{
+    /* channels 0-7 take the block's 64-bit words 0-3 of each kind, channels 8-15 words 4-7 */
+    const __m256i *ps = (const __m256i *)(const void *)(q + 32);
+    v_lo = requant_fast8(v_lo, _mm256_loadu_si256((const void *)q), _mm256_loadu_si256((const void *)(q + 8)),
+                         _mm256_loadu_si256((const void *)(q + 16)), _mm256_loadu_si256((const void *)(q + 24)),
+                         _mm256_loadu_si256(ps), post);
+    v_hi = requant_fast8(v_hi, _mm256_loadu_si256((const void *)(q + 4)), _mm256_loadu_si256((const void *)(q + 12)),
+                         _mm256_loadu_si256((const void *)(q + 20)), _mm256_loadu_si256((const void *)(q + 28)),
+                         _mm256_loadu_si256(ps + 1), post);
+    /* packs: int16 channels 0-3, 8-11 | 4-7, 12-15; packus: bytes 0-3, 8-11, 4-7, 12-15; the
+     * dword shuffle puts them in order.  The saturations clamp to 0..255, then to qmin..qmax. */
+    const __m256i w = _mm256_packs_epi32(v_lo, v_hi);
+    const __m128i b = _mm_packus_epi16(_mm256_castsi256_si128(w), _mm256_extracti128_si256(w, 1));
+    return _mm_min_epu8(_mm_max_epu8(_mm_shuffle_epi32(b, _MM_SHUFFLE(3, 1, 2, 0)), qmin), qmax);
+}
+
 /* A register tile's sums, one block of 16 channels (slot..) x MP pixels, each pixel's two ymm
  * (channels 0-7: acc[p][0], 8-15: acc[p][1]), the bias included: d * rowsum added, requantized in 8
  * lanes (requant_fast8 on f->qf where f->rq32, else requantize() per channel), pixel p's first n
@@ -926,20 +946,7 @@ static inline __attribute__((always_inline)) void store_tile16(const int MP, con
             requant_store(v, f, slot, n, op, dst);
             continue;
         }
-        /* channels 0-7 take the block's 64-bit words 0-3 of each kind, channels 8-15 words 4-7 */
-        const __m256i *ps = (const __m256i *)(const void *)(q + 32);
-        v_lo = requant_fast8(v_lo, _mm256_loadu_si256((const void *)q), _mm256_loadu_si256((const void *)(q + 8)),
-                             _mm256_loadu_si256((const void *)(q + 16)), _mm256_loadu_si256((const void *)(q + 24)),
-                             _mm256_loadu_si256(ps), post);
-        v_hi = requant_fast8(v_hi, _mm256_loadu_si256((const void *)(q + 4)),
-                             _mm256_loadu_si256((const void *)(q + 12)),
-                             _mm256_loadu_si256((const void *)(q + 20)), _mm256_loadu_si256((const void *)(q + 28)),
-                             _mm256_loadu_si256(ps + 1), post);
-        /* packs: int16 channels 0-3, 8-11 | 4-7, 12-15; packus: bytes 0-3, 8-11, 4-7, 12-15; the
-         * dword shuffle puts them in order.  The saturations clamp to 0..255, then to qmin..qmax. */
-        const __m256i w = _mm256_packs_epi32(v_lo, v_hi);
-        __m128i b = _mm_packus_epi16(_mm256_castsi256_si128(w), _mm256_extracti128_si256(w, 1));
-        b = _mm_min_epu8(_mm_max_epu8(_mm_shuffle_epi32(b, _MM_SHUFFLE(3, 1, 2, 0)), qmin), qmax);
+        const __m128i b = requant_pack16(v_lo, v_hi, q, post, qmin, qmax);
         if (n == BLK) {
             _mm_storeu_si128((void *)dst, b);
         } else {
@@ -1552,6 +1559,15 @@ static void dw_row(const Op *op, const Op *in, const FastOp *f, const uint8_t *x
 {
     const int32_t C = op->c, zx = in->zero_point;
     int32_t *acc = sc->dwacc;
+#if FAST_AVX2
+    /* locals: the byte stores may alias any field */
+    const int16_t *wdw = f->wdw;
+    const uint32_t *bias = f->bias;
+    const size_t kw = (size_t)op->kw;
+    const int64_t *qf = f->rq32 ? f->qf : NULL;
+    const int post = f->post;
+    const __m128i qmin = _mm_set1_epi8((char)op->qmin), qmax = _mm_set1_epi8((char)op->qmax);
+#endif
     int32_t ky0, ky1;
     tap_window(oy, op->stride_h, op->dil_h, op->pad_top, op->kh, in->h, &ky0, &ky1);
     for (int32_t ox = 0; ox < op->w; ox++) {
@@ -1563,7 +1579,9 @@ static void dw_row(const Op *op, const Op *in, const FastOp *f, const uint8_t *x
         const int32_t ix0 = ox * op->stride_w - op->pad_left + kx0 * op->dil_w;
         const uint8_t *x0 = ky0 < ky1 && kx0 < kx1 ? x + ((size_t)iy0 * in->w + (size_t)ix0) * (size_t)C : x;
         const size_t ystep = (size_t)op->dil_h * in->w * C, xstep = (size_t)op->dil_w * C;
+        uint8_t *dst = out + ((size_t)oy * op->w + ox) * C;
         int32_t c0 = 0;         /* channels c0.. take the plain loop */
+        int32_t stored = 0;     /* channels 0 .. stored - 1 are in dst */
 #if FAST_AVX2
         /* 16 channels at a time, their sums in registers across the taps: the exact int32
          * products of int16 x - z_x and w - z_w from their low and high halves (vpmullw, vpmulhw),
@@ -1572,20 +1590,31 @@ static void dw_row(const Op *op, const Op *in, const FastOp *f, const uint8_t *x
         const __m256i zxv = _mm256_set1_epi16((int16_t)zx);
         for (; c0 + 16 <= C; c0 += 16) {
             __m256i s0 = _mm256_setzero_si256(), s1 = s0;
-            for (int32_t ky = ky0; ky < ky1; ky++)
-                for (int32_t kx = kx0; kx < kx1; kx++) {
-                    const uint8_t *src = x0 + (size_t)(ky - ky0) * ystep + (size_t)(kx - kx0) * xstep + c0;
+            const uint8_t *xrow = x0 + c0;
+            const int16_t *wrow = wdw + ((size_t)ky0 * kw + (size_t)kx0) * C + c0;
+            for (int32_t ky = ky0; ky < ky1; ky++, xrow += ystep, wrow += kw * C) {
+                const uint8_t *src = xrow;
+                const int16_t *w = wrow;
+                for (int32_t kx = kx0; kx < kx1; kx++, src += xstep, w += C) {
                     const __m256i xv = _mm256_sub_epi16(_mm256_cvtepu8_epi16(_mm_loadu_si128((const void *)src)), zxv);
-                    const __m256i wv = _mm256_loadu_si256((const void *)(f->wdw + (size_t)(ky * op->kw + kx) * C + c0));
+                    const __m256i wv = _mm256_loadu_si256((const void *)w);
                     const __m256i lo = _mm256_mullo_epi16(xv, wv), hi = _mm256_mulhi_epi16(xv, wv);
                     s0 = _mm256_add_epi32(s0, _mm256_unpacklo_epi16(lo, hi));
                     s1 = _mm256_add_epi32(s1, _mm256_unpackhi_epi16(lo, hi));
                 }
-            const uint32_t *bias = f->bias + c0;
-            _mm256_storeu_si256((void *)(acc + c0), _mm256_add_epi32(_mm256_permute2x128_si256(s0, s1, 0x20),
-                                                                     _mm256_loadu_si256((const void *)bias)));
-            _mm256_storeu_si256((void *)(acc + c0 + 8), _mm256_add_epi32(_mm256_permute2x128_si256(s0, s1, 0x31),
-                                                                         _mm256_loadu_si256((const void *)(bias + 8))));
+            }
+            const __m256i v_lo = _mm256_add_epi32(_mm256_permute2x128_si256(s0, s1, 0x20),
+                                                  _mm256_loadu_si256((const void *)(bias + c0)));
+            const __m256i v_hi = _mm256_add_epi32(_mm256_permute2x128_si256(s0, s1, 0x31),
+                                                  _mm256_loadu_si256((const void *)(bias + c0 + 8)));
+            if (qf) {           /* requantized and stored here, not through acc */
+                _mm_storeu_si128((void *)(dst + c0), requant_pack16(v_lo, v_hi, qf + (size_t)c0 / BLK * QF_WORDS, post,
+                                                                    qmin, qmax));
+                stored = c0 + 16;
+            } else {
+                _mm256_storeu_si256((void *)(acc + c0), v_lo);
+                _mm256_storeu_si256((void *)(acc + c0 + 8), v_hi);
+            }
         }
 #endif
         memcpy(acc + c0, f->bias + c0, (size_t)(C - c0) * sizeof *acc);     /* int32 biases, stored as uint32 */
@@ -1596,8 +1625,7 @@ static void dw_row(const Op *op, const Op *in, const FastOp *f, const uint8_t *x
                 for (int32_t c = c0; c < C; c++)
                     acc[c] += (src[c] - zx) * w[c];
             }
-        uint8_t *dst = out + ((size_t)oy * op->w + ox) * C;
-        int32_t c = 0;
+        int32_t c = stored;
 #if FAST_AVX2
         /* 8 channels c.. (c % 8 == 0) at a time: in f->qf's block, the even ones' constants are 4
          * consecutive words, the odd ones' too */
