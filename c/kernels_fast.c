@@ -899,6 +899,18 @@ static inline __m256i clamp8(__m256i h, const Op *op)
     return _mm256_min_epi32(_mm256_max_epi32(h, _mm256_set1_epi32(op->qmin)), _mm256_set1_epi32(op->qmax));
 }
 
+/* The ymm tiles read one block's weights at a time, one stream of 32 (AVX2) or 64 (AVX-VNNI) bytes a
+ * step: too slow for the hardware prefetchers to run ahead of where the weights come from L3
+ * (ResNet18's 512-channel layers at batch 1 on a Zen 4: AVX2 54 -> 77 GMAC/s; the AVX-VNNI EVEX
+ * twin 120-138 -> 182-197 while another process loaded the L3, the same as without when quiet).
+ * Prefetched into L1 2 KB ahead and into L2 12 KB ahead of w, past the block's panel into the next
+ * block's. */
+static inline void prefetch_weights(const void *w)
+{
+    _mm_prefetch((const char *)w + 2048, _MM_HINT_T0);
+    _mm_prefetch((const char *)w + 12288, _MM_HINT_T2);
+}
+
 /* 16 channels' int32 sums (v_lo: channels 0-7, v_hi: 8-15, the bias included) of a block whose
  * requant_fast constants are q: requantized in 8 lanes, clamped to qmin .. qmax, as 16 bytes */
 static inline __m128i requant_pack16(__m256i v_lo, __m256i v_hi, const int64_t *q, int post, __m128i qmin,
@@ -981,6 +993,7 @@ static inline __attribute__((always_inline)) void tile_avxvnni(const int MP, con
     for (int32_t s = 0; s < seg_k; s++) {
         __m256i w_lo = _mm256_loadu_si256((const void *)(B + (size_t)s * 64));
         __m256i w_hi = _mm256_loadu_si256((const void *)(B + (size_t)s * 64 + 32));
+        prefetch_weights(B + (size_t)s * 64);
         /* in registers, as in tile_vnni: otherwise GCC folds the loads into every vpdpbusd */
         __asm__("" : "+x"(w_lo), "+x"(w_hi));
 #define TILE_PIX(p)                                                         \
@@ -1056,12 +1069,7 @@ static inline __attribute__((always_inline)) void tile_avx2(const int MP, const 
         const DotWeight *w = B + 16 * k;
         const __m256i w_lo = _mm256_cvtepi8_epi16(_mm_loadu_si128((const void *)w));
         const __m256i w_hi = _mm256_cvtepi8_epi16(_mm_loadu_si128((const void *)(w + 16)));
-        /* one weight stream of 32 bytes a step is too slow for the hardware prefetchers to run
-         * ahead of (ResNet18's 512-channel layers at batch 1, their weights from L3: 55 GMAC/s
-         * on a Zen 4, 77 with these): prefetched into L1 2 KB ahead and into L2 12 KB ahead,
-         * past the block's panel into the next block's */
-        _mm_prefetch((const char *)(w + 2048), _MM_HINT_T0);
-        _mm_prefetch((const char *)(w + 12288), _MM_HINT_T2);
+        prefetch_weights(w);
 #define TILE_PIX(p)                                                                 \
         if (MP > p) {                                                               \
             int32_t a;                                                              \
