@@ -901,11 +901,11 @@ static inline __m256i clamp8(__m256i h, const Op *op)
 
 /* The ymm tiles read one block's weights at a time, one stream of 32 (AVX2) or 64 (AVX-VNNI) bytes a
  * step: too slow for the hardware prefetchers to run ahead of where the weights come from L3
- * (ResNet18's 512-channel layers at batch 1 on a Zen 4: AVX2 54 -> 77 GMAC/s; the AVX-VNNI EVEX
- * twin 120-138 -> 182-197 while another process loaded the L3, the same as without when quiet).
- * Prefetched into L1 2 KB ahead and into L2 12 KB ahead of w, past the block's panel into the next
- * block's. */
-static inline void prefetch_weights(const void *w)
+ * (ResNet18's 512-channel layers at batch 1 on a Zen 4: AVX2 54 -> 77 GMAC/s, the AVX-VNNI EVEX
+ * twin 77-89 -> 136-162).  Prefetched into L1 2 KB ahead and into L2 12 KB ahead of w, past the
+ * block's panel into the next block's.  always_inline: GCC 12 otherwise dropped its calls (a
+ * function of prefetches alone, seen as free of side effects). */
+static inline __attribute__((always_inline)) void prefetch_weights(const void *w)
 {
     _mm_prefetch((const char *)w + 2048, _MM_HINT_T0);
     _mm_prefetch((const char *)w + 12288, _MM_HINT_T2);
@@ -970,61 +970,7 @@ static inline __attribute__((always_inline)) void store_tile16(const int MP, con
 }
 #endif
 
-#if FAST_AVXVNNI
-/* Register tile (AVX-VNNI): one block of 16 channels x MP <= MR pixels (their rows of A at arow),
- * the whole depth; each pixel's sums two ymm (channels 0-7: lo, 8-15: hi), as are the block's
- * weights at a depth step (w8's [16][4] bytes), so 2 * MR sums + 2 weights + 1 broadcast fill the
- * 16 ymm. */
-static inline __attribute__((always_inline)) void tile_avxvnni(const int MP, const uint8_t *const *arow,
-                                                               const int8_t *B, const int32_t *rowsum,
-                                                               const FastOp *f, size_t slot, int n, const Op *op,
-                                                               uint8_t *out, size_t ldc)
-{
-    const __m256i bias_lo = _mm256_loadu_si256((const void *)(f->bias + slot));
-    const __m256i bias_hi = _mm256_loadu_si256((const void *)(f->bias + slot + 8));
-    __m256i lo0 = bias_lo, lo1 = bias_lo, lo2 = bias_lo, lo3 = bias_lo, lo4 = bias_lo, lo5 = bias_lo;
-    __m256i hi0 = bias_hi, hi1 = bias_hi, hi2 = bias_hi, hi3 = bias_hi, hi4 = bias_hi, hi5 = bias_hi;
-    const uint8_t *A0 = arow[0], *A1 = MP > 1 ? arow[1] : A0, *A2 = MP > 2 ? arow[2] : A0;
-    const uint8_t *A3 = MP > 3 ? arow[3] : A0, *A4 = MP > 4 ? arow[4] : A0, *A5 = MP > 5 ? arow[5] : A0;
-    const int32_t nseg = f->nseg, seg_k = f->seg_depth / 4;
-    const size_t seg_stride = f->seg_stride;
-    for (int32_t g = 0; g < nseg; g++, A0 += seg_stride, A1 += seg_stride, A2 += seg_stride, A3 += seg_stride,
-         A4 += seg_stride, A5 += seg_stride, B += (size_t)seg_k * 64)
-    for (int32_t s = 0; s < seg_k; s++) {
-        __m256i w_lo = _mm256_loadu_si256((const void *)(B + (size_t)s * 64));
-        __m256i w_hi = _mm256_loadu_si256((const void *)(B + (size_t)s * 64 + 32));
-        prefetch_weights(B + (size_t)s * 64);
-        /* in registers, as in tile_vnni: otherwise GCC folds the loads into every vpdpbusd */
-        __asm__("" : "+x"(w_lo), "+x"(w_hi));
-#define TILE_PIX(p)                                                         \
-        if (MP > p) {                                                       \
-            int32_t a;                                                      \
-            memcpy(&a, A##p + (size_t)s * 4, 4);                            \
-            const __m256i av = _mm256_set1_epi32(a);                        \
-            lo##p = dpbusd256(lo##p, av, w_lo);                             \
-            hi##p = dpbusd256(hi##p, av, w_hi);                             \
-        }
-        TILE_PIX(0) TILE_PIX(1) TILE_PIX(2) TILE_PIX(3) TILE_PIX(4) TILE_PIX(5)
-#undef TILE_PIX
-    }
-    const __m256i acc[MR][2] = {{lo0, hi0}, {lo1, hi1}, {lo2, hi2}, {lo3, hi3}, {lo4, hi4}, {lo5, hi5}};
-    store_tile16(MP, acc, rowsum, f, slot, n, op, out, ldc);
-}
-
-#define TILE_MP(mp) case mp: tile_avxvnni(mp, arow, B, rowsum, f, slot, last_n, op, out, ldc); break;
-
-/* nb (NBMAX = 1) block of 16 channels from slot (its first last_n) x mp pixels */
-static void tile(int nb, int mp, const uint8_t *const *arow, const int32_t *rowsum, DotRow *dotrows, const FastOp *f,
-                 size_t slot, int last_n, const Op *op, uint8_t *out, size_t ldc)
-{
-    (void)nb, (void)dotrows;        /* one block per tile; dotrows is the AVX2, NEON and C99 tiles' */
-    const int8_t *B = f->w8 + slot * (size_t)f->wdepth;
-    switch (mp) {
-    TILE_MP(1) TILE_MP(2) TILE_MP(3) TILE_MP(4) TILE_MP(5) TILE_MP(6)     /* mp = 1..MR */
-    default: break;
-    }
-}
-#else
+#if !FAST_AVXVNNI
 /* The mp <= count pixels' rows of A into dotrows, as DotRow less ROW_OFFSET, each Kp long (an
  * implicit conv's segments one after the other); rows[p] where each is.  Past mp: row 0 again. */
 static void convert_rows(int mp, int count, const uint8_t *const *arow, const FastOp *f, DotRow *dotrows,
@@ -1046,37 +992,55 @@ static void convert_rows(int mp, int count, const uint8_t *const *arow, const Fa
         rows[p] = row;
     }
 }
+#endif
 
 #if FAST_AVX2
-/* Register tile (AVX2): one block of 16 channels x MP <= MR pixels (their rows as int16 in rows),
- * the whole depth.  A depth step is 2 depths: the block's weights there (wdot's [16][2] bytes),
- * widened as loaded, are two ymm of 8 channels' int16 pairs, each pixel's 2 values one broadcast
- * int32, and vpmaddwd sums each channel's 2 exact products into its int32 lane: no horizontal sums
- * (u8 x s8 vpmaddubsw would saturate).  2 * MR sums + 2 weights + a broadcast + a product: the 16
- * ymm. */
-static inline __attribute__((always_inline)) void tile_avx2(const int MP, const DotRow *const *rows,
-                                                            const DotWeight *B, size_t Kp, const int32_t *rowsum,
-                                                            const FastOp *f, size_t slot, int n, const Op *op,
-                                                            uint8_t *out, size_t ldc)
+/* The ymm register tile (AVX-VNNI, AVX2): one block of 16 channels x MP <= MR pixels, their rows
+ * at arow read as bytes (nseg segments of seg_k 4-byte depth steps, seg_stride apart), the whole
+ * depth; each pixel's sums two ymm (channels 0-7: lo, 8-15: hi), as are the block's weights at a
+ * step (WSTEP bytes of B), so 2 * MR sums + 2 weights + a broadcast (+ AVX2's product) fill the 16
+ * ymm.  AVX-VNNI: 4 u8 depths a step against w8's [16][4] bytes (vpdpbusd).  AVX2: the rows as
+ * int16 (convert_rows), 2 depths a step against wdot's [16][2] bytes widened as loaded, vpmaddwd
+ * summing each channel's 2 exact products into its int32 lane: no horizontal sums (u8 x s8
+ * vpmaddubsw would saturate). */
+#if FAST_AVXVNNI
+#define WSTEP 64
+#define YMM_PRODUCTS(acc, av, w) dpbusd256(acc, av, w)
+#else
+#define WSTEP 32
+#define YMM_PRODUCTS(acc, av, w) _mm256_add_epi32(acc, _mm256_madd_epi16(av, w))
+#endif
+static inline __attribute__((always_inline)) void tile_ymm(const int MP, const uint8_t *const *arow, int32_t nseg,
+                                                           int32_t seg_k, size_t seg_stride, const int8_t *B,
+                                                           const int32_t *rowsum, const FastOp *f, size_t slot,
+                                                           int n, const Op *op, uint8_t *out, size_t ldc)
 {
     const __m256i bias_lo = _mm256_loadu_si256((const void *)(f->bias + slot));
     const __m256i bias_hi = _mm256_loadu_si256((const void *)(f->bias + slot + 8));
     __m256i lo0 = bias_lo, lo1 = bias_lo, lo2 = bias_lo, lo3 = bias_lo, lo4 = bias_lo, lo5 = bias_lo;
     __m256i hi0 = bias_hi, hi1 = bias_hi, hi2 = bias_hi, hi3 = bias_hi, hi4 = bias_hi, hi5 = bias_hi;
-    const DotRow *A0 = rows[0], *A1 = MP > 1 ? rows[1] : A0, *A2 = MP > 2 ? rows[2] : A0, *A3 = MP > 3 ? rows[3] : A0;
-    const DotRow *A4 = MP > 4 ? rows[4] : A0, *A5 = MP > 5 ? rows[5] : A0;
-    for (size_t k = 0; k < Kp; k += 2) {
-        const DotWeight *w = B + 16 * k;
-        const __m256i w_lo = _mm256_cvtepi8_epi16(_mm_loadu_si128((const void *)w));
-        const __m256i w_hi = _mm256_cvtepi8_epi16(_mm_loadu_si128((const void *)(w + 16)));
+    const uint8_t *A0 = arow[0], *A1 = MP > 1 ? arow[1] : A0, *A2 = MP > 2 ? arow[2] : A0;
+    const uint8_t *A3 = MP > 3 ? arow[3] : A0, *A4 = MP > 4 ? arow[4] : A0, *A5 = MP > 5 ? arow[5] : A0;
+    for (int32_t g = 0; g < nseg; g++, A0 += seg_stride, A1 += seg_stride, A2 += seg_stride, A3 += seg_stride,
+         A4 += seg_stride, A5 += seg_stride, B += (size_t)seg_k * WSTEP)
+    for (int32_t s = 0; s < seg_k; s++) {
+        const int8_t *w = B + (size_t)s * WSTEP;
+#if FAST_AVXVNNI
+        __m256i w_lo = _mm256_loadu_si256((const void *)w), w_hi = _mm256_loadu_si256((const void *)(w + 32));
+#else
+        __m256i w_lo = _mm256_cvtepi8_epi16(_mm_loadu_si128((const void *)w));
+        __m256i w_hi = _mm256_cvtepi8_epi16(_mm_loadu_si128((const void *)(w + 16)));
+#endif
         prefetch_weights(w);
-#define TILE_PIX(p)                                                                 \
-        if (MP > p) {                                                               \
-            int32_t a;                                                              \
-            memcpy(&a, A##p + k, 4);                                                \
-            const __m256i av = _mm256_set1_epi32(a);                                \
-            lo##p = _mm256_add_epi32(lo##p, _mm256_madd_epi16(av, w_lo));           \
-            hi##p = _mm256_add_epi32(hi##p, _mm256_madd_epi16(av, w_hi));           \
+        /* in registers, as in tile_vnni: otherwise GCC folds the loads into every vpdpbusd */
+        __asm__("" : "+x"(w_lo), "+x"(w_hi));
+#define TILE_PIX(p)                                                         \
+        if (MP > p) {                                                       \
+            int32_t a;                                                      \
+            memcpy(&a, A##p + (size_t)s * 4, 4);                            \
+            const __m256i av = _mm256_set1_epi32(a);                        \
+            lo##p = YMM_PRODUCTS(lo##p, av, w_lo);                          \
+            hi##p = YMM_PRODUCTS(hi##p, av, w_hi);                          \
         }
         TILE_PIX(0) TILE_PIX(1) TILE_PIX(2) TILE_PIX(3) TILE_PIX(4) TILE_PIX(5)
 #undef TILE_PIX
@@ -1084,19 +1048,37 @@ static inline __attribute__((always_inline)) void tile_avx2(const int MP, const 
     const __m256i acc[MR][2] = {{lo0, hi0}, {lo1, hi1}, {lo2, hi2}, {lo3, hi3}, {lo4, hi4}, {lo5, hi5}};
     store_tile16(MP, acc, rowsum, f, slot, n, op, out, ldc);
 }
+#undef WSTEP
+#undef YMM_PRODUCTS
 
-#define TILE_MP(mp) case mp: tile_avx2(mp, rows, B, Kp, rowsum, f, slot, b == nb - 1 ? last_n : BLK, op, out, ldc); break;
+#define TILE_MP(mp) case mp: \
+    tile_ymm(mp, rows, nseg, seg_k, seg_stride, B, rowsum, f, slot, b == nb - 1 ? last_n : BLK, op, out, ldc); break;
 
-/* nb blocks of 16 channels from slot (the last one's first last_n) x mp pixels; their rows of A
- * into dotrows once */
+/* nb blocks of 16 channels from slot (the last one's first last_n) x mp pixels.  AVX-VNNI reads
+ * the rows of A in place (NBMAX = 1 block); AVX2 converts them into dotrows once */
 static void tile(int nb, int mp, const uint8_t *const *arow, const int32_t *rowsum, DotRow *dotrows, const FastOp *f,
                  size_t slot, int last_n, const Op *op, uint8_t *out, size_t ldc)
 {
+#if FAST_AVXVNNI
+    (void)dotrows;                  /* the AVX2, NEON and C99 tiles' */
+    const uint8_t *const *rows = arow;
+    const int32_t nseg = f->nseg, seg_k = f->seg_depth / 4;
+    const size_t seg_stride = f->seg_stride;
+    const int8_t *B = f->w8 + slot * (size_t)f->wdepth;
+    const size_t bstride = (size_t)f->wdepth * BLK;
+#else
     const size_t Kp = (size_t)f->Kp;
-    const DotRow *rows[MR];
-    convert_rows(mp, mp, arow, f, dotrows, rows);
-    for (int b = 0; b < nb; b++, slot += BLK, out += BLK) {
-        const DotWeight *B = f->wdot + slot * Kp;
+    const DotRow *dot[MR];
+    convert_rows(mp, mp, arow, f, dotrows, dot);
+    const uint8_t *rows[MR];
+    for (int p = 0; p < mp; p++)
+        rows[p] = (const uint8_t *)dot[p];
+    const int32_t nseg = 1, seg_k = (int32_t)(Kp / 2);
+    const size_t seg_stride = 0;
+    const int8_t *B = f->wdot + slot * Kp;
+    const size_t bstride = Kp * BLK;
+#endif
+    for (int b = 0; b < nb; b++, slot += BLK, out += BLK, B += bstride) {
         switch (mp) {
         TILE_MP(1) TILE_MP(2) TILE_MP(3) TILE_MP(4) TILE_MP(5) TILE_MP(6)     /* mp = 1..MR */
         default: break;
@@ -1177,7 +1159,6 @@ static void tile(int nb, int mp, const uint8_t *const *arow, const int32_t *rows
     }
 }
 #endif /* FAST_AVX2 */
-#endif /* FAST_AVXVNNI */
 #endif
 
 /* The conv input x (HWC) with its padding, which holds z_x, into pb. */
