@@ -25,9 +25,9 @@
  *   AVX-512 VNNI  vpdpbusd: 16 output channels x 4 depths (u8 x s8) per instruction, up to
  *                 64 channels x 4 pixels, the weights pinned in registers
  *   AVX-VNNI      the same packing, vpdpbusd on ymm (8 channels): 16 channels x 6 pixels
- *                 (tile_avxvnni); everything else as in the AVX2 build
- *   AVX2          vpmaddwd on int16 pairs: 16 channels x 6 pixels, 2 depths a step (tile_avx2),
- *                 the weights widened from int8 as loaded, the rows of A as int16 once per tile
+ *                 (tile_ymm); everything else as in the AVX2 build
+ *   AVX2          the same tile with vpmaddwd on int16 pairs, 2 depths a step, the weights
+ *                 widened from int8 as loaded, the rows of A as int16 once per tile
  *   NEON, C99     the dot-product tile: 2 channels x 4 pixels, each output a dot product over
  *                 the depth, 16 depths a step (NEON: sdot on int8; C99: plain loops GCC
  *                 vectorizes as pmaddwd), the weights [channel][depth]
@@ -879,8 +879,8 @@ static void tile(int nb, int mp, const uint8_t *const *arow, const int32_t *rows
     }
 }
 #else
-/* Every build but VNNI: AVX-VNNI and AVX2 run broadcast tiles of one block of 16 channels in two
- * ymm a pixel, as VNNI's; NEON and C99 a dot-product tile of two channels. */
+/* Every build but VNNI: AVX-VNNI and AVX2 run one broadcast tile (tile_ymm) of one block of 16
+ * channels in two ymm a pixel, as VNNI's; NEON and C99 a dot-product tile of two channels. */
 #if FAST_AVX2
 /* requant_fast's form in 8 int32 lanes: me / mo the multipliers of the even / odd lanes' channels
  * (m << a in each 64-bit lane), ce / co their constants, ps the post shifts (where post); returns
@@ -1032,7 +1032,8 @@ static inline __attribute__((always_inline)) void tile_ymm(const int MP, const u
         __m256i w_hi = _mm256_cvtepi8_epi16(_mm_loadu_si128((const void *)(w + 16)));
 #endif
         prefetch_weights(w);
-        /* in registers, as in tile_vnni: otherwise GCC folds the loads into every vpdpbusd */
+        /* in registers, as in tile_vnni: otherwise GCC folds the loads into every vpdpbusd
+         * (AVX-VNNI) */
         __asm__("" : "+x"(w_lo), "+x"(w_hi));
 #define TILE_PIX(p)                                                         \
         if (MP > p) {                                                       \
