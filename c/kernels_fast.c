@@ -1571,7 +1571,7 @@ static void dw_row(const Op *op, const Op *in, const FastOp *f, const uint8_t *x
         const size_t ystep = (size_t)op->dil_h * in->w * C, xstep = (size_t)op->dil_w * C;
         uint8_t *dst = out + ((size_t)oy * op->w + ox) * C;
         int32_t c0 = 0;         /* channels c0.. take the plain loop */
-        int32_t stored = 0;     /* channels 0 .. stored - 1 are in dst */
+        int32_t c = 0;          /* channels c.. are requantized from acc below */
 #if FAST_AVX2
         /* 16 channels at a time, their sums in registers across the taps: the exact int32
          * products of int16 x - z_x and w - z_w from their low and high halves (vpmullw, vpmulhw),
@@ -1600,12 +1600,13 @@ static void dw_row(const Op *op, const Op *in, const FastOp *f, const uint8_t *x
             if (qf) {           /* requantized and stored here, not through acc */
                 _mm_storeu_si128((void *)(dst + c0), requant_pack16(v_lo, v_hi, qf + (size_t)c0 / BLK * QF_WORDS, post,
                                                                     qmin, qmax));
-                stored = c0 + 16;
             } else {
                 _mm256_storeu_si256((void *)(acc + c0), v_lo);
                 _mm256_storeu_si256((void *)(acc + c0 + 8), v_hi);
             }
         }
+        if (qf)
+            c = c0;
 #endif
         memcpy(acc + c0, f->bias + c0, (size_t)(C - c0) * sizeof *acc);     /* int32 biases, stored as uint32 */
         for (int32_t ky = ky0; c0 < C && ky < ky1; ky++)
@@ -1615,7 +1616,6 @@ static void dw_row(const Op *op, const Op *in, const FastOp *f, const uint8_t *x
                 for (int32_t c = c0; c < C; c++)
                     acc[c] += (src[c] - zx) * w[c];
             }
-        int32_t c = stored;
 #if FAST_AVX2
         /* 8 channels c.. (c % 8 == 0) at a time: in f->qf's block, the even ones' constants are 4
          * consecutive words, the odd ones' too */
