@@ -53,6 +53,9 @@ ISAS = ("amx", "avx512", "avxvnni", "avx2", "c99")     # c/inference's builds of
 TWIN_ISAS = ("avxvnni-evex",)       # test twins (c/Makefile): measured, never the best
 QEMU_AARCH64 = ["qemu-aarch64", "-L", "/usr/aarch64-linux-gnu"]
 AARCH64_IMAGES = 16                 # an emulated core runs ResNet18 at about 10 images/s
+# torch's switches (fbgemm, oneDNN, ATen) that make it run the kernels it would on an AVX2 CPU:
+# the peer of C's AVX2 build on this one.  ONNX Runtime's MLAS has none.
+TORCH_AVX2_ENV = {"FBGEMM_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
 
 
 def conv_kernel_macs(state, quant_list):
@@ -95,6 +98,64 @@ def best_speeds(runs, n, cfg):
         for name, run in runs.items():
             best[name] = max(best[name], passes[name] * n / run(passes[name])[0])
     return {name: (best[name], first[name][1]) for name in runs}
+
+
+def time_cells(cfg, x, y, thread_counts, c_run, peers):
+    """({cell name: cell}, {engine: accuracy}): in each cell, batch (BATCHES) x threads, c_run(batch,
+    threads) (run_c's run) against peers(threads), {engine: fn(images) -> predictions}, timed in
+    the same rounds (best_speeds)."""
+    cells, accuracy = {}, {}
+    for batch in BATCHES:
+        for threads in thread_counts:
+            torch.set_num_threads(threads)
+            runs = {"c_int8": c_run(batch, threads)}
+            runs.update({name: lambda passes, fn=fn: time_batches(fn, x, batch, passes)
+                         for name, fn in peers(threads).items()})
+            timed = best_speeds(runs, len(x), cfg)
+            speeds = {name: speed for name, (speed, _) in timed.items()}
+            accuracy.update({name: float((pred == y).mean()) for name, (_, pred) in timed.items()})
+            best = max((name for name in speeds if name != "c_int8"), key=speeds.get)
+            cells[cell_name(batch, threads)] = {"batch": batch, "threads": threads, "images_per_s": speeds,
+                                                "best_peer": best, "c_ratio_to_best_peer": speeds["c_int8"] / speeds[best]}
+    return cells, accuracy
+
+
+def print_cells(cells, accuracy):
+    """The images/s table of time_cells' cells, each engine's accuracy, C's ratio to the best peer."""
+    cells = list(cells.values())
+    print(f"{'img/s':<16}" + "".join(f"{'batch %d, %d thr' % (c['batch'], c['threads']):>20}" for c in cells)
+          + f"{'accuracy':>10}")
+    for name in cells[0]["images_per_s"]:
+        print(f"{name:<16}" + "".join(f"{c['images_per_s'][name]:>20.0f}" for c in cells)
+              + f"{accuracy[name] * 100:>9.2f}%")
+    print(f"{'C / best peer':<16}" + "".join(
+        f"{'%.2fx (%s)' % (c['c_ratio_to_best_peer'], c['best_peer']):>20}" for c in cells))
+
+
+def avx2_peers(folder):
+    """The AVX2 cells: this script run again (--torch_avx2=True) with TORCH_AVX2_ENV set, as torch
+    reads it when it starts; {"env", cells, "accuracy"}."""
+    path = os.path.join(folder, "avx2.json")
+    print(f"\nAVX2: C --isa avx2 against torch with {' '.join(f'{k}={v}' for k, v in TORCH_AVX2_ENV.items())}")
+    subprocess.run([sys.executable, os.path.abspath(__file__), *sys.argv[1:], "--torch_avx2=True", f"--json={path}"],
+                   env={**os.environ, **TORCH_AVX2_ENV}, check=True)
+    with open(path) as f:
+        return {"env": TORCH_AVX2_ENV, **json.load(f)}
+
+
+def avx2_against_torch_avx2(cfg, net, q, x, y, folder, images):
+    """--torch_avx2=True: C --isa avx2 against torch (fp32 and INT8) on its AVX2 kernels, batch 1 and
+    32 on one thread; writes {cells, "accuracy"} to --json."""
+    missing = [k for k, v in TORCH_AVX2_ENV.items() if os.environ.get(k) != v]
+    if missing:
+        sys.exit(f"error: --torch_avx2=True needs {', '.join(f'{k}={TORCH_AVX2_ENV[k]}' for k in missing)} "
+                 f"set before torch starts (a full run of this script sets them)")
+    peers = {"torch_fp32": lambda b: net(b).argmax(1).numpy(), "torch_int8": lambda b: q(b).argmax(1).numpy()}
+    cells, accuracy = time_cells(cfg, x, y, (1,), lambda batch, threads: run_c(
+        cfg.model, folder, images, batch, threads, ["--isa", "avx2"]), lambda threads: peers)
+    print_cells(cells, accuracy)
+    with atomic_open(cfg.json, "w") as f:
+        json.dump({**cells, "accuracy": accuracy}, f, indent=2)
 
 
 def torch_int8(net, calib, example):
@@ -239,7 +300,9 @@ def main():
         "min_seconds": (0.5, "the least time one timed run of an engine takes (passes over the images repeated)"),
         "repeats": (3, "timed runs of each engine in each cell, the fastest counts"),
         "calib": (200, "training images that calibrate the INT8 models"),
-        "random_weights": (False, "time random weights instead of the trained checkpoint")})
+        "random_weights": (False, "time random weights instead of the trained checkpoint"),
+        "torch_avx2": (False, "only C --isa avx2 against torch on its AVX2 kernels (TORCH_AVX2_ENV set), batch 1 "
+                              "and 32 on one thread: what a full run does itself where the CPU runs better")})
     spec = models.spec(cfg.model)
     warnings.filterwarnings("ignore")
     torch.manual_seed(cfg.seed)
@@ -270,21 +333,14 @@ def main():
         all_threads = os.cpu_count()
         thread_counts = sorted({1, all_threads})
         q = torch_int8(net, calib, example)
+        if cfg.torch_avx2:
+            return avx2_against_torch_avx2(cfg, net, q, x, y, tmp, images)
+        peers = {"torch_fp32": lambda b: net(b).argmax(1).numpy(), "torch_int8": lambda b: q(b).argmax(1).numpy()}
         ort_runs = ort_int8(net, calib, example, tmp, thread_counts)
-        accuracy = {}
-        for batch in BATCHES:
-            for threads in thread_counts:
-                torch.set_num_threads(threads)
-                peers = {"torch_fp32": lambda b: net(b).argmax(1).numpy(), "torch_int8": lambda b: q(b).argmax(1).numpy(),
-                         "ort_int8": lambda b: ort_runs[threads](b).argmax(1)}
-                runs = {"c_int8": run_c(cfg.model, tmp, images, batch, threads)}
-                runs.update({name: lambda passes, fn=fn: time_batches(fn, x, batch, passes) for name, fn in peers.items()})
-                timed = best_speeds(runs, len(x), cfg)
-                speeds = {name: speed for name, (speed, _) in timed.items()}
-                accuracy.update({name: float((pred == y).mean()) for name, (_, pred) in timed.items()})
-                best = max(peers, key=speeds.get)
-                result[cell_name(batch, threads)] = {"batch": batch, "threads": threads, "images_per_s": speeds,
-                                                     "best_peer": best, "c_ratio_to_best_peer": speeds["c_int8"] / speeds[best]}
+        cells, accuracy = time_cells(
+            cfg, x, y, thread_counts, lambda batch, threads: run_c(cfg.model, tmp, images, batch, threads),
+            lambda threads: {**peers, "ort_int8": lambda b: ort_runs[threads](b).argmax(1)})
+        result.update(cells)
         torch.set_num_threads(1)
         isa_runs = {isa: run_c(cfg.model, tmp, images, 1, 1, ["--isa", isa]) for isa in ISAS + TWIN_ISAS}
         isa_speeds = {isa: speed for isa, (speed, _) in best_speeds(
@@ -292,6 +348,8 @@ def main():
         best_isa = max((isa for isa in isa_speeds if isa in ISAS), key=isa_speeds.get)
         result["c_isa"] = {isa: {"images_per_s": v, "ratio_to_best": v / isa_speeds[best_isa]}
                            for isa, v in isa_speeds.items()}
+        if best_isa not in ("avx2", "c99"):      # else the cells above are torch's AVX2 kernels already
+            result["avx2_peers"] = avx2_peers(tmp)
         result["c_peak_rss_mb"] = peak_rss_mb(os.path.join(ROOT, "c", "inference"), cfg.model, tmp, images(1))
         aarch64 = aarch64_latency(cfg.model, tmp, x_u8, cfg)
         if aarch64:
@@ -310,18 +368,19 @@ def main():
         if os.path.exists("/proc/cpuinfo") else f"{os.cpu_count()} cores"
 
     print(f"\n{cfg.model}: {len(x)} test images, {result['weights']} weights, {result['machine']}")
-    cells = [result[cell_name(b, t)] for b in BATCHES for t in thread_counts]
-    print(f"{'img/s':<16}" + "".join(f"{'batch %d, %d thr' % (c['batch'], c['threads']):>20}" for c in cells)
-          + f"{'accuracy':>10}")
-    for name in cells[0]["images_per_s"]:
-        print(f"{name:<16}" + "".join(f"{c['images_per_s'][name]:>20.0f}" for c in cells)
-              + f"{accuracy[name] * 100:>9.2f}%")
-    print(f"{'C / best peer':<16}" + "".join(
-        f"{'%.2fx (%s)' % (c['c_ratio_to_best_peer'], c['best_peer']):>20}" for c in cells))
+    print_cells(cells, accuracy)
     print("C per kernel build (--isa, one thread): " + ", ".join(
         f"{isa}{' (EVEX test twin)' if isa in TWIN_ISAS else ''} {v['images_per_s']:.0f} img/s"
         f" ({v['ratio_to_best']:.2f}x)"
         for isa, v in result["c_isa"].items()))
+    if "avx2_peers" in result:
+        a = result["avx2_peers"]
+        print("C --isa avx2 against torch on its AVX2 kernels, one thread: " + ", ".join(
+            f"batch {c['batch']} {c['images_per_s']['c_int8']:.0f} against {c['images_per_s']['torch_int8']:.0f} "
+            f"img/s ({c['images_per_s']['c_int8'] / c['images_per_s']['torch_int8']:.2f}x torch INT8)"
+            for c in (a[cell_name(b, 1)] for b in BATCHES))
+            + f"; torch INT8's accuracy there {a['accuracy']['torch_int8'] * 100:.2f}% "
+              f"({accuracy['torch_int8'] * 100:.2f}% on its best kernels)")
     if "aarch64_qemu" in result:
         a = result["aarch64_qemu"]
         print(f"aarch64 under qemu-aarch64 (NEON, batch 1, {a['images']} images): 1 thread "
