@@ -3,11 +3,11 @@
   c_int8          c/inference --batch B (one thread), c/inference_omp --batch B --threads T (every
                   core: a batch of 1 splits each layer across the threads, a batch of 32 splits
                   the batch between them); the best build of its kernels this CPU runs
-  (c --isa ISA    c/inference with each build of its kernels this CPU runs forced, batch 1, one
-                  thread, and its ratio to the best: amx, avx512, avxvnni, avx2, c99; and
-                  avxvnni-evex, avxvnni's test twin with the EVEX vpdpbusd, which shows that code's
-                  speed on CPUs with AVX-512 VNNI but no AVX-VNNI; not amx-emu, whose emulated
-                  tiles' speed means nothing)
+  (c --isa ISA    c/inference with each build of its kernels this CPU runs forced (its
+                  --isa-table: amx, avx512, avxvnni, avx2, c99 on x86-64), batch 1, one thread,
+                  and its ratio to the best; and the test twins, as avxvnni-evex (avxvnni's code
+                  with the EVEX vpdpbusd: that code's speed on CPUs with AVX-512 VNNI but no
+                  AVX-VNNI), but not the emulated one (amx-emu), whose speed means nothing)
   (aarch64        c/inference_aarch64_omp under qemu-aarch64 (NEON), batch 1, 1 and 2 threads, on
                   the first AARCH64_IMAGES images: the 2-thread latency against the 1-thread one;
                   where the cross compiler and qemu-user are installed)
@@ -49,8 +49,6 @@ from model.fileio import ModelFileError, atomic_open  # noqa: E402
 from model.quantize import build_integer_graph  # noqa: E402
 
 BATCHES = (1, 32)
-ISAS = ("amx", "avx512", "avxvnni", "avx2", "c99")     # c/inference's builds of the optimized kernels, best first
-TWIN_ISAS = ("avxvnni-evex",)       # test twins (c/Makefile): measured, never the best
 QEMU_AARCH64 = ["qemu-aarch64", "-L", "/usr/aarch64-linux-gnu"]
 AARCH64_IMAGES = 16                 # an emulated core runs ResNet18 at about 10 images/s
 # torch's switches (fbgemm, oneDNN, ATen) that make it run the kernels it would on an AVX2 CPU:
@@ -212,6 +210,14 @@ def image_files(images, folder):
     return path
 
 
+def timed_isas(command):
+    """{name: role} of the builds of the optimized kernels that the C engine (command: what runs it)
+    holds and this CPU runs (its --isa-table), best first, but the emulated test twins"""
+    table = subprocess.run([*command, "--isa-table"], capture_output=True, text=True, check=True).stdout
+    rows = [json.loads(line) for line in table.splitlines()]
+    return {row["isa"]: row["role"] for row in rows if row["runs_here"] and row["role"] != "emulated test twin"}
+
+
 def c_binary(threads):
     """c/inference for one thread (no OpenMP), c/inference_omp for more"""
     return os.path.join(ROOT, "c", "inference" if threads == 1 else "inference_omp")
@@ -219,8 +225,7 @@ def c_binary(threads):
 
 def run_c(model_name, folder, images, batch, threads, extra=(), binary=None):
     """run(passes) -> (seconds, predictions of the first pass) for the C engine (binary: the command
-    that runs it, default c_binary(threads)), images(passes) the test images `passes` times over;
-    None for an --isa this CPU lacks."""
+    that runs it, default c_binary(threads)), images(passes) the test images `passes` times over."""
     cmd = [*(binary or [c_binary(threads)]), "--model", model_name, "--dir", folder, "--batch", str(batch),
            "--threads", str(threads), "--quiet", *extra]
 
@@ -232,11 +237,6 @@ def run_c(model_name, folder, images, batch, threads, extra=(), binary=None):
         seconds = float(re.search(r"result: images=\d+ seconds=([0-9.eE+-]+)", proc.stdout).group(1))
         logits = np.loadtxt(os.path.join(folder, "logits.txt"), delimiter=",", dtype=np.int64, ndmin=2)
         return seconds, logits[:len(logits) // passes].argmax(1)
-
-    if extra:               # a forced build, which this CPU or binary may lack
-        probe = subprocess.run(cmd + ["--images", images(1), "--limit", "1"], capture_output=True, text=True)
-        if probe.returncode != 0 and ("this CPU lacks" in probe.stderr or ": unknown, this binary has" in probe.stderr):
-            return None
     return run
 
 
@@ -263,9 +263,9 @@ def aarch64_latency(model_name, folder, x_u8, cfg):
     os.makedirs(folder_images)
     images = image_files(x_u8[:AARCH64_IMAGES], folder_images)
     binary = [*QEMU_AARCH64, os.path.join(ROOT, "c", "inference_aarch64_omp")]
-    runs = {threads: run_c(model_name, folder, images, 1, threads, ["--isa", "neon"], binary) for threads in (1, 2)}
-    if not all(runs.values()):
+    if "neon" not in timed_isas(binary):
         return None
+    runs = {threads: run_c(model_name, folder, images, 1, threads, ["--isa", "neon"], binary) for threads in (1, 2)}
     return {threads: speed for threads, (speed, _) in best_speeds(runs, AARCH64_IMAGES, cfg).items()}
 
 
@@ -342,13 +342,13 @@ def main():
             lambda threads: {**peers, "ort_int8": lambda b: ort_runs[threads](b).argmax(1)})
         result.update(cells)
         torch.set_num_threads(1)
-        isa_runs = {isa: run_c(cfg.model, tmp, images, 1, 1, ["--isa", isa]) for isa in ISAS + TWIN_ISAS}
+        roles = timed_isas([c_binary(1)])
         isa_speeds = {isa: speed for isa, (speed, _) in best_speeds(
-            {isa: run for isa, run in isa_runs.items() if run}, len(x), cfg).items()}
-        best_isa = max((isa for isa in isa_speeds if isa in ISAS), key=isa_speeds.get)
-        result["c_isa"] = {isa: {"images_per_s": v, "ratio_to_best": v / isa_speeds[best_isa]}
+            {isa: run_c(cfg.model, tmp, images, 1, 1, ["--isa", isa]) for isa in roles}, len(x), cfg).items()}
+        best_isa = max((isa for isa in isa_speeds if roles[isa] == "build"), key=isa_speeds.get)
+        result["c_isa"] = {isa: {"role": roles[isa], "images_per_s": v, "ratio_to_best": v / isa_speeds[best_isa]}
                            for isa, v in isa_speeds.items()}
-        if best_isa not in ("avx2", "c99"):      # else the cells above are torch's AVX2 kernels already
+        if "avx2" in roles and best_isa != "avx2":      # else the cells above ran torch's AVX2 kernels
             result["avx2_peers"] = avx2_peers(tmp)
         result["c_peak_rss_mb"] = peak_rss_mb(os.path.join(ROOT, "c", "inference"), cfg.model, tmp, images(1))
         aarch64 = aarch64_latency(cfg.model, tmp, x_u8, cfg)
@@ -370,7 +370,7 @@ def main():
     print(f"\n{cfg.model}: {len(x)} test images, {result['weights']} weights, {result['machine']}")
     print_cells(cells, accuracy)
     print("C per kernel build (--isa, one thread): " + ", ".join(
-        f"{isa}{' (EVEX test twin)' if isa in TWIN_ISAS else ''} {v['images_per_s']:.0f} img/s"
+        f"{isa}{'' if v['role'] == 'build' else ' (' + v['role'] + ')'} {v['images_per_s']:.0f} img/s"
         f" ({v['ratio_to_best']:.2f}x)"
         for isa, v in result["c_isa"].items()))
     if "avx2_peers" in result:

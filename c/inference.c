@@ -64,7 +64,7 @@ static void usage(const char *msg, const char *arg)
             "usage: inference [--model NAME] [--dir DIR] [--data DIR] [--format bin|txt] [--limit N]\n"
             "                 [--logits FILE] [--images PATH] [--labels PATH] [--quiet] [--reference]\n"
             "                 [--isa NAME] [--batch N] [--threads T] [--profile] [--dump-layers DIR]\n"
-            "       inference --op-table\n"
+            "       inference --op-table | --isa-table\n"
             "  --model NAME    model name, files DIR/NAME_model.bin etc. (default lenet)\n"
             "  --dir DIR       export folder (default export_model)\n"
             "  --data DIR      dataset folder (default data)\n"
@@ -80,7 +80,7 @@ static void usage(const char *msg, const char *arg)
             "  --quiet         print only the result line\n"
             "  --reference     run the simple reference kernels instead of the optimized ones\n"
             "  --isa NAME      the optimized kernels' build: amx, avx512, avxvnni, avx2 or c99 (x86-64), neon\n"
-            "                  or c99 (aarch64); default the best this CPU runs\n"
+            "                  or c99 (aarch64); default the best this CPU runs (--isa-table)\n"
             "  --batch N       run N images at a time through the graph, layer by layer (default "
             MACRO_TEXT(DEFAULT_BATCH_PER_THREAD) " a thread); the\n"
             "                  activations take N times the model's.  Where the N images' activations\n"
@@ -91,7 +91,9 @@ static void usage(const char *msg, const char *arg)
             "  --profile       print each op's share of the time after the run (the optimized kernels)\n"
             "  --dump-layers DIR  write every op's output for the images (--limit N of them) to DIR as\n"
             "                  golden vectors (.npy, .hex, manifest.json: model/golden.py's layout) and exit\n"
-            "  --op-table      print the op kinds this engine reads, as JSON (one per line), and exit\n");
+            "  --op-table      print the op kinds this engine reads, as JSON (one per line), and exit\n"
+            "  --isa-table     print the builds of the optimized kernels this binary holds, best first, as\n"
+            "                  JSON (one per line: name, whether this CPU runs it, role, needs), and exit\n");
     exit(msg ? 2 : 0);
 }
 
@@ -136,6 +138,10 @@ static void parse_args(Options *o, int argc, char **argv)
         }
         if (!strcmp(a, "--op-table")) {
             print_op_table();
+            exit(0);
+        }
+        if (!strcmp(a, "--isa-table")) {
+            print_isa_table();
             exit(0);
         }
         if (!strcmp(a, "--help") || !strcmp(a, "-h"))

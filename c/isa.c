@@ -5,7 +5,7 @@
  * AMX-INT8, AVX-512 VNNI, AVX-VNNI, AVX2, C99; aarch64: NEON with the dot product, C99), each compiled with its own
  * target flags, and compiles everything else for the plain architecture, so that one binary runs
  * on any CPU of it: at start the engine takes the first ISA in the table below that the CPU
- * supports, or the one --isa names.
+ * supports, or the one --isa names; --isa-table lists them.
  * FPGAI_C99_ONLY (make portable) links the C99 build alone, for compilers without the
  * intrinsics.
  */
@@ -87,24 +87,28 @@ typedef struct {
     const char *name, *needs;       /* --isa NAME; what the CPU must have, for the error */
     const KernelSet *kernels;
     int (*supported)(void);
+    const char *twin;               /* NULL, or what test twin it is (c/Makefile): only --isa picks it */
 } Isa;
+
+#define TWIN "test twin"
+#define EMULATED_TWIN "emulated test twin"     /* its speed means nothing */
 
 /* best first */
 static const Isa ISAS[] = {
 #if X86_ISAS
-    {"amx", "AMX-INT8 with AVX-512 F/BW/DQ/VL/VNNI/VBMI, and the kernel's permission", &FAST_KERNELS_AMX, cpu_has_amx},
-    {"avx512", "AVX-512 F/BW/DQ/VL/VNNI/VBMI", &FAST_KERNELS_AVX512, cpu_has_avx512},
-    {"avxvnni", "AVX2 and AVX-VNNI", &FAST_KERNELS_AVXVNNI, cpu_has_avxvnni},
-    {"avx2", "AVX2", &FAST_KERNELS_AVX2, cpu_has_avx2},
+    {"amx", "AMX-INT8 with AVX-512 F/BW/DQ/VL/VNNI/VBMI, and the kernel's permission", &FAST_KERNELS_AMX, cpu_has_amx, NULL},
+    {"avx512", "AVX-512 F/BW/DQ/VL/VNNI/VBMI", &FAST_KERNELS_AVX512, cpu_has_avx512, NULL},
+    {"avxvnni", "AVX2 and AVX-VNNI", &FAST_KERNELS_AVXVNNI, cpu_has_avxvnni, NULL},
+    {"avx2", "AVX2", &FAST_KERNELS_AVX2, cpu_has_avx2, NULL},
 #endif
 #if ARM_ISAS
-    {"neon", "the NEON dot product (asimddp)", &FAST_KERNELS_NEON, cpu_has_dotprod},
+    {"neon", "the NEON dot product (asimddp)", &FAST_KERNELS_NEON, cpu_has_dotprod, NULL},
 #endif
-    {"c99", "", &FAST_KERNELS_C99, always},
+    {"c99", "", &FAST_KERNELS_C99, always, NULL},
 #if X86_ISAS
-    /* after c99, which every CPU runs: only --isa picks these test twins of avxvnni and amx (c/Makefile) */
-    {"avxvnni-evex", "AVX2 and AVX-512 F/VL/VNNI", &FAST_KERNELS_AVXVNNI_EVEX, cpu_has_avx512vl_vnni},
-    {"amx-emu", "AVX-512 F/BW/DQ/VL/VNNI/VBMI", &FAST_KERNELS_AMX_EMU, cpu_has_avx512},
+    /* the test twins of avxvnni and amx */
+    {"avxvnni-evex", "AVX2 and AVX-512 F/VL/VNNI", &FAST_KERNELS_AVXVNNI_EVEX, cpu_has_avx512vl_vnni, TWIN},
+    {"amx-emu", "AVX-512 F/BW/DQ/VL/VNNI/VBMI", &FAST_KERNELS_AMX_EMU, cpu_has_avx512, EMULATED_TWIN},
 #endif
 };
 
@@ -114,7 +118,7 @@ const KernelSet *fast_kernels(const char **isa)
 {
     for (size_t i = 0; i < N_ISAS; i++) {
         const Isa *a = &ISAS[i];
-        if (*isa && strcmp(*isa, a->name))
+        if (*isa ? strcmp(*isa, a->name) != 0 : a->twin != NULL)
             continue;
         if (!a->supported()) {
             if (*isa)
@@ -128,4 +132,11 @@ const KernelSet *fast_kernels(const char **isa)
     for (size_t i = 0; i < N_ISAS; i++)
         snprintf(names + strlen(names), sizeof names - strlen(names), "%s%s", i ? ", " : "", ISAS[i].name);
     fail("--isa %s: unknown, this binary has %s", *isa, names);
+}
+
+void print_isa_table(void)
+{
+    for (size_t i = 0; i < N_ISAS; i++)
+        printf("{\"isa\": \"%s\", \"runs_here\": %s, \"role\": \"%s\", \"needs\": \"%s\"}\n", ISAS[i].name,
+               ISAS[i].supported() ? "true" : "false", ISAS[i].twin ? ISAS[i].twin : "build", ISAS[i].needs);
 }

@@ -66,5 +66,8 @@ static inline size_t share_size(size_t n, int parts, int w)
  * amx-emu), or, for NULL, the best one this binary holds that the CPU runs; *isa gets its name.  Fails (one error
  * line, exit 1) on a name this binary does not know or one the CPU lacks. */
 const KernelSet *fast_kernels(const char **isa);
+/* --isa-table: each ISA of this binary, best first, as JSON (one per line): its name, whether this
+ * CPU runs it, its role (build, test twin, emulated test twin) and what it needs */
+void print_isa_table(void);
 
 #endif

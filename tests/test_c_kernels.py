@@ -22,6 +22,7 @@ refuses neon.  tests/test_c_batch.py runs the batches
 (--batch) and threads (--threads) the same way.
 """
 import functools
+import json
 import os
 import platform
 import re
@@ -48,6 +49,7 @@ ISAS = {"amx": (*AVX512, "amx_tile", "amx_int8"), "avx512": AVX512,
         "avxvnni": ("avx2", "avx_vnni"), "avx2": ("avx2",), "c99": (),
         "avxvnni-evex": ("avx2", "avx512f", "avx512vl", "avx512_vnni"), "amx-emu": AVX512}
 AMX_ISAS = ("amx", "amx-emu")
+TWINS = ("avxvnni-evex", "amx-emu")         # only --isa picks them
 ISA_NAMES = {"amx": "AMX-INT8", "avx512": "AVX-512 VNNI", "avxvnni": "AVX-VNNI", "avx2": "AVX2",
              "neon": "NEON dot product", "c99": "C99", "avxvnni-evex": "AVX-VNNI, EVEX test twin",
              "amx-emu": "AMX-INT8, emulated test twin"}   # the "kernels:" line's
@@ -286,6 +288,26 @@ def test_lenet_each_isa_equals_reference(binaries, lenet_reference, tmp_path, is
         assert proc.returncode == 0, proc.stderr
         assert f"kernels: optimized ({ISA_NAMES[isa]})" in proc.stdout
         np.testing.assert_array_equal(read_logits(out), lenet_reference[:n], err_msg=f"lenet {kind} --isa {isa}")
+
+
+def test_isa_table_is_the_cpus(binaries):
+    """--isa-table lists ISAS best first, the twins last; it says the CPU runs exactly the builds
+    whose flags /proc/cpuinfo shows (amx also needs the kernel's permission), and a run without
+    --isa takes the first build it says runs."""
+    if platform.machine() != "x86_64":
+        pytest.skip("ISAS are the x86-64 builds")
+    proc = subprocess.run([binaries["native"], "--isa-table"], capture_output=True, text=True, timeout=60, check=True)
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [row["isa"] for row in rows] == [isa for isa in ISAS if isa not in TWINS] + list(TWINS)
+    assert [row["role"] for row in rows if row["isa"] in TWINS] == ["test twin", "emulated test twin"]
+    for row in rows:
+        runs = not missing_flags(row["isa"])
+        assert row["runs_here"] == runs or (row["isa"] == "amx" and runs and not row["runs_here"]), row
+    best = next(row["isa"] for row in rows if row["runs_here"] and row["role"] == "build")
+    datasets.prepare_mnist(os.path.join(ROOT, "data"), config.MIRROR_DIR)
+    proc = subprocess.run([binaries["native"], "--limit", "1"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert f"kernels: optimized ({ISA_NAMES[best]})" in proc.stdout
 
 
 def assert_one_line_error(proc, start):
