@@ -254,6 +254,14 @@ typedef struct {
     int rq32;               /* every channel has a qf form: requantization as the high half of one product */
     int post;               /* some channel of qf needs a shift after the high half */
     int16_t *wdw;           /* depthwise: [kh*kw][C] w - z_w */
+    /* depthwise (AVX2), the windows wholly inside the input: taps in pairs, each pair's two inputs
+     * interleaved against their weights so interleaved (dw_pairs_weights), one vpmaddwd a pair
+     * and no z_x subtracted: it is in bias_in */
+    int16_t *wpair;         /* [C/16][pairs][2][16] */
+    size_t *tap_offset;     /* [2*pairs] each tap's input from the window's first tap (an odd tap out is
+                             * paired with itself, at zero weight) */
+    uint32_t *bias_in;      /* [C] bias - z_x * sum (w - z_w), mod 2^32 */
+    int32_t pairs;
 } FastOp;
 
 typedef struct {
@@ -382,6 +390,33 @@ static size_t padded_w(const Op *op, const Op *in)
     return (size_t)in->w + (size_t)op->pad_left + (size_t)op->pad_right;
 }
 
+/* Depthwise (AVX2): FastOp's wpair, tap_offset and bias_in from wdw and bias.  In a 16-channel
+ * chunk, vpunpcklbw of two taps' input bytes holds channels 0-7, each channel's two taps side by
+ * side, and vpunpckhbw channels 8-15: their weights are so, as int16 */
+static void dw_pairs_weights(FastOp *f, const Op *op, const Op *in)
+{
+    const int32_t C = op->c, taps = op->kh * op->kw, pairs = (taps + 1) / 2;
+    f->pairs = pairs;
+    f->wpair = xcalloc((size_t)(C / BLK) * (size_t)pairs * 2 * BLK, sizeof *f->wpair, "depthwise weights");
+    f->tap_offset = xmalloc(2 * (size_t)pairs * sizeof *f->tap_offset, "depthwise taps");
+    f->bias_in = xmalloc((size_t)C * sizeof *f->bias_in, "biases");
+    for (int32_t t = 0; t < 2 * pairs; t++) {
+        const int32_t tap = t < taps ? t : taps - 1;
+        f->tap_offset[t] = ((size_t)(tap / op->kw * op->dil_h) * in->w + (size_t)(tap % op->kw * op->dil_w)) * in->c;
+    }
+    for (int32_t c = 0; c < C; c++) {
+        uint32_t wsum = 0;
+        for (int32_t t = 0; t < taps; t++)
+            wsum += (uint32_t)f->wdw[(size_t)t * C + c];
+        f->bias_in[c] = f->bias[c] - (uint32_t)in->zero_point * wsum;
+        if (c >= C / BLK * BLK)
+            continue;
+        for (int32_t t = 0; t < taps; t++)
+            f->wpair[((size_t)(c / BLK) * (size_t)pairs + (size_t)(t / 2)) * 2 * BLK + (size_t)(c % BLK * 2 + t % 2)]
+                = f->wdw[(size_t)t * C + c];
+    }
+}
+
 /* The packed weights and requantization constants of every conv/linear layer, and the
  * workspace sizes. */
 static FastModel *fast_prepare_model(const Model *m)
@@ -450,6 +485,8 @@ static FastModel *fast_prepare_model(const Model *m)
                 }
                 f->bias[sl] -= (uint32_t)in->zero_point * (wsum + (uint32_t)f->d * (uint32_t)taps);
             }
+            if (FAST_AVX2 && op->c >= BLK)
+                dw_pairs_weights(f, op, in);
             qparams(f, nch);
             if (FAST_VNNI || FAST_AVX2)
                 qparams_fast(f, nch, op->zero_point);
@@ -552,6 +589,9 @@ static void fast_release(void *p)
         free(fm->ops[i].qv);
         free(fm->ops[i].qf);
         free(fm->ops[i].wdw);
+        free(fm->ops[i].wpair);
+        free(fm->ops[i].tap_offset);
+        free(fm->ops[i].bias_in);
     }
     free(fm->ops);
     free(fm);
@@ -1556,6 +1596,10 @@ static void dw_row(const Op *op, const Op *in, const FastOp *f, const uint8_t *x
     const size_t kw = (size_t)op->kw;
     const int64_t *qf = f->rq32 ? f->qf : NULL;
     const int post = f->post;
+    const int16_t *wpair = f->wpair;
+    const uint32_t *bias_in = f->bias_in;
+    const size_t *tap_offset = f->tap_offset;
+    const int32_t pairs = f->pairs;
     const __m128i qmin = _mm_set1_epi8((char)op->qmin), qmax = _mm_set1_epi8((char)op->qmax);
 #endif
     int32_t ky0, ky1;
@@ -1573,30 +1617,50 @@ static void dw_row(const Op *op, const Op *in, const FastOp *f, const uint8_t *x
         int32_t c0 = 0;         /* channels c0.. take the plain loop */
         int32_t c = 0;          /* channels c.. are requantized from acc below */
 #if FAST_AVX2
-        /* 16 channels at a time, their sums in registers across the taps: the exact int32
-         * products of int16 x - z_x and w - z_w from their low and high halves (vpmullw, vpmulhw),
-         * interleaved by vpunpck* within each 128-bit lane, so s0 holds channels 0-3 | 8-11 and
-         * s1 4-7 | 12-15 */
+        /* 16 channels at a time, their sums in registers across the taps.  A window wholly inside
+         * the input (MobileNetV2 at 32x32: 88% of them) takes its taps in pairs (wpair); one with
+         * taps in the padding the exact int32 products of int16 x - z_x and w - z_w from their low
+         * and high halves (vpmullw, vpmulhw), interleaved by vpunpck* within each 128-bit lane, so
+         * s0 holds channels 0-3 | 8-11 and s1 4-7 | 12-15 */
         const __m256i zxv = _mm256_set1_epi16((int16_t)zx);
+        const int inside = wpair && ky0 == 0 && ky1 == op->kh && kx0 == 0 && kx1 == op->kw;
         for (; c0 + 16 <= C; c0 += 16) {
-            __m256i s0 = _mm256_setzero_si256(), s1 = s0;
-            const uint8_t *xrow = x0 + c0;
-            const int16_t *wrow = wdw + ((size_t)ky0 * kw + (size_t)kx0) * C + c0;
-            for (int32_t ky = ky0; ky < ky1; ky++, xrow += ystep, wrow += kw * C) {
-                const uint8_t *src = xrow;
-                const int16_t *w = wrow;
-                for (int32_t kx = kx0; kx < kx1; kx++, src += xstep, w += C) {
-                    const __m256i xv = _mm256_sub_epi16(_mm256_cvtepu8_epi16(_mm_loadu_si128((const void *)src)), zxv);
-                    const __m256i wv = _mm256_loadu_si256((const void *)w);
-                    const __m256i lo = _mm256_mullo_epi16(xv, wv), hi = _mm256_mulhi_epi16(xv, wv);
-                    s0 = _mm256_add_epi32(s0, _mm256_unpacklo_epi16(lo, hi));
-                    s1 = _mm256_add_epi32(s1, _mm256_unpackhi_epi16(lo, hi));
+            __m256i v_lo, v_hi;
+            if (inside) {       /* two taps a vpmaddwd, onto bias_in (z_x folded in) */
+                v_lo = _mm256_loadu_si256((const void *)(bias_in + c0));
+                v_hi = _mm256_loadu_si256((const void *)(bias_in + c0 + 8));
+                const uint8_t *xc = x0 + c0;
+                const int16_t *w = wpair + (size_t)c0 / BLK * (size_t)pairs * 2 * BLK;
+                for (int32_t p = 0; p < pairs; p++, w += 2 * BLK) {
+                    /* the two taps' bytes interleaved: channels 0-7 | 8-15, widened */
+                    const __m128i a = _mm_loadu_si128((const void *)(xc + tap_offset[2 * p]));
+                    const __m128i b = _mm_loadu_si128((const void *)(xc + tap_offset[2 * p + 1]));
+                    v_lo = _mm256_add_epi32(v_lo, _mm256_madd_epi16(_mm256_cvtepu8_epi16(_mm_unpacklo_epi8(a, b)),
+                                                                    _mm256_loadu_si256((const void *)w)));
+                    v_hi = _mm256_add_epi32(v_hi, _mm256_madd_epi16(_mm256_cvtepu8_epi16(_mm_unpackhi_epi8(a, b)),
+                                                                    _mm256_loadu_si256((const void *)(w + BLK))));
                 }
+            } else {
+                __m256i s0 = _mm256_setzero_si256(), s1 = s0;
+                const uint8_t *xrow = x0 + c0;
+                const int16_t *wrow = wdw + ((size_t)ky0 * kw + (size_t)kx0) * C + c0;
+                for (int32_t ky = ky0; ky < ky1; ky++, xrow += ystep, wrow += kw * C) {
+                    const uint8_t *src = xrow;
+                    const int16_t *w = wrow;
+                    for (int32_t kx = kx0; kx < kx1; kx++, src += xstep, w += C) {
+                        const __m256i xv = _mm256_sub_epi16(
+                            _mm256_cvtepu8_epi16(_mm_loadu_si128((const void *)src)), zxv);
+                        const __m256i wv = _mm256_loadu_si256((const void *)w);
+                        const __m256i lo = _mm256_mullo_epi16(xv, wv), hi = _mm256_mulhi_epi16(xv, wv);
+                        s0 = _mm256_add_epi32(s0, _mm256_unpacklo_epi16(lo, hi));
+                        s1 = _mm256_add_epi32(s1, _mm256_unpackhi_epi16(lo, hi));
+                    }
+                }
+                v_lo = _mm256_add_epi32(_mm256_permute2x128_si256(s0, s1, 0x20),
+                                        _mm256_loadu_si256((const void *)(bias + c0)));
+                v_hi = _mm256_add_epi32(_mm256_permute2x128_si256(s0, s1, 0x31),
+                                        _mm256_loadu_si256((const void *)(bias + c0 + 8)));
             }
-            const __m256i v_lo = _mm256_add_epi32(_mm256_permute2x128_si256(s0, s1, 0x20),
-                                                  _mm256_loadu_si256((const void *)(bias + c0)));
-            const __m256i v_hi = _mm256_add_epi32(_mm256_permute2x128_si256(s0, s1, 0x31),
-                                                  _mm256_loadu_si256((const void *)(bias + c0 + 8)));
             if (qf) {           /* requantized and stored here, not through acc */
                 _mm_storeu_si128((void *)(dst + c0), requant_pack16(v_lo, v_hi, qf + (size_t)c0 / BLK * QF_WORDS, post,
                                                                     qmin, qmax));
