@@ -32,7 +32,8 @@
  *                 the depth, 16 depths a step (NEON: sdot on int8; C99: plain loops GCC
  *                 vectorizes as pmaddwd), the weights [channel][depth]
  * Depthwise convs (groups == C) have their own kernel, vectorized over channels: VNNI's
- * own, and for the other builds one C loop their compilers vectorize.
+ * own; AVX2's 16-channel chunks in registers, a window wholly inside the input two taps a vpmaddwd
+ * (wpair); for the rest one C loop the compilers vectorize (int16 products: pmullw/pmulhw, smull).
  *
  * Batches and threads: a workspace runs a batch of images layer by layer, each tensor's images one
  * HWC matrix (image_tensor); a conv or linear layer is one GEMM over all of the batch's pixels,
@@ -1678,7 +1679,7 @@ static void dw_row(const Op *op, const Op *in, const FastOp *f, const uint8_t *x
                 const uint8_t *src = x0 + (size_t)(ky - ky0) * ystep + (size_t)(kx - kx0) * xstep;
                 const int16_t *w = f->wdw + (size_t)(ky * op->kw + kx) * C;
                 for (int32_t c = c0; c < C; c++)
-                    acc[c] += (src[c] - zx) * w[c];
+                    acc[c] += (int16_t)(src[c] - zx) * w[c];
             }
 #if FAST_AVX2
         /* 8 channels c.. (c % 8 == 0) at a time: in f->qf's block, the even ones' constants are 4
