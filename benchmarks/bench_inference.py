@@ -144,10 +144,6 @@ def avx2_peers(folder):
 def avx2_against_torch_avx2(cfg, net, q, x, y, folder, images):
     """--torch_avx2=True: C --isa avx2 against torch (fp32 and INT8) on its AVX2 kernels, batch 1 and
     32 on one thread; writes {cells, "accuracy"} to --json."""
-    missing = [k for k, v in TORCH_AVX2_ENV.items() if os.environ.get(k) != v]
-    if missing:
-        sys.exit(f"error: --torch_avx2=True needs {', '.join(f'{k}={TORCH_AVX2_ENV[k]}' for k in missing)} "
-                 f"set before torch starts (a full run of this script sets them)")
     peers = {"torch_fp32": lambda b: net(b).argmax(1).numpy(), "torch_int8": lambda b: q(b).argmax(1).numpy()}
     cells, accuracy = time_cells(cfg, x, y, (1,), lambda batch, threads: run_c(
         cfg.model, folder, images, batch, threads, ["--isa", "avx2"]), lambda threads: peers)
@@ -303,6 +299,10 @@ def main():
         "random_weights": (False, "time random weights instead of the trained checkpoint"),
         "torch_avx2": (False, "only C --isa avx2 against torch on its AVX2 kernels (TORCH_AVX2_ENV set), batch 1 "
                               "and 32 on one thread: what a full run does itself where the CPU runs better")})
+    missing = [k for k, v in TORCH_AVX2_ENV.items() if os.environ.get(k) != v]
+    if cfg.torch_avx2 and missing:          # before any work
+        sys.exit(f"error: --torch_avx2=True needs {', '.join(f'{k}={TORCH_AVX2_ENV[k]}' for k in missing)} "
+                 f"set before torch starts (a full run of this script sets them)")
     spec = models.spec(cfg.model)
     warnings.filterwarnings("ignore")
     torch.manual_seed(cfg.seed)

@@ -265,6 +265,18 @@ def test_json_pointing_at_a_directory(tmp_path):
     assert "accuracy" not in proc.stdout and os.listdir(tmp_path / "out") == []
 
 
+def test_bench_torch_avx2_pass_without_torchs_switches():
+    """--torch_avx2=True, the bench's own second run, needs torch's ISA switches set before torch starts:
+    without them it would time torch's best kernels as its AVX2 ones"""
+    env = {k: v for k, v in os.environ.items() if k not in ("FBGEMM_ENABLE_INSTRUCTIONS", "ATEN_CPU_CAPABILITY")}
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "bench_inference.py"), "--torch_avx2=True",
+                           "--json=/dev/null"], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env={**env, "ONEDNN_MAX_CPU_ISA": "AVX2"})
+    assert error_line(proc) == ("error: --torch_avx2=True needs FBGEMM_ENABLE_INSTRUCTIONS=AVX2, "
+                                "ATEN_CPU_CAPABILITY=avx2 set before torch starts (a full run of this script sets them)")
+    assert proc.stdout == ""
+
+
 # --- an output folder that cannot be written: all four stages, before the work ---------------------
 
 def unwritable_folders(tmp_path):
