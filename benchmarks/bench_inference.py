@@ -130,6 +130,11 @@ def print_cells(cells, accuracy):
         f"{'%.2fx (%s)' % (c['c_ratio_to_best_peer'], c['best_peer']):>20}" for c in cells))
 
 
+def torch_peers(net, q):
+    """{engine: fn(images) -> predictions} of torch fp32 (net) and INT8 (q)"""
+    return {"torch_fp32": lambda b: net(b).argmax(1).numpy(), "torch_int8": lambda b: q(b).argmax(1).numpy()}
+
+
 def avx2_peers(folder):
     """The AVX2 cells: this script run again (--torch_avx2=True) with TORCH_AVX2_ENV set, as torch
     reads it when it starts; {"env", cells, "accuracy"}."""
@@ -144,9 +149,8 @@ def avx2_peers(folder):
 def avx2_against_torch_avx2(cfg, net, q, x, y, folder, images):
     """--torch_avx2=True: C --isa avx2 against torch (fp32 and INT8) on its AVX2 kernels, batch 1 and
     32 on one thread; writes {cells, "accuracy"} to --json."""
-    peers = {"torch_fp32": lambda b: net(b).argmax(1).numpy(), "torch_int8": lambda b: q(b).argmax(1).numpy()}
     cells, accuracy = time_cells(cfg, x, y, (1,), lambda batch, threads: run_c(
-        cfg.model, folder, images, batch, threads, ["--isa", "avx2"]), lambda threads: peers)
+        cfg.model, folder, images, batch, threads, ["--isa", "avx2"]), lambda threads: torch_peers(net, q))
     print_cells(cells, accuracy)
     with atomic_open(cfg.json, "w") as f:
         json.dump({**cells, "accuracy": accuracy}, f, indent=2)
@@ -299,10 +303,11 @@ def main():
         "random_weights": (False, "time random weights instead of the trained checkpoint"),
         "torch_avx2": (False, "only C --isa avx2 against torch on its AVX2 kernels (TORCH_AVX2_ENV set), batch 1 "
                               "and 32 on one thread: what a full run does itself where the CPU runs better")})
-    missing = [k for k, v in TORCH_AVX2_ENV.items() if os.environ.get(k) != v]
-    if cfg.torch_avx2 and missing:          # before any work
-        sys.exit(f"error: --torch_avx2=True needs {', '.join(f'{k}={TORCH_AVX2_ENV[k]}' for k in missing)} "
-                 f"set before torch starts (a full run of this script sets them)")
+    if cfg.torch_avx2:                      # before any work
+        missing = [k for k, v in TORCH_AVX2_ENV.items() if os.environ.get(k) != v]
+        if missing:
+            sys.exit(f"error: --torch_avx2=True needs {', '.join(f'{k}={TORCH_AVX2_ENV[k]}' for k in missing)} "
+                     f"set before torch starts (a full run of this script sets them)")
     spec = models.spec(cfg.model)
     warnings.filterwarnings("ignore")
     torch.manual_seed(cfg.seed)
@@ -335,11 +340,10 @@ def main():
         q = torch_int8(net, calib, example)
         if cfg.torch_avx2:
             return avx2_against_torch_avx2(cfg, net, q, x, y, tmp, images)
-        peers = {"torch_fp32": lambda b: net(b).argmax(1).numpy(), "torch_int8": lambda b: q(b).argmax(1).numpy()}
         ort_runs = ort_int8(net, calib, example, tmp, thread_counts)
         cells, accuracy = time_cells(
             cfg, x, y, thread_counts, lambda batch, threads: run_c(cfg.model, tmp, images, batch, threads),
-            lambda threads: {**peers, "ort_int8": lambda b: ort_runs[threads](b).argmax(1)})
+            lambda threads: {**torch_peers(net, q), "ort_int8": lambda b: ort_runs[threads](b).argmax(1)})
         result.update(cells)
         torch.set_num_threads(1)
         roles = timed_isas([c_binary(1)])

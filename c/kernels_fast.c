@@ -258,11 +258,10 @@ typedef struct {
     /* depthwise (AVX2), the windows wholly inside the input: taps in pairs, each pair's two inputs
      * interleaved against their weights so interleaved (dw_pairs_weights), one vpmaddwd a pair
      * and no z_x subtracted: it is in bias_in */
-    int16_t *wpair;         /* [C/16][pairs][2][16] */
+    int16_t *wpair;         /* [C/16][pairs][2][16], pairs = (kh * kw + 1) / 2 */
     size_t *tap_offset;     /* [2*pairs] each tap's input from the window's first tap (an odd tap out is
                              * paired with itself, at zero weight) */
-    uint32_t *bias_in;      /* [C] bias - z_x * sum (w - z_w), mod 2^32 */
-    int32_t pairs;
+    uint32_t *bias_in;      /* [C/16*16] bias - z_x * sum (w - z_w), mod 2^32 */
 } FastOp;
 
 typedef struct {
@@ -396,22 +395,19 @@ static size_t padded_w(const Op *op, const Op *in)
  * side, and vpunpckhbw channels 8-15: their weights are so, as int16 */
 static void dw_pairs_weights(FastOp *f, const Op *op, const Op *in)
 {
-    const int32_t C = op->c, taps = op->kh * op->kw, pairs = (taps + 1) / 2;
-    f->pairs = pairs;
-    f->wpair = xcalloc((size_t)(C / BLK) * (size_t)pairs * 2 * BLK, sizeof *f->wpair, "depthwise weights");
+    const int32_t C = op->c, chunked = C / BLK * BLK, taps = op->kh * op->kw, pairs = (taps + 1) / 2;
+    f->wpair = xcalloc((size_t)chunked * (size_t)pairs * 2, sizeof *f->wpair, "depthwise weights");
     f->tap_offset = xmalloc(2 * (size_t)pairs * sizeof *f->tap_offset, "depthwise taps");
-    f->bias_in = xmalloc((size_t)C * sizeof *f->bias_in, "biases");
+    f->bias_in = xmalloc((size_t)chunked * sizeof *f->bias_in, "biases");
     for (int32_t t = 0; t < 2 * pairs; t++) {
         const int32_t tap = t < taps ? t : taps - 1;
         f->tap_offset[t] = ((size_t)(tap / op->kw * op->dil_h) * in->w + (size_t)(tap % op->kw * op->dil_w)) * in->c;
     }
-    for (int32_t c = 0; c < C; c++) {
+    for (int32_t c = 0; c < chunked; c++) {
         uint32_t wsum = 0;
         for (int32_t t = 0; t < taps; t++)
             wsum += (uint32_t)f->wdw[(size_t)t * C + c];
         f->bias_in[c] = f->bias[c] - (uint32_t)in->zero_point * wsum;
-        if (c >= C / BLK * BLK)
-            continue;
         for (int32_t t = 0; t < taps; t++)
             f->wpair[((size_t)(c / BLK) * (size_t)pairs + (size_t)(t / 2)) * 2 * BLK + (size_t)(c % BLK * 2 + t % 2)]
                 = f->wdw[(size_t)t * C + c];
@@ -1600,7 +1596,7 @@ static void dw_row(const Op *op, const Op *in, const FastOp *f, const uint8_t *x
     const int16_t *wpair = f->wpair;
     const uint32_t *bias_in = f->bias_in;
     const size_t *tap_offset = f->tap_offset;
-    const int32_t pairs = f->pairs;
+    const int32_t pairs = (op->kh * op->kw + 1) / 2;
     const __m128i qmin = _mm_set1_epi8((char)op->qmin), qmax = _mm_set1_epi8((char)op->qmax);
 #endif
     int32_t ky0, ky1;
