@@ -63,3 +63,10 @@ amx-peak:
 
 clean-venv:
 	rm -rf $(VENV)
+
+# every table of figures in README.md and docs/*.md, rewritten from the results files (docs/tables.py;
+# `python docs/tables.py --check` compares without writing: tests/test_docs.py)
+docs: venv
+	$(PY) docs/tables.py
+
+.PHONY: docs

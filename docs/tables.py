@@ -1,0 +1,471 @@
+"""Every table of figures in README.md and docs/*.md, regenerated from the results files.
+
+  python docs/tables.py           rewrite the generated parts of README.md and docs/*.md (make docs)
+  python docs/tables.py --check   rewrite nothing; exit 1 naming each file and table that differs
+                                  from what its results files give (tests/test_docs.py runs it)
+  --root DIR                      the checkout to work on (default: the one holding this script)
+
+A generated table sits between two marker comments, on lines of their own:
+
+  <!-- table:NAME -->
+  | ... the table, rewritten by this script ... |
+  <!-- /table -->
+
+and a figure quoted in prose between `<!-- fig:NAME -->` and `<!-- /fig -->` on one line. Only the
+text between the markers is rewritten; everything else in the file is left as it is. NAME is one
+of TABLES or FIGURES below; an unknown NAME is an error.
+
+The results files (paths relative to the checkout):
+  results/{model}_{mode}.json          test_model.py --json: accuracy, identical logits, seconds
+  results/reports/{model}_{mode}.json  export_quant_model.py --report: MACs, bytes, SQNR per op
+  benchmarks/results/{model}.json      make bench MODEL=...: images/s of C and its peers
+  results/timings.json                 the quick start's and the tests' wall-clock times
+  pretrained/{model}_raw.pth           the shipped checkpoints' headers (epochs, device, seconds)
+  results/firmware_lenet.json          the LeNet firmware's flash and RAM (arm-none-eabi-size)
+  export_model/lenet_*                 the shipped LeNet export (file sizes)
+"""
+import argparse
+import glob
+import json
+import os
+import re
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MODELS = ("lenet", "resnet18", "mobilenet_v2", "vgg13")        # the shipped models, in this order
+MODES = ("per_channel", "per_tensor")
+MODE_NAMES = {"per_channel": "per-channel int8", "per_tensor": "per-tensor uint8"}
+DATASET_NAMES = {"mnist": "MNIST", "cifar10": "CIFAR-10", "custom": "custom"}
+COLUMNS = (("raw", "raw"), ("quant", "quant"), ("np_quant", "np quant"), ("c_int8", "C INT8"))
+CELLS = (("batch1_threads1", "b1, 1 thread"), ("batch1_threads2", "b1, 2 threads"),
+         ("batch32_threads1", "b32, 1 thread"), ("batch32_threads2", "b32, 2 threads"))
+TIMINGS = "results/timings.json"
+BLOCK = re.compile(r"^<!-- table:([a-z0-9_]+) -->\n(.*?)^<!-- /table -->$", re.M | re.S)
+INLINE = re.compile(r"<!-- fig:([a-z0-9_]+) -->(.*?)<!-- /fig -->")
+
+
+class DocsError(Exception):
+    pass
+
+
+# ---------------------------------------------------------------------------------------------
+# the results files
+# ---------------------------------------------------------------------------------------------
+
+class Results:
+    """The results files of one checkout, each read once, when a table first needs it."""
+
+    def __init__(self, root):
+        self.root = root
+        self._cache = {}
+
+    def path(self, rel):
+        return os.path.join(self.root, rel)
+
+    def json(self, rel, required=True):
+        if rel not in self._cache:
+            try:
+                with open(self.path(rel)) as f:
+                    self._cache[rel] = json.load(f)
+            except FileNotFoundError:
+                if required:
+                    raise DocsError(f"{rel}: missing") from None
+                self._cache[rel] = None
+            except (OSError, ValueError) as err:
+                raise DocsError(f"{rel}: {err}") from None
+        return self._cache[rel]
+
+    def models(self, pattern):
+        """The models that have a file matching pattern ('{m}' the model), shipped ones first."""
+        found = set()
+        regex = re.compile("^" + re.escape(pattern).replace(re.escape("{m}"), "(.+)") + "$")
+        for p in glob.glob(self.path(pattern.replace("{m}", "*"))):
+            m = regex.match(os.path.relpath(p, self.root).replace(os.sep, "/"))
+            if m:
+                found.add(m.group(1))
+        return [m for m in MODELS if m in found] + sorted(found - set(MODELS))
+
+    def test_report(self, model, mode):
+        return self.json(f"results/{model}_{mode}.json", required=False)
+
+    def layer_report(self, model, mode):
+        return self.json(f"results/reports/{model}_{mode}.json", required=False)
+
+    def bench(self, model):
+        return self.json(f"benchmarks/results/{model}.json")
+
+    def bench_models(self):
+        return self.models("benchmarks/results/{m}.json")
+
+    def checkpoint_header(self, model):
+        rel = f"pretrained/{model}_raw.pth"
+        if ("ckpt", rel) not in self._cache:
+            try:
+                import torch
+                self._cache[("ckpt", rel)] = torch.load(self.path(rel), map_location="cpu",
+                                                         weights_only=True)["header"]
+            except FileNotFoundError:
+                self._cache[("ckpt", rel)] = None
+            except Exception as err:            # an unreadable checkpoint: name it
+                raise DocsError(f"{rel}: {err.__class__.__name__}: {err}") from None
+        return self._cache[("ckpt", rel)]
+
+    def file_size(self, rel):
+        try:
+            return os.path.getsize(self.path(rel))
+        except OSError:
+            raise DocsError(f"{rel}: missing") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# formatting
+# ---------------------------------------------------------------------------------------------
+
+def pct(x, digits=2):
+    return f"{100 * x:.{digits}f}%"
+
+
+def num(x):
+    return f"{round(x):,}"
+
+
+def ratio(x):
+    return f"{x:.2f}x"
+
+
+def duration(seconds):
+    if seconds < 90:
+        return f"{seconds:.0f} s" if seconds >= 10 else f"{seconds:.1f} s"
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes} min {rest:02d} s"
+
+
+def mbytes(n):
+    return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n:,} B"
+
+
+def table(header, rows):
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return lines
+
+
+# ---------------------------------------------------------------------------------------------
+# the tables: each a function of the results, returning its lines
+# ---------------------------------------------------------------------------------------------
+
+def t_timings(r):
+    """results/timings.json: every command timed, with its condition and the machine."""
+    data = r.json(TIMINGS, required=False)
+    if data is None:
+        return ["| command | condition | wall-clock time |", "|---|---|---|",
+                "| (not measured yet) | `results/timings.json` is missing | |"]
+    rows = [(f"`{t['command']}`", t.get("condition", ""), duration(float(t["seconds"])))
+            for t in data["timings"]]
+    return table(("command", "condition", "wall-clock time"), rows) + [
+        "", f"Measured on {data['cpu']}, {data['date']} (`{TIMINGS}`)."]
+
+
+def t_accuracy(r):
+    """results/{model}_{mode}.json: the four columns on the full test sets."""
+    rows = []
+    for model in r.models("results/{m}_per_channel.json"):
+        for mode in MODES:
+            d = r.test_report(model, mode)
+            if d is None:
+                continue
+            acc = d["accuracy"]
+            same = d.get("identical_logits", {})
+            n = d["images"]
+            agree = " / ".join(f"{round(same[k] * n):,}" if k in same else "-"
+                               for k in ("quant_vs_np_quant", "np_quant_vs_c_int8"))
+            rows.append((model, MODE_NAMES[mode], DATASET_NAMES.get(d["dataset"], d["dataset"]), f"{n:,}",
+                         *(pct(acc[k]) if k in acc else "-" for k, _ in COLUMNS), agree))
+    return table(("model", "weights", "dataset", "test images", *(t for _, t in COLUMNS),
+                  "identical logits: quant = np / np = C"), rows)
+
+
+def t_test_seconds(r):
+    """results/{model}_per_channel.json: each column's seconds over the test set."""
+    rows = []
+    for model in r.models("results/{m}_per_channel.json"):
+        d = r.test_report(model, "per_channel")
+        sec = d["seconds"]
+        rows.append((model, f"{d['images']:,}", *(f"{sec[k]:.2f} s" if k in sec else "-" for k, _ in COLUMNS),
+                     num(d["images"] / sec["c_int8"]) if sec.get("c_int8") else "-"))
+    return table(("model", "images", *(t for _, t in COLUMNS), "C INT8 images/s"), rows)
+
+
+def t_test_json(r):
+    """results/lenet_per_channel.json, as an example of test_model.py --json (seconds rounded)."""
+    d = r.test_report("lenet", "per_channel")
+    if d is None:
+        raise DocsError("results/lenet_per_channel.json: missing")
+    sec = {k: round(v, 3) for k, v in d["seconds"].items()}
+    head = {k: d[k] for k in d if k not in ("accuracy", "identical_logits", "seconds")}
+    lines = ["```json", json.dumps(head)[:-1] + ","]
+    lines += [f' "{k}": {json.dumps(v)},' for k, v in (("accuracy", d["accuracy"]),
+                                                       ("identical_logits", d["identical_logits"]))]
+    return lines + [f' "seconds": {json.dumps(sec)}}}', "```"]
+
+
+def t_checkpoints(r):
+    """pretrained/{model}_raw.pth headers: how each shipped checkpoint was trained."""
+    rows = []
+    for model in MODELS:
+        h = r.checkpoint_header(model)
+        if h is None:
+            continue
+        device = {"cpu": "CPU", "cuda": "CUDA GPU"}.get(h.get("device"), h.get("device", "?"))
+        if h.get("amp"):
+            device += ", bf16"
+        rows.append((model, h["epochs"], h["epoch"], pct(h["val_acc"]), device, duration(h["train_seconds"])))
+    return table(("model", "epochs run", "best epoch (shipped)", "validation accuracy", "device",
+                  "training time to the best epoch"), rows)
+
+
+def t_weight_sqnr(r):
+    """results/reports/{model}_{mode}.json: the weights' SQNR per model and weight mode."""
+    rows = []
+    for model in r.models("results/reports/{m}_per_channel.json"):
+        cells = []
+        for mode in MODES:
+            d = r.layer_report(model, mode)
+            if d is None:
+                cells += ["-", "-"]
+                continue
+            ops = [op for op in d["ops"] if op.get("weight_sqnr_db") is not None]
+            worst = min(ops, key=lambda op: op["weight_sqnr_db"])
+            cells += [f"{d['totals']['weight_sqnr_db_median']:.1f} dB",
+                      f"{worst['weight_sqnr_db']:.1f} dB (`{worst['name']}`)"]
+        rows.append((model, *cells))
+    return table(("model", "per-channel: median", "per-channel: worst layer", "per-tensor: median",
+                  "per-tensor: worst layer"), rows)
+
+
+def t_report(r):
+    """results/reports/{model}_per_channel.json: the per-layer report's totals."""
+    rows = []
+    for model in r.models("results/reports/{m}_per_channel.json"):
+        d = r.layer_report(model, "per_channel")
+        t = d["totals"]
+        ops = [op for op in d["ops"] if op.get("activation_sqnr_db") is not None and op["index"] > 0]
+        worst = min(ops, key=lambda op: op["activation_sqnr_db"]) if ops else None
+        macs = f"{t['macs'] / 1e6:.1f} M" if t["macs"] >= 1e7 else f"{t['macs']:,}"
+        sqnr = (f"{t['activation_sqnr_db_median']:.1f} / {worst['activation_sqnr_db']:.1f} (`{worst['name']}`) / "
+                f"{t['activation_sqnr_db_last']:.1f} dB" if worst else "-")
+        widest = max((op for op in d["ops"] if op.get("acc_bits")), key=lambda op: op["acc_bits"])
+        rows.append((model, macs, mbytes(t["weight_bytes"]),
+                     f"{t['peak_live_activation_bytes']:,} / {t['arena_bytes']:,} B",
+                     f"{widest['acc_bits']} (`{widest['name']}`)", sqnr))
+    return table(("model (per-channel)", "MACs", "weight bytes", "peak live / C arena",
+                  "accumulator bits (most)", "activation SQNR: median / worst op / logits"), rows)
+
+
+def bench_caption(r):
+    machines = sorted({r.bench(m).get("machine", "?") for m in r.bench_models()})
+    images = sorted({r.bench(m)["images"] for m in r.bench_models()})
+    return (f"Measured by `make bench` on {', '.join(machines)}; {', '.join(f'{i:,}' for i in images)} "
+            f"test images, shipped checkpoints (`benchmarks/results/*.json`).")
+
+
+def t_speed_summary(r):
+    """benchmarks/results/{model}.json: batch 1 on one thread, and the best cell."""
+    rows = []
+    for model in r.bench_models():
+        d = r.bench(model)
+        c = d["batch1_threads1"]
+        ips = c["images_per_s"]
+        b32 = d["batch32_threads2"]["images_per_s"]["c_int8"]
+        rows.append((model, num(ips["c_int8"]), num(ips["torch_int8"]), num(ips["ort_int8"]),
+                     ratio(c["c_ratio_to_best_peer"]), num(b32)))
+    return table(("model", "C INT8 img/s (batch 1, 1 thread)", "PyTorch INT8", "ONNX Runtime INT8",
+                  "C / best peer", "C img/s (batch 32, 2 threads)"), rows) + ["", bench_caption(r)]
+
+
+def t_bench_cells(r):
+    """benchmarks/results/{model}.json: the four cells, C / torch INT8 / ORT INT8 (C / best peer)."""
+    rows = []
+    for model in r.bench_models():
+        d = r.bench(model)
+        cells = []
+        for key, _ in CELLS:
+            ips = d[key]["images_per_s"]
+            cells.append(f"{num(ips['c_int8'])} / {num(ips['torch_int8'])} / {num(ips['ort_int8'])} "
+                         f"({ratio(d[key]['c_ratio_to_best_peer'])})")
+        rows.append((model, *cells))
+    return table(("model", *(t for _, t in CELLS)), rows) + ["", bench_caption(r)]
+
+
+def t_bench_single(r):
+    """benchmarks/results/{model}.json: batch 1, one thread, every engine; GMAC/s and memory."""
+    rows = []
+    for model in r.bench_models():
+        d = r.bench(model)
+        ips = d["batch1_threads1"]["images_per_s"]
+        peak = d.get("peak_gmac_per_s")
+        gmac = f"{d['c_gmac_per_s']:.0f}" + (f" ({100 * d['c_gmac_per_s'] / peak:.0f}% of {peak:.0f})" if peak else "")
+        acc = d["accuracy"]
+        rows.append((model, num(ips["c_int8"]), num(ips["torch_fp32"]), num(ips["torch_int8"]), num(ips["ort_int8"]),
+                     gmac, f"{d['c_peak_rss_mb']:.1f} MB ({d['c_memory_budget_mb']:.1f})",
+                     " / ".join(pct(acc[k], 1) for k in ("c_int8", "torch_fp32", "torch_int8", "ort_int8"))))
+    return table(("model", "C INT8", "PyTorch fp32", "PyTorch INT8", "ORT INT8", "C GMAC/s (of the peak)",
+                  "C peak RSS (budget)", "accuracy: C / fp32 / torch INT8 / ORT"), rows)
+
+
+def t_bench_isa(r):
+    """benchmarks/results/{model}.json c_isa: each forced build against the best, batch 1, one thread."""
+    names = []
+    for model in r.bench_models():
+        for isa in r.bench(model)["c_isa"]:
+            if isa not in names:
+                names.append(isa)
+    rows = []
+    for model in r.bench_models():
+        isa = r.bench(model)["c_isa"]
+        rows.append((model, *(f"{num(isa[n]['images_per_s'])} ({ratio(isa[n]['ratio_to_best'])})" if n in isa
+                              else "-" for n in names)))
+    roles = {n: r.bench(m)["c_isa"][n]["role"] for m in r.bench_models() for n in r.bench(m)["c_isa"]}
+    return table(("model", *(f"`{n}`" + (" (test twin)" if roles[n] != "build" else "") for n in names)), rows)
+
+
+def t_bench_avx2(r):
+    """benchmarks/results/{model}.json avx2_peers: C --isa avx2 against torch on its AVX2 kernels."""
+    rows = []
+    for model in r.bench_models():
+        d = r.bench(model).get("avx2_peers")
+        if not d:
+            continue
+        cells = []
+        for key in ("batch1_threads1", "batch32_threads1"):
+            ips = d[key]["images_per_s"]
+            cells.append(f"{num(ips['c_int8'])} / {num(ips['torch_int8'])} ({ratio(d[key]['c_ratio_to_best_peer'])})")
+        best = r.bench(model)["accuracy"]["torch_int8"]
+        rows.append((model, *cells, f"{pct(d['accuracy']['torch_int8'], 1)} / {pct(best, 1)}"))
+    return table(("model", "batch 1: C / torch INT8", "batch 32: C / torch INT8",
+                  "torch INT8 accuracy: AVX2 / best kernels"), rows)
+
+
+def t_bench_aarch64(r):
+    """benchmarks/results/{model}.json aarch64_qemu: the NEON OpenMP build under qemu-aarch64."""
+    rows = []
+    for model in r.bench_models():
+        d = r.bench(model).get("aarch64_qemu")
+        if not d:
+            continue
+        ips = d["images_per_s"]
+        rows.append((model, d["images"], f"{ips['1']:,.1f}", f"{ips['2']:,.1f}",
+                     f"{d['latency_2_threads_over_1']:.2f}"))
+    return table(("model", "images", "img/s, 1 thread", "img/s, 2 threads", "latency 2 threads / 1"), rows)
+
+
+def t_firmware(r):
+    """results/firmware_lenet.json (arm-none-eabi-size) and the shipped LeNet export's file sizes."""
+    d = r.json("results/firmware_lenet.json")
+    def parts(items):
+        return ", ".join(f"{k} {v:,}" for k, v in items.items())
+    arena = d["ram_parts"]
+    ram = ", ".join(f"{k} {v:,}" + (f" ({parts(d['arena_parts'])})" if k == "arena" else "")
+                    for k, v in arena.items())
+    files = ", ".join(f"`lenet_{k}` {r.file_size(f'export_model/lenet_{k}'):,}"
+                      for k in ("weight.bin", "bias.bin", "model.bin"))
+    return table(("LeNet firmware", "bytes"), [
+        ("flash (text + data)", f"{d['flash_bytes']:,}: {parts(d['flash_parts'])}"),
+        ("RAM (data + bss)", f"{d['ram_bytes']:,}: {ram}"),
+        ("the shipped export today", files)]) + [
+        "", f"{d['toolchain']}; `results/firmware_lenet.json` ({d['recorded_from']})."]
+
+
+TABLES = {
+    "timings": t_timings, "accuracy": t_accuracy, "test_json": t_test_json, "test_seconds": t_test_seconds, "checkpoints": t_checkpoints,
+    "weight_sqnr": t_weight_sqnr, "report": t_report, "speed_summary": t_speed_summary,
+    "bench_cells": t_bench_cells, "bench_single": t_bench_single, "bench_isa": t_bench_isa,
+    "bench_avx2": t_bench_avx2, "bench_aarch64": t_bench_aarch64, "firmware": t_firmware,
+}
+
+# single figures quoted in prose
+FIGURES = {
+    "lenet_c_seconds": lambda r: f"{r.test_report('lenet', 'per_channel')['seconds']['c_int8']:.2f} s",
+    "lenet_weight_bytes": lambda r: f"{r.file_size('export_model/lenet_weight.bin'):,}",
+    "lenet_accuracy": lambda r: pct(r.test_report("lenet", "per_channel")["accuracy"]["c_int8"]),
+}
+
+# what each table reads, for the messages
+SOURCES = {"timings": TIMINGS, "accuracy": "results/*_{per_channel,per_tensor}.json",
+           "test_seconds": "results/*_per_channel.json", "test_json": "results/lenet_per_channel.json", "checkpoints": "pretrained/*_raw.pth",
+           "weight_sqnr": "results/reports/*.json", "report": "results/reports/*_per_channel.json",
+           "firmware": "results/firmware_lenet.json, export_model/lenet_*",
+           "lenet_c_seconds": "results/lenet_per_channel.json", "lenet_accuracy": "results/lenet_per_channel.json",
+           "lenet_weight_bytes": "export_model/lenet_weight.bin"}
+
+
+# ---------------------------------------------------------------------------------------------
+# rewriting the files
+# ---------------------------------------------------------------------------------------------
+
+def doc_files(root):
+    return [os.path.join(root, "README.md")] + sorted(glob.glob(os.path.join(root, "docs", "*.md")))
+
+
+def render(text, results, rel):
+    """(new text, [names of the tables and figures that changed]) of one file."""
+    changed = []
+
+    def block(m):
+        name = m.group(1)
+        if name not in TABLES:
+            raise DocsError(f"{rel}: unknown table '{name}' (known: {', '.join(TABLES)})")
+        body = "\n".join(TABLES[name](results)) + "\n"
+        if body != m.group(2):
+            changed.append(f"table '{name}'")
+        return f"<!-- table:{name} -->\n{body}<!-- /table -->"
+
+    def inline(m):
+        name = m.group(1)
+        if name not in FIGURES:
+            raise DocsError(f"{rel}: unknown figure '{name}' (known: {', '.join(FIGURES)})")
+        value = FIGURES[name](results)
+        if value != m.group(2):
+            changed.append(f"figure '{name}'")
+        return f"<!-- fig:{name} -->{value}<!-- /fig -->"
+
+    text = BLOCK.sub(block, text)
+    text = INLINE.sub(inline, text)
+    return text, changed
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--check", action="store_true", help="exit 1 if a table differs from its results files")
+    ap.add_argument("--root", default=ROOT, help="the checkout (default: this script's)")
+    args = ap.parse_args(argv)
+    results = Results(args.root)
+    stale = 0
+    try:
+        for path in doc_files(args.root):
+            rel = os.path.relpath(path, args.root)
+            with open(path) as f:
+                text = f.read()
+            new, changed = render(text, results, rel)
+            for what in changed:
+                name = what.split("'")[1]
+                src = SOURCES.get(name, "benchmarks/results/*.json")
+                if args.check:
+                    print(f"{rel}: {what} differs from its results ({src}); run `make docs`")
+                stale += 1
+            if changed and not args.check:
+                with open(path, "w") as f:
+                    f.write(new)
+                print(f"rewrote {rel}: {', '.join(changed)}")
+    except DocsError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2 if not args.check else 1
+    if args.check:
+        return 1 if stale else 0
+    if not stale:
+        print("every table is up to date")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
