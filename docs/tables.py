@@ -388,6 +388,9 @@ FIGURES = {
     "lenet_c_seconds": lambda r: f"{r.test_report('lenet', 'per_channel')['seconds']['c_int8']:.2f} s",
     "lenet_weight_bytes": lambda r: f"{r.file_size('export_model/lenet_weight.bin'):,}",
     "lenet_accuracy": lambda r: pct(r.test_report("lenet", "per_channel")["accuracy"]["c_int8"]),
+    "firmware_flash_kb": lambda r: "about {:.0f} KB of flash".format(
+        (r.json("results/firmware_lenet.json")["flash_bytes"]
+         - r.json("results/firmware_lenet.json")["flash_parts"]["8 test images"]) / 1000),
 }
 
 # what each table reads, for the messages
@@ -396,7 +399,7 @@ SOURCES = {"timings": TIMINGS, "accuracy": "results/*_{per_channel,per_tensor}.j
            "weight_sqnr": "results/reports/*.json", "report": "results/reports/*_per_channel.json",
            "firmware": "results/firmware_lenet.json, export_model/lenet_*",
            "lenet_c_seconds": "results/lenet_per_channel.json", "lenet_accuracy": "results/lenet_per_channel.json",
-           "lenet_weight_bytes": "export_model/lenet_weight.bin"}
+           "lenet_weight_bytes": "export_model/lenet_weight.bin", "firmware_flash_kb": "results/firmware_lenet.json"}
 
 
 # ---------------------------------------------------------------------------------------------
