@@ -1,14 +1,15 @@
 # The two promises of the README:
-#   make demo   set up .venv, then train, quantize, test (4 columns), export and run C on LeNet/MNIST,
-#               all under runs/demo/ (the shipped files untouched)
+#   make demo   set up .venv, then quantize the shipped LeNet, test it (4 columns), export it and run
+#               the C engine, all under runs/demo/ (the shipped files untouched), and print a summary
 #   make test   set up .venv, then run every test
-#   make test-fast  the C engine and integer-engine tests only (under a minute on 2 cores)
+#   make demo-train  the same, retraining LeNet first (the whole pipeline)
+#   make test-fast   the engines' and files' tests, under 3 minutes on 2 cores (what it leaves out: below)
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 MODEL ?= lenet
 
-.PHONY: demo test test-fast test-models venv c bench vnni-peak amx-peak clean-venv
+.PHONY: demo demo-train test test-fast test-models venv c bench vnni-peak amx-peak clean-venv
 
 venv: $(VENV)/.installed
 
@@ -17,28 +18,46 @@ $(VENV)/.installed: requirements.txt tests/requirements.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt -r tests/requirements.txt
 	touch $@
 
+NPROC := $(shell nproc 2>/dev/null || echo 1)
 c:
-	$(MAKE) -C c
+	$(MAKE) -C c -j$(NPROC)
 
 # the demo writes under DEMO (runs/ is git-ignored): the shipped models, exports and results stay as
-# they are, and `git status` stays clean; TRAIN_FLAGS for a quicker run, e.g. --epochs=1
+# they are, and `git status` stays clean. $(call demo_pipeline,FOLDER): from FOLDER's checkpoint,
+# quantize -> test (4 columns) -> export -> the C engine on its own -> one summary table
 DEMO ?= runs/demo
-DEMO_DIRS = --pretrained_dir=$(DEMO)/pretrained --quant_dir=$(DEMO)/quantization
-demo: venv c
-	$(PY) train_model.py --model=$(MODEL) --pretrained_dir=$(DEMO)/pretrained $(TRAIN_FLAGS)
-	$(PY) quant_model.py --model=$(MODEL) $(DEMO_DIRS)
-	$(PY) test_model.py --model=$(MODEL) $(DEMO_DIRS)
-	$(PY) export_quant_model.py --model=$(MODEL) $(DEMO_DIRS) --export_dir=$(DEMO)/export_model
+define demo_pipeline
+	$(PY) quant_model.py --model=$(MODEL) --pretrained_dir=$(1) --quant_dir=$(DEMO)/quantization
+	$(PY) test_model.py --model=$(MODEL) --pretrained_dir=$(1) --quant_dir=$(DEMO)/quantization \
+		--test_batch=256 --json=$(DEMO)/test.json
+	$(PY) export_quant_model.py --model=$(MODEL) --pretrained_dir=$(1) --quant_dir=$(DEMO)/quantization \
+		--export_dir=$(DEMO)/export_model
 	./c/inference --dir $(DEMO)/export_model --model $(MODEL)
-	@echo "demo: everything it made is under $(DEMO)/"
+	$(PY) tools/demo_summary.py $(DEMO) $(MODEL)
+endef
 
-test: venv c
+demo: venv c
+	$(call demo_pipeline,pretrained)
+
+# TRAIN_FLAGS for a quicker run, e.g. --epochs=1
+demo-train: venv c
+	$(PY) train_model.py --model=$(MODEL) --pretrained_dir=$(DEMO)/pretrained $(TRAIN_FLAGS)
+	$(call demo_pipeline,$(DEMO)/pretrained)
+
+# the C binaries the tests run, made in parallel first (each test module's fixture then finds them made)
+C_TESTED := inference inference_portable inference_omp inference_asan inference_asan_portable
+test: venv
+	$(MAKE) -C c -j$(NPROC) $(C_TESTED) inference_asan_omp inference_valgrind
 	$(PY) -m pytest -q tests
 
-# the engines and their files: C (every build), numpy, torch, the golden LeNet, model.bin
+# the engines and their files in under 3 minutes on 2 cores: C (the x86-64 builds, under ASan/UBSan
+# too), numpy, torch, the golden LeNet, model.bin and txt. Left out, `make test` runs them: aarch64
+# under qemu and valgrind (-k below); training, the stage scripts' options and error lines, user
+# models, batches and threads, golden vectors, ONNX, the report, firmware under QEMU, fuzzing, docs
 FAST_TESTS := c_engine c_kernels engines narrow_clamps golden export qmath op_table
-test-fast: venv c
-	$(PY) -m pytest -q $(FAST_TESTS:%=tests/test_%.py)
+test-fast: venv
+	$(MAKE) -C c -j$(NPROC) $(C_TESTED)
+	$(PY) -m pytest -q $(FAST_TESTS:%=tests/test_%.py) -k "not aarch64 and not cpu_lacks"
 
 # the slow acceptance cases: torchvision networks (random weights) bit-exact in numpy, torch and C;
 # each shipped model's whole test set identical in every ISA build, batch and thread count

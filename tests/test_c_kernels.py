@@ -152,13 +152,21 @@ ARCHS = {"awkward": (AwkwardNet, "cifar10", (3, 32, 32)), "mobilenetish": (Mobil
          "tiny_mnist": (TinyMnist, "mnist", (1, 28, 28))}
 
 
+class Builds(dict):
+    """The binaries by kind, each made (make -C c TARGET) when a test first asks for it: a run of
+    some of these tests (make test-fast) builds only the binaries they use."""
+    def __missing__(self, kind):
+        proc = subprocess.run(["make", "-C", C_DIR, TARGETS[kind]], capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        self[kind] = os.path.join(C_DIR, TARGETS[kind])
+        return self[kind]
+
+
 @pytest.fixture(scope="module")
 def binaries():
     if shutil.which("make") is None or shutil.which("gcc") is None:
         pytest.skip("make/gcc not available")
-    proc = subprocess.run(["make", "-C", C_DIR, *TARGETS.values()], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return {k: os.path.join(C_DIR, v) for k, v in TARGETS.items()}
+    return Builds()
 
 
 CASES = [("awkward", "per_channel", 16), ("awkward", "per_tensor", 32), ("mobilenetish", "per_channel", 8),
@@ -377,8 +385,9 @@ def aarch64(binaries):
             pytest.skip(f"no {tool} (c/mcu/install-toolchain.sh installs it)")
     proc = subprocess.run(["make", "-C", C_DIR, "aarch64", "aarch64-omp"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    return {**binaries, "aarch64": os.path.join(C_DIR, "inference_aarch64"),
-            "aarch64_omp": os.path.join(C_DIR, "inference_aarch64_omp")}
+    binaries.update(aarch64=os.path.join(C_DIR, "inference_aarch64"),
+                    aarch64_omp=os.path.join(C_DIR, "inference_aarch64_omp"))
+    return binaries
 
 
 AARCH64_CASES = [(a, m, b, False) for a, m, b in CASES] + [(a, m, b, True) for a, m, b in WIDE_CASES]

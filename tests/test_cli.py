@@ -353,20 +353,31 @@ def test_check_not_tracked(tmp_path):
     check_not_tracked([str(tmp_path / "shipped.bin")], False, "--x=DIR")
 
 
-def test_make_demo_leaves_git_status_clean(tmp_path):
-    """`make demo` (one short epoch here) writes only under its run folder: git status is as before."""
+def test_make_demo_and_demo_train_leave_git_status_clean(tmp_path):
+    """`make demo` (the shipped LeNet) and `make demo-train` (one short epoch here) write only under
+    their run folder, git status is as before, and each ends with the summary table."""
     if not os.path.isdir(os.path.join(ROOT, ".git")):
         pytest.skip("not a git checkout")
     status = ["git", "-C", ROOT, "status", "--porcelain"]
     before = subprocess.run(status, capture_output=True, text=True, check=True).stdout
     demo = f"runs/test-demo-{os.getpid()}"
     try:
-        proc = subprocess.run(["make", "-C", ROOT, "demo", f"DEMO={demo}", f"PY={sys.executable}",
-                               "TRAIN_FLAGS=--epochs=1 --train_images=2000"],
-                              capture_output=True, text=True, timeout=900)
-        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-        assert os.path.isfile(os.path.join(ROOT, demo, "export_model", "lenet_model.bin"))
-        assert f"under {demo}/" in proc.stdout
+        for target in ("demo", "demo-train"):
+            proc = subprocess.run(["make", "-C", ROOT, target, f"DEMO={demo}", f"PY={sys.executable}",
+                                   "TRAIN_FLAGS=--epochs=1 --train_images=2000"],
+                                  capture_output=True, text=True, timeout=900)
+            assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+            summary = proc.stdout[proc.stdout.index("demo summary: lenet on the MNIST test set, 10000 images"):]
+            for column in ("raw (float)", "quant (torch int)", "np quant", "C INT8"):
+                assert re.search(rf"{re.escape(column)} +\d+\.\d\d% +\d+", summary), (column, summary)
+            assert summary.count("10000/10000 = np quant") == 2, summary
+            assert re.search(r"export_model/lenet_model.bin +[\d,]+ bytes", summary), summary
+            assert ("pretrained/lenet_raw.pth" in summary) == (target == "demo-train"), summary
+            assert "retrain: make demo-train" in summary
+            if target == "demo":    # the shipped checkpoint: results/lenet_per_channel.json's accuracy
+                with open(os.path.join(ROOT, "results", "lenet_per_channel.json")) as f:
+                    shipped = json.load(f)["accuracy"]["c_int8"]
+                assert re.search(rf"C INT8 +{shipped * 100:.2f}%", summary), summary
     finally:
         shutil.rmtree(os.path.join(ROOT, demo), ignore_errors=True)
     assert subprocess.run(status, capture_output=True, text=True, check=True).stdout == before
