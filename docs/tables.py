@@ -20,6 +20,7 @@ The results files (paths relative to the checkout):
   results/reports/{model}_{mode}.json  export_quant_model.py --report: MACs, bytes, SQNR per op
   benchmarks/results/{model}.json      make bench MODEL=...: images/s of C and its peers
   results/timings.json                 the quick start's and the tests' wall-clock times
+  results/demo_summary.txt             make demo's summary table (tools/timings.py writes both)
   pretrained/{model}_raw.pth           the shipped checkpoints' headers (epochs, device, seconds)
   results/firmware_lenet.json          the LeNet firmware's flash and RAM (arm-none-eabi-size)
   export_model/lenet_*                 the shipped LeNet export (file sizes)
@@ -376,8 +377,18 @@ def t_firmware(r):
         "", f"{d['toolchain']}; `results/firmware_lenet.json` ({d['recorded_from']})."]
 
 
+def t_demo_summary(r):
+    """results/demo_summary.txt: the table make demo printed when tools/timings.py timed it."""
+    try:
+        with open(r.path("results/demo_summary.txt")) as f:
+            text = f.read().rstrip("\n")
+    except FileNotFoundError:
+        text = "(not measured yet: python tools/timings.py writes results/demo_summary.txt)"
+    return ["```", *text.splitlines(), "```"]
+
+
 TABLES = {
-    "timings": t_timings, "accuracy": t_accuracy, "test_json": t_test_json, "test_seconds": t_test_seconds, "checkpoints": t_checkpoints,
+    "demo_summary": t_demo_summary, "timings": t_timings, "accuracy": t_accuracy, "test_json": t_test_json, "test_seconds": t_test_seconds, "checkpoints": t_checkpoints,
     "weight_sqnr": t_weight_sqnr, "report": t_report, "speed_summary": t_speed_summary,
     "bench_cells": t_bench_cells, "bench_single": t_bench_single, "bench_isa": t_bench_isa,
     "bench_avx2": t_bench_avx2, "bench_aarch64": t_bench_aarch64, "firmware": t_firmware,
@@ -394,7 +405,7 @@ FIGURES = {
 }
 
 # what each table reads, for the messages
-SOURCES = {"timings": TIMINGS, "accuracy": "results/*_{per_channel,per_tensor}.json",
+SOURCES = {"demo_summary": "results/demo_summary.txt", "timings": TIMINGS, "accuracy": "results/*_{per_channel,per_tensor}.json",
            "test_seconds": "results/*_per_channel.json", "test_json": "results/lenet_per_channel.json", "checkpoints": "pretrained/*_raw.pth",
            "weight_sqnr": "results/reports/*.json", "report": "results/reports/*_per_channel.json",
            "firmware": "results/firmware_lenet.json, export_model/lenet_*",
