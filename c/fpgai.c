@@ -236,14 +236,6 @@ static int32_t max_abs_centered(const Op *x)
     return a > b ? a : b;
 }
 
-/* The work one op may ask for: MACs (conv, linear) or window reads (pools) */
-static void check_work(const Model *m, int i, const char *what, uint64_t work)
-{
-    if (work > MAX_WORK)
-        fail("%s: op %d (%s): %llu %s, over the limit of 2^32 per op", m->path, i, kind_name(&m->ops[i]),
-             (unsigned long long)work, what);
-}
-
 static void check_scratch(const Model *m, int i, const char *what, uint64_t elems)
 {
     if (elems > MAX_SCRATCH)
@@ -318,7 +310,6 @@ static void validate_conv(Model *m, int i)
         fail("%s: op %d (conv): kernel of %dx%dx%d weights is too large", m->path, i, x->c / op->groups,
              op->kh, op->kw);
     op->k_size = (int32_t)k;
-    check_work(m, i, "multiply-accumulates", (uint64_t)op_elems(op) * k);
     /* the optimized kernels' scratch: im2col (K values for each output pixel, bounded here in whole
      * 8-element blocks of the output plane), the padded input */
     uint64_t plane = ((uint64_t)op->h * (uint64_t)op->w + 7) / 8 * 8;
@@ -338,7 +329,6 @@ static void validate_linear(Model *m, int i)
     check_weight_zero_point(m, i);
     op->k_size = (int32_t)op_elems(x);      /* <= 2^26 */
     op->groups = 1;
-    check_work(m, i, "multiply-accumulates", (uint64_t)op->c * (uint64_t)op->k_size);
 }
 
 static void validate_maxpool(Model *m, int i)
@@ -348,7 +338,6 @@ static void validate_maxpool(Model *m, int i)
     pool_geometry(op);
     check_same_channels(m, i);
     check_window(m, i);
-    check_work(m, i, "window reads", (uint64_t)op_elems(op) * (uint64_t)op->kh * (uint64_t)op->kw);
     if (op->zero_point != x->zero_point || op->qmin != x->qmin || op->qmax != x->qmax)
         fail("%s: op %d (maxpool): zero point/clamp %d/%d..%d differ from its input's %d/%d..%d", m->path, i,
              op->zero_point, op->qmin, op->qmax, x->zero_point, x->qmin, x->qmax);
@@ -363,7 +352,6 @@ static void validate_avgpool(Model *m, int i)
     check_same_channels(m, i);
     check_window(m, i);
     uint64_t n = (uint64_t)op->kh * (uint64_t)op->kw;
-    check_work(m, i, "window reads", (uint64_t)op_elems(op) * n);
     int64_t window = (int64_t)n * max_abs_centered(x);      /* <= 2^32 * 255 */
     int64_t room = INT64_MAX - ((int64_t)1 << (MAX_SHIFT - 1));
     if (op->multiplier[0] > 0 && window > room / op->multiplier[0])
@@ -483,9 +471,6 @@ static void validate_adaptive_avgpool(Model *m, int i)
 {
     const Op *op = &m->ops[i], *x = op_input(m, op, 0);
     check_same_channels(m, i);
-    /* a window spans at most in/out + 2 rows (columns): bounds the reads before the sum below */
-    check_work(m, i, "window reads", (uint64_t)op_elems(op) * ((uint64_t)x->h / (uint64_t)op->h + 2)
-                                     * ((uint64_t)x->w / (uint64_t)op->w + 2));
     const int64_t room = INT64_MAX - ((int64_t)1 << (MAX_SHIFT - 1));
     for (int32_t oy = 0; oy < op->h; oy++) {
         int32_t y0, y1;
@@ -737,6 +722,60 @@ static void check_tiling(const Model *m)
              (long long)w_pos, (long long)b_pos, (long long)m->weight_bytes, (long long)m->bias_count);
 }
 
+/* Rows (or columns) of input `size` that an adaptive pool's windows read, over its `out` outputs */
+static uint64_t adaptive_reads(int32_t out, int32_t size)
+{
+    uint64_t n = 0;
+    for (int32_t o = 0; o < out; o++) {
+        int32_t lo, hi;
+        adaptive_window(o, out, size, &lo, &hi);
+        n += (uint64_t)(hi - lo);
+    }
+    return n;
+}
+
+/* The work of op i per image (fpgai.h): at most 2^26 outputs times 2^32 window reads or 2^31 weights */
+uint64_t fpgai_op_work(const Model *m, int i)
+{
+    const Op *op = &m->ops[i];
+    switch (op->kind) {
+    case OP_CONV:
+    case OP_LINEAR:
+        return (uint64_t)op_elems(op) * (uint64_t)op->k_size;
+    case OP_MAXPOOL:
+    case OP_AVGPOOL:
+        return (uint64_t)op_elems(op) * (uint64_t)op->kh * (uint64_t)op->kw;
+    case OP_ADAPTIVE_AVGPOOL: {
+        const Op *x = op_input(m, op, 0);
+        return (uint64_t)op->c * adaptive_reads(op->h, x->h) * adaptive_reads(op->w, x->w);
+    }
+    default:                        /* input, add, concat, lut, mul, shuffle, slice, upsample */
+        return (uint64_t)op_elems(op);
+    }
+}
+
+/* The whole model's work per image against the cap: one line naming the total and the op that
+ * adds the most (the first of equals) */
+static void check_work(Model *m)
+{
+    const uint64_t cap = m->max_work ? m->max_work : DEFAULT_MAX_WORK;
+    uint64_t most = 0;
+    int top = 0;
+    m->work = 0;
+    for (int i = 0; i < m->n_ops; i++) {
+        const uint64_t w = fpgai_op_work(m, i);
+        m->work = w > UINT64_MAX - m->work ? UINT64_MAX : m->work + w;
+        if (w > most) {
+            most = w;
+            top = i;
+        }
+    }
+    if (m->work > cap)
+        fail("%s: model needs %llu operations per image (op %d %s adds %llu); the cap is %llu (--max-work N "
+             "raises it)", m->path, (unsigned long long)m->work, top, kind_name(&m->ops[top]),
+             (unsigned long long)most, (unsigned long long)cap);
+}
+
 static void parse_model_bin(Model *m, const uint8_t *data, size_t size, const char *want_model)
 {
     parse_header(m, data, size, want_model);
@@ -746,6 +785,7 @@ static void parse_model_bin(Model *m, const uint8_t *data, size_t size, const ch
     if (pos != size)
         fail("%s: %zu bytes after the last op", m->path, size - pos);
     check_tiling(m);
+    check_work(m);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -1142,11 +1182,13 @@ int fpgai_load_graph(Model *m, void *storage, size_t storage_bytes, const uint8_
                      const char *want_model)
 {
     const char *path = m->path ? m->path : "model.bin", *weights_path = m->weights_path;
+    const uint64_t max_work = m->max_work;
     void *owned[sizeof m->owned / sizeof m->owned[0]];
     memcpy(owned, m->owned, sizeof owned);
     memset(m, 0, sizeof *m);
     m->path = path;
     m->weights_path = weights_path ? weights_path : "the weights";
+    m->max_work = max_work;
     memcpy(m->owned, owned, sizeof owned);
     m->storage = storage;
     m->storage_bytes = storage_bytes;

@@ -38,7 +38,11 @@
 #define MAX_DIM        65535            /* C, H, W, kernels, strides: below 65,536 */
 #define MAX_INPUTS     64               /* concat's most inputs */
 #define MAX_TENSOR     ((int64_t)1 << 26)   /* elements of one tensor */
-#define MAX_WORK       ((uint64_t)1 << 32)  /* MACs (conv, linear) or window reads (pools) of one op */
+/* The operations per image a model may ask for, all its ops together (fpgai_op_work: MACs, window
+ * reads, output values); Model.max_work (--max-work) overrides it.  2^35 = 34.4 G: the shipped
+ * models need 0.42 M (LeNet) to 0.23 G (VGG13), torchvision's ResNet50 at 224x224 4.1 G, VGG19 19.6 G;
+ * a model at the cap keeps the reference kernels busy for tens of seconds an image. */
+#define DEFAULT_MAX_WORK ((uint64_t)1 << 35)
 #define MAX_SHIFT      62
 #define MAX_SCRATCH    ((uint64_t)1 << 28)  /* elements of one kernel scratch buffer (im2col, padded input) */
 #define MAX_WEIGHTS    ((int64_t)INT32_MAX) /* weights, and biases, in the weight files */
@@ -103,6 +107,8 @@ typedef struct {
     int64_t weight_bytes, bias_count;
     int n_ops;
     Op *ops;
+    uint64_t max_work;              /* the caller's, kept by the load: the cap on `work` (0: DEFAULT_MAX_WORK) */
+    uint64_t work;                  /* operations per image, every op's fpgai_op_work (saturating at 2^64 - 1) */
     const uint8_t *weight_raw;      /* weight.bin bytes (int8 or uint8), the caller's buffer */
     const uint8_t *bias_raw;        /* bias.bin bytes (int32 little-endian), the caller's buffer */
     size_t arena_bytes;             /* every activation, placed by the memory plan, and the row below */
@@ -229,8 +235,9 @@ static inline int weight_centered(const Model *m, const Op *op, int32_t c, int32
 size_t fpgai_storage_bytes(const uint8_t *model_bin, size_t size);
 
 /* model.bin from memory: header, its CRC-32, the records with every rule of README "Exported
- * files", the layers' tiling of the weight files, the memory plan (m->arena_bytes).  m->path
- * names it in messages; want_model NULL accepts any model name.  Returns 0, or -1 with
+ * files", the layers' tiling of the weight files, the work per image against the cap (m->work,
+ * m->max_work), the memory plan (m->arena_bytes).  m->path names it in messages, m->max_work (0:
+ * DEFAULT_MAX_WORK) caps the work; want_model NULL accepts any model name.  Returns 0, or -1 with
  * m->error set. */
 int fpgai_load_graph(Model *m, void *storage, size_t storage_bytes, const uint8_t *model_bin, size_t size,
                      const char *want_model);
@@ -240,6 +247,16 @@ int fpgai_load_graph(Model *m, void *storage, size_t storage_bytes, const uint8_
  * checked with fpgai_check_seal).  Returns 0, or -1 with m->error set. */
 int fpgai_attach_weights(Model *m, const uint8_t *weights, size_t w_size, const char *weight_path,
                          const uint8_t *biases, size_t b_size, const char *bias_path, int sealed);
+/* The work of op i of a loaded graph per image, in operations (the cap's unit, DEFAULT_MAX_WORK):
+ *   conv                C*H*W * (Cin/groups)*kh*kw           multiply-accumulates
+ *   linear              C * K (its input's C*H*W)             multiply-accumulates
+ *   maxpool, avgpool    C*H*W * kh*kw                         window reads, padding included
+ *   adaptive_avgpool    C * (its windows' rows summed over the output rows)
+ *                         * (its windows' columns summed over the output columns)   window reads
+ *   the other kinds     C*H*W                                 output values (input, add, concat,
+ *                                                             lut, mul, shuffle, slice, upsample)
+ * (C, H, W the op's output shape.)  model/work.py is the same in Python. */
+uint64_t fpgai_op_work(const Model *m, int i);
 /* One exported file's bytes against the size and CRC-32 model.bin recorded (FILE_*): 0 or -1 */
 int fpgai_check_seal(Model *m, int file, const char *path, const uint8_t *data, size_t size);
 /* One image (C*H*W pixels, CHW) through the graph with the reference kernels, in `arena`

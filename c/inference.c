@@ -42,6 +42,7 @@ typedef struct {
     long limit;                     /* 0: all */
     long batch;                     /* images per pass through the graph; 0: DEFAULT_BATCH_PER_THREAD a thread */
     long threads;                   /* 0: OpenMP's default (OMP_NUM_THREADS, else every core) */
+    uint64_t max_work;              /* --max-work: the cap on operations per image; 0: DEFAULT_MAX_WORK */
 } Options;
 
 /* Images at a time and thread by default.  A batch reads each weight panel once per chunk of its
@@ -63,7 +64,8 @@ static void usage(const char *msg, const char *arg)
     fprintf(f,
             "usage: inference [--model NAME] [--dir DIR] [--data DIR] [--format bin|txt] [--limit N]\n"
             "                 [--logits FILE] [--images PATH] [--labels PATH] [--quiet] [--reference]\n"
-            "                 [--isa NAME] [--batch N] [--threads T] [--profile] [--dump-layers DIR]\n"
+            "                 [--isa NAME] [--batch N] [--threads T] [--max-work N] [--profile]\n"
+            "                 [--dump-layers DIR]\n"
             "       inference --op-table | --isa-table\n"
             "  --model NAME    model name, files DIR/NAME_model.bin etc. (default lenet)\n"
             "  --dir DIR       export folder (default export_model)\n"
@@ -88,12 +90,16 @@ static void usage(const char *msg, const char *arg)
             "                  (environment: FPGAI_PASS_BYTES, a pass's activations, default 524288)\n"
             "  --threads T     split each layer across T threads (inference_omp; default OMP_NUM_THREADS,\n"
             "                  else every core); other builds run one\n"
+            "  --max-work N    refuse a model that needs more than N operations per image, all its ops\n"
+            "                  together: multiply-accumulates (conv, linear), window reads (pools), output\n"
+            "                  values (the other kinds) (default %llu)\n"
             "  --profile       print each op's share of the time after the run (the optimized kernels)\n"
             "  --dump-layers DIR  write every op's output for the images (--limit N of them) to DIR as\n"
             "                  golden vectors (.npy, .hex, manifest.json: model/golden.py's layout) and exit\n"
             "  --op-table      print the op kinds this engine reads, as JSON (one per line), and exit\n"
             "  --isa-table     print the builds of the optimized kernels this binary holds, best first, as\n"
-            "                  JSON (one per line: name, whether this CPU runs it, role, needs), and exit\n");
+            "                  JSON (one per line: name, whether this CPU runs it, role, needs), and exit\n",
+            (unsigned long long)DEFAULT_MAX_WORK);
     exit(msg ? 2 : 0);
 }
 
@@ -104,6 +110,17 @@ static int is_dir(const char *path)
 }
 
 #define MAX_THREADS 4096
+
+/* --max-work: an integer in 1..2^64 - 1, else one error line */
+static uint64_t work_cap(const char *option, const char *v)
+{
+    char *end;
+    errno = 0;
+    unsigned long long n = strtoull(v, &end, 10);
+    if (!*v || *end || errno || !isdigit((unsigned char)v[0]) || n < 1)
+        fail("%s needs a positive integer below 2^64, not '%s'", option, v);
+    return (uint64_t)n;
+}
 
 /* --batch / --threads: an integer in 1..max, else one error line */
 static long positive_count(const char *option, const char *v, long max)
@@ -150,9 +167,9 @@ static void parse_args(Options *o, int argc, char **argv)
                           : !strcmp(a, "--data") ? &o->data : !strcmp(a, "--logits") ? &o->logits
                           : !strcmp(a, "--images") ? &o->images : !strcmp(a, "--labels") ? &o->labels
                           : !strcmp(a, "--dump-layers") ? &o->dump : !strcmp(a, "--isa") ? &o->isa : NULL;
-        int is_format = !strcmp(a, "--format"), is_limit = !strcmp(a, "--limit");
+        int is_format = !strcmp(a, "--format"), is_limit = !strcmp(a, "--limit"), is_work = !strcmp(a, "--max-work");
         long *count = !strcmp(a, "--batch") ? &o->batch : !strcmp(a, "--threads") ? &o->threads : NULL;
-        if (!slot && !is_format && !is_limit && !count)
+        if (!slot && !is_format && !is_limit && !is_work && !count)
             usage("unknown option", a);
         if (i + 1 >= argc)
             usage("missing value for", a);
@@ -163,6 +180,8 @@ static void parse_args(Options *o, int argc, char **argv)
             *slot = v;
         } else if (count) {
             *count = positive_count(a, v, count == &o->batch ? MAX_BATCH : MAX_THREADS);
+        } else if (is_work) {
+            o->max_work = work_cap(a, v);
         } else if (is_format) {
             if (strcmp(v, "bin") && strcmp(v, "txt"))
                 usage("--format must be bin or txt, not", v);
@@ -495,6 +514,7 @@ int main(int argc, char **argv)
     memset(&m, 0, sizeof m);
     memset(&ds, 0, sizeof ds);
     memset(&e, 0, sizeof e);
+    m.max_work = opt.max_work;
     load_model(&m, opt.dir, opt.model, opt.txt);
     load_dataset(&ds, &m, opt.data, opt.images, opt.labels);
     size_t count = opt.limit > 0 && (size_t)opt.limit < ds.count ? (size_t)opt.limit : ds.count;

@@ -394,7 +394,8 @@ def pool_graph(kernel, padding, stride=1):
     return {}, [quant[0], pool], images
 
 
-@pytest.mark.parametrize("kernel,padding,phrase", [(8000, 7999, "limit"), (40, 0, "gives"), (3, 3, "pad")],
+@pytest.mark.parametrize("kernel,padding,phrase",
+                         [(8000, 7999, "operations per image"), (40, 0, "gives"), (3, 3, "pad")],
                          ids=["work_limit", "window_past_the_input", "pad_ge_kernel"])
 def test_work_a_file_can_ask_for_is_bounded(binaries, tmp_path, kernel, padding, phrase):
     """A 2-op model.bin with a maxpool of kernel 8000 took >100 s per image in v1: refused at load now."""

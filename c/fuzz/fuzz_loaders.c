@@ -118,15 +118,7 @@ static volatile uint8_t g_sink_run;
  * valid, under ASan and UBSan (an image of 0x5a bytes). */
 static void run_small(const Model *m)
 {
-    uint64_t work = 0;
-    for (int i = 0; i < m->n_ops; i++) {
-        const Op *op = &m->ops[i];
-        uint64_t per = op->kind == OP_CONV || op->kind == OP_LINEAR ? (uint64_t)op->k_size
-                     : op->kind == OP_MAXPOOL || op->kind == OP_AVGPOOL ? (uint64_t)op->kh * (uint64_t)op->kw
-                     : op->kind == OP_ADAPTIVE_AVGPOOL ? op_elems(op_input(m, op, 0)) : 1;
-        work += op_elems(op) * per;
-    }
-    if (work > ((uint64_t)1 << 22) || m->arena_bytes > ((size_t)1 << 24))
+    if (m->work > ((uint64_t)1 << 22) || m->arena_bytes > ((size_t)1 << 24))     /* the loader's count */
         return;
     uint8_t *arena = malloc(m->arena_bytes ? m->arena_bytes : 1), *image = malloc(op_elems(&m->ops[0]));
     if (!arena || !image)
