@@ -28,6 +28,7 @@ EXPORT_DIR = "export_model"
 SEED = 0
 THREADS = 0
 OVERWRITE = False
+MAX_WORK = 1 << 35          # operations per image (model/work.py), c/inference's default too
 
 # the folders above: the checkout's from any working directory (checkout(), in_checkout)
 _FOLDERS = ("DATA_DIR", "MIRROR_DIR", "PRETRAINED_DIR", "QUANT_DIR", "EXPORT_DIR")
@@ -93,6 +94,9 @@ OPTIONS = {
                         f"at most {_MAX_DEFAULT_THREADS})"),
     "OVERWRITE": (STAGES, "replace files that git tracks (the shipped models, exports and results); without it "
                           "a stage refuses them before any work"),
+    "MAX_WORK": ((_TEST, _EXPORT), "the most operations per image a model may need, all its ops together "
+                                   "(MACs of conv/linear, window reads of pools, output values of the rest): "
+                                   "the engines and the exporter refuse a model above it (c/inference --max-work)"),
     "EPOCHS": ((_TRAIN,), "epochs to train (0 = the model's own default, model.MODELS)"),
     "BATCH_SIZE": ((_TRAIN,), "images per step and process (0 = the model's own default)"),
     "LR": ((_TRAIN,), "peak learning rate of the one-cycle schedule (0 = the model's own default)"),
@@ -142,6 +146,7 @@ RANGES = {
     "TEST_BATCH": (1, 65536),
     "THREADS": (0, 1024),
     "SEED": (0, 2 ** 32 - 1),
+    "MAX_WORK": (1, 2 ** 64 - 1),
     "LR": (0.0, 10.0),
     "WEIGHT_DECAY": (-1.0, 1.0),
 }

@@ -14,7 +14,7 @@ import torch
 
 import config
 from data import datasets
-from model import report
+from model import report, work
 from model.export_format import export_targets, write_export
 from model.fileio import (ModelFileError, WriteError, check_not_tracked, check_output_file, check_space, check_writable,
                           error_line, stage_main)
@@ -61,6 +61,8 @@ def main():
         if cfg.report:
             check_output_file(cfg.report, "--report")
         state, quant_list = load_quant(cfg)
+        work.set_max_work(cfg.max_work)
+        work.check(quant_list)          # no model.bin that the engines would refuse
         check_not_tracked(export_targets(cfg.export_dir, quant_list[0]["model"], cfg.export_mode), cfg.overwrite,
                           "--export_dir=DIR")
         # weight.txt writes a weight in up to 5 characters, the bins and the C arrays in 1 to 6

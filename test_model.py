@@ -33,7 +33,7 @@ from model.fileio import (ModelFileError, WriteError, atomic_open, check_not_tra
                           stage_main)
 from model.np_engine import NumpyIntegerModel
 from model.torch_engine import TorchIntegerModel
-from model import api, golden
+from model import api, golden, work
 from quant_model import load_float, load_quant
 
 COLUMNS = {"raw": "raw", "quant": "quant", "np": "np_quant", "c": "c_int8"}
@@ -86,6 +86,9 @@ def main():
         # a user model's settings live in its tuple: load it even for the raw column alone
         state, quant_list = (load_quant(cfg) if user or set(columns) - {"raw"} or cfg.dump_layers
                              else (None, None))
+        work.set_max_work(cfg.max_work)     # every engine's cap, C's too (--max-work)
+        if quant_list:
+            work.check(quant_list)          # refused before any column runs
         head = quant_list[0] if quant_list else {}
         dataset = head.get("dataset") or models.spec(cfg.model).dataset
         if cfg.test_data:
@@ -118,10 +121,11 @@ def main():
         else:
             try:
                 if cfg.test_data or dataset not in datasets.DATASETS:   # the images as .npy
-                    out, c_seconds = api.run_c(state, quant_list, images, labels)
+                    out, c_seconds = api.run_c(state, quant_list, images, labels, max_work=cfg.max_work)
                 else:
                     out, c_seconds = api.run_c_files(state, quant_list,
-                                                     *datasets.test_files(dataset, cfg.data_dir, cfg.mirror_dir), n)
+                                                     *datasets.test_files(dataset, cfg.data_dir, cfg.mirror_dir), n,
+                                                     max_work=cfg.max_work)
             except (RuntimeError, subprocess.CalledProcessError) as err:
                 sys.exit(f"error: {err}")
         seconds[col] = c_seconds if col == "c_int8" else time.perf_counter() - t0

@@ -28,6 +28,7 @@ import config
 from model.export_format import write_export
 from model.quantize import build_integer_graph
 from model.fileio import atomic_save
+from model import work
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CUSTOM_DATASET = "custom"      # the dataset field of a model that is none of the built-in ones
@@ -167,25 +168,26 @@ def run_integer(state, quant_list, images, engine="numpy", batch=16):
     raise ValueError(f"engine must be numpy, torch or c, not {engine!r}")
 
 
-def run_c(state, quant_list, images, labels=None, binary=None):
+def run_c(state, quant_list, images, labels=None, binary=None, max_work=None):
     """(logits, inference seconds) from the C engine on uint8 images (labels optional)."""
     from data.datasets import save_npy_pair
     with tempfile.TemporaryDirectory() as tmp:
         x_path, y_path = save_npy_pair(tmp, _uint8_images(images).numpy(),
                                        None if labels is None else np.asarray(labels))
-        return run_c_files(state, quant_list, x_path, y_path, binary=binary)
+        return run_c_files(state, quant_list, x_path, y_path, binary=binary, max_work=max_work)
 
 
-def run_c_files(state, quant_list, images_path, labels_path=None, limit=None, binary=None):
+def run_c_files(state, quant_list, images_path, labels_path=None, limit=None, binary=None, max_work=None):
     """(logits, inference seconds) from the C engine (built with make) on an export of the graph to a
-    temporary folder and an image file it reads (.npy, MNIST idx, CIFAR-10 batch)."""
+    temporary folder and an image file it reads (.npy, MNIST idx, CIFAR-10 batch); max_work: its
+    --max-work (None: model/work.py's cap)."""
     subprocess.run(["make", "-s", "-C", os.path.join(ROOT, "c")], check=True)
     binary = binary or os.path.join(ROOT, "c", "inference")
     with tempfile.TemporaryDirectory() as tmp:
         write_export(state, quant_list, tmp, "bin")
         logits_path = os.path.join(tmp, "logits.txt")
         cmd = [binary, "--model", quant_list[0]["model"], "--dir", tmp, "--images", images_path,
-               "--logits", logits_path, "--quiet"]
+               "--logits", logits_path, "--quiet", "--max-work", str(work.max_work() if max_work is None else max_work)]
         cmd += ["--labels", labels_path] if labels_path else []
         cmd += ["--limit", str(limit)] if limit else []
         proc = subprocess.run(cmd, capture_output=True, text=True)

@@ -5,6 +5,7 @@ No torch inside the kernels. Activations are uint8 values held in int64 arrays (
 """
 import numpy as np
 
+from model import work
 from model.ops import KINDS
 
 
@@ -23,9 +24,12 @@ def with_input_zero_points(quant_list):
 
 
 class NumpyIntegerModel:
-    """Runs the integer graph `(state_dict, quant_list)` on uint8 images; returns integer logits."""
+    """Runs the integer graph `(state_dict, quant_list)` on uint8 images; returns integer logits.
+    A graph needing more than max_work operations per image (None: model/work.py's cap) is refused
+    (work.WorkError), as the C engine refuses it."""
 
-    def __init__(self, state_dict, quant_list):
+    def __init__(self, state_dict, quant_list, max_work=None):
+        work.check(quant_list, max_work)
         self.ops = with_input_zero_points(quant_list)
         as_numpy = lambda v: v.numpy() if hasattr(v, "numpy") else np.asarray(v)
         self.params = params_by_op(state_dict, lambda field, v: as_numpy(v) if field == "weight"

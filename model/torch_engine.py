@@ -7,13 +7,17 @@ bit for bit.
 """
 import torch
 
+from model import work
 from model.np_engine import params_by_op, with_input_zero_points
 from model.ops import KINDS
 
 
 class TorchIntegerModel(torch.nn.Module):
-    def __init__(self, state_dict, quant_list):
+    """The graph on uint8 images (int64 tensors); refused over the work cap as NumpyIntegerModel."""
+
+    def __init__(self, state_dict, quant_list, max_work=None):
         super().__init__()
+        work.check(quant_list, max_work)
         self.ops = with_input_zero_points(quant_list)
         self.p = params_by_op(state_dict, lambda field, v: v)
 
