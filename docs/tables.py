@@ -22,7 +22,7 @@ The results files (paths relative to the checkout):
   results/timings.json                 the quick start's and the tests' wall-clock times
   results/demo_summary.txt             make demo's summary table (tools/timings.py writes both)
   pretrained/{model}_raw.pth           the shipped checkpoints' headers (epochs, device, seconds)
-  results/firmware_lenet.json          the LeNet firmware's flash and RAM (arm-none-eabi-size)
+  results/firmware_lenet.json          the LeNet firmware's flash and RAM (make -C c mcu-size)
   export_model/lenet_*                 the shipped LeNet export (file sizes)
 """
 import argparse
@@ -361,20 +361,19 @@ def t_bench_aarch64(r):
 
 
 def t_firmware(r):
-    """results/firmware_lenet.json (arm-none-eabi-size) and the shipped LeNet export's file sizes."""
+    """results/firmware_lenet.json (make -C c mcu-size) and the shipped LeNet export's file sizes."""
     d = r.json("results/firmware_lenet.json")
+
     def parts(items):
         return ", ".join(f"{k} {v:,}" for k, v in items.items())
-    arena = d["ram_parts"]
-    ram = ", ".join(f"{k} {v:,}" + (f" ({parts(d['arena_parts'])})" if k == "arena" else "")
-                    for k, v in arena.items())
     files = ", ".join(f"`lenet_{k}` {r.file_size(f'export_model/lenet_{k}'):,}"
                       for k in ("weight.bin", "bias.bin", "model.bin"))
     return table(("LeNet firmware", "bytes"), [
-        ("flash (text + data)", f"{d['flash_bytes']:,}: {parts(d['flash_parts'])}"),
-        ("RAM (data + bss)", f"{d['ram_bytes']:,}: {ram}"),
+        ("flash (text + data)", f"{d['flash_bytes']:,}: " + parts(
+            {(f"{d['images']} {k}" if k == "test images" else k): v for k, v in d["flash_parts"].items()})),
+        ("RAM (data + bss)", f"{d['ram_bytes']:,}: {parts(d['ram_parts'])}"),
         ("the shipped export today", files)]) + [
-        "", f"{d['toolchain']}; `results/firmware_lenet.json` ({d['recorded_from']})."]
+        "", f"{d['toolchain']}; `results/firmware_lenet.json`, from {d['recorded_from']}."]
 
 
 def t_demo_summary(r):
@@ -401,7 +400,7 @@ FIGURES = {
     "lenet_accuracy": lambda r: pct(r.test_report("lenet", "per_channel")["accuracy"]["c_int8"]),
     "firmware_flash_kb": lambda r: "about {:.0f} KB of flash".format(
         (r.json("results/firmware_lenet.json")["flash_bytes"]
-         - r.json("results/firmware_lenet.json")["flash_parts"]["8 test images"]) / 1000),
+         - r.json("results/firmware_lenet.json")["flash_parts"]["test images"]) / 1000),
 }
 
 # what each table reads, for the messages

@@ -8,15 +8,17 @@
   LeNet test set (the shipped CIFAR models: tests/test_shipped_models.py, 500 images each);
 - make -C c mcu-test: LeNet's export and 8 MNIST images in a bare-metal firmware, run by
   qemu-system-arm (MPS2 AN386, semihosting): its logits equal the numpy engine's, and it fits
-  16 KB of RAM (flash: see README "Firmware").
+  16 KB of RAM, and results/firmware_lenet.json holds this build's sizes (docs/deploy.md).
 
 The toolchain and QEMU come from c/mcu/install-toolchain.sh (apt-get; .ci/run runs it); the
 tests that need them skip, saying why, only when that is impossible here.
 """
+import json
 import os
 import re
 import shutil
 import subprocess
+import sys
 
 import pytest
 import torch
@@ -144,3 +146,19 @@ def test_firmware_under_qemu_equals_numpy(toolchain):
     text, data, bss = map(int, size[:3])
     assert data + bss <= 16 * 1024, f"RAM {data + bss} bytes"       # the arena, the storage, a 4 KB stack
     assert text + data > 61470                                       # LeNet's weights are in flash
+
+
+def test_firmware_sizes_in_the_docs_are_this_builds(toolchain, tmp_path):
+    """results/firmware_lenet.json (the docs' firmware table) is what `make -C c mcu-size` gives for
+    this tree: a change to the core or the export that moves a byte fails here until it is rerun."""
+    proc = subprocess.run(["make", "-C", C_DIR, "mcu"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    fresh = tmp_path / "firmware.json"
+    subprocess.run([sys.executable, os.path.join(C_DIR, "mcu", "mcu.py"), "size", os.path.join(C_DIR, "mcu", "build"), str(fresh)],
+                   check=True, capture_output=True, text=True)
+    with open(os.path.join(ROOT, "results", "firmware_lenet.json")) as f:
+        shipped = json.load(f)
+    got = json.loads(fresh.read_text())
+    for key in ("flash_bytes", "flash_parts", "ram_bytes", "ram_parts", "images"):
+        assert got[key] == shipped[key], f"{key}: this build {got[key]}, results/firmware_lenet.json " \
+                                         f"{shipped[key]}: run make -C c mcu-size, then make docs"

@@ -6,9 +6,14 @@
                               uses), BUILD_DIR/expected.txt (the numpy engine's logits of them)
   mcu.py check BUILD_DIR OUTPUT   OUTPUT (what QEMU printed) against expected.txt: every image's
                               logits equal, or one line naming the first difference and exit 1
+  mcu.py size BUILD_DIR OUT.json  the firmware's flash and RAM, split by part (arm-none-eabi-size,
+                              -nm and the link map of firmware.elf): results/firmware_lenet.json, which
+                              the docs' firmware table shows (make -C c mcu-size)
 """
+import json
 import os
 import re
+import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -61,10 +66,68 @@ def check(build, output):
     print(f"mcu-test: QEMU's logits equal numpy's on all {len(want)} images")
 
 
+def symbol_sizes(path):
+    """{name: bytes} of the symbols arm-none-eabi-nm lists with a size."""
+    out = subprocess.run(["arm-none-eabi-nm", "-S", path], capture_output=True, text=True, check=True).stdout
+    return {parts[3]: int(parts[1], 16) for parts in (line.split() for line in out.splitlines()) if len(parts) == 4}
+
+
+def flash_by_input(map_path):
+    """{input file: bytes of its .text, .rodata and .data sections kept in the link}, from ld's map
+    (a section's name may stand on a line of its own, its address, size and file on the next)."""
+    with open(map_path) as f:
+        text = f.read()
+    sizes, section = {}, None
+    for line in text[text.index("Linker script and memory map"):].splitlines():
+        m = re.match(r"^ (\.\S+)(?:\s+0x[0-9a-f]+\s+0x([0-9a-f]+)\s+(\S+))?$", line)
+        if m and m.group(2) is None:
+            section = m.group(1)
+            continue
+        m2 = m or re.match(r"^\s+0x[0-9a-f]+\s+0x([0-9a-f]+)\s+(\S+)$", line)
+        name = m.group(1) if m else section
+        section = None
+        if m2 and name and name.split(".")[1] in ("text", "rodata", "data"):
+            size, where = (m2.group(2), m2.group(3)) if m else (m2.group(1), m2.group(2))
+            key = os.path.basename(where.split("(")[0])
+            sizes[key] = sizes.get(key, 0) + int(size, 16)
+    return sizes
+
+
+def write_size(build, out_path):
+    elf = os.path.join(build, "firmware.elf")
+    lines = subprocess.run(["arm-none-eabi-size", elf], capture_output=True, text=True, check=True).stdout
+    text, data, bss = (int(v) for v in lines.splitlines()[1].split()[:3])
+    syms, inputs = symbol_sizes(elf), flash_by_input(os.path.join(build, "firmware.map"))
+    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "mps2.ld")) as f:
+        stack = int(re.search(r"STACK_BYTES\s*=\s*(\d+)", f.read()).group(1))
+    with open(os.path.join(build, "firmware_data.h")) as f:
+        images = int(re.search(r"#define FW_IMAGES (\d+)", f.read()).group(1))
+    flash = {"weights": syms["lenet_weight_bin"], "biases": syms["lenet_bias_bin"],
+             "model.bin": syms["lenet_model_bin"], "test images": syms["fw_images"],
+             "the core (c/fpgai.c)": inputs["fpgai.o"],
+             "libgcc and newlib-nano": sum(v for k, v in inputs.items() if k in ("libgcc.a", "libc_nano.a"))}
+    flash["start-up and the firmware's loop"] = text + data - sum(flash.values())
+    ram = {"arena": syms["arena"], "storage (ops and their arrays)": syms["storage"], "stack": stack}
+    ram["other"] = data + bss - sum(ram.values())
+    compiler = subprocess.run(["arm-none-eabi-gcc", "--version"], capture_output=True, text=True).stdout
+    report = {"what": "LeNet's Cortex-M4 firmware (make -C c mcu): firmware.elf split by part",
+              "toolchain": f"{compiler.splitlines()[0]}, -mcpu=cortex-m4 -mthumb -O2, newlib-nano",
+              "recorded_from": "c/mcu/mcu.py size (make -C c mcu-size)", "images": images,
+              "flash_bytes": text + data, "flash_parts": flash, "ram_bytes": data + bss,
+              "ram_parts": {k: v for k, v in ram.items() if v}}
+    with open(out_path + ".tmp", "w") as f:
+        json.dump(report, f, indent=2)
+        f.write("\n")
+    os.replace(out_path + ".tmp", out_path)
+    print(f"wrote {out_path}: flash {text + data:,} bytes, RAM {data + bss:,} bytes")
+
+
 if __name__ == "__main__":
     if len(sys.argv) >= 3 and sys.argv[1] == "data":
         write_data(sys.argv[2], int(sys.argv[3]) if len(sys.argv) > 3 else 8)
     elif len(sys.argv) == 4 and sys.argv[1] == "check":
         check(sys.argv[2], sys.argv[3])
+    elif len(sys.argv) == 4 and sys.argv[1] == "size":
+        write_size(sys.argv[2], sys.argv[3])
     else:
         sys.exit(__doc__)
