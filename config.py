@@ -207,9 +207,17 @@ def apply_threads(threads):
     return n
 
 
+BOOL_WORDS = {"true": True, "false": False}      # a boolean's value: True / False, any case
+
+
 def _parse_value(key, text, current):
     if isinstance(current, str):
         return text
+    if isinstance(current, bool):
+        if text.strip().lower() not in BOOL_WORDS:
+            raise ConfigError(f"--{key.lower()}={text}: expected True or False (a bare --{key.lower()} "
+                              f"means True)")
+        return BOOL_WORDS[text.strip().lower()]
     try:
         value = ast.literal_eval(text)
     except (ValueError, SyntaxError):
@@ -335,19 +343,23 @@ def load(argv=None, extra=None, stage=None):
         arg = args[i]
         if not arg.startswith("--"):
             raise ConfigError(f"unexpected argument '{arg}'; use --key=value")
-        if "=" in arg:
-            key, text = arg[2:].split("=", 1)
-        elif i + 1 < len(args):          # also accept `--key value`
-            key, text = arg[2:], args[i + 1]
-            i += 1
-        else:
-            raise ConfigError(f"{arg} needs a value")
+        key, eq, text = arg[2:].partition("=")
         key = key.replace("-", "_").upper()
         valid = ", ".join(k.lower() for k in own)
         if key not in cfg:
             raise ConfigError(f"unknown option --{key.lower()}; valid options: {valid}")
         if key not in own:
             raise ConfigError(f"--{key.lower()} is not an option of {stage}; its options: {valid}")
+        if not eq:
+            # `--key value`; a boolean given bare (`--overwrite`, at the end or before the next
+            # --option) means True, and never takes the next option as its value
+            if isinstance(cfg[key], bool) and (i + 1 >= len(args) or args[i + 1].startswith("--")):
+                text = "True"
+            elif i + 1 < len(args):
+                text = args[i + 1]
+                i += 1
+            else:
+                raise ConfigError(f"{arg} needs a value")
         cfg[key] = _parse_value(key, text, cfg[key])
         given.add(key.lower())
         i += 1
@@ -377,7 +389,8 @@ def usage(extra=None, stage=None):
     # the stage's module: __main__ when run as `python STAGE.py`, imported by an installed command
     module = sys.modules.get(os.path.splitext(stage)[0]) if stage else None
     lines = [((module or sys.modules["__main__"]).__doc__ or "").strip(), "",
-             f"options{' of ' + stage if stage else ''} (--key=value or --key value; defaults from config.py):"]
+             f"options{' of ' + stage if stage else ''} (--key=value or --key value; a bare --key of a [True, False] "
+             f"option means True; defaults from config.py):"]
     for key in stage_options(stage, extra):
         default, description = table[key]
         shown = '""' if default == "" else default
