@@ -58,8 +58,10 @@ def main():
         sys.exit(f"error: --report={cfg.report}: is a directory (give a PATH.json)")
     try:
         check_writable(cfg.export_dir, "--export_dir")      # before any work
-        if cfg.report:
-            check_output_file(cfg.report, "--report")
+        if cfg.report:                                      # the JSON and the PNG beside it
+            for path in filter(None, (cfg.report, report.png_path(cfg.report))):
+                check_output_file(path, "--report")
+                check_not_tracked((path,), cfg.overwrite, "--report=PATH")
         state, quant_list = load_quant(cfg)
         work.set_max_work(cfg.max_work)
         work.check(quant_list)          # no model.bin that the engines would refuse

@@ -82,6 +82,7 @@ def main():
             check_not_tracked((cfg.json,), cfg.overwrite, "--json=FILE")
         if cfg.dump_layers:                 # not a folder a dump may replace, or no writable folder
             golden.check_target(cfg.dump_layers)
+            check_not_tracked((cfg.dump_layers,), cfg.overwrite, "--dump_layers=DIR")
             check_writable(os.path.dirname(os.path.realpath(cfg.dump_layers)), "--dump_layers", cfg.dump_layers)
         # a user model's settings live in its tuple: load it even for the raw column alone
         state, quant_list = (load_quant(cfg) if user or set(columns) - {"raw"} or cfg.dump_layers

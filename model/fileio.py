@@ -103,8 +103,8 @@ def check_output_file(path, option):
 
 def check_not_tracked(paths, overwrite, elsewhere):
     """Raise WriteError (one line) if one of `paths` is a file git tracks (a shipped model, a committed
-    result) and `overwrite` is False: a stage replaces those only when asked. `elsewhere` names the
-    option that writes to another folder instead. Outside a git checkout, or without git, nothing is
+    result), or a folder holding one, and `overwrite` is False: a stage replaces those only when asked.
+    `elsewhere` names the option that writes to another folder instead. Outside a git checkout, or without git, nothing is
     tracked."""
     if overwrite:
         return
@@ -118,7 +118,8 @@ def check_not_tracked(paths, overwrite, elsewhere):
         except OSError:                                       # no git: no checkout to protect
             return
         if proc.returncode == 0:
-            raise WriteError(f"{path}: a file git tracks (shipped with the repository); pass --overwrite to "
+            what = "a folder holding files git tracks" if os.path.isdir(target) else "a file git tracks"
+            raise WriteError(f"{path}: {what} (shipped with the repository); pass --overwrite to "
                              f"replace it, or {elsewhere} to write elsewhere")
 
 
