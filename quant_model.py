@@ -21,8 +21,9 @@ import model as models
 from data import datasets
 from model import api
 from model.fileio import (ModelFileError, WriteError, atomic_save, check_not_tracked, check_space, check_writable,
-                          error_line, load_checked, stage_main)
-from model.quantize import QuantizeError, settings_fingerprint, tuple_problem
+                          error_line, stage_main)
+from model.quantize import QuantizeError, settings_fingerprint
+from model.tuple_check import load_tuple
 
 
 def quant_path(cfg):
@@ -50,10 +51,7 @@ def load_quant(cfg):
     path = quant_path(cfg)
     user = config.user_model(cfg.model)
     hint = f"; run `python quant_model.py --model={cfg.model}`" + (" with the same options" if user else "")
-    state, quant_list = load_checked(path, "fpgai-quant", config.model_name(cfg), hint=hint)
-    problem = tuple_problem(state, quant_list)
-    if problem:
-        raise ModelFileError(f"{path}: not a whole tuple: {problem}{hint}")
+    state, quant_list = load_tuple(path, config.model_name(cfg), hint=hint)    # every field checked
     head = quant_list[0]
     shape, mean, std = config.check_input_settings(cfg.input_shape, cfg.input_mean, cfg.input_std)
     stored_shape = head.get("input_shape", head["shape"])

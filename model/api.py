@@ -26,9 +26,10 @@ from torch import nn
 
 import config
 from model.export_format import write_export
-from model.quantize import build_integer_graph
+from model.quantize import QuantizeError, build_integer_graph
 from model.fileio import atomic_save
 from model import work
+from model.tuple_check import tuple_problem
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CUSTOM_DATASET = "custom"      # the dataset field of a model that is none of the built-in ones
@@ -138,6 +139,18 @@ def quantize_cfg(module, calib_images, cfg, dataset, input_mean=None, input_std=
     quant_list[0].update(source=source, checkpoint_sha256=checkpoint_sha256, input_shape=shape,
                          input_mean=None if input_mean is None else [float(v) for v in input_mean],
                          input_std=None if input_std is None else [float(v) for v in input_std])
+    problem = tuple_problem(state, quant_list)       # what a later stage's load will check
+    if problem:
+        raise QuantizeError(f"{cfg.model}: the integer graph is not one the C engine loads: {problem}")
+    return state, quant_list
+
+
+def checked(state, quant_list):
+    """The tuple, if every field is one the engines accept (model/tuple_check.py), else ValueError naming
+    the op and the field."""
+    problem = tuple_problem(state, quant_list)
+    if problem:
+        raise ValueError(f"the tuple is refused: {problem}")
     return state, quant_list
 
 
@@ -154,6 +167,7 @@ def run_integer(state, quant_list, images, engine="numpy", batch=16):
     engines: "numpy" (the specification), "torch", or "c" (c/inference, built with make, on an export
     to a temporary folder and the images as .npy)."""
     x = _uint8_images(images)
+    checked(state, quant_list)
     if engine == "numpy":
         from model.np_engine import NumpyIntegerModel
         m = NumpyIntegerModel(state, quant_list)
@@ -201,9 +215,9 @@ def run_c_files(state, quant_list, images_path, labels_path=None, limit=None, bi
 def export(state, quant_list, folder, mode="both"):
     """Write FOLDER/{name}_{weight.txt, weight.bin, bias.bin, quant.txt, model.bin} (mode: txt, bin, both)
     for c/inference --dir FOLDER --model NAME; the paths written."""
-    return write_export(state, quant_list, folder, mode)
+    return write_export(*checked(state, quant_list), folder, mode)
 
 
 def save(state, quant_list, path):
     """The tuple (state_dict, quant_list), atomically: torch.load(path, weights_only=True) reads it."""
-    atomic_save((state, quant_list), path)
+    atomic_save(checked(state, quant_list), path)

@@ -35,6 +35,32 @@ COMMON = struct.Struct("<2I6if")                               # type, n_words, 
 BLOCKS = (("multiplier", "n_mult"), ("shift", "n_shift"), ("table", "n_table"))   # counted arrays ending a record
 assert HEADER.size <= HEADER_BYTES
 
+# What the C loader accepts in model.bin (c/fpgai.h's limits, the PARAM rows of c/fpgai.c's KINDS), written
+# once for Python: the tuple check (model/tuple_check.py) reads them, so a tuple Python loads is one the C
+# engine loads; tests/test_hostile_inputs.py compares them with the C sources.
+INT32_MAX = 2 ** 31 - 1
+MIN_OPS, MAX_OPS = 2, 4096
+MAX_DIM = 65535                                   # C, H, W, kernels, strides, paddings: below 65,536
+MAX_INPUTS = 64                                   # concat's most inputs
+MAX_TENSOR = 1 << 26                              # elements of one tensor
+MAX_SHIFT = 62
+MAX_SCRATCH = 1 << 28                             # elements of one kernel scratch buffer (im2col, padded input)
+MAX_WEIGHTS = INT32_MAX                           # weights in the weight files (biases: a quarter of it)
+MAX_ARENA = 1 << 30                               # bytes of all activations together (arena_bytes)
+NAME_BYTES = {"model": 31, "dataset": 15, "fingerprint": 23}    # header strings, without their NUL
+DATASETS = ("mnist", "cifar10", "custom")
+WEIGHT_MODES = ("per_channel", "per_tensor")
+PARAM_RANGES = {"kernel_h": (1, MAX_DIM), "kernel_w": (1, MAX_DIM), "stride_h": (1, MAX_DIM),
+                "stride_w": (1, MAX_DIM), "pad_h": (0, MAX_DIM), "pad_w": (0, MAX_DIM), "pad_top": (0, MAX_DIM),
+                "pad_left": (0, MAX_DIM), "pad_bottom": (0, MAX_DIM), "pad_right": (0, MAX_DIM),
+                "dilation_h": (1, MAX_DIM), "dilation_w": (1, MAX_DIM), "groups": (1, MAX_DIM),
+                "weight_zero_point": (0, 255), "weight_offset": (0, INT32_MAX), "bias_offset": (0, INT32_MAX),
+                "ceil_mode": (0, 1), "channel_start": (0, MAX_DIM), "scale_h": (1, MAX_DIM), "scale_w": (1, MAX_DIM)}
+# the counted arrays ending a record: each value's range
+BLOCK_RANGES = {"multiplier": (0, INT32_MAX), "shift": (0, MAX_SHIFT), "table": (0, 255)}
+# weight.bin's values per weight mode (per-channel int8 weights are symmetric: -128 never occurs)
+WEIGHT_RANGES = {"per_channel": (-127, 127), "per_tensor": (0, 255)}
+
 
 class ExportFormatError(ValueError):
     pass
@@ -70,8 +96,8 @@ def model_bin_bytes(state, quant_list, files):
     seals = []
     for name in WEIGHT_FILES:
         seals += [len(files[name]), crc32(files[name]), 0] if name in files else [0, 0, 0]
-    for field, value, width in (("model", header["model"], 31), ("dataset", header["dataset"], 15),
-                                ("fingerprint", header["fingerprint"], 23)):
+    for field, width in NAME_BYTES.items():
+        value = header[field]
         if len(value.encode()) > width:
             raise ExportFormatError(f"{field} '{value}' is longer than the {width} bytes model.bin holds")
     body = (HEADER.pack(MAGIC, MODEL_BIN_VERSION, 0, HEADER_BYTES, len(quant_list),
