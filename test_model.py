@@ -95,7 +95,10 @@ def main():
         if cfg.test_data:
             shape = head.get("input_shape") or config.parse_shape(cfg.input_shape) or (
                 list(datasets.DATASETS[dataset]["shape"]) if dataset in datasets.DATASETS else None)
-            images, labels = datasets.load_images(cfg.test_data, shape)
+            # the labels within the model's outputs (the tuple's last op; a built-in float model's classes)
+            classes = (int(np.prod(quant_list[-1]["shape"])) if quant_list else
+                       datasets.DATASETS[dataset]["classes"] if dataset in datasets.DATASETS else None)
+            images, labels = datasets.load_images(cfg.test_data, shape, classes=classes)
         elif user:
             raise ModelFileError(f"--model={cfg.model} needs --test_data=FILE.npz or an ImageFolder directory")
         else:

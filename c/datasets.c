@@ -19,6 +19,15 @@ static void check_labels(const Dataset *d, const char *path)
             fail("%s: label %d of image %zu outside 0..9", path, d->labels[i * d->label_stride], i);
 }
 
+/* MNIST / CIFAR-10 labels (0..9) against the model's outputs: a model with fewer cannot be scored */
+static void check_classes(const Dataset *d, const char *path, size_t n_classes)
+{
+    for (size_t i = 0; i < d->count; i++)
+        if ((size_t)d->labels[i * d->label_stride] >= n_classes)
+            fail("%s: label %d of image %zu outside 0..%zu (the model's outputs)", path,
+                 d->labels[i * d->label_stride], i, n_classes - 1);
+}
+
 void parse_mnist(Dataset *d, const uint8_t *ibuf, size_t isize, const char *images,
                  const uint8_t *lbuf, size_t lsize, const char *labels)
 {
@@ -257,8 +266,8 @@ void parse_npy(NpyArray *a, const uint8_t *buf, size_t size, const char *path)
     a->data = buf + start + hlen;
 }
 
-/* element i of an integer array, as a signed 64-bit value (uint64 above INT64_MAX: -1) */
-static int64_t npy_int(const NpyArray *a, uint64_t i)
+/* element i of an integer array: its 64 bits, sign-extended for a signed dtype (two's complement) */
+static uint64_t npy_bits(const NpyArray *a, uint64_t i)
 {
     const uint8_t *p = a->data + i * (uint64_t)a->itemsize;
     uint64_t v = 0;
@@ -266,9 +275,25 @@ static int64_t npy_int(const NpyArray *a, uint64_t i)
         v |= (uint64_t)p[a->big_endian ? a->itemsize - 1 - k : k] << (8 * k);
     if (a->kind == 'i' && a->itemsize < 8 && (v >> (8 * a->itemsize - 1)) & 1)
         v |= ~(uint64_t)0 << (8 * a->itemsize);     /* sign-extend */
-    if (a->kind == 'u' && v > (uint64_t)INT64_MAX)
-        return -1;
-    return (int64_t)v;
+    return v;
+}
+
+/* A label in 0..n_classes-1 (the model's outputs), else one line naming the file, the image and the
+ * value as the file holds it (uint64 above INT64_MAX and negative values included) */
+static uint32_t npy_label(const NpyArray *a, uint64_t i, size_t n_classes, const char *path)
+{
+    uint64_t v = npy_bits(a, i);
+    int negative = a->kind == 'i' && (v >> 63);
+    if (negative || v >= (uint64_t)n_classes) {
+        char text[32];
+        if (negative)
+            snprintf(text, sizeof text, "-%llu", (unsigned long long)(~v + 1));
+        else
+            snprintf(text, sizeof text, "%llu", (unsigned long long)v);
+        fail("%s: label %s of image %llu outside 0..%zu (the model's outputs)", path, text, (unsigned long long)i,
+             n_classes - 1);
+    }
+    return (uint32_t)v;                              /* < n_classes <= 2^26 */
 }
 
 void parse_npy_dataset(Dataset *d, const uint8_t *ibuf, size_t isize, const char *images,
@@ -293,12 +318,10 @@ void parse_npy_dataset(Dataset *d, const uint8_t *ibuf, size_t isize, const char
         parse_npy(&y, lbuf, lsize, labels);
         if (y.ndim != 1 || y.shape[0] != x.shape[0])
             fail("%s: labels must be one integer per image, shape (%llu,)", labels, (unsigned long long)x.shape[0]);
-        for (uint64_t i = 0; i < y.count; i++) {
-            int64_t v = npy_int(&y, i);
-            if (v < 0 || (uint64_t)v >= n_classes)
-                fail("%s: label %lld of image %llu outside 0..%zu (the model's outputs)", labels, (long long)v,
-                     (unsigned long long)i, n_classes - 1);
-        }
+        if (n_classes < 1)
+            fail("%s: the model has no outputs to label", labels);
+        for (uint64_t i = 0; i < y.count; i++)
+            npy_label(&y, i, n_classes, labels);
     }
     /* every check passed: nothing below fails */
     d->pixels = x.data;
@@ -308,7 +331,7 @@ void parse_npy_dataset(Dataset *d, const uint8_t *ibuf, size_t isize, const char
     if (lbuf) {
         d->npy_labels = xmalloc(d->count * sizeof *d->npy_labels, "labels");
         for (size_t i = 0; i < d->count; i++)
-            d->npy_labels[i] = (uint32_t)npy_int(&y, i);
+            d->npy_labels[i] = npy_label(&y, i, n_classes, labels);
     }
     snprintf(d->source, sizeof d->source, "%s", images);
 }
@@ -365,6 +388,7 @@ void load_dataset(Dataset *d, const Model *m, const char *data, const char *imag
         d->image_buf = read_file(img, MAX_DATA_FILE, &isize);
         d->label_buf = read_file(lab, MAX_DATA_FILE, &lsize);
         parse_mnist(d, d->image_buf, isize, img, d->label_buf, lsize, lab);
+        check_classes(d, lab, op_elems(&m->ops[m->n_ops - 1]));
     } else {
         if (labels)
             fail("%s: --labels does not apply to cifar10 (labels are inside the batch file)", labels);
@@ -373,6 +397,7 @@ void load_dataset(Dataset *d, const Model *m, const char *data, const char *imag
         set_path(img, sizeof img, images, data, "cifar-10-batches-bin/test_batch.bin");
         d->image_buf = read_file(img, MAX_DATA_FILE, &isize);
         parse_cifar(d, d->image_buf, isize, img);
+        check_classes(d, img, op_elems(&m->ops[m->n_ops - 1]));
     }
 }
 

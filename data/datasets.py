@@ -129,15 +129,34 @@ def load(dataset, split, data_dir, mirror_dir):
     raise DatasetError(f"unknown dataset '{dataset}'; valid: {', '.join(DATASETS)}")
 
 
-def load_images(path, shape=None, need_labels=True):
+def check_labels(path, labels, classes=None):
+    """Raise DatasetError (one line naming `path`) unless every label is an integer in 0..classes-1
+    (the model's outputs; classes None: 0..2^63-1). Values are compared exactly, uint64 included."""
+    y = np.asarray(labels)
+    if y.dtype.kind not in "iu":
+        raise DatasetError(f"{path}: labels are {y.dtype}; expected integers")
+    if not y.size:
+        return
+    high = (classes - 1) if classes is not None else 2 ** 63 - 1
+    for index in (int(np.argmin(y)), int(np.argmax(y))):
+        value = int(y[index])                    # a Python int: exact for every integer dtype
+        if not 0 <= value <= high:
+            outputs = f" (the model has {classes} outputs)" if classes is not None else ""
+            raise DatasetError(f"{path}: label {value} of image {index} outside 0..{high}{outputs}")
+
+
+def load_images(path, shape=None, need_labels=True, classes=None):
     """Your own data (--calib_data / --test_data): (uint8 images N×C×H×W, int64 labels or None).
 
     path: a .npz holding `x` (uint8, N×C×H×W) and `y` (integer labels, N), or an ImageFolder
     directory (torchvision.datasets.ImageFolder: one sub-folder per class), every image resized
     to `shape` [C, H, W] (C 1: grayscale, 3: RGB) and converted to uint8 CHW. `shape`, when given,
-    must equal the .npz's. Labels are None when a .npz has no `y` and need_labels is false."""
+    must equal the .npz's. Labels are None when a .npz has no `y` and need_labels is false; each is
+    in 0..classes-1 when `classes` (the model's outputs) is given (check_labels)."""
     if os.path.isdir(path):
-        return _load_image_folder(path, shape)
+        images, labels = _load_image_folder(path, shape)
+        check_labels(path, labels.numpy(), classes)
+        return images, labels
     if not os.path.isfile(path):
         raise DatasetError(f"{path}: no such file or directory (expected a .npz or an ImageFolder directory)")
     try:
@@ -161,8 +180,7 @@ def load_images(path, shape=None, need_labels=True):
         return torch.from_numpy(np.ascontiguousarray(x)), None
     if y.dtype.kind not in "iu" or y.shape != (len(x),):
         raise DatasetError(f"{path}: y is {y.dtype} of shape {list(y.shape)}; expected {len(x)} integer labels")
-    if y.size and y.min() < 0:
-        raise DatasetError(f"{path}: negative label {int(y.min())}")
+    check_labels(path, y, classes)
     return torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y.astype(np.int64))
 
 
