@@ -216,6 +216,19 @@ def write_dump(folder, quant_list, per_op_values, model_name):
     return manifest
 
 
+def _inside(folder, name, manifest_path, i):
+    """folder/name, if name is a relative path that stays inside folder (symlinks resolved), else
+    DumpError: a manifest names only files of its own dump."""
+    if not isinstance(name, str) or not name or os.path.isabs(name):
+        raise DumpError(f"{manifest_path}: op {i}: file {name!r} is not a relative path inside the dump folder")
+    file = os.path.join(folder, name)
+    root = os.path.realpath(folder)
+    if os.path.commonpath([root, os.path.realpath(file)]) != root:
+        raise DumpError(f"{manifest_path}: op {i}: file {name!r} resolves outside the dump folder "
+                        f"({os.path.realpath(file)}); refusing to read it")
+    return file
+
+
 def read_dump(folder, mmap=True):
     """(manifest, [op 0's values, op 1's, ...]) of a dump folder: the .npy files, each checked to be
     uint8 (images, C, H, W) as the manifest says (memory-mapped unless mmap is false)."""
@@ -246,7 +259,7 @@ def read_dump(folder, mmap=True):
         shape = op["shape"]
         if not (isinstance(shape, list) and len(shape) == 3 and all(isinstance(d, int) and d > 0 for d in shape)):
             raise DumpError(f"{path}: op {i} has shape {shape!r}, not [C, H, W]")
-        file = os.path.join(folder, op["npy"])
+        file = _inside(folder, op["npy"], path, i)
         try:
             v = np.load(file, mmap_mode="r" if mmap else None, allow_pickle=False)
         except (OSError, ValueError) as err:
