@@ -30,9 +30,10 @@ from model.fileio import FORMAT_VERSIONS
 from model.ops.base import QuantizeError
 from model.ops.input import INPUT_SCALE
 from model.ops.weighted import ACC_LIMIT, BIAS_LIMIT, accumulator_bound, quantize_weight, weight_sqnr_db
+from model.tuple_check import TUPLE_HEADER, tuple_problem
 
 __all__ = ["QuantizeError", "ACC_LIMIT", "BIAS_LIMIT", "INPUT_SCALE", "accumulator_bound", "quantize_weight",
-           "weight_sqnr_db", "settings_fingerprint", "build_integer_graph"]
+           "weight_sqnr_db", "settings_fingerprint", "build_integer_graph", "TUPLE_HEADER", "tuple_problem"]
 
 # nodes that are not ops: activations fused into the op before them, and no-ops on the data
 RELU = {nn.ReLU, F.relu, torch.relu, "relu", "relu_"}
@@ -225,9 +226,13 @@ def _clamp_for(act, scale, zero_point):
 class Builder:
     """The integer graph under construction; what an op kind's quantize() works with."""
 
-    def __init__(self, gm, observer, cfg, input_shape):
+    def __init__(self, gm, observer, cfg, input_shape, dry=False):
         self.gm, self.observer, self.cfg, self.input_shape = gm, observer, cfg, input_shape
         self.ops, self.state, self.where, self.skip = [], {}, {}, set()
+        # dry: the walk before calibration (build_integer_graph), on a two-image observer: every
+        # structural refusal (an unsupported node, add / mul shapes, a reshape, a constant) comes out,
+        # no numeric one can (scale 1, zero point 0, clamp 0..0, multiplier 1 / 2^0), nothing is kept
+        self.dry = dry
         # users that read a tensor (x.size(0) and the like only feed reshapes: they do not block fusing)
         self.users = {n: [u for u in n.users if u.name not in observer.meta] for n in gm.graph.nodes}
 
@@ -253,6 +258,8 @@ class Builder:
         if not (math.isfinite(lo) and math.isfinite(hi)):
             raise QuantizeError(f"{self.cfg.model}: layer '{node.name}': the float model's output there spans "
                                 f"[{lo}, {hi}] on the calibration images, not finite values; check its weights")
+        if self.dry:
+            return 1.0, 0
         try:
             return qmath.choose_qparams(lo, hi)
         except ValueError as err:
@@ -271,6 +278,8 @@ class Builder:
         """Append op (its fields filled in: inputs, shape, scale, zero point, clamp); node and
         out_node (its fused activation, or node) now stand for its output."""
         scale, zp = qparams if qparams is not None else self.qparams(out_node)
+        if self.dry and clamp is None:
+            clamp = (0, 0)          # |x - z_x| = 0 for the next layer: no accumulator bound to refuse
         qmin, qmax = clamp if clamp is not None else _clamp_for(act, scale, zp)
         op.update(inputs=list(inputs), shape=shape or self.shape_of(out_node), scale=scale, zero_point=zp,
                   qmin=qmin, qmax=qmax)
@@ -281,6 +290,8 @@ class Builder:
 
     def multiplier(self, real, name):
         """(m, shift) of a real requantization multiplier, with the layer named on failure."""
+        if self.dry:
+            return 1, 0
         try:
             return qmath.quantize_multiplier(real, self.cfg.multiplier_bits)
         except ValueError as err:
@@ -294,7 +305,9 @@ class Builder:
 def build_integer_graph(model, calib_images, cfg, dataset, raw_header, progress=None):
     """The whole of stage 2 on an in-memory model; returns (state_dict, quant_list).
 
-    calib_images: uint8 tensor N×C×H×W (raw pixels)."""
+    calib_images: uint8 tensor N×C×H×W (raw pixels). Every node is checked against the op table
+    (an unsupported layer, add / mul shapes, reshapes, constants) on two images before the
+    calibration starts, so a model the integer graph cannot hold is refused before any work."""
     model = model.eval().float()
     try:
         traced = fx.symbolic_trace(model)
@@ -307,14 +320,32 @@ def build_integer_graph(model, calib_images, cfg, dataset, raw_header, progress=
     gm = fold_bn(traced)                           # conv+BN -> conv with folded weight/bias
     graph_passes.fold_zero_padding(gm)             # F.pad / ZeroPad2d -> the padding of the conv(s) reading it
 
+    input_shape = _shape3(list(calib_images.shape[1:]))
+    _walk(gm, _observe(gm, calib_images[:2], cfg), cfg, input_shape, dry=True)    # refusals before calibration
+    b = _walk(gm, _observe(gm, calib_images, cfg, progress), cfg, input_shape)
+    b.ops[0].update(kind="fpgai-quant", version=FORMAT_VERSIONS["fpgai-quant"], model=cfg.model, dataset=dataset,
+                    fingerprint=settings_fingerprint(cfg, raw_header), weight_mode=cfg.weight_mode,
+                    multiplier_bits=cfg.multiplier_bits, calib_images=int(len(calib_images)),
+                    calib_method=cfg.calib_method, calib_percentile=cfg.calib_percentile, seed=cfg.seed)
+    return b.state, b.ops
+
+
+def _observe(gm, images, cfg, progress=None):
+    """The calibration: the folded float graph run on `images` in batches of 250, every node's
+    output range and shape recorded."""
     observer = _Observer(gm, cfg.calib_method, cfg.calib_percentile)
-    batches = torch.split(calib_images, 250)
+    batches = torch.split(images, 250)
     with torch.no_grad():
         for x in (progress(batches) if progress else batches):
             observer.run(x.float() / 255.0)
             observer.batches += 1
+    return observer
 
-    b = Builder(gm, observer, cfg, _shape3(list(calib_images.shape[1:])))
+
+def _walk(gm, observer, cfg, input_shape, dry=False):
+    """Every node of the graph handed to its kind (model/ops): the Builder holding the integer graph.
+    dry: the structural walk before calibration (Builder)."""
+    b = Builder(gm, observer, cfg, input_shape, dry=dry)
     const = graph_passes.constant_nodes(gm.graph)
     reshaped = set()        # aliases whose C,H,W differ from their op's: only a linear layer reads them (flat)
     batch = None
@@ -363,67 +394,4 @@ def build_integer_graph(model, calib_images, cfg, dataset, raw_header, progress=
                                     f"feed a linear layer (flatten before nn.Linear)")
         kind.quantize(b, node, mod)
 
-    b.ops[0].update(kind="fpgai-quant", version=FORMAT_VERSIONS["fpgai-quant"], model=cfg.model, dataset=dataset,
-                    fingerprint=settings_fingerprint(cfg, raw_header), weight_mode=cfg.weight_mode,
-                    multiplier_bits=cfg.multiplier_bits, calib_images=int(len(calib_images)),
-                    calib_method=cfg.calib_method, calib_percentile=cfg.calib_percentile, seed=cfg.seed)
-    return b.state, b.ops
-
-
-# the header fields (on quant_list[0]) the later stages read
-TUPLE_HEADER = ("fingerprint", "weight_mode", "multiplier_bits", "calib_images", "dataset")
-_OP_FIELDS = {"op": str, "name": str, "inputs": list, "shape": list, "scale": float, "zero_point": int,
-              "qmin": int, "qmax": int}
-
-
-def tuple_problem(state, quant_list):
-    """What is missing or malformed in a (state_dict, quant_list) tuple, as one phrase, or None when
-    it holds every field and tensor the engines and the exporter read (the op table says which)."""
-    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
-                                              for k, v in state.items()):
-        return "its state_dict is not a dict of names to tensors"
-    if not isinstance(quant_list, list) or not quant_list or not all(isinstance(op, dict) for op in quant_list):
-        return "its quant_list is not a list of ops"
-    lacking = [k for k in TUPLE_HEADER if k not in quant_list[0]]
-    if lacking:
-        return f"its header (op 0) lacks {', '.join(lacking)}"
-    for i, op in enumerate(quant_list):
-        where = f"op {i} ({op.get('name', '?')})"
-        for key, kind in _OP_FIELDS.items():
-            value = op.get(key)
-            ok = (isinstance(value, (int, float)) and math.isfinite(value) if kind is float
-                  else isinstance(value, kind) and (kind is not int or not isinstance(value, bool)))
-            if not ok:
-                return f"{where} has no valid '{key}' field"
-        if op["op"] not in ops.KINDS:
-            return f"{where}: unknown op kind '{op['op']}'"
-        kind = ops.KINDS[op["op"]]
-        if not (len(op["shape"]) == 3 and all(isinstance(d, int) and d > 0 for d in op["shape"])):
-            return f"{where}: shape {op['shape']} is not C, H, W"
-        if not 0 <= op["qmin"] <= op["qmax"] <= 255:
-            return f"{where}: clamp {op['qmin']}..{op['qmax']} is not within 0..255"
-        low, high = (0, 0) if i == 0 else kind.inputs
-        if not (low <= len(op["inputs"]) <= high and all(isinstance(j, int) and 0 <= j < i for j in op["inputs"])):
-            return f"{where}: inputs {op['inputs']} are not {low}..{high} earlier ops"
-        for param in kind.params:
-            key, index = ops.PARAM_KEYS[param]
-            if key in ("weight_offset", "bias_offset"):       # the exporter's, not the tuple's
-                continue
-            value = op.get(key)
-            if index is not None:
-                value = value[index] if isinstance(value, list) and len(value) > index else None
-            if not isinstance(value, int) or isinstance(value, bool):
-                return f"{where} has no valid '{key}' field"
-        fields = {"multiplier": kind.n_mult, "shift": kind.n_shift, "table": kind.n_table}
-        expected = {f: ops.REQUANT_COUNTS[count](op) for f, count in fields.items() if count != "0"}
-        if kind.weighted:
-            expected.update(weight=None, bias=op["shape"][0])
-        for field, count in expected.items():
-            tensor = state.get(f"{op['name']}.{field}")
-            if tensor is None:
-                return f"{where}: the state_dict has no '{op['name']}.{field}'"
-            if field == "weight" and (tensor.dim() < 2 or tensor.shape[0] != op["shape"][0]):
-                return f"{where}: '{op['name']}.weight' has shape {list(tensor.shape)} for {op['shape'][0]} channels"
-            if count is not None and tensor.numel() != count:
-                return f"{where}: '{op['name']}.{field}' holds {tensor.numel()} values, not {count}"
-    return None
+    return b
