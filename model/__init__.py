@@ -1,5 +1,6 @@
 """Float model registry: every architecture the pipeline knows, by name; and the user's own
 model (--model=FILE.py:NAME) with its checkpoint (--checkpoint=FILE)."""
+import collections
 import dataclasses
 import hashlib
 import importlib.util
@@ -181,5 +182,8 @@ def load_state(net, state, path):
             bad = "NaN" if torch.isnan(value).any() else "Inf"
             raise ModelFileError(f"{path}: layer '{key.rsplit('.', 1)[0]}': '{key}' holds {bad} values; "
                                  f"the checkpoint is unusable (did its training diverge?)")
-    net.load_state_dict({k: v.to(own[k].dtype) if v.is_floating_point() else v for k, v in state.items()})
+    fixed = collections.OrderedDict((k, v.to(own[k].dtype) if v.is_floating_point() else v) for k, v in state.items())
+    if getattr(state, "_metadata", None) is not None:
+        fixed._metadata = state._metadata          # each module's version: torchvision's MNASNet reads it
+    net.load_state_dict(fixed)
     return net
