@@ -51,13 +51,15 @@ test: venv
 	$(PY) -m pytest -q tests
 
 # the engines and their files in under 3 minutes on 2 cores: C (the x86-64 builds, under ASan/UBSan
-# too), numpy, torch, the golden LeNet, model.bin and txt. Left out, `make test` runs them: aarch64
-# under qemu and valgrind (-k below); training, the stage scripts' options and error lines, user
-# models, batches and threads, golden vectors, ONNX, the report, firmware under QEMU, fuzzing, docs
+# too), numpy, torch, the golden LeNet, model.bin and txt, on every core (pytest-xdist; the binaries
+# are made first, so no two workers build one). Left out, `make test` runs them: aarch64 under qemu
+# and valgrind (-k below); training, the stage scripts' options and error lines, user models, hostile
+# inputs, the work cap, batches and threads, golden vectors, ONNX, the report, firmware under QEMU,
+# fuzzing, the docs' tables
 FAST_TESTS := c_engine c_kernels engines narrow_clamps golden export qmath op_table
 test-fast: venv
 	$(MAKE) -C c -j$(NPROC) $(C_TESTED)
-	$(PY) -m pytest -q $(FAST_TESTS:%=tests/test_%.py) -k "not aarch64 and not cpu_lacks"
+	$(PY) -m pytest -q -n $(NPROC) $(FAST_TESTS:%=tests/test_%.py) -k "not aarch64 and not cpu_lacks"
 
 # the slow acceptance cases: torchvision networks (random weights) bit-exact in numpy, torch and C;
 # each shipped model's whole test set identical in every ISA build, batch and thread count
