@@ -65,6 +65,33 @@ def batched(fn, images, batch, desc):
     return np.concatenate(outs)
 
 
+def check_outputs(cfg):
+    """The files this run writes (--json, --dump_layers), refused before any work: not a tracked file
+    unless --overwrite, not a folder a dump may replace, a writable folder."""
+    if cfg.json:
+        check_output_file(cfg.json, "--json")
+        check_not_tracked((cfg.json,), cfg.overwrite, "--json=FILE")
+    if cfg.dump_layers:
+        golden.check_target(cfg.dump_layers)
+        check_not_tracked((cfg.dump_layers,), cfg.overwrite, "--dump_layers=DIR")
+        check_writable(os.path.dirname(os.path.realpath(cfg.dump_layers)), "--dump_layers", cfg.dump_layers)
+
+
+def load_test_set(cfg, dataset, quant_list, user):
+    """(images, labels): --test_data, its labels within the model's outputs (the tuple's last op; a
+    built-in float model's classes), or the built-in dataset's test set."""
+    if cfg.test_data:
+        head = quant_list[0] if quant_list else {}
+        shape = head.get("input_shape") or config.parse_shape(cfg.input_shape) or (
+            list(datasets.DATASETS[dataset]["shape"]) if dataset in datasets.DATASETS else None)
+        classes = (int(np.prod(quant_list[-1]["shape"])) if quant_list else
+                   datasets.DATASETS[dataset]["classes"] if dataset in datasets.DATASETS else None)
+        return datasets.load_images(cfg.test_data, shape, classes=classes)
+    if user:
+        raise ModelFileError(f"--model={cfg.model} needs --test_data=FILE.npz or an ImageFolder directory")
+    return datasets.load(dataset, "test", cfg.data_dir, cfg.mirror_dir)
+
+
 @stage_main
 def main():
     extra = {"json": ("", "also write the results as JSON to this file (\"\" = no)"),
@@ -77,13 +104,7 @@ def main():
         sys.exit(f"config error: {err}")
     user = config.user_model(cfg.model)
     try:
-        if cfg.json:                        # the outputs, refused before any work
-            check_output_file(cfg.json, "--json")
-            check_not_tracked((cfg.json,), cfg.overwrite, "--json=FILE")
-        if cfg.dump_layers:                 # not a folder a dump may replace, or no writable folder
-            golden.check_target(cfg.dump_layers)
-            check_not_tracked((cfg.dump_layers,), cfg.overwrite, "--dump_layers=DIR")
-            check_writable(os.path.dirname(os.path.realpath(cfg.dump_layers)), "--dump_layers", cfg.dump_layers)
+        check_outputs(cfg)
         # a user model's settings live in its tuple: load it even for the raw column alone
         state, quant_list = (load_quant(cfg) if user or set(columns) - {"raw"} or cfg.dump_layers
                              else (None, None))
@@ -92,17 +113,7 @@ def main():
             work.check(quant_list)          # refused before any column runs
         head = quant_list[0] if quant_list else {}
         dataset = head.get("dataset") or models.spec(cfg.model).dataset
-        if cfg.test_data:
-            shape = head.get("input_shape") or config.parse_shape(cfg.input_shape) or (
-                list(datasets.DATASETS[dataset]["shape"]) if dataset in datasets.DATASETS else None)
-            # the labels within the model's outputs (the tuple's last op; a built-in float model's classes)
-            classes = (int(np.prod(quant_list[-1]["shape"])) if quant_list else
-                       datasets.DATASETS[dataset]["classes"] if dataset in datasets.DATASETS else None)
-            images, labels = datasets.load_images(cfg.test_data, shape, classes=classes)
-        elif user:
-            raise ModelFileError(f"--model={cfg.model} needs --test_data=FILE.npz or an ImageFolder directory")
-        else:
-            images, labels = datasets.load(dataset, "test", cfg.data_dir, cfg.mirror_dir)
+        images, labels = load_test_set(cfg, dataset, quant_list, user)
         net, mean, std = load_float(cfg, head) if "raw" in columns else (None, None, None)
     except (ModelFileError, WriteError, golden.DumpError, datasets.DatasetError) as err:
         sys.exit(f"error: {err}")
