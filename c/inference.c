@@ -11,7 +11,7 @@
  * OpenMP build, inference_omp) share each batch's images, or, in a batch of fewer images than
  * threads, each layer's work (Engine, kernels.h).
  */
-#define _POSIX_C_SOURCE 200809L     /* stat, lstat, readlink, sigaction, kill */
+#define _POSIX_C_SOURCE 200809L     /* stat, lstat, readlink, sigaction, kill, posix_spawnp */
 
 #include "datasets.h"
 #include "dump.h"
@@ -25,11 +25,13 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <signal.h>
+#include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/types.h>
+#include <sys/wait.h>
 #include <unistd.h>
 #ifdef _OPENMP
 #include <omp.h>
@@ -38,7 +40,7 @@
 typedef struct {
     const char *model, *dir, *data, *logits, *images, *labels, *dump;
     const char *isa;                /* --isa: the optimized kernels' build; NULL: the best the CPU runs */
-    int txt, quiet, reference, profile;
+    int txt, quiet, reference, profile, overwrite;
     long limit;                     /* 0: all */
     long batch;                     /* images per pass through the graph; 0: DEFAULT_BATCH_PER_THREAD a thread */
     long threads;                   /* 0: OpenMP's default (OMP_NUM_THREADS, else every core) */
@@ -65,7 +67,7 @@ static void usage(const char *msg, const char *arg)
             "usage: inference [--model NAME] [--dir DIR] [--data DIR] [--format bin|txt] [--limit N]\n"
             "                 [--logits FILE] [--images PATH] [--labels PATH] [--quiet] [--reference]\n"
             "                 [--isa NAME] [--batch N] [--threads T] [--max-work N] [--profile]\n"
-            "                 [--dump-layers DIR]\n"
+            "                 [--dump-layers DIR] [--overwrite]\n"
             "       inference --op-table | --isa-table\n"
             "  --model NAME    model name, files DIR/NAME_model.bin etc. (default lenet)\n"
             "  --dir DIR       export folder (default export_model)\n"
@@ -96,6 +98,8 @@ static void usage(const char *msg, const char *arg)
             "  --profile       print each op's share of the time after the run (the optimized kernels)\n"
             "  --dump-layers DIR  write every op's output for the images (--limit N of them) to DIR as\n"
             "                  golden vectors (.npy, .hex, manifest.json: model/golden.py's layout) and exit\n"
+            "  --overwrite     replace a --logits file or --dump-layers folder that git tracks (refused\n"
+            "                  without it)\n"
             "  --op-table      print the op kinds this engine reads, as JSON (one per line), and exit\n"
             "  --isa-table     print the builds of the optimized kernels this binary holds, best first, as\n"
             "                  JSON (one per line: name, whether this CPU runs it, role, needs), and exit\n",
@@ -151,6 +155,10 @@ static void parse_args(Options *o, int argc, char **argv)
         }
         if (!strcmp(a, "--profile")) {
             o->profile = 1;
+            continue;
+        }
+        if (!strcmp(a, "--overwrite")) {
+            o->overwrite = 1;
             continue;
         }
         if (!strcmp(a, "--op-table")) {
@@ -354,6 +362,45 @@ static void follow_links(const char *path, char *out, size_t cap)
     }
 }
 
+/* The stages' no-clobber rule (model/fileio.py, check_not_tracked): a path that git tracks, or a
+ * folder holding files it tracks, is replaced only with --overwrite.  Asked as Python asks, with no
+ * shell: git -C DIR ls-files --error-unmatch -- NAME on the symlinks' final target; git missing, or
+ * any exit code but 0 (outside a checkout, untracked), is not tracked.  A path not there, "-", and
+ * a device, FIFO or socket or a path under /dev/ (written directly, never replaced) pass. */
+static void refuse_tracked(const char *path, const char *another)
+{
+    extern char **environ;
+    struct stat st;
+    char target[4096], dir[4096];
+    if (!path || !strcmp(path, "-") || !strncmp(path, "/dev/", 5) || stat(path, &st) != 0
+        || !(S_ISREG(st.st_mode) || S_ISDIR(st.st_mode)))
+        return;
+    follow_links(path, target, sizeof target);
+    for (size_t n = strlen(target); n > 1 && target[n - 1] == '/';)
+        target[--n] = '\0';                                    /* "out/" is the folder "out" */
+    const char *slash = strrchr(target, '/');
+    const char *name = !slash ? target : slash[1] ? slash + 1 : ".";       /* "/": "/" and "." */
+    if (!slash)
+        strcpy(dir, ".");
+    else
+        snprintf(dir, sizeof dir, "%.*s", slash == target ? 1 : (int)(slash - target), target);
+    char *argv[] = {"git", "-C", dir, "ls-files", "--error-unmatch", "--", (char *)name, NULL};
+    posix_spawn_file_actions_t io;
+    pid_t pid, got = -1;
+    int status = 0;
+    if (posix_spawn_file_actions_init(&io) != 0)
+        return;
+    posix_spawn_file_actions_addopen(&io, STDOUT_FILENO, "/dev/null", O_WRONLY, 0);
+    posix_spawn_file_actions_addopen(&io, STDERR_FILENO, "/dev/null", O_WRONLY, 0);
+    if (posix_spawnp(&pid, "git", &io, NULL, argv, environ) == 0)
+        while ((got = waitpid(pid, &status, 0)) < 0 && errno == EINTR) {
+        }
+    posix_spawn_file_actions_destroy(&io);
+    if (got == pid && WIFEXITED(status) && WEXITSTATUS(status) == 0)
+        fail("%s: %s git tracks (shipped with the repository); pass --overwrite to replace it, or %s", path,
+             S_ISDIR(st.st_mode) ? "a folder holding files" : "a file", another);
+}
+
 /* Remove PREFIX.NAME.PID.tmp (PREFIX: the folder part, "" or ending in '/') of every PID no
  * longer alive, and of this process's own PID (left by an earlier process of the same PID). */
 static void remove_stale_tmps(const char *prefix, size_t prefix_len, const char *name)
@@ -505,6 +552,10 @@ int main(int argc, char **argv)
 {
     Options opt;
     parse_args(&opt, argc, argv);
+    if (!opt.overwrite) {                               /* before any work */
+        refuse_tracked(opt.logits, "name another file");
+        refuse_tracked(opt.dump, "choose another folder");
+    }
     const KernelSet *fast = fast_kernels(&opt.isa);     /* checked even with --reference */
 
     /* Load and check everything before the clock starts. */
