@@ -15,6 +15,7 @@ import pytest
 from model.export_format import COMMON, HEADER_BYTES, WEIGHT_FILES, crc32, write_export
 from model.ops import BY_CODE
 from model.np_engine import NumpyIntegerModel
+from tests.checks import c_binaries
 from tests.random_models import random_quantized
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -24,12 +25,7 @@ SANITIZER_MARKS = ("runtime error", "AddressSanitizer", "LeakSanitizer", "Undefi
 
 @pytest.fixture(scope="module")
 def binaries():
-    if shutil.which("make") is None or shutil.which("gcc") is None:
-        pytest.skip("make/gcc not available")
-    for target in ("all", "asan"):
-        proc = subprocess.run(["make", "-C", C_DIR, target], capture_output=True, text=True)
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-    return {"fast": os.path.join(C_DIR, "inference"), "asan": os.path.join(C_DIR, "inference_asan")}
+    return c_binaries()
 
 
 # --- exports and dataset files --------------------------------------------------------------

@@ -15,7 +15,6 @@ exit code, before any work, and with nothing written or replaced.
 8. an unsupported layer is named before the calibration starts.
 """
 import copy
-import hashlib
 import json
 import os
 import random
@@ -38,6 +37,7 @@ from model.np_engine import NumpyIntegerModel
 from model.ops import KINDS
 from model.quantize import QuantizeError, build_integer_graph
 from model.tuple_check import VALIDATE, tuple_problem
+from tests.checks import digest, error_line
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TUPLE = os.path.join(ROOT, "quantization", "lenet_quant.tuple")
@@ -47,25 +47,6 @@ QUICK = ["--threads=1"]
 def run(script, *args, cwd=ROOT):
     return subprocess.run([sys.executable, os.path.join(ROOT, script), *args], cwd=cwd,
                           capture_output=True, text=True, timeout=600)
-
-
-def error_line(proc, prefix="error: ", code=1):
-    """The one stderr line of a refused run (exit `code`, no traceback); progress bars are no lines."""
-    lines = [ln.strip() for ln in re.split(r"[\r\n]", proc.stderr) if ln.strip() and not re.search(r"\d+%\|", ln)]
-    assert proc.returncode == code, (proc.returncode, proc.stderr[-3000:])
-    assert len(lines) == 1 and lines[0].startswith(prefix), proc.stderr[-3000:]
-    return lines[0]
-
-
-def digest(folder):
-    """{relative path: sha256} of every file under folder."""
-    out = {}
-    for base, _, files in os.walk(folder):
-        for name in files:
-            path = os.path.join(base, name)
-            with open(path, "rb") as f:
-                out[os.path.relpath(path, folder)] = hashlib.sha256(f.read()).hexdigest()
-    return out
 
 
 def git_repo(folder, files):

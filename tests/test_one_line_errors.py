@@ -12,7 +12,6 @@ weight with Inf after the optimizer's step.
 An unwritable folder is a path below a regular file (no folder can be made there, even for root);
 a chmod 0o555 folder as well where the tests do not run as root (root writes there regardless).
 """
-import hashlib
 import os
 import re
 import shutil
@@ -22,6 +21,7 @@ import sys
 import pytest
 import torch
 
+from tests.checks import digest, error_line
 from tests.test_cli import ROOT, run
 
 QUICK = ["--threads=1"]
@@ -85,26 +85,6 @@ def run_with(code, script, *args, env=None):
     """A stage run under `code` (FULL_DISK, DIVERGE) that then runs the script as __main__."""
     return subprocess.run([sys.executable, "-c", code, os.path.join(ROOT, script), *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=600, env={**os.environ, **(env or {})})
-
-
-def error_line(proc, prefix="error: "):
-    """The one stderr line of a failed stage (exit 1, no traceback); progress bars are no lines."""
-    lines = [ln.strip() for ln in re.split(r"[\r\n]", proc.stderr)
-             if ln.strip() and not re.search(r"\d+%\|", ln)]
-    assert proc.returncode == 1, (proc.returncode, proc.stderr[-3000:])
-    assert len(lines) == 1 and lines[0].startswith(prefix), proc.stderr[-3000:]
-    return lines[0]
-
-
-def digest(folder):
-    """{relative path: sha256} of every file under folder: 'nothing overwritten, nothing left over'."""
-    out = {}
-    for base, _, files in os.walk(folder):
-        for name in files:
-            path = os.path.join(base, name)
-            with open(path, "rb") as f:
-                out[os.path.relpath(path, folder)] = hashlib.sha256(f.read()).hexdigest()
-    return out
 
 
 def lenet_state():

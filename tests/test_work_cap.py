@@ -8,7 +8,6 @@ exporter (which then writes nothing); --max-work / --max_work raises the cap.  T
 """
 import os
 import re
-import shutil
 import subprocess
 import sys
 
@@ -21,6 +20,7 @@ from model import api, work
 from model.export_format import write_export
 from model.np_engine import NumpyIntegerModel
 from model.torch_engine import TorchIntegerModel
+from tests.checks import c_binaries
 from tests.random_models import ARCHS, random_quantized
 from tests.work_models import pool_chain
 
@@ -35,12 +35,7 @@ PY_LINE = re.compile(r"(\S+): model needs (\d+) operations per image \(op (\d+) 
 
 @pytest.fixture(scope="module")
 def binaries():
-    if shutil.which("make") is None or shutil.which("gcc") is None:
-        pytest.skip("make/gcc not available")
-    for target in ("all", "asan"):
-        proc = subprocess.run(["make", "-C", C_DIR, target], capture_output=True, text=True)
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-    return {"fast": os.path.join(C_DIR, "inference"), "asan": os.path.join(C_DIR, "inference_asan")}
+    return c_binaries()
 
 
 def export(folder, state, quant, images):
