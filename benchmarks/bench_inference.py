@@ -47,6 +47,7 @@ from data import datasets  # noqa: E402
 from model.export_format import write_export  # noqa: E402
 from model.fileio import ModelFileError, atomic_open  # noqa: E402
 from model.quantize import build_integer_graph  # noqa: E402
+from tools.machine import cpu  # noqa: E402
 
 BATCHES = (1, 32)
 QEMU_AARCH64 = ["qemu-aarch64", "-L", "/usr/aarch64-linux-gnu"]
@@ -368,8 +369,7 @@ def main():
     # the batch-1 cell runs the best build: its share of that build's peak
     result["peak_gmac_per_s"] = peak_gmac_per_s(best_isa)
     result["accuracy"] = accuracy
-    result["machine"] = f"{os.cpu_count()} cores, {open('/proc/cpuinfo').read().split('model name')[1].split(':')[1].splitlines()[0].strip()}" \
-        if os.path.exists("/proc/cpuinfo") else f"{os.cpu_count()} cores"
+    result["machine"] = cpu()
 
     print(f"\n{cfg.model}: {len(x)} test images, {result['weights']} weights, {result['machine']}")
     print_cells(cells, accuracy)

@@ -264,7 +264,10 @@ def t_report(r):
 
 
 def bench_caption(r):
-    machines = sorted({r.bench(m).get("machine", "?") for m in r.bench_models()})
+    # the C engine's best build there (c_isa's 1.00x) says what the CPU had, where "machine" names no ISA
+    machines = sorted({r.bench(m).get("machine", "?") + "".join(
+        f", the C engine's best build {isa}" for isa, cell in r.bench(m).get("c_isa", {}).items()
+        if cell.get("ratio_to_best") == 1.0 and "AVX" not in r.bench(m).get("machine", "")) for m in r.bench_models()})
     images = sorted({r.bench(m)["images"] for m in r.bench_models()})
     return (f"Measured by `make bench` on {', '.join(machines)}; {', '.join(f'{i:,}' for i in images)} "
             f"test images, shipped checkpoints (`benchmarks/results/*.json`).")
