@@ -497,7 +497,7 @@ static void validate_adaptive_avgpool(Model *m, int i)
 #define WEIGHTS PARAM(w_zero_point, "weight_zero_point", 0, 255), \
                 PARAM(w_offset, "weight_offset", 0, INT32_MAX), PARAM(b_offset, "bias_offset", 0, INT32_MAX)
 
-/* THE op kinds (README "Exported files", the kinds table).  The record parser reads a record
+/* THE op kinds (docs/contract.md, the kinds table).  The record parser reads a record
  * from its row: n_inputs in [min_inputs, max_inputs] and the ids, the parameters in order,
  * n_mult / n_shift / n_table words by their rule; then the row's validate function checks the rules
  * between fields.  A new kind: a row here, its validate function, a reference kernel here

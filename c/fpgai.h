@@ -17,7 +17,7 @@
  * images run; a workspace holds a batch's activations (the memory plan once per image) and the
  * optimized kernels' scratch buffers (one set per thread).
  *
- * The arithmetic contract (README "The integer arithmetic contract", model/qmath.py):
+ * The arithmetic contract (docs/contract.md "Numbers", model/qmath.py):
  *   rshift_round(x, s) = floor((x + 2^(s-1)) / 2^s)        round half toward +infinity
  *   requantize(acc)    = clamp(z_out + rshift_round(acc * m, s), qmin, qmax)
  * Both live below, once; every kernel's scalar path calls requantize().
@@ -29,7 +29,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* ---- limits (README "Exported files") -------------------------------------------------- */
+/* ---- limits (docs/contract.md "Rules between fields") -------------------------------------------------- */
 
 #define FORMAT_VERSION 3
 #define HEADER_BYTES   256
@@ -123,7 +123,7 @@ typedef struct {
 
 /* ---- the declaration table ------------------------------------------------------------ */
 
-/* One parameter word of a record: its README name, where it goes in Op, its range.  Rules
+/* One parameter word of a record: its name in docs/contract.md, where it goes in Op, its range.  Rules
  * between fields (pad < kernel, shapes against the inputs) are the kind's validate function. */
 typedef struct {
     const char *name;
@@ -234,8 +234,8 @@ static inline int weight_centered(const Model *m, const Op *op, int32_t c, int32
 /* FPGAI_STORAGE_BYTES of this model.bin (its op count read from the header) */
 size_t fpgai_storage_bytes(const uint8_t *model_bin, size_t size);
 
-/* model.bin from memory: header, its CRC-32, the records with every rule of README "Exported
- * files", the layers' tiling of the weight files, the work per image against the cap (m->work,
+/* model.bin from memory: header, its CRC-32, the records with every rule of docs/contract.md ("model.bin"),
+ * the layers' tiling of the weight files, the work per image against the cap (m->work,
  * m->max_work), the memory plan (m->arena_bytes).  m->path names it in messages, m->max_work (0:
  * DEFAULT_MAX_WORK) caps the work; want_model NULL accepts any model name.  Returns 0, or -1 with
  * m->error set. */

@@ -1,4 +1,4 @@
-"""The exported files, written and read back (README, "Exported files", documents every byte).
+"""The exported files, written and read back (docs/contract.md documents every byte).
 
 {model}_weight.txt  per conv/linear layer: a '# name' line, its weights, a '$ name' line,
                     its biases; 10 comma-separated integers a line

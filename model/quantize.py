@@ -159,7 +159,7 @@ def _target_name(gm, node):
 
 def _supported():
     return ("supported op kinds: " + ", ".join(ops.KINDS) + " (plus fused ReLU/ReLU6, and free reshapes / dropout / "
-            "identity; see README 'The integer arithmetic contract')")
+            "identity; see docs/contract.md, 'The op kinds')")
 
 
 def unsupported_message(gm, node, cfg):

@@ -1,4 +1,4 @@
-"""Fuzzing the C engine's loaders (c/fuzz/, README "Fuzzing") and valgrind on real LeNet runs.
+"""Fuzzing the C engine's loaders (c/fuzz/, docs/testing.md "Fuzzing") and valgrind on real LeNet runs.
 
 - the five libFuzzer targets build (clang, -fsanitize=fuzzer,address,undefined) and run a
   few seconds each on their seed corpus plus every input that once crashed them

@@ -1,4 +1,4 @@
-"""Issue 13's list of tracebacks where the README promises one-line errors: each case ends with one
+"""Issue 13's list of tracebacks where docs/stages.md promises one-line errors: each case ends with one
 `error:` line (`config error:` for a bad option) on stderr, exit code 1, no traceback, and nothing
 overwritten; the unwritable output folder is found before the work starts.
 

@@ -85,7 +85,7 @@ def test_full_test_set_identical_in_every_isa_batch_and_threads(tmp_path, name):
     """Each shipped model quantized afresh, on its whole test set (10,000 images): every ISA build the
     CPU runs, batches of 1, 4 and 32, and 2 threads splitting one image's layers or a batch, give the
     same logits (the first run: AVX-512 VNNI at batch 1; equal to numpy and ONNX Runtime on these
-    sets when last measured, README "ONNX")."""
+    sets when last measured, docs/deploy.md "ONNX")."""
     from tests.test_c_kernels import missing_flags
     proc = run("quant_model.py", f"--model={name}", f"--quant_dir={tmp_path}")
     assert proc.returncode == 0, proc.stderr

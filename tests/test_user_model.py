@@ -1,4 +1,4 @@
-"""Bring your own model (README "Your own model", "Python API"): a small CNN written and trained
+"""Bring your own model (docs/own_model.md; README "Python API"): a small CNN written and trained
 outside the project, through the stage scripts with --model=FILE.py:NAME and .npz data, then the
 C engine on .npy images; every bad input one `error:` line and exit code 1.
 

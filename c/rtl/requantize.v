@@ -1,4 +1,4 @@
-// requantize.v -- the contract's requantizer (README "The integer arithmetic contract"), the
+// requantize.v -- the contract's requantizer (docs/contract.md, "Numbers"), the
 // step after a conv / linear layer's multiply-accumulate array, synthesizable Verilog-2005:
 //
 //   out = clamp(zp + rshift_round(acc * m, shift), qmin, qmax)

@@ -5,7 +5,7 @@ torch.fx graph, how it is quantized, its numpy kernel (the specification), its t
 its ONNX nodes, and its model.bin record (code, inputs, parameters by name, multiplier/shift counts).
 The quantizer, both Python engines, the exporter, the reader, the fuzz corpus and the tests
 read KINDS; the C engine declares the same table (`c/inference --op-table`, checked equal by
-tests/test_op_table.py). README "Adding an op" lists every place a new kind touches.
+tests/test_op_table.py). docs/contract.md "Adding an op kind" lists every place a new kind touches.
 """
 import importlib
 import pkgutil
