@@ -380,10 +380,11 @@ def t_firmware(r):
 
 
 def t_demo_summary(r):
-    """results/demo_summary.txt: the table make demo printed when tools/timings.py timed it."""
+    """results/demo_summary.txt, the table make demo printed when tools/timings.py timed it: its
+    engines' part (the files written and the retraining hint follow it)."""
     try:
         with open(r.path("results/demo_summary.txt")) as f:
-            text = f.read().rstrip("\n")
+            text = f.read().split("\n\n")[0].rstrip("\n")
     except FileNotFoundError:
         text = "(not measured yet: python tools/timings.py writes results/demo_summary.txt)"
     return ["```", *text.splitlines(), "```"]

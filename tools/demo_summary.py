@@ -77,7 +77,7 @@ def main(argv):
     for column, accuracy in report["accuracy"].items():
         speed = n / report["seconds"][column] if report["seconds"].get(column) else float("nan")
         print(f"  {TITLES.get(column, column):<18} {accuracy * 100:>8.2f}% {speed:>9.0f}   "
-              f"{identical_cell(identical, column, n)}")
+              f"{identical_cell(identical, column, n)}".rstrip())
     rows = files_table(demo)
     print(f"\nfiles written under {demo}/ ({len(rows)} files, {sum(r[1] for r in rows):,} bytes):")
     for rel, size, role in rows:

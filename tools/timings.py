@@ -73,7 +73,7 @@ def main():
             installs = "sh c/fuzz/install-clang.sh && sh c/mcu/install-toolchain.sh"
             rows.append((".ci/run: toolchain installs", "already installed on this machine",
                          timed(installs, clone, dict(env, CI="true"), log)))
-            rows.append(("make test", ".venv built, the C test builds not", timed("make test", clone, env, log)))
+            rows.append(("make test", ".venv built; it makes the C binaries its tests run", timed("make test", clone, env, log)))
     report = {"cpu": cpu(), "date": datetime.date.today().isoformat(),
               "timings": [{"command": c, "condition": w, "seconds": round(s, 1)} for c, w, s in rows]}
     old = {}
