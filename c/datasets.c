@@ -278,9 +278,9 @@ static uint64_t npy_bits(const NpyArray *a, uint64_t i)
     return v;
 }
 
-/* A label in 0..n_classes-1 (the model's outputs), else one line naming the file, the image and the
+/* Label i in 0..n_classes-1 (the model's outputs), else one line naming the file, the image and the
  * value as the file holds it (uint64 above INT64_MAX and negative values included) */
-static uint32_t npy_label(const NpyArray *a, uint64_t i, size_t n_classes, const char *path)
+static void check_npy_label(const NpyArray *a, uint64_t i, size_t n_classes, const char *path)
 {
     uint64_t v = npy_bits(a, i);
     int negative = a->kind == 'i' && (v >> 63);
@@ -293,7 +293,6 @@ static uint32_t npy_label(const NpyArray *a, uint64_t i, size_t n_classes, const
         fail("%s: label %s of image %llu outside 0..%zu (the model's outputs)", path, text, (unsigned long long)i,
              n_classes - 1);
     }
-    return (uint32_t)v;                              /* < n_classes <= 2^26 */
 }
 
 void parse_npy_dataset(Dataset *d, const uint8_t *ibuf, size_t isize, const char *images,
@@ -321,7 +320,7 @@ void parse_npy_dataset(Dataset *d, const uint8_t *ibuf, size_t isize, const char
         if (n_classes < 1)
             fail("%s: the model has no outputs to label", labels);
         for (uint64_t i = 0; i < y.count; i++)
-            npy_label(&y, i, n_classes, labels);
+            check_npy_label(&y, i, n_classes, labels);
     }
     /* every check passed: nothing below fails */
     d->pixels = x.data;
@@ -331,7 +330,7 @@ void parse_npy_dataset(Dataset *d, const uint8_t *ibuf, size_t isize, const char
     if (lbuf) {
         d->npy_labels = xmalloc(d->count * sizeof *d->npy_labels, "labels");
         for (size_t i = 0; i < d->count; i++)
-            d->npy_labels[i] = npy_label(&y, i, n_classes, labels);
+            d->npy_labels[i] = (uint32_t)npy_bits(&y, i);     /* checked above: < n_classes <= 2^26 */
     }
     snprintf(d->source, sizeof d->source, "%s", images);
 }

@@ -29,7 +29,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* ---- limits (docs/contract.md "Rules between fields") -------------------------------------------------- */
+/* ---- limits (docs/contract.md "Rules between fields") ------------------------------------ */
 
 #define FORMAT_VERSION 3
 #define HEADER_BYTES   256
