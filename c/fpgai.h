@@ -144,6 +144,9 @@ typedef struct {
     ParamSpec params[MAX_PARAMS];   /* in record order, ended by a NULL name */
     int n_mult, n_shift, n_table;   /* RQ_* */
     void (*validate)(Model *m, int i);  /* cross-field rules; derives k_size */
+    /* The kind's kernel in the optimized engine's layout (HWC, one image: in[k] its k-th input, out its
+     * output), for a kind that engine has no kernel of its own for; NULL otherwise. */
+    void (*hwc)(const Model *m, const Op *op, const uint8_t *const in[], uint8_t *out);
 } KindSpec;
 
 extern const KindSpec KINDS[OP_KIND_COUNT];
