@@ -2,7 +2,7 @@
 
     python compare_dumps.py A B [--ignore_names]
 
-Reads both folders' manifest.json and .npy files (the layout is in model/golden.py). The manifests
+Reads both folders' manifest.json and .npy files (the layout is in model/formats/golden.py). The manifests
 must describe the same images and ops (index, name, kind, inputs, shape, zero point, clamp, scale
 at float32 precision); else one line naming the first mismatch. Then the ops are compared in
 execution order, each image in turn, each in C,H,W order, and the FIRST differing value is reported
@@ -14,7 +14,7 @@ Exit codes: 0 "identical: N images, K ops"; 1 a difference or a manifest mismatc
 import argparse
 import sys
 
-from model import golden
+from model.formats import golden
 
 
 def main(argv=None):

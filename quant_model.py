@@ -22,8 +22,8 @@ from data import datasets
 from model import api
 from model.fileio import (ModelFileError, WriteError, atomic_save, check_not_tracked, check_space, check_writable,
                           error_line, stage_main)
-from model.quantize import QuantizeError, settings_fingerprint
-from model.tuple_check import load_tuple
+from model.quant.quantize import QuantizeError, settings_fingerprint
+from model.formats.tuple_check import load_tuple
 
 
 def quant_path(cfg):

@@ -1,8 +1,8 @@
 """Stage 3: the four columns of the original, side by side, on the test set.
 
   raw       the float model
-  quant     the quantized torch model (exact integers, model/torch_engine.py)
-  np quant  the pure-numpy integer model (the specification, model/np_engine.py)
+  quant     the quantized torch model (exact integers, model/engines/torch_engine.py)
+  np quant  the pure-numpy integer model (the specification, model/engines/np_engine.py)
   C INT8    the C engine (c/inference), built and run by this script on a fresh
             export of the same tuple
 
@@ -11,7 +11,7 @@ identical integer logits in quant vs np quant and np quant vs C. Exits 1 when
 the integer engines disagree on any image.
 Flags: --model NAME --limit N --columns raw,quant,np,c --json PATH --dump_layers DIR
 --dump_layers=DIR: also write every op's uint8 output for the N images (the numpy engine) as golden
-vectors: DIR/op{i:03d}_{name}.npy and .hex ($readmemh) and manifest.json (model/golden.py); compare
+vectors: DIR/op{i:03d}_{name}.npy and .hex ($readmemh) and manifest.json (model/formats/golden.py); compare
 two such folders with `python compare_dumps.py A B`.
 Your own model: --model=FILE.py:NAME --test_data=FILE.npz|DIR (the checkpoint, input shape and
 mean/std come from quantization/NAME_quant.tuple; options repeated must agree with it).
@@ -31,9 +31,10 @@ import model as models
 from data import datasets
 from model.fileio import (ModelFileError, WriteError, atomic_open, check_not_tracked, check_output_file, check_writable,
                           stage_main)
-from model.np_engine import NumpyIntegerModel
-from model.torch_engine import TorchIntegerModel
-from model import api, golden, work
+from model.engines.np_engine import NumpyIntegerModel
+from model.engines.torch_engine import TorchIntegerModel
+from model import api, work
+from model.formats import golden
 from quant_model import load_float, load_quant
 
 COLUMNS = {"raw": "raw", "quant": "quant", "np": "np_quant", "c": "c_int8"}

@@ -44,9 +44,9 @@ sys.path.insert(0, ROOT)
 import config  # noqa: E402
 import model as models  # noqa: E402
 from data import datasets  # noqa: E402
-from model.export_format import write_export  # noqa: E402
+from model.formats.export_format import write_export  # noqa: E402
 from model.fileio import ModelFileError, atomic_open  # noqa: E402
-from model.quantize import build_integer_graph  # noqa: E402
+from model.quant.quantize import build_integer_graph  # noqa: E402
 from tools.machine import cpu  # noqa: E402
 
 BATCHES = (1, 32)

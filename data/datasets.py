@@ -207,17 +207,6 @@ def _load_image_folder(path, shape):
     return torch.from_numpy(images), torch.from_numpy(labels)
 
 
-def save_npy_pair(folder, images, labels=None):
-    """images (and labels) as .npy files the C engine reads (--images / --labels); their paths."""
-    x = os.path.join(folder, "images.npy")
-    np.save(x, np.ascontiguousarray(np.asarray(images, dtype=np.uint8)))
-    if labels is None:
-        return x, None
-    y = os.path.join(folder, "labels.npy")
-    np.save(y, np.asarray(labels, dtype=np.int64))
-    return x, y
-
-
 def test_files(dataset, data_dir, mirror_dir):
     """Paths the C engine reads: (images, labels) for MNIST idx, (records, None) for CIFAR-10."""
     if dataset == "mnist":

@@ -11,8 +11,8 @@ from typing import Callable
 import torch
 
 from model.fileio import FORMAT_VERSIONS, ModelFileError, atomic_save, error_line, load_checked
-from model import cifar
-from model.lenet import LeNet
+from model.nets import cifar
+from model.nets.lenet import LeNet
 
 
 @dataclasses.dataclass(frozen=True)

@@ -25,11 +25,11 @@ import torch.fx as fx
 from torch import nn
 
 import config
-from model.export_format import write_export
-from model.quantize import QuantizeError, build_integer_graph
+from model.formats.export_format import write_export
+from model.quant.quantize import QuantizeError, build_integer_graph
 from model.fileio import atomic_save
 from model import work
-from model.tuple_check import tuple_problem
+from model.formats.tuple_check import tuple_problem
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CUSTOM_DATASET = "custom"      # the dataset field of a model that is none of the built-in ones
@@ -146,7 +146,7 @@ def quantize_cfg(module, calib_images, cfg, dataset, input_mean=None, input_std=
 
 
 def checked(state, quant_list):
-    """The tuple, if every field is one the engines accept (model/tuple_check.py), else ValueError naming
+    """The tuple, if every field is one the engines accept (model/formats/tuple_check.py), else ValueError naming
     the op and the field."""
     problem = tuple_problem(state, quant_list)
     if problem:
@@ -169,11 +169,11 @@ def run_integer(state, quant_list, images, engine="numpy", batch=16):
     x = _uint8_images(images)
     checked(state, quant_list)
     if engine == "numpy":
-        from model.np_engine import NumpyIntegerModel
+        from model.engines.np_engine import NumpyIntegerModel
         m = NumpyIntegerModel(state, quant_list)
         return np.concatenate([m(x[i:i + batch].numpy()) for i in range(0, len(x), batch)]).astype(np.int64)
     if engine == "torch":
-        from model.torch_engine import TorchIntegerModel
+        from model.engines.torch_engine import TorchIntegerModel
         m = TorchIntegerModel(state, quant_list)
         with torch.no_grad():
             return np.concatenate([m(x[i:i + batch]).numpy() for i in range(0, len(x), batch)]).astype(np.int64)
@@ -184,11 +184,21 @@ def run_integer(state, quant_list, images, engine="numpy", batch=16):
 
 def run_c(state, quant_list, images, labels=None, binary=None, max_work=None):
     """(logits, inference seconds) from the C engine on uint8 images (labels optional)."""
-    from data.datasets import save_npy_pair
     with tempfile.TemporaryDirectory() as tmp:
         x_path, y_path = save_npy_pair(tmp, _uint8_images(images).numpy(),
                                        None if labels is None else np.asarray(labels))
         return run_c_files(state, quant_list, x_path, y_path, binary=binary, max_work=max_work)
+
+
+def save_npy_pair(folder, images, labels=None):
+    """images (and labels) as .npy files the C engine reads (--images / --labels); their paths."""
+    x = os.path.join(folder, "images.npy")
+    np.save(x, np.ascontiguousarray(np.asarray(images, dtype=np.uint8)))
+    if labels is None:
+        return x, None
+    y = os.path.join(folder, "labels.npy")
+    np.save(y, np.asarray(labels, dtype=np.int64))
+    return x, y
 
 
 def run_c_files(state, quant_list, images_path, labels_path=None, limit=None, binary=None, max_work=None):

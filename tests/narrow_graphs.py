@@ -26,7 +26,7 @@ from model import qmath
 from model.ops import KINDS
 from model.ops.base import keeps_qparams, sides
 from model.ops.weighted import ACC_LIMIT, accumulator_bound
-from model.quantize import build_integer_graph
+from model.quant.quantize import build_integer_graph
 from tests.random_models import _randomize_bn, make_cfg
 
 SHAPE = (1, 28, 28)          # MNIST-shaped, so the C engine reads the images as an idx file
@@ -362,7 +362,7 @@ def build(name, weight_mode="per_channel", seed=0, calib=64, n_test=24):
 # --- looking inside a graph: every tensor, an op without its clamp, an op with a wrong padding ------
 
 def params_of(state, op):
-    from model.np_engine import params_by_op
+    from model.engines.np_engine import params_by_op
     return params_by_op({k: v for k, v in state.items() if k.rsplit(".", 1)[0] == op["name"]},
                         lambda f, v: v.numpy() if f == "weight" else v.numpy().astype(np.int64)).get(op["name"], {})
 

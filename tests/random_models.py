@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from model.api import make_cfg
-from model.quantize import build_integer_graph
+from model.quant.quantize import build_integer_graph
 
 
 def _randomize_bn(model, gen):

@@ -22,7 +22,7 @@ import subprocess
 
 import pytest
 
-from model.export_format import read_model_bin
+from model.formats.export_format import read_model_bin
 from tests.test_c_engine import ROOT, result_line
 from tests.test_c_kernels import (AMX_ISAS, ISAS, aarch64, assert_one_line_error, binaries, check,  # noqa: F401
                                   check_engines, exports, lenet_reference, missing_flags, require_isa)

@@ -1,4 +1,4 @@
-"""./c/inference --dump-layers DIR (c/dump.c): the C engine's golden vectors in model/golden.py's
+"""./c/inference --dump-layers DIR (c/dump.c): the C engine's golden vectors in model/formats/golden.py's
 layout equal the numpy engine's (test_model.py --dump_layers), op for op and byte for byte, on
 LeNet's committed export and on random graphs holding every op kind; a folder that is not a dump
 is refused with one line, a previous dump replaced."""
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from model import golden
-from model.export_format import write_export
+from model.formats import golden
+from model.formats.export_format import write_export
 from tests.random_models import random_quantized
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

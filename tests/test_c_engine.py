@@ -12,9 +12,9 @@ import subprocess
 import numpy as np
 import pytest
 
-from model.export_format import COMMON, HEADER_BYTES, WEIGHT_FILES, crc32, write_export
+from model.formats.export_format import COMMON, HEADER_BYTES, WEIGHT_FILES, crc32, write_export
 from model.ops import BY_CODE
-from model.np_engine import NumpyIntegerModel
+from model.engines.np_engine import NumpyIntegerModel
 from tests.checks import c_binaries
 from tests.random_models import random_quantized
 

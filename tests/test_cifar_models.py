@@ -9,12 +9,12 @@ import pytest
 import torch
 
 import model as models
-from model.export_format import write_export
-from model.np_engine import NumpyIntegerModel
-from model.torch_engine import TorchIntegerModel
+from model.formats.export_format import write_export
+from model.engines.np_engine import NumpyIntegerModel
+from model.engines.torch_engine import TorchIntegerModel
 from tests.random_models import _randomize_bn, make_cfg
 from tests.test_c_engine import binaries, read_logits, write_cifar  # noqa: F401  (fixture)
-from model.quantize import build_integer_graph
+from model.quant.quantize import build_integer_graph
 
 CIFAR_MODELS = [name for name, spec in models.MODELS.items() if spec.dataset == "cifar10"]
 

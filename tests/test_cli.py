@@ -207,7 +207,7 @@ def test_stale_tuple_is_refused(tmp_path):
 def test_settings_travel_in_the_tuple(tmp_path):
     """Quantized with --weight_mode=per_tensor and other settings, the tuple is tested and exported by
     plain commands (the settings come from it); a contradicting option is refused as stale."""
-    from model.export_format import read_model_bin
+    from model.formats.export_format import read_model_bin
     qdir, report = tmp_path / "q", tmp_path / "report.json"
     proc = run("quant_model.py", f"--quant_dir={qdir}", "--weight_mode=per_tensor", "--calib_images=300",
                "--multiplier_bits=24", "--seed=3")

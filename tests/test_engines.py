@@ -3,10 +3,10 @@ import numpy as np
 import pytest
 import torch
 
-from model.np_engine import NumpyIntegerModel
+from model.engines.np_engine import NumpyIntegerModel
 from model.ops import KINDS
-from model.quantize import build_integer_graph
-from model.torch_engine import TorchIntegerModel
+from model.quant.quantize import build_integer_graph
+from model.engines.torch_engine import TorchIntegerModel
 from tests.random_models import ARCHS, _randomize_bn, make_cfg, random_quantized
 
 

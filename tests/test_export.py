@@ -5,8 +5,8 @@ import struct
 import numpy as np
 import pytest
 
-import model.export_format as export_format
-from model.export_format import (ExportFormatError, crc32, export_paths, quant_txt_lines, read_bins, read_model_bin,
+import model.formats.export_format as export_format
+from model.formats.export_format import (ExportFormatError, crc32, export_paths, quant_txt_lines, read_bins, read_model_bin,
                                  read_weight_txt, write_export)
 from model.fileio import atomic_open
 from model.ops import KINDS, weighted_ops

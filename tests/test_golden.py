@@ -17,7 +17,7 @@ import torch
 
 import config
 from data import datasets
-from model.np_engine import NumpyIntegerModel
+from model.engines.np_engine import NumpyIntegerModel
 from tests.test_c_engine import assert_clean, binaries, result_line  # noqa: F401  (binaries: a fixture)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

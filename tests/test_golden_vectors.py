@@ -1,4 +1,4 @@
-"""Golden vectors (issue 11): `test_model.py --dump_layers=DIR` and model/golden.py write every op's
+"""Golden vectors (issue 11): `test_model.py --dump_layers=DIR` and model/formats/golden.py write every op's
 uint8 output of LeNet's committed tuple; `compare_dumps.py` finds the first op, image and index
 where two dumps differ, and a single injected wrong value is located exactly."""
 import json
@@ -14,8 +14,8 @@ import torch
 import compare_dumps
 import config
 from data import datasets
-from model import golden
-from model.np_engine import NumpyIntegerModel
+from model.formats import golden
+from model.engines.np_engine import NumpyIntegerModel
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TUPLE = os.path.join(ROOT, "quantization", "lenet_quant.tuple")
@@ -233,7 +233,7 @@ def test_help_describes_the_options():
 KILLED_WRITER = """
 import sys, time
 import numpy as np, torch
-from model import golden
+from model.formats import golden
 quant_list = torch.load(sys.argv[2], map_location="cpu", weights_only=True)[1]
 save, saved = np.save, []
 def slow_save(*args, **kwargs):

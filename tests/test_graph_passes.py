@@ -7,10 +7,10 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from model.graph_passes import fold_input_normalisation
-from model.np_engine import NumpyIntegerModel
-from model.quantize import QuantizeError, build_integer_graph
-from model.torch_engine import TorchIntegerModel
+from model.quant.graph_passes import fold_input_normalisation
+from model.engines.np_engine import NumpyIntegerModel
+from model.quant.quantize import QuantizeError, build_integer_graph
+from model.engines.torch_engine import TorchIntegerModel
 from tests.random_models import _randomize_bn, make_cfg
 
 SHAPE = (3, 8, 8)

@@ -4,7 +4,7 @@ exit code, before any work, and with nothing written or replaced.
 1. a bare boolean option (--overwrite) means True; a bare non-boolean one is still an error;
 2. every path a user names (--report and the PNG beside it, --dump_layers, --json) follows the
    no-clobber rule for files git tracks (a temporary git repository stands for the checkout);
-3. a tuple is checked field by field as the C loader checks model.bin (model/tuple_check.py): the
+3. a tuple is checked field by field as the C loader checks model.bin (model/formats/tuple_check.py): the
    issue's four cases through the stages, and a differential sample: every mutated tuple the Python
    check accepts, the C engine loads, and every one it refuses, the C engine refuses;
 4. labels outside the model's outputs (.npz for test_model.py, .npy for the C engine);
@@ -30,13 +30,14 @@ from torch import nn
 
 import compare_dumps
 import config
-from model import api, golden
+from model import api
+from model.formats import golden
 from model.api import make_cfg
-from model.export_format import write_export
-from model.np_engine import NumpyIntegerModel
+from model.formats.export_format import write_export
+from model.engines.np_engine import NumpyIntegerModel
 from model.ops import KINDS
-from model.quantize import QuantizeError, build_integer_graph
-from model.tuple_check import VALIDATE, tuple_problem
+from model.quant.quantize import QuantizeError, build_integer_graph
+from model.formats.tuple_check import VALIDATE, tuple_problem
 from tests.checks import digest, error_line
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -177,8 +178,8 @@ def _c_define(text, name):
 
 
 def test_limits_agree_with_the_c_sources():
-    """model/export_format.py's limits and parameter ranges are the C loader's (c/fpgai.h, c/fpgai.c)."""
-    from model import export_format as ef
+    """model/formats/export_format.py's limits and parameter ranges are the C loader's (c/fpgai.h, c/fpgai.c)."""
+    from model.formats import export_format as ef
     header = open(os.path.join(ROOT, "c", "fpgai.h")).read()
     for name in ("MIN_OPS", "MAX_OPS", "MAX_DIM", "MAX_INPUTS", "MAX_TENSOR", "MAX_SHIFT", "MAX_SCRATCH", "MAX_WEIGHTS"):
         assert _c_define(header, name) == getattr(ef, name), name

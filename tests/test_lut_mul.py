@@ -11,7 +11,7 @@ from torch import nn
 
 from model import qmath
 from model.ops import KINDS
-from model.quantize import QuantizeError, build_integer_graph
+from model.quant.quantize import QuantizeError, build_integer_graph
 from tests.random_models import make_cfg, random_quantized
 from tests.test_c_engine import (assert_clean, binaries, clone, export_graph, mutate_model,  # noqa: F401
                                  read_logits, refused, run, set_field)

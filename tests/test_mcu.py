@@ -23,7 +23,7 @@ import sys
 import pytest
 import torch
 
-from model.export_format import arena_bytes, c_identifier, write_export
+from model.formats.export_format import arena_bytes, c_identifier, write_export
 from tests.random_models import ARCHS, random_quantized
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

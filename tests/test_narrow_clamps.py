@@ -26,7 +26,7 @@ import torch
 from model.ops import KINDS
 from model.ops.base import keeps_qparams
 from model.ops.weighted import ACC_LIMIT, accumulator_bound
-from model.torch_engine import TorchIntegerModel
+from model.engines.torch_engine import TorchIntegerModel
 from tests import narrow_graphs
 from tests.narrow_graphs import CASES, padded_with, params_of, tensors, unclamped, with_zps
 from tests.test_c_engine import C_DIR, assert_clean, export_graph, read_logits, result_line

@@ -391,7 +391,7 @@ def train_state_header():
 
 @pytest.mark.parametrize("drop", ["optimizer", "scheduler", "history", "model"])
 def test_resume_state_without_a_part(tmp_path, drop):
-    from model.lenet import LeNet
+    from model.nets.lenet import LeNet
     net = LeNet()
     opt = torch.optim.AdamW(net.parameters(), lr=3e-3)
     state = {"header": train_state_header(),
@@ -406,7 +406,7 @@ def test_resume_state_without_a_part(tmp_path, drop):
 
 
 def test_resume_state_whose_optimizer_does_not_fit(tmp_path):
-    from model.lenet import LeNet
+    from model.nets.lenet import LeNet
     net = LeNet()
     other = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(3))], lr=3e-3)
     state = {"header": train_state_header(),

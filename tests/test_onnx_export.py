@@ -1,4 +1,4 @@
-"""EXPORT_MODE=onnx (model/onnx_export.py): the integer graph run by ONNX Runtime gives the numpy
+"""EXPORT_MODE=onnx (model/formats/onnx_export.py): the integer graph run by ONNX Runtime gives the numpy
 engine's logits bit for bit, on every random and narrow test graph (every op kind) and on LeNet's
 whole MNIST test set, exported by export_quant_model.py; onnx.checker accepts every model."""
 import os
@@ -11,8 +11,8 @@ import torch
 
 import config
 from data import datasets
-from model.np_engine import NumpyIntegerModel
-from model.onnx_export import onnx_model
+from model.engines.np_engine import NumpyIntegerModel
+from model.formats.onnx_export import onnx_model
 from model.ops import KINDS
 from tests import narrow_graphs
 from tests.random_models import ARCHS, random_quantized

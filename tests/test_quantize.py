@@ -7,10 +7,10 @@ import torch.fx as fx
 from torch import nn
 from torch.fx.experimental.optimization import fuse
 
-from model.np_engine import NumpyIntegerModel
-from model.quantize import (QuantizeError, _clamp_for, accumulator_bound, build_integer_graph, quantize_weight,
+from model.engines.np_engine import NumpyIntegerModel
+from model.quant.quantize import (QuantizeError, _clamp_for, accumulator_bound, build_integer_graph, quantize_weight,
                             weight_sqnr_db)
-from model.torch_engine import TorchIntegerModel
+from model.engines.torch_engine import TorchIntegerModel
 from tests.random_models import ARCHS, _randomize_bn, make_cfg, random_quantized
 
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from model import golden
-from model.export_format import write_export
+from model.formats import golden
+from model.formats.export_format import write_export
 from tests.test_cli import ROOT, run
 from tests.test_mcu import build_host_check, run_host_check
 

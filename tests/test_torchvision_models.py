@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import torch
 
-from model.np_engine import NumpyIntegerModel
-from model.quantize import build_integer_graph
-from model.torch_engine import TorchIntegerModel
+from model.engines.np_engine import NumpyIntegerModel
+from model.quant.quantize import build_integer_graph
+from model.engines.torch_engine import TorchIntegerModel
 from tests.random_models import _randomize_bn, make_cfg
 from tests.test_c_engine import binaries, read_logits  # noqa: F401  (binaries: the fixture that builds the engine)
 
@@ -44,7 +44,7 @@ BUILDERS = {
 @pytest.mark.parametrize("mode", ["per_channel", "per_tensor"])
 @pytest.mark.parametrize("name", list(BUILDERS))
 def test_torchvision_network_bit_exact_in_every_engine(name, mode, binaries, tmp_path):  # noqa: F811
-    from model.export_format import write_export
+    from model.formats.export_format import write_export
 
     gen = torch.Generator().manual_seed(0)
     torch.manual_seed(0)

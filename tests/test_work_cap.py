@@ -17,9 +17,9 @@ import torch
 
 import config
 from model import api, work
-from model.export_format import write_export
-from model.np_engine import NumpyIntegerModel
-from model.torch_engine import TorchIntegerModel
+from model.formats.export_format import write_export
+from model.engines.np_engine import NumpyIntegerModel
+from model.engines.torch_engine import TorchIntegerModel
 from tests.checks import c_binaries
 from tests.random_models import ARCHS, random_quantized
 from tests.work_models import pool_chain

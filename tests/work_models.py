@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from model.api import make_cfg
-from model.quantize import build_integer_graph
+from model.quant.quantize import build_integer_graph
 
 
 class PoolChain(nn.Module):

@@ -4,7 +4,7 @@
 - LeNet (quantization/lenet_quant.tuple) cut after its first pooling (input, conv1 and
   its 150 weights and 6 biases, maxpool), and the whole LeNet model.bin;
 - the random test graphs of tests/random_models.py (every op kind, both weight modes);
-every model.bin written by the exporter (model/export_format.py), so the seeds follow the
+every model.bin written by the exporter (model/formats/export_format.py), so the seeds follow the
 op table and the format version.
 - 3 MNIST test images with labels, 2 CIFAR-10 test records.
 - .npy images and labels as numpy writes them (format 1.0 and 2.0, labels of several integer
@@ -29,8 +29,8 @@ def pack(*parts):
 
 
 def exported(state, quant):
-    """The files of a full export of an integer graph (the writer of model/export_format.py)."""
-    from model.export_format import write_export
+    """The files of a full export of an integer graph (the writer of model/formats/export_format.py)."""
+    from model.formats.export_format import write_export
     with tempfile.TemporaryDirectory() as tmp:
         write_export(state, quant, tmp, "both")
         name = quant[0]["model"]

@@ -26,8 +26,8 @@ def write_data(build, count):
 
     import config
     from data import datasets
-    from model.export_format import write_export
-    from model.np_engine import NumpyIntegerModel
+    from model.formats.export_format import write_export
+    from model.engines.np_engine import NumpyIntegerModel
 
     state, quant = torch.load(os.path.join(ROOT, "quantization", "lenet_quant.tuple"), weights_only=True)
     write_export(state, quant, build, "c")

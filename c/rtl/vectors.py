@@ -50,7 +50,7 @@ def main(build, count):
 
     import config
     from data import datasets
-    from model.golden import layer_outputs
+    from model.formats.golden import layer_outputs
     from model.ops import KINDS
 
     state, quant = torch.load(os.path.join(ROOT, "quantization", "lenet_quant.tuple"), weights_only=True)

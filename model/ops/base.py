@@ -5,7 +5,7 @@ function is an independent implementation that must match it bit for bit.
 Both take (xs, op, p): the input tensors (uint8 values in int64 arrays, N×C×H×W),
 the op's quant_list entry plus `in_zero_points` (one per input), and its
 state_dict tensors by field (weight, bias, multiplier, shift; {} if none).
-Its onnx function writes the op as ONNX nodes (model/onnx_export.py), bit-exact too: it takes
+Its onnx function writes the op as ONNX nodes (model/formats/onnx_export.py), bit-exact too: it takes
 the graph being written, its inputs' tensor names (uint8), op and p as numpy's.
 """
 from dataclasses import dataclass
@@ -13,6 +13,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+import torch.fx as fx
 from numpy.lib.stride_tricks import sliding_window_view
 
 from model import qmath
@@ -53,7 +54,7 @@ class OpKind:
     numpy: Callable             # (xs, op, p) -> output, the specification
     torch: Callable             # (xs, op, p) -> output, bit-exact with numpy
     onnx: Callable              # (OnnxGraph, input names, op, p) -> output name: its ONNX nodes, bit-exact
-                                # with numpy (model/onnx_export.py)
+                                # with numpy (model/formats/onnx_export.py)
     n_table: str = "0"          # values of its lookup table (state_dict NAME.table, 0..255)
 
 
@@ -122,7 +123,6 @@ def emit_same_qparams(b, node, op, src, shape=None):
 def meta_value(b, arg, tensor_of):
     """An fx argument's value on a batch of one: a tensor node is `tensor_of(node)`, a node that
     yields no tensor (x.size(1) // 2, x.shape[-2:]) is computed from those, constants stay."""
-    import torch.fx as fx
     cache = {}
 
     def value(a):
@@ -151,7 +151,28 @@ def index_tensor(shape):
     return torch.arange(int(np.prod(shape)), dtype=torch.float64).reshape(1, *shape)
 
 
+def short_repr(value):
+    """repr(value), cut to 40 characters."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def describe_node(gm, node):
+    """'module Upsample (mode='nearest', ...)', 'function interpolate (size=..., mode='bilinear')',
+    'method transpose (1, 2)': what the node is, with its non-tensor arguments."""
+    if node.op == "call_module":
+        mod = gm.get_submodule(node.target)
+        extra = mod.extra_repr()
+        return f"module {type(mod).__name__}" + (f" ({short_repr(extra) if len(extra) > 60 else extra})" if extra else "")
+    if node.op in ("call_function", "call_method"):
+        kind = "function" if node.op == "call_function" else "method"
+        consts = [short_repr(a) for a in node.args if not isinstance(a, fx.Node)]
+        consts += [f"{k}={short_repr(v)}" for k, v in node.kwargs.items() if not isinstance(v, fx.Node)]
+        name = getattr(node.target, "__name__", node.target)
+        return f"{kind} {name}" + (f" ({', '.join(consts)})" if consts else "")
+    return node.op
+
+
 def describe(b, node):
     """'function interpolate (scale_factor=2, mode='bilinear')': the node as the quantizer's refusals name it."""
-    from model.quantize import _describe
-    return _describe(b.gm, node)
+    return describe_node(b.gm, node)

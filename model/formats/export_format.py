@@ -10,7 +10,7 @@
                     CRC-32 of every weight file beside it, so the set is sealed
 {model}_model.h/.c  EXPORT_MODE=c, for firmware: model.bin, weight.bin and bias.bin as const
                     byte arrays (flash), and #defines of the sizes the core library needs
-{model}_model.onnx  EXPORT_MODE=onnx: the integer graph for ONNX Runtime and Netron (model/onnx_export.py)
+{model}_model.onnx  EXPORT_MODE=onnx: the integer graph for ONNX Runtime and Netron (model/formats/onnx_export.py)
 """
 import glob
 import os
@@ -36,7 +36,7 @@ BLOCKS = (("multiplier", "n_mult"), ("shift", "n_shift"), ("table", "n_table")) 
 assert HEADER.size <= HEADER_BYTES
 
 # What the C loader accepts in model.bin (c/fpgai.h's limits, the PARAM rows of c/fpgai.c's KINDS), written
-# once for Python: the tuple check (model/tuple_check.py) reads them, so a tuple Python loads is one the C
+# once for Python: the tuple check (model/formats/tuple_check.py) reads them, so a tuple Python loads is one the C
 # engine loads; tests/test_hostile_inputs.py compares them with the C sources.
 INT32_MAX = 2 ** 31 - 1
 MIN_OPS, MAX_OPS = 2, 4096
@@ -247,7 +247,7 @@ def write_export(state, quant_list, folder, mode):
         header, body = c_source(quant_list, files)
         files = {"model.c": body, "model.h": header}
     if mode == "onnx":
-        from model.onnx_export import onnx_bytes      # the onnx package: needed by this mode only
+        from model.formats.onnx_export import onnx_bytes      # the onnx package: needed by this mode only
         files = {"model.onnx": onnx_bytes(state, quant_list)}
 
     paths = export_paths(folder, quant_list[0]["model"])

@@ -1,6 +1,6 @@
 """The check of a quantization tuple `(state_dict, quant_list)`: every field, as the C loader checks
 model.bin (c/fpgai.c: parse_header, parse_record and the kinds' validate functions, check_tiling,
-check_overflow, plan_memory), with the limits of model/export_format.py (the writer's, compared with
+check_overflow, plan_memory), with the limits of model/formats/export_format.py (the writer's, compared with
 the C sources by tests/test_hostile_inputs.py). A tuple this accepts is one the C engine loads once
 exported; one it refuses is one line naming the op, its layer and the field.
 
@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from model import ops
-from model.export_format import (BLOCK_RANGES, DATASETS, INT32_MAX, MAX_ARENA, MAX_DIM, MAX_OPS, MAX_SCRATCH,
+from model.formats.export_format import (BLOCK_RANGES, DATASETS, INT32_MAX, MAX_ARENA, MAX_DIM, MAX_OPS, MAX_SCRATCH,
                                   MAX_SHIFT, MAX_TENSOR, MAX_WEIGHTS, MIN_OPS, NAME_BYTES, PARAM_RANGES, WEIGHT_MODES,
                                   WEIGHT_RANGES, arena_bytes)
 from model.fileio import ModelFileError, load_checked
@@ -62,7 +62,7 @@ def check_tuple(state, quant_list):
     for i, op in enumerate(quant_list):
         _check_record(state, quant_list, i)
         if op["op"] not in VALIDATE:
-            raise Problem(f"{_where(quant_list, i)}: no rule for the kind '{op['op']}' in model/tuple_check.py")
+            raise Problem(f"{_where(quant_list, i)}: no rule for the kind '{op['op']}' in model/formats/tuple_check.py")
         VALIDATE[op["op"]](_Op(state, quant_list, i))
         if ops.KINDS[op["op"]].weighted:
             weights += state[op["name"] + ".weight"].numel()

@@ -1,5 +1,5 @@
 """EXPORT_MODE=onnx: the integer graph as one ONNX model, {model}_model.onnx, that ONNX Runtime runs
-bit-exact with the numpy engine (model/np_engine.py) and Netron draws.
+bit-exact with the numpy engine (model/engines/np_engine.py) and Netron draws.
 
     input   image         uint8  N x C x H x W   the raw pixels (op 0), N free
     output  logits        uint8  N x K           the last op's values: np_engine's logits
@@ -13,7 +13,7 @@ model/qmath.py runs in int64 (OnnxGraph.requantize), tables are a Gather.
 import numpy as np
 import onnx
 
-from model.np_engine import NumpyIntegerModel
+from model.engines.np_engine import NumpyIntegerModel
 from model.ops import KINDS
 
 OPSET = 21

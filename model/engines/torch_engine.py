@@ -8,7 +8,7 @@ bit for bit.
 import torch
 
 from model import work
-from model.np_engine import params_by_op, with_input_zero_points
+from model.engines.np_engine import params_by_op, with_input_zero_points
 from model.ops import KINDS
 
 

@@ -25,12 +25,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.fx.experimental.optimization import fuse as fold_bn
 
-from model import graph_passes, ops, qmath
+from model.quant import graph_passes
+from model import ops, qmath
 from model.fileio import FORMAT_VERSIONS
-from model.ops.base import QuantizeError
+from model.ops.base import QuantizeError, describe_node
 from model.ops.input import INPUT_SCALE
 from model.ops.weighted import ACC_LIMIT, BIAS_LIMIT, accumulator_bound, quantize_weight, weight_sqnr_db
-from model.tuple_check import TUPLE_HEADER, tuple_problem
+from model.formats.tuple_check import TUPLE_HEADER, tuple_problem
 
 __all__ = ["QuantizeError", "ACC_LIMIT", "BIAS_LIMIT", "INPUT_SCALE", "accumulator_bound", "quantize_weight",
            "weight_sqnr_db", "settings_fingerprint", "build_integer_graph", "TUPLE_HEADER", "tuple_problem"]
@@ -130,27 +131,6 @@ def _alias_source(node):
     return node.args[0][0] if _single_cat(node) else next(a for a in node.args if isinstance(a, fx.Node))
 
 
-def _short(value):
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def _describe(gm, node):
-    """'module Upsample (mode='nearest', ...)', 'function interpolate (size=..., mode='bilinear')',
-    'method transpose (1, 2)': what the node is, with its non-tensor arguments."""
-    if node.op == "call_module":
-        mod = gm.get_submodule(node.target)
-        extra = mod.extra_repr()
-        return f"module {type(mod).__name__}" + (f" ({_short(extra) if len(extra) > 60 else extra})" if extra else "")
-    if node.op in ("call_function", "call_method"):
-        kind = "function" if node.op == "call_function" else "method"
-        consts = [_short(a) for a in node.args if not isinstance(a, fx.Node)]
-        consts += [f"{k}={_short(v)}" for k, v in node.kwargs.items() if not isinstance(v, fx.Node)]
-        name = getattr(node.target, "__name__", node.target)
-        return f"{kind} {name}" + (f" ({', '.join(consts)})" if consts else "")
-    return node.op
-
-
 def _target_name(gm, node):
     if node.op == "call_module":
         return type(gm.get_submodule(node.target)).__name__
@@ -166,7 +146,7 @@ def unsupported_message(gm, node, cfg):
     """The one line naming an unsupported node, its op, and the closest supported spelling."""
     hint = HINTS.get(_target_name(gm, node))
     tail = hint if hint else _supported()
-    return f"{cfg.model}: unsupported {_describe(gm, node)} at node '{node.name}'; {tail}"
+    return f"{cfg.model}: unsupported {describe_node(gm, node)} at node '{node.name}'; {tail}"
 
 
 class _Observer(fx.Interpreter):
@@ -364,14 +344,14 @@ def _walk(gm, observer, cfg, input_shape, dry=False):
         tensors = [a for a in node.all_input_nodes if a not in const and a.name not in observer.meta]
         if graph_passes.arith_kind(node) and len(tensors) < len(node.all_input_nodes) + sum(
                 not isinstance(a, fx.Node) for a in list(node.args) + list(node.kwargs.values())):
-            raise QuantizeError(f"{cfg.model}: unsupported constant arithmetic {_describe(gm, node)} at node "
+            raise QuantizeError(f"{cfg.model}: unsupported constant arithmetic {describe_node(gm, node)} at node "
                                 f"'{node.name}'; a constant is folded only in a normalisation directly on the "
                                 f"input ((x - mean) / std, x * 2 - 1); elsewhere fold it into the layer before "
                                 f"(ops of two tensors: {', '.join(k for k in ('add', 'mul') if k in ops.KINDS)})")
         role = _role(gm, node)
         if role == "alias":
             if observer.batch.get(node.name) != batch:
-                raise QuantizeError(f"{cfg.model}: {_describe(gm, node)} at node '{node.name}' changes the batch "
+                raise QuantizeError(f"{cfg.model}: {describe_node(gm, node)} at node '{node.name}' changes the batch "
                                     f"dimension; reshapes must keep it (x.view(x.size(0), -1), torch.flatten(x, 1))")
             b.where[node] = b.where[_alias_source(node)]
             if b.shape_of(node) != b.ops[b.where[node]]["shape"]:
@@ -384,7 +364,7 @@ def _walk(gm, observer, cfg, input_shape, dry=False):
             raise QuantizeError(unsupported_message(gm, node, cfg))
         for a in node.all_input_nodes:
             if a in const:
-                raise QuantizeError(f"{cfg.model}: {_describe(gm, node)} at node '{node.name}' reads the constant "
+                raise QuantizeError(f"{cfg.model}: {describe_node(gm, node)} at node '{node.name}' reads the constant "
                                     f"tensor '{a.name}'; constants are folded only in a normalisation directly on "
                                     f"the input; use modules (nn.Conv2d, nn.Linear, nn.BatchNorm2d) for weights")
             if a in reshaped and kind.name not in ("linear", "shuffle"):    # shuffle checks its 5-D view

@@ -63,10 +63,10 @@ def file_stem(index, name):
 
 def layer_outputs(state_dict, quant_list, images, batch=16):
     """Every op's output on `images` (uint8 N x C x H x W, numpy or torch) by the numpy kernels
-    (KINDS[op].numpy, as model/np_engine.py runs them): a list, op by op, of uint8 arrays
+    (KINDS[op].numpy, as model/engines/np_engine.py runs them): a list, op by op, of uint8 arrays
     (N, C, H, W), computed `batch` images at a time (the int64 activations of one batch only)."""
     from model.ops import KINDS
-    from model.np_engine import NumpyIntegerModel
+    from model.engines.np_engine import NumpyIntegerModel
     engine = NumpyIntegerModel(state_dict, quant_list)
     images = images.numpy() if hasattr(images, "numpy") else np.asarray(images)
     n = len(images)

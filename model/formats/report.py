@@ -3,7 +3,7 @@ MACs, weight / bias / activation bytes, the activation bytes live while it runs,
 bits its proven bound needs, its multiplier bits, its weight SQNR, and the SQNR of its integer output
 against the float model's tensor at the same point, on calibration images.
 
-    from model import report
+    from model.formats import report
     rep = report.layer_report(state, quant_list, float_net, images)   # images: uint8 N×C×H×W (or None)
     print(report.table(rep)); report.write(rep, "lenet_report.json")  # + lenet_report.png
 
@@ -22,14 +22,14 @@ import torch
 import torch.fx as fx
 from torch.fx.experimental.optimization import fuse as fold_bn
 
-from model import graph_passes
-from model.export_format import arena_bytes
+from model.quant import graph_passes
+from model.formats.export_format import arena_bytes
 from model.fileio import atomic_open, error_line
-from model.np_engine import NumpyIntegerModel
+from model.engines.np_engine import NumpyIntegerModel
 from model.ops import KINDS
 from model.ops.base import keeps_qparams
 from model.ops.weighted import accumulator_bound
-from model.quantize import _holds_tensor, _role
+from model.quant.quantize import _holds_tensor, _role
 
 REPORT_IMAGES = 64          # calibration images the activation SQNR is measured on
 BATCH = 16                  # images per float / integer pass (bounds the memory of the int64 tensors)

@@ -1,0 +1,1 @@
+"""The Python integer engines: numpy (the executable specification) and torch (an independent twin)."""

@@ -1,0 +1,1 @@
+"""Quantization: BN folding and the fx graph passes, calibration, the integer graph builder."""
