@@ -10,6 +10,7 @@ import math
 import os
 import sys
 import time
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
@@ -135,11 +136,28 @@ def load_resume_state(ckpt_path, cfg, settings, bare, opt, sched):
     return head["epoch"], head["best_val"], ckpt["history"]
 
 
-@stage_main
-def main():
-    cfg = config.load_or_exit(stage="train_model.py")
-    spec = models.spec(cfg.model)
+@dataclass
+class Processes:
+    """Where this process trains: alone, or as rank `rank` of `world` under torchrun, on `device`."""
+    distributed: bool
+    use_cuda: bool
+    rank: int
+    world: int
+    device: torch.device
 
+    @property
+    def main(self):
+        """The process that evaluates, saves and prints."""
+        return self.rank == 0
+
+    @property
+    def memory_format(self):
+        # NHWC is what cuDNN's bf16 convolutions run fastest on; the CPU keeps the default layout.
+        return torch.channels_last if self.use_cuda else torch.contiguous_format
+
+
+def start_processes(cfg):
+    """The Processes of this run: --device checked, torchrun's process group joined."""
     distributed = "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1
     if cfg.device == "cuda" and not torch.cuda.is_available():
         sys.exit("error: --device=cuda but torch sees no CUDA device; use --device=auto or cpu")
@@ -153,23 +171,34 @@ def main():
         device = torch.device("cuda", local)
     else:
         device = torch.device("cpu")
-    main_proc = rank == 0
-    settings = training_settings(cfg, spec, world)
-    epochs, batch_size, lr = settings["epochs"], settings["batch_size"], settings["lr"]
-    if cfg.amp == "bf16" and not use_cuda and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+    return Processes(distributed, use_cuda, rank, world, device)
+
+
+def use_amp(cfg, procs):
+    """Whether the steps run under bf16 autocast (--amp; auto: on CUDA)."""
+    if cfg.amp == "bf16" and not procs.use_cuda and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
         sys.exit("error: --amp=bf16 but this CPU has no bf16 support in oneDNN; use --amp=off")
-    amp = cfg.amp == "bf16" or (cfg.amp == "auto" and use_cuda)
+    return cfg.amp == "bf16" or (cfg.amp == "auto" and procs.use_cuda)
+
+
+def output_paths(cfg):
+    """(training state, raw checkpoint, curves) paths, each checked before any work."""
     ckpt_path = os.path.join(cfg.pretrained_dir, f"{cfg.model}_ckpt.pt")
     raw_path = models.raw_path(cfg)
     plot_path = os.path.join(cfg.pretrained_dir, f"{cfg.model}_training.png")
-    try:                        # the outputs, before any work
+    try:
         check_writable(cfg.pretrained_dir, "--pretrained_dir")
         if cfg.checkpoint:
             check_output_file(cfg.checkpoint, "--checkpoint")
         check_not_tracked((raw_path, plot_path, ckpt_path), cfg.overwrite, "--pretrained_dir=DIR")
     except WriteError as err:
         sys.exit(f"error: {err}")
+    return ckpt_path, raw_path, plot_path
 
+
+def load_split(cfg, spec, procs):
+    """(train_x, train_y, val_x, val_y): the training set, less --val_images drawn (by --seed) for
+    validation, cut to --train_images; on CUDA the training images move to the GPU."""
     try:
         images, labels = datasets.load(spec.dataset, "train", cfg.data_dir, cfg.mirror_dir)
     except datasets.DatasetError as err:
@@ -183,87 +212,139 @@ def main():
         train_idx = train_idx[:cfg.train_images]
     val_x, val_y = images[val_idx], labels[val_idx]
     train_x, train_y = images[train_idx], labels[train_idx]
-    if use_cuda:  # the whole dataset fits on any GPU: no loader processes needed
-        train_x, train_y = train_x.to(device), train_y.to(device)
+    if procs.use_cuda:  # the whole dataset fits on any GPU: no loader processes needed
+        train_x, train_y = train_x.to(procs.device), train_y.to(procs.device)
         torch.backends.cudnn.benchmark = True
-    # NHWC is what cuDNN's bf16 convolutions run fastest on; the CPU keeps the default layout.
-    memory_format = torch.channels_last if use_cuda else torch.contiguous_format
+    return train_x, train_y, val_x, val_y
 
+
+def build_net(cfg, procs):
+    """(net, bare): the model from --seed (wrapped in DistributedDataParallel under torchrun) and the
+    model itself; --pretrained_dir checked for the space its state takes."""
     torch.manual_seed(cfg.seed)
-    net = models.build(cfg.model).to(device, memory_format=memory_format)
-    if distributed:
-        net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if use_cuda else None)
-    bare = net.module if distributed else net
+    net = models.build(cfg.model).to(procs.device, memory_format=procs.memory_format)
+    if procs.distributed:
+        net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[procs.device.index] if procs.use_cuda
+                                                        else None)
+    bare = net.module if procs.distributed else net
     try:    # per parameter: the state's fp32 weights and two optimizer moments, the fp16 checkpoint
         check_space(cfg.pretrained_dir, 16 * sum(p.numel() for p in bare.parameters()) + 2 ** 20, "--pretrained_dir")
     except WriteError as err:
         sys.exit(f"error: {err}")
-    steps_per_epoch = math.ceil(len(train_x) / (batch_size * world))
+    return net, bare
+
+
+def make_optimizer(net, spec, settings, steps_per_epoch):
+    """(optimizer, one-cycle scheduler) of the model's recipe."""
+    lr = settings["lr"]
     if spec.optimizer == "sgd":
         opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, weight_decay=settings["weight_decay"],
                               nesterov=True)
     else:
         opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=settings["weight_decay"])
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, epochs=epochs, steps_per_epoch=steps_per_epoch)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, epochs=settings["epochs"],
+                                                steps_per_epoch=steps_per_epoch)
+    return opt, sched
 
-    start_epoch, best_val, history = 0, -1.0, []
-    if cfg.resume and os.path.exists(ckpt_path):
-        try:
-            start_epoch, best_val, history = load_resume_state(ckpt_path, cfg, settings, bare, opt, sched)
-        except ModelFileError as err:
-            sys.exit(f"error: {err} (delete it or pass --resume=False to start over)")
-        if main_proc:
-            print(f"resuming {cfg.model} from {ckpt_path} at epoch {start_epoch}/{epochs}")
 
-    if main_proc:
+def resume(cfg, ckpt_path, settings, procs, bare, opt, sched):
+    """(start epoch, best val, history): a fresh start, or --resume from the training state found."""
+    if not (cfg.resume and os.path.exists(ckpt_path)):
+        return 0, -1.0, []
+    try:
+        start_epoch, best_val, history = load_resume_state(ckpt_path, cfg, settings, bare, opt, sched)
+    except ModelFileError as err:
+        sys.exit(f"error: {err} (delete it or pass --resume=False to start over)")
+    if procs.main:
+        print(f"resuming {cfg.model} from {ckpt_path} at epoch {start_epoch}/{settings['epochs']}")
+    return start_epoch, best_val, history
+
+
+def train_epoch(cfg, spec, settings, procs, amp, net, opt, sched, train_x, train_y, epoch, steps_per_epoch):
+    """One epoch of steps over this process's share of the shuffled training images: (summed loss,
+    correct predictions as a tensor, images seen, learning rate of every step)."""
+    batch_size, world, device = settings["batch_size"], procs.world, procs.device
+    net.train()
+    gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)  # same order after a resume
+    order = torch.randperm(len(train_x), generator=gen)[procs.rank::world].to(train_x.device)
+    # On CUDA the augmentation draws on the GPU, so no step waits for a host-to-device copy;
+    # the CPU keeps the single stream (the shipped LeNet retrains bit for bit).
+    aug_gen = gen if device.type == "cpu" else torch.Generator(device=device).manual_seed(cfg.seed * 1000 + epoch)
+    bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{settings['epochs']}", disable=not procs.main,
+               leave=False, dynamic_ncols=True, mininterval=1.0)
+    total_loss = torch.zeros((), device=device)   # summed on the device: no sync per step
+    train_correct, train_seen, lrs = torch.zeros((), device=device, dtype=torch.long), 0, []
+    for step in bar:
+        idx = order[step * batch_size:(step + 1) * batch_size]
+        if len(idx) == 0:        # uneven shard tail: keep every rank's step count equal
+            idx = order[:batch_size]
+        x = train_x[idx].to(device, non_blocking=True)
+        y = train_y[idx].to(device, non_blocking=True)
+        if spec.augment_pad:
+            x = augment(x, aug_gen, spec.augment_pad, spec.augment_flip)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):   # bf16: no loss scaling
+            out = net(to_float(x).contiguous(memory_format=procs.memory_format))
+            loss = F.cross_entropy(out, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        lrs.append(sched.get_last_lr()[0])
+        opt.step()
+        sched.step()
+        total_loss += loss.detach()
+        train_correct += (out.detach().argmax(1) == y).sum()
+        train_seen += len(y)
+        if step % 20 == 19:
+            running = total_loss.item()
+            if not math.isfinite(running):
+                diverged(settings["lr"], epoch, f"the loss is {running} after step {step + 1}")
+            bar.set_postfix(loss=f"{running / (step + 1):.4f}")
+    return total_loss.item(), train_correct, train_seen, lrs
+
+
+def check_finite(bare, total_loss, lr, epoch):
+    """Exit (diverged) on a loss or a weight that is NaN or Inf."""
+    if not math.isfinite(total_loss):
+        diverged(lr, epoch, f"the loss is {total_loss}")
+    bad = non_finite(bare)
+    if bad is not None:
+        diverged(lr, epoch, f"'{bad}' holds NaN or Inf")
+
+
+def save_state(cfg, settings, epoch, best_val, bare, opt, sched, history, ckpt_path):
+    """The training state after `epoch`, atomically: what --resume continues from."""
+    atomic_save({"header": {"kind": "fpgai-train-state", "version": FORMAT_VERSIONS["fpgai-train-state"],
+                            "model": cfg.model, "epoch": epoch + 1, "settings": settings, "best_val": best_val},
+                 "model": bare.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                 "history": history}, ckpt_path)
+
+
+@stage_main
+def main():
+    cfg = config.load_or_exit(stage="train_model.py")
+    spec = models.spec(cfg.model)
+    procs = start_processes(cfg)
+    settings = training_settings(cfg, spec, procs.world)
+    epochs, batch_size, lr = settings["epochs"], settings["batch_size"], settings["lr"]
+    amp = use_amp(cfg, procs)
+    ckpt_path, raw_path, plot_path = output_paths(cfg)      # the outputs, before any work
+    train_x, train_y, val_x, val_y = load_split(cfg, spec, procs)
+    net, bare = build_net(cfg, procs)
+    steps_per_epoch = math.ceil(len(train_x) / (batch_size * procs.world))
+    opt, sched = make_optimizer(net, spec, settings, steps_per_epoch)
+    start_epoch, best_val, history = resume(cfg, ckpt_path, settings, procs, bare, opt, sched)
+
+    if procs.main:
         print(f"training {cfg.model} on {spec.dataset}: {len(train_x)} train / {len(val_x)} val images, "
-              f"{epochs} epochs, batch {batch_size}x{world}, {spec.optimizer} lr {lr}, device {device}"
+              f"{epochs} epochs, batch {batch_size}x{procs.world}, {spec.optimizer} lr {lr}, device {procs.device}"
               f"{', bf16 autocast' if amp else ''}")
     for epoch in range(start_epoch, epochs):
         t0 = time.time()
-        net.train()
-        gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)  # same order after a resume
-        order = torch.randperm(len(train_x), generator=gen)[rank::world].to(train_x.device)
-        # On CUDA the augmentation draws on the GPU, so no step waits for a host-to-device copy;
-        # the CPU keeps the single stream (the shipped LeNet retrains bit for bit).
-        aug_gen = gen if device.type == "cpu" else torch.Generator(device=device).manual_seed(cfg.seed * 1000 + epoch)
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{epochs}", disable=not main_proc,
-                   leave=False, dynamic_ncols=True, mininterval=1.0)
-        total_loss = torch.zeros((), device=device)   # summed on the device: no sync per step
-        train_correct, train_seen, lrs = torch.zeros((), device=device, dtype=torch.long), 0, []
-        for step in bar:
-            idx = order[step * batch_size:(step + 1) * batch_size]
-            if len(idx) == 0:        # uneven shard tail: keep every rank's step count equal
-                idx = order[:batch_size]
-            x = train_x[idx].to(device, non_blocking=True)
-            y = train_y[idx].to(device, non_blocking=True)
-            if spec.augment_pad:
-                x = augment(x, aug_gen, spec.augment_pad, spec.augment_flip)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):   # bf16: no loss scaling
-                out = net(to_float(x).contiguous(memory_format=memory_format))
-                loss = F.cross_entropy(out, y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            lrs.append(sched.get_last_lr()[0])
-            opt.step()
-            sched.step()
-            total_loss += loss.detach()
-            train_correct += (out.detach().argmax(1) == y).sum()
-            train_seen += len(y)
-            if step % 20 == 19:
-                running = total_loss.item()
-                if not math.isfinite(running):
-                    diverged(lr, epoch, f"the loss is {running} after step {step + 1}")
-                bar.set_postfix(loss=f"{running / (step + 1):.4f}")
-        total_loss = total_loss.item()
-        if not math.isfinite(total_loss):
-            diverged(lr, epoch, f"the loss is {total_loss}")
-        bad = non_finite(bare)
-        if bad is not None:
-            diverged(lr, epoch, f"'{bad}' holds NaN or Inf")
-        if not main_proc:
+        total_loss, train_correct, train_seen, lrs = train_epoch(cfg, spec, settings, procs, amp, net, opt, sched,
+                                                                 train_x, train_y, epoch, steps_per_epoch)
+        check_finite(bare, total_loss, lr, epoch)
+        if not procs.main:
             continue
-        val_acc = evaluate(bare, val_x, val_y, device)
+        val_acc = evaluate(bare, val_x, val_y, procs.device)
         seconds = time.time() - t0
         # train accuracy: on this process's augmented batches, as the model stood at each step
         history.append({"epoch": epoch + 1, "loss": total_loss / steps_per_epoch, "val_acc": val_acc,
@@ -273,19 +354,16 @@ def main():
             best_val = val_acc
             models.save_raw(bare, cfg.model, raw_path, {
                 "epoch": epoch + 1, "epochs": epochs, "settings": settings, "val_acc": val_acc,
-                "device": str(device.type), "amp": amp,
-                "world_size": world, "train_seconds": sum(h["seconds"] for h in history)})
-        atomic_save({"header": {"kind": "fpgai-train-state", "version": FORMAT_VERSIONS["fpgai-train-state"],
-                                "model": cfg.model, "epoch": epoch + 1, "settings": settings, "best_val": best_val},
-                     "model": bare.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                     "history": history}, ckpt_path)
+                "device": str(procs.device.type), "amp": amp,
+                "world_size": procs.world, "train_seconds": sum(h["seconds"] for h in history)})
+        save_state(cfg, settings, epoch, best_val, bare, opt, sched, history, ckpt_path)
         print(f"epoch {epoch + 1}/{epochs}: loss {history[-1]['loss']:.4f}  "
               f"train {history[-1]['train_acc'] * 100:.2f}%  val {val_acc * 100:.2f}%  "
               f"{seconds:.0f}s{'  (best, saved)' if improved else ''}", flush=True)
-    if main_proc and history:
+    if procs.main and history:
         plot_history(history, cfg.model, plot_path)
         print(f"done: best validation accuracy {best_val * 100:.2f}% -> {raw_path} (curves: {plot_path})")
-    if distributed:
+    if procs.distributed:
         dist.destroy_process_group()
 
 
