@@ -93,17 +93,10 @@ def load_test_set(cfg, dataset, quant_list, user):
     return datasets.load(dataset, "test", cfg.data_dir, cfg.mirror_dir)
 
 
-@stage_main
-def main():
-    extra = {"json": ("", "also write the results as JSON to this file (\"\" = no)"),
-             "dump_layers": ("", "also write every op's uint8 output of the N images (numpy engine) to this "
-                                 "folder: .npy, .hex, manifest.json (\"\" = no)")}
-    cfg = config.load_or_exit(extra=extra, stage="test_model.py")
-    try:
-        columns = choose_columns(cfg)
-    except config.ConfigError as err:
-        sys.exit(f"config error: {err}")
-    user = config.user_model(cfg.model)
+def load_inputs(cfg, columns, user):
+    """(state, quant_list, dataset, images, labels, (net, mean, std)): the tuple (None, None for the raw
+    column of a built-in model alone), the test set cut to --limit, the float model for the raw column;
+    the outputs checked before any of it.  The work cap is set for every engine."""
     try:
         check_outputs(cfg)
         # a user model's settings live in its tuple: load it even for the raw column alone
@@ -115,17 +108,31 @@ def main():
         head = quant_list[0] if quant_list else {}
         dataset = head.get("dataset") or models.spec(cfg.model).dataset
         images, labels = load_test_set(cfg, dataset, quant_list, user)
-        net, mean, std = load_float(cfg, head) if "raw" in columns else (None, None, None)
+        float_model = load_float(cfg, head) if "raw" in columns else (None, None, None)
     except (ModelFileError, WriteError, golden.DumpError, datasets.DatasetError) as err:
         sys.exit(f"error: {err}")
     n = min(cfg.limit or len(images), len(images))
-    images, labels = images[:n], labels[:n].numpy()
-    torch.set_grad_enabled(False)
+    return state, quant_list, dataset, images[:n], labels[:n].numpy(), float_model
 
+
+def run_c_column(cfg, state, quant_list, dataset, images, labels):
+    """(logits, seconds) of the C engine: on the dataset's own files, or the images as .npy."""
+    try:
+        if cfg.test_data or dataset not in datasets.DATASETS:   # the images as .npy
+            return api.run_c(state, quant_list, images, labels, max_work=cfg.max_work)
+        return api.run_c_files(state, quant_list, *datasets.test_files(dataset, cfg.data_dir, cfg.mirror_dir),
+                               len(images), max_work=cfg.max_work)
+    except (RuntimeError, subprocess.CalledProcessError) as err:
+        sys.exit(f"error: {err}")
+
+
+def run_columns(cfg, columns, state, quant_list, dataset, images, labels, float_model):
+    """({column: logits}, {column: seconds}): each column on the images, in --test_batch batches."""
     logits, seconds = {}, {}
     for col in columns:
         t0 = time.perf_counter()
         if col == "raw":
+            net, mean, std = float_model
             fnet = api.float_model(net, mean, std, images.shape[1])
             out = batched(lambda x: fnet(x.float() / 255.0).numpy(), images, cfg.test_batch, "raw")
         elif col == "quant":
@@ -135,26 +142,23 @@ def main():
             engine = NumpyIntegerModel(state, quant_list)
             out = batched(lambda x: engine(x.numpy()), images, cfg.test_batch, "np quant")
         else:
-            try:
-                if cfg.test_data or dataset not in datasets.DATASETS:   # the images as .npy
-                    out, c_seconds = api.run_c(state, quant_list, images, labels, max_work=cfg.max_work)
-                else:
-                    out, c_seconds = api.run_c_files(state, quant_list,
-                                                     *datasets.test_files(dataset, cfg.data_dir, cfg.mirror_dir), n,
-                                                     max_work=cfg.max_work)
-            except (RuntimeError, subprocess.CalledProcessError) as err:
-                sys.exit(f"error: {err}")
+            out, c_seconds = run_c_column(cfg, state, quant_list, dataset, images, labels)
         seconds[col] = c_seconds if col == "c_int8" else time.perf_counter() - t0
         logits[col] = out
+    return logits, seconds
 
+
+def compare(logits, labels):
+    """({column: accuracy}, {"a_vs_b": share of images with identical integer logits})."""
     accuracy = {col: float((out.argmax(1) == labels).mean()) for col, out in logits.items()}
     identical = {}
     for a, b in (("quant", "np_quant"), ("np_quant", "c_int8")):
         if a in logits and b in logits:
             identical[f"{a}_vs_{b}"] = float((logits[a] == logits[b]).all(axis=1).mean())
+    return accuracy, identical
 
-    name = config.model_name(cfg)
-    where = cfg.test_data or f"{dataset} test set"
+
+def print_table(name, where, n, columns, accuracy, seconds, identical):
     print(f"\n{name} on {where}, {n} images")
     print(f"{'column':<18} {'accuracy':>9} {'seconds':>9} {'images/s':>10}")
     for col in columns:
@@ -162,6 +166,38 @@ def main():
     for key, frac in identical.items():
         a, b = key.split("_vs_")
         print(f"identical integer logits, {TITLES[a]} vs {TITLES[b]}: {round(frac * n)}/{n}")
+
+
+def dump_layers(cfg, state, quant_list, images, name):
+    """--dump_layers: every op's uint8 output of the images (numpy engine) as golden vectors."""
+    t0 = time.perf_counter()
+    try:
+        values = golden.layer_outputs(state, quant_list, images, cfg.test_batch)
+        golden.write_dump(cfg.dump_layers, quant_list, values, name)
+    except golden.DumpError as err:
+        sys.exit(f"error: {err}")
+    print(f"wrote {cfg.dump_layers}: {len(quant_list)} ops x {len(images)} images "
+          f"({time.perf_counter() - t0:.2f} s)")
+
+
+@stage_main
+def main():
+    extra = {"json": ("", "also write the results as JSON to this file (\"\" = no)"),
+             "dump_layers": ("", "also write every op's uint8 output of the N images (numpy engine) to this "
+                                 "folder: .npy, .hex, manifest.json (\"\" = no)")}
+    cfg = config.load_or_exit(extra=extra, stage="test_model.py")
+    try:
+        columns = choose_columns(cfg)
+    except config.ConfigError as err:
+        sys.exit(f"config error: {err}")
+    state, quant_list, dataset, images, labels, float_model = load_inputs(cfg, columns, config.user_model(cfg.model))
+    n = len(images)
+    torch.set_grad_enabled(False)
+
+    logits, seconds = run_columns(cfg, columns, state, quant_list, dataset, images, labels, float_model)
+    accuracy, identical = compare(logits, labels)
+    name = config.model_name(cfg)
+    print_table(name, cfg.test_data or f"{dataset} test set", n, columns, accuracy, seconds, identical)
     if cfg.json:
         report = {"model": name, "dataset": dataset, "images": n, "accuracy": accuracy,
                   "identical_logits": identical, "seconds": seconds}
@@ -169,14 +205,7 @@ def main():
             json.dump(report, f, indent=2)
         print(f"wrote {cfg.json}")
     if cfg.dump_layers:
-        t0 = time.perf_counter()
-        try:
-            values = golden.layer_outputs(state, quant_list, images, cfg.test_batch)
-            golden.write_dump(cfg.dump_layers, quant_list, values, name)
-        except golden.DumpError as err:
-            sys.exit(f"error: {err}")
-        print(f"wrote {cfg.dump_layers}: {len(quant_list)} ops x {n} images "
-              f"({time.perf_counter() - t0:.2f} s)")
+        dump_layers(cfg, state, quant_list, images, name)
     if any(frac < 1.0 for frac in identical.values()):
         sys.exit("error: the integer engines disagree (see above)")
 
