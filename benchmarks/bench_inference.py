@@ -294,50 +294,57 @@ def peak_rss_mb(binary, model_name, folder, images):
     return peak / 1024.0
 
 
-def main():
-    cfg = config.load_or_exit(extra={
-        "json": ("", "write the results as JSON to this file (\"\" = no)"),
-        "images": (1000, "test images to time"),
-        "min_seconds": (0.5, "the least time one timed run of an engine takes (passes over the images repeated)"),
-        "repeats": (3, "timed runs of each engine in each cell, the fastest counts"),
-        "calib": (200, "training images that calibrate the INT8 models"),
-        "random_weights": (False, "time random weights instead of the trained checkpoint"),
-        "torch_avx2": (False, "only C --isa avx2 against torch on its AVX2 kernels (TORCH_AVX2_ENV set), batch 1 "
-                              "and 32 on one thread: what a full run does itself where the CPU runs better")})
-    if cfg.torch_avx2:                      # before any work
+def check_torch_avx2_env(cfg):
+    """--torch_avx2=True runs only with TORCH_AVX2_ENV set before torch started: refused before any work."""
+    if cfg.torch_avx2:
         missing = [k for k, v in TORCH_AVX2_ENV.items() if os.environ.get(k) != v]
         if missing:
             sys.exit(f"error: --torch_avx2=True needs {', '.join(f'{k}={TORCH_AVX2_ENV[k]}' for k in missing)} "
                      f"set before torch starts (a full run of this script sets them)")
-    spec = models.spec(cfg.model)
-    warnings.filterwarnings("ignore")
-    torch.manual_seed(cfg.seed)
+
+
+def load_net(cfg):
+    """(float model, its checkpoint's header): the trained checkpoint, or --random_weights."""
     if cfg.random_weights:
-        net, header = models.build(cfg.model).eval(), {}
-    else:
-        try:
-            net, header = models.load_raw(cfg)
-        except ModelFileError as err:
-            sys.exit(f"error: {err} (or pass --random_weights=True to time random weights)")
+        return models.build(cfg.model).eval(), {}
+    try:
+        return models.load_raw(cfg)
+    except ModelFileError as err:
+        sys.exit(f"error: {err} (or pass --random_weights=True to time random weights)")
+
+
+def load_images(cfg, spec):
+    """(calib_u8, x_u8, y): --calib training images drawn by --seed, the first --images test images
+    and their labels."""
     test_x, test_y = datasets.load(spec.dataset, "test", cfg.data_dir, cfg.mirror_dir)
     train_x, _ = datasets.load(spec.dataset, "train", cfg.data_dir, cfg.mirror_dir)
     pick = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(cfg.seed))[:cfg.calib]
-    calib_u8 = train_x[pick]
-    calib = calib_u8.float() / 255
-    x_u8, y = test_x[:cfg.images], test_y[:cfg.images].numpy()
-    x = x_u8.float() / 255
-    example = x[:1]
-    torch.set_num_threads(1)
+    return train_x[pick], test_x[:cfg.images], test_y[:cfg.images].numpy()
 
+
+def time_isas(cfg, folder, images, n):
+    """({isa: {"role", "images_per_s", "ratio_to_best"}}, the fastest build): each build of the kernels
+    this CPU runs (timed_isas), batch 1, one thread."""
+    roles = timed_isas([c_binary(1)])
+    isa_speeds = {isa: speed for isa, (speed, _) in best_speeds(
+        {isa: run_c(cfg.model, folder, images, 1, 1, ["--isa", isa]) for isa in roles}, n, cfg).items()}
+    best_isa = max((isa for isa in isa_speeds if roles[isa] == "build"), key=isa_speeds.get)
+    return ({isa: {"role": roles[isa], "images_per_s": v, "ratio_to_best": v / isa_speeds[best_isa]}
+             for isa, v in isa_speeds.items()}, best_isa)
+
+
+def time_c_and_peers(cfg, net, header, calib_u8, x_u8, y, result):
+    """The timed part, in a temporary export of the integer graph: the cells, the forced ISAs, the
+    AVX2 peers, C's peak memory, aarch64; into result.  Returns (state, quant_list, cells, accuracy,
+    best isa), or None after --torch_avx2=True's run."""
+    calib, x = calib_u8.float() / 255, x_u8.float() / 255
+    example = x[:1]
     subprocess.run(["make", "-s", "-C", os.path.join(ROOT, "c"), "inference", "omp"], check=True)
-    state, quant_list = build_integer_graph(net, calib_u8, cfg, spec.dataset, header)
-    result = {"model": cfg.model, "images": len(x), "calibration_images": len(calib),
-              "weights": "random" if cfg.random_weights else "checkpoint"}
+    state, quant_list = build_integer_graph(net, calib_u8, cfg, models.spec(cfg.model).dataset, header)
     with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
         write_export(state, quant_list, tmp, "bin")
         images = image_files(x_u8, tmp)
-        all_threads = os.cpu_count()
-        thread_counts = sorted({1, all_threads})
+        thread_counts = sorted({1, os.cpu_count()})
         q = torch_int8(net, calib, example)
         if cfg.torch_avx2:
             return avx2_against_torch_avx2(cfg, net, q, x, y, tmp, images)
@@ -347,19 +354,19 @@ def main():
             lambda threads: {**torch_peers(net, q), "ort_int8": lambda b: ort_runs[threads](b).argmax(1)})
         result.update(cells)
         torch.set_num_threads(1)
-        roles = timed_isas([c_binary(1)])
-        isa_speeds = {isa: speed for isa, (speed, _) in best_speeds(
-            {isa: run_c(cfg.model, tmp, images, 1, 1, ["--isa", isa]) for isa in roles}, len(x), cfg).items()}
-        best_isa = max((isa for isa in isa_speeds if roles[isa] == "build"), key=isa_speeds.get)
-        result["c_isa"] = {isa: {"role": roles[isa], "images_per_s": v, "ratio_to_best": v / isa_speeds[best_isa]}
-                           for isa, v in isa_speeds.items()}
-        if "avx2" in roles and best_isa != "avx2":      # else the cells above ran torch's AVX2 kernels
+        result["c_isa"], best_isa = time_isas(cfg, tmp, images, len(x))
+        if "avx2" in result["c_isa"] and best_isa != "avx2":      # else the cells above ran torch's AVX2 kernels
             result["avx2_peers"] = avx2_peers(tmp)
         result["c_peak_rss_mb"] = peak_rss_mb(os.path.join(ROOT, "c", "inference"), cfg.model, tmp, images(1))
         aarch64 = aarch64_latency(cfg.model, tmp, x_u8, cfg)
         if aarch64:
             result["aarch64_qemu"] = {"images": AARCH64_IMAGES, "images_per_s": aarch64,
                                       "latency_2_threads_over_1": aarch64[1] / aarch64[2]}
+    return state, quant_list, cells, accuracy, best_isa
+
+
+def c_figures(state, quant_list, result, best_isa):
+    """C's memory budget, GMAC per image, GMAC/s at batch 1 on one thread and the peak of its best build."""
     weight_bytes = sum(state[op["name"] + ".weight"].numel() + 4 * state[op["name"] + ".bias"].numel()
                        for op in quant_list if op["op"] in ("conv", "linear"))
     activations = sorted((int(np.prod(op["shape"])) for op in quant_list), reverse=True)
@@ -368,11 +375,10 @@ def main():
     result["c_gmac_per_s"] = result["gmac_per_image"] * result[cell_name(1, 1)]["images_per_s"]["c_int8"]
     # the batch-1 cell runs the best build: its share of that build's peak
     result["peak_gmac_per_s"] = peak_gmac_per_s(best_isa)
-    result["accuracy"] = accuracy
-    result["machine"] = cpu()
 
-    print(f"\n{cfg.model}: {len(x)} test images, {result['weights']} weights, {result['machine']}")
-    print_cells(cells, accuracy)
+
+def print_isas_and_avx2(result, accuracy):
+    """The forced-ISA row, and C --isa avx2 against torch's AVX2 kernels where measured."""
     print("C per kernel build (--isa, one thread): " + ", ".join(
         f"{isa}{'' if v['role'] == 'build' else ' (' + v['role'] + ')'} {v['images_per_s']:.0f} img/s"
         f" ({v['ratio_to_best']:.2f}x)"
@@ -385,6 +391,10 @@ def main():
             for c in (a[cell_name(b, 1)] for b in BATCHES))
             + f"; torch INT8's accuracy there {a['accuracy']['torch_int8'] * 100:.2f}% "
               f"({accuracy['torch_int8'] * 100:.2f}% on its best kernels)")
+
+
+def print_aarch64_and_c(result, best_isa):
+    """The aarch64 latencies (or why none), C's GMAC/s and memory."""
     if "aarch64_qemu" in result:
         a = result["aarch64_qemu"]
         print(f"aarch64 under qemu-aarch64 (NEON, batch 1, {a['images']} images): 1 thread "
@@ -397,6 +407,40 @@ def main():
     share = f" = {100 * result['c_gmac_per_s'] / peak:.0f}% of one core's {best_isa} peak ({peak:.0f})" if peak else ""
     print(f"C: {result['gmac_per_image']:.4f} GMAC/image, {result['c_gmac_per_s']:.1f} GMAC/s on one thread (batch 1)"
           f"{share}, peak RSS {result['c_peak_rss_mb']:.1f} MB (budget {result['c_memory_budget_mb']:.1f} MB)")
+
+
+def main():
+    cfg = config.load_or_exit(extra={
+        "json": ("", "write the results as JSON to this file (\"\" = no)"),
+        "images": (1000, "test images to time"),
+        "min_seconds": (0.5, "the least time one timed run of an engine takes (passes over the images repeated)"),
+        "repeats": (3, "timed runs of each engine in each cell, the fastest counts"),
+        "calib": (200, "training images that calibrate the INT8 models"),
+        "random_weights": (False, "time random weights instead of the trained checkpoint"),
+        "torch_avx2": (False, "only C --isa avx2 against torch on its AVX2 kernels (TORCH_AVX2_ENV set), batch 1 "
+                              "and 32 on one thread: what a full run does itself where the CPU runs better")})
+    check_torch_avx2_env(cfg)               # before any work
+    spec = models.spec(cfg.model)
+    warnings.filterwarnings("ignore")
+    torch.manual_seed(cfg.seed)
+    net, header = load_net(cfg)
+    calib_u8, x_u8, y = load_images(cfg, spec)
+    torch.set_num_threads(1)
+
+    result = {"model": cfg.model, "images": len(x_u8), "calibration_images": len(calib_u8),
+              "weights": "random" if cfg.random_weights else "checkpoint"}
+    timed = time_c_and_peers(cfg, net, header, calib_u8, x_u8, y, result)
+    if cfg.torch_avx2:
+        return timed
+    state, quant_list, cells, accuracy, best_isa = timed
+    c_figures(state, quant_list, result, best_isa)
+    result["accuracy"] = accuracy
+    result["machine"] = cpu()
+
+    print(f"\n{cfg.model}: {len(x_u8)} test images, {result['weights']} weights, {result['machine']}")
+    print_cells(cells, accuracy)
+    print_isas_and_avx2(result, accuracy)
+    print_aarch64_and_c(result, best_isa)
     if cfg.json:
         with atomic_open(cfg.json, "w") as f:
             json.dump(result, f, indent=2)
