@@ -15,6 +15,7 @@ exit code, before any work, and with nothing written or replaced.
 8. an unsupported layer is named before the calibration starts.
 """
 import copy
+import glob
 import json
 import os
 import random
@@ -178,16 +179,18 @@ def _c_define(text, name):
 
 
 def test_limits_agree_with_the_c_sources():
-    """model/formats/export_format.py's limits and parameter ranges are the C loader's (c/fpgai.h, c/fpgai.c)."""
+    """model/formats/export_format.py's limits and parameter ranges are the C loader's (c/core/fpgai.h, the
+    parameter rows of c/core/kind.h and every kind's file c/ops/KIND.c, the record parser c/core/load.c)."""
     from model.formats import export_format as ef
-    header = open(os.path.join(ROOT, "c", "fpgai.h")).read()
+    header = open(os.path.join(ROOT, "c", "core", "fpgai.h")).read()
     for name in ("MIN_OPS", "MAX_OPS", "MAX_DIM", "MAX_INPUTS", "MAX_TENSOR", "MAX_SHIFT", "MAX_SCRATCH", "MAX_WEIGHTS"):
         assert _c_define(header, name) == getattr(ef, name), name
     assert "#define MAX_ARENA      ((uint64_t)1 << 30)" in header and ef.MAX_ARENA == 1 << 30
-    source = open(os.path.join(ROOT, "c", "fpgai.c")).read()
+    source = "".join(open(path).read() for path in [os.path.join(ROOT, "c", "core", name) for name in ("kind.h", "load.c")]
+                     + sorted(glob.glob(os.path.join(ROOT, "c", "ops", "*.c"))))
     symbols = {"MAX_DIM": ef.MAX_DIM, "INT32_MAX": ef.INT32_MAX}
     rows = {name: (int(symbols.get(lo, lo)), int(symbols.get(hi, hi)))
-            for name, lo, hi in re.findall(r'PARAM\(\w+, "(\w+)", (\w+), (\w+)\)', source)}
+            for name, lo, hi in re.findall(r'PARAM\([\w\[\]]+, "(\w+)", (\w+), (\w+)\)', source)}
     assert rows == ef.PARAM_RANGES
     assert '"multiplier", 0, INT32_MAX' in source and '"shift", 0, MAX_SHIFT' in source
     assert '"table value", 0, 255' in source

@@ -1,4 +1,4 @@
-"""The core library (c/fpgai.c) as firmware takes it, and the Cortex-M4 build run under QEMU.
+"""The core library (c/core, c/ops) as firmware takes it, and the Cortex-M4 build run under QEMU.
 
 - the core compiled alone references no heap, stdio, file or OS function (host gcc always;
   arm-none-eabi-gcc for Cortex-M4, the issue's acceptance command, with the toolchain);
@@ -13,6 +13,7 @@
 The toolchain and QEMU come from c/mcu/install-toolchain.sh (apt-get; .ci/run runs it); the
 tests that need them skip, saying why, only when that is impossible here.
 """
+import glob
 import json
 import os
 import re
@@ -37,6 +38,29 @@ def undefined_symbols(nm, obj):
     return {line.split()[-1] for line in out.splitlines() if line.strip()}
 
 
+def core_sources():
+    """The core library's sources (every .c of c/core and c/ops), once `make -C c kinds` wrote the
+    kinds' list they include (c/build/fpgai_kinds.h)."""
+    proc = subprocess.run(["make", "-C", C_DIR, "kinds"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return sorted(glob.glob(os.path.join(C_DIR, "core", "*.c")) + glob.glob(os.path.join(C_DIR, "ops", "*.c")))
+
+
+CORE_INCLUDES = ["-I", os.path.join(C_DIR, "core"), "-I", os.path.join(C_DIR, "build")]
+
+
+def core_object(cc, ld, flags, folder):
+    """The core compiled alone (each source with cc and flags), linked into one relocatable object:
+    its undefined symbols are what the core calls outside itself."""
+    objects = []
+    for src in core_sources():
+        obj = os.path.join(folder, os.path.basename(os.path.dirname(src)) + "_" + os.path.basename(src)[:-2] + ".o")
+        subprocess.run([cc, *flags, *CORE_INCLUDES, "-c", src, "-o", obj], check=True, capture_output=True)
+        objects.append(obj)
+    subprocess.run([ld, "-r", "-o", os.path.join(folder, "core.o"), *objects], check=True)
+    return os.path.join(folder, "core.o")
+
+
 @pytest.fixture(scope="module")
 def toolchain():
     proc = subprocess.run(["sh", os.path.join(C_DIR, "mcu", "install-toolchain.sh")], capture_output=True,
@@ -47,18 +71,14 @@ def toolchain():
 
 
 def test_the_core_calls_no_heap_stdio_file_or_os_function(tmp_path):
-    obj = str(tmp_path / "fpgai.o")
-    subprocess.run(["gcc", "-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-c", os.path.join(C_DIR, "fpgai.c"),
-                    "-o", obj], check=True)
+    obj = core_object("gcc", "ld", ["-std=c99", "-O2", "-Wall", "-Wextra", "-Werror"], str(tmp_path))
     calls = undefined_symbols("nm", obj)
     assert calls and all(ALLOWED.match(s) for s in calls), sorted(calls)
     assert not calls & {"malloc", "calloc", "realloc", "free", "printf", "fprintf", "snprintf", "fopen", "exit"}
 
 
 def test_the_cortex_m4_core_calls_no_heap_stdio_file_or_os_function(toolchain, tmp_path):
-    obj = str(tmp_path / "fpgai_m4.o")
-    subprocess.run(["arm-none-eabi-gcc", "-mcpu=cortex-m4", "-mthumb", "-O2", "-c", os.path.join(C_DIR, "fpgai.c"),
-                    "-o", obj], check=True, capture_output=True)
+    obj = core_object("arm-none-eabi-gcc", "arm-none-eabi-ld", ["-mcpu=cortex-m4", "-mthumb", "-O2"], str(tmp_path))
     calls = undefined_symbols("arm-none-eabi-nm", obj)
     assert all(ALLOWED.match(s) for s in calls), sorted(calls)
 
@@ -108,9 +128,9 @@ def test_the_c_arrays_are_the_sealed_bin_files(tmp_path):
 def build_host_check(export_dir, model, out):
     """c/mcu/host_check.c compiled with the core and the EXPORT_MODE=c files of `model` in export_dir."""
     ident = c_identifier(model)
-    subprocess.run(["gcc", "-std=c99", "-O3", "-Wall", "-Wextra", "-Werror", "-I", C_DIR, "-I", export_dir,
+    subprocess.run(["gcc", "-std=c99", "-O3", "-Wall", "-Wextra", "-Werror", *CORE_INCLUDES, "-I", export_dir,
                     f'-DMODEL_H="{model}_model.h"', f"-DPREFIX={ident.lower()}_", f"-DUPREFIX={ident.upper()}_",
-                    os.path.join(C_DIR, "mcu", "host_check.c"), os.path.join(C_DIR, "fpgai.c"),
+                    os.path.join(C_DIR, "mcu", "host_check.c"), *core_sources(),
                     os.path.join(export_dir, f"{model}_model.c"), "-o", out], check=True)
     return out
 

@@ -1,6 +1,6 @@
 /*
- * fuzz_loaders.c -- libFuzzer harness for the loaders of the C engine (the core's c/fpgai.c
- * under the host's c/model.c, and c/datasets.c, built with them: make -C c fuzz).
+ * fuzz_loaders.c -- libFuzzer harness for the loaders of the C engine (the core, c/core/ and
+ * c/ops/, under the host's c/host/model.c, and c/host/datasets.c, built with them: make -C c fuzz).
  *
  * Built once per target (make -C c fuzz), with -DFUZZ_TARGET_<name>:
  *   model        model.bin: parse + validate, tiling, memory plan
@@ -31,8 +31,8 @@
  * and the fuzzer reaches the header fields, the record parser and the weight loaders.  What
  * this gives up (mismatched sizes and CRCs) is tested by tests/test_c_engine.py.
  */
-#include "../datasets.h"
-#include "../host.h"
+#include "datasets.h"
+#include "host.h"
 
 #include <stddef.h>
 #include <stdio.h>

@@ -1,5 +1,5 @@
 /*
- * firmware.c -- a bare-metal Cortex-M4 program around the core library (c/fpgai.h): the model
+ * firmware.c -- a bare-metal Cortex-M4 program around the core library (c/core/fpgai.h): the model
  * and a handful of test images are const arrays in flash (build/firmware_data.h, written by
  * mcu.py data), the storage block and the arena are static RAM sized by the export's #defines.
  * It loads the model (every check of the host's loader), then prints each image's logits as

@@ -1,8 +1,10 @@
 /*
  * host_check.c -- an EXPORT_MODE=c export compiled with the core library on the host: the same
  * arrays and #defines a firmware takes (tests/test_mcu.py builds it per model:
- *   gcc -I c -I EXPORT_DIR -DMODEL_H='"NAME_model.h"' -DPREFIX=name_ -DUPREFIX=NAME_
- *       c/mcu/host_check.c c/fpgai.c EXPORT_DIR/NAME_model.c
+ *   make -C c kinds
+ *   gcc -I c/core -I c/build -I EXPORT_DIR -DMODEL_H='"NAME_model.h"' -DPREFIX=name_ -DUPREFIX=NAME_
+ *       c/mcu/host_check.c CORE EXPORT_DIR/NAME_model.c
+ * with CORE every .c file of c/core and c/ops
  * ), reading raw images (C*H*W uint8 bytes each, one after another) on stdin and writing each
  * image's logits as a comma-separated line on stdout, like c/inference --logits.
  */

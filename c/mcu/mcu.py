@@ -73,7 +73,8 @@ def symbol_sizes(path):
 
 
 def flash_by_input(map_path):
-    """{input file: bytes of its .text, .rodata and .data sections kept in the link}, from ld's map
+    """{input file (its path as the link named it): bytes of its .text, .rodata and .data sections
+    kept in the link}, from ld's map
     (a section's name may stand on a line of its own, its address, size and file on the next)."""
     with open(map_path) as f:
         text = f.read()
@@ -88,7 +89,7 @@ def flash_by_input(map_path):
         section = None
         if m2 and name and name.split(".")[1] in ("text", "rodata", "data"):
             size, where = (m2.group(2), m2.group(3)) if m else (m2.group(1), m2.group(2))
-            key = os.path.basename(where.split("(")[0])
+            key = where.split("(")[0]
             sizes[key] = sizes.get(key, 0) + int(size, 16)
     return sizes
 
@@ -104,8 +105,10 @@ def write_size(build, out_path):
         images = int(re.search(r"#define FW_IMAGES (\d+)", f.read()).group(1))
     flash = {"weights": syms["lenet_weight_bin"], "biases": syms["lenet_bias_bin"],
              "model.bin": syms["lenet_model_bin"], "test images": syms["fw_images"],
-             "the core (c/fpgai.c)": inputs["fpgai.o"],
-             "libgcc and newlib-nano": sum(v for k, v in inputs.items() if k in ("libgcc.a", "libc_nano.a"))}
+             "the core (c/core, c/ops)": sum(v for k, v in inputs.items()
+                                             if os.path.dirname(k) in ("mcu/build/core", "mcu/build/ops")),
+             "libgcc and newlib-nano": sum(v for k, v in inputs.items()
+                                           if os.path.basename(k) in ("libgcc.a", "libc_nano.a"))}
     flash["start-up and the firmware's loop"] = text + data - sum(flash.values())
     ram = {"arena": syms["arena"], "storage (ops and their arrays)": syms["storage"], "stack": stack}
     ram["other"] = data + bss - sum(ram.values())

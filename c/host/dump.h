@@ -1,4 +1,4 @@
-/* dump.h -- ./c/inference --dump-layers DIR (dump.c): golden vectors in model/golden.py's layout */
+/* dump.h -- ./c/inference --dump-layers DIR (dump.c): golden vectors in model/formats/golden.py's layout */
 #ifndef FPGAI_DUMP_H
 #define FPGAI_DUMP_H
 

@@ -1,6 +1,6 @@
 /*
  * dump.c -- ./c/inference --dump-layers DIR: every op's uint8 output for the first N images, in
- * the golden-vector layout of model/golden.py (format "fpgai-golden" 1, its docstring is the
+ * the golden-vector layout of model/formats/golden.py (format "fpgai-golden" 1, its docstring is the
  * specification): per op i, opNNN_KIND.npy (N x C x H x W, CHW) and opNNN_KIND.hex (one byte a
  * line for $readmemh), and manifest.json.  The C engine has no op names: it names each op by
  * its kind (compare with python compare_dumps.py A B --ignore_names).  The reference kernels run

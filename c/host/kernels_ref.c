@@ -1,5 +1,5 @@
 /*
- * kernels_ref.c -- the reference kernel set (--reference): the core's kernels (fpgai.c, CHW,
+ * kernels_ref.c -- the reference kernel set (--reference): the core's kernels (ops/KIND.c, CHW,
  * direct loops over the contract, the weights read in place) with an arena from the heap.
  */
 #include "host.h"

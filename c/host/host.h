@@ -1,6 +1,7 @@
 /*
- * host.h -- the host program's side of the engine (model.c): errors that print and exit, files,
- * a clock, weight.txt, and the whole load from a folder over the core's buffer loader (fpgai.h).
+ * host.h -- the host program's side of the engine: errors that print and exit, files, memory, a
+ * clock (files.c); weight.txt, and the whole load from a folder over the core's buffer loader
+ * (model.c over fpgai.h).
  */
 #ifndef FPGAI_HOST_H
 #define FPGAI_HOST_H
@@ -27,6 +28,8 @@ double now_seconds(void);
 void *xmalloc(size_t n, const char *what);
 void *xcalloc(size_t count, size_t size, const char *what);
 uint32_t rd_be32(const uint8_t *p);
+/* The size of a regular file of at most max_size bytes, or fail */
+size_t file_size(const char *path, size_t max_size);
 uint8_t *read_file(const char *path, size_t max_size, size_t *size_out);
 
 /* The core's loaders (fpgai.h) on host memory, failing with their message: model.bin, then

@@ -1,21 +1,27 @@
 /*
  * fpgai.h -- the core library: the types every part of the C engine shares, and the API of
- * fpgai.c, which loads a model from memory buffers and runs images into caller-provided memory
+ * c/core/, which loads a model from memory buffers and runs images into caller-provided memory
  * (C99; no malloc/free, no stdio, no file I/O, no OS call: firmware links it as it is).
  *
- *   fpgai.h / fpgai.c  this file and the core: limits, the op kinds and their declaration table,
- *                   Op and Model (read-only once loaded), the one requantizer; model.bin
- *                   (format version 3) and the weight buffers checked against its seal, the
- *                   load-time checks, the activation memory plan, the reference kernels
- *   host.h / model.c   the host's side: errors that print and exit, files, weight.txt
- *   kernels.h       the host's two kernel sets: reference (the core's, CHW, plain loops)
- *                   and optimized (kernels_fast.c, HWC, int8 GEMM, AVX-512 VNNI where present)
- *   datasets.c/.h   MNIST idx, CIFAR-10 binary and .npy readers
- *   inference.c     the program: command line, threads, the report
+ *   core/            this header and the core: limits, Op and Model, the one requantizer (below);
+ *                    load.c (model.bin, format version 3, and the weight buffers checked against
+ *                    its seal: the API), kinds.c (the kinds' table, KINDS), checks.c (the checks
+ *                    kinds share, the accumulator bound), plan.c (the activation memory plan),
+ *                    run.c (the run loop), util.c (messages, CRC-32); kind.h is what an op file
+ *                    includes
+ *   ops/KIND.c       one file per op kind: its declaration (FPGAI_KIND: name, code, inputs,
+ *                    parameters, requantization counts), its validate function, its reference
+ *                    kernel (CHW, plain loops); build/fpgai_kinds.h lists them (core/kinds.awk)
+ *   host/            the host program: host.h / model.c (errors that print and exit, files,
+ *                    weight.txt), datasets.c/.h, dump.c/.h, kernels_ref.c, isa.c, inference.c
+ *   kernels.h        the host's two kernel sets: reference (the core's, CHW) and optimized (HWC,
+ *                    int8 GEMM, one build per ISA)
  *
- * llama2.c's split: a loaded Model (graph, weights, memory plan) is never written while
- * images run; a workspace holds a batch's activations (the memory plan once per image) and the
- * optimized kernels' scratch buffers (one set per thread).
+ * llama2.c's split: a loaded Model is read-only while images run.  Its fields are of three sorts,
+ * marked below: the graph and the weights (what model.bin and the weight files say, checked),
+ * the plan (derived at load: tensor offsets, arena size), and the loader's own bookkeeping.
+ * What an image writes lives in a workspace: the arena of activations (m->arena_bytes, the plan
+ * laid out once per image) and the optimized kernels' scratch buffers (one set per thread).
  *
  * The arithmetic contract (docs/contract.md "Numbers", model/qmath.py):
  *   rshift_round(x, s) = floor((x + 2^(s-1)) / 2^s)        round half toward +infinity
@@ -54,13 +60,27 @@
 
 /* ---- op kinds ------------------------------------------------------------------------- */
 
-/* The record's type word.  Each kind is declared once, in KINDS (fpgai.c). */
-enum { OP_INPUT, OP_CONV, OP_LINEAR, OP_MAXPOOL, OP_AVGPOOL, OP_ADD, OP_CONCAT, OP_LUT, OP_MUL, OP_SHUFFLE, OP_SLICE,
-       OP_UPSAMPLE, OP_ADAPTIVE_AVGPOOL, OP_KIND_COUNT };
+/* The record's type word.  Each kind is declared once, in its own file ops/KIND.c, by its
+ * FPGAI_KIND(name, OP_ID, code, row...) line (core/kind.h); the Makefile collects those lines into
+ * build/fpgai_kinds.h (core/kinds.awk), which gives the enum below (OP_CONV = 1, ...) and the
+ * table KINDS (core/kinds.c).  OP_KIND_COUNT is the largest code + 1. */
+#define FPGAI_KIND(name, id, code, ...) id = code,
+enum {
+#include "fpgai_kinds.h"
+};
+#undef FPGAI_KIND
+#define FPGAI_KIND(name, id, code, ...) char name[(code) + 1];
+union fpgai_kind_codes {
+#include "fpgai_kinds.h"
+};
+#undef FPGAI_KIND
+enum { OP_KIND_COUNT = sizeof(union fpgai_kind_codes) };
 
-/* One op of the graph; op i produces tensor i.  Filled by the record parser from the
- * declaration table, checked by the kind's validate function, then read-only. */
+/* One op of the graph; op i produces tensor i.  Filled by the record parser from its kind's
+ * declaration (KINDS), checked by the kind's validate function, then read-only. */
+#define OP_ARGS 4
 typedef struct {
+    /* the graph: what the record says */
     int32_t kind;
     int32_t c, h, w;                /* output shape */
     int32_t zero_point, qmin, qmax; /* output zero point and clamp bounds */
@@ -68,7 +88,10 @@ typedef struct {
     int32_t n_inputs;
     int32_t *in;                    /* n_inputs input tensor ids, each < this op's index */
 
-    /* parameters: the ones of its kind (KINDS[kind].params), the others 0 */
+    /* parameters: the ones of its kind (KINDS[kind].params), the others 0.  The named fields
+     * below are the ones several kinds share (and the optimized kernels read); a kind with
+     * parameters of its own keeps them in arg[], each named in its file (ParamSpec's offset
+     * offsetof(Op, arg[k]); e.g. #define PAD_MODE(op) ((op)->arg[0])), not in a new field. */
     int32_t kh, kw, stride_h, stride_w, groups;
     int32_t pad_top, pad_left;      /* conv: each side; maxpool: its pad_h / pad_w, on both sides */
     int32_t pad_bottom, pad_right;  /* conv; the pools: copies of pad_top / pad_left (at load) */
@@ -77,6 +100,7 @@ typedef struct {
     int32_t w_zero_point, w_offset, b_offset;
     int32_t ch_start;               /* slice: its first input channel */
     int32_t scale_h, scale_w;       /* upsample: the integer factors */
+    int32_t arg[OP_ARGS];           /* a kind's own parameters (see above) */
 
     /* the requantization block */
     int32_t n_mult, n_shift;
@@ -88,6 +112,7 @@ typedef struct {
 
     /* derived at load */
     int32_t k_size;                 /* conv / linear: weights per output channel */
+    /* the plan */
     int32_t last_reader;            /* the last op that reads its output: n_ops for the last op's
                                      * (the logits, read after the run), itself where none does */
     size_t offset;                  /* of its output tensor in a workspace's arena */
@@ -95,10 +120,16 @@ typedef struct {
 
 enum { FILE_WEIGHT_BIN, FILE_BIAS_BIN, FILE_WEIGHT_TXT, FILE_COUNT };   /* the files model.bin seals */
 
+/* A loaded model.  Three sorts of fields (llama2.c's Config / Weights / RunState, less the last:
+ * a workspace, the caller's, holds what a run writes):
+ *   the graph and the weights   what model.bin and the weight files say, checked by the load;
+ *                               read-only from then on (the weights are the caller's buffers)
+ *   the plan                    derived at load: the work per image, where each tensor lives in
+ *                               an arena (Op.offset, Op.last_reader) and the arena's size
+ *   the loader's own            names for messages, the error, the storage block, the jump
+ * Nothing a run of images does writes a Model: threads share one. */
 typedef struct {
-    const char *path;               /* model.bin's name in messages (the caller's string) */
-    const char *weights_path;       /* the weight file(s)' names in messages */
-    char error[256];                /* why the last load failed */
+    /* the graph and the weights */
     char name[32], dataset[16], fingerprint[24];
     int weight_signed;              /* 1: int8 per-channel weights (zero point 0); 0: uint8 per tensor */
     uint32_t exported;              /* bit 0: weight.bin + bias.bin, bit 1: weight.txt */
@@ -106,15 +137,21 @@ typedef struct {
     uint32_t file_crc[FILE_COUNT];
     int64_t weight_bytes, bias_count;
     int n_ops;
-    Op *ops;
-    uint64_t max_work;              /* the caller's, kept by the load: the cap on `work` (0: DEFAULT_MAX_WORK) */
-    uint64_t work;                  /* operations per image, every op's fpgai_op_work (saturating at 2^64 - 1) */
+    Op *ops;                        /* in the storage block */
     const uint8_t *weight_raw;      /* weight.bin bytes (int8 or uint8), the caller's buffer */
     const uint8_t *bias_raw;        /* bias.bin bytes (int32 little-endian), the caller's buffer */
-    size_t arena_bytes;             /* every activation, placed by the memory plan, and the row below */
-    size_t row_offset, row_bytes;   /* the reference conv's int32 accumulator row, in the arena */
+
+    /* the plan */
+    uint64_t max_work;              /* the caller's, kept by the load: the cap on `work` (0: DEFAULT_MAX_WORK) */
+    uint64_t work;                  /* operations per image, every op's fpgai_op_work (saturating at 2^64 - 1) */
+    size_t arena_bytes;             /* every activation, placed by the memory plan, and the scratch below */
+    size_t row_offset, row_bytes;   /* the reference kernels' scratch (KindSpec.scratch: the conv's int32
+                                     * accumulator row), in the arena after the tensors */
 
     /* the loader's own */
+    const char *path;               /* model.bin's name in messages (the caller's string) */
+    const char *weights_path;       /* the weight file(s)' names in messages */
+    char error[256];                /* why the last load failed */
     uint8_t *storage;               /* the caller's block for ops and their arrays (FPGAI_STORAGE_BYTES) */
     size_t storage_bytes, storage_used;
     jmp_buf *on_error;
@@ -136,6 +173,12 @@ enum { RQ_NONE, RQ_ONE, RQ_TWO, RQ_C, RQ_INPUTS, RQ_256, RQ_HW, RQ_RULE_COUNT };
 
 #define MAX_PARAMS 16
 
+/* A kind's reference kernel (CHW): op's output from its inputs, all in the arena (Op.offset);
+ * scratch, if the kind asked for it, at arena + m->row_offset. */
+typedef void FpgaiKernel(const Model *m, const Op *op, uint8_t *arena);
+
+/* One kind's declaration: its row of the op table (docs/contract.md), filled from its file's
+ * FPGAI_KIND line (core/kind.h, core/kinds.c). */
 typedef struct {
     const char *name;               /* "conv" */
     int32_t code;                   /* the record's type word (= its index in KINDS) */
@@ -144,11 +187,18 @@ typedef struct {
     ParamSpec params[MAX_PARAMS];   /* in record order, ended by a NULL name */
     int n_mult, n_shift, n_table;   /* RQ_* */
     void (*validate)(Model *m, int i);  /* cross-field rules; derives k_size */
+    FpgaiKernel *reference;         /* its reference kernel; NULL for the input (fpgai_run_op copies it) */
+    /* its work per image (fpgai_op_work); NULL: its output's C*H*W values */
+    uint64_t (*work)(const Model *m, const Op *op);
+    /* bytes of scratch its reference kernel needs (the plan keeps the most any op needs after the
+     * tensors, 4-byte aligned); NULL: none */
+    size_t (*scratch)(const Op *op);
     /* The kind's kernel in the optimized engine's layout (HWC, one image: in[k] its k-th input, out its
      * output), for a kind that engine has no kernel of its own for; NULL otherwise. */
     void (*hwc)(const Model *m, const Op *op, const uint8_t *const in[], uint8_t *out);
 } KindSpec;
 
+/* Every kind, indexed by code; a code no file declares has a NULL name (refused at load). */
 extern const KindSpec KINDS[OP_KIND_COUNT];
 extern const char *const RQ_RULE_NAMES[RQ_RULE_COUNT];
 
@@ -171,7 +221,7 @@ static inline int64_t rshift_round(int64_t x, int s)
  * acc * m must fit int64 (the loader proves it: |acc| < 2^31 for conv/linear, m < 2^31; the
  * pools', adds' and concats' bounds in check_overflow / their validate functions).  Every
  * kernel's scalar path calls this; an add passes its two summed products with m = 1.  The
- * SIMD forms in kernels_fast.c (requant_v, requant_fast) compute the same value, bit for
+ * SIMD forms in the optimized kernels (requant_v, requant_fast) compute the same value, bit for
  * bit (tests/test_c_kernels.py). */
 static inline uint8_t requantize(int64_t acc, int64_t m, int s, int32_t zp, int32_t qmin, int32_t qmax)
 {
@@ -228,7 +278,7 @@ static inline int weight_centered(const Model *m, const Op *op, int32_t c, int32
     return (m->weight_signed && raw >= 128 ? raw - 256 : raw) - op->w_zero_point;
 }
 
-/* ---- the core's API (fpgai.c) --------------------------------------------------------- */
+/* ---- the core's API (core/load.c, core/run.c) ------------------------------------------ */
 
 /* Bytes of storage (fpgai_load_graph) for a model.bin of n_ops ops and `size` bytes: the Op array,
  * every int32 array of the records (at most one a word), the memory plan's work arrays, alignment. */

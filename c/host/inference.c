@@ -4,9 +4,9 @@
  * Runs the integer graph that export_quant_model.py writes ({model}_model.bin, format
  * version 3, plus {model}_weight.bin/_bias.bin or {model}_weight.txt) on the MNIST or
  * CIFAR-10 test set, or on .npy images (any model; --labels optional), and reports accuracy.
- * Every op matches model/np_engine.py bit for bit.  The parts (fpgai.h lists them): model.c
- * reads the files and the core (fpgai.c) checks them, the core's reference kernels or
- * kernels_fast.c run the graph, datasets.c reads the test set, dump.c writes golden vectors;
+ * Every op matches model/engines/np_engine.py bit for bit.  The parts (core/fpgai.h lists them):
+ * model.c reads the files and the core (core/, ops/) checks them, the kinds' reference kernels
+ * or the optimized ones run the graph, datasets.c reads the test set, dump.c writes golden vectors;
  * this file is the command line, the loop over batches of images, the report.  Threads (the
  * OpenMP build, inference_omp) share each batch's images, or, in a batch of fewer images than
  * threads, each layer's work (Engine, kernels.h).
@@ -97,7 +97,8 @@ static void usage(const char *msg, const char *arg)
             "                  values (the other kinds) (default %llu)\n"
             "  --profile       print each op's share of the time after the run (the optimized kernels)\n"
             "  --dump-layers DIR  write every op's output for the images (--limit N of them) to DIR as\n"
-            "                  golden vectors (.npy, .hex, manifest.json: model/golden.py's layout) and exit\n"
+            "                  golden vectors (.npy, .hex, manifest.json: model/formats/golden.py's\n"
+            "                  layout) and exit\n"
             "  --overwrite     replace a --logits file or --dump-layers folder that git tracks (refused\n"
             "                  without it)\n"
             "  --op-table      print the op kinds this engine reads, as JSON (one per line), and exit\n"

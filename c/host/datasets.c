@@ -174,74 +174,82 @@ static void take_shape(Cursor *c, NpyArray *a)
     }
 }
 
-void parse_npy(NpyArray *a, const uint8_t *buf, size_t size, const char *path)
+/* The magic, the version and the header's bytes: *start where the header dict begins, *hlen its
+ * length (newline included), every byte of it printable */
+static void npy_preamble(const uint8_t *buf, size_t size, const char *path, size_t *start, size_t *hlen)
 {
-    memset(a, 0, sizeof *a);
     if (size < 10 || memcmp(buf, NPY_MAGIC, 6) != 0)
         fail("%s: not a .npy file (no \\x93NUMPY magic)", path);
-    size_t start, hlen;
     if (buf[6] == 1 && buf[7] == 0) {
-        start = 10;
-        hlen = (size_t)buf[8] | (size_t)buf[9] << 8;
+        *start = 10;
+        *hlen = (size_t)buf[8] | (size_t)buf[9] << 8;
     } else if (buf[6] == 2 && buf[7] == 0) {
         if (size < 12)
             fail("%s: .npy version 2.0 file of %zu bytes, shorter than its header", path, size);
-        start = 12;
-        hlen = rd_u32(buf + 8);
+        *start = 12;
+        *hlen = rd_u32(buf + 8);
     } else {
         fail("%s: .npy format version %u.%u, this engine reads 1.0 and 2.0", path, buf[6], buf[7]);
     }
-    if (hlen > size - start)
-        fail("%s: .npy header of %zu bytes runs past the end of the %zu-byte file", path, hlen, size);
-    const char *h = (const char *)buf + start;
-    if (hlen == 0 || h[hlen - 1] != '\n')
+    if (*hlen > size - *start)
+        fail("%s: .npy header of %zu bytes runs past the end of the %zu-byte file", path, *hlen, size);
+    const char *h = (const char *)buf + *start;
+    if (*hlen == 0 || h[*hlen - 1] != '\n')
         fail("%s: .npy header does not end in a newline", path);
-    for (size_t i = 0; i + 1 < hlen; i++)
+    for (size_t i = 0; i + 1 < *hlen; i++)
         if (h[i] < 0x20 || h[i] > 0x7e)
             fail("%s: .npy header byte %zu is not printable ASCII", path, i);
+}
 
-    Cursor c = {h, h + hlen - 1, path};
+/* The header dict {'descr': ..., 'fortran_order': False, 'shape': (...)}, each key once, in any
+ * order: descr into descr[32], the shape into a */
+static void npy_dict(Cursor *c, NpyArray *a, char *descr)
+{
+    const char *path = c->path;
     int seen_descr = 0, seen_order = 0, seen_shape = 0;
-    char key[32], descr[32];
-    expect(&c, '{', "to open the header dict");
+    char key[32];
+    expect(c, '{', "to open the header dict");
     for (;;) {
-        skip_spaces(&c);
-        if (c.p < c.end && *c.p == '}')
+        skip_spaces(c);
+        if (c->p < c->end && *c->p == '}')
             break;
-        take_string(&c, key, sizeof key, "a key");
-        expect(&c, ':', "after a key");
+        take_string(c, key, sizeof key, "a key");
+        expect(c, ':', "after a key");
         if (!strcmp(key, "descr") && !seen_descr) {
-            take_string(&c, descr, sizeof descr, "'descr'");
+            take_string(c, descr, 32, "'descr'");
             seen_descr = 1;
         } else if (!strcmp(key, "fortran_order") && !seen_order) {
-            if (take_word(&c, "True"))
+            if (take_word(c, "True"))
                 fail("%s: .npy array in Fortran order; save it C-contiguous (np.ascontiguousarray)", path);
-            if (!take_word(&c, "False"))
+            if (!take_word(c, "False"))
                 fail("%s: .npy header: 'fortran_order' is neither True nor False", path);
             seen_order = 1;
         } else if (!strcmp(key, "shape") && !seen_shape) {
-            take_shape(&c, a);
+            take_shape(c, a);
             seen_shape = 1;
         } else {
             fail("%s: .npy header: unexpected or repeated key '%s'", path, key);
         }
-        skip_spaces(&c);
-        if (c.p < c.end && *c.p == ',') {
-            c.p++;
+        skip_spaces(c);
+        if (c->p < c->end && *c->p == ',') {
+            c->p++;
             continue;
         }
-        skip_spaces(&c);
-        if (c.p >= c.end || *c.p != '}')
+        skip_spaces(c);
+        if (c->p >= c->end || *c->p != '}')
             fail("%s: .npy header: expected ',' or '}' after a value", path);
     }
-    c.p++;                                         /* the '}' */
-    skip_spaces(&c);
-    if (c.p != c.end)
+    c->p++;                                        /* the '}' */
+    skip_spaces(c);
+    if (c->p != c->end)
         fail("%s: .npy header: something after the dict", path);
     if (!seen_descr || !seen_order || !seen_shape)
         fail("%s: .npy header lacks %s", path, !seen_descr ? "'descr'" : !seen_order ? "'fortran_order'" : "'shape'");
+}
 
-    /* descr: [<>|]?[iu][1248], '|' only for one byte */
+/* descr: [<>|]?[iu][1248], '|' only for one byte */
+static void npy_dtype(NpyArray *a, const char *descr, const char *path)
+{
     const char *t = descr;
     char order = (*t == '<' || *t == '>' || *t == '|') ? *t++ : 0;
     if ((t[0] != 'i' && t[0] != 'u') || !(t[1] == '1' || t[1] == '2' || t[1] == '4' || t[1] == '8') || t[2])
@@ -251,7 +259,18 @@ void parse_npy(NpyArray *a, const uint8_t *buf, size_t size, const char *path)
     if (a->itemsize > 1 && order != '<' && order != '>')
         fail("%s: .npy dtype '%s' has no byte order", path, descr);
     a->big_endian = order == '>';
+}
 
+void parse_npy(NpyArray *a, const uint8_t *buf, size_t size, const char *path)
+{
+    memset(a, 0, sizeof *a);
+    size_t start, hlen;
+    npy_preamble(buf, size, path, &start, &hlen);
+    const char *h = (const char *)buf + start;
+    Cursor c = {h, h + hlen - 1, path};
+    char descr[32];
+    npy_dict(&c, a, descr);
+    npy_dtype(a, descr, path);
     uint64_t count = 1;
     for (int i = 0; i < a->ndim; i++) {
         if (a->shape[i] && count > (UINT64_MAX / 8) / a->shape[i])
