@@ -237,7 +237,7 @@ def checkout():
     """The repository checkout this file is in (the C engine's sources beside it), or None for an
     installed copy (pip install .), whose folders are the working directory's."""
     here = os.path.dirname(os.path.abspath(__file__))
-    return here if os.path.isfile(os.path.join(here, "c", "inference.c")) else None
+    return here if os.path.isfile(os.path.join(here, "c", "host", "inference.c")) else None
 
 
 def in_checkout(folder, root=None):
