@@ -7,11 +7,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from model.graph import Op
 from model.ops import KINDS
 from tests.random_models import channel_shuffle, random_quantized
-from tests.test_c_engine import (assert_clean, binaries, clone, export_graph, mutate_model, read_logits,  # noqa: F401
-                                 refused, run, set_field)
-from tests.test_graph_passes import quantize, refusal, tracks_float
+from tests.c_engine import assert_clean, clone, export_graph, mutate_model, read_logits, refused, run, set_field
+from tests.graph_checks import quantize, refusal, tracks_float
 
 SHAPE = (3, 8, 8)
 
@@ -38,7 +38,9 @@ def ops_of(net, kind):
 # --- the specifications against torch ----------------------------------------------------------
 
 def _spec(kind, x, **fields):
-    op = dict(fields, shape=list(fields.pop("shape", x.shape[1:])))
+    shape = list(fields.pop("shape", x.shape[1:]))
+    op = Op(name=kind, kind=kind, inputs=[0], shape=shape, scale=1.0, zero_point=0, qmin=0, qmax=255,
+            in_zero_points=[0], attrs=fields)
     a = KINDS[kind].numpy([x.numpy()], op, {})
     b = KINDS[kind].torch([x], op, {}).numpy()
     np.testing.assert_array_equal(a, b)

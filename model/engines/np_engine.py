@@ -6,21 +6,21 @@ No torch inside the kernels. Activations are uint8 values held in int64 arrays (
 import numpy as np
 
 from model import work
+from model.graph import Graph
 from model.ops import KINDS
 
 
-def params_by_op(state_dict, convert):
-    """{op name: {field: convert(tensor)}} of a state_dict keyed NAME.FIELD."""
-    params = {}
-    for key, value in state_dict.items():
-        name, field = key.rsplit(".", 1)
-        params.setdefault(name, {})[field] = convert(field, value)
-    return params
+def numpy_graph(state_dict, quant_list):
+    """The Graph with the tensors the numpy kernels read: weights as they are stored (int8 or uint8),
+    every other tensor int64."""
+    as_numpy = lambda v: v.numpy() if hasattr(v, "numpy") else np.asarray(v)
+    return Graph.from_tuple(state_dict, quant_list, lambda field, v: as_numpy(v) if field == "weight"
+                            else as_numpy(v).astype(np.int64))
 
 
-def with_input_zero_points(quant_list):
-    """Copies of the ops, each with `in_zero_points`: its inputs' zero points, in order."""
-    return [dict(op, in_zero_points=[quant_list[i]["zero_point"] for i in op["inputs"]]) for op in quant_list]
+def run_numpy(op, xs):
+    """One op by its kind's numpy kernel: Graph.walk's `run` for the numpy engine."""
+    return KINDS[op.kind].numpy(xs, op, op.tensors)
 
 
 class NumpyIntegerModel:
@@ -30,14 +30,8 @@ class NumpyIntegerModel:
 
     def __init__(self, state_dict, quant_list, max_work=None):
         work.check(quant_list, max_work)
-        self.ops = with_input_zero_points(quant_list)
-        as_numpy = lambda v: v.numpy() if hasattr(v, "numpy") else np.asarray(v)
-        self.params = params_by_op(state_dict, lambda field, v: as_numpy(v) if field == "weight"
-                                   else as_numpy(v).astype(np.int64))
+        self.graph = numpy_graph(state_dict, quant_list)
 
     def __call__(self, images):
-        values = []
-        for op in self.ops:
-            xs = [images] if op["op"] == "input" else [values[i] for i in op["inputs"]]
-            values.append(KINDS[op["op"]].numpy(xs, op, self.params.get(op["name"], {})))
-        return values[-1].reshape(len(values[-1]), -1)
+        out = self.graph.run(images, run_numpy)
+        return out.reshape(len(out), -1)

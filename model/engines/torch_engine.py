@@ -8,7 +8,7 @@ bit for bit.
 import torch
 
 from model import work
-from model.engines.np_engine import params_by_op, with_input_zero_points
+from model.graph import Graph
 from model.ops import KINDS
 
 
@@ -18,13 +18,8 @@ class TorchIntegerModel(torch.nn.Module):
     def __init__(self, state_dict, quant_list, max_work=None):
         super().__init__()
         work.check(quant_list, max_work)
-        self.ops = with_input_zero_points(quant_list)
-        self.p = params_by_op(state_dict, lambda field, v: v)
+        self.graph = Graph.from_tuple(state_dict, quant_list)
 
     @torch.no_grad()
     def forward(self, images):
-        values = []
-        for op in self.ops:
-            xs = [images] if op["op"] == "input" else [values[i] for i in op["inputs"]]
-            values.append(KINDS[op["op"]].torch(xs, op, self.p.get(op["name"], {})))
-        return values[-1].flatten(1)
+        return self.graph.run(images, lambda op, xs: KINDS[op.kind].torch(xs, op, op.tensors)).flatten(1)

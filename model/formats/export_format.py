@@ -21,6 +21,7 @@ import zlib
 import numpy as np
 
 from model.fileio import atomic_open
+from model.graph import last_readers
 from model.ops import BY_CODE, KINDS, REQUANT_COUNTS, param_words, params_from_words, weighted_ops
 
 MAGIC = b"FPGAIQM\0"
@@ -167,10 +168,7 @@ def arena_bytes(quant_list):
     a slot is free once every reader of its tensor has run; the last op's tensor stays live; then,
     4-byte aligned, the reference conv's int32 accumulator row (the widest conv output row)."""
     n = len(quant_list)
-    last_use = list(range(n))
-    for i, op in enumerate(quant_list):
-        for j in op["inputs"]:
-            last_use[j] = i
+    last_use = last_readers([op["inputs"] for op in quant_list])
     last_use[-1] = n
     sizes, holder = [], []            # per slot: its size and the tensor in it
     for i, op in enumerate(quant_list):

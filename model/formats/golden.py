@@ -44,6 +44,7 @@ import shutil
 
 import numpy as np
 
+from model.engines.np_engine import NumpyIntegerModel, run_numpy
 from model.fileio import ModelFileError
 
 FORMAT, VERSION, LAYOUT = "fpgai-golden", 1, "NCHW"
@@ -65,21 +66,15 @@ def layer_outputs(state_dict, quant_list, images, batch=16):
     """Every op's output on `images` (uint8 N x C x H x W, numpy or torch) by the numpy kernels
     (KINDS[op].numpy, as model/engines/np_engine.py runs them): a list, op by op, of uint8 arrays
     (N, C, H, W), computed `batch` images at a time (the int64 activations of one batch only)."""
-    from model.ops import KINDS
-    from model.engines.np_engine import NumpyIntegerModel
-    engine = NumpyIntegerModel(state_dict, quant_list)
+    graph = NumpyIntegerModel(state_dict, quant_list).graph
     images = images.numpy() if hasattr(images, "numpy") else np.asarray(images)
     n = len(images)
-    outs = [np.empty((n, *op["shape"]), dtype=np.uint8) for op in quant_list]
+    outs = [np.empty((n, *op.shape), dtype=np.uint8) for op in graph.ops]
     for start in range(0, n, batch):
-        values = []
-        for op in engine.ops:
-            xs = [images[start:start + batch]] if op["op"] == "input" else [values[i] for i in op["inputs"]]
-            values.append(KINDS[op["op"]].numpy(xs, op, engine.params.get(op["name"], {})))
-        for i, (op, v) in enumerate(zip(quant_list, values)):
-            v = np.asarray(v).reshape(len(v), *op["shape"])
+        for i, (op, v) in enumerate(graph.walk(images[start:start + batch], run_numpy)):
+            v = np.asarray(v).reshape(len(v), *op.shape)
             if v.size and (v.min() < 0 or v.max() > 255):
-                raise DumpError(f"op {i} ({op['name']}): values outside 0..255")
+                raise DumpError(f"op {i} ({op.name}): values outside 0..255")
             outs[i][start:start + len(v)] = v
     return outs
 

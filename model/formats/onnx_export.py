@@ -13,7 +13,7 @@ model/qmath.py runs in int64 (OnnxGraph.requantize), tables are a Gather.
 import numpy as np
 import onnx
 
-from model.engines.np_engine import NumpyIntegerModel
+from model.engines.np_engine import numpy_graph
 from model.ops import KINDS
 
 OPSET = 21
@@ -78,8 +78,8 @@ class OnnxGraph:
 
     def clamp(self, v, op):
         """uint8 of clamp(zero_point + v, qmin, qmax), v int64."""
-        v = self.node("Add", [v, self.const(op["zero_point"], np.int64, "zero_point")])
-        v = self.node("Clip", [v, self.const(op["qmin"], np.int64, "qmin"), self.const(op["qmax"], np.int64, "qmax")])
+        v = self.node("Add", [v, self.const(op.zero_point, np.int64, "zero_point")])
+        v = self.node("Clip", [v, self.const(op.qmin, np.int64, "qmin"), self.const(op.qmax, np.int64, "qmax")])
         return self.cast(v, np.uint8)
 
     def requantize(self, acc, m, shift, op):
@@ -90,22 +90,23 @@ class OnnxGraph:
 
 def onnx_model(state, quant_list):
     """The onnx.ModelProto of the integer graph `(state_dict, quant_list)`."""
-    spec = NumpyIntegerModel(state, quant_list)
+    int_graph = numpy_graph(state, quant_list)
     g = OnnxGraph()
-    c, h, w = quant_list[0]["shape"]
-    values = []
-    for op in spec.ops:
-        g.prefix = op["name"]
-        xs = ["image"] if op["op"] == "input" else [values[i] for i in op["inputs"]]
-        out = KINDS[op["op"]].onnx(g, xs, op, spec.params.get(op["name"], {}))
+    c, h, w = int_graph.ops[0].shape
+
+    def run(op, xs):
+        g.prefix = op.name
+        out = KINDS[op.kind].onnx(g, xs, op, op.tensors)
         # the op's output tensor carries the op's name (unless a layer is called like an input or output)
-        if g.nodes and g.nodes[-1].output[0] == out and op["name"] not in IO_NAMES:
-            out = g.nodes[-1].output[0] = op["name"]
-        g.shapes[out] = op["shape"]
-        values.append(out)
+        if g.nodes and g.nodes[-1].output[0] == out and op.name not in IO_NAMES:
+            out = g.nodes[-1].output[0] = op.name
+        g.shapes[out] = op.shape
+        return out
+
+    logits = int_graph.run("image", run)
     last = quant_list[-1]
     g.prefix = "output"
-    g.node("Flatten", [values[-1]], "logits", axis=1)
+    g.node("Flatten", [logits], "logits", axis=1)
     g.node("Mul", [g.node("Sub", [g.cast("logits", np.float32), g.const(last["zero_point"], np.float32)]),
                    g.const(last["scale"], np.float32, "scale")], "logits_float")
     value, outputs = onnx.helper.make_tensor_value_info, int(np.prod(last["shape"]))

@@ -22,13 +22,14 @@ import torch
 import torch.fx as fx
 from torch.fx.experimental.optimization import fuse as fold_bn
 
-from model.quant import graph_passes
-from model.formats.export_format import arena_bytes
+from model.engines.np_engine import numpy_graph, run_numpy
 from model.fileio import atomic_open, error_line
-from model.engines.np_engine import NumpyIntegerModel
+from model.formats.export_format import arena_bytes
+from model.graph import last_readers
 from model.ops import KINDS
 from model.ops.base import keeps_qparams
 from model.ops.weighted import accumulator_bound
+from model.quant import graph_passes
 from model.quant.quantize import _holds_tensor, _role
 
 REPORT_IMAGES = 64          # calibration images the activation SQNR is measured on
@@ -51,19 +52,10 @@ def macs(state, op):
     return 0
 
 
-def last_readers(quant_list):
-    """last[i]: the last op that reads tensor i (i itself when none does)."""
-    last = list(range(len(quant_list)))
-    for i, op in enumerate(quant_list):
-        for j in op["inputs"]:
-            last[j] = max(last[j], i)
-    return last
-
-
 def live_bytes(quant_list):
     """live[i]: bytes of the tensors alive while op i runs: every tensor j <= i still read by op i or later
     (its inputs among them) plus its own output."""
-    last, size = last_readers(quant_list), [activation_bytes(op) for op in quant_list]
+    last, size = last_readers([op["inputs"] for op in quant_list]), [activation_bytes(op) for op in quant_list]
     return [sum(size[j] for j in range(i + 1) if last[j] >= i) for i in range(len(quant_list))]
 
 
@@ -162,25 +154,16 @@ def activation_sqnr(state, quant_list, net, images, batch=BATCH):
         probe.run(x[:1].float() / 255.0)
     nodes, notes = match_ops(gm, quant_list, probe.meta)
     unmatched = sorted(notes)
-    engine = NumpyIntegerModel(state, quant_list)       # its ops (with input zero points) and parameters
-    ops, params = engine.ops, engine.params
-    last = last_readers(quant_list)
-    signal, noise = np.zeros(len(ops)), np.zeros(len(ops))
+    graph = numpy_graph(state, quant_list)
+    signal, noise = np.zeros(len(graph.ops)), np.zeros(len(graph.ops))
     recorder = _Recorder(gm, [n for n in nodes if n is not None])
     for start in range(0, len(x), batch):
         xb = x[start:start + batch]
         recorder.values = {}
         with torch.no_grad():
             recorder.run(xb.float() / 255.0)
-        values = {}
-        for i, op in enumerate(ops):
-            xs = [xb.numpy()] if op["op"] == "input" else [values[j] for j in op["inputs"]]
-            q = KINDS[op["op"]].numpy(xs, op, params.get(op["name"], {}))
-            values[i] = q
-            for j in set(op["inputs"]):
-                if last[j] == i:
-                    del values[j]
-            if op["op"] == "input":
+        for i, (op, q) in enumerate(graph.walk(xb.numpy(), run_numpy)):
+            if op.kind == "input":
                 notes[i] = "the input: the raw pixels, exact (scale 1/255, zero point 0)"
             if nodes[i] is None or i in notes:
                 continue
@@ -191,12 +174,12 @@ def activation_sqnr(state, quant_list, net, images, batch=BATCH):
                 unmatched.append(i)
                 continue
             f = f.double().reshape(len(xb), -1).numpy()
-            d = op["scale"] * (q.reshape(len(xb), -1) - op["zero_point"]).astype(np.float64)
+            d = op.scale * (q.reshape(len(xb), -1) - op.zero_point).astype(np.float64)
             signal[i] += float((f * f).sum())
             noise[i] += float(((f - d) ** 2).sum())
         del recorder.values
     sqnr = {}
-    for i in range(len(ops)):
+    for i in range(len(graph.ops)):
         if i in notes:
             sqnr[i] = None
             continue

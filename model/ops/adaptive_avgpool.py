@@ -68,30 +68,30 @@ def _sums(x, oh, ow):
 
 
 def run_numpy(xs, op, p):
-    oh, ow = op["shape"][1:]
+    oh, ow = op.shape[1:]
     sums, counts = _sums(xs[0], oh, ow)
-    acc = np.stack(sums, axis=2) - np.array(counts) * op["in_zero_points"][0]
+    acc = np.stack(sums, axis=2) - np.array(counts) * op.in_zero_points[0]
     out = np_requantize(acc, op, p, view=(1, 1, -1))
     return out.reshape(len(out), -1, oh, ow)
 
 
 def run_torch(xs, op, p):
-    oh, ow = op["shape"][1:]
+    oh, ow = op.shape[1:]
     sums, counts = _sums(xs[0], oh, ow)
-    acc = torch.stack(sums, dim=2) - torch.tensor(counts) * op["in_zero_points"][0]
+    acc = torch.stack(sums, dim=2) - torch.tensor(counts) * op.in_zero_points[0]
     out = torch_requantize(acc, p["multiplier"].to(torch.int64), p["shift"].to(torch.int64), op)
     return out.reshape(len(out), -1, oh, ow)
 
 
 def to_onnx(g, xs, op, p):
     # the window sums of x - z_x: MatMulInteger of the flat H*W with a 0/1 matrix, a column a window
-    (c, h, w), (oh, ow) = g.shape(xs[0]), op["shape"][1:]
+    (c, h, w), (oh, ow) = g.shape(xs[0]), op.shape[1:]
     member = np.zeros((h, w, oh * ow))
     for i, ((y0, y1), (x0, x1)) in enumerate(itertools.product(windows(h, oh), windows(w, ow))):
         member[y0:y1, x0:x1, i] = 1
     flat = g.reshape(xs[0], [0, c, h * w])
     acc = g.node("MatMulInteger", [flat, g.const(member.reshape(h * w, -1), np.uint8, "windows"),
-                                   g.const(op["in_zero_points"][0], np.uint8, "x_zero_point"),
+                                   g.const(op.in_zero_points[0], np.uint8, "x_zero_point"),
                                    g.const(0, np.uint8, "windows_zero_point")])
     return g.reshape(g.requantize(g.cast(acc, np.int64), p["multiplier"], p["shift"], op), [0, c, oh, ow])
 

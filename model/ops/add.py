@@ -34,29 +34,29 @@ def quantize(b, node, mod):
 
 def _check_shapes(xs, op):
     """The contract's add: both inputs of the output's shape (no broadcast)."""
-    c, h, w = op["shape"]
+    c, h, w = op.shape
     shapes = [tuple(x.shape[1:]) for x in xs]
     if shapes[0] != shapes[1] or any(int(np.prod(s)) != c * h * w for s in shapes):
-        raise ValueError(f"add '{op['name']}': inputs of shapes {' and '.join('x'.join(map(str, s)) for s in shapes)}, "
+        raise ValueError(f"add '{op.name}': inputs of shapes {' and '.join('x'.join(map(str, s)) for s in shapes)}, "
                          f"the output {c}x{h}x{w}; add takes two tensors of its output's shape")
 
 
 def run_numpy(xs, op, p):
     _check_shapes(xs, op)
-    acc = sum((x - z) * m for x, z, m in zip(xs, op["in_zero_points"], p["multiplier"]))
-    return np.clip(op["zero_point"] + qmath.rshift_round(acc, p["shift"][0]), op["qmin"], op["qmax"])
+    acc = sum((x - z) * m for x, z, m in zip(xs, op.in_zero_points, p["multiplier"]))
+    return np.clip(op.zero_point + qmath.rshift_round(acc, p["shift"][0]), op.qmin, op.qmax)
 
 
 def run_torch(xs, op, p):
     _check_shapes(xs, op)
     m, s = p["multiplier"].tolist(), int(p["shift"][0])
-    acc = sum((x - z) * mi for x, z, mi in zip(xs, op["in_zero_points"], m))
-    return (op["zero_point"] + ((acc + ((1 << s) >> 1)) >> s)).clamp_(op["qmin"], op["qmax"])
+    acc = sum((x - z) * mi for x, z, mi in zip(xs, op.in_zero_points, m))
+    return (op.zero_point + ((acc + ((1 << s) >> 1)) >> s)).clamp_(op.qmin, op.qmax)
 
 
 def to_onnx(g, xs, op, p):
     a, b = (g.node("Mul", [g.int64_minus(x, z), g.const(m, np.int64, "multiplier")])
-            for x, z, m in zip(xs, op["in_zero_points"], p["multiplier"]))
+            for x, z, m in zip(xs, op.in_zero_points, p["multiplier"]))
     return g.clamp(g.rshift_round(g.node("Add", [a, b]), p["shift"][0]), op)
 
 

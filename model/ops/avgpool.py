@@ -40,25 +40,25 @@ def emit(b, node, src, kernel, stride):
 
 
 def run_numpy(xs, op, p):
-    count = op["kernel"][0] * op["kernel"][1]
-    total = np_windows(xs[0], op["kernel"], op["stride"], (0, 0), 0).sum(axis=(4, 5))
-    return np_requantize(total - count * op["in_zero_points"][0], op, p)
+    count = op.kernel[0] * op.kernel[1]
+    total = np_windows(xs[0], op.kernel, op.stride, (0, 0), 0).sum(axis=(4, 5))
+    return np_requantize(total - count * op.in_zero_points[0], op, p)
 
 
 def run_torch(xs, op, p):
-    total = F.avg_pool2d(xs[0].to(torch.float64), op["kernel"], op["stride"], divisor_override=1)
-    count = op["kernel"][0] * op["kernel"][1]
-    acc = total.round().to(torch.int64) - count * op["in_zero_points"][0]
+    total = F.avg_pool2d(xs[0].to(torch.float64), op.kernel, op.stride, divisor_override=1)
+    count = op.kernel[0] * op.kernel[1]
+    acc = total.round().to(torch.int64) - count * op.in_zero_points[0]
     return torch_requantize(acc, p["multiplier"].to(torch.int64), p["shift"].to(torch.int64), op)
 
 
 def to_onnx(g, xs, op, p):
     # the window sums of x - z_x: a depthwise ConvInteger with weights 1
     c = g.shape(xs[0])[0]
-    ones = g.const(np.ones((c, 1, *op["kernel"])), np.uint8, "ones")
-    acc = g.node("ConvInteger", [xs[0], ones, g.const(op["in_zero_points"][0], np.uint8, "x_zero_point"),
+    ones = g.const(np.ones((c, 1, *op.kernel)), np.uint8, "ones")
+    acc = g.node("ConvInteger", [xs[0], ones, g.const(op.in_zero_points[0], np.uint8, "x_zero_point"),
                                  g.const(0, np.uint8, "weight_zero_point")],
-                 kernel_shape=op["kernel"], strides=op["stride"], group=c)
+                 kernel_shape=op.kernel, strides=op.stride, group=c)
     return g.requantize(g.cast(acc, np.int64), p["multiplier"], p["shift"], op)
 
 

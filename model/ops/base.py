@@ -3,8 +3,9 @@
 A kind's numpy function is the executable specification of the op; its torch
 function is an independent implementation that must match it bit for bit.
 Both take (xs, op, p): the input tensors (uint8 values in int64 arrays, N×C×H×W),
-the op's quant_list entry plus `in_zero_points` (one per input), and its
-state_dict tensors by field (weight, bias, multiplier, shift; {} if none).
+the op (a model.graph.Op: op.shape, op.in_zero_points, op.stride, ...) and its tensors
+by field (op.tensors: weight, bias, multiplier, shift; {} if none). Its quantize function
+is the writer of the file format: it emits quant_list entries (dicts) through the builder.
 Its onnx function writes the op as ONNX nodes (model/formats/onnx_export.py), bit-exact too: it takes
 the graph being written, its inputs' tensor names (uint8), op and p as numpy's.
 """
@@ -98,13 +99,13 @@ def np_windows(x, kernel, stride, padding, pad_value, dilation=(1, 1)):
 def np_requantize(acc, op, p, view=(1, -1, 1, 1)):
     """The contract's requantizer with the op's multipliers and shifts (per channel along axis 1)."""
     return qmath.requantize(acc, p["multiplier"].reshape(view), p["shift"].reshape(view),
-                            op["zero_point"], op["qmin"], op["qmax"])
+                            op.zero_point, op.qmin, op.qmax)
 
 
 def torch_requantize(acc, m, shift, op):
     """qmath.requantize in torch int64: m and shift broadcast."""
-    out = op["zero_point"] + ((acc * m + ((torch.ones_like(shift) << shift) >> 1)) >> shift)
-    return out.clamp_(op["qmin"], op["qmax"])
+    out = op.zero_point + ((acc * m + ((torch.ones_like(shift) << shift) >> 1)) >> shift)
+    return out.clamp_(op.qmin, op.qmax)
 
 
 def keeps_qparams(kind):

@@ -30,21 +30,21 @@ def quantize(b, node, mod):
 
 
 def run_numpy(xs, op, p):
-    parts = [op["zero_point"] + qmath.rshift_round((x - z) * m, s)
-             for x, z, m, s in zip(xs, op["in_zero_points"], p["multiplier"], p["shift"])]
-    return np.clip(np.concatenate(parts, axis=1), op["qmin"], op["qmax"])
+    parts = [op.zero_point + qmath.rshift_round((x - z) * m, s)
+             for x, z, m, s in zip(xs, op.in_zero_points, p["multiplier"], p["shift"])]
+    return np.clip(np.concatenate(parts, axis=1), op.qmin, op.qmax)
 
 
 def run_torch(xs, op, p):
-    parts = [op["zero_point"] + (((x - z) * m + ((1 << s) >> 1)) >> s)
-             for x, z, m, s in zip(xs, op["in_zero_points"], p["multiplier"].tolist(), p["shift"].tolist())]
-    return torch.cat(parts, dim=1).clamp_(op["qmin"], op["qmax"])
+    parts = [op.zero_point + (((x - z) * m + ((1 << s) >> 1)) >> s)
+             for x, z, m, s in zip(xs, op.in_zero_points, p["multiplier"].tolist(), p["shift"].tolist())]
+    return torch.cat(parts, dim=1).clamp_(op.qmin, op.qmax)
 
 
 def to_onnx(g, xs, op, p):
     # z_out added to the joined parts, then one clamp: the numpy kernel's clamp of the joined parts
     parts = [g.rshift_round(g.node("Mul", [g.int64_minus(x, z), g.const(m, np.int64, "multiplier")]), s)
-             for x, z, m, s in zip(xs, op["in_zero_points"], p["multiplier"], p["shift"])]
+             for x, z, m, s in zip(xs, op.in_zero_points, p["multiplier"], p["shift"])]
     return g.clamp(g.node("Concat", parts, axis=1), op)
 
 

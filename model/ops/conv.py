@@ -79,18 +79,18 @@ def quantize(b, node, mod):
 
 def run_numpy(xs, op, p):
     x = xs[0]
-    w = p["weight"].astype(np.float64) - op["weight_zero_point"]
+    w = p["weight"].astype(np.float64) - op.weight_zero_point
     cout, cin_g, kh, kw = w.shape
-    groups = op["groups"]
+    groups = op.groups
     w = w.reshape(groups, cout // groups, -1)
-    c, oh, ow = x.shape[1], op["shape"][1], op["shape"][2]
+    c, oh, ow = x.shape[1], op.shape[1], op.shape[2]
     chunk = max(1, COLUMN_BUDGET // (c * kh * kw * oh * ow))
     parts = []
     # sums of products as float64 matmuls: every partial sum is an integer below 2^53 (the
     # quantizer proves |acc| < 2^31), so BLAS computes them exactly
     for i in range(0, len(x), chunk):
-        xs_ = (x[i:i + chunk] - op["in_zero_points"][0]).astype(np.float64)   # padding with 0 here = with z_x
-        win = np_windows(xs_, (kh, kw), op["stride"], op["padding"], 0.0, op["dilation"])
+        xs_ = (x[i:i + chunk] - op.in_zero_points[0]).astype(np.float64)   # padding with 0 here = with z_x
+        win = np_windows(xs_, (kh, kw), op.stride, op.padding, 0.0, op.dilation)
         n = len(xs_)
         # (N, G, Cg*kh*kw, OH*OW) columns against (G, Cout/G, Cg*kh*kw) weights
         cols = win.reshape(n, groups, cin_g, oh, ow, kh, kw).transpose(0, 1, 2, 5, 6, 3, 4)
@@ -113,29 +113,29 @@ def _depthwise(x, w, stride, dilation, oh, ow):
 
 
 def run_torch(xs, op, p):
-    top, left, bottom, right = op["padding"]
-    x = F.pad(xs[0] - op["in_zero_points"][0], (left, right, top, bottom))     # padding with 0 here = with z_x
-    w = p["weight"].to(torch.int64) - op["weight_zero_point"]
-    if op["groups"] == x.shape[1] == w.shape[0]:
-        acc = _depthwise(x, w, op["stride"], op["dilation"], *op["shape"][1:])
+    top, left, bottom, right = op.padding
+    x = F.pad(xs[0] - op.in_zero_points[0], (left, right, top, bottom))     # padding with 0 here = with z_x
+    w = p["weight"].to(torch.int64) - op.weight_zero_point
+    if op.groups == x.shape[1] == w.shape[0]:
+        acc = _depthwise(x, w, op.stride, op.dilation, *op.shape[1:])
     else:
-        acc = F.conv2d(x.to(torch.float64), w.to(torch.float64), stride=op["stride"], dilation=op["dilation"],
-                       groups=op["groups"]).round().to(torch.int64)
+        acc = F.conv2d(x.to(torch.float64), w.to(torch.float64), stride=op.stride, dilation=op.dilation,
+                       groups=op.groups).round().to(torch.int64)
     view = (1, -1, 1, 1)
     acc = acc + p["bias"].to(torch.int64).view(view)
     return torch_requantize(acc, p["multiplier"].to(torch.int64).view(view), p["shift"].to(torch.int64).view(view), op)
 
 
 def to_onnx(g, xs, op, p):
-    top, left, bottom, right = op["padding"]
-    zx = op["in_zero_points"][0]
+    top, left, bottom, right = op.padding
+    zx = op.in_zero_points[0]
     x = xs[0]
     if top or left or bottom or right:          # padding holding z_x adds 0, as in the numpy kernel
         x = g.node("Pad", [x, g.const([0, 0, top, left, 0, 0, bottom, right], np.int64, "pads"),
                            g.const(zx, np.uint8, "pad_value")])
-    w, wz = g.weight(p["weight"], op["weight_zero_point"])
-    acc = g.node("ConvInteger", [x, w, g.const(zx, np.uint8, "x_zero_point"), wz], kernel_shape=op["kernel"],
-                 strides=op["stride"], dilations=op["dilation"], group=op["groups"])
+    w, wz = g.weight(p["weight"], op.weight_zero_point)
+    acc = g.node("ConvInteger", [x, w, g.const(zx, np.uint8, "x_zero_point"), wz], kernel_shape=op.kernel,
+                 strides=op.stride, dilations=op.dilation, group=op.groups)
     acc = g.node("Add", [acc, g.const(p["bias"].reshape(1, -1, 1, 1), np.int32, "bias")])
     view = (1, -1, 1, 1)
     return g.requantize(g.cast(acc, np.int64), p["multiplier"].reshape(view), p["shift"].reshape(view), op)

@@ -35,31 +35,31 @@ def quantize(b, node, mod):
 def ceil_extra(op, size):
     """[h, w] of the padding past the end that ceil_mode's last windows reach into, input H x W `size`."""
     return [max(0, (o - 1) * s + k - (n + 2 * pad)) for o, s, k, n, pad in
-            zip(op["shape"][1:], op["stride"], op["kernel"], size, op["padding"])]
+            zip(op.shape[1:], op.stride, op.kernel, size, op.padding)]
 
 
 def run_numpy(xs, op, p):
     # -1 is below every uint8 value, so padding never wins
-    x, (oh, ow) = xs[0], op["shape"][1:]
+    x, (oh, ow) = xs[0], op.shape[1:]
     extra = ceil_extra(op, x.shape[2:])
     x = np.pad(x, ((0, 0), (0, 0), (0, extra[0]), (0, extra[1])), constant_values=-1)
-    return np_windows(x, op["kernel"], op["stride"], op["padding"], -1)[:, :, :oh, :ow].max(axis=(4, 5))
+    return np_windows(x, op.kernel, op.stride, op.padding, -1)[:, :, :oh, :ow].max(axis=(4, 5))
 
 
 def run_torch(xs, op, p):
-    return F.max_pool2d(xs[0].to(torch.float64), op["kernel"], op["stride"], op["padding"],
-                        ceil_mode=bool(op["ceil_mode"])).to(torch.int64)
+    return F.max_pool2d(xs[0].to(torch.float64), op.kernel, op.stride, op.padding,
+                        ceil_mode=bool(op.ceil_mode)).to(torch.int64)
 
 
 def to_onnx(g, xs, op, p):
     # explicit padding, so that MaxPool's own ceil_mode rule is not involved: 0 here, as every window
     # holds a real element (>= 0) the pad never wins either; the padded input has exactly OH x OW windows
-    (ph, pw), (eh, ew) = op["padding"], ceil_extra(op, g.shape(xs[0])[1:])
+    (ph, pw), (eh, ew) = op.padding, ceil_extra(op, g.shape(xs[0])[1:])
     x = xs[0]
     if ph or pw or eh or ew:
         x = g.node("Pad", [x, g.const([0, 0, ph, pw, 0, 0, ph + eh, pw + ew], np.int64, "pads"),
                            g.const(0, np.uint8, "pad_value")])
-    return g.node("MaxPool", [x], kernel_shape=op["kernel"], strides=op["stride"])
+    return g.node("MaxPool", [x], kernel_shape=op.kernel, strides=op.stride)
 
 
 KIND = OpKind("maxpool", 3, (1, 1),

@@ -41,18 +41,18 @@ def quantize(b, node, mod):
 
 
 def run_numpy(xs, op, p):
-    (za, zb), (m,), (s,) = op["in_zero_points"], p["multiplier"], p["shift"]
-    return qmath.requantize((xs[0] - za) * (xs[1] - zb), m, s, op["zero_point"], op["qmin"], op["qmax"])
+    (za, zb), (m,), (s,) = op.in_zero_points, p["multiplier"], p["shift"]
+    return qmath.requantize((xs[0] - za) * (xs[1] - zb), m, s, op.zero_point, op.qmin, op.qmax)
 
 
 def run_torch(xs, op, p):
-    (za, zb), m, s = op["in_zero_points"], int(p["multiplier"][0]), int(p["shift"][0])
+    (za, zb), m, s = op.in_zero_points, int(p["multiplier"][0]), int(p["shift"][0])
     acc = (xs[0] - za) * (xs[1] - zb) * m
-    return (op["zero_point"] + ((acc + ((1 << s) >> 1)) >> s)).clamp_(op["qmin"], op["qmax"])
+    return (op.zero_point + ((acc + ((1 << s) >> 1)) >> s)).clamp_(op.qmin, op.qmax)
 
 
 def to_onnx(g, xs, op, p):
-    a, b = (g.int64_minus(x, z) for x, z in zip(xs, op["in_zero_points"]))
+    a, b = (g.int64_minus(x, z) for x, z in zip(xs, op.in_zero_points))
     return g.requantize(g.node("Mul", [a, b]), p["multiplier"], p["shift"], op)
 
 

@@ -48,20 +48,20 @@ def quantize(b, node, mod):
 
 def run_numpy(xs, op, p):
     n, c, h, w = xs[0].shape
-    g = op["groups"]
+    g = op.groups
     return xs[0].reshape(n, g, c // g, h, w).transpose(0, 2, 1, 3, 4).reshape(n, c, h, w)
 
 
 def run_torch(xs, op, p):
     n, c, h, w = xs[0].shape
-    g = op["groups"]
+    g = op.groups
     index = torch.arange(c).reshape(g, c // g).t().reshape(-1)      # out channel j*g + i <- i*(c/g) + j
     return xs[0].index_select(1, index)
 
 
 def to_onnx(g, xs, op, p):
     c, h, w = g.shape(xs[0])
-    grouped = g.reshape(xs[0], [0, op["groups"], c // op["groups"], h, w])
+    grouped = g.reshape(xs[0], [0, op.groups, c // op.groups, h, w])
     return g.reshape(g.node("Transpose", [grouped], perm=[0, 2, 1, 3, 4]), [0, c, h, w])
 
 

@@ -86,18 +86,18 @@ def quantize(b, node, mod):
 
 
 def run_numpy(xs, op, p):
-    start = op["channel_start"]
-    return xs[0][:, start:start + op["shape"][0]]
+    start = op.channel_start
+    return xs[0][:, start:start + op.shape[0]]
 
 
 def run_torch(xs, op, p):
-    return xs[0].narrow(1, op["channel_start"], op["shape"][0])
+    return xs[0].narrow(1, op.channel_start, op.shape[0])
 
 
 def to_onnx(g, xs, op, p):
-    start = op["channel_start"]
+    start = op.channel_start
     return g.node("Slice", [xs[0], g.const([start], np.int64, "starts"),
-                            g.const([start + op["shape"][0]], np.int64, "ends"), g.const([1], np.int64, "axes")])
+                            g.const([start + op.shape[0]], np.int64, "ends"), g.const([1], np.int64, "axes")])
 
 
 KIND = OpKind("slice", 10, (1, 1), ("channel_start",), "0", "0", False, match, quantize, run_numpy, run_torch,

@@ -69,19 +69,19 @@ def quantize(b, node, mod):
 
 
 def run_numpy(xs, op, p):
-    sh, sw = op["factor"]
+    sh, sw = op.factor
     return xs[0].repeat(sh, axis=2).repeat(sw, axis=3)
 
 
 def run_torch(xs, op, p):
-    sh, sw = op["factor"]
+    sh, sw = op.factor
     n, c, h, w = xs[0].shape
     return xs[0].reshape(n, c, h, 1, w, 1).expand(n, c, h, sh, w, sw).reshape(n, c, h * sh, w * sw)
 
 
 def to_onnx(g, xs, op, p):
     # each element repeated (the torch kernel's expand): no coordinate rule of Resize involved
-    (sh, sw), (c, h, w) = op["factor"], g.shape(xs[0])
+    (sh, sw), (c, h, w) = op.factor, g.shape(xs[0])
     x = g.node("Expand", [g.reshape(xs[0], [0, c, h, 1, w, 1]), g.const([1, 1, 1, sh, 1, sw], np.int64, "repeats")])
     return g.reshape(x, [0, c, h * sh, w * sw])
 
