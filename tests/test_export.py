@@ -9,8 +9,7 @@ import model.formats.export_format as export_format
 from model.formats.export_format import (ExportFormatError, crc32, export_paths, quant_txt_lines, read_bins, read_model_bin,
                                  read_weight_txt, write_export)
 from model.fileio import atomic_open
-from model.ops import KINDS, weighted_ops
-from model.ops.base import PARAM_KEYS
+from model.ops import KINDS, PARAM_KEYS, weighted_ops
 from tests.random_models import random_quantized
 
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from model.fileio import atomic_open
 from model.graph import last_readers
-from model.ops import BY_CODE, KINDS, REQUANT_COUNTS, param_words, params_from_words, weighted_ops
+from model.ops import BY_CODE, KINDS, OWN_PARAM_RANGES, REQUANT_COUNTS, param_words, params_from_words, weighted_ops
 
 MAGIC = b"FPGAIQM\0"
 MODEL_BIN_VERSION = 3
@@ -56,7 +56,8 @@ PARAM_RANGES = {"kernel_h": (1, MAX_DIM), "kernel_w": (1, MAX_DIM), "stride_h": 
                 "pad_left": (0, MAX_DIM), "pad_bottom": (0, MAX_DIM), "pad_right": (0, MAX_DIM),
                 "dilation_h": (1, MAX_DIM), "dilation_w": (1, MAX_DIM), "groups": (1, MAX_DIM),
                 "weight_zero_point": (0, 255), "weight_offset": (0, INT32_MAX), "bias_offset": (0, INT32_MAX),
-                "ceil_mode": (0, 1), "channel_start": (0, MAX_DIM), "scale_h": (1, MAX_DIM), "scale_w": (1, MAX_DIM)}
+                "ceil_mode": (0, 1), "channel_start": (0, MAX_DIM), "scale_h": (1, MAX_DIM), "scale_w": (1, MAX_DIM),
+                **OWN_PARAM_RANGES}
 # the counted arrays ending a record: each value's range
 BLOCK_RANGES = {"multiplier": (0, INT32_MAX), "shift": (0, MAX_SHIFT), "table": (0, 255)}
 # weight.bin's values per weight mode (per-channel int8 weights are symmetric: -128 never occurs)

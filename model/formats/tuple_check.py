@@ -415,4 +415,5 @@ def _adaptive_avgpool(v):
 # every kind's rule (tests/test_hostile_inputs.py: one for each kind of model/ops)
 VALIDATE = {"input": _input, "conv": _conv, "linear": _linear, "maxpool": _maxpool, "avgpool": _avgpool,
             "add": _add, "concat": _concat, "lut": _lut, "mul": _mul, "shuffle": _shuffle, "slice": _slice,
-            "upsample": _upsample, "adaptive_avgpool": _adaptive_avgpool}
+            "upsample": _upsample, "adaptive_avgpool": _adaptive_avgpool,
+            **{kind.name: kind.check for kind in ops.KINDS.values() if kind.check is not None}}

@@ -10,7 +10,8 @@ tests/test_op_table.py). docs/contract.md "Adding an op kind" lists every place 
 import importlib
 import pkgutil
 
-from model.ops.base import PARAM_KEYS, REQUANT_COUNTS, OpKind, QuantizeError
+from model.ops import base
+from model.ops.base import REQUANT_COUNTS, OpKind, QuantizeError
 
 # every module of this package that declares a KIND is a kind: adding one is adding its file
 _declared = [getattr(importlib.import_module(f"{__name__}.{m.name}"), "KIND", None) for m in pkgutil.iter_modules(__path__)]
@@ -18,6 +19,9 @@ KINDS = {k.name: k for k in sorted((k for k in _declared if k is not None), key=
 BY_CODE = {k.code: k for k in KINDS.values()}
 assert len(BY_CODE) == len(KINDS), "two op kinds share a model.bin code"
 assert list(BY_CODE) == list(range(len(BY_CODE))), "model.bin codes must be 0, 1, 2, ..."
+# every parameter word -> (quant_list key, index or None): the shared ones and each kind's own
+PARAM_KEYS = {**base.PARAM_KEYS, **{w[0]: (w[1], w[2]) for k in KINDS.values() for w in k.own_params}}
+OWN_PARAM_RANGES = {w[0]: (w[3], w[4]) for k in KINDS.values() for w in k.own_params}
 
 
 def match(gm, node):
@@ -56,5 +60,5 @@ def params_from_words(kind, words):
     return fields
 
 
-__all__ = ["KINDS", "BY_CODE", "OpKind", "QuantizeError", "REQUANT_COUNTS", "match", "weighted_ops",
+__all__ = ["KINDS", "BY_CODE", "PARAM_KEYS", "OWN_PARAM_RANGES", "OpKind", "QuantizeError", "REQUANT_COUNTS", "match", "weighted_ops",
            "param_words", "params_from_words"]

@@ -24,7 +24,8 @@ class QuantizeError(RuntimeError):
     pass
 
 
-# model.bin record word -> (quant_list key, index into a list or None); the writer's offsets
+# model.bin record word -> (quant_list key, index into a list or None) of the words kinds share (a kind's
+# own words: OpKind.own_params; model.ops.PARAM_KEYS holds both); the writer's offsets
 # into weight.bin / bias.bin are not in the tuple, it adds them to the op it writes.  A max
 # pool's padding is [h, w] (both sides), a conv's [top, left, bottom, right]
 PARAM_KEYS = {"kernel_h": ("kernel", 0), "kernel_w": ("kernel", 1), "stride_h": ("stride", 0),
@@ -57,6 +58,10 @@ class OpKind:
     onnx: Callable              # (OnnxGraph, input names, op, p) -> output name: its ONNX nodes, bit-exact
                                 # with numpy (model/formats/onnx_export.py)
     n_table: str = "0"          # values of its lookup table (state_dict NAME.table, 0..255)
+    own_params: tuple = ()      # the words of its params no other kind has, each (word, quant_list key,
+                                # index or None, lowest, highest); the shared ones are PARAM_KEYS
+    check: Callable = None      # its rules between fields in a tuple (model/formats/tuple_check.py's _Op -> None,
+                                # v.fail(phrase) on a broken one); None: the rule is in tuple_check.py
 
 
 def matcher(modules=(), functions=(), methods=()):
