@@ -1,7 +1,6 @@
 """Every CIFAR-10 architecture of the registry through the one spine: quantize (both
 weight modes), then torch integer = numpy = C on the same images. Random weights and
 BN statistics: what is tested is the integer graph, not the training."""
-import os
 import subprocess
 
 import numpy as np
@@ -13,7 +12,7 @@ from model.formats.export_format import write_export
 from model.engines.np_engine import NumpyIntegerModel
 from model.engines.torch_engine import TorchIntegerModel
 from tests.random_models import _randomize_bn, make_cfg
-from tests.test_c_engine import binaries, read_logits, write_cifar  # noqa: F401  (fixture)
+from tests.c_engine import read_logits, write_cifar
 from model.quant.quantize import build_integer_graph
 
 CIFAR_MODELS = [name for name, spec in models.MODELS.items() if spec.dataset == "cifar10"]

@@ -18,7 +18,7 @@ import torch
 import config
 from data import datasets
 from model.engines.np_engine import NumpyIntegerModel
-from tests.test_c_engine import assert_clean, binaries, result_line  # noqa: F401  (binaries: a fixture)
+from tests.c_engine import assert_clean, result_line
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IMAGES = 10_000

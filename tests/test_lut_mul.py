@@ -13,8 +13,7 @@ from model import qmath
 from model.ops import KINDS
 from model.quant.quantize import QuantizeError, build_integer_graph
 from tests.random_models import make_cfg, random_quantized
-from tests.test_c_engine import (assert_clean, binaries, clone, export_graph, mutate_model,  # noqa: F401
-                                 read_logits, refused, run, set_field)
+from tests.c_engine import assert_clean, clone, export_graph, mutate_model, read_logits, refused, run, set_field
 
 
 def quantize(net, shape=(3, 8, 8), n=32, seed=0):

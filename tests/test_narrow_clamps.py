@@ -29,8 +29,8 @@ from model.ops.weighted import ACC_LIMIT, accumulator_bound
 from model.engines.torch_engine import TorchIntegerModel
 from tests import narrow_graphs
 from tests.narrow_graphs import CASES, padded_with, params_of, tensors, unclamped, with_zps
-from tests.test_c_engine import C_DIR, assert_clean, export_graph, read_logits, result_line
-from tests.test_c_kernels import ISAS, force_wide_requantization, missing_flags
+from tests.c_builds import ISAS, force_wide_requantization, missing_flags
+from tests.c_engine import C_DIR, assert_clean, export_graph, read_logits, result_line
 
 MODES = ["per_channel", "per_tensor"]
 PARAMS = [(name, mode) for name in CASES for mode in MODES]

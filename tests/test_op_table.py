@@ -4,7 +4,6 @@ import json
 import subprocess
 
 from model.ops import KINDS
-from tests.test_c_engine import binaries  # noqa: F401  (the fixture that builds the engine)
 
 
 def test_c_and_python_op_tables_agree(binaries):  # noqa: F811

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from model.fileio import atomic_open
-from tests.test_c_engine import ROOT, assert_clean, binaries, make_export, read_logits, run  # noqa: F401
+from tests.c_engine import ROOT, assert_clean, make_export, read_logits, run
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from model.engines.np_engine import NumpyIntegerModel
 from model.quant.quantize import build_integer_graph
 from model.engines.torch_engine import TorchIntegerModel
 from tests.random_models import _randomize_bn, make_cfg
-from tests.test_c_engine import binaries, read_logits  # noqa: F401  (binaries: the fixture that builds the engine)
+from tests.c_engine import read_logits
 
 pytestmark = pytest.mark.models
 tv = pytest.importorskip("torchvision")

@@ -4,7 +4,7 @@ A model whose ops together need more than the cap (operations per image: MACs of
 reads of pools, output values of the rest) is refused at load, with one line naming the total and
 the op that adds the most, by the C engine, the numpy and torch engines, test_model.py and the
 exporter (which then writes nothing); --max-work / --max_work raises the cap.  The optimized max pool
-(separable, kernels_fast.c) gives the reference kernel's bytes on every window, and is not slower.
+(separable, c/fast/hwc.inc) gives the reference kernel's bytes on every window, and is not slower.
 """
 import os
 import re
@@ -20,7 +20,6 @@ from model import api, work
 from model.formats.export_format import write_export
 from model.engines.np_engine import NumpyIntegerModel
 from model.engines.torch_engine import TorchIntegerModel
-from tests.checks import c_binaries
 from tests.random_models import ARCHS, random_quantized
 from tests.work_models import pool_chain
 
@@ -31,11 +30,6 @@ C_LINE = re.compile(r"error: (\S+): model needs (\d+) operations per image \(op 
                     r"(\d+) \(--max-work N raises it\)")
 PY_LINE = re.compile(r"(\S+): model needs (\d+) operations per image \(op (\d+) '([^']*)' (\w+) adds (\d+)\); the cap "
                      r"is (\d+) \(--max_work=N raises it\)")
-
-
-@pytest.fixture(scope="module")
-def binaries():
-    return c_binaries()
 
 
 def export(folder, state, quant, images):
