@@ -60,6 +60,8 @@ class OpKind:
     n_table: str = "0"          # values of its lookup table (state_dict NAME.table, 0..255)
     own_params: tuple = ()      # the words of its params no other kind has, each (word, quant_list key,
                                 # index or None, lowest, highest); the shared ones are PARAM_KEYS
+    widens_input: bool = False  # it keeps its input's scale but may output values beyond its input's range
+                                # (a constant pad): calibration widens the input's range to hold its output's
     check: Callable = None      # its rules between fields in a tuple (model/formats/tuple_check.py's _Op -> None,
                                 # v.fail(phrase) on a broken one); None: the rule is in tuple_check.py
 

@@ -28,7 +28,7 @@ from torch.fx.experimental.optimization import fuse as fold_bn
 from model.quant import graph_passes
 from model import ops, qmath
 from model.fileio import FORMAT_VERSIONS
-from model.ops.base import QuantizeError, describe_node
+from model.ops.base import QuantizeError, describe_node, keeps_qparams
 from model.ops.input import INPUT_SCALE
 from model.ops.weighted import ACC_LIMIT, BIAS_LIMIT, accumulator_bound, quantize_weight, weight_sqnr_db
 from model.formats.tuple_check import TUPLE_HEADER, tuple_problem
@@ -319,7 +319,27 @@ def _observe(gm, images, cfg, progress=None):
         for x in (progress(batches) if progress else batches):
             observer.run(x.float() / 255.0)
             observer.batches += 1
+    _widen_shared_ranges(gm, observer)
     return observer
+
+
+def _widen_shared_ranges(gm, observer):
+    """A kind that keeps its input's scale and zero point but may write values beyond its input's range
+    (OpKind.widens_input) gets an input range holding its output's: the range of the op whose scale it
+    keeps, through aliases and other data-movement ops (keeps_qparams), last node first."""
+    for node in reversed(gm.graph.nodes):
+        kind, _ = ops.match(gm, node)
+        if kind is None or not kind.widens_input or node.name not in observer.ranges:
+            continue
+        out_lo, out_hi = observer.ranges[node.name]
+        src = next(a for a in node.args if isinstance(a, fx.Node))
+        while src.name in observer.ranges:
+            lo, hi = observer.ranges[src.name]
+            observer.ranges[src.name] = (min(lo, out_lo), max(hi, out_hi))
+            src_kind, _ = ops.match(gm, src)
+            if _role(gm, src) != "alias" and (src_kind is None or not keeps_qparams(src_kind)):
+                break
+            src = _alias_source(src) if _role(gm, src) == "alias" else next(a for a in src.args if isinstance(a, fx.Node))
 
 
 def _walk(gm, observer, cfg, input_shape, dry=False):
