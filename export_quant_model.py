@@ -5,7 +5,7 @@ or both; quant.txt and the versioned graph file model.bin are always written.
 Proves each layer's worst-case accumulator magnitude again from the integers it exports
 and prints it against the int32 limit (a tuple edited by hand cannot smuggle in an overflow).
 Your own model: --model=FILE.py:NAME -> export_model/NAME_* (the other settings come from the tuple).
---report=PATH.json also writes the per-layer report (model/formats/report.py): a table, PATH.json and PATH.png.
+--report=PATH.json also writes the per-layer report (model/report.py): a table, PATH.json and PATH.png.
 """
 import os
 import sys
@@ -14,8 +14,7 @@ import torch
 
 import config
 from data import datasets
-from model.formats import report
-from model import work
+from model import report, work
 from model.formats.export_format import export_targets, write_export
 from model.fileio import (ModelFileError, WriteError, check_not_tracked, check_output_file, check_space, check_writable,
                           error_line, stage_main)

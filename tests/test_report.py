@@ -1,4 +1,4 @@
-"""The per-layer report (`export_quant_model.py --report=PATH.json`, model/formats/report.py): LeNet's committed
+"""The per-layer report (`export_quant_model.py --report=PATH.json`, model/report.py): LeNet's committed
 tuple through the script (JSON fields, MACs against an independent count with forward hooks, accumulator
 bits against the proven bound, activation SQNR, the PNG, the printed table), and random graphs through
 the Python API (every op matched to its float tensor, with and without an input normalisation)."""
@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 import model as models
-from model.formats import report
+from model import report
 from tests.random_models import ARCHS, _randomize_bn
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -1,2 +1,2 @@
 """What the integer graph is written as: the tuple, the exported files (bin/txt/C source), ONNX,
-golden vectors and the per-layer report."""
+golden vectors."""

@@ -3,7 +3,7 @@ MACs, weight / bias / activation bytes, the activation bytes live while it runs,
 bits its proven bound needs, its multiplier bits, its weight SQNR, and the SQNR of its integer output
 against the float model's tensor at the same point, on calibration images.
 
-    from model.formats import report
+    from model import report
     rep = report.layer_report(state, quant_list, float_net, images)   # images: uint8 N×C×H×W (or None)
     print(report.table(rep)); report.write(rep, "lenet_report.json")  # + lenet_report.png
 
@@ -22,6 +22,7 @@ import torch
 import torch.fx as fx
 from torch.fx.experimental.optimization import fuse as fold_bn
 
+from model.api import float_model
 from model.engines.np_engine import numpy_graph, run_numpy
 from model.fileio import atomic_open, error_line
 from model.formats.export_format import arena_bytes
@@ -198,7 +199,6 @@ def layer_report(state, quant_list, net=None, images=None, note=None):
     measured = net is not None and images is not None and len(images) > 0
     note = None if measured else (note or "no float model or calibration images")
     if measured:
-        from model.api import float_model
         fnet = float_model(net, head.get("input_mean"), head.get("input_std"), head["shape"][0])
         try:
             sqnr, notes, unmatched = activation_sqnr(state, quant_list, fnet, images)
