@@ -295,19 +295,20 @@ size_t fpgai_storage_bytes(const uint8_t *model_bin, size_t size);
 int fpgai_load_graph(Model *m, void *storage, size_t storage_bytes, const uint8_t *model_bin, size_t size,
                      const char *want_model);
 /* The weights (weight.bin's bytes) and biases (bias.bin's), kept by reference, and the
- * accumulator bound they must keep (m->weights_path names them in its message).  `sealed`: check them against the size and CRC-32 model.bin
- * recorded for weight.bin / bias.bin (0 when they come from weight.txt, whose seal the caller
- * checked with fpgai_check_seal).  Returns 0, or -1 with m->error set. */
+ * accumulator bound they must keep (m->weights_path names them in its message).  `sealed`: check
+ * them against the size and CRC-32 model.bin recorded for weight.bin / bias.bin (0 when they come
+ * from weight.txt, whose seal the caller checked with fpgai_check_seal).  Returns 0, or -1 with
+ * m->error set. */
 int fpgai_attach_weights(Model *m, const uint8_t *weights, size_t w_size, const char *weight_path,
                          const uint8_t *biases, size_t b_size, const char *bias_path, int sealed);
 /* The work of op i of a loaded graph per image, in operations (the cap's unit, DEFAULT_MAX_WORK):
+ * its kind's work function (KindSpec.work, in ops/KIND.c), else its output's C*H*W values:
  *   conv                C*H*W * (Cin/groups)*kh*kw           multiply-accumulates
  *   linear              C * K (its input's C*H*W)             multiply-accumulates
  *   maxpool, avgpool    C*H*W * kh*kw                         window reads, padding included
  *   adaptive_avgpool    C * (its windows' rows summed over the output rows)
  *                         * (its windows' columns summed over the output columns)   window reads
- *   the other kinds     C*H*W                                 output values (input, add, concat,
- *                                                             lut, mul, shuffle, slice, upsample)
+ *   the other kinds     C*H*W                                 output values
  * (C, H, W the op's output shape.)  model/work.py is the same in Python. */
 uint64_t fpgai_op_work(const Model *m, int i);
 /* One exported file's bytes against the size and CRC-32 model.bin recorded (FILE_*): 0 or -1 */
