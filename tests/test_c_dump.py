@@ -1,4 +1,4 @@
-"""./c/inference --dump-layers DIR (c/dump.c): the C engine's golden vectors in model/formats/golden.py's
+"""./c/inference --dump-layers DIR (c/host/dump.c): the C engine's golden vectors in model/formats/golden.py's
 layout equal the numpy engine's (test_model.py --dump_layers), op for op and byte for byte, on
 LeNet's committed export and on random graphs holding every op kind; a folder that is not a dump
 is refused with one line, a previous dump replaced."""

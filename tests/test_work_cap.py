@@ -1,4 +1,4 @@
-"""The whole-model work cap (c/fpgai.c check_work, model/work.py) and the max pool kernels on big windows.
+"""The whole-model work cap (c/core/load.c check_work, model/work.py) and the max pool kernels on big windows.
 
 A model whose ops together need more than the cap (operations per image: MACs of conv/linear, window
 reads of pools, output values of the rest) is refused at load, with one line naming the total and
