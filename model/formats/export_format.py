@@ -22,6 +22,9 @@ import numpy as np
 
 from model.fileio import atomic_open
 from model.graph import last_readers
+# the C loader's limits, named here too (export_format.MAX_DIM, ...)
+from model.limits import (INT32_MAX, MAX_ARENA, MAX_DIM, MAX_INPUTS, MAX_OPS, MAX_SCRATCH, MAX_SHIFT,
+                          MAX_TENSOR, MAX_WEIGHTS, MIN_OPS)
 from model.ops import BY_CODE, KINDS, OWN_PARAM_RANGES, REQUANT_COUNTS, param_words, params_from_words, weighted_ops
 
 MAGIC = b"FPGAIQM\0"
@@ -36,18 +39,10 @@ COMMON = struct.Struct("<2I6if")                               # type, n_words, 
 BLOCKS = (("multiplier", "n_mult"), ("shift", "n_shift"), ("table", "n_table"))   # counted arrays ending a record
 assert HEADER.size <= HEADER_BYTES
 
-# What the C loader accepts in model.bin (c/fpgai.h's limits, the PARAM rows of c/fpgai.c's KINDS), written
-# once for Python: the tuple check (model/formats/tuple_check.py) reads them, so a tuple Python loads is one the C
-# engine loads; tests/test_hostile_inputs.py compares them with the C sources.
-INT32_MAX = 2 ** 31 - 1
-MIN_OPS, MAX_OPS = 2, 4096
-MAX_DIM = 65535                                   # C, H, W, kernels, strides, paddings: below 65,536
-MAX_INPUTS = 64                                   # concat's most inputs
-MAX_TENSOR = 1 << 26                              # elements of one tensor
-MAX_SHIFT = 62
-MAX_SCRATCH = 1 << 28                             # elements of one kernel scratch buffer (im2col, padded input)
-MAX_WEIGHTS = INT32_MAX                           # weights in the weight files (biases: a quarter of it)
-MAX_ARENA = 1 << 30                               # bytes of all activations together (arena_bytes)
+# What the C loader accepts in model.bin beyond the limits (model/limits.py, named here too: export_format.MAX_DIM):
+# the header strings and the PARAM rows of c/ops/KIND.c, written once for Python; the tuple check
+# (model/formats/tuple_check.py) reads them, so a tuple Python loads is one the C engine loads;
+# tests/test_hostile_inputs.py compares them with the C sources.
 NAME_BYTES = {"model": 31, "dataset": 15, "fingerprint": 23}    # header strings, without their NUL
 DATASETS = ("mnist", "cifar10", "custom")
 WEIGHT_MODES = ("per_channel", "per_tensor")

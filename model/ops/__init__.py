@@ -2,7 +2,8 @@
 
 Each model/ops/KIND.py declares an OpKind (model/ops/base.py): how the kind is found in a
 torch.fx graph, how it is quantized, its numpy kernel (the specification), its torch kernel,
-its ONNX nodes, and its model.bin record (code, inputs, parameters by name, multiplier/shift counts).
+its ONNX nodes, its model.bin record (code, inputs, parameters by name, multiplier/shift counts)
+and its tuple rule (check: the rules between an op's fields; shared ones in model/ops/checks.py).
 The quantizer, both Python engines, the exporter, the reader, the fuzz corpus and the tests
 read KINDS; the C engine declares the same table (`c/inference --op-table`, checked equal by
 tests/test_op_table.py). docs/contract.md "Adding an op kind" lists every place a new kind touches.

@@ -18,6 +18,7 @@ from torch import nn
 
 from model.ops import avgpool
 from model.ops.base import OpKind, matcher, np_requantize, torch_requantize
+from model.ops.checks import check_overflow, max_abs_centered, same_channels
 
 MEAN = {torch.mean, "mean"}
 _adaptive = matcher(modules=(nn.AdaptiveAvgPool2d,), functions={nn.functional.adaptive_avg_pool2d})
@@ -96,4 +97,17 @@ def to_onnx(g, xs, op, p):
     return g.reshape(g.requantize(g.cast(acc, np.int64), p["multiplier"], p["shift"], op), [0, c, oh, ow])
 
 
-KIND = OpKind("adaptive_avgpool", 12, (1, 1), (), "HW", "HW", False, match, quantize, run_numpy, run_torch, to_onnx)
+def check(v):
+    """The rules between fields (model/formats/tuple_check.py; c/ops/adaptive_avgpool.c
+    adaptive_avgpool_validate): every window's sum times its multiplier fits int64."""
+    same_channels(v)
+    _, h, w = v.x()["shape"]
+    mag = max_abs_centered(v.x())
+    multipliers = v.tensor("multiplier").reshape(-1).tolist()
+    for oy, (y0, y1) in enumerate(windows(h, v.h)):
+        for ox, (x0, x1) in enumerate(windows(w, v.w)):
+            check_overflow(v, (y1 - y0) * (x1 - x0) * mag, multipliers[oy * v.w + ox], "window sum")
+
+
+KIND = OpKind("adaptive_avgpool", 12, (1, 1), (), "HW", "HW", False, match, quantize, run_numpy, run_torch, to_onnx,
+              check=check)

@@ -10,6 +10,7 @@ import torch
 
 from model import qmath
 from model.ops.base import OpKind, QuantizeError, matcher
+from model.ops.checks import same_shape
 
 match = matcher(functions={operator.add, operator.iadd, torch.add}, methods={"add", "add_"})
 
@@ -60,4 +61,10 @@ def to_onnx(g, xs, op, p):
     return g.clamp(g.rshift_round(g.node("Add", [a, b]), p["shift"][0]), op)
 
 
-KIND = OpKind("add", 5, (2, 2), (), "2", "1", False, match, quantize, run_numpy, run_torch, to_onnx)
+def check(v):
+    """The rules between fields (model/formats/tuple_check.py; c/ops/add.c add_validate)."""
+    for k in range(len(v.xs)):
+        same_shape(v, k)
+
+
+KIND = OpKind("add", 5, (2, 2), (), "2", "1", False, match, quantize, run_numpy, run_torch, to_onnx, check=check)

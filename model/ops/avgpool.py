@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from model.ops.base import OpKind, QuantizeError, np_requantize, np_windows, pair, torch_requantize
+from model.ops.checks import check_overflow, check_window, max_abs_centered, same_channels
 
 
 def match(gm, node):
@@ -62,5 +63,14 @@ def to_onnx(g, xs, op, p):
     return g.requantize(g.cast(acc, np.int64), p["multiplier"], p["shift"], op)
 
 
+def check(v):
+    """The rules between fields (model/formats/tuple_check.py; c/ops/avgpool.c avgpool_validate)."""
+    op = v.op
+    same_channels(v)
+    check_window(v, op["kernel"], op["stride"], [0, 0, 0, 0])
+    n = op["kernel"][0] * op["kernel"][1]
+    check_overflow(v, n * max_abs_centered(v.x()), int(v.tensor("multiplier")[0]), "window sum")
+
+
 KIND = OpKind("avgpool", 4, (1, 1), ("kernel_h", "kernel_w", "stride_h", "stride_w"), "1", "1", False,
-              match, quantize, run_numpy, run_torch, to_onnx)
+              match, quantize, run_numpy, run_torch, to_onnx, check=check)

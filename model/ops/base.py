@@ -57,13 +57,18 @@ class OpKind:
     torch: Callable             # (xs, op, p) -> output, bit-exact with numpy
     onnx: Callable              # (OnnxGraph, input names, op, p) -> output name: its ONNX nodes, bit-exact
                                 # with numpy (model/formats/onnx_export.py)
+    check: Callable             # its rules between fields in a tuple, the twin of c/ops/KIND.c's KIND_validate:
+                                # (model/ops/checks.py's OpView) -> None, v.fail(phrase) on a broken one; the
+                                # tuple check (model/formats/tuple_check.py) runs it. Required: pass check=check
     n_table: str = "0"          # values of its lookup table (state_dict NAME.table, 0..255)
     own_params: tuple = ()      # the words of its params no other kind has, each (word, quant_list key,
                                 # index or None, lowest, highest); the shared ones are PARAM_KEYS
     widens_input: bool = False  # it keeps its input's scale but may output values beyond its input's range
                                 # (a constant pad): calibration widens the input's range to hold its output's
-    check: Callable = None      # its rules between fields in a tuple (model/formats/tuple_check.py's _Op -> None,
-                                # v.fail(phrase) on a broken one); None: the rule is in tuple_check.py
+
+    def __post_init__(self):
+        if not callable(self.check):
+            raise TypeError(f"op kind '{self.name}': its check (the rules between a tuple's fields) is not a function")
 
 
 def matcher(modules=(), functions=(), methods=()):

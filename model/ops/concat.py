@@ -7,9 +7,8 @@ import numpy as np
 import torch
 
 from model import qmath
+from model.limits import MAX_INPUTS
 from model.ops.base import OpKind, QuantizeError, matcher
-
-MAX_INPUTS = 64
 
 
 match = matcher(functions={torch.cat, torch.concat})
@@ -48,5 +47,15 @@ def to_onnx(g, xs, op, p):
     return g.clamp(g.node("Concat", parts, axis=1), op)
 
 
+def check(v):
+    """The rules between fields (model/formats/tuple_check.py; c/ops/concat.c concat_validate)."""
+    for k, x in enumerate(v.xs):
+        if x["shape"][1:] != v.op["shape"][1:]:
+            v.fail(f"input {k} (op {v.op['inputs'][k]}) is {x['shape'][1]}x{x['shape'][2]}, the output {v.h}x{v.w}")
+    channels = sum(x["shape"][0] for x in v.xs)
+    if channels != v.c:
+        v.fail(f"its inputs have {channels} channels together, the output {v.c}")
+
+
 KIND = OpKind("concat", 6, (2, MAX_INPUTS), (), "n_inputs", "n_inputs", False, match, quantize, run_numpy, run_torch,
-              to_onnx)
+              to_onnx, check=check)

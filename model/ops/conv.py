@@ -13,7 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from model.limits import MAX_SCRATCH
 from model.ops.base import OpKind, QuantizeError, matcher, np_requantize, np_windows, pair, sides, torch_requantize
+from model.ops.checks import check_weights, check_window
 from model.ops.weighted import quantize_weighted
 
 COLUMN_BUDGET = 1 << 25     # float64 im2col elements per chunk of images (256 MB)
@@ -141,7 +143,25 @@ def to_onnx(g, xs, op, p):
     return g.requantize(g.cast(acc, np.int64), p["multiplier"].reshape(view), p["shift"].reshape(view), op)
 
 
+def check(v):
+    """The rules between fields (model/formats/tuple_check.py; c/ops/conv.c conv_validate)."""
+    op, x = v.op, v.x()
+    groups = op["groups"]
+    if x["shape"][0] % groups or v.c % groups:
+        v.fail(f"groups {groups} does not divide its input's {x['shape'][0]} channels and its {v.c}")
+    check_window(v, op["kernel"], op["stride"], op["padding"], op["dilation"])
+    k = x["shape"][0] // groups * op["kernel"][0] * op["kernel"][1]
+    check_weights(v, k, [v.c, x["shape"][0] // groups, *op["kernel"]])
+    plane = (v.h * v.w + 7) // 8 * 8
+    pads = op["padding"]
+    for what, elems in (("im2col", k * plane),
+                        ("padded input", (x["shape"][1] + pads[0] + pads[2]) * (x["shape"][2] + pads[1] + pads[3])
+                         * x["shape"][0])):
+        if elems > MAX_SCRATCH:
+            v.fail(f"{elems} {what} elements, over the C engine's {MAX_SCRATCH} limit")
+
+
 KIND = OpKind("conv", 1, (1, 1), ("kernel_h", "kernel_w", "stride_h", "stride_w", "pad_top", "pad_left",
                                    "pad_bottom", "pad_right", "dilation_h", "dilation_w", "groups",
                                    "weight_zero_point", "weight_offset", "bias_offset"),
-              "C", "C", True, match, quantize, run_numpy, run_torch, to_onnx)
+              "C", "C", True, match, quantize, run_numpy, run_torch, to_onnx, check=check)

@@ -2,12 +2,15 @@
 
     acc[c] = bias[c] + sum_k (x[k] - z_x)(w[c][k] - z_w);   out = requantize(acc, m[c], shift[c])
 """
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from model.ops.base import OpKind, matcher, np_requantize, torch_requantize
+from model.ops.checks import check_weights, shape_text
 from model.ops.weighted import quantize_weighted
 
 
@@ -42,5 +45,12 @@ def to_onnx(g, xs, op, p):
     return g.node("Unsqueeze", [out, g.const([2, 3], np.int64, "axes")])
 
 
+def check(v):
+    """The rules between fields (model/formats/tuple_check.py; c/ops/linear.c linear_validate)."""
+    if (v.h, v.w) != (1, 1):
+        v.fail(f"output shape {shape_text(v.op)}, expected {v.c}x1x1")
+    check_weights(v, math.prod(v.x()["shape"]), [v.c, math.prod(v.x()["shape"])])
+
+
 KIND = OpKind("linear", 2, (1, 1), ("weight_zero_point", "weight_offset", "bias_offset"), "C", "C", True,
-              match, quantize, run_numpy, run_torch, to_onnx)
+              match, quantize, run_numpy, run_torch, to_onnx, check=check)

@@ -17,6 +17,7 @@ from torch import nn
 
 from model import qmath
 from model.ops.base import OpKind, QuantizeError, matcher
+from model.ops.checks import same_shape
 
 MODULES = (nn.LeakyReLU, nn.ELU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.SiLU, nn.Tanh, nn.GELU, nn.Mish,
            nn.SELU, nn.CELU, nn.Softplus, nn.Softsign, nn.LogSigmoid, nn.ReLU, nn.ReLU6, nn.Hardtanh)
@@ -88,4 +89,14 @@ def to_onnx(g, xs, op, p):
     return g.node("Gather", [g.const(p["table"], np.uint8, "table"), g.cast(xs[0], np.int64)])
 
 
-KIND = OpKind("lut", 7, (1, 1), (), "0", "0", False, match, quantize, run_numpy, run_torch, to_onnx, n_table="256")
+def check(v):
+    """The rules between fields (model/formats/tuple_check.py; c/ops/lut.c lut_validate)."""
+    same_shape(v)
+    table = v.tensor("table").reshape(-1).numpy()
+    bad = np.flatnonzero((table < v.op["qmin"]) | (table > v.op["qmax"]))
+    if bad.size:
+        v.fail(f"table[{bad[0]}] = {int(table[bad[0]])} outside its clamp {v.op['qmin']}..{v.op['qmax']}")
+
+
+KIND = OpKind("lut", 7, (1, 1), (), "0", "0", False, match, quantize, run_numpy, run_torch, to_onnx, n_table="256",
+              check=check)

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from model.ops.base import OpKind, QuantizeError, np_windows, pair
+from model.ops.checks import check_window, same_channels, same_qparams
 
 
 def match(gm, node):
@@ -62,6 +63,14 @@ def to_onnx(g, xs, op, p):
     return g.node("MaxPool", [x], kernel_shape=op.kernel, strides=op.stride)
 
 
+def check(v):
+    """The rules between fields (model/formats/tuple_check.py; c/ops/maxpool.c maxpool_validate)."""
+    op = v.op
+    same_channels(v)
+    check_window(v, op["kernel"], op["stride"], op["padding"] * 2, ceil_mode=op["ceil_mode"])
+    same_qparams(v)
+
+
 KIND = OpKind("maxpool", 3, (1, 1),
               ("kernel_h", "kernel_w", "stride_h", "stride_w", "pad_h", "pad_w", "ceil_mode"),
-              "0", "0", False, match, quantize, run_numpy, run_torch, to_onnx)
+              "0", "0", False, match, quantize, run_numpy, run_torch, to_onnx, check=check)

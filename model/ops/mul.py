@@ -14,6 +14,7 @@ import torch.fx as fx
 
 from model import qmath
 from model.ops.base import OpKind, QuantizeError, matcher
+from model.ops.checks import check_overflow, max_abs_centered, same_shape, shape_text
 
 match = matcher(functions={operator.mul, operator.imul, torch.mul, torch.multiply},
                 methods={"mul", "mul_", "multiply", "multiply_"})
@@ -56,4 +57,14 @@ def to_onnx(g, xs, op, p):
     return g.requantize(g.node("Mul", [a, b]), p["multiplier"], p["shift"], op)
 
 
-KIND = OpKind("mul", 8, (2, 2), (), "1", "1", False, match, quantize, run_numpy, run_torch, to_onnx)
+def check(v):
+    """The rules between fields (model/formats/tuple_check.py; c/ops/mul.c mul_validate)."""
+    same_shape(v)
+    b = v.x(1)
+    if b["shape"] not in (v.op["shape"], [v.c, 1, 1]):
+        v.fail(f"input 1 (op {v.op['inputs'][1]}) is {shape_text(b)}, neither the output's {shape_text(v.op)} nor "
+               f"{v.c}x1x1")
+    check_overflow(v, max_abs_centered(v.x()) * max_abs_centered(b), int(v.tensor("multiplier")[0]), "product")
+
+
+KIND = OpKind("mul", 8, (2, 2), (), "1", "1", False, match, quantize, run_numpy, run_torch, to_onnx, check=check)

@@ -8,6 +8,7 @@ import torch
 import torch.fx as fx
 
 from model.ops.base import OpKind, QuantizeError, describe, emit_same_qparams
+from model.ops.checks import same_qparams, same_shape
 
 VIEWS = {"view", "reshape", torch.reshape}
 
@@ -65,4 +66,13 @@ def to_onnx(g, xs, op, p):
     return g.reshape(g.node("Transpose", [grouped], perm=[0, 2, 1, 3, 4]), [0, c, h, w])
 
 
-KIND = OpKind("shuffle", 9, (1, 1), ("groups",), "0", "0", False, match, quantize, run_numpy, run_torch, to_onnx)
+def check(v):
+    """The rules between fields (model/formats/tuple_check.py; c/ops/shuffle.c shuffle_validate)."""
+    same_shape(v)
+    if v.c % v.op["groups"]:
+        v.fail(f"groups {v.op['groups']} does not divide its {v.c} channels")
+    same_qparams(v)
+
+
+KIND = OpKind("shuffle", 9, (1, 1), ("groups",), "0", "0", False, match, quantize, run_numpy, run_torch, to_onnx,
+              check=check)

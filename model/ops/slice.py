@@ -16,6 +16,7 @@ import torch
 import torch.fx as fx
 
 from model.ops.base import OpKind, QuantizeError, describe, emit_same_qparams, index_tensor, meta_value
+from model.ops.checks import same_qparams
 
 SPLITS = {"chunk", "split", torch.chunk, torch.split}
 
@@ -100,5 +101,16 @@ def to_onnx(g, xs, op, p):
                             g.const([start + op.shape[0]], np.int64, "ends"), g.const([1], np.int64, "axes")])
 
 
+def check(v):
+    """The rules between fields (model/formats/tuple_check.py; c/ops/slice.c slice_validate)."""
+    x = v.x()
+    if x["shape"][1:] != v.op["shape"][1:]:
+        v.fail(f"output {v.h}x{v.w}, its input op {v.op['inputs'][0]} is {x['shape'][1]}x{x['shape'][2]}")
+    if v.op["channel_start"] + v.c > x["shape"][0]:
+        v.fail(f"channels {v.op['channel_start']}..{v.op['channel_start'] + v.c - 1}, its input op "
+               f"{v.op['inputs'][0]} has {x['shape'][0]}")
+    same_qparams(v)
+
+
 KIND = OpKind("slice", 10, (1, 1), ("channel_start",), "0", "0", False, match, quantize, run_numpy, run_torch,
-              to_onnx)
+              to_onnx, check=check)

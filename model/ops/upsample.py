@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from model.ops.base import OpKind, QuantizeError, describe, emit_same_qparams, index_tensor, matcher, meta_value
+from model.ops.checks import same_qparams, shape_text
 
 MODULES = (nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d)
 FUNCTIONS = {F.interpolate, F.upsample, F.upsample_nearest, F.upsample_bilinear}
@@ -86,5 +87,14 @@ def to_onnx(g, xs, op, p):
     return g.reshape(x, [0, c, h * sh, w * sw])
 
 
+def check(v):
+    """The rules between fields (model/formats/tuple_check.py; c/ops/upsample.c upsample_validate)."""
+    (c, h, w), (sh, sw) = v.x()["shape"], v.op["factor"]
+    if [c, h * sh, w * sw] != v.op["shape"]:
+        v.fail(f"output {shape_text(v.op)}, but its input op {v.op['inputs'][0]} of {c}x{h}x{w} by {sh}x{sw} gives "
+               f"{c}x{h * sh}x{w * sw}")
+    same_qparams(v)
+
+
 KIND = OpKind("upsample", 11, (1, 1), ("scale_h", "scale_w"), "0", "0", False, match, quantize, run_numpy,
-              run_torch, to_onnx)
+              run_torch, to_onnx, check=check)
