@@ -1,7 +1,7 @@
 /*
  * amx_peak.c -- the AMX-INT8 multiply-accumulate ceiling of one core: tdpbusd on 4 independent
  * accumulator tiles (16 x 16 int32 each, 16 x 16 x 64 u8 x s8 MACs an instruction), nothing else.
- * The C engine's AMX build (c/kernels_fast.c, --isa amx) reads against this number.
+ * The C engine's AMX build (c/fast/amx.c, --isa amx) reads against this number.
  *   make amx-peak      (needs AMX-INT8 and Linux's permission for the tile data)
  */
 #define _DEFAULT_SOURCE

@@ -1,16 +1,17 @@
 /*
  * kernels.h -- the two kernel sets, with identical integer results (tests/test_c_kernels.py):
  *
- *   REFERENCE_KERNELS  kernels_ref.c   the core's (fpgai.c): CHW activations, direct loops over
- *                                      the contract, the plain code an FPGA engineer reads
- *                                      (--reference)
- *   FAST_KERNELS_*     kernels_fast.c  HWC activations, every conv and linear layer an int8
- *                                      GEMM, depthwise convs vectorized over channels; one build
- *                                      of that file per ISA (c/Makefile): _AMX (AMX-INT8 tiles,
- *                                      and its test twin _AMX_EMU), _AVX512 (VNNI),
- *                                      _AVXVNNI (and its test twin _AVXVNNI_EVEX), _AVX2,
- *                                      _NEON (aarch64, sdot), _C99 (any CPU); isa.c picks the
- *                                      best one this CPU runs
+ *   REFERENCE_KERNELS  host/kernels_ref.c  the core's (ops/KIND.c, KindSpec.reference): CHW
+ *                                      activations, direct loops over the contract, the plain
+ *                                      code an FPGA engineer reads (--reference)
+ *   FAST_KERNELS_*     c/fast/         HWC activations, every conv and linear layer an int8
+ *                                      GEMM, depthwise convs vectorized over channels; one file
+ *                                      per ISA, each its own build (c/Makefile): _AMX (amx.c,
+ *                                      AMX-INT8 tiles, and its test twin _AMX_EMU), _AVX512
+ *                                      (avx512.c, VNNI), _AVXVNNI (avxvnni.c, and its test twin
+ *                                      _AVXVNNI_EVEX), _AVX2 (avx2.c), _NEON (neon.c, aarch64,
+ *                                      sdot), _C99 (c99.c, any CPU); isa.c picks the best one
+ *                                      this CPU runs
  *
  * The optimized set prepares its own read-only copy of the weights from a loaded Model (which
  * it never writes); a workspace runs a batch of up to `batch` images: their arenas of
@@ -19,8 +20,9 @@
  * then op i + 1; a conv or linear layer one GEMM over all the images' pixels, so each weight
  * panel is loaded once per chunk of pixels, not once per image) and, in the OpenMP build, splits
  * each layer across the threads (workspace_new's thread count); the reference set runs the
- * images one after the other on one thread.  Inside each set, a table indexed by op kind
- * (fpgai.h) holds one kernel per kind.
+ * images one after the other on one thread.  Each set has one kernel per op kind: the reference
+ * set KindSpec.reference (core/fpgai.h), the optimized one its own (c/fast/hwc.inc's table, the GEMM
+ * and depthwise kernels) or else the kind's KindSpec.hwc.
  */
 #ifndef FPGAI_KERNELS_H
 #define FPGAI_KERNELS_H

@@ -1,8 +1,9 @@
 /*
  * isa.c -- which build of the optimized kernels (kernels.h) this CPU runs.
  *
- * The Makefile links one build of kernels_fast.c per ISA the target architecture has (x86-64:
- * AMX-INT8, AVX-512 VNNI, AVX-VNNI, AVX2, C99; aarch64: NEON with the dot product, C99), each compiled with its own
+ * The Makefile links one build of the optimized kernels per ISA the target architecture has (c/fast/,
+ * a file each; x86-64: AMX-INT8, AVX-512 VNNI, AVX-VNNI, AVX2, C99; aarch64: NEON with the dot product,
+ * C99), each compiled with its own
  * target flags, and compiles everything else for the plain architecture, so that one binary runs
  * on any CPU of it: at start the engine takes the first ISA in the table below that the CPU
  * supports, or the one --isa names; --isa-table lists them.
@@ -31,7 +32,7 @@
 #if X86_ISAS
 #include <sys/syscall.h>
 #include <unistd.h>
-/* Everything kernels_fast.c's AVX-512 build uses (its FAST_ISA_AVX512 flags); libgcc also checks
+/* Everything c/fast/avx512.c uses (its ISA_avx512 flags in c/Makefile); libgcc also checks
  * that the OS saves the vector registers (XCR0) */
 static int cpu_has_avx512(void)
 {
