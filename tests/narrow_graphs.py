@@ -16,6 +16,7 @@ bound is recomputed and stays below 2^31.
 
     build(name, weight_mode) -> (state_dict, quant_list, uint8 test images)
 """
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,6 +24,8 @@ import torch
 from torch import nn
 
 from model import qmath
+from model.engines.np_engine import numpy_graph, numpy_tensor, run_numpy
+from model.graph import Graph
 from model.ops import KINDS
 from model.ops.base import keeps_qparams, sides
 from model.ops.weighted import ACC_LIMIT, accumulator_bound
@@ -192,6 +195,24 @@ class UpsampleNarrowNet(nn.Module):
         return self.fc(torch.flatten(nn.functional.interpolate(x, scale_factor=(2, 1), mode="nearest"), 1))
 
 
+class PadNarrowNet(nn.Module):
+    """Reflect, constant and replicate pads on narrow clamps, each read by a conv."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = conv(1, 6, 3, stride=2)                       # 6x13x13
+        self.reflect = nn.ReflectionPad2d((2, 0, 1, 3))           # 6x17x15
+        self.a = conv(6, 6, 3, stride=2)                          # 6x8x7
+        self.constant = nn.ConstantPad2d((1, 2, 0, 1), 0.25)      # 6x9x10
+        self.replicate = nn.ReplicationPad2d((0, 1, 2, 0))        # 6x11x11
+        self.mix = conv(6, 4, 3)                                  # 4x9x9
+        self.fc = nn.Linear(4 * 9 * 9, 10)
+
+    def forward(self, x):
+        x = self.a(self.reflect(self.stem(x)))
+        return self.fc(torch.flatten(self.mix(self.replicate(self.constant(x))), 1))
+
+
 def q(zero_point, qmin, qmax, gain=1.0):
     """A rewrite of one op: its output zero point and clamp, its multipliers times gain."""
     return {"zero_point": zero_point, "qmin": qmin, "qmax": qmax, "gain": gain}
@@ -311,6 +332,11 @@ CASES = {c.name: c for c in [
           "fc": q(150, 20, 230, 2.0)},
          ("up", "interpolate"), "nearest upsampling x2 on zero point 200 read by a 3x3 pad 1 conv; (2, 1) "
          "on a clamp 100..140 excluding its zero point 37", padded=("mix",)),
+    Case("pad_narrow", PadNarrowNet,
+         {"stem": q(200, 30, 240, 2.0), "a": q(37, 100, 140, 2.0), "mix": q(90, 20, 230, 2.0),
+          "fc": q(150, 20, 230, 2.0)},
+         ("reflect", "constant", "replicate"), "a reflect pad on zero point 200, a constant pad (its value "
+         "outside the clamp 100..140, which widens to hold it) and a replicate pad on zero point 37"),
 ]}
 
 
@@ -322,6 +348,8 @@ def _rewrite(state, quant, rewrites):
         if keeps_qparams(KINDS[op["op"]]):           # maxpool, shuffle, slice, upsample: its input's zp, clamp
             src = quant[op["inputs"][0]]
             op.update(zero_point=src["zero_point"], qmin=src["qmin"], qmax=src["qmax"])
+            if op["op"] == "pad" and op["pad_mode"] == 0:    # a constant pad's clamp holds its value
+                op.update(qmin=min(op["qmin"], op["pad_value"]), qmax=max(op["qmax"], op["pad_value"]))
             continue
         r = rewrites.get(op["name"])
         if r is None:
@@ -362,37 +390,34 @@ def build(name, weight_mode="per_channel", seed=0, calib=64, n_test=24):
 # --- looking inside a graph: every tensor, an op without its clamp, an op with a wrong padding ------
 
 def params_of(state, op):
-    from model.engines.np_engine import params_by_op
-    return params_by_op({k: v for k, v in state.items() if k.rsplit(".", 1)[0] == op["name"]},
-                        lambda f, v: v.numpy() if f == "weight" else v.numpy().astype(np.int64)).get(op["name"], {})
+    """op's tensors by field, as the numpy kernels read them."""
+    return {key.rsplit(".", 1)[1]: numpy_tensor(key.rsplit(".", 1)[1], value) for key, value in state.items()
+            if key.rsplit(".", 1)[0] == op["name"]}
 
 
 def with_zps(quant, i):
-    op = quant[i]
-    return dict(op, in_zero_points=[quant[j]["zero_point"] for j in op["inputs"]])
+    """Op i of quant as the kernels read it (a model.graph.Op, its inputs' zero points filled in)."""
+    return Graph.from_tuple({}, quant).ops[i]
 
 
 def tensors(state, quant, images):
     """Every op's output on `images`, by the numpy kernels (the specification)."""
-    values = []
-    for i, op in enumerate(quant):
-        xs = [np.asarray(images, dtype=np.int64)] if op["op"] == "input" else [values[j] for j in op["inputs"]]
-        values.append(KINDS[op["op"]].numpy(xs, with_zps(quant, i), params_of(state, op)))
-    return values
+    return [value for _, value in numpy_graph(state, quant).walk(np.asarray(images, dtype=np.int64), run_numpy)]
 
 
 def unclamped(state, quant, values, i):
     """Op i's output with its clamp removed (what the clamp cut away is where it binds)."""
     if quant[i]["op"] == "lut":                    # the clamp is inside the table: _rewrite kept it unclamped
         return np.asarray(quant[i]["table_unclamped"])[values[quant[i]["inputs"][0]]]
-    op = dict(with_zps(quant, i), qmin=-WIDE, qmax=WIDE)
-    return KINDS[op["op"]].numpy([values[j] for j in op["inputs"]], op, params_of(state, op))
+    op = dataclasses.replace(with_zps(quant, i), qmin=-WIDE, qmax=WIDE)
+    return KINDS[op.kind].numpy([values[j] for j in op.inputs], op, params_of(state, quant[i]))
 
 
 def padded_with(state, quant, values, i, pad_value):
     """Op i (a padded conv or max pool) with its input padded by `pad_value` in raw uint8 terms
     (instead of z_x for a conv, instead of "never wins" for a max pool)."""
     op = with_zps(quant, i)
-    (top, left, bottom, right), x = sides(op["padding"]), values[op["inputs"][0]]
+    (top, left, bottom, right), x = sides(op.padding), values[op.inputs[0]]
     x = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)), constant_values=pad_value)
-    return KINDS[op["op"]].numpy([x], dict(op, padding=[0] * len(op["padding"])), params_of(state, op))
+    op = dataclasses.replace(op, attrs=dict(op.attrs, padding=[0] * len(op.padding)))
+    return KINDS[op.kind].numpy([x], op, params_of(state, quant[i]))

@@ -139,7 +139,8 @@ class DataMovementNet(nn.Module):
     """CIFAR-shaped: the ops that only move data: channel split (x.chunk, torch.split with sizes,
     x.split, x[:, a:b] slicing, an unused piece), channel shuffles with groups 2 (torchvision's
     function) and 4 (the method spelling, reshape), nearest upsampling x2 (nn.Upsample) and (2, 1)
-    (F.interpolate), a max pool on a shuffled tensor, a slice flattened into the linear layer."""
+    (F.interpolate), a max pool on a shuffled tensor, a slice flattened into the linear layer; reflect,
+    replicate and constant (non-zero) pads."""
 
     def __init__(self):
         super().__init__()
@@ -165,7 +166,9 @@ class DataMovementNet(nn.Module):
         z = z.contiguous().view(n, c, h, w)
         u = self.cu(self.up(z[:, 4:20]))                                                      # 8x16x8
         v = F.interpolate(t[:, :8], scale_factor=(2, 1), mode="nearest")                       # 8x16x8
-        q = torch.cat([self.gap(torch.cat([u, v], dim=1)), self.gap(x[:, 12:])], dim=1)           # 20x2x2
+        w = F.pad(F.pad(F.pad(x[:, 12:], (1, 0, 2, 1), mode="reflect"), (0, 2, 1, 0), mode="replicate"),
+                  (1, 1, 0, 1), value=0.3)                                                     # 4x12x12
+        q = torch.cat([self.gap(torch.cat([u, v], dim=1)), self.gap(w)], dim=1)                 # 20x2x2
         return self.fc(torch.flatten(q[:, 2:], 1))
 
 

@@ -10,12 +10,16 @@ from model.graph import Graph
 from model.ops import KINDS
 
 
+def numpy_tensor(field, value):
+    """A tensor as the numpy kernels read it: weights as they are stored (int8 or uint8), every other
+    tensor int64."""
+    value = value.numpy() if hasattr(value, "numpy") else np.asarray(value)
+    return value if field == "weight" else value.astype(np.int64)
+
+
 def numpy_graph(state_dict, quant_list):
-    """The Graph with the tensors the numpy kernels read: weights as they are stored (int8 or uint8),
-    every other tensor int64."""
-    as_numpy = lambda v: v.numpy() if hasattr(v, "numpy") else np.asarray(v)
-    return Graph.from_tuple(state_dict, quant_list, lambda field, v: as_numpy(v) if field == "weight"
-                            else as_numpy(v).astype(np.int64))
+    """The Graph with the tensors the numpy kernels read (numpy_tensor)."""
+    return Graph.from_tuple(state_dict, quant_list, numpy_tensor)
 
 
 def run_numpy(op, xs):
