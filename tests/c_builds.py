@@ -14,7 +14,7 @@ from tests.c_engine import C_DIR, assert_clean, read_logits, result_line
 TARGETS = {"native": "inference", "portable": "inference_portable", "omp": "inference_omp",
            "asan": "inference_asan", "asan_portable": "inference_asan_portable", "asan_omp": "inference_asan_omp",
            "valgrind": "inference_valgrind"}
-# The builds of the optimized kernels in each x86-64 binary (c/isa.c), with the /proc/cpuinfo
+# The builds of the optimized kernels in each x86-64 binary (c/host/isa.c), with the /proc/cpuinfo
 # flags each one needs
 AVX512 = ("avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512_vnni", "avx512vbmi")
 ISAS = {"amx": (*AVX512, "amx_tile", "amx_int8"), "avx512": AVX512,

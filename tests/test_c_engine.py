@@ -1,4 +1,4 @@
-"""The C engine (c/inference.c) against the numpy specification, and its input checks.
+"""The C engine (c/host/inference.c) against the numpy specification, and its input checks.
 
 Every test runs the binaries on small random integer graphs from tests/random_models.py,
 exported to pytest tmp dirs; most runs use the ASan/UBSan build, which must never report.

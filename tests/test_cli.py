@@ -9,12 +9,7 @@ import sys
 import pytest
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def run(script, *args, cwd=ROOT):
-    return subprocess.run([sys.executable, os.path.join(ROOT, script), *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=600)
+from tests.scripts import ROOT, run
 
 
 @pytest.mark.parametrize("script", ["train_model.py", "quant_model.py", "test_model.py", "export_quant_model.py"])

@@ -13,18 +13,17 @@
 The toolchain and QEMU come from c/mcu/install-toolchain.sh (apt-get; .ci/run runs it); the
 tests that need them skip, saying why, only when that is impossible here.
 """
-import glob
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 
 import pytest
 import torch
 
-from model.formats.export_format import arena_bytes, c_identifier, write_export
+from model.formats.export_format import arena_bytes, write_export
+from tests.c_core import build_host_check, core_object, run_host_check
 from tests.random_models import ARCHS, random_quantized
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -36,29 +35,6 @@ ALLOWED = re.compile(r"^(memcpy|memset|memchr|memcmp|strcmp|_?setjmp|longjmp|__a
 def undefined_symbols(nm, obj):
     out = subprocess.run([nm, "-u", obj], capture_output=True, text=True, check=True).stdout
     return {line.split()[-1] for line in out.splitlines() if line.strip()}
-
-
-def core_sources():
-    """The core library's sources (every .c of c/core and c/ops), once `make -C c kinds` wrote the
-    kinds' list they include (c/build/fpgai_kinds.h)."""
-    proc = subprocess.run(["make", "-C", C_DIR, "kinds"], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return sorted(glob.glob(os.path.join(C_DIR, "core", "*.c")) + glob.glob(os.path.join(C_DIR, "ops", "*.c")))
-
-
-CORE_INCLUDES = ["-I", os.path.join(C_DIR, "core"), "-I", os.path.join(C_DIR, "build")]
-
-
-def core_object(cc, ld, flags, folder):
-    """The core compiled alone (each source with cc and flags), linked into one relocatable object:
-    its undefined symbols are what the core calls outside itself."""
-    objects = []
-    for src in core_sources():
-        obj = os.path.join(folder, os.path.basename(os.path.dirname(src)) + "_" + os.path.basename(src)[:-2] + ".o")
-        subprocess.run([cc, *flags, *CORE_INCLUDES, "-c", src, "-o", obj], check=True, capture_output=True)
-        objects.append(obj)
-    subprocess.run([ld, "-r", "-o", os.path.join(folder, "core.o"), *objects], check=True)
-    return os.path.join(folder, "core.o")
 
 
 @pytest.fixture(scope="module")
@@ -123,23 +99,6 @@ def test_the_c_arrays_are_the_sealed_bin_files(tmp_path):
         data = bytes(int(v, 16) for v in body.group(2).replace("\n", "").split(","))
         assert int(body.group(1)) == len(data)
         assert data == (tmp_path / "bin" / f"lenet_{name}").read_bytes(), name
-
-
-def build_host_check(export_dir, model, out):
-    """c/mcu/host_check.c compiled with the core and the EXPORT_MODE=c files of `model` in export_dir."""
-    ident = c_identifier(model)
-    subprocess.run(["gcc", "-std=c99", "-O3", "-Wall", "-Wextra", "-Werror", *CORE_INCLUDES, "-I", export_dir,
-                    f'-DMODEL_H="{model}_model.h"', f"-DPREFIX={ident.lower()}_", f"-DUPREFIX={ident.upper()}_",
-                    os.path.join(C_DIR, "mcu", "host_check.c"), *core_sources(),
-                    os.path.join(export_dir, f"{model}_model.c"), "-o", out], check=True)
-    return out
-
-
-def run_host_check(binary, raw_images):
-    """Each image's logits line (c/inference --logits' format) from raw C*H*W bytes, image after image."""
-    proc = subprocess.run([binary], input=raw_images, capture_output=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr.decode()
-    return proc.stdout.decode()
 
 
 def test_the_c_export_with_the_core_equals_the_file_engine_on_lenet(engine, tmp_path):

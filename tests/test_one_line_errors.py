@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from tests.checks import digest, error_line
-from tests.test_cli import ROOT, run
+from tests.scripts import ROOT, run
 
 QUICK = ["--threads=1"]
 TRAIN = QUICK + ["--train_images=64", "--epochs=1"]

@@ -16,7 +16,7 @@ from model.formats.onnx_export import onnx_model
 from model.ops import KINDS
 from tests import narrow_graphs
 from tests.random_models import ARCHS, random_quantized
-from tests.test_cli import ROOT, run
+from tests.scripts import ROOT, run
 
 
 def session(model_bytes):

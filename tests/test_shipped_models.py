@@ -13,8 +13,8 @@ import torch
 
 from model.formats import golden
 from model.formats.export_format import write_export
-from tests.test_cli import ROOT, run
-from tests.test_mcu import build_host_check, run_host_check
+from tests.c_core import build_host_check, run_host_check
+from tests.scripts import ROOT, run
 
 SHIPPED_CIFAR = ["resnet18", "mobilenet_v2", "vgg13"]
 MODEL_FILES_LIMIT = 48_000_000   # bytes, every committed file under pretrained/, quantization/, export_model/
@@ -86,7 +86,7 @@ def test_full_test_set_identical_in_every_isa_batch_and_threads(tmp_path, name):
     CPU runs, batches of 1, 4 and 32, and 2 threads splitting one image's layers or a batch, give the
     same logits (the first run: AVX-512 VNNI at batch 1; equal to numpy and ONNX Runtime on these
     sets when last measured, docs/deploy.md "ONNX")."""
-    from tests.test_c_kernels import missing_flags
+    from tests.c_builds import missing_flags
     proc = run("quant_model.py", f"--model={name}", f"--quant_dir={tmp_path}")
     assert proc.returncode == 0, proc.stderr
     proc = run("export_quant_model.py", f"--model={name}", f"--quant_dir={tmp_path}", f"--export_dir={tmp_path}",
