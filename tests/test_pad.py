@@ -21,6 +21,7 @@ from model.formats.tuple_check import tuple_problem
 from model.graph import Op
 from model.ops import KINDS
 from model.quant.quantize import QuantizeError, build_integer_graph
+from tests.c_core import build_host_check, run_host_check
 from tests.c_engine import assert_clean, read_logits
 from tests.checks import ROOT
 from tests.random_models import make_cfg
@@ -118,6 +119,17 @@ def test_torch_numpy_onnx_and_c_agree_on_every_test_image(padded, mnist, builds,
         assert_clean(proc)
         assert proc.returncode == 0, proc.stderr
         np.testing.assert_array_equal(read_logits(out), want, err_msg=f"{kind} {extra}")
+
+
+def test_the_firmware_core_equals_numpy(padded, mnist, tmp_path):
+    """EXPORT_MODE=c with the core library (what firmware links; c/mcu/host_check.c) on 1,000 images."""
+    state, quant = padded
+    images = mnist[1][:1000]
+    write_export(state, quant, str(tmp_path), "c")
+    binary = build_host_check(str(tmp_path), "padded", str(tmp_path / "check"))
+    got = np.array([[int(v) for v in line.split(",")] for line in
+                    run_host_check(binary, images.tobytes()).splitlines()])
+    np.testing.assert_array_equal(got, NumpyIntegerModel(state, quant)(images))
 
 
 def test_the_golden_vectors_of_c_equal_numpys(padded, mnist, builds, tmp_path):
