@@ -177,12 +177,16 @@ def test_a_zero_pad_is_folded_into_the_conv_reading_it(spelling):
     tracks_float(net, ql, test, logits)
 
 
-def test_pads_that_are_not_a_convs_zero_padding_are_refused():
+def test_pads_that_are_not_a_convs_zero_padding_are_pad_ops():
     for fn in (lambda m, x: F.pad(x, (1, 1, 1, 1), value=0.5), lambda m, x: F.pad(x, (1, 1, 1, 1), mode="reflect"),
-               lambda m, x: F.max_pool2d(F.pad(x, (1, 1, 1, 1)), 2), lambda m, x: F.pad(x, (0, 0, 0, 0, 1, 1)),
-               lambda m, x: m.conv2(F.pad(x, (-1, 0, 0, 0)))):
+               lambda m, x: F.max_pool2d(F.pad(x, (1, 1, 1, 1)), 2)):
+        net = Padded(fn)
+        kinds, state, ql, test, logits = quantize(net)
+        assert [op["op"] for op in ql].count("pad") == 1, kinds
+        tracks_float(net, ql, test, logits)
+    for fn in (lambda m, x: F.pad(x, (0, 0, 0, 0, 1, 1)), lambda m, x: m.conv2(F.pad(x, (-1, 0, 0, 0)))):
         msg = refusal(Padded(fn))
-        assert "function pad" in msg and "read only by Conv2d" in msg
+        assert "function pad" in msg and "supported: (left, right) or (left, right, top, bottom)" in msg
     msg = refusal(Padded(lambda m, x: m.conv2(F.pad(x, (0, 2, 0, 0)))))      # 1 + 2 of padding: a 3x3 reaches 3
     assert "conv2" in msg and "[1, 1, 1, 3]" in msg and "reaches past its 3x3 window" in msg
 

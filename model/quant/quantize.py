@@ -46,8 +46,6 @@ ALIAS_MODULES = (nn.Flatten, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3
 DROPOUT_FUNCTIONS = {F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout, F.feature_alpha_dropout}
 ALIAS_FUNCTIONS = {torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze, "flatten", "view", "reshape",
                    "squeeze", "unsqueeze", "contiguous", "view_as", "reshape_as", "detach", "clone"}
-PAD_HINT = ("only a zero pad of H, W (F.pad(x, (l, r, t, b)), nn.ZeroPad2d) read only by Conv2d layers is "
-            "supported: they take it into their padding")
 # data-permuting or otherwise unsupported spellings: the closest supported one, for the error
 HINTS = {
     "transpose": "it permutes data; only reshapes that keep the flat C,H,W order are free (view, reshape, flatten, "
@@ -59,9 +57,6 @@ HINTS = {
     "Upsample": "only nearest upsampling by integer factors is supported (nn.Upsample(scale_factor=2))",
     "tensor_split": "channel split is x.chunk(n, dim=1), x.split(n, dim=1) or x[:, a:b]",
     "getitem": "only a range of channels (x[:, a:b], a piece of x.chunk / x.split on dim=1) is supported",
-    "pad": PAD_HINT,
-    "ZeroPad2d": PAD_HINT,
-    "ConstantPad2d": PAD_HINT,
     "conv2d": "functional F.conv2d with its weight read as a tensor; use the module nn.Conv2d",
     "linear": "functional F.linear with its weight read as a tensor; use the module nn.Linear",
     "batch_norm": "functional F.batch_norm; use the module nn.BatchNorm2d",
