@@ -14,13 +14,13 @@
  *                                      this CPU runs
  *
  * The optimized set prepares its own read-only copy of the weights from a loaded Model (which
- * it never writes); a workspace runs a batch of up to `batch` images: their arenas of
- * activations (the Model's memory plan, scaled by the batch) and the scratch buffers that set's
- * kernels use, nothing more.  The optimized set runs a batch layer-major (op i for every image,
- * then op i + 1; a conv or linear layer one GEMM over all the images' pixels, so each weight
- * panel is loaded once per chunk of pixels, not once per image) and, in the OpenMP build, splits
- * each layer across the threads (workspace_new's thread count); the reference set runs the
- * images one after the other on one thread.  Each set has one kernel per op kind: the reference
+ * it never writes), in one block (from the heap, or the caller's: prepare_in); a workspace runs a
+ * batch of up to `batch` images: their arenas of activations (the Model's memory plan, scaled by
+ * the batch) and the scratch buffers that set's kernels use, nothing more.  The optimized set runs
+ * a batch layer-major (op i for every image, then op i + 1; a conv or linear layer one GEMM over all
+ * the images' pixels, so each weight panel is loaded once per chunk of pixels, not once per image)
+ * and, in the OpenMP build, splits each layer across the threads (workspace_new's thread count);
+ * the reference set runs the images one after the other on one thread.  Each set has one kernel per op kind: the reference
  * set KindSpec.reference (core/fpgai.h), the optimized one its own (c/fast/hwc.inc's table, the GEMM
  * and depthwise kernels) or else the kind's KindSpec.hwc.
  */
@@ -45,6 +45,13 @@ typedef struct {
     /* from now on add the seconds each op of ws's runs takes to op_seconds[op] (n_ops entries,
      * the caller's); NULL: the set does not time its ops */
     void (*time_ops)(void *ws, double *op_seconds);
+    /* prepare without the heap (firmware): the bytes of the block the set's weights take
+     * (SIZE_MAX: more than memory holds), and those weights laid out in `block` (at least that many
+     * bytes, 16-byte aligned) without malloc or I/O: what prepare returns, or NULL (a block too small
+     * or misaligned, an op kind the set has no kernel for); the block is then the caller's to free,
+     * not release's.  NULL: the set has none. */
+    size_t (*prepared_bytes)(const Model *m);
+    void *(*prepare_in)(const Model *m, void *block, size_t size);
 } KernelSet;
 
 extern const KernelSet REFERENCE_KERNELS;

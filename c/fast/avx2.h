@@ -105,15 +105,17 @@ static inline __attribute__((always_inline)) void store_tile16(const int MP, con
  * inside the input: dw_pair_weights, dw_tap_offset and dw_inside_bias from dw_weights and bias.  In a
  * 16-channel chunk, vpunpcklbw of two taps' input bytes holds channels 0-7, each channel's two taps
  * side by side, and vpunpckhbw channels 8-15: their weights are so, as int16 (FastIsa.prepare_depthwise) */
-static void prepare_depthwise_avx2(FastModel *fm, FastOp *f, const Model *m, const Op *op, const Op *in)
+static void prepare_depthwise_avx2(FastModel *fm, FastOp *f, const Model *m, const Op *op, const Op *in, Block *blk)
 {
-    prepare_depthwise_c(fm, f, m, op, in);
+    prepare_depthwise_c(fm, f, m, op, in, blk);
     if (op->c < BLK)
         return;
     const int32_t C = op->c, chunked = C / BLK * BLK, taps = op->kh * op->kw, pairs = (taps + 1) / 2;
-    f->dw_pair_weights = xcalloc((size_t)chunked * (size_t)pairs * 2, sizeof *f->dw_pair_weights, "depthwise weights");
-    f->dw_tap_offset = xmalloc(2 * (size_t)pairs * sizeof *f->dw_tap_offset, "depthwise taps");
-    f->dw_inside_bias = xmalloc((size_t)chunked * sizeof *f->dw_inside_bias, "biases");
+    f->dw_pair_weights = block_take(blk, (size_t)chunked * (size_t)pairs * 2, sizeof *f->dw_pair_weights);
+    f->dw_tap_offset = block_take(blk, 2 * (size_t)pairs, sizeof *f->dw_tap_offset);
+    f->dw_inside_bias = block_take(blk, (size_t)chunked, sizeof *f->dw_inside_bias);
+    if (!block_filling(blk))
+        return;
     for (int32_t t = 0; t < 2 * pairs; t++) {
         const int32_t tap = t < taps ? t : taps - 1;
         f->dw_tap_offset[t] = ((size_t)(tap / op->kw * op->dil_h) * in->w + (size_t)(tap % op->kw * op->dil_w)) * in->c;

@@ -182,16 +182,18 @@ static inline size_t dw_slot(size_t c)
 /* The depthwise kernel's weights as vpdpbusd reads them, w8 = (w - z_w) - d in
  * [chunk][row group][kx][4][16][4] (dw_chunk), the bias folded as for the GEMM, the constants in dw_slot
  * order; a row of interleaved input columns per thread (FastIsa.prepare_depthwise) */
-static void prepare_depthwise_vnni(FastModel *fm, FastOp *f, const Model *m, const Op *op, const Op *in)
+static void prepare_depthwise_vnni(FastModel *fm, FastOp *f, const Model *m, const Op *op, const Op *in, Block *blk)
 {
     const int taps = op->kh * op->kw;
     const size_t nch = ((size_t)op->c + 63) / 64 * 64;
-    f->blocks = (int32_t)(nch / BLK);
-    alloc_channels(f, nch);
     const int32_t rg = (op->kh + 3) / 4;      /* groups of 4 kernel rows */
-    int8_t *w8 = xcalloc(nch / 64 * (size_t)rg * (size_t)op->kw * 256, 1, "depthwise weights");
-    f->weights = w8;
+    f->blocks = (int32_t)(nch / BLK);
     fm->dw_columns_bytes = max_size(fm->dw_columns_bytes, padded_w(op, in) * (size_t)rg * 256);
+    int8_t *w8 = block_take(blk, nch / 64 * (size_t)rg * (size_t)op->kw * 256, 1);
+    f->weights = w8;
+    take_channels(f, nch, blk);
+    if (!block_filling(blk))
+        return;
     for (int32_t c = 0; c < op->c; c++) {
         size_t sl = dw_slot((size_t)c);
         set_requant(f, op, c, sl);

@@ -10,19 +10,22 @@
 #include "fast.h"
 
 /* f's weights [tap][C] as int16 w - z_w, its bias as it is and its requantization per channel, in
- * channel order (whole 16-channel blocks) */
-static inline void prepare_depthwise_c(FastModel *fm, FastOp *f, const Model *m, const Op *op, const Op *in)
+ * channel order (whole 16-channel blocks), from blk (FastIsa.prepare_depthwise) */
+static inline void prepare_depthwise_c(FastModel *fm, FastOp *f, const Model *m, const Op *op, const Op *in,
+                                       Block *blk)
 {
     (void)in;
     const int taps = op->kh * op->kw;
+    const size_t nch = ((size_t)op->c + BLK - 1) / BLK * BLK;
     fm->dw_acc_elems = max_size(fm->dw_acc_elems, (size_t)op->c);
-    f->dw_weights = xmalloc((size_t)taps * op->c * sizeof *f->dw_weights, "depthwise weights");
+    f->blocks = (int32_t)(nch / BLK);
+    f->dw_weights = block_take(blk, (size_t)taps * (size_t)op->c, sizeof *f->dw_weights);
+    take_channels(f, nch, blk);
+    if (!block_filling(blk))
+        return;
     for (int32_t c = 0; c < op->c; c++)
         for (int t = 0; t < taps; t++)
             f->dw_weights[(size_t)t * op->c + c] = (int16_t)weight_centered(m, op, c, t);
-    const size_t nch = ((size_t)op->c + BLK - 1) / BLK * BLK;
-    f->blocks = (int32_t)(nch / BLK);
-    alloc_channels(f, nch);
     for (int32_t c = 0; c < op->c; c++) {
         set_requant(f, op, c, (size_t)c);
         f->bias[c] = (uint32_t)op_bias(m, op, c);

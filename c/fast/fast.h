@@ -74,6 +74,31 @@
  * overrides it (tuning, and the tests' small passes). */
 #define PASS_BYTES (512 * 1024)
 
+/* The block a prepared model lies in (kernels.h: prepare_in), taken front to back in pieces 16 bytes
+ * aligned, zero-filled.  A first pass with no memory (base NULL) only counts its bytes: it takes NULL
+ * pieces and writes nothing (block_filling). */
+typedef struct {
+    uint8_t *base;              /* the block, or NULL: count */
+    size_t used;                /* its bytes taken so far; SIZE_MAX: more than a size_t counts */
+} Block;
+
+static inline void *block_take(Block *b, size_t count, size_t size)
+{
+    const size_t at = (b->used + 15) / 16 * 16;
+    if (b->used > SIZE_MAX - 15 || (size && count > (SIZE_MAX - 1 - at) / size)) {
+        b->used = SIZE_MAX;
+        return NULL;
+    }
+    b->used = at + count * size;
+    return b->base ? b->base + at : NULL;
+}
+
+/* The pass that writes (not the one that counts) */
+static inline int block_filling(const Block *b)
+{
+    return b->base != NULL;
+}
+
 /* How an op runs: a GEMM (conv, linear), the depthwise kernel, or its kind's own kernel */
 enum { FK_NONE, FK_GEMM, FK_DEPTHWISE };
 
@@ -106,7 +131,7 @@ typedef struct {
                                  * depthwise kernel's where it packs them (VNNI) */
     uint32_t *bias;             /* [channel slots] bias - z_x*(sum w8 + d*K), mod 2^32 (the C depthwise loop:
                                  * the bias as it is) */
-    int64_t *multiplier;        /* [channel slots] requantization per channel (padded slots 0) */
+    int64_t *multiplier;        /* [channel slots] requantization per channel (padding slots 0) */
     int64_t *rounding;          /* [channel slots] 2^(shift - 1), 0 for shift 0 */
     int64_t *shift;             /* [channel slots] */
     int64_t *requant_wide;      /* per 16-channel block, QV_WORDS: multiplier even, odd, rounding even, odd,
@@ -128,6 +153,7 @@ typedef struct {
 typedef struct {
     FastOp *ops;
     int n_ops;
+    void *heap_block;           /* the host's prepare: the allocation the model lies in (release frees it) */
     /* a workspace's buffers (0: no kernel of this model uses it) */
     size_t pad_bytes;           /* per image: a conv input with its padding */
     size_t dw_columns_bytes;    /* per thread: depthwise (VNNI), one row of interleaved input columns */
@@ -223,8 +249,9 @@ typedef struct {
                          size_t pt_hi, int32_t *sums);
     /* depthwise convs */
     int depthwise_padded;       /* its kernel reads each image's input with its padding (else in place) */
-    /* f's weights, bias and requantization constants, its scratch sizes into fm */
-    void (*prepare_depthwise)(FastModel *fm, FastOp *f, const Model *m, const Op *op, const Op *in);
+    /* f's weights, bias and requantization constants taken from blk and, where blk is filling, written;
+     * its scratch sizes into fm */
+    void (*prepare_depthwise)(FastModel *fm, FastOp *f, const Model *m, const Op *op, const Op *in, Block *blk);
     /* output row oy of one image (x: its input, or its padded input) */
     void (*depthwise_row)(const Op *op, const Op *in, const FastOp *f, const uint8_t *x, int32_t oy, Scratch *sc,
                           uint8_t *out);
@@ -279,13 +306,13 @@ static inline void requant_store(const int32_t *acc, const FastOp *f, size_t slo
                             op->qmax);
 }
 
-/* f's bias and requantization constants for nch channel slots (zero: the padding slots') */
-static inline void alloc_channels(FastOp *f, size_t nch)
+/* f's bias and requantization constants for nch channel slots, from blk (zero: the padding slots') */
+static inline void take_channels(FastOp *f, size_t nch, Block *blk)
 {
-    f->bias = xcalloc(nch, sizeof *f->bias, "biases");
-    f->multiplier = xcalloc(3 * nch, sizeof *f->multiplier, "requantization");
-    f->rounding = f->multiplier + nch;
-    f->shift = f->rounding + nch;
+    f->bias = block_take(blk, nch, sizeof *f->bias);
+    f->multiplier = block_take(blk, nch, sizeof *f->multiplier);
+    f->rounding = block_take(blk, nch, sizeof *f->rounding);
+    f->shift = block_take(blk, nch, sizeof *f->shift);
 }
 
 /* Output channel c's requantization into slot */

@@ -54,4 +54,4 @@ static const uint8_t *ref_run(const Model *m, const void *prepared, void *worksp
 }
 
 const KernelSet REFERENCE_KERNELS = {"reference", ref_prepare, ref_release, ref_workspace_new, ref_workspace_free,
-                                     ref_run, NULL, NULL};
+                                     ref_run, NULL, NULL, NULL, NULL};
