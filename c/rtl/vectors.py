@@ -12,6 +12,7 @@ multipliers up to 2^31 - 1, shifts 0..62, zero points and clamps anywhere in 0..
 point outside the clamp too), the expected value from model/qmath.py's requantize.  Writes
 BUILD_DIR/vectors.hex (requantize_tb.v's format) and BUILD_DIR/count.
 """
+import dataclasses
 import os
 import sys
 
@@ -51,6 +52,7 @@ def main(build, count):
     import config
     from data import datasets
     from model.formats.golden import layer_outputs
+    from model.graph import Graph
     from model.ops import KINDS
 
     state, quant = torch.load(os.path.join(ROOT, "quantization", "lenet_quant.tuple"), weights_only=True)
@@ -62,7 +64,7 @@ def main(build, count):
             continue
         p = {k: state[f"{op['name']}.{k}"].numpy() for k in ("weight", "bias", "multiplier", "shift")}
         src = op["inputs"][0]
-        spec = dict(op, in_zero_points=[quant[src]["zero_point"]], zero_point=0, qmin=-WIDE, qmax=WIDE)
+        spec = dataclasses.replace(Graph.from_tuple({}, quant).ops[i], zero_point=0, qmin=-WIDE, qmax=WIDE)
         ones = dict(p, multiplier=np.ones_like(p["multiplier"]), shift=np.zeros_like(p["shift"]))
         acc = np.asarray(KINDS[op["op"]].numpy([outs[src].astype(np.int64)], spec, ones)).reshape(outs[i].shape)
         assert np.abs(acc).max() < 2 ** 31
