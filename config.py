@@ -50,6 +50,12 @@ MULTIPLIER_BITS = 16
 CALIB_IMAGES = 2000
 CALIB_METHOD = "minmax"
 CALIB_PERCENTILE = 99.99
+WEIGHT_BITS = 8
+ACT_BITS = 8
+BITS = ""
+WEIGHT_METHOD = "auto"
+BIAS_CORRECTION = "auto"
+QAT_EPOCHS = 0
 
 # --- stage 3: testing (the four columns of the original) ----------------------
 RAW_TEST = True
@@ -112,6 +118,16 @@ OPTIONS = {
     "CALIB_IMAGES": (_TUPLE, "images (of the training set or CALIB_DATA) that calibrate the activation ranges"),
     "CALIB_METHOD": (_TUPLE, "activation range: minmax, or percentile (CALIB_PERCENTILE) of the calibration values"),
     "CALIB_PERCENTILE": (_TUPLE, "calib_method=percentile: a range spans the (100-P)th..Pth percentile"),
+    "WEIGHT_BITS": (_TUPLE, "bits of every conv/linear weight (2..8; packed in the export files)"),
+    "ACT_BITS": (_TUPLE, "bits of every activation but the input's and the logits' (4..8: values 0..2^N-1 with a "
+                         "zero point)"),
+    "BITS": (_TUPLE, "a JSON file of per-layer widths overriding the two above, {\"layer\": {\"weight_bits\": 4, "
+                     "\"act_bits\": 8}, ...} by op name (quant_model.py's summary lists them; \"\" = none)"),
+    "WEIGHT_METHOD": (_TUPLE, "how weights are rounded: rtn (to nearest), or auto (rtn at 8 bits, the best "
+                              "post-training method below 8)"),
+    "BIAS_CORRECTION": (_TUPLE, "subtract the mean output shift the weight rounding causes from the bias: on, off, "
+                                "or auto (on below 8 bits)"),
+    "QAT_EPOCHS": (_TUPLE, "epochs of quantization-aware fine-tuning after the post-training methods (0 = none)"),
     "RAW_TEST": ((_TEST,), "the raw column: the float model"),
     "QUANT_TEST": ((_TEST,), "the quant column: the torch integer model"),
     "NP_QUANT_TEST": ((_TEST,), "the np quant column: the numpy integer model (the written-down spec)"),
@@ -130,6 +146,8 @@ CHOICES = {
               "vgg11", "vgg13", "vgg16", "vgg19"),
     "WEIGHT_MODE": ("per_channel", "per_tensor"),
     "CALIB_METHOD": ("minmax", "percentile"),
+    "WEIGHT_METHOD": ("auto", "rtn"),
+    "BIAS_CORRECTION": ("auto", "on", "off"),
     "EXPORT_MODE": ("txt", "bin", "both", "c", "onnx"),
     "DEVICE": ("auto", "cpu", "cuda"),
     "AMP": ("auto", "bf16", "off"),
@@ -138,6 +156,9 @@ RANGES = {
     "MULTIPLIER_BITS": (8, 32),
     "CALIB_IMAGES": (1, 60000),
     "CALIB_PERCENTILE": (50.0, 100.0),
+    "WEIGHT_BITS": (2, 8),
+    "ACT_BITS": (4, 8),
+    "QAT_EPOCHS": (0, 1000),
     "EPOCHS": (0, 10000),
     "BATCH_SIZE": (0, 65536),
     "VAL_IMAGES": (1, 50000),

@@ -22,7 +22,7 @@ from data import datasets
 from model import api
 from model.fileio import (ModelFileError, WriteError, atomic_save, check_not_tracked, check_space, check_writable,
                           error_line, stage_main)
-from model.quant.quantize import QuantizeError, settings_fingerprint
+from model.quant.quantize import WIDTH_SETTINGS, QuantizeError, read_bits, settings_fingerprint
 from model.formats.tuple_check import load_tuple
 
 
@@ -40,7 +40,8 @@ def _same(given, stored):
 
 
 # the quantization settings a tuple records (quant_list[0]); a later stage takes them from it
-STORED_SETTINGS = ("weight_mode", "multiplier_bits", "calib_images", "calib_method", "calib_percentile", "seed")
+STORED_SETTINGS = ("weight_mode", "multiplier_bits", "calib_images", "calib_method", "calib_percentile", "seed",
+                   *WIDTH_SETTINGS)
 
 
 def load_quant(cfg):
@@ -62,8 +63,9 @@ def load_quant(cfg):
                                  f"{given}{hint}")
     ckpt = cfg.checkpoint or head.get("checkpoint") or ""
     given = getattr(cfg, "given", frozenset(STORED_SETTINGS))
-    cfg = types.SimpleNamespace(**{**vars(cfg), **{k: head[k] for k in STORED_SETTINGS
-                                                   if k in head and k not in given}})
+    stored = {**head, **head.get("widths", {})}       # the width settings: a dict of their own
+    cfg = types.SimpleNamespace(**{**vars(cfg), **{k: stored[k] for k in STORED_SETTINGS
+                                                   if k in stored and k not in given}})
     if user:
         sha = models.sha256_file(ckpt) if cfg.checkpoint and os.path.isfile(ckpt) else head.get("checkpoint_sha256", "")
         if cfg.checkpoint and not os.path.isfile(ckpt):
@@ -75,7 +77,11 @@ def load_quant(cfg):
         named = types.SimpleNamespace(**{**vars(cfg), "checkpoint": ckpt})
         sha = models.raw_header(named)["sha256"]
     key = api.settings_key(sha, head.get("input_mean"), head.get("input_std"))
-    if head["fingerprint"] != settings_fingerprint(named, {"sha256": key}):
+    try:
+        fingerprint = settings_fingerprint(named, {"sha256": key})
+    except QuantizeError as err:          # a --bits file that cannot be read
+        raise ModelFileError(str(err)) from None
+    if head["fingerprint"] != fingerprint:
         raise ModelFileError(f"{path}: stale: it was made with other quantization settings "
                              f"(weight_mode={head['weight_mode']}, multiplier_bits="
                              f"{head['multiplier_bits']}, calib_images={head['calib_images']}) "
@@ -111,13 +117,14 @@ def user_float(model, checkpoint):
 
 
 def summary(state, quant_list):
-    lines = [f"{'op':<8} {'name':<22} {'shape':<14} {'scale':>10} {'zp':>4} {'clamp':>9} {'|acc| bound':>12} "
-             f"{'weight SQNR':>11}"]
+    lines = [f"{'op':<8} {'name':<22} {'shape':<14} {'bits':<5} {'scale':>10} {'zp':>4} {'clamp':>9} "
+             f"{'|acc| bound':>12} {'weight SQNR':>11}"]
     for op in quant_list:
         shape = "x".join(map(str, op["shape"]))
         bound = f"{op['acc_bound']:>12}" if "acc_bound" in op else ""
         sqnr = f"{op['weight_sqnr_db']:>8.1f} dB" if "weight_sqnr_db" in op else ""
-        lines.append(f"{op['op']:<8} {op['name'][:22]:<22} {shape:<14} {op['scale']:>10.6f} "
+        bits = (f"W{op['weight_bits']}" if "weight_bits" in op else "") + f"A{op.get('act_bits', 8)}"
+        lines.append(f"{op['op']:<8} {op['name'][:22]:<22} {shape:<14} {bits:<5} {op['scale']:>10.6f} "
                      f"{op['zero_point']:>4} {op['qmin']:>4}..{op['qmax']:<3} {bound} {sqnr}")
     weighted = [op for op in quant_list if "weight_sqnr_db" in op]
     if weighted:
@@ -134,7 +141,11 @@ def main():
     name = config.model_name(cfg)
     shape, mean, std = config.check_input_settings(cfg.input_shape, cfg.input_mean, cfg.input_std)
     try:
-        check_writable(cfg.quant_dir, "--quant_dir")      # before any work
+        read_bits(cfg.bits)                               # before any work, as the rest
+    except QuantizeError as err:
+        sys.exit(f"error: {err}")
+    try:
+        check_writable(cfg.quant_dir, "--quant_dir")
         check_not_tracked((quant_path(cfg),), cfg.overwrite, "--quant_dir=DIR")
         if user:
             if cfg.checkpoint and not cfg.calib_data:     # (no checkpoint: user_float says so first)
@@ -162,7 +173,8 @@ def main():
     # the name files use; a user model's calibration count is what its data allowed
     named = types.SimpleNamespace(**{**vars(cfg), "model": name,
                                      "calib_images": len(calib) if user else cfg.calib_images})
-    print(f"quantizing {name}: weights {cfg.weight_mode}, {cfg.multiplier_bits}-bit multipliers, "
+    widths = f"{cfg.weight_bits}-bit weights, {cfg.act_bits}-bit activations" + (f" ({cfg.bits} per layer)" if cfg.bits else "")
+    print(f"quantizing {name}: {widths}, weights {cfg.weight_mode}, {cfg.multiplier_bits}-bit multipliers, "
           f"{cfg.calib_method} calibration on {len(calib)} {'images of ' + cfg.calib_data if cfg.calib_data else 'training images'}"
           + (f", input normalised by mean {mean} std {std}" if mean is not None else ""))
     try:

@@ -114,14 +114,16 @@ def _uint8_images(images):
 
 def quantize(module, calib_images, *, weight_mode="per_channel", multiplier_bits=16, calib_method="minmax",
              calib_percentile=99.99, input_mean=None, input_std=None, name="model", dataset=CUSTOM_DATASET,
-             checkpoint_sha256="", source="", progress=None):
+             checkpoint_sha256="", source="", progress=None, **widths):
     """Quantize a float nn.Module on calibration images (uint8 N×C×H×W, all of them are used) to the
     integer graph (state_dict, quant_list). input_mean / input_std: per channel, on the 0..1 scale
     (one value: every channel). `name` names the files (at most 31 bytes); quant_list[0] records the
-    settings (input_shape, input_mean, input_std, source, checkpoint_sha256) besides the usual header."""
+    settings (input_shape, input_mean, input_std, source, checkpoint_sha256) besides the usual header.
+    `widths`: the settings of config.py's WEIGHT_BITS .. QAT_EPOCHS, lower case (weight_bits=4, bits={layer:
+    {"weight_bits": 2}}, ...)."""
     x = _uint8_images(calib_images)
     cfg = make_cfg(model=name, weight_mode=weight_mode, multiplier_bits=multiplier_bits, calib_method=calib_method,
-                   calib_percentile=calib_percentile, calib_images=len(x))
+                   calib_percentile=calib_percentile, calib_images=len(x), **widths)
     return quantize_cfg(module, x, cfg, dataset, input_mean, input_std, checkpoint_sha256, source, progress)
 
 

@@ -89,7 +89,17 @@ def test_calibration_percentile_range_is_narrower():
     ("relu6", 12.0, 5, (5, 6)),         # 6 / 12 = 0.5 rounds half up: 5 + 1
 ])
 def test_fused_activation_clamp_bounds(act, scale, zero_point, bounds):
-    assert _clamp_for(act, scale, zero_point) == bounds
+    assert _clamp_for(act, scale, zero_point, 255) == bounds
+
+
+@pytest.mark.parametrize("act, scale, zero_point, bounds", [
+    (None, 0.1, 3, (0, 15)),            # a 4-bit activation: the range 0..15
+    ("relu", 0.1, 3, (3, 15)),
+    ("relu6", 0.5, 2, (2, 14)),         # 2 + 12
+    ("relu6", 0.25, 2, (2, 15)),        # 2 + 24 capped at 15
+])
+def test_fused_activation_clamp_bounds_4_bit(act, scale, zero_point, bounds):
+    assert _clamp_for(act, scale, zero_point, 15) == bounds
 
 
 def test_relu6_end_to_end_on_known_pixels():

@@ -9,21 +9,29 @@ ACC_LIMIT = 2 ** 31 - 1
 BIAS_LIMIT = 2 ** 30                # a floored channel's bias takes at most half the accumulator
 
 
-def quantize_weight(w, mode, min_scale=0.0):
-    """(q, per-channel scales, zero_point) of a float weight [Cout, ...].
+def weight_range(mode, bits):
+    """(lowest, highest) value of a `bits`-wide weight: per-channel symmetric (the code -2^(bits-1) is never
+    used, so the range is symmetric about the zero point 0), per-tensor unsigned with a zero point."""
+    return (-((1 << (bits - 1)) - 1), (1 << (bits - 1)) - 1) if mode == "per_channel" else (0, (1 << bits) - 1)
+
+
+def quantize_weight(w, mode, min_scale=0.0, bits=8):
+    """(q, per-channel scales, zero_point) of a float weight [Cout, ...], rounded to nearest at `bits`
+    (weight_range; one value a byte: int8 per channel, uint8 per tensor).
 
     Per channel, no scale goes below `min_scale` (per channel): a channel whose weights BN
     folding shrank to almost nothing (a BN gamma decayed to ~0) would otherwise need a bias
     beyond int32 at scale s_in*s_w; its output is ~ its bias, so coarser weights lose nothing."""
     w = w.detach().double().numpy()
     cout = w.shape[0]
-    if mode == "per_channel":                      # int8 symmetric per output channel, [-127, 127]
+    low, high = weight_range(mode, bits)
+    if mode == "per_channel":                      # symmetric per output channel, [-high, high]
         amax = np.abs(w.reshape(cout, -1)).max(axis=1)
-        scale = np.maximum(np.where(amax > 0, amax / 127.0, 1.0), min_scale)
-        q = np.clip(qmath.round_half_up(w / scale.reshape(-1, *[1] * (w.ndim - 1))), -127, 127)
+        scale = np.maximum(np.where(amax > 0, amax / high, 1.0), min_scale)
+        q = np.clip(qmath.round_half_up(w / scale.reshape(-1, *[1] * (w.ndim - 1))), low, high)
         return q.astype(np.int8), scale, 0
-    scale, zp = qmath.choose_qparams(w.min(), w.max())   # per tensor uint8 with a zero point
-    q = np.clip(qmath.round_half_up(w / scale) + zp, 0, 255)
+    scale, zp = qmath.choose_qparams(w.min(), w.max(), low, high)   # per tensor with a zero point
+    q = np.clip(qmath.round_half_up(w / scale) + zp, low, high)
     return q.astype(np.uint8), np.full(cout, scale), zp
 
 
@@ -35,12 +43,26 @@ def weight_sqnr_db(w, q, scale, zero_point):
     return float("inf") if noise == 0 else float(10 * np.log10((w ** 2).sum() / noise))
 
 
+def weight_count(op, x):
+    """The weights of a conv or linear op (a quant_list entry) reading the op `x`: C * K."""
+    c_in, h, w = x["shape"]
+    k = c_in // op["groups"] * op["kernel"][0] * op["kernel"][1] if op["op"] == "conv" else c_in * h * w
+    return op["shape"][0] * k
+
+
 def accumulator_bound(qweight, weight_zp, bias, in_op):
     """Worst-case |acc| of a conv/linear: max over channels of
     sum|w - z_w| * max|x - z_x| + |bias|, x within the input's clamp bounds."""
     w = qweight.reshape(qweight.shape[0], -1).astype(np.int64) - weight_zp
     x_mag = max(in_op["zero_point"] - in_op["qmin"], in_op["qmax"] - in_op["zero_point"])
     return int((np.abs(w).sum(axis=1) * x_mag + np.abs(bias.astype(np.int64))).max())
+
+
+def quantize_layer_weights(b, name, weight, bias, in_scale, bits):
+    """(q, per-channel scales, zero point, float bias) of a layer's weights at `bits`, by the
+    quantizer's weight method (WEIGHT_METHOD; rtn: to nearest)."""
+    q, scale, zp = quantize_weight(weight, b.cfg.weight_mode, np.abs(bias) / (in_scale * BIAS_LIMIT), bits)
+    return q, scale, zp, bias
 
 
 def quantize_weighted(b, node, kind, weight, bias, fields):
@@ -56,11 +78,12 @@ def quantize_weighted(b, node, kind, weight, bias, fields):
     bias_f = bias.detach().double().numpy() if bias is not None else np.zeros(weight.shape[0])
     if not (torch.isfinite(weight).all() and np.isfinite(bias_f).all()):
         raise QuantizeError(f"{b.cfg.model}: layer '{name}': weight or bias is not finite")
-    qw, w_scale, w_zp = quantize_weight(weight, b.cfg.weight_mode, min_scale=np.abs(bias_f) / (in_scale * BIAS_LIMIT))
+    bits = b.layer_bits(name, "weight_bits")
+    qw, w_scale, w_zp, bias_f = quantize_layer_weights(b, name, weight, bias_f, in_scale, bits)
     bias_q = qmath.round_half_up(bias_f / (in_scale * w_scale))
     if np.abs(bias_q).max(initial=0) > ACC_LIMIT:
         raise QuantizeError(f"{b.cfg.model}: layer '{name}': bias does not fit int32")
-    op = {"op": kind, "name": name, **fields, "weight_zero_point": int(w_zp)}
+    op = {"op": kind, "name": name, **fields, "weight_zero_point": int(w_zp), "weight_bits": bits}
     b.emit(op, [src], node, out_node, act)
     bound = accumulator_bound(qw, w_zp, bias_q, b.ops[src])
     if bound > ACC_LIMIT:

@@ -74,12 +74,55 @@ HINTS = {
 }
 
 
+# the widths and methods of issue 27, with their defaults: a setting at its default leaves the fingerprint of
+# the tuples made before them unchanged
+WIDTH_SETTINGS = {"weight_bits": 8, "act_bits": 8, "bits": {}, "weight_method": "auto", "bias_correction": "auto",
+                  "qat_epochs": 0}
+
+
+def width_settings(cfg):
+    """{setting: value} of WIDTH_SETTINGS in cfg (a namespace without them: the defaults), `bits` read
+    into its per-layer map (read_bits)."""
+    values = {k: getattr(cfg, k, default) for k, default in WIDTH_SETTINGS.items()}
+    values["bits"] = read_bits(values["bits"])
+    return values
+
+
+def read_bits(bits):
+    """The per-layer widths {layer: {"weight_bits": N, "act_bits": M}} of --bits: a JSON file's path, the
+    map itself (a tuple's header), or "" / None for none. QuantizeError naming the file on a bad one."""
+    if not bits:
+        return {}
+    where = "--bits" if isinstance(bits, dict) else bits
+    if isinstance(bits, str):
+        try:
+            with open(bits) as f:
+                bits = json.load(f)
+        except OSError as err:
+            raise QuantizeError(f"{where}: cannot read the per-layer widths ({err.strerror})") from None
+        except ValueError as err:
+            raise QuantizeError(f"{where}: not valid JSON ({err})") from None
+    if not isinstance(bits, dict):
+        raise QuantizeError(f"{where}: expected an object of layer names, e.g. {{\"conv1\": {{\"weight_bits\": 4}}}}")
+    limits = {"weight_bits": (2, 8), "act_bits": (4, 8)}
+    for layer, widths in bits.items():
+        if not isinstance(widths, dict) or not widths or set(widths) - set(limits):
+            raise QuantizeError(f"{where}: layer '{layer}': expected {{\"weight_bits\": N, \"act_bits\": M}} "
+                                f"(either or both), got {widths!r}")
+        for key, value in widths.items():
+            low, high = limits[key]
+            if not (isinstance(value, int) and not isinstance(value, bool) and low <= value <= high):
+                raise QuantizeError(f"{where}: layer '{layer}': {key} {value!r} outside {low}..{high}")
+    return {layer: dict(widths) for layer, widths in bits.items()}
+
+
 def settings_fingerprint(cfg, raw_header):
     """Hash of everything the integer graph depends on: a stale tuple or export is detected by it."""
     keys = {"model": cfg.model, "weight_mode": cfg.weight_mode, "multiplier_bits": cfg.multiplier_bits,
             "calib_images": cfg.calib_images, "calib_method": cfg.calib_method, "seed": cfg.seed,
             "calib_percentile": cfg.calib_percentile if cfg.calib_method == "percentile" else None,
             "checkpoint_sha256": raw_header.get("sha256")}
+    keys.update({k: v for k, v in width_settings(cfg).items() if v != WIDTH_SETTINGS[k]})
     return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -190,11 +233,11 @@ def _shape3(shape):
     return list(shape) + [1] * (3 - len(shape)) if len(shape) < 3 else list(shape)
 
 
-def _clamp_for(act, scale, zero_point):
-    """Clamp bounds of a uint8 output that a fused ReLU / ReLU6 imposes."""
+def _clamp_for(act, scale, zero_point, top):
+    """Clamp bounds of an output of values 0..top that a fused ReLU / ReLU6 imposes."""
     if act is None:
-        return 0, 255
-    qmax = 255 if act == "relu" else int(min(255, zero_point + qmath.round_half_up(6.0 / scale)))
+        return 0, top
+    qmax = top if act == "relu" else int(min(top, zero_point + qmath.round_half_up(6.0 / scale)))
     return int(max(0, zero_point)), qmax
 
 
@@ -210,6 +253,20 @@ class Builder:
         self.dry = dry
         # users that read a tensor (x.size(0) and the like only feed reshapes: they do not block fusing)
         self.users = {n: [u for u in n.users if u.name not in observer.meta] for n in gm.graph.nodes}
+        self.widths = width_settings(cfg)
+        self.act_bits = 8           # of the op being made (_walk sets it from widths before each node)
+        self.widths_used = set()    # (layer, "weight_bits" / "act_bits") of the --bits entries applied
+        self.own_widths = {"weight_bits": [], "act_bits": []}    # the layers that take each width
+
+    def layer_bits(self, name, key, default=None, applied=True):
+        """weight_bits or act_bits of layer `name`: its --bits entry, else `default`, else the setting's
+        value; `applied`: the layer takes it (its entry counts as used)."""
+        entry = self.widths["bits"].get(name, {})
+        if applied:
+            self.own_widths[key].append(name)
+            if key in entry:
+                self.widths_used.add((name, key))
+        return entry.get(key, self.widths[key] if default is None else default)
 
     def src(self, node):
         """The op index of node's first tensor input."""
@@ -236,7 +293,7 @@ class Builder:
         if self.dry:
             return 1.0, 0
         try:
-            return qmath.choose_qparams(lo, hi)
+            return qmath.choose_qparams(lo, hi, 0, (1 << self.act_bits) - 1)
         except ValueError as err:
             raise QuantizeError(f"{self.cfg.model}: layer '{node.name}': {err}") from None
 
@@ -250,14 +307,19 @@ class Builder:
         return None, node
 
     def emit(self, op, inputs, node, out_node, act, qparams=None, clamp=None, shape=None):
-        """Append op (its fields filled in: inputs, shape, scale, zero point, clamp); node and
-        out_node (its fused activation, or node) now stand for its output."""
+        """Append op (its fields filled in: inputs, shape, scale, zero point, clamp, act_bits); node and
+        out_node (its fused activation, or node) now stand for its output. An op given its qparams
+        keeps its input's scale (maxpool, pad, ...), and its width with them."""
         scale, zp = qparams if qparams is not None else self.qparams(out_node)
         if self.dry and clamp is None:
             clamp = (0, 0)          # |x - z_x| = 0 for the next layer: no accumulator bound to refuse
-        qmin, qmax = clamp if clamp is not None else _clamp_for(act, scale, zp)
+        # the input op's width is its pixels'; the others keep their input's or take the layer's
+        act_bits = 8 if not inputs else self.ops[inputs[0]]["act_bits"] if qparams is not None else self.act_bits
+        if inputs and qparams is None:
+            self.layer_bits(op["name"], "act_bits")
+        qmin, qmax = clamp if clamp is not None else _clamp_for(act, scale, zp, (1 << act_bits) - 1)
         op.update(inputs=list(inputs), shape=shape or self.shape_of(out_node), scale=scale, zero_point=zp,
-                  qmin=qmin, qmax=qmax)
+                  qmin=qmin, qmax=qmax, act_bits=act_bits)
         self.ops.append(op)
         self.where[node] = self.where[out_node] = len(self.ops) - 1
         self.skip.add(out_node)
@@ -301,7 +363,8 @@ def build_integer_graph(model, calib_images, cfg, dataset, raw_header, progress=
     b.ops[0].update(kind="fpgai-quant", version=FORMAT_VERSIONS["fpgai-quant"], model=cfg.model, dataset=dataset,
                     fingerprint=settings_fingerprint(cfg, raw_header), weight_mode=cfg.weight_mode,
                     multiplier_bits=cfg.multiplier_bits, calib_images=int(len(calib_images)),
-                    calib_method=cfg.calib_method, calib_percentile=cfg.calib_percentile, seed=cfg.seed)
+                    calib_method=cfg.calib_method, calib_percentile=cfg.calib_percentile, seed=cfg.seed,
+                    widths=b.widths)
     return b.state, b.ops
 
 
@@ -343,6 +406,7 @@ def _walk(gm, observer, cfg, input_shape, dry=False):
     b = Builder(gm, observer, cfg, input_shape, dry=dry)
     const = graph_passes.constant_nodes(gm.graph)
     reshaped = set()        # aliases whose C,H,W differ from their op's: only a linear layer reads them (flat)
+    logits = _logits_node(gm)
     batch = None
     for node in gm.graph.nodes:
         if node in b.skip:
@@ -387,6 +451,27 @@ def _walk(gm, observer, cfg, input_shape, dry=False):
                                     f"{'x'.join(map(str, b.ops[b.where[a]]['shape']))} to "
                                     f"{'x'.join(map(str, b.shape_of(a)))}; a reshape that changes C,H,W may only "
                                     f"feed a linear layer (flatten before nn.Linear)")
+        # the width of the op(s) this node makes: the logits stay at 8 bits unless --bits says otherwise
+        # (their argmax is the prediction: 16 levels would tie)
+        b.act_bits = b.layer_bits(b.name_for(node), "act_bits", 8 if node is logits else None, applied=False)
         kind.quantize(b, node, mod)
-
+    if not dry:
+        _check_widths_used(b)
     return b
+
+
+def _logits_node(gm):
+    """The node whose op outputs the logits: the graph's output through aliases and a fused ReLU."""
+    node = next(n for n in gm.graph.nodes if n.op == "output").args[0]
+    while isinstance(node, fx.Node) and _role(gm, node) is not None:
+        node = _alias_source(node) if _role(gm, node) == "alias" else node.args[0]
+    return node
+
+
+def _check_widths_used(b):
+    """Every --bits entry named a layer and a width it has: a misspelt name is an error, not a no-op."""
+    for layer, entry in b.widths["bits"].items():
+        for key in entry:
+            if (layer, key) not in b.widths_used:
+                raise QuantizeError(f"{b.cfg.model}: --bits: no layer '{layer}' takes {key}; the layers that do: "
+                                    f"{', '.join(b.own_widths[key])}")
