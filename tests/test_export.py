@@ -24,8 +24,7 @@ def test_round_trip_txt_and_bin(graph, tmp_path):
     paths = export_paths(tmp_path, quant_list[0]["model"])
     layers = weighted_ops(quant_list)
     txt = read_weight_txt(paths["weight.txt"])
-    signed = quant_list[0]["weight_mode"] == "per_channel"
-    weights, biases = read_bins(paths["weight.bin"], paths["bias.bin"], signed)
+    weights, biases = read_bins(paths["weight.bin"], paths["bias.bin"], quant_list)
     w_off = b_off = 0
     assert [name for name, _, _ in txt] == [op["name"] for op in layers]
     for (name, tw, tb), op in zip(txt, layers):

@@ -167,7 +167,7 @@ def cut(state, quant, i):
                 "readout.multiplier": torch.full((n,), 1 << 14, dtype=torch.int32),
                 "readout.shift": torch.full((n,), 14, dtype=torch.int32)})
     readout = {"op": "linear", "name": "readout", "inputs": [i], "shape": [n, 1, 1], "scale": src["scale"],
-               "zero_point": src["zero_point"], "qmin": 0, "qmax": 255, "weight_zero_point": w_zp,
+               "zero_point": src["zero_point"], "qmin": 0, "qmax": 255, "weight_zero_point": w_zp, "weight_bits": 8,
                "acc_bound": max(src["zero_point"] - src["qmin"], src["qmax"] - src["zero_point"])}
     return sub, quant[:i + 1] + [readout]
 

@@ -2,11 +2,12 @@
 
 {model}_weight.txt  per conv/linear layer: a '# name' line, its weights, a '$ name' line,
                     its biases; 10 comma-separated integers a line
-{model}_weight.bin  all layers' weights, 1 byte each (int8, or uint8 in per-tensor mode)
+{model}_weight.bin  all layers' weights, each layer packed at its weight_bits (pack_weights: a
+                    little-endian bit string, one byte a weight at 8 bits)
 {model}_bias.bin    all layers' biases, int32 little-endian
 {model}_quant.txt   'multiplier,shift,zero_point' lines: one a layer (per-tensor mode) or
                     one an output channel (per-channel mode), layers in graph order
-{model}_model.bin   the graph (format v3): the op records of model/ops, and the size and
+{model}_model.bin   the graph (format v4): the op records of model/ops, and the size and
                     CRC-32 of every weight file beside it, so the set is sealed
 {model}_model.h/.c  EXPORT_MODE=c, for firmware: model.bin, weight.bin and bias.bin as const
                     byte arrays (flash), and #defines of the sizes the core library needs
@@ -25,10 +26,12 @@ from model.graph import last_readers
 # the C loader's limits, named here too (export_format.MAX_DIM, ...)
 from model.limits import (INT32_MAX, MAX_ARENA, MAX_DIM, MAX_INPUTS, MAX_OPS, MAX_SCRATCH, MAX_SHIFT,
                           MAX_TENSOR, MAX_WEIGHTS, MIN_OPS)
+from model.ops.weighted import weight_count
 from model.ops import BY_CODE, KINDS, OWN_PARAM_RANGES, REQUANT_COUNTS, param_words, params_from_words, weighted_ops
 
 MAGIC = b"FPGAIQM\0"
-MODEL_BIN_VERSION = 3
+MODEL_BIN_VERSION = 4
+READ_VERSIONS = (3, 4)          # version 3: no weight_bits word, every layer 8 bits
 HEADER_BYTES = 256
 # magic, version, crc, header size, n_ops, weight mode, total weights, total biases, exported formats,
 # (size, crc, 0) of weight.bin, bias.bin, weight.txt, model, dataset, fingerprint; reserved zeros to 256
@@ -51,12 +54,10 @@ PARAM_RANGES = {"kernel_h": (1, MAX_DIM), "kernel_w": (1, MAX_DIM), "stride_h": 
                 "pad_left": (0, MAX_DIM), "pad_bottom": (0, MAX_DIM), "pad_right": (0, MAX_DIM),
                 "dilation_h": (1, MAX_DIM), "dilation_w": (1, MAX_DIM), "groups": (1, MAX_DIM),
                 "weight_zero_point": (0, 255), "weight_offset": (0, INT32_MAX), "bias_offset": (0, INT32_MAX),
-                "ceil_mode": (0, 1), "channel_start": (0, MAX_DIM), "scale_h": (1, MAX_DIM), "scale_w": (1, MAX_DIM),
+                "weight_bits": (2, 8), "ceil_mode": (0, 1), "channel_start": (0, MAX_DIM), "scale_h": (1, MAX_DIM), "scale_w": (1, MAX_DIM),
                 **OWN_PARAM_RANGES}
 # the counted arrays ending a record: each value's range
 BLOCK_RANGES = {"multiplier": (0, INT32_MAX), "shift": (0, MAX_SHIFT), "table": (0, 255)}
-# weight.bin's values per weight mode (per-channel int8 weights are symmetric: -128 never occurs)
-WEIGHT_RANGES = {"per_channel": (-127, 127), "per_tensor": (0, 255)}
 
 
 class ExportFormatError(ValueError):
@@ -65,6 +66,32 @@ class ExportFormatError(ValueError):
 
 def crc32(data):
     return zlib.crc32(data) & 0xFFFFFFFF
+
+
+def pack_weights(values, bits):
+    """The bytes of one layer's weights (any int array, one value each) packed at `bits`: value j at bits
+    j*bits .. j*bits + bits - 1 of a little-endian bit string (docs/contract.md "weight.bin"), the last
+    byte padded with zeros; two's complement for signed values."""
+    v = np.asarray(values, dtype=np.int64).reshape(-1) & ((1 << bits) - 1)
+    if bits == 8:
+        return v.astype(np.uint8).tobytes()
+    bit_string = ((v[:, None] >> np.arange(bits)) & 1).astype(np.uint8).reshape(-1)
+    return np.packbits(bit_string, bitorder="little").tobytes()
+
+
+def unpack_weights(data, count, bits, signed):
+    """The `count` values of a layer packed by pack_weights (int64), sign-extended if `signed`."""
+    need = packed_bytes(count, bits)
+    if len(data) < need:
+        raise ExportFormatError(f"{len(data)} bytes hold fewer than {count} weights of {bits} bits ({need} bytes)")
+    bit_string = np.unpackbits(np.frombuffer(data[:need], dtype=np.uint8), bitorder="little")[:count * bits]
+    v = (bit_string.reshape(count, bits).astype(np.int64) << np.arange(bits)).sum(axis=1)
+    return np.where(v >= 1 << (bits - 1), v - (1 << bits), v) if signed else v
+
+
+def packed_bytes(count, bits):
+    """The bytes a layer of `count` weights of `bits` bits takes in weight.bin."""
+    return (count * bits + 7) // 8
 
 
 def record_bytes(op, state):
@@ -86,7 +113,7 @@ def model_bin_bytes(state, quant_list, files):
     for op in quant_list:
         if KINDS[op["op"]].weighted:
             op = dict(op, weight_offset=w_off, bias_offset=b_off)
-            w_off += state[op["name"] + ".weight"].numel()
+            w_off += packed_bytes(state[op["name"] + ".weight"].numel(), op["weight_bits"])
             b_off += state[op["name"] + ".bias"].numel()
         records.append(record_bytes(op, state))
     bits = ("weight.bin" in files) * FORMAT_BITS["bin"] | ("weight.txt" in files) * FORMAT_BITS["txt"]
@@ -113,7 +140,7 @@ def weight_txt_bytes(state, quant_list):
     lines = []
     for op in weighted_ops(quant_list):
         w, b = state[op["name"] + ".weight"], state[op["name"] + ".bias"]
-        lines.append(f"# {op['name']} {op['op']} weight {'x'.join(map(str, w.shape))}")
+        lines.append(f"# {op['name']} {op['op']} weight {'x'.join(map(str, w.shape))} bits {op['weight_bits']}")
         lines += _txt_lines(w.flatten().tolist())
         lines.append(f"$ {op['name']} bias {b.numel()}")
         lines += _txt_lines(b.tolist())
@@ -233,7 +260,8 @@ def write_export(state, quant_list, folder, mode):
     if mode in ("txt", "both"):
         files["weight.txt"] = weight_txt_bytes(state, quant_list)
     if mode in ("bin", "both", "c"):
-        files["weight.bin"] = b"".join(state[op["name"] + ".weight"].numpy().tobytes() for op in layers)
+        files["weight.bin"] = b"".join(pack_weights(state[op["name"] + ".weight"].numpy(), op["weight_bits"])
+                                       for op in layers)
         files["bias.bin"] = b"".join(state[op["name"] + ".bias"].numpy().astype("<i4").tobytes() for op in layers)
     files["quant.txt"] = ("\n".join(quant_txt_lines(state, quant_list)) + "\n").encode()
     files["model.bin"] = model_bin_bytes(state, quant_list, files)     # checks the names before any file goes
@@ -294,7 +322,7 @@ def read_weight_txt(path):
 
 
 def read_model_bin(path):
-    """(header dict, [op dicts]) of a model.bin v3: each op has `op` (its kind), shape, zero_point,
+    """(header dict, [op dicts]) of a model.bin v4 (or v3: every layer's weight_bits 8): each op has `op` (its kind), shape, zero_point,
     qmin, qmax, scale, inputs, its kind's parameters under their quant_list names (plus
     weight_offset / bias_offset), multiplier, shift and table lists. Strict length and CRC checks."""
     data = open(path, "rb").read()
@@ -304,9 +332,9 @@ def read_model_bin(path):
     magic, version, crc, header_bytes, n_ops, per_channel, w_total, b_total, bits = fields[:9]
     if magic != MAGIC:
         raise ExportFormatError(f"{path}: bad magic {magic!r}, not an FPGAI model file")
-    if version != MODEL_BIN_VERSION:
-        raise ExportFormatError(f"{path}: format version {version}, this code reads {MODEL_BIN_VERSION}; "
-                                f"run export_quant_model.py again")
+    if version not in READ_VERSIONS:
+        raise ExportFormatError(f"{path}: format version {version}, this code reads versions "
+                                f"{' and '.join(map(str, READ_VERSIONS))}; run export_quant_model.py again")
     if crc != crc32(data[16:]):
         raise ExportFormatError(f"{path}: CRC-32 0x{crc32(data[16:]):08x}, the header says 0x{crc:08x}: damaged")
     if header_bytes != HEADER_BYTES:
@@ -337,7 +365,10 @@ def read_model_bin(path):
 
         op = {"op": kind.name, "shape": [c, h, w], "zero_point": zp, "qmin": qmin, "qmax": qmax, "scale": scale}
         op["inputs"] = take(take(1)[0])
-        op.update(params_from_words(kind, take(len(kind.params))))
+        params = kind.params if version >= 4 else tuple(p for p in kind.params if p != "weight_bits")
+        op.update(params_from_words(kind, take(len(params)), params))
+        if kind.weighted:
+            op.setdefault("weight_bits", 8)
         for field, rule in BLOCKS:
             op[field] = take(take(1)[0])
             if len(op[field]) != REQUANT_COUNTS[getattr(kind, rule)](op):
@@ -352,6 +383,14 @@ def read_model_bin(path):
     return header, ops
 
 
-def read_bins(weight_path, bias_path, signed):
-    return (np.fromfile(weight_path, dtype=np.int8 if signed else np.uint8),
-            np.fromfile(bias_path, dtype="<i4"))
+def read_bins(weight_path, bias_path, quant_list):
+    """(every weight, every bias) of weight.bin and bias.bin as written for quant_list: the layers'
+    weights unpacked, one value each (int64), layer after layer."""
+    data, weights = open(weight_path, "rb").read(), []
+    signed, pos = quant_list[0]["weight_mode"] == "per_channel", 0
+    for op in weighted_ops(quant_list):
+        count = weight_count(op, quant_list[op["inputs"][0]])
+        size = packed_bytes(count, op["weight_bits"])
+        weights.append(unpack_weights(data[pos:pos + size], count, op["weight_bits"], signed))
+        pos += size
+    return np.concatenate(weights), np.fromfile(bias_path, dtype="<i4")

@@ -16,11 +16,10 @@ import torch
 
 from model import ops
 from model.fileio import ModelFileError, load_checked
-from model.formats.export_format import (BLOCK_RANGES, DATASETS, NAME_BYTES, PARAM_RANGES, WEIGHT_MODES, WEIGHT_RANGES,
-                                         arena_bytes)
+from model.formats.export_format import BLOCK_RANGES, DATASETS, NAME_BYTES, PARAM_RANGES, WEIGHT_MODES, arena_bytes
 from model.limits import INT32_MAX, MAX_ARENA, MAX_DIM, MAX_OPS, MAX_TENSOR, MAX_WEIGHTS, MIN_OPS
 from model.ops.checks import OpView, Problem, where as _where
-from model.ops.weighted import accumulator_bound
+from model.ops.weighted import accumulator_bound, weight_range
 
 # the header fields (on quant_list[0]) the later stages read
 TUPLE_HEADER = ("fingerprint", "weight_mode", "multiplier_bits", "calib_images", "dataset")
@@ -31,8 +30,12 @@ _FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 def load_tuple(path, model=None, hint=""):
     """(state_dict, quant_list) of a tuple file: load_checked's kind, version and model name, then
-    check_tuple; ModelFileError (one line naming the file, the op and the field) otherwise."""
+    check_tuple; ModelFileError (one line naming the file, the op and the field) otherwise. A tuple
+    written before the widths (docs/contract.md) reads as 8-bit weights."""
     state, quant_list = load_checked(path, "fpgai-quant", model, hint=hint)
+    for op in quant_list if isinstance(quant_list, list) else []:
+        if isinstance(op, dict) and getattr(ops.KINDS.get(op.get("op")), "weighted", False):
+            op.setdefault("weight_bits", 8)
     problem = tuple_problem(state, quant_list)
     if problem:
         raise ModelFileError(f"{path}: {problem}{hint}")
@@ -175,6 +178,10 @@ def _check_record(state, quant_list, i):
     _in_range(where, "zero_point", op["zero_point"], 0, 255)
     _in_range(where, "qmin", op["qmin"], 0, 255)
     _in_range(where, "qmax", op["qmax"], op["qmin"], 255)
+    act_bits = op.get("act_bits", 8)        # hand-made graphs may leave it out: 8 bits
+    _in_range(where, "act_bits", act_bits, 4, 8)
+    for field in ("zero_point", "qmax"):
+        _in_range(where, f"{field} of a {act_bits}-bit tensor", op[field], 0, (1 << act_bits) - 1)
     if not abs(op["scale"]) <= _FLOAT32_MAX:
         raise Problem(f"{where}: scale {op['scale']} is not a float32")
     for param in kind.params:
@@ -192,7 +199,7 @@ def _check_record(state, quant_list, i):
                           f"{str(want).replace('torch.', '')}")
         if field in BLOCK_RANGES or field == "weight":
             values = tensor.reshape(-1).numpy()
-            low, high = BLOCK_RANGES.get(field) or WEIGHT_RANGES[quant_list[0]["weight_mode"]]
+            low, high = BLOCK_RANGES.get(field) or weight_range(quant_list[0]["weight_mode"], op["weight_bits"])
             bad = np.flatnonzero((values < low) | (values > high))
             if bad.size:
                 raise Problem(f"{where}: {field}[{bad[0]}] = {int(values[bad[0]])} outside [{low}, {high}]")

@@ -47,10 +47,11 @@ def param_words(op):
     return words
 
 
-def params_from_words(kind, words):
-    """The inverse of param_words: {quant_list key: value} of a record's parameter words."""
+def params_from_words(kind, words, params=None):
+    """The inverse of param_words: {quant_list key: value} of a record's parameter words (`params`: their
+    names, the kind's by default)."""
     fields = {}
-    for name, value in zip(kind.params, words):
+    for name, value in zip(kind.params if params is None else params, words):
         key, index = PARAM_KEYS[name]
         if index is None:
             fields[key] = value

@@ -33,7 +33,7 @@ PARAM_KEYS = {"kernel_h": ("kernel", 0), "kernel_w": ("kernel", 1), "stride_h": 
               "pad_top": ("padding", 0), "pad_left": ("padding", 1), "pad_bottom": ("padding", 2),
               "pad_right": ("padding", 3), "dilation_h": ("dilation", 0), "dilation_w": ("dilation", 1),
               "groups": ("groups", None), "weight_zero_point": ("weight_zero_point", None),
-              "weight_offset": ("weight_offset", None), "bias_offset": ("bias_offset", None),
+              "weight_offset": ("weight_offset", None), "weight_bits": ("weight_bits", None), "bias_offset": ("bias_offset", None),
               "ceil_mode": ("ceil_mode", None), "channel_start": ("channel_start", None),
               "scale_h": ("factor", 0), "scale_w": ("factor", 1)}
 # how many multipliers / shifts / table values a record holds (the C engine's --op-table uses the same words)

@@ -96,7 +96,9 @@ def same_qparams(v):
 def check_weights(v, k_size, shape):
     """A conv/linear's weights: the zero point per-channel int8 weights have, their shape, and k_size < 2^31."""
     if v.head["weight_mode"] == "per_channel" and v.op["weight_zero_point"] != 0:
-        v.fail(f"weight_zero_point {v.op['weight_zero_point']}, but per-channel int8 weights have zero point 0")
+        v.fail(f"weight_zero_point {v.op['weight_zero_point']}, but per-channel weights have zero point 0")
+    if v.op["weight_zero_point"] >= 1 << v.op["weight_bits"]:
+        v.fail(f"weight_zero_point {v.op['weight_zero_point']} does not fit its {v.op['weight_bits']}-bit weights")
     if k_size > INT32_MAX:
         v.fail(f"kernel of {k_size} weights per output channel is too large")
     if list(v.tensor("weight").shape) != shape:

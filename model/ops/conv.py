@@ -163,5 +163,5 @@ def check(v):
 
 KIND = OpKind("conv", 1, (1, 1), ("kernel_h", "kernel_w", "stride_h", "stride_w", "pad_top", "pad_left",
                                    "pad_bottom", "pad_right", "dilation_h", "dilation_w", "groups",
-                                   "weight_zero_point", "weight_offset", "bias_offset"),
+                                   "weight_zero_point", "weight_offset", "bias_offset", "weight_bits"),
               "C", "C", True, match, quantize, run_numpy, run_torch, to_onnx, check=check)

@@ -52,5 +52,5 @@ def check(v):
     check_weights(v, math.prod(v.x()["shape"]), [v.c, math.prod(v.x()["shape"])])
 
 
-KIND = OpKind("linear", 2, (1, 1), ("weight_zero_point", "weight_offset", "bias_offset"), "C", "C", True,
+KIND = OpKind("linear", 2, (1, 1), ("weight_zero_point", "weight_offset", "bias_offset", "weight_bits"), "C", "C", True,
               match, quantize, run_numpy, run_torch, to_onnx, check=check)
