@@ -25,7 +25,7 @@ from torch.fx.experimental.optimization import fuse as fold_bn
 from model.api import float_model
 from model.engines.np_engine import numpy_graph, run_numpy
 from model.fileio import atomic_open, error_line
-from model.formats.export_format import arena_bytes
+from model.formats.export_format import arena_bytes, packed_bytes
 from model.graph import last_readers
 from model.ops import KINDS
 from model.ops.base import keeps_qparams
@@ -220,8 +220,8 @@ def layer_report(state, quant_list, net=None, images=None, note=None):
                                       quant_list[op["inputs"][0]])
         rows.append({
             "index": i, "name": name, "kind": op["op"], "inputs": list(op["inputs"]), "shape": list(op["shape"]),
-            "macs": macs(state, op),
-            "weight_bytes": int(weight.numel() * weight.element_size()) if weight is not None else 0,
+            "macs": macs(state, op), "weight_bits": op.get("weight_bits"), "act_bits": op.get("act_bits", 8),
+            "weight_bytes": packed_bytes(weight.numel(), op["weight_bits"]) if weight is not None else 0,
             "bias_bytes": int(bias.numel() * 4) if bias is not None else 0,
             "activation_bytes": activation_bytes(op), "live_activation_bytes": live[i],
             "acc_bound": bound, "acc_bits": signed_bits(bound) if bound is not None else None,
@@ -237,7 +237,7 @@ def layer_report(state, quant_list, net=None, images=None, note=None):
     wsq = [r["weight_sqnr_db"] for r in rows if r["weight_sqnr_db"] is not None and math.isfinite(r["weight_sqnr_db"])]
     return {
         "model": head.get("model"), "dataset": head.get("dataset"), "weight_mode": head.get("weight_mode"),
-        "multiplier_bits": head.get("multiplier_bits"), "sqnr_images": n_images,
+        "multiplier_bits": head.get("multiplier_bits"), "widths": head.get("widths", {}), "sqnr_images": n_images,
         **({"sqnr_note": note} if note else {}),
         "ops": rows,
         "totals": {"macs": sum(r["macs"] for r in rows), "weight_bytes": sum(r["weight_bytes"] for r in rows),
@@ -262,17 +262,18 @@ def _num(v, fmt="{:,}"):
 
 def table(rep):
     """The printed table: a header, one row per op (starting with its index), a totals row."""
-    head = (f"{'#':>3} {'name':<22} {'kind':<8} {'shape':<12} {'MACs':>12} {'weight B':>10} {'bias B':>8} "
+    head = (f"{'#':>3} {'name':<22} {'kind':<8} {'shape':<12} {'bits':<5} {'MACs':>12} {'weight B':>10} {'bias B':>8} "
             f"{'act B':>9} {'live B':>9} {'acc b':>5} {'mul b':>5} {'W SQNR':>7} {'A SQNR':>7}")
     lines = [head]
     for r in rep["ops"]:
+        bits = (f"W{r['weight_bits']}" if r["weight_bits"] else "") + f"A{r['act_bits']}"
         lines.append(f"{r['index']:>3} {r['name'][:22]:<22} {r['kind']:<8} {'x'.join(map(str, r['shape'])):<12} "
-                     f"{r['macs']:>12,} {r['weight_bytes']:>10,} {r['bias_bytes']:>8,} {r['activation_bytes']:>9,} "
+                     f"{bits:<5} {r['macs']:>12,} {r['weight_bytes']:>10,} {r['bias_bytes']:>8,} {r['activation_bytes']:>9,} "
                      f"{r['live_activation_bytes']:>9,} {_num(r['acc_bits'], '{}'):>5} "
                      f"{_num(r['multiplier_bits'], '{}'):>5} {_num(r['weight_sqnr_db'], '{:.1f}'):>7} "
                      f"{_num(r['activation_sqnr_db'], '{:.1f}'):>7}")
     t = rep["totals"]
-    lines.append(f"{'':>3} {'total':<22} {'':<8} {'':<12} {t['macs']:>12,} {t['weight_bytes']:>10,} "
+    lines.append(f"{'':>3} {'total':<22} {'':<8} {'':<12} {'':<5} {t['macs']:>12,} {t['weight_bytes']:>10,} "
                  f"{t['bias_bytes']:>8,} {'':>9} {t['peak_live_activation_bytes']:>9,} "
                  f"{_num(t['acc_bits'], '{}'):>5} {_num(t['multiplier_bits'], '{}'):>5}")
     lines.append(f"peak live activations {t['peak_live_activation_bytes']:,} B at op {t['peak_live_op']} "

@@ -208,15 +208,16 @@ ARCHS = {"conv_pool": (ConvPoolNet, "mnist", (1, 28, 28)), "residual": (Residual
          "data_movement": (DataMovementNet, "cifar10", (3, 32, 32)), "geometry": (GeometryNet, "cifar10", (3, 32, 32))}
 
 
-def random_quantized(arch, weight_mode="per_channel", seed=0, calib=64, multiplier_bits=16, archs=None, n_test=32):
+def random_quantized(arch, weight_mode="per_channel", seed=0, calib=64, multiplier_bits=16, archs=None, n_test=32,
+                     **widths):
     """(state_dict, quant_list, uint8 test images) for a random model of `arch` (from `archs`,
-    by default ARCHS: name -> (class, dataset, input shape))."""
+    by default ARCHS: name -> (class, dataset, input shape)); `widths`: weight_bits=4, act_bits=4, ..."""
     cls, dataset, shape = (archs or ARCHS)[arch]
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     net = _randomize_bn(cls(), gen).eval()
     images = torch.randint(0, 256, (calib + n_test, *shape), generator=gen, dtype=torch.uint8)
     cfg = make_cfg(model="lenet" if dataset == "mnist" else "resnet18", weight_mode=weight_mode,
-                   multiplier_bits=multiplier_bits)
+                   multiplier_bits=multiplier_bits, **widths)
     state, quant_list = build_integer_graph(net, images[:calib], cfg, dataset, {})
     return state, quant_list, images[calib:]

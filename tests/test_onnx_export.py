@@ -43,6 +43,13 @@ def test_random_graphs_match_numpy(arch, mode):
     assert_same_logits(*random_quantized(arch, mode, n_test=48))
 
 
+@pytest.mark.parametrize("mode", ["per_channel", "per_tensor"])
+@pytest.mark.parametrize("widths", [{"weight_bits": 4, "act_bits": 4}, {"weight_bits": 2}, {"weight_bits": 3, "act_bits": 5}],
+                         ids=["w4a4", "w2a8", "w3a5"])
+def test_low_bit_graphs_match_numpy(widths, mode):
+    assert_same_logits(*random_quantized("residual", mode, n_test=48, **widths))
+
+
 @pytest.mark.parametrize("case", list(narrow_graphs.CASES))
 def test_narrow_graphs_match_numpy(case):
     """Zero points far from 0, clamps narrower than 0..255 binding at both ends, padding holding z_x."""
