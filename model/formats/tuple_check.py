@@ -33,9 +33,6 @@ def load_tuple(path, model=None, hint=""):
     check_tuple; ModelFileError (one line naming the file, the op and the field) otherwise. A tuple
     written before the widths (docs/contract.md) reads as 8-bit weights."""
     state, quant_list = load_checked(path, "fpgai-quant", model, hint=hint)
-    for op in quant_list if isinstance(quant_list, list) else []:
-        if isinstance(op, dict) and getattr(ops.KINDS.get(op.get("op")), "weighted", False):
-            op.setdefault("weight_bits", 8)
     problem = tuple_problem(state, quant_list)
     if problem:
         raise ModelFileError(f"{path}: {problem}{hint}")
@@ -53,9 +50,20 @@ def tuple_problem(state, quant_list):
     return None
 
 
+def fill_widths(quant_list):
+    """A tuple written before the widths (docs/contract.md) gets them: 8-bit weights and activations."""
+    for op in quant_list if isinstance(quant_list, list) else []:
+        if isinstance(op, dict):
+            op.setdefault("act_bits", 8)
+            if getattr(ops.KINDS.get(op.get("op")), "weighted", False):
+                op.setdefault("weight_bits", 8)
+
+
 def check_tuple(state, quant_list):
     """Raise Problem unless (state, quant_list) holds every field and tensor the engines and the
-    exporter read (the op table says which), each within the range the C loader checks."""
+    exporter read (the op table says which), each within the range the C loader checks. A tuple from
+    before the widths gets them first (fill_widths)."""
+    fill_widths(quant_list)
     _check_whole(state, quant_list)
     _check_header(quant_list)
     weights = biases = 0
@@ -178,7 +186,7 @@ def _check_record(state, quant_list, i):
     _in_range(where, "zero_point", op["zero_point"], 0, 255)
     _in_range(where, "qmin", op["qmin"], 0, 255)
     _in_range(where, "qmax", op["qmax"], op["qmin"], 255)
-    act_bits = op.get("act_bits", 8)        # hand-made graphs may leave it out: 8 bits
+    act_bits = op["act_bits"]
     _in_range(where, "act_bits", act_bits, 4, 8)
     for field in ("zero_point", "qmax"):
         _in_range(where, f"{field} of a {act_bits}-bit tensor", op[field], 0, (1 << act_bits) - 1)
