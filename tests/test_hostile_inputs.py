@@ -190,7 +190,7 @@ def test_limits_agree_with_the_c_sources():
                      + sorted(glob.glob(os.path.join(ROOT, "c", "ops", "*.c"))))
     symbols = {"MAX_DIM": ef.MAX_DIM, "INT32_MAX": ef.INT32_MAX}
     rows = {name: (int(symbols.get(lo, lo)), int(symbols.get(hi, hi)))
-            for name, lo, hi in re.findall(r'PARAM\([\w\[\]]+, "(\w+)", (\w+), (\w+)\)', source)}
+            for name, lo, hi in re.findall(r'PARAM(?:\(|_SINCE\(\d+, \d+, )[\w\[\]]+, "(\w+)", (\w+), (\w+)\)', source)}
     assert rows == ef.PARAM_RANGES
     assert '"multiplier", 0, INT32_MAX' in source and '"shift", 0, MAX_SHIFT' in source
     assert '"table value", 0, 255' in source

@@ -1,6 +1,7 @@
 /*
  * checks.c -- the load-time checks kinds share (kind.h: windows, channels, zero points, shapes,
- * scratch sizes) and the accumulator bound of the weighted layers, proved once the weights are in.
+ * scratch sizes) and the weighted layers' checks once the weights are in: their codes against their
+ * bits, the accumulator bound.
  * Each names the file, the op and its kind; a failure longjmps back to the API function.
  */
 #include "core.h"
@@ -77,8 +78,11 @@ void check_weight_zero_point(const Model *m, int i)
 {
     const Op *op = &m->ops[i];
     if (m->weight_signed && op->w_zero_point != 0)
-        fail("%s: op %d (%s): weight_zero_point %d, but per-channel int8 weights have zero point 0",
+        fail("%s: op %d (%s): weight_zero_point %d, but per-channel weights have zero point 0",
              m->path, i, kind_name(op), op->w_zero_point);
+    if (op->w_zero_point > (1 << op->w_bits) - 1)
+        fail("%s: op %d (%s): weight_zero_point %d does not fit its %d-bit weights (0..%d)", m->path, i,
+             kind_name(op), op->w_zero_point, op->w_bits, (1 << op->w_bits) - 1);
 }
 
 /* The data-movement kinds (maxpool's rule): the output keeps its input's zero point and clamp */
@@ -99,31 +103,57 @@ void check_same_shape(const Model *m, int i)
              op->h, op->w, op->in[0], x->c, x->h, x->w);
 }
 
+/* Layer op's weights as their bits allow: a per-channel code of b bits is never -2^(b-1) (the
+ * range is symmetric), and the bits after the layer's last value are 0. */
+static void check_codes(const Model *m, int i, const char *weight_path)
+{
+    const Op *op = &m->ops[i];
+    const int b = op->w_bits;
+    const uint64_t n = (uint64_t)op->c * (uint64_t)op->k_size, tail = n * (uint64_t)b % 8;
+    if (tail && m->weight_raw[(size_t)op->w_offset + (size_t)layer_weight_bytes(op) - 1] >> tail)
+        fail("%s: op %d (%s): the padding bits after its last %d-bit weight are not 0", weight_path, i,
+             kind_name(op), b);
+    if (!m->weight_signed)
+        return;                                     /* every code of b bits is an unsigned weight */
+    const uint8_t refused = (uint8_t)(256 - (1 << (b - 1)));      /* -2^(b-1) in weight_byte's form */
+    for (uint64_t j = 0; j < n; j++)
+        if (weight_byte(m, op, j) == refused)
+            fail("%s: op %d (%s): weight %llu (output channel %llu) is -%d; per-channel weights of %d bits lie "
+                 "in [-%d, %d]", weight_path, i, kind_name(op), (unsigned long long)j,
+                 (unsigned long long)(j / (uint64_t)op->k_size), 1 << (b - 1), b, (1 << (b - 1)) - 1,
+                 (1 << (b - 1)) - 1);
+}
+
 /* A conv/linear accumulates in int32:  acc = bias[c] + sum_k (x_k - z_x)(w_ck - z_w).
  * Every partial sum is bounded by
  *   bound = max_c (sum_k |w_ck - z_w|) * max(z_x - qmin_x, qmax_x - z_x) + |bias_c|
  * so bound <= INT32_MAX proves no int32 overflow for any input image.  requantize() then
  * computes acc * m in int64: |acc| < 2^31, m < 2^31, plus a rounding constant <= 2^61,
  * stays below 2^63.  The other kinds' int64 bounds are in their validate functions. */
-void check_overflow(const Model *m)
+static void check_overflow(const Model *m, int i)
 {
-    for (int i = 0; i < m->n_ops; i++) {
-        const Op *op = &m->ops[i];
-        if (!KINDS[op->kind].weighted)
-            continue;
-        int64_t x_mag = max_abs_centered(op_input(m, op, 0)), worst = 0;
-        for (int32_t c = 0; c < op->c; c++) {
-            int64_t sum = 0;
-            for (int32_t k = 0; k < op->k_size; k++) {
-                int w = weight_centered(m, op, c, k);
-                sum += w < 0 ? -w : w;                    /* <= 2^31 * 255: no overflow */
-            }
-            int64_t b = op_bias(m, op, c) < 0 ? -(int64_t)op_bias(m, op, c) : op_bias(m, op, c);
-            if (sum * x_mag + b > worst)
-                worst = sum * x_mag + b;
+    const Op *op = &m->ops[i];
+    int64_t x_mag = max_abs_centered(op_input(m, op, 0)), worst = 0;
+    for (int32_t c = 0; c < op->c; c++) {
+        int64_t sum = 0;
+        for (int32_t k = 0; k < op->k_size; k++) {
+            int w = weight_centered(m, op, c, k);
+            sum += w < 0 ? -w : w;                    /* <= 2^31 * 255: no overflow */
         }
-        if (worst > INT32_MAX)
-            fail("%s: op %d (%s): worst-case accumulator %lld exceeds int32 (%d); the integer path could "
-                 "overflow", m->weights_path, i, kind_name(op), (long long)worst, INT32_MAX);
+        int64_t b = op_bias(m, op, c) < 0 ? -(int64_t)op_bias(m, op, c) : op_bias(m, op, c);
+        if (sum * x_mag + b > worst)
+            worst = sum * x_mag + b;
     }
+    if (worst > INT32_MAX)
+        fail("%s: op %d (%s): worst-case accumulator %lld exceeds int32 (%d); the integer path could "
+             "overflow", m->weights_path, i, kind_name(op), (long long)worst, INT32_MAX);
+}
+
+void check_weights(const Model *m, const char *weight_path)
+{
+    for (int i = 0; i < m->n_ops; i++)
+        if (KINDS[m->ops[i].kind].weighted) {
+            check_codes(m, i, weight_path);
+            check_overflow(m, i);
+        }
 }

@@ -14,8 +14,9 @@ float rd_f32(const uint8_t *p);
 /* kinds.c: how many multipliers, shifts or table values rule RQ_* asks of op */
 int64_t rq_count(int rule, const Op *op);
 
-/* checks.c: the int32 accumulator bound of every conv and linear layer, once the weights are in */
-void check_overflow(const Model *m);
+/* checks.c: every conv and linear layer's weights, once they are in: each code inside its bits'
+ * range (weight_path names them), the int32 accumulator bound */
+void check_weights(const Model *m, const char *weight_path);
 
 /* plan.c: every tensor's place in the arena (Op.offset), the arena's size */
 void plan_memory(Model *m);

@@ -4,7 +4,7 @@
  * (C99; no malloc/free, no stdio, no file I/O, no OS call: firmware links it as it is).
  *
  *   core/            this header and the core: limits, Op and Model, the one requantizer (below);
- *                    load.c (model.bin, format version 3, and the weight buffers checked against
+ *                    load.c (model.bin, format versions 3 and 4, and the weight buffers checked against
  *                    its seal: the API), kinds.c (the kinds' table, KINDS), checks.c (the checks
  *                    kinds share, the accumulator bound), plan.c (the activation memory plan),
  *                    run.c (the run loop), util.c (messages, CRC-32); kind.h is what an op file
@@ -37,7 +37,8 @@
 
 /* ---- limits (docs/contract.md "Rules between fields") ------------------------------------ */
 
-#define FORMAT_VERSION 3
+#define FORMAT_VERSION 4            /* model.bin's, written by this tree's export */
+#define OLDEST_FORMAT_VERSION 3     /* read too: its records lack the words added since (ParamSpec.since) */
 #define HEADER_BYTES   256
 #define MIN_OPS        2
 #define MAX_OPS        4096
@@ -98,6 +99,7 @@ typedef struct {
     int32_t dil_h, dil_w;           /* conv: kernel taps this far apart; the pools: 1 (at load) */
     int32_t ceil_mode;              /* maxpool: the output size rounds up (PyTorch's ceil_mode) */
     int32_t w_zero_point, w_offset, b_offset;
+    int32_t w_bits;                 /* conv / linear: bits of each weight, 2..8, packed in weight.bin */
     int32_t ch_start;               /* slice: its first input channel */
     int32_t scale_h, scale_w;       /* upsample: the integer factors */
     int32_t arg[OP_ARGS];           /* a kind's own parameters (see above) */
@@ -131,14 +133,15 @@ enum { FILE_WEIGHT_BIN, FILE_BIAS_BIN, FILE_WEIGHT_TXT, FILE_COUNT };   /* the f
 typedef struct {
     /* the graph and the weights */
     char name[32], dataset[16], fingerprint[24];
-    int weight_signed;              /* 1: int8 per-channel weights (zero point 0); 0: uint8 per tensor */
+    uint32_t version;               /* model.bin's format version, OLDEST_FORMAT_VERSION..FORMAT_VERSION */
+    int weight_signed;              /* 1: signed per-channel weights (zero point 0); 0: unsigned per tensor */
     uint32_t exported;              /* bit 0: weight.bin + bias.bin, bit 1: weight.txt */
     uint64_t file_size[FILE_COUNT]; /* as model.bin recorded them */
     uint32_t file_crc[FILE_COUNT];
-    int64_t weight_bytes, bias_count;
+    int64_t weight_bytes, bias_count;   /* weight.bin's bytes (the layers packed), bias.bin's int32s */
     int n_ops;
     Op *ops;                        /* in the storage block */
-    const uint8_t *weight_raw;      /* weight.bin bytes (int8 or uint8), the caller's buffer */
+    const uint8_t *weight_raw;      /* weight.bin bytes (each layer packed at its w_bits), the caller's buffer */
     const uint8_t *bias_raw;        /* bias.bin bytes (int32 little-endian), the caller's buffer */
 
     /* the plan */
@@ -146,7 +149,7 @@ typedef struct {
     uint64_t work;                  /* operations per image, every op's fpgai_op_work (saturating at 2^64 - 1) */
     size_t arena_bytes;             /* every activation, placed by the memory plan, and the scratch below */
     size_t row_offset, row_bytes;   /* the reference kernels' scratch (KindSpec.scratch: the conv's int32
-                                     * accumulator row), in the arena after the tensors */
+                                     * accumulator row, a weight row unpacked), in the arena after the tensors */
 
     /* the loader's own */
     const char *path;               /* model.bin's name in messages (the caller's string) */
@@ -160,12 +163,16 @@ typedef struct {
 
 /* ---- the declaration table ------------------------------------------------------------ */
 
-/* One parameter word of a record: its name in docs/contract.md, where it goes in Op, its range.  Rules
- * between fields (pad < kernel, shapes against the inputs) are the kind's validate function. */
+/* One parameter word of a record: its name in docs/contract.md, where it goes in Op, its range, and
+ * the format version that added it (a file of an older version lacks the word: the field takes
+ * `absent`).  Rules between fields (pad < kernel, shapes against the inputs) are the kind's validate
+ * function. */
 typedef struct {
     const char *name;
     size_t offset;                  /* offsetof(Op, ...) of an int32_t field */
     int32_t lo, hi;
+    uint32_t since;                 /* 0: in every version */
+    int32_t absent;
 } ParamSpec;
 
 /* How many multipliers, shifts (or table values) a record holds */
@@ -271,10 +278,35 @@ static inline int32_t op_bias(const Model *m, const Op *op, int32_t c)
     return u32_to_i32((uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24);
 }
 
-/* Weight k of output channel c minus its zero point (-255..255), from weight.bin's bytes. */
+/* Bytes of weight.bin a conv / linear layer takes: its C*K values of w_bits bits, packed */
+static inline uint64_t layer_weight_bytes(const Op *op)
+{
+    return ((uint64_t)op->c * (uint64_t)op->k_size * (uint64_t)op->w_bits + 7) / 8;
+}
+
+/* THE reading of weight.bin's packing (docs/contract.md "weight.bin"): value j of op's layer (its C*K
+ * weights, [C][K]) as one byte, as weight.bin holds it at 8 bits: the two's complement of a
+ * per-channel weight, the unsigned per-tensor one.  Value j of b bits is bits j*b .. j*b + b - 1 of
+ * the layer's bytes read as one little-endian bit string: within one byte or across two. */
+static inline uint8_t weight_byte(const Model *m, const Op *op, uint64_t j)
+{
+    const uint8_t *layer = m->weight_raw + op->w_offset;
+    const unsigned b = (unsigned)op->w_bits;
+    if (b == 8)
+        return layer[j];
+    const uint64_t bit = j * b;
+    const unsigned at = (unsigned)(bit % 8);
+    unsigned v = layer[bit / 8] >> at;
+    if (at + b > 8)
+        v |= (unsigned)layer[bit / 8 + 1] << (8 - at);
+    const unsigned sign = m->weight_signed ? 1u << (b - 1) : 0;
+    return (uint8_t)(((v & ((1u << b) - 1)) ^ sign) - sign);    /* sign-extended, mod 256 */
+}
+
+/* Weight k of output channel c minus its zero point (-255..255) */
 static inline int weight_centered(const Model *m, const Op *op, int32_t c, int32_t k)
 {
-    int raw = m->weight_raw[(size_t)op->w_offset + (size_t)c * (size_t)op->k_size + (size_t)k];
+    int raw = weight_byte(m, op, (uint64_t)c * (uint64_t)op->k_size + (uint64_t)k);
     return (m->weight_signed && raw >= 128 ? raw - 256 : raw) - op->w_zero_point;
 }
 

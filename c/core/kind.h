@@ -47,13 +47,17 @@
 #define FPGAI_KIND(name, id, code, ...) FPGAI_KIND_FUNCTIONS(name)
 
 /* One parameter word: the Op field it fills, its name in docs/contract.md, its range */
-#define PARAM(field, name, lo, hi) {name, offsetof(Op, field), lo, hi}
+#define PARAM(field, name, lo, hi) {name, offsetof(Op, field), lo, hi, 0, 0}
+/* A word format version `since` added to the record: in a file of an older version the record lacks
+ * it and the field is `absent` */
+#define PARAM_SINCE(since, absent, field, name, lo, hi) {name, offsetof(Op, field), lo, hi, since, absent}
 /* The rows kinds share */
 #define WINDOW PARAM(kh, "kernel_h", 1, MAX_DIM), PARAM(kw, "kernel_w", 1, MAX_DIM), \
                PARAM(stride_h, "stride_h", 1, MAX_DIM), PARAM(stride_w, "stride_w", 1, MAX_DIM)
 #define POOL_PADDING PARAM(pad_top, "pad_h", 0, MAX_DIM), PARAM(pad_left, "pad_w", 0, MAX_DIM)
 #define WEIGHTS PARAM(w_zero_point, "weight_zero_point", 0, 255), \
-                PARAM(w_offset, "weight_offset", 0, INT32_MAX), PARAM(b_offset, "bias_offset", 0, INT32_MAX)
+                PARAM(w_offset, "weight_offset", 0, INT32_MAX), PARAM(b_offset, "bias_offset", 0, INT32_MAX), \
+                PARAM_SINCE(4, 8, w_bits, "weight_bits", 2, 8)
 
 /* ---- errors (core/util.c) ------------------------------------------------------------- */
 
@@ -83,7 +87,7 @@ void check_window(const Model *m, int i);
 void pool_geometry(Op *op);
 /* The output has its input's channels */
 void check_same_channels(const Model *m, int i);
-/* Per-channel int8 weights have zero point 0 */
+/* Per-channel weights have zero point 0; a per-tensor one fits the layer's bits */
 void check_weight_zero_point(const Model *m, int i);
 /* The output keeps its input's zero point and clamp (the data-movement kinds) */
 void check_same_qparams(const Model *m, int i);
@@ -100,8 +104,20 @@ static inline const uint8_t *input_of(const Model *m, const Op *op, const uint8_
     return arena + op_input(m, op, k)->offset;
 }
 
-/* Weight byte b minus the op's weight zero point, branch free: int8 (b ^ 0x80) - 128, uint8
- * b - z_w.  weight_flip / weight_sub give the two constants. */
+/* Output channel c's K weights as bytes of weight_byte's form: at 8 bits the layer's own (weight.bin as
+ * it is), below 8 unpacked into `row` (K bytes of the kind's scratch) */
+static inline const uint8_t *weight_row(const Model *m, const Op *op, int32_t c, uint8_t *row)
+{
+    const uint64_t first = (uint64_t)c * (uint64_t)op->k_size;
+    if (op->w_bits == 8)
+        return m->weight_raw + (size_t)op->w_offset + (size_t)first;
+    for (int32_t k = 0; k < op->k_size; k++)
+        row[k] = weight_byte(m, op, first + (uint64_t)k);
+    return row;
+}
+
+/* Weight byte b (weight_byte's form) minus the op's weight zero point, branch free: signed
+ * (b ^ 0x80) - 128, unsigned b - z_w.  weight_flip / weight_sub give the two constants. */
 static inline int weight_flip(const Model *m)
 {
     return m->weight_signed ? 0x80 : 0;

@@ -44,10 +44,10 @@ static void parse_header(Model *m, const uint8_t *data, size_t size, const char 
         fail("%s: %zu bytes, too short for a model file", path, size);
     if (memcmp(data, "FPGAIQM\0", 8) != 0)
         fail("%s: bad magic, not an FPGAI model file", path);
-    uint32_t version = rd_u32(data + 8);
-    if (version != FORMAT_VERSION)
-        fail("%s: model file format version %u, this engine reads version %d: run export_quant_model.py "
-             "again to re-export the model", path, version, FORMAT_VERSION);
+    m->version = rd_u32(data + 8);
+    if (m->version < OLDEST_FORMAT_VERSION || m->version > FORMAT_VERSION)
+        fail("%s: model file format version %u, this engine reads versions %d to %d: run export_quant_model.py "
+             "again to re-export the model", path, m->version, OLDEST_FORMAT_VERSION, FORMAT_VERSION);
     if (size < HEADER_BYTES)
         fail("%s: %zu bytes, shorter than the %d-byte header", path, size, HEADER_BYTES);
     uint32_t crc = crc32_bytes(data + 16, size - 16), want_crc = rd_u32(data + 12);
@@ -60,12 +60,12 @@ static void parse_header(Model *m, const uint8_t *data, size_t size, const char 
     if (n_ops < MIN_OPS || n_ops > MAX_OPS)
         fail("%s: %u ops, expected %d..%d", path, n_ops, MIN_OPS, MAX_OPS);
     if (mode > 1)
-        fail("%s: weight mode %u, expected 1 (int8 per-channel) or 0 (uint8 per-tensor)", path, mode);
+        fail("%s: weight mode %u, expected 1 (signed per-channel) or 0 (unsigned per-tensor)", path, mode);
     m->weight_signed = (int)mode;
     m->weight_bytes = rd_u32(data + 28);
     m->bias_count = rd_u32(data + 32);
     if (m->weight_bytes > MAX_WEIGHTS || m->bias_count > MAX_WEIGHTS / 4)
-        fail("%s: %lld weights / %lld biases, over this engine's limit", path, (long long)m->weight_bytes,
+        fail("%s: %lld weight bytes / %lld biases, over this engine's limit", path, (long long)m->weight_bytes,
              (long long)m->bias_count);
     m->exported = rd_u32(data + 36);
     if (m->exported & ~3u)
@@ -82,7 +82,7 @@ static void parse_header(Model *m, const uint8_t *data, size_t size, const char 
     }
     if (m->exported & 1) {
         if (m->file_size[FILE_WEIGHT_BIN] != (uint64_t)m->weight_bytes)
-            fail("%s: the header says %lld weights, but records a weight.bin of %llu bytes", path,
+            fail("%s: the header says %lld weight bytes, but records a weight.bin of %llu bytes", path,
                  (long long)m->weight_bytes, (unsigned long long)m->file_size[FILE_WEIGHT_BIN]);
         if (m->file_size[FILE_BIAS_BIN] != 4 * (uint64_t)m->bias_count)
             fail("%s: the header says %lld biases, but records a bias.bin of %llu bytes", path,
@@ -170,7 +170,7 @@ static size_t parse_record(Model *m, int i, const uint8_t *data, size_t size, si
     for (int32_t j = 0; j < op->n_inputs; j++)
         op->in[j] = (int32_t)take(&w, "input tensor id", 0, i - 1);
     for (const ParamSpec *p = k->params; p < k->params + MAX_PARAMS && p->name; p++) {
-        int32_t v = (int32_t)take(&w, p->name, p->lo, p->hi);
+        int32_t v = m->version < p->since ? p->absent : (int32_t)take(&w, p->name, p->lo, p->hi);
         memcpy((char *)op + p->offset, &v, sizeof v);
     }
     op->n_mult = take_array(&w, "n_mult", rq_count(k->n_mult, op), &op->multiplier, "multiplier", 0, INT32_MAX);
@@ -195,15 +195,15 @@ static void check_tiling(const Model *m)
             fail("%s: op %d (%s): weight offset %d / bias offset %d, expected %lld / %lld (layers must "
                  "tile the weight and bias files in order)", m->path, i, kind_name(op), op->w_offset,
                  op->b_offset, (long long)w_pos, (long long)b_pos);
-        w_pos += (int64_t)op->c * op->k_size;
+        w_pos += (int64_t)layer_weight_bytes(op);     /* < 2^47 */
         b_pos += op->c;
         if (w_pos > m->weight_bytes || b_pos > m->bias_count)
-            fail("%s: op %d (%s): weights end at %lld / biases at %lld, past the header's %lld / %lld",
+            fail("%s: op %d (%s): weight bytes end at %lld / biases at %lld, past the header's %lld / %lld",
                  m->path, i, kind_name(op), (long long)w_pos, (long long)b_pos, (long long)m->weight_bytes,
                  (long long)m->bias_count);
     }
     if (w_pos != m->weight_bytes || b_pos != m->bias_count)
-        fail("%s: layers hold %lld weights and %lld biases, the header says %lld and %lld", m->path,
+        fail("%s: layers hold %lld weight bytes and %lld biases, the header says %lld and %lld", m->path,
              (long long)w_pos, (long long)b_pos, (long long)m->weight_bytes, (long long)m->bias_count);
 }
 
@@ -311,18 +311,12 @@ int fpgai_attach_weights(Model *m, const uint8_t *weights, size_t w_size, const 
         check_seal(m, FILE_WEIGHT_BIN, weight_path, weights, w_size);
         check_seal(m, FILE_BIAS_BIN, bias_path, biases, b_size);
     } else if ((uint64_t)w_size != (uint64_t)m->weight_bytes || (uint64_t)b_size != 4 * (uint64_t)m->bias_count) {
-        fail("%s: %zu weight bytes and %zu bias bytes, model.bin has %lld weights and %lld biases", weight_path,
+        fail("%s: %zu weight bytes and %zu bias bytes, model.bin has %lld weight bytes and %lld biases", weight_path,
              w_size, b_size, (long long)m->weight_bytes, (long long)m->bias_count);
-    }
-    if (m->weight_signed) {
-        const uint8_t *bad = memchr(weights, 0x80, w_size);
-        if (bad)
-            fail("%s: weight at byte %zu is -128; per-channel int8 weights lie in [-127, 127]", weight_path,
-                 (size_t)(bad - weights));
     }
     m->weight_raw = weights;
     m->bias_raw = biases;
-    check_overflow(m);
+    check_weights(m, weight_path);
     m->on_error = NULL;
     return 0;
 }

@@ -55,7 +55,7 @@ void plan_memory(Model *m)
     for (int i = 0; i < n; i++)
         m->ops[i].offset = slot_offset[slot_of[i]];
     /* after them, 4-byte aligned: the reference kernels' scratch, the most any op asks for (the conv's
-     * row of int32 accumulators, its widest output row) */
+     * row of int32 accumulators, a weight row unpacked below 8 bits) */
     total = (total + 3) / 4 * 4;
     m->row_offset = (size_t)total;
     for (int i = 0; i < n; i++) {

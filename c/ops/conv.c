@@ -50,10 +50,11 @@ uint64_t conv_work(const Model *m, const Op *op)
     return (uint64_t)op_elems(op) * (uint64_t)op->k_size;
 }
 
-/* The reference kernel's row of int32 accumulators: its output row */
+/* The reference kernel's row of int32 accumulators (its output row), then below 8 bits an output
+ * channel's weights unpacked (weight_row) */
 size_t conv_scratch(const Op *op)
 {
-    return 4 * (size_t)op->w;
+    return 4 * (size_t)op->w + (op->w_bits < 8 ? (size_t)op->k_size : 0);
 }
 
 /* The outputs o in [*lo, *hi) whose tap at offset `at` (k*dil - pad) lands inside [0, size):
@@ -78,12 +79,13 @@ void conv_reference(const Model *m, const Op *op, uint8_t *arena)
     const uint8_t *x = input_of(m, op, arena, 0);
     uint8_t *out = arena + op->offset;
     int32_t *acc = (int32_t *)(void *)(arena + m->row_offset);
+    uint8_t *unpacked = arena + m->row_offset + 4 * (size_t)op->w;
     const int32_t H = in->h, W = in->w, cin_g = in->c / op->groups, cout_g = op->c / op->groups;
     const int32_t sh = op->stride_h, sw = op->stride_w, zx = in->zero_point;
     const int32_t flip = weight_flip(m), sub = weight_sub(m, op);
     for (int32_t co = 0; co < op->c; co++) {
         const uint8_t *group = x + (size_t)(co / cout_g) * (size_t)cin_g * H * W;
-        const uint8_t *w = m->weight_raw + (size_t)op->w_offset + (size_t)co * (size_t)op->k_size;
+        const uint8_t *w = weight_row(m, op, co, unpacked);
         const int32_t bias = op_bias(m, op, co);
         for (int32_t oy = 0; oy < op->h; oy++) {
             for (int32_t ox = 0; ox < op->w; ox++)

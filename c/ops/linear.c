@@ -9,7 +9,8 @@ FPGAI_KIND(linear, OP_LINEAR, 2,
            .min_inputs = 1, .max_inputs = 1, .weighted = 1,
            .params = {WEIGHTS},
            .n_mult = RQ_C, .n_shift = RQ_C, .n_table = RQ_NONE,
-           .validate = linear_validate, .reference = linear_reference, .work = linear_work, .hwc = NULL)
+           .validate = linear_validate, .reference = linear_reference, .work = linear_work,
+           .scratch = linear_scratch, .hwc = NULL)
 
 void linear_validate(Model *m, int i)
 {
@@ -30,13 +31,19 @@ uint64_t linear_work(const Model *m, const Op *op)
     return (uint64_t)op_elems(op) * (uint64_t)op->k_size;
 }
 
+/* Below 8 bits, an output's weights unpacked (weight_row) */
+size_t linear_scratch(const Op *op)
+{
+    return op->w_bits < 8 ? (size_t)op->k_size : 0;
+}
+
 void linear_reference(const Model *m, const Op *op, uint8_t *arena)
 {
     const uint8_t *x = input_of(m, op, arena, 0);
     const int32_t zx = op_input(m, op, 0)->zero_point, flip = weight_flip(m), sub = weight_sub(m, op);
     uint8_t *out = arena + op->offset;
     for (int32_t c = 0; c < op->c; c++) {
-        const uint8_t *w = m->weight_raw + (size_t)op->w_offset + (size_t)c * (size_t)op->k_size;
+        const uint8_t *w = weight_row(m, op, c, arena + m->row_offset);
         int32_t acc = op_bias(m, op, c);
         for (int32_t k = 0; k < op->k_size; k++)
             acc += (x[k] - zx) * ((w[k] ^ flip) - sub);
