@@ -525,6 +525,22 @@ static void print_profile(const Engine *e, const Model *m, size_t images)
     printf("profile: %.4f seconds in the ops\n", total);
 }
 
+/* The weights' type for the report: int8 or uint8, int4, int2..8 where the layers' widths differ */
+static void weight_type(const Model *m, char *out, size_t cap)
+{
+    int lo = 8, hi = 2;
+    for (int i = 0; i < m->n_ops; i++)
+        if (KINDS[m->ops[i].kind].weighted) {
+            lo = m->ops[i].w_bits < lo ? m->ops[i].w_bits : lo;
+            hi = m->ops[i].w_bits > hi ? m->ops[i].w_bits : hi;
+        }
+    const char *type = m->weight_signed ? "int" : "uint";
+    if (lo < hi)
+        snprintf(out, cap, "%s%d..%d", type, lo, hi);
+    else
+        snprintf(out, cap, "%s%d", type, hi);
+}
+
 /* Images run in batches (the last one partial); results are scored and written in order.
  * Returns the number of correct predictions (argmax, first index on ties). */
 static size_t run_images(const Engine *e, const Model *m, const Dataset *ds, size_t count, FILE *logits)
@@ -591,9 +607,10 @@ int main(int argc, char **argv)
     if (opt.logits)
         output_close(&logits);
     if (!opt.quiet) {
+        char weights[32];
+        weight_type(&m, weights, sizeof weights);
         printf("model: %s (%s, fingerprint %s), %d ops, %s weights from %s files, %zu bytes of activations\n",
-               m.name, m.dataset, m.fingerprint, m.n_ops, m.weight_signed ? "int8" : "uint8",
-               opt.txt ? "txt" : "bin", m.arena_bytes);
+               m.name, m.dataset, m.fingerprint, m.n_ops, weights, opt.txt ? "txt" : "bin", m.arena_bytes);
         char passes[128] = "";
         if (e.k->describe)
             e.k->describe(e.ws[0], passes, sizeof passes);

@@ -160,8 +160,8 @@ static int next_layer(const Model *m, int layer)
 typedef struct {
     Model *m;
     const char *path;
-    uint8_t *weights, *biases;  /* the Model's buffers, filled as the values come */
-    int64_t lo, hi;             /* a weight's range */
+    uint8_t *weights, *biases;  /* the Model's buffers, filled as the values come (weights packed) */
+    int64_t lo, hi;             /* a weight's range: the current layer's bits' */
     int layer;                  /* index of the op whose values we read */
     int n_layers;               /* '#' lines seen */
     int section;                /* 0: before the first '#', 1: weights, 2: biases */
@@ -192,6 +192,9 @@ static void txt_mark(TxtReader *t, const char *line, const char *stop)
         t->layer = next_layer(m, t->layer);
         if (t->layer >= m->n_ops)
             fail("%s:%ld: more layers than the %d conv/linear ops of the model", t->path, t->lineno, t->n_layers);
+        const int32_t half = 1 << (m->ops[t->layer].w_bits - 1);
+        t->lo = m->weight_signed ? 1 - half : 0;
+        t->hi = m->weight_signed ? half - 1 : 2 * half - 1;
         t->n_layers++;
         t->name = nm;
         t->name_len = len;
@@ -210,6 +213,17 @@ static void txt_mark(TxtReader *t, const char *line, const char *stop)
     t->count = 0;
 }
 
+/* Value j of a layer, `bits` wide, into its zeroed bytes as weight.bin packs it: bits j*bits ..
+ * j*bits + bits - 1 of a little-endian bit string, the b-bit two's complement of a negative value */
+static void pack_weight(uint8_t *layer, uint64_t j, int bits, int64_t v)
+{
+    const uint64_t bit = j * (uint64_t)bits;
+    const unsigned code = (unsigned)((uint64_t)v & ((1u << bits) - 1)), at = (unsigned)(bit % 8);
+    layer[bit / 8] |= (uint8_t)(code << at);
+    if (at + (unsigned)bits > 8)
+        layer[bit / 8 + 1] |= (uint8_t)(code >> (8 - at));
+}
+
 /* One value of the current section into the Model's weights or biases */
 static void txt_store(TxtReader *t, int64_t v)
 {
@@ -221,7 +235,7 @@ static void txt_store(TxtReader *t, int64_t v)
         if (t->count == (int64_t)op->c * op->k_size)
             fail("%s:%ld: more weights than the %lld of layer '%s'", t->path, t->lineno, (long long)t->count,
                  t->shown);
-        t->weights[(size_t)op->w_offset + (size_t)t->count] = (uint8_t)(v < 0 ? v + 256 : v);
+        pack_weight(t->weights + op->w_offset, (uint64_t)t->count, op->w_bits, v);
     } else {
         if (v < INT32_MIN || v > INT32_MAX)
             fail("%s:%ld: bias %lld outside int32", t->path, t->lineno, (long long)v);
@@ -285,18 +299,19 @@ void parse_weight_txt(Model *m, const char *text, size_t size, const char *path)
     m->weights_path = own_string(m, OWN_WEIGHTS_PATH, path, NULL);
     /* n values need at least 2n - 1 bytes (a digit each, separators between): refuse before
      * allocating what a short file cannot fill */
-    uint64_t n_values = (uint64_t)m->weight_bytes + (uint64_t)m->bias_count;
+    uint64_t n_weights = 0;
+    for (int i = next_layer(m, -1); i < m->n_ops; i = next_layer(m, i))
+        n_weights += (uint64_t)m->ops[i].c * (uint64_t)m->ops[i].k_size;
+    uint64_t n_values = n_weights + (uint64_t)m->bias_count;
     if (n_values > 0 && 2 * n_values - 1 > (uint64_t)size)
-        fail("%s: %zu bytes cannot hold the %lld weights and %lld biases of model.bin", path, size,
-             (long long)m->weight_bytes, (long long)m->bias_count);
+        fail("%s: %zu bytes cannot hold the %llu weights and %lld biases of model.bin", path, size,
+             (unsigned long long)n_weights, (long long)m->bias_count);
     /* owned by the Model from the start: a failure midway leaks nothing */
     TxtReader t = {m, path, NULL, NULL, 0, 0, -1, 0, 0, 0, "", 0, "", 0};
-    t.weights = xcalloc((size_t)m->weight_bytes, 1, "weights");
+    t.weights = xcalloc((size_t)m->weight_bytes, 1, "weights");     /* zeroed: pack_weight ORs the bits in */
     own(m, OWN_WEIGHTS, t.weights);
     t.biases = xcalloc((size_t)m->bias_count, 4, "biases");
     own(m, OWN_BIASES, t.biases);
-    t.lo = m->weight_signed ? -127 : 0;
-    t.hi = m->weight_signed ? 127 : 255;
     for (const char *p = text, *end = text + size; p < end;) {
         const char *line = p, *eol = memchr(p, '\n', (size_t)(end - p));
         if (!eol)
