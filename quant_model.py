@@ -4,6 +4,9 @@ Folds BN, calibrates every activation's range on CALIB_IMAGES training images,
 quantizes weights (int8 per channel, or uint8 per tensor), biases (int32) and
 requantization multipliers (MULTIPLIER_BITS wide), and saves the integer graph as
 `(state_dict, quant_list)`, loadable with torch.load(path, weights_only=True).
+With --qat_epochs=N the post-training result is fine-tuned on the labelled training images
+(model/quant/qat.py), its state kept in quantization/{model}_qat.pt after every epoch; several
+processes with `torchrun --nproc_per_node=N quant_model.py --qat_epochs=N`.
 Your own model: --model=FILE.py:NAME --checkpoint=FILE --calib_data=FILE.npz|DIR
 [--input_shape=CxHxW --input_mean=a,b,c --input_std=a,b,c] -> quantization/NAME_quant.tuple,
 which records these settings for test_model.py and export_quant_model.py.
@@ -22,7 +25,9 @@ from data import datasets
 from model import api
 from model.fileio import (ModelFileError, WriteError, atomic_save, check_not_tracked, check_space, check_writable,
                           error_line, stage_main)
+from model.quant.qat import FineTuning
 from model.quant.quantize import WIDTH_SETTINGS, QuantizeError, read_bits, settings_fingerprint
+from model.training import SINGLE_CPU, start_processes, stop_processes
 from model.formats.tuple_check import load_tuple
 
 
@@ -161,11 +166,14 @@ def main():
         # the tuple: a byte per weight, four per bias, its records
         check_space(cfg.quant_dir, 2 * sum(p.numel() for p in net.parameters()) + 2 ** 20, "--quant_dir")
         if cfg.calib_data:
-            images, _ = datasets.load_images(cfg.calib_data, shape, need_labels=False)
+            images, labels = datasets.load_images(cfg.calib_data, shape, need_labels=False)
         else:
-            images, _ = datasets.load(dataset, "train", cfg.data_dir, cfg.mirror_dir)
+            images, labels = datasets.load(dataset, "train", cfg.data_dir, cfg.mirror_dir)
     except (ModelFileError, WriteError, datasets.DatasetError) as err:
         sys.exit(f"error: {err}")
+    if cfg.qat_epochs and labels is None:
+        sys.exit(f"error: --qat_epochs={cfg.qat_epochs} fine-tunes on labelled images, and {cfg.calib_data} has no "
+                 f"labels (an array y); add them or leave --qat_epochs out")
     if mean is not None and len(mean) not in (1, images.shape[1]):
         sys.exit(f"error: --input_mean/--input_std have {len(mean)} values for {images.shape[1]} input channels")
     pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(cfg.seed))[:cfg.calib_images]
@@ -177,10 +185,16 @@ def main():
     print(f"quantizing {name}: {widths}, weights {cfg.weight_mode}, {cfg.multiplier_bits}-bit multipliers, "
           f"{cfg.calib_method} calibration on {len(calib)} {'images of ' + cfg.calib_data if cfg.calib_data else 'training images'}"
           + (f", input normalised by mean {mean} std {std}" if mean is not None else ""))
+    procs = start_processes(cfg) if cfg.qat_epochs else SINGLE_CPU
+    spec = None if user else models.spec(cfg.model)      # the built-in model's augmentation and batch
+    fine_tuning = FineTuning(images, labels, spec.augment_pad if spec else 0, bool(spec and spec.augment_flip),
+                             spec.batch_size if spec else 128, os.path.join(cfg.quant_dir, f"{name}_qat.pt"),
+                             procs) if cfg.qat_epochs else None
     try:
         state, quant_list = api.quantize_cfg(net, calib, named, dataset, mean, std, sha,
                                              source=(f"{os.path.abspath(user[0])}:{name}" if user else cfg.model),
-                                             progress=lambda it: tqdm(it, desc="calibrating", leave=False))
+                                             progress=lambda it: tqdm(it, desc="calibrating", leave=False),
+                                             fine_tuning=fine_tuning)
     except QuantizeError as err:
         sys.exit(f"error: {err}")
     except (RuntimeError, ValueError, TypeError, IndexError) as err:   # the float model itself failed
@@ -189,6 +203,9 @@ def main():
     quant_list[0].update(checkpoint=os.path.abspath(cfg.checkpoint) if cfg.checkpoint else None,
                          calib_data=os.path.abspath(cfg.calib_data) if cfg.calib_data else None,
                          calib_available=int(len(images)))
+    stop_processes(procs)
+    if not procs.main:          # under torchrun: one process saves
+        return
     path = quant_path(cfg)
     atomic_save((state, quant_list), path)
     print(summary(state, quant_list))

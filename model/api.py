@@ -128,8 +128,9 @@ def quantize(module, calib_images, *, weight_mode="per_channel", multiplier_bits
 
 
 def quantize_cfg(module, calib_images, cfg, dataset, input_mean=None, input_std=None, checkpoint_sha256="",
-                 source="", progress=None):
-    """quantize() with the settings of a config namespace (cfg.model: the name files use)."""
+                 source="", progress=None, fine_tuning=None):
+    """quantize() with the settings of a config namespace (cfg.model: the name files use); fine_tuning:
+    the labelled images of cfg.qat_epochs (model.quant.qat.FineTuning)."""
     x = _uint8_images(calib_images)
     shape = list(x.shape[1:])
     if input_mean is not None and len(input_mean) == 1:
@@ -137,7 +138,7 @@ def quantize_cfg(module, calib_images, cfg, dataset, input_mean=None, input_std=
     net = float_model(module, input_mean, input_std, shape[0])
     state, quant_list = build_integer_graph(net, x, cfg, dataset,
                                             {"sha256": settings_key(checkpoint_sha256, input_mean, input_std)},
-                                            progress=progress)
+                                            progress=progress, fine_tuning=fine_tuning)
     quant_list[0].update(source=source, checkpoint_sha256=checkpoint_sha256, input_shape=shape,
                          input_mean=None if input_mean is None else [float(v) for v in input_mean],
                          input_std=None if input_std is None else [float(v) for v in input_std])

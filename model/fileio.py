@@ -19,7 +19,7 @@ import tempfile
 import torch
 
 # the version each kind of file this project writes has now; a file of another version is refused
-FORMAT_VERSIONS = {"fpgai-raw": 1, "fpgai-train-state": 2, "fpgai-quant": 3}
+FORMAT_VERSIONS = {"fpgai-raw": 1, "fpgai-train-state": 2, "fpgai-quant": 3, "fpgai-qat-state": 1}
 
 
 class ModelFileError(RuntimeError):

@@ -60,8 +60,15 @@ def accumulator_bound(qweight, weight_zp, bias, in_op):
 
 def quantize_layer_weights(b, name, weight, bias, in_scale, bits):
     """(q, per-channel scales, zero point, float bias) of a layer's weights at `bits`, by the
-    quantizer's weight method (WEIGHT_METHOD; rtn: to nearest)."""
-    q, scale, zp = quantize_weight(weight, b.cfg.weight_mode, np.abs(bias) / (in_scale * BIAS_LIMIT), bits)
+    quantizer's weight method (WEIGHT_METHOD; rtn: to nearest), or at the scales the layer was given
+    (b.weight_scales: the steps that quantization-aware fine-tuning learned, model/quant/qat.py)."""
+    min_scale = np.abs(bias) / (in_scale * BIAS_LIMIT)
+    if name in b.weight_scales:
+        scale = np.maximum(b.weight_scales[name], min_scale)
+        w = weight.detach().double().numpy()
+        q = np.clip(qmath.round_half_up(w / scale.reshape(-1, *[1] * (w.ndim - 1))), *weight_range("per_channel", bits))
+        return q.astype(np.int8), scale, 0, bias
+    q, scale, zp = quantize_weight(weight, b.cfg.weight_mode, min_scale, bits)
     return q, scale, zp, bias
 
 
@@ -80,6 +87,7 @@ def quantize_weighted(b, node, kind, weight, bias, fields):
         raise QuantizeError(f"{b.cfg.model}: layer '{name}': weight or bias is not finite")
     bits = b.layer_bits(name, "weight_bits")
     qw, w_scale, w_zp, bias_f = quantize_layer_weights(b, name, weight, bias_f, in_scale, bits)
+    b.weight_scales[name] = w_scale
     bias_q = qmath.round_half_up(bias_f / (in_scale * w_scale))
     if np.abs(bias_q).max(initial=0) > ACC_LIMIT:
         raise QuantizeError(f"{b.cfg.model}: layer '{name}': bias does not fit int32")

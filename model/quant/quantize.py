@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.fx.experimental.optimization import fuse as fold_bn
 
-from model.quant import graph_passes
+from model.quant import graph_passes, qat
 from model import ops, qmath
 from model.fileio import FORMAT_VERSIONS
 from model.ops.base import QuantizeError, describe_node, keeps_qparams
@@ -244,8 +244,11 @@ def _clamp_for(act, scale, zero_point, top):
 class Builder:
     """The integer graph under construction; what an op kind's quantize() works with."""
 
-    def __init__(self, gm, observer, cfg, input_shape, dry=False):
+    def __init__(self, gm, observer, cfg, input_shape, dry=False, weight_scales=None):
         self.gm, self.observer, self.cfg, self.input_shape = gm, observer, cfg, input_shape
+        # per conv / linear layer its weight scales: those given (learned by qat.fine_tune) are used as
+        # they are, the others are recorded as the weight method chooses them
+        self.weight_scales = dict(weight_scales or {})
         self.ops, self.state, self.where, self.skip = [], {}, {}, set()
         # dry: the walk before calibration (build_integer_graph), on a two-image observer: every
         # structural refusal (an unsupported node, add / mul shapes, a reshape, a constant) comes out,
@@ -339,8 +342,9 @@ class Builder:
         self.state[f"{name}.shift"] = torch.tensor([int(s) for s in shifts], dtype=torch.int32)
 
 
-def build_integer_graph(model, calib_images, cfg, dataset, raw_header, progress=None):
+def build_integer_graph(model, calib_images, cfg, dataset, raw_header, progress=None, fine_tuning=None):
     """The whole of stage 2 on an in-memory model; returns (state_dict, quant_list).
+    fine_tuning: the labelled images of --qat_epochs (qat.FineTuning).
 
     calib_images: uint8 tensor N×C×H×W (raw pixels). Every node is checked against the op table
     (an unsupported layer, add / mul shapes, reshapes, constants) on two images before the
@@ -360,6 +364,12 @@ def build_integer_graph(model, calib_images, cfg, dataset, raw_header, progress=
     input_shape = _shape3(list(calib_images.shape[1:]))
     _walk(gm, _observe(gm, calib_images[:2], cfg), cfg, input_shape, dry=True)    # refusals before calibration
     b = _walk(gm, _observe(gm, calib_images, cfg, progress), cfg, input_shape)
+    if b.widths["qat_epochs"]:      # fine-tune gm from this post-training graph, then build it again
+        learned = qat.fine_tune(gm, b, fine_tuning, cfg, settings_fingerprint(cfg, raw_header))
+        observer = _observe(gm, calib_images, cfg, progress)
+        observer.ranges.update(learned.ranges)
+        _widen_shared_ranges(gm, observer)
+        b = _walk(gm, observer, cfg, input_shape, weight_scales=learned.weight_scales)
     b.ops[0].update(kind="fpgai-quant", version=FORMAT_VERSIONS["fpgai-quant"], model=cfg.model, dataset=dataset,
                     fingerprint=settings_fingerprint(cfg, raw_header), weight_mode=cfg.weight_mode,
                     multiplier_bits=cfg.multiplier_bits, calib_images=int(len(calib_images)),
@@ -400,10 +410,10 @@ def _widen_shared_ranges(gm, observer):
             src = _alias_source(src) if _role(gm, src) == "alias" else next(a for a in src.args if isinstance(a, fx.Node))
 
 
-def _walk(gm, observer, cfg, input_shape, dry=False):
+def _walk(gm, observer, cfg, input_shape, dry=False, weight_scales=None):
     """Every node of the graph handed to its kind (model/ops): the Builder holding the integer graph.
-    dry: the structural walk before calibration (Builder)."""
-    b = Builder(gm, observer, cfg, input_shape, dry=dry)
+    dry: the structural walk before calibration; weight_scales: given ones (Builder)."""
+    b = Builder(gm, observer, cfg, input_shape, dry=dry, weight_scales=weight_scales)
     const = graph_passes.constant_nodes(gm.graph)
     reshaped = set()        # aliases whose C,H,W differ from their op's: only a linear layer reads them (flat)
     logits = _logits_node(gm)
