@@ -8,7 +8,9 @@
   LeNet test set (the shipped CIFAR models: tests/test_shipped_models.py, 500 images each);
 - make -C c mcu-test: LeNet's export and 8 MNIST images in a bare-metal firmware, run by
   qemu-system-arm (MPS2 AN386, semihosting): its logits equal the numpy engine's, and it fits
-  16 KB of RAM, and results/firmware_lenet.json holds this build's sizes (docs/deploy.md).
+  16 KB of RAM, and results/firmware_lenet.json holds this build's sizes (docs/deploy.md);
+- LeNet quantized at 4 bits (quant_model.py --weight_bits=4) built the same way (MCU_TUPLE): its
+  logits equal numpy's, and it fits 64 KB of flash, test images included, and 16 KB of RAM.
 
 The toolchain and QEMU come from c/mcu/install-toolchain.sh (apt-get; .ci/run runs it); the
 tests that need them skip, saying why, only when that is impossible here.
@@ -20,9 +22,10 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 from model.formats.export_format import arena_bytes, write_export
+from model.formats.tuple_check import load_tuple
+from tests import scripts
 from tests.c_core import build_host_check, core_object, run_host_check
 from tests.random_models import ARCHS, random_quantized
 
@@ -89,7 +92,7 @@ def test_the_exported_arena_is_the_engines_plan(engine, tmp_path, arch):
 
 
 def test_the_c_arrays_are_the_sealed_bin_files(tmp_path):
-    state, quant = torch.load(os.path.join(ROOT, "quantization", "lenet_quant.tuple"), weights_only=True)
+    state, quant = load_tuple(os.path.join(ROOT, "quantization", "lenet_quant.tuple"))
     write_export(state, quant, str(tmp_path / "bin"), "bin")
     assert write_export(state, quant, str(tmp_path / "c"), "c") == [str(tmp_path / "c" / f"lenet_model.{k}")
                                                                       for k in ("c", "h")]
@@ -104,7 +107,7 @@ def test_the_c_arrays_are_the_sealed_bin_files(tmp_path):
 def test_the_c_export_with_the_core_equals_the_file_engine_on_lenet(engine, tmp_path):
     from data import datasets
     import config
-    state, quant = torch.load(os.path.join(ROOT, "quantization", "lenet_quant.tuple"), weights_only=True)
+    state, quant = load_tuple(os.path.join(ROOT, "quantization", "lenet_quant.tuple"))
     write_export(state, quant, str(tmp_path), "c")
     binary = build_host_check(str(tmp_path), "lenet", str(tmp_path / "check"))
     images = datasets.load("mnist", "test", *config.dataset_dirs(ROOT))[0].numpy()
@@ -116,15 +119,40 @@ def test_the_c_export_with_the_core_equals_the_file_engine_on_lenet(engine, tmp_
     assert got.count("\n") == len(images) == 10000 and got == logits.read_text()
 
 
-def test_firmware_under_qemu_equals_numpy(toolchain):
-    proc = subprocess.run(["make", "-C", C_DIR, "mcu-test"], capture_output=True, text=True, timeout=600)
+def mcu_test(*settings):
+    """make -C c mcu-test with settings (MCU_TUPLE=..., MCU_BUILD=...): QEMU's logits equal numpy's"""
+    proc = subprocess.run(["make", "-C", C_DIR, "mcu-test", *settings], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "mcu-test: QEMU's logits equal numpy's on all 8 images" in proc.stdout
-    size = subprocess.run(["arm-none-eabi-size", os.path.join(C_DIR, "mcu", "build", "firmware.elf")],
-                          capture_output=True, text=True, check=True).stdout.splitlines()[1].split()
-    text, data, bss = map(int, size[:3])
-    assert data + bss <= 16 * 1024, f"RAM {data + bss} bytes"       # the arena, the storage, a 4 KB stack
-    assert text + data > 61470                                       # LeNet's weights are in flash
+
+
+def flash_and_ram(elf):
+    """(flash, RAM) of a firmware: text + data, data + bss (the arena, the storage, a 4 KB stack)"""
+    size = subprocess.run(["arm-none-eabi-size", elf], capture_output=True, text=True, check=True).stdout
+    text, data, bss = map(int, size.splitlines()[1].split()[:3])
+    return text + data, data + bss
+
+
+def test_firmware_under_qemu_equals_numpy(toolchain):
+    mcu_test()
+    flash, ram = flash_and_ram(os.path.join(C_DIR, "mcu", "build", "firmware.elf"))
+    assert ram <= 16 * 1024, f"RAM {ram} bytes"
+    assert flash > 61470                                             # LeNet's weights are in flash
+
+
+def test_lenet_at_4_bits_fits_64_kb_of_flash(toolchain, tmp_path):
+    proc = scripts.run("quant_model.py", "--model=lenet", "--weight_bits=4", f"--quant_dir={tmp_path}")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    build = tmp_path / "build"
+    mcu_test(f"MCU_TUPLE={tmp_path / 'lenet_quant.tuple'}", f"MCU_BUILD={build}")
+    nm = subprocess.run(["arm-none-eabi-nm", str(build / "firmware.elf")], capture_output=True, text=True, check=True)
+    linked = {line.split()[-1] for line in nm.stdout.splitlines()}
+    assert {"conv_reference", "linear_reference", "maxpool_reference"} <= linked     # the kinds LeNet uses,
+    assert not {"add_reference", "pad_reference", "lut_reference"} & linked           # no other
+    flash, ram = flash_and_ram(str(build / "firmware.elf"))
+    assert flash <= 64 * 1024, f"flash {flash} bytes"
+    assert ram <= 16 * 1024, f"RAM {ram} bytes"
+    assert flash > 30735                                             # its 4-bit weights are in flash
 
 
 def test_firmware_sizes_in_the_docs_are_this_builds(toolchain, tmp_path):

@@ -1,9 +1,11 @@
 """The Cortex-M4 firmware's data and its check (make -C c mcu / mcu-test; run from anywhere).
 
-  mcu.py data BUILD_DIR [N]   BUILD_DIR/lenet_model.{h,c} (export_quant_model.py's EXPORT_MODE=c
-                              of quantization/lenet_quant.tuple), BUILD_DIR/firmware_data.h (the
-                              first N MNIST test images as const arrays, and the names firmware.c
-                              uses), BUILD_DIR/expected.txt (the numpy engine's logits of them)
+  mcu.py data BUILD_DIR N TUPLE   BUILD_DIR/MODEL_model.{h,c} (export_quant_model.py's EXPORT_MODE=c
+                              of TUPLE, e.g. quantization/lenet_quant.tuple), BUILD_DIR/firmware_data.h
+                              (the first N test images of its dataset as const arrays, and the names
+                              firmware.c uses), BUILD_DIR/expected.txt (the numpy engine's logits of
+                              them), and last BUILD_DIR/firmware.mk (the model's name and the op kinds
+                              it uses: the only ones the firmware links)
   mcu.py check BUILD_DIR OUTPUT   OUTPUT (what QEMU printed) against expected.txt: every image's
                               logits equal, or one line naming the first difference and exit 1
   mcu.py size BUILD_DIR OUT.json  the firmware's flash and RAM, split by part (arm-none-eabi-size,
@@ -16,37 +18,44 @@ import re
 import subprocess
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+C_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(C_DIR)
 sys.path.insert(0, ROOT)
 
 
-def write_data(build, count):
+def write_data(build, count, tuple_path):
     import numpy as np
-    import torch
 
     import config
     from data import datasets
-    from model.formats.export_format import write_export
+    from model.formats.export_format import c_identifier, write_export
+    from model.formats.tuple_check import load_tuple
     from model.engines.np_engine import NumpyIntegerModel
 
-    state, quant = torch.load(os.path.join(ROOT, "quantization", "lenet_quant.tuple"), weights_only=True)
+    state, quant = load_tuple(tuple_path)
+    name, dataset = quant[0]["model"], quant[0]["dataset"]
+    low, up = c_identifier(name).lower(), c_identifier(name).upper()
     write_export(state, quant, build, "c")
-    images, _ = datasets.load("mnist", "test", *config.dataset_dirs(ROOT))
+    images, _ = datasets.load(dataset, "test", *config.dataset_dirs(ROOT))
     x = images[:count].numpy().astype(np.uint8)
     logits = NumpyIntegerModel(state, quant)(x)
     rows = [", ".join(str(v) for v in img.reshape(-1)) for img in x]
     with open(os.path.join(build, "firmware_data.h"), "w") as f:
         f.write("/* the firmware's model and test images (c/mcu/mcu.py data) */\n"
-                "#include \"lenet_model.h\"\n\n"
-                "#define FW_NAME \"lenet\"\n#define FW_MODEL_BIN lenet_model_bin\n"
-                "#define FW_WEIGHT_BIN lenet_weight_bin\n#define FW_BIAS_BIN lenet_bias_bin\n"
-                "#define FW_STORAGE_BYTES LENET_STORAGE_BYTES\n#define FW_ARENA_BYTES LENET_ARENA_BYTES\n"
-                "#define FW_OUTPUTS LENET_OUTPUTS\n"
+                f"#include \"{name}_model.h\"\n\n"
+                f"#define FW_NAME \"{name}\"\n#define FW_MODEL_BIN {low}_model_bin\n"
+                f"#define FW_WEIGHT_BIN {low}_weight_bin\n#define FW_BIAS_BIN {low}_bias_bin\n"
+                f"#define FW_STORAGE_BYTES {up}_STORAGE_BYTES\n#define FW_ARENA_BYTES {up}_ARENA_BYTES\n"
+                f"#define FW_OUTPUTS {up}_OUTPUTS\n"
                 f"#define FW_IMAGES {count}\n\n"
                 f"static const uint8_t fw_images[{count}][{x[0].size}] = {{\n"
                 + ",\n".join(f"    {{{r}}}" for r in rows) + "\n};\n")
     with open(os.path.join(build, "expected.txt"), "w") as f:
         f.writelines(f"logits {i}: {','.join(str(v) for v in row)}\n" for i, row in enumerate(logits.tolist()))
+    kinds = sorted({op["op"] for op in quant})
+    with open(os.path.join(build, "firmware.mk"), "w") as f:
+        f.write("# the firmware's model and the op kinds it uses, the only c/ops files it links (c/mcu/mcu.py data)\n"
+                f"MCU_MODEL := {name}\nMCU_SYMBOL := {low}\nMCU_KINDS := {' '.join(kinds)}\n")
 
 
 def check(build, output):
@@ -99,14 +108,17 @@ def write_size(build, out_path):
     lines = subprocess.run(["arm-none-eabi-size", elf], capture_output=True, text=True, check=True).stdout
     text, data, bss = (int(v) for v in lines.splitlines()[1].split()[:3])
     syms, inputs = symbol_sizes(elf), flash_by_input(os.path.join(build, "firmware.map"))
+    core_dirs = {os.path.join(os.path.abspath(build), d) for d in ("core", "ops")}   # the map's paths: from c/
     with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "mps2.ld")) as f:
         stack = int(re.search(r"STACK_BYTES\s*=\s*(\d+)", f.read()).group(1))
     with open(os.path.join(build, "firmware_data.h")) as f:
         images = int(re.search(r"#define FW_IMAGES (\d+)", f.read()).group(1))
-    flash = {"weights": syms["lenet_weight_bin"], "biases": syms["lenet_bias_bin"],
-             "model.bin": syms["lenet_model_bin"], "test images": syms["fw_images"],
+    with open(os.path.join(build, "firmware.mk")) as f:
+        symbol = re.search(r"^MCU_SYMBOL := (\w+)$", f.read(), re.M).group(1)
+    flash = {"weights": syms[f"{symbol}_weight_bin"], "biases": syms[f"{symbol}_bias_bin"],
+             "model.bin": syms[f"{symbol}_model_bin"], "test images": syms["fw_images"],
              "the core (c/core, c/ops)": sum(v for k, v in inputs.items()
-                                             if os.path.dirname(k) in ("mcu/build/core", "mcu/build/ops")),
+                                             if os.path.dirname(os.path.join(C_DIR, k)) in core_dirs),
              "libgcc and newlib-nano": sum(v for k, v in inputs.items()
                                            if os.path.basename(k) in ("libgcc.a", "libc_nano.a"))}
     flash["start-up and the firmware's loop"] = text + data - sum(flash.values())
@@ -126,8 +138,8 @@ def write_size(build, out_path):
 
 
 if __name__ == "__main__":
-    if len(sys.argv) >= 3 and sys.argv[1] == "data":
-        write_data(sys.argv[2], int(sys.argv[3]) if len(sys.argv) > 3 else 8)
+    if len(sys.argv) == 5 and sys.argv[1] == "data":
+        write_data(sys.argv[2], int(sys.argv[3]), sys.argv[4])
     elif len(sys.argv) == 4 and sys.argv[1] == "check":
         check(sys.argv[2], sys.argv[3])
     elif len(sys.argv) == 4 and sys.argv[1] == "size":
