@@ -3,7 +3,8 @@
 
 - LeNet (quantization/lenet_quant.tuple) cut after its first pooling (input, conv1 and
   its 150 weights and 6 biases, maxpool), and the whole LeNet model.bin;
-- the random test graphs of tests/random_models.py (every op kind, both weight modes);
+- the random test graphs of tests/random_models.py (every op kind, both weight modes), two of
+  them with weights packed at 3 and 4 bits;
 every model.bin written by the exporter (model/formats/export_format.py), so the seeds follow the
 op table and the format version.
 - 3 MNIST test images with labels, 2 CIFAR-10 test records.
@@ -75,16 +76,18 @@ def main():
         npy_seeds()
         return
     shutil.rmtree(OUT, ignore_errors=True)
-    import torch
+    from model.formats.tuple_check import load_tuple
     from tests.random_models import random_quantized
     read = lambda p: open(p, "rb").read()
-    state, quant = torch.load(os.path.join(ROOT, "quantization", "lenet_quant.tuple"), weights_only=True)
+    state, quant = load_tuple(os.path.join(ROOT, "quantization", "lenet_quant.tuple"))
     graphs = {"lenet": (state, quant),
               "lenet_cut": (state, quant[:3])}    # input, conv1 (+ReLU), maxpool: small seeds
     for arch, mode in (("conv_pool", "per_channel"), ("conv_pool", "per_tensor"), ("residual", "per_channel"),
                        ("branch", "per_tensor"), ("activations", "per_channel"),
                        ("data_movement", "per_tensor"), ("geometry", "per_channel")):
         graphs[f"{arch}_{mode}"] = random_quantized(arch, mode, seed=1)[:2]
+    for mode, bits in (("per_channel", 3), ("per_tensor", 4)):
+        graphs[f"conv_pool_{mode}_w{bits}"] = random_quantized("conv_pool", mode, seed=1, weight_bits=bits)[:2]
     for tag, (state, quant) in graphs.items():
         files = exported(state, quant)
         write("model", tag, files["model.bin"])
