@@ -1,0 +1,327 @@
+"""Post-training weight quantization at 2..8 bits, from calibration data only.
+
+Every method returns what the integer graph stores: (q, per-channel scales, zero point), q one value
+a byte (int8 symmetric per output channel, or uint8 per tensor with the zero point), and
+real weight = scale[c] * (q - zero_point).
+
+  rtn    round to nearest on the max-abs (per channel) or min-max (per tensor) range
+  mse    the same grid with its range clipped: per channel (or for the tensor) the clip ratio
+         that minimises the weight error, each column weighted by its input's second moment
+         diag(H) when the layer's inputs are known
+  gptq   GPTQ (Frantar et al. 2022): mse's grid, columns rounded in order (largest diag(H)
+         first, "act-order") with each column's error spread over the columns not yet rounded
+         through the inverse of H = E[x x^T]; each group of a grouped conv has its own H
+  correct_bias   the float bias less the mean output shift the rounding causes, (W_q - W) E[x]
+
+The layer inputs (LayerInputs: H and E[x] per group, x the layer's im2col columns on the float,
+BN-folded model) come from input_statistics / InputStatistics.
+"""
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.fx as fx
+from torch import nn
+from torch.nn import functional as F
+
+from model import qmath
+
+METHODS = ("rtn", "mse", "gptq")
+CLIP_RATIOS = np.linspace(0.5, 1.0, 100)    # mse's search: the fraction of the full range kept
+GPTQ_DAMP = 0.01                            # of the mean of diag(H), added to the diagonal
+GPTQ_BLOCK = 128                            # columns whose errors are spread at once (lazy batch updates)
+MAX_ROWS = 1 << 15                          # im2col columns per layer that H is estimated from
+STATISTICS_BYTES = 1 << 29                  # H (float32) of the layers measured in one pass
+
+
+def weight_range(mode, bits):
+    """(lowest, highest) value of a `bits`-wide weight: per-channel symmetric (the code -2^(bits-1) is
+    never used, so the range is symmetric about the zero point 0), per-tensor unsigned with a zero point."""
+    return (-((1 << (bits - 1)) - 1), (1 << (bits - 1)) - 1) if mode == "per_channel" else (0, (1 << bits) - 1)
+
+
+@dataclass
+class LayerInputs:
+    """What a layer's methods know of its input x (the float im2col columns, padding as zeros),
+    per group of a grouped conv (one group otherwise): hessian [G, K, K] = E[x x^T] on up to
+    MAX_ROWS sampled columns (float32 as measured), mean [G, K] = E[x] on all of them."""
+    hessian: np.ndarray
+    mean: np.ndarray
+
+
+def _as_rows(w):
+    """The float64 weight [Cout, K] (K = Cin/groups * kh * kw for a conv) and its original shape."""
+    w = w.detach().double().numpy() if isinstance(w, torch.Tensor) else np.asarray(w, dtype=np.float64)
+    return w.reshape(w.shape[0], -1), w.shape
+
+
+def _codes(w, scale, zero_point, low, high):
+    return np.clip(qmath.round_half_up(w / scale[:, None]) + zero_point, low, high)
+
+
+def _values(q, scale, zero_point):
+    return (q - zero_point) * scale[:, None]
+
+
+def _stored(q, mode, shape):
+    return q.reshape(shape).astype(np.int8 if mode == "per_channel" else np.uint8)
+
+
+def _range_grid(w, mode, bits, min_scale, ratio=1.0):
+    """(scales [Cout], zero point) of a grid covering `ratio` of the weights' range: the max-abs per
+    channel, floored at min_scale (see rtn), or the tensor's min..max."""
+    low, high = weight_range(mode, bits)
+    if mode == "per_channel":
+        amax = np.abs(w).max(axis=1)
+        return np.maximum(np.where(amax > 0, ratio * amax / high, 1.0), min_scale), 0
+    scale, zero_point = qmath.choose_qparams(ratio * w.min(), ratio * w.max(), low, high)
+    return np.full(len(w), scale), zero_point
+
+
+def rtn(w, mode, bits, min_scale=0.0):
+    """(q, scales, zero point) of weight w [Cout, ...] rounded to nearest on its full range.
+
+    Per channel, no scale goes below `min_scale` (per channel): a channel whose weights BN
+    folding shrank to almost nothing (a BN gamma decayed to ~0) would otherwise need a bias
+    beyond int32 at scale s_in*s_w; its output is ~ its bias, so coarser weights lose nothing."""
+    rows, shape = _as_rows(w)
+    scale, zero_point = _range_grid(rows, mode, bits, min_scale)
+    return _stored(_codes(rows, scale, zero_point, *weight_range(mode, bits)), mode, shape), scale, zero_point
+
+
+def _column_weights(rows, inputs):
+    """[Cout, K] importance of each weight: its input's second moment diag(H) (all ones without inputs)."""
+    if inputs is None:
+        return np.ones_like(rows)
+    diag = np.diagonal(inputs.hessian, axis1=1, axis2=2)           # [G, K]
+    return np.repeat(diag, len(rows) // len(diag), axis=0)
+
+
+def mse_grid(rows, mode, bits, min_scale=0.0, inputs=None):
+    """(scales, zero point) of the clip ratio in CLIP_RATIOS with the least weighted squared weight
+    error, chosen per channel (per_channel) or for the whole tensor (per_tensor)."""
+    low, high = weight_range(mode, bits)
+    importance = _column_weights(rows, inputs)
+    best_error, best_ratio = np.full(len(rows), np.inf), np.ones(len(rows))
+    for ratio in CLIP_RATIOS:
+        scale, zero_point = _range_grid(rows, mode, bits, min_scale, ratio)
+        error = (importance * (rows - _values(_codes(rows, scale, zero_point, low, high), scale, zero_point)) ** 2)
+        error = error.sum(axis=1) if mode == "per_channel" else np.full(len(rows), error.sum())
+        better = error < best_error
+        best_error[better], best_ratio[better] = error[better], ratio
+    return _range_grid(rows, mode, bits, min_scale, best_ratio if mode == "per_channel" else best_ratio[0])
+
+
+def mse(w, mode, bits, min_scale=0.0, inputs=None):
+    """(q, scales, zero point) of w rounded to nearest on mse_grid's clipped range."""
+    rows, shape = _as_rows(w)
+    scale, zero_point = mse_grid(rows, mode, bits, min_scale, inputs)
+    return _stored(_codes(rows, scale, zero_point, *weight_range(mode, bits)), mode, shape), scale, zero_point
+
+
+def _inverse_cholesky(hessian):
+    """R, upper triangular with H^-1 = R^T R, of each group's H [G, K, K] damped by GPTQ_DAMP of its
+    mean diagonal (ten times more, up to four times, while H is not positive definite).
+
+    H = U U^T with U upper (the Cholesky factor of H with its rows and columns reversed, reversed
+    back), so R = U^-1: one factorization and one triangular solve, no full inverse; in float32, as
+    GPTQ's own code (the damping keeps it well conditioned)."""
+    hessian = torch.from_numpy(hessian).float()
+    eye = torch.eye(hessian.shape[-1], dtype=hessian.dtype)
+    damp = GPTQ_DAMP * hessian.diagonal(dim1=1, dim2=2).mean(dim=1)[:, None, None]
+    for _ in range(5):
+        lower, info = torch.linalg.cholesky_ex((hessian + damp * eye).flip(1, 2))
+        if not info.any():
+            return torch.linalg.solve_triangular(lower.flip(1, 2), eye, upper=True).double().numpy()
+        damp = damp * 10
+    raise np.linalg.LinAlgError("the layer's input second moment is not positive definite, even damped")
+
+
+def gptq(w, mode, bits, inputs, min_scale=0.0, act_order=True):
+    """(q, scales, zero point) of w on mse_grid's grid, its columns rounded one after another, each
+    one's rounding error compensated on the columns still to round (GPTQ, Frantar et al. 2022)."""
+    rows, shape = _as_rows(w)
+    low, high = weight_range(mode, bits)
+    scale, zero_point = mse_grid(rows, mode, bits, min_scale, inputs)
+    groups, k = inputs.mean.shape
+    work = rows.reshape(groups, -1, k).copy()                       # [G, Cout/G, K]
+    step = scale.reshape(groups, -1)
+    hessian = inputs.hessian.copy()
+    dead = np.diagonal(hessian, axis1=1, axis2=2) == 0              # inputs always zero: any weight will do
+    hessian[:, np.arange(k), np.arange(k)] += dead
+    work[np.broadcast_to(dead[:, None, :], work.shape)] = 0
+    order = (np.argsort(-np.diagonal(hessian, axis1=1, axis2=2), axis=1, kind="stable") if act_order
+             else np.broadcast_to(np.arange(k), (groups, k)))
+    work = np.take_along_axis(work, order[:, None, :], axis=2)
+    hessian = np.stack([h[np.ix_(o, o)] for h, o in zip(hessian, order)])
+    inv = _inverse_cholesky(hessian)                                # [G, K, K], upper
+    codes = np.empty_like(work)
+    for start in range(0, k, GPTQ_BLOCK):
+        end = min(start + GPTQ_BLOCK, k)
+        errors = np.empty(work.shape[:2] + (end - start,))
+        for j in range(start, end):
+            column = work[:, :, j]
+            codes[:, :, j] = np.clip(qmath.round_half_up(column / step) + zero_point, low, high)
+            error = (column - (codes[:, :, j] - zero_point) * step) / inv[:, j, j][:, None]
+            work[:, :, j:end] -= error[:, :, None] * inv[:, None, j, j:end]
+            errors[:, :, j - start] = error
+        work[:, :, end:] -= errors @ inv[:, start:end, end:]
+    restored = np.empty_like(codes)
+    np.put_along_axis(restored, np.broadcast_to(order[:, None, :], codes.shape), codes, axis=2)
+    return _stored(restored.reshape(len(rows), k), mode, shape), scale, zero_point
+
+
+def correct_bias(bias, w, q, scale, zero_point, inputs):
+    """The float bias [Cout] less the mean output shift of the rounding, (W_q - W) E[x], per channel."""
+    rows, _ = _as_rows(w)
+    groups, k = inputs.mean.shape
+    shift = _values(q.reshape(len(rows), -1).astype(np.float64), scale, zero_point) - rows
+    return bias - np.einsum("gck,gk->gc", shift.reshape(groups, -1, k), inputs.mean).reshape(-1)
+
+
+def quantize_layer(w, bias, mode, bits, method, min_scale=0.0, inputs=None, bias_correction=False):
+    """(q, scales, zero point, float bias) of a conv/linear layer by `method` (METHODS); `inputs`
+    (LayerInputs) for gptq and bias correction, and for mse's weighting when given."""
+    if method == "rtn":
+        q, scale, zero_point = rtn(w, mode, bits, min_scale)
+    elif method == "mse":
+        q, scale, zero_point = mse(w, mode, bits, min_scale, inputs)
+    elif method == "gptq":
+        q, scale, zero_point = gptq(w, mode, bits, inputs, min_scale)
+    else:
+        raise ValueError(f"unknown weight method {method!r}; choices: {', '.join(METHODS)}")
+    if bias_correction:
+        bias = correct_bias(bias, w, q, scale, zero_point, inputs)
+    return q, scale, zero_point, bias
+
+
+# --- the layer inputs -------------------------------------------------------------------------------
+
+def _compute_module(mod):
+    """The nn.Conv2d / nn.Linear / nn.BatchNorm2d that does a node's arithmetic (a module wrapping one,
+    such as a conv reading a folded zero pad, holds exactly one)."""
+    return next(m for m in mod.modules() if isinstance(m, (nn.Conv2d, nn.Linear, nn.BatchNorm2d)))
+
+
+def _sample_columns(mod, x, keep, generator):
+    """(up to `keep` of the columns [G, K, keep'] picked at random, the sum of all of them [G, K], their
+    count) of the input x of a compute module: the im2col columns of a conv (padding as zeros, torch's
+    own padding rule), a BatchNorm2d's channels as a depthwise 1x1 conv, a linear's rows."""
+    if isinstance(mod, (nn.Linear, nn.BatchNorm2d)):
+        cols = x.reshape(len(x), -1).T[None] if isinstance(mod, nn.Linear) else x.transpose(0, 1).flatten(1)[:, None]
+        pick = torch.randperm(cols.shape[-1], generator=generator)[:keep]
+        return cols[:, :, pick], cols.sum(dim=2, dtype=torch.float64), cols.shape[-1]
+    x = F.pad(x, mod._reversed_padding_repeated_twice)             # "same" / "valid" / numbers, as torch pads
+    (kh, kw), (sh, sw), (dh, dw) = mod.kernel_size, mod.stride, mod.dilation
+    out_h, out_w = (x.shape[2] - dh * (kh - 1) - 1) // sh + 1, (x.shape[3] - dw * (kw - 1) - 1) // sw + 1
+    # every column sums to the column of the images' sum (im2col is linear): all columns, cheaply
+    total = F.unfold(x.sum(dim=0, keepdim=True), (kh, kw), dilation=(dh, dw), stride=(sh, sw))
+    total = total.sum(dim=2, dtype=torch.float64).reshape(mod.groups, -1)
+    # the picked columns gathered straight from x: image n, output row oy and column ox
+    pick = torch.randperm(len(x) * out_h * out_w, generator=generator)[:keep]
+    n, oy, ox = pick // (out_h * out_w), pick // out_w % out_h, pick % out_w
+    in_rows = (oy * sh)[:, None] + torch.arange(kh) * dh
+    in_cols = (ox * sw)[:, None] + torch.arange(kw) * dw
+    patches = x[n[:, None, None], :, in_rows[:, :, None], in_cols[:, None, :]]          # [keep, kh, kw, C]
+    patches = patches.permute(0, 3, 1, 2).reshape(len(pick), mod.groups, -1).permute(1, 2, 0)
+    return patches, total, len(x) * out_h * out_w
+
+
+class _Sums:
+    """Running sums of one layer's columns: all of them for the mean, a random sample for H (float32)."""
+
+    def __init__(self, max_rows, total_images, generator):
+        self.max_rows, self.total_images, self.generator = max_rows, total_images, generator
+        self.outer = self.total = None
+        self.count = self.sampled = 0
+
+    def add(self, mod, x):
+        keep = math.ceil(self.max_rows * len(x) / self.total_images)
+        sample, total, count = _sample_columns(mod, x.float(), keep, self.generator)
+        if self.outer is None:
+            self.outer = torch.zeros(sample.shape[0], sample.shape[1], sample.shape[1])
+            self.total = torch.zeros(total.shape, dtype=torch.float64)
+        self.outer.baddbmm_(sample, sample.transpose(1, 2))
+        self.total += total
+        self.count, self.sampled = self.count + count, self.sampled + sample.shape[-1]
+
+    def result(self):
+        return LayerInputs((self.outer / self.sampled).numpy(), (self.total / self.count).numpy())
+
+
+class _Done(Exception):
+    """The pass has measured its last layer: the rest of the graph need not run."""
+
+
+class _Recorder(fx.Interpreter):
+    """Runs the graph and adds the input of each measured node's compute module to its sums."""
+
+    def __init__(self, gm, sums):
+        super().__init__(gm)
+        self.sums = sums
+        self.last = [n.name for n in gm.graph.nodes if n.name in sums][-1]
+
+    def run_node(self, n):
+        if n.name not in self.sums:
+            return super().run_node(n)
+        mod = _compute_module(self.module.get_submodule(n.target))
+        seen = []
+        handle = mod.register_forward_pre_hook(lambda _, args: seen.append(args[0]))
+        try:
+            out = super().run_node(n)
+        finally:
+            handle.remove()
+        self.sums[n.name].add(mod, seen[0])
+        if n.name == self.last:
+            raise _Done
+        return out
+
+
+def input_statistics(gm, images, names, max_rows=MAX_ROWS, batch=32, seed=0, progress=None):
+    """{node name: LayerInputs} of the conv / linear nodes `names` (call_module nodes) of the float fx
+    GraphModule gm, run on `images` (float, as the model reads them) `batch` at a time, in one pass;
+    progress: a tqdm-like wrapper of the batches."""
+    unknown = set(names) - {n.name for n in gm.graph.nodes if n.op == "call_module"}
+    if unknown:
+        raise ValueError(f"no module nodes named {sorted(unknown)} in the graph")
+    generator = torch.Generator().manual_seed(seed)
+    sums = {name: _Sums(max_rows, len(images), generator) for name in names}
+    recorder = _Recorder(gm, sums)
+    batches = torch.split(images, batch)
+    with torch.no_grad():
+        for x in (progress(batches) if progress else batches):
+            try:
+                recorder.run(x)
+            except _Done:
+                pass
+    return {name: s.result() for name, s in sums.items()}
+
+
+class InputStatistics:
+    """LayerInputs of the conv / linear nodes `names` of gm (in graph order) on demand: a pass measures
+    the next layers whose H together take at most `budget` bytes, so memory stays bounded."""
+
+    def __init__(self, gm, images, names, seed=0, progress=None, budget=STATISTICS_BYTES):
+        self.gm, self.images, self.names, self.seed, self.progress = gm, images, list(names), seed, progress
+        self.budget, self.ready = budget, {}
+
+    def _bytes(self, name):
+        mod = _compute_module(self.gm.get_submodule(next(n for n in self.gm.graph.nodes if n.name == name).target))
+        if isinstance(mod, nn.Linear):
+            return 4 * mod.in_features ** 2
+        if isinstance(mod, nn.BatchNorm2d):
+            return 4 * mod.num_features
+        k = mod.in_channels // mod.groups * math.prod(mod.kernel_size)
+        return 4 * mod.groups * k * k
+
+    def __getitem__(self, name):
+        if name not in self.ready:
+            chunk, used = [], 0
+            for later in self.names[self.names.index(name):]:
+                if chunk and used + self._bytes(later) > self.budget:
+                    break
+                chunk.append(later)
+                used += self._bytes(later)
+            self.ready = input_statistics(self.gm, self.images, chunk, seed=self.seed, progress=self.progress)
+        return self.ready[name]

@@ -1,0 +1,209 @@
+"""Post-training weight methods (model/quant/methods.py) on synthetic layers: ranges, output error
+against round-to-nearest, bias correction, grouped convs, the scale floor, the layer input statistics."""
+import numpy as np
+import pytest
+import torch
+import torch.fx as fx
+from torch import nn
+from torch.nn import functional as F
+
+from model.ops.conv import ZeroPaddedConv
+from model.quant import methods
+from model.quant.methods import LayerInputs, correct_bias, input_statistics, quantize_layer, weight_range
+
+
+def inputs_of(columns, groups=1):
+    """LayerInputs of the exact columns [G, K, N]."""
+    columns = np.asarray(columns, dtype=np.float64).reshape(groups, -1, np.shape(columns)[-1])
+    return LayerInputs(columns @ columns.transpose(0, 2, 1) / columns.shape[-1], columns.mean(axis=2))
+
+
+def correlated_layer(cout=32, k=64, n=4096, seed=0):
+    """(weight [cout, k], columns [k, n]): inputs mixed from a few strong factors, with an offset."""
+    rng = np.random.default_rng(seed)
+    factors = rng.normal(size=(8, n)) * 3
+    columns = rng.normal(size=(k, 8)) @ factors + 0.3 * rng.normal(size=(k, n)) + rng.uniform(0, 2, size=(k, 1))
+    return rng.normal(size=(cout, k)), columns
+
+
+def dequantized(q, scale, zero_point):
+    return (q.reshape(len(q), -1).astype(np.float64) - zero_point) * scale[:, None]
+
+
+@pytest.mark.parametrize("mode", ["per_channel", "per_tensor"])
+@pytest.mark.parametrize("method", methods.METHODS)
+@pytest.mark.parametrize("bits", [2, 3, 4, 6, 8])
+def test_codes_stay_in_the_range_of_their_width(method, mode, bits):
+    weight, columns = correlated_layer(cout=8, k=16, n=256)
+    q, scale, zero_point, _ = quantize_layer(weight, np.zeros(8), mode, bits, method, inputs=inputs_of(columns))
+    low, high = weight_range(mode, bits)
+    assert q.dtype == (np.int8 if mode == "per_channel" else np.uint8) and q.shape == weight.shape
+    assert low <= q.min() and q.max() <= high and low <= zero_point <= high
+    assert (q.min(), q.max()) != (0, 0) and (scale > 0).all()      # the range is used, not collapsed
+
+
+def test_rtn_at_8_bits_is_the_int8_rule():
+    weight = np.random.default_rng(1).normal(size=(6, 20)) * np.array([[0.01], [0.1], [1], [10], [3], [0.5]])
+    q, scale, zero_point = methods.rtn(weight, "per_channel", 8)
+    assert zero_point == 0 and np.abs(q).max(axis=1).tolist() == [127] * 6
+    np.testing.assert_allclose(scale, np.abs(weight).max(axis=1) / 127)
+    assert (np.abs(dequantized(q, scale, 0) - weight) <= scale[:, None] / 2 + 1e-12).all()
+
+
+@pytest.mark.parametrize("bits", [3, 4])
+@pytest.mark.parametrize("mode", ["per_channel", "per_tensor"])
+def test_mse_and_gptq_lower_the_output_error_of_rtn(mode, bits):
+    weight, columns = correlated_layer()
+    inputs = inputs_of(columns)
+    error = {}
+    for method in methods.METHODS:
+        q, scale, zero_point, _ = quantize_layer(weight, np.zeros(len(weight)), mode, bits, method, inputs=inputs)
+        error[method] = np.linalg.norm((dequantized(q, scale, zero_point) - weight) @ columns)
+    assert error["mse"] < error["rtn"]
+    assert error["gptq"] < 0.7 * error["mse"]
+
+
+def test_gptq_without_act_order_and_with_inputs_that_are_always_zero():
+    weight, columns = correlated_layer(cout=8, k=16, n=512)
+    columns[3] = 0                      # a dead input: H is singular there
+    inputs = inputs_of(columns)
+    rtn_error = np.linalg.norm((dequantized(*methods.rtn(weight, "per_channel", 3)) - weight) @ columns)
+    for act_order in (True, False):
+        q, scale, _ = methods.gptq(weight, "per_channel", 3, inputs, act_order=act_order)
+        assert q[:, 3].tolist() == [0] * 8
+        assert np.linalg.norm((dequantized(q, scale, 0) - weight) @ columns) < 0.8 * rtn_error
+
+
+@pytest.mark.parametrize("method", methods.METHODS)
+@pytest.mark.parametrize("mode", ["per_channel", "per_tensor"])
+def test_bias_correction_zeroes_the_mean_output_shift(method, mode):
+    weight, columns = correlated_layer(cout=16, k=32, n=1024)
+    bias = np.random.default_rng(2).normal(size=16)
+    inputs = inputs_of(columns)
+    plain = quantize_layer(weight, bias, mode, 3, method, inputs=inputs)
+    q, scale, zero_point, corrected = quantize_layer(weight, bias, mode, 3, method, inputs=inputs,
+                                                     bias_correction=True)
+    assert all(np.array_equal(a, b) for a, b in zip(plain[:3], (q, scale, zero_point)))   # weights untouched
+    float_mean = (weight @ columns).mean(axis=1) + bias
+    shift = (dequantized(q, scale, zero_point) @ columns).mean(axis=1) + bias - float_mean
+    assert np.abs(shift).max() > 1e-2           # there was a shift to correct
+    quant_mean = (dequantized(q, scale, zero_point) @ columns).mean(axis=1) + corrected
+    np.testing.assert_allclose(quant_mean, float_mean, atol=1e-9)
+
+
+def test_scale_floor_is_kept_by_every_method():
+    weight, columns = correlated_layer(cout=4, k=16, n=256)
+    weight[1] *= 1e-9                   # a channel BN folding shrank to nothing
+    floor = np.array([0.0, 0.5, 0.0, 0.0])
+    for method in methods.METHODS:
+        _, scale, _, _ = quantize_layer(weight, np.zeros(4), "per_channel", 4, method, min_scale=floor,
+                                        inputs=inputs_of(columns))
+        assert scale[1] == 0.5 and (scale >= floor).all()
+
+
+def columns_of(conv, x):
+    """The exact im2col columns [G, K, N*L] of a conv (groups included) on x."""
+    pad = F.pad(x, conv._reversed_padding_repeated_twice)
+    cols = F.unfold(pad, conv.kernel_size, dilation=conv.dilation, stride=conv.stride).double()
+    return cols.reshape(len(x), conv.groups, -1, cols.shape[-1]).permute(1, 2, 0, 3).flatten(2).numpy()
+
+
+class Layers(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.grouped = nn.Conv2d(4, 6, 3, stride=2, padding=1, groups=2)
+        self.depthwise = nn.Conv2d(6, 6, 3, padding="same", dilation=2, groups=6)
+        self.padded = ZeroPaddedConv(nn.Conv2d(6, 4, 2), [1, 0, 0, 2])
+        self.fc = nn.Linear(4 * 5 * 6, 10)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.padded(self.depthwise(torch.relu(self.grouped(x))))).flatten(1))
+
+
+class KeepWrappers(fx.Tracer):
+    """Traces ZeroPaddedConv as one module, as the quantizer's graph holds it."""
+
+    def is_leaf_module(self, m, name):
+        return isinstance(m, ZeroPaddedConv) or super().is_leaf_module(m, name)
+
+
+def traced(net):
+    return fx.GraphModule(net, KeepWrappers().trace(net))
+
+
+def layer_inputs(net, x):
+    """{name: the compute module's input on x} of the four layers."""
+    seen = {}
+    hooks = [m.register_forward_pre_hook(lambda mod, args, name=name: seen.__setitem__(name, args[0]))
+             for name, m in (("grouped", net.grouped), ("depthwise", net.depthwise), ("padded", net.padded.conv),
+                             ("fc", net.fc))]
+    net(x)
+    for h in hooks:
+        h.remove()
+    return seen
+
+
+def test_input_statistics_are_the_layers_im2col_moments():
+    torch.manual_seed(0)
+    net = Layers().eval()
+    gm = traced(net)
+    images = torch.rand(40, 4, 9, 9)
+    stats = input_statistics(gm, images, ["grouped", "depthwise", "padded", "fc"], max_rows=10 ** 9, batch=16)
+    with torch.no_grad():
+        seen = layer_inputs(net, images)
+    for name, mod in (("grouped", net.grouped), ("depthwise", net.depthwise), ("padded", net.padded.conv)):
+        expected = inputs_of(columns_of(mod, seen[name]), mod.groups)
+        assert stats[name].hessian.shape == expected.hessian.shape     # [G, K, K]
+        np.testing.assert_allclose(stats[name].hessian, expected.hessian, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(stats[name].mean, expected.mean, rtol=1e-5, atol=1e-7)
+    expected = inputs_of(seen["fc"].double().numpy().T)
+    np.testing.assert_allclose(stats["fc"].hessian, expected.hessian, rtol=1e-4, atol=1e-6)
+
+
+def test_input_statistics_sample_rows_for_h_but_average_every_column():
+    torch.manual_seed(0)
+    net = Layers().eval()
+    images = torch.rand(40, 4, 9, 9)
+    full = input_statistics(traced(net), images, ["grouped"], max_rows=10 ** 9)["grouped"]
+    sampled = input_statistics(traced(net), images, ["grouped"], max_rows=200)["grouped"]
+    np.testing.assert_allclose(sampled.mean, full.mean, rtol=1e-5, atol=1e-7)
+    assert not np.allclose(sampled.hessian, full.hessian, rtol=1e-4)
+    np.testing.assert_allclose(sampled.hessian, full.hessian, atol=0.3 * np.abs(full.hessian).max())
+
+
+def test_statistics_measured_a_few_layers_a_pass_are_those_of_one_pass():
+    torch.manual_seed(0)
+    net = Layers().eval()
+    gm = traced(net)
+    images = torch.rand(20, 4, 9, 9)
+    names = ["grouped", "depthwise", "padded", "fc"]
+    one_pass = input_statistics(gm, images, names, max_rows=10 ** 9)
+    by_layer = methods.InputStatistics(gm, images, names, budget=1)
+    by_layer_inputs = {}
+    for name in names:
+        by_layer_inputs[name] = by_layer[name]
+        assert list(by_layer.ready) == [name]       # one layer a pass: the earlier ones are let go
+    for name in names:
+        np.testing.assert_allclose(by_layer_inputs[name].hessian, one_pass[name].hessian, rtol=1e-6)
+
+
+def test_grouped_and_depthwise_convs_get_a_hessian_per_group():
+    torch.manual_seed(0)
+    net = Layers().eval()
+    gm = traced(net)
+    images = torch.rand(64, 4, 9, 9)
+    stats = input_statistics(gm, images, ["grouped", "depthwise"])
+    with torch.no_grad():
+        seen = layer_inputs(net, images)
+    for name, mod in (("grouped", net.grouped), ("depthwise", net.depthwise)):
+        columns = columns_of(mod, seen[name])                      # [G, K, N]
+        weight = mod.weight.detach().double().numpy()
+        assert stats[name].hessian.shape[0] == mod.groups
+        error = {}
+        for method in methods.METHODS:
+            q, scale, zero_point, _ = quantize_layer(weight, np.zeros(6), "per_channel", 3, method,
+                                                     inputs=stats[name])
+            shift = (dequantized(q, scale, zero_point) - weight.reshape(6, -1)).reshape(mod.groups, -1,
+                                                                                        columns.shape[1])
+            error[method] = np.linalg.norm(shift @ columns)
+        assert error["gptq"] < error["rtn"]
