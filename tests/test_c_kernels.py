@@ -30,12 +30,14 @@ import subprocess
 
 import numpy as np
 import pytest
+import torch
 
 import config
 from data import datasets
-from tests.c_builds import (ISA_NAMES, ISAS, QEMU_AARCH64, TWINS, assert_one_line_error, check_engines, command,
-                            force_wide_requantization, missing_flags, require_isa)
-from tests.c_engine import C_DIR, ROOT, assert_clean, make_export, read_logits, run
+from tests.c_builds import (ISA_NAMES, ISAS, QEMU_AARCH64, TWINS, assert_one_line_error, check, check_engines,
+                            command, force_wide_requantization, missing_flags, require_isa)
+from tests.c_engine import C_DIR, ROOT, assert_clean, export_graph, make_export, read_logits, run
+from tests.random_models import random_quantized
 
 CASES = [("awkward", "per_channel", 16), ("awkward", "per_tensor", 32), ("mobilenetish", "per_channel", 8),
          ("mobilenetish", "per_tensor", 16), ("tiny_mnist", "per_tensor", 16), ("tiny_mnist", "per_channel", 32),
@@ -69,6 +71,68 @@ def test_wide_requantization_equals_reference(builds, exports, tmp_path, arch, m
     require_isa(isa)
     ex = exports(arch, mode, bits, tweak=force_wide_requantization)
     check_engines(builds, tmp_path, ex, BUILD_RUNS[:1] + isa_runs(isa))
+
+
+def narrow_pairs_export(folder, mode, widths, tweak):
+    """The residual graph at per-layer weight widths, its weights tweaked (tweak(state)), its first two
+    images all 255 and stripes of 255 and 0 (the largest products of the u8 activations)."""
+    state, quant, images = random_quantized("residual", mode, 2, weight_bits=8,
+                                            bits={name: {"weight_bits": b} for name, b in widths.items()})
+    tweak(state)
+    images[0] = 255
+    images[1] = 0
+    images[1, :, ::2] = 255
+    return export_graph(folder, state, quant, images, 2, mode="bin")
+
+
+def avx2_narrow_layers(builds, tmp_path, ex):
+    """ex through the reference kernels and AVX2 (native, ASan; batches of 1 and 32): each equal to the
+    numpy engine's logits.  Returns the kernels line's count of the GEMM layers on the vpmaddubsw tile."""
+    runs = [("native", ["--reference"])] + [(kind, ["--isa", "avx2", "--batch", batch])
+                                            for kind in ("native", "asan") for batch in ("1", "32")]
+    counts = set()
+    for kind, extra in runs:
+        proc = check(builds, tmp_path, ex, ex["logits"], kind, extra)
+        if "--isa" in extra:
+            counts.add(re.search(r"^kernels: .*, vpmaddubsw tile on (\d+ of \d+) GEMM layers", proc.stdout,
+                                 re.M).group(1))
+    assert len(counts) == 1, counts
+    return counts.pop()
+
+
+@pytest.mark.parametrize("sign", [1, -1])
+def test_avx2_takes_vpmaddubsw_where_each_pair_fits(builds, tmp_path, sign):
+    """AVX2 runs a layer on vpmaddubsw (u8 x s8 pairs summed in int16) where each pair of weights it sums
+    keeps its positive weights' sum <= 128 and its negative ones' >= -128 (255 * 128 = 32,640 fits int16),
+    else on vpmaddwd; both in one model, bit-exact.  The first conv (8 bits, on the raw pixels, 255 in
+    the first images) sits on the boundaries: its pairs (depths 2j, 2j + 1 of a kernel row, 3 x 3 taps
+    of 3 channels: offsets kx * 3 + ci) are 64/64, -64/-64, 127/1, 127/-127 and -127/-1; `down` (8 bits,
+    else within +-64) has one pair of sign * (65, 64): 129, refused; 7-, 4- and 2-bit layers fit."""
+    require_isa("avx2")
+
+    def tweak(state):
+        stem = state["stem_0.weight"]
+        stem.clamp_(-64, 64)
+        even = (torch.arange(3).view(1, 3) * 3 + torch.arange(3).view(3, 1)) % 2 == 0      # [ci, kx]: kx * 3 + ci
+        stem[0], stem[1] = 64, -64
+        for c, (first, second) in enumerate([(127, 1), (127, -127), (-127, -1)], start=2):
+            stem[c] = torch.where(even, first, second).view(3, 1, 3).to(stem.dtype)
+        down = state["down.weight"]
+        down.clamp_(-64, 64)
+        down[0, 0], down[0, 1] = sign * 65, sign * 64
+
+    widths = {"body_0": 7, "project_0": 4, "fc": 2}
+    ex = narrow_pairs_export(str(tmp_path / "ex"), "per_channel", widths, tweak)
+    assert avx2_narrow_layers(builds, tmp_path, ex) == "4 of 5"      # all but `down`
+
+
+def test_avx2_per_tensor_low_bit_layers_fit(builds, tmp_path):
+    """Per-tensor weights of b bits are centred on 2^(b-1) (w8 = w - 2^(b-1)): 7 bits and less fit the
+    vpmaddubsw tile like per-channel ones."""
+    require_isa("avx2")
+    ex = narrow_pairs_export(str(tmp_path / "ex"), "per_tensor",
+                             {"stem_0": 7, "body_0": 6, "project_0": 4, "down": 3, "fc": 2}, lambda state: None)
+    assert avx2_narrow_layers(builds, tmp_path, ex) == "5 of 5"
 
 
 def test_txt_weights_and_limit_on_fast_path(builds, tmp_path):

@@ -188,16 +188,18 @@ static void amx_tiles(const GemmChunk *ch, const Workspace *ws, int32_t bg_lo, i
 }
 
 static const FastIsa ISA = {
-    .depth_step = 4,
-    .tile_pixels = MR,
-    .tile_blocks = NBMAX,
+    .gemm = {
+        .depth_step = 4,
+        .tile_pixels = MR,
+        .tile_blocks = NBMAX,
+        .segment_step = 4,
+        .weight_bytes = 1,
+        .pack_weight = pack_vnni,
+        .tile = tile,
+    },
     /* more than the other builds (its cores have 2 MB of L2), so that a panel is read from memory fewer
      * times for its tiles, which consume one 16 times faster */
     .chunk_bytes = 1024 * 1024,
-    .segment_step = 4,
-    .weight_bytes = 1,
-    .pack_weight = pack_vnni,
-    .tile = tile,
     .matrix_pixels = AMX_M,
     .matrix_blocks = AMX_NB,
     .matrix_depth = AMX_DEPTH,

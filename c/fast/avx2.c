@@ -1,13 +1,26 @@
 /*
  * avx2.c -- the AVX2 build of the optimized kernels (FAST_KERNELS_AVX2, fast.h): the GEMM's register
  * tile with vpmaddwd on int16 pairs, 2 depths a step, the weights widened from int8 as loaded, the
- * rows of A as int16 once per tile; the depthwise conv and requantizers of avx2.h.
+ * rows of A as int16 once per tile; for the layers whose weights allow it (every weight of at most 7
+ * bits, and many 8-bit layers: pair_limit), AVX-VNNI's tile on the rows in place (tile_u8.inc) with
+ * vpdpbusd done as vpmaddubsw + vpmaddwd; the depthwise conv and requantizers of avx2.h.
  */
 #ifndef __AVX2__
 #error "c/fast/avx2.c needs -mavx2"
 #endif
 
 #include "avx2.h"
+
+/* vpdpbusd, exact where each pair of u8 x s8 products that vpmaddubsw sums into an int16 stays inside
+ * it (255 * 128 = 32,640 <= 32,767: the weights' pair_limit below); vpmaddwd against ones then adds
+ * each int32 lane's two pair sums exactly. */
+static inline __m256i dpbusd_pairs(__m256i acc, __m256i a, __m256i w)
+{
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(a, w), _mm256_set1_epi16(1)));
+}
+
+#define dpbusd256 dpbusd_pairs
+#include "tile_u8.inc"
 
 #define MR 6            /* pixels per register tile: 16 ymm hold 1 block (2 ymm) x 6 pixels of sums (3-5%
                          * faster than 4 pixels) */
@@ -27,7 +40,7 @@ static void pack_pairs(const FastOp *f, void *weights, size_t slot, int32_t k, i
  * bytes widened as loaded), so 2 * MR sums + 2 weights + a broadcast + the product fill the 16 ymm.
  * vpmaddwd sums each channel's 2 exact products into its int32 lane: no horizontal sums (u8 x s8
  * vpmaddubsw would saturate). */
-static inline __attribute__((always_inline)) void tile_ymm(const int MP, const uint8_t *const *arow, int32_t steps,
+static inline __attribute__((always_inline)) void tile_int16_ymm(const int MP, const uint8_t *const *arow, int32_t steps,
                                                            const int8_t *B, const int32_t *rowsum, const FastOp *f,
                                                            size_t slot, int n, const Op *op, uint8_t *out, size_t ldc)
 {
@@ -60,11 +73,11 @@ static inline __attribute__((always_inline)) void tile_ymm(const int MP, const u
 }
 
 #define TILE_MP(mp) case mp: \
-    tile_ymm(mp, rows, steps, B, rowsum, f, slot, b == nb - 1 ? last_n : BLK, op, out, ldc); break;
+    tile_int16_ymm(mp, rows, steps, B, rowsum, f, slot, b == nb - 1 ? last_n : BLK, op, out, ldc); break;
 
 /* nb blocks of 16 channels from slot (the last one's first last_n) x mp pixels, the rows of A
- * converted into dot_rows once (FastIsa.tile) */
-static void tile(int nb, int mp, const uint8_t *const *arow, const int32_t *rowsum, void *dot_rows, const FastOp *f,
+ * converted into dot_rows once (TileKernel) */
+static void tile_int16(int nb, int mp, const uint8_t *const *arow, const int32_t *rowsum, void *dot_rows, const FastOp *f,
                  size_t slot, int last_n, const Op *op, uint8_t *out, size_t ldc)
 {
     const size_t Kp = (size_t)f->depth_padded;
@@ -84,16 +97,22 @@ static void tile(int nb, int mp, const uint8_t *const *arow, const int32_t *rows
     }
 }
 
+/* The layers whose weights fit: vpmaddubsw's int16 pair sums exact for u8 activations up to 255 */
+static const RegisterTile TILE_NARROW = {TILE_U8_FIELDS, .pair_limit = 128, .name = "vpmaddubsw"};
+
 static const FastIsa ISA = {
-    .depth_step = 2,
-    .tile_pixels = MR,
-    .tile_blocks = NBMAX,
+    .gemm = {
+        .depth_step = 2,
+        .tile_pixels = MR,
+        .tile_blocks = NBMAX,
+        .segment_step = 0,
+        .dot_bytes = sizeof(int16_t),
+        .weight_bytes = 1,
+        .pack_weight = pack_pairs,
+        .tile = tile_int16,
+    },
+    .gemm_narrow = &TILE_NARROW,
     .chunk_bytes = 256 * 1024,
-    .segment_step = 0,
-    .dot_bytes = sizeof(int16_t),
-    .weight_bytes = 1,
-    .pack_weight = pack_pairs,
-    .tile = tile,
     .depthwise_padded = 0,
     .prepare_depthwise = prepare_depthwise_avx2,
     .depthwise_row = depthwise_row_avx2,

@@ -10,14 +10,16 @@
 #include "avx512.h"
 
 static const FastIsa ISA = {
-    .depth_step = 4,
-    .tile_pixels = MR,
-    .tile_blocks = NBMAX,
+    .gemm = {
+        .depth_step = 4,
+        .tile_pixels = MR,
+        .tile_blocks = NBMAX,
+        .segment_step = 4,
+        .weight_bytes = 1,
+        .pack_weight = pack_vnni,
+        .tile = tile,
+    },
     .chunk_bytes = 256 * 1024,
-    .segment_step = 4,
-    .weight_bytes = 1,
-    .pack_weight = pack_vnni,
-    .tile = tile,
     .depthwise_padded = 1,
     .prepare_depthwise = prepare_depthwise_vnni,
     .depthwise_row = depthwise_row_vnni,

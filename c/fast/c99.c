@@ -64,15 +64,17 @@ static void tile(int nb, int mp, const uint8_t *const *arow, const int32_t *rows
 }
 
 static const FastIsa ISA = {
-    .depth_step = 16,
-    .tile_pixels = MR,
-    .tile_blocks = 4,
+    .gemm = {
+        .depth_step = 16,
+        .tile_pixels = MR,
+        .tile_blocks = 4,
+        .segment_step = 0,
+        .dot_bytes = sizeof(int16_t),
+        .weight_bytes = sizeof(int16_t),
+        .pack_weight = pack_rows,
+        .tile = tile,
+    },
     .chunk_bytes = 256 * 1024,
-    .segment_step = 0,
-    .dot_bytes = sizeof(int16_t),
-    .weight_bytes = sizeof(int16_t),
-    .pack_weight = pack_rows,
-    .tile = tile,
     .depthwise_padded = 0,
     .prepare_depthwise = prepare_depthwise_c,
     .depthwise_row = depthwise_row_c,

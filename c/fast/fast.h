@@ -16,8 +16,10 @@
  *               everything else as avx2.c's (its test twin avxvnni-evex: -DFAST_AVXVNNI_EVEX, the
  *               EVEX form of vpdpbusd)
  *   avx2.c      AVX2: the same tile with vpmaddwd on int16 pairs, 2 depths a step, the weights widened
- *               from int8 as loaded, the rows of A as int16 once per tile (avx2.h: the kernels
- *               avxvnni.c shares: requantizers, the ymm tile's store, the depthwise row)
+ *               from int8 as loaded, the rows of A as int16 once per tile; per layer, where its weights
+ *               allow (RegisterTile.pair_limit), AVX-VNNI's tile (tile_u8.inc) with vpdpbusd done exactly
+ *               as vpmaddubsw + vpmaddwd (avx2.h: the kernels avxvnni.c shares: requantizers, the ymm
+ *               tile's store, the depthwise row)
  *   neon.c      NEON (aarch64): the dot-product tile, 2 channels x 4 pixels, each output a dot product
  *               over the depth, 16 depths a step (sdot on int8), the weights [channel][depth]
  *   c99.c       C99, any CPU: the same tile as plain loops GCC vectorizes as pmaddwd
@@ -32,8 +34,9 @@
  * A 1x1 stride-1 conv reads the input in place; a conv whose kernel rows are whole runs of the
  * padded input (groups 1, taps adjacent) reads them there (implicit: A[p] is kh runs, no copy); the
  * others copy A (im2col).  The weights are repacked at load as signed bytes w8:
- *   per channel (int8, z_w = 0):   w8 = w,        d = 0
- *   per tensor  (uint8, z_w):      w8 = w - 128,  d = 128 - z_w   (w - z_w = w8 + d)
+ *   per channel (int8, z_w = 0):   w8 = w,             d = 0
+ *   per tensor  (uint8, z_w):      w8 = w - 2^(b-1),   d = 2^(b-1) - z_w   (w - z_w = w8 + d; b the layer's
+ *                                  weight bits, 8: w8 = w - 128)
  * so that   sum_k (x - z_x)(w - z_w) = sum_k x*w8 + d*sum_k x - z_x*(sum_k w8 + d*K):
  * the last term is folded into the bias at load, d*sum_k x is a per-pixel row sum.  Every sum is an
  * exact int32 (the loader proves |acc| < 2^31) computed modulo 2^32 (uint32 in C, wrapping SIMD
@@ -99,14 +102,17 @@ static inline int block_filling(const Block *b)
     return b->base != NULL;
 }
 
+typedef struct RegisterTile RegisterTile;     /* below */
+
 /* How an op runs: a GEMM (conv, linear), the depthwise kernel, or its kind's own kernel */
 enum { FK_NONE, FK_GEMM, FK_DEPTHWISE };
 
 /* One op's prepared weights and geometry (read-only once prepared) */
 typedef struct {
     int kernel;                 /* FK_*: which kernel runs it */
+    const RegisterTile *tiles;  /* GEMM: its register tile and weight packing (FastIsa.gemm or .gemm_narrow) */
     int32_t depth;              /* the GEMM's depth per group: kh*kw*cin/groups (conv), the input's size (linear) */
-    int32_t depth_padded;       /* a row of A: depth rounded up to the ISA's depth step (an implicit conv read in
+    int32_t depth_padded;       /* a row of A: depth rounded up to its tile's depth step (an implicit conv read in
                                  * place in 4-byte steps: segments * segment_depth) */
     int32_t blocks;             /* 16-channel blocks of packed weights per group (depthwise: of all the channels) */
     int32_t chunk_rows;         /* GEMM: rows of A per chunk, a multiple of the register tiles' pixels */
@@ -124,7 +130,7 @@ typedef struct {
     int32_t segment_bytes;      /* the input bytes of a segment */
     int32_t segment_depth;      /* the depths a segment takes in the packed weights (VNNI: rounded up to 4) */
     size_t segment_stride;      /* bytes from one segment to the next */
-    int32_t weight_offset;      /* d: 128 - z_w (per-tensor uint8 weights) or 0; w - z_w = w8 + d */
+    int32_t weight_offset;      /* d: 2^(b-1) - z_w (per-tensor weights of b bits) or 0; w - z_w = w8 + d */
     int32_t panel_depth;        /* GEMM: the depths of a block's packed weights, depth_padded (AMX: rounded up to
                                  * a tile's depth, zero weights past depth_padded) */
     void *weights;              /* the weights as the ISA's kernels read them (its pack_weight): GEMM, and the
@@ -197,6 +203,7 @@ typedef struct {
     const uint8_t **arow;       /* a GEMM chunk's rows of A: where each starts */
     Scratch *scratch;           /* [n_threads] */
     double *op_seconds;         /* NULL, or where each op's seconds add up (time_ops) */
+    const FastModel *fm;        /* the prepared model it runs (describe) */
 } Workspace;
 
 /* One chunk of a GEMM's rows (of group g): where its rows of A are and where its outputs go */
@@ -219,14 +226,13 @@ typedef struct {
 typedef void TileKernel(int nb, int mp, const uint8_t *const *arow, const int32_t *rowsum, void *dot_rows,
                         const FastOp *f, size_t slot, int last_n, const Op *op, uint8_t *out, size_t ldc);
 
-/* What an ISA's file gives the shared engine (engine.inc).  Optional kernels are NULL. */
-typedef struct {
-    /* the GEMM (conv, linear) */
+/* A GEMM's register tile and the packing of the weights it reads.  An ISA has one (FastIsa.gemm); one
+ * may offer a second for the layers whose weights allow it (FastIsa.gemm_narrow), each layer's chosen
+ * at load (FastOp.tiles). */
+struct RegisterTile {
     int32_t depth_step;         /* the tiles' depth step: a row of A is padded to a multiple of it */
     int32_t tile_pixels;        /* pixels of a register tile (at most) */
     int32_t tile_blocks;        /* 16-channel blocks of a register tile (at most) */
-    size_t chunk_bytes;         /* a GEMM chunk: about this many bytes of A, which stay in cache while every
-                                 * weight panel passes over them */
     int32_t segment_step;       /* the tiles read the rows of A in place in steps of this many bytes (VNNI: 4),
                                  * each segment of an implicit conv rounded up to them; 0: the tiles convert
                                  * a tile's rows into the thread's dot_rows first */
@@ -237,6 +243,20 @@ typedef struct {
     /* weight w8 (depth k of channel slot, f's other fields set) into weights, the ISA's layout */
     void (*pack_weight)(const FastOp *f, void *weights, size_t slot, int32_t k, int32_t w8);
     TileKernel *tile;
+    /* 0, or the tile sums two u8 x s8 products in an int16 (depths 2j and 2j + 1 of a segment, as pack_vnni
+     * lays them: vpmaddubsw), exact only where the pair's positive weights sum to at most pair_limit and
+     * its negative ones to at least -pair_limit (prepare.inc: pairs_fit) */
+    int32_t pair_limit;
+    const char *name;           /* a narrow tile's name in the run's report */
+};
+
+/* What an ISA's file gives the shared engine (engine.inc).  Optional kernels are NULL. */
+typedef struct {
+    /* the GEMM (conv, linear) */
+    RegisterTile gemm;
+    const RegisterTile *gemm_narrow;    /* NULL, or the tile of the layers whose weights fit its pair_limit */
+    size_t chunk_bytes;         /* a GEMM chunk: about this many bytes of A, which stay in cache while every
+                                 * weight panel passes over them */
     /* matrix tiles (AMX), for the chunks of at least matrix_min_rows rows (FPGAI_AMX_ROWS overrides it) */
     int32_t matrix_pixels;      /* pixels of a matrix tile: a multiple of tile_pixels */
     int32_t matrix_blocks;      /* its 16-channel blocks */
@@ -346,7 +366,7 @@ static inline void rows_as_int16(int mp, int count, const uint8_t *const *arow, 
     }
 }
 
-/* The GEMM weights in VNNI's packing (avx512.c, amx.c, avxvnni.c): per block, panel_depth / 4 depth steps
+/* The GEMM weights in VNNI's packing (avx512.c, amx.c, avxvnni.c, avx2.c's narrow tile): per block, panel_depth / 4 depth steps
  * of 4 depths of each of its 16 channels; depth k where the tiles read it: its segment's, padded to whole
  * depth steps (no division per weight where nothing is padded: it took longer than the load) */
 static inline void pack_vnni(const FastOp *f, void *weights, size_t slot, int32_t k, int32_t w8)
