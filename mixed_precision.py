@@ -306,8 +306,16 @@ def main():
     os.makedirs(results_dir, exist_ok=True)
     print(f"{name}: {len(calib)} calibration images, {len(images)} held-out images; budget {budget} {kind}")
 
+    evaluated = {}       # by widths: a frontier point that is the chosen configuration is quantized once
+
+    def measure(**widths):
+        key = json.dumps(widths, sort_keys=True)
+        if key not in evaluated:
+            evaluated[key] = evaluate(net, calib, mean, std, dataset, sha, cfg, images, labels, **widths)
+        return evaluated[key]
+
     try:
-        w8, reference_list = evaluate(net, calib, mean, std, dataset, sha, cfg, images, labels, weight_bits=8)
+        w8, reference_list = measure(weight_bits=8)
     except QuantizeError as err:
         sys.exit(f"error: {err}")
     gm, modules = folded_float(net, mean, std, calib.shape[1])
@@ -333,7 +341,7 @@ def main():
     write_json(paths["bits.json"], chosen)
     print_sensitivity(sensitivity, layers, point[2])
     print(f"wrote {paths['bits.json']}")
-    mixed, _ = evaluate(net, calib, mean, std, dataset, sha, cfg, images, labels, bits=chosen)
+    mixed, _ = measure(bits=chosen)
     print(f"held-out accuracy on {len(images)} images: float {100 * float_accuracy:.2f}%, W8 "
           f"{100 * w8['accuracy']:.2f}% ({w8['bytes']} bytes, {w8['bitops']} bitops), mixed "
           f"{100 * mixed['accuracy']:.2f}% ({mixed['bytes']} bytes = {mixed['bytes'] / w8['bytes']:.3f} of W8, "
@@ -344,9 +352,7 @@ def main():
     byte_front = pareto_front(layers, sensitivity, "bytes")
     uniform = []
     for bits in tqdm(CANDIDATE_BITS, desc="uniform", leave=False):
-        measured = w8 if bits == 8 else evaluate(net, calib, mean, std, dataset, sha, cfg, images, labels,
-                                                 weight_bits=bits)[0]
-        uniform.append({"weight_bits": bits, **measured})
+        uniform.append({"weight_bits": bits, **measure(weight_bits=bits)[0]})
     searched = []
     for fraction in tqdm(fractions, desc="frontier", leave=False):
         budget_bytes = int(fraction * w8["bytes"])
@@ -354,7 +360,7 @@ def main():
         if found is None:
             continue                         # below every layer at the lowest width
         bits = {n: {"weight_bits": b} for n, b in found[2].items()}
-        measured, _ = evaluate(net, calib, mean, std, dataset, sha, cfg, images, labels, bits=bits)
+        measured, _ = measure(bits=bits)
         searched.append({"fraction_of_w8": fraction, "budget_bytes": budget_bytes, **measured, "summed_kl": found[1],
                          "bits": found[2]})
     result = {"model": name, "images": len(images), "calib_images": len(calib), "weight_method": cfg.weight_method,
