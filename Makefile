@@ -82,6 +82,24 @@ amx-peak:
 	$(CC) -O2 -mamx-tile -mamx-int8 -Wall -Wextra -o build/amx_peak benchmarks/amx_peak.c
 	./build/amx_peak
 
+# Peers on the same work (issue 27 item 8): Brevitas's post-training quantization on the shipped
+# checkpoints, for comparison only. Its own venv (.venv-peers, git-ignored) with the same torch;
+# brevitas is not a dependency of FPGAI (not in requirements.txt). PEERS_FLAGS e.g. --limit=10000
+PEERS_VENV := .venv-peers
+PEERS_PINS := torch==2.14.1 torchvision==0.29.1 numpy==2.4.6 brevitas==0.13.4 dependencies==2.0.1 \
+	unfoldNd==0.2.3 setuptools==80.10.2 sympy==1.14.0 packaging==26.4 typing_extensions==4.16.0 tqdm==4.70.1
+peers-venv: $(PEERS_VENV)/.installed
+
+$(PEERS_VENV)/.installed:
+	test -x $(PEERS_VENV)/bin/python || $(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/python -m pip install --quiet --disable-pip-version-check $(PEERS_PINS)
+	touch $@
+
+peers: peers-venv
+	$(PEERS_VENV)/bin/python benchmarks/peer_ptq.py --json=results/peers/brevitas.json $(PEERS_FLAGS)
+
+.PHONY: peers peers-venv
+
 clean-venv:
 	rm -rf $(VENV)
 
