@@ -2,9 +2,9 @@
 weight_bits, each layer's weights packed in weight.bin, and version 3 files still read.
 
 - random awkward graphs (tests/kernel_models.py: every conv path of the optimized kernels) quantized at
-  8, 6, 4, 3 and 2 bits, per channel and per tensor, and at mixed widths: the optimized kernels (the
-  CPU's pick, --isa avx2, --isa c99), the reference kernels, weight.txt and the ASan/UBSan build all
-  give the numpy engine's logits;
+  8, 6, 4, 3 and 2 bits, per channel and per tensor, at mixed widths, and with 4-bit weights and
+  activations: the optimized kernels (the CPU's pick, --isa avx2, --isa c99), the reference kernels,
+  weight.txt and the ASan/UBSan build all give the numpy engine's logits;
 - a version 3 model.bin (a v4 one less the conv and linear records' weight_bits word) gives the same
   logits as its v4 original, in both weight formats;
 - hostile files are refused in one line, the sanitizers quiet: weight_bits 1 or 9, widths the weight
@@ -57,6 +57,15 @@ def test_mixed_widths_equal_numpy(builds, tmp_path):
     ex = low_bit_export(str(tmp_path / "ex"), "awkward", "per_channel", bits=bits)
     _, ops = ef.read_model_bin(file_of(ex, "model.bin"))
     assert [op["weight_bits"] for op in ops if op["op"] in ("conv", "linear")] == [2 + k % 7 for k in range(len(layers))]
+    check_engines(builds, tmp_path, ex, engine_runs())
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_4_bit_activations_equal_numpy(builds, tmp_path, mode):
+    """W4A4: every activation but the input's and the logits' in 0..15 (clamps the kernels keep)"""
+    ex = low_bit_export(str(tmp_path / "ex"), "awkward", mode, weight_bits=4, act_bits=4)
+    _, ops = ef.read_model_bin(file_of(ex, "model.bin"))
+    assert max(op["qmax"] for op in ops[1:-1]) <= 15
     check_engines(builds, tmp_path, ex, engine_runs())
 
 
