@@ -128,7 +128,7 @@ def fine_tune(gm, ptq, data, cfg, fingerprint):
     layers = weighted_layers(gm, ptq)
     gm.requires_grad_(False)        # what the fake quantization does not cover stays as calibrated
     acts = {}
-    for node, out_node, module, op in layers:
+    for _, out_node, module, op in layers:
         module.weight.requires_grad_(True)
         if module.bias is not None:
             module.bias.requires_grad_(True)
