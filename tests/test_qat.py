@@ -72,8 +72,11 @@ def tiny(tmp_path_factory):
 
 
 def quantize(tiny, qat_epochs, state_path=None, weight_bits=2):
+    """The tuple of the tiny net, from rounding to nearest (the post-training methods alone come close
+    to float on this task) and `qat_epochs` of fine-tuning."""
     _, net, (images, labels), _ = tiny
-    cfg = api.make_cfg(model="tiny", weight_bits=weight_bits, calib_images=256, qat_epochs=qat_epochs)
+    cfg = api.make_cfg(model="tiny", weight_bits=weight_bits, weight_method="rtn", calib_images=256,
+                       qat_epochs=qat_epochs)
     return api.quantize_cfg(net, images[:256], cfg, api.CUSTOM_DATASET,
                             fine_tuning=qat.FineTuning(images, labels, batch_size=64, state_path=state_path))
 
