@@ -40,9 +40,10 @@ static void pack_pairs(const FastOp *f, void *weights, size_t slot, int32_t k, i
  * bytes widened as loaded), so 2 * MR sums + 2 weights + a broadcast + the product fill the 16 ymm.
  * vpmaddwd sums each channel's 2 exact products into its int32 lane: no horizontal sums (u8 x s8
  * vpmaddubsw would saturate). */
-static inline __attribute__((always_inline)) void tile_int16_ymm(const int MP, const uint8_t *const *arow, int32_t steps,
-                                                           const int8_t *B, const int32_t *rowsum, const FastOp *f,
-                                                           size_t slot, int n, const Op *op, uint8_t *out, size_t ldc)
+static inline __attribute__((always_inline)) void tile_int16_ymm(const int MP, const uint8_t *const *arow,
+                                                                 int32_t steps, const int8_t *B, const int32_t *rowsum,
+                                                                 const FastOp *f, size_t slot, int n, const Op *op,
+                                                                 uint8_t *out, size_t ldc)
 {
     const __m256i bias_lo = _mm256_loadu_si256((const void *)(f->bias + slot));
     const __m256i bias_hi = _mm256_loadu_si256((const void *)(f->bias + slot + 8));
@@ -77,8 +78,8 @@ static inline __attribute__((always_inline)) void tile_int16_ymm(const int MP, c
 
 /* nb blocks of 16 channels from slot (the last one's first last_n) x mp pixels, the rows of A
  * converted into dot_rows once (TileKernel) */
-static void tile_int16(int nb, int mp, const uint8_t *const *arow, const int32_t *rowsum, void *dot_rows, const FastOp *f,
-                 size_t slot, int last_n, const Op *op, uint8_t *out, size_t ldc)
+static void tile_int16(int nb, int mp, const uint8_t *const *arow, const int32_t *rowsum, void *dot_rows,
+                       const FastOp *f, size_t slot, int last_n, const Op *op, uint8_t *out, size_t ldc)
 {
     const size_t Kp = (size_t)f->depth_padded;
     const int16_t *dot[MR];

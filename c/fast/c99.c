@@ -42,7 +42,7 @@ static inline void dot_2x4(const int16_t *const a[MR], const int16_t *w, size_t 
 }
 
 /* Register tile: nb blocks of 16 channels from slot (the last one's first last_n) x mp <= MR pixels;
- * the pixels' rows of A into dot_rows once, then 2 channels at a time (FastIsa.tile). */
+ * the pixels' rows of A into dot_rows once, then 2 channels at a time (RegisterTile.tile). */
 static void tile(int nb, int mp, const uint8_t *const *arow, const int32_t *rowsum, void *dot_rows, const FastOp *f,
                  size_t slot, int last_n, const Op *op, uint8_t *out, size_t ldc)
 {

@@ -366,9 +366,10 @@ static inline void rows_as_int16(int mp, int count, const uint8_t *const *arow, 
     }
 }
 
-/* The GEMM weights in VNNI's packing (avx512.c, amx.c, avxvnni.c, avx2.c's narrow tile): per block, panel_depth / 4 depth steps
- * of 4 depths of each of its 16 channels; depth k where the tiles read it: its segment's, padded to whole
- * depth steps (no division per weight where nothing is padded: it took longer than the load) */
+/* The GEMM weights in VNNI's packing (avx512.c, amx.c, avxvnni.c, avx2.c's narrow tile): per block,
+ * panel_depth / 4 depth steps of 4 depths of each of its 16 channels; depth k where the tiles read it: its
+ * segment's, padded to whole depth steps (no division per weight where nothing is padded: it took longer
+ * than the load) */
 static inline void pack_vnni(const FastOp *f, void *weights, size_t slot, int32_t k, int32_t w8)
 {
     const int32_t kp = f->segment_depth == f->segment_bytes ? k
