@@ -123,8 +123,9 @@ OPTIONS = {
                          "zero point)"),
     "BITS": (_TUPLE, "a JSON file of per-layer widths overriding the two above, {\"layer\": {\"weight_bits\": 4, "
                      "\"act_bits\": 8}, ...} by op name (quant_model.py's summary lists them; \"\" = none)"),
-    "WEIGHT_METHOD": (_TUPLE, "how weights are rounded: rtn (to nearest), or auto (rtn at 8 bits, the best "
-                              "post-training method below 8)"),
+    "WEIGHT_METHOD": (_TUPLE, "how weights are rounded (model/quant/methods.py): rtn (to nearest), mse (clipped "
+                              "range of least weight error), gptq (error-compensating order on the calibration "
+                              "inputs), or auto (rtn at 8 bits, gptq below 8)"),
     "BIAS_CORRECTION": (_TUPLE, "subtract the mean output shift the weight rounding causes from the bias: on, off, "
                                 "or auto (on below 8 bits)"),
     "QAT_EPOCHS": (_TUPLE, "epochs of quantization-aware fine-tuning after the post-training methods (0 = none)"),
@@ -146,7 +147,7 @@ CHOICES = {
               "vgg11", "vgg13", "vgg16", "vgg19"),
     "WEIGHT_MODE": ("per_channel", "per_tensor"),
     "CALIB_METHOD": ("minmax", "percentile"),
-    "WEIGHT_METHOD": ("auto", "rtn"),
+    "WEIGHT_METHOD": ("auto", "rtn", "mse", "gptq"),
     "BIAS_CORRECTION": ("auto", "on", "off"),
     "EXPORT_MODE": ("txt", "bin", "both", "c", "onnx"),
     "DEVICE": ("auto", "cpu", "cuda"),

@@ -71,8 +71,8 @@ def test_per_tensor_weights_at_low_bits(weight_bits):
 
 def test_lower_bits_lose_more_weight_sqnr():
     sqnr = {}
-    for bits in (8, 4, 2):
-        _, quant_list, _ = random_quantized("conv_pool", "per_channel", 0, weight_bits=bits)
+    for bits in (8, 4, 2):     # rounded to nearest: gptq gives up weight SQNR for a closer output
+        _, quant_list, _ = random_quantized("conv_pool", "per_channel", 0, weight_bits=bits, weight_method="rtn")
         sqnr[bits] = np.median([op["weight_sqnr_db"] for op in weighted_ops(quant_list)])
     assert sqnr[8] > sqnr[4] + 15 > sqnr[2] + 25        # about 6 dB a bit
 

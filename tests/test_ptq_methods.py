@@ -7,9 +7,11 @@ import torch.fx as fx
 from torch import nn
 from torch.nn import functional as F
 
+from model import api
 from model.ops.conv import ZeroPaddedConv
 from model.quant import methods
-from model.quant.methods import LayerInputs, correct_bias, input_statistics, quantize_layer, weight_range
+from model.quant.methods import LayerInputs, input_statistics, quantize_layer, weight_range
+from tests.random_models import ARCHS, _randomize_bn
 
 
 def inputs_of(columns, groups=1):
@@ -207,3 +209,29 @@ def test_grouped_and_depthwise_convs_get_a_hessian_per_group():
                                                                                         columns.shape[1])
             error[method] = np.linalg.norm(shift @ columns)
         assert error["gptq"] < error["rtn"]
+
+
+def test_auto_is_rtn_at_8_bits_and_gptq_with_bias_correction_below():
+    assert methods.resolve("auto", "auto", 8) == ("rtn", False)
+    assert methods.resolve("auto", "auto", 4) == ("gptq", True)
+    assert methods.resolve("mse", "off", 3) == ("mse", False)
+    assert methods.resolve("rtn", "on", 8) == ("rtn", True)
+
+
+def test_the_quantizer_takes_the_method_and_its_logits_come_closer_to_float():
+    cls, _, shape = ARCHS["residual"]
+    gen = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    net = _randomize_bn(cls(), gen).eval()
+    # smooth images: neighbouring pixels correlate, as in photographs
+    images = F.interpolate(torch.rand(96, shape[0], 8, 8, generator=gen), size=shape[1:], mode="bilinear")
+    images = (images * 255).round().to(torch.uint8)
+    calib, test = images[:64], images[64:]
+    float_logits = api.run_float(net, test)
+    error = {}
+    for method, correction in (("rtn", "off"), ("auto", "auto")):
+        state, quant_list = api.quantize(net, calib, weight_bits=3, weight_method=method, bias_correction=correction)
+        assert quant_list[0]["widths"]["weight_method"] == method
+        logits = quant_list[-1]["scale"] * (api.run_integer(state, quant_list, test) - quant_list[-1]["zero_point"])
+        error[method] = np.linalg.norm(logits - float_logits)
+    assert error["auto"] < 0.5 * error["rtn"]

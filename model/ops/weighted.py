@@ -4,35 +4,17 @@ import torch
 
 from model import qmath
 from model.ops.base import QuantizeError
+from model.quant import methods
+from model.quant.methods import weight_range
 
 ACC_LIMIT = 2 ** 31 - 1
 BIAS_LIMIT = 2 ** 30                # a floored channel's bias takes at most half the accumulator
 
 
-def weight_range(mode, bits):
-    """(lowest, highest) value of a `bits`-wide weight: per-channel symmetric (the code -2^(bits-1) is never
-    used, so the range is symmetric about the zero point 0), per-tensor unsigned with a zero point."""
-    return (-((1 << (bits - 1)) - 1), (1 << (bits - 1)) - 1) if mode == "per_channel" else (0, (1 << bits) - 1)
-
-
 def quantize_weight(w, mode, min_scale=0.0, bits=8):
     """(q, per-channel scales, zero_point) of a float weight [Cout, ...], rounded to nearest at `bits`
-    (weight_range; one value a byte: int8 per channel, uint8 per tensor).
-
-    Per channel, no scale goes below `min_scale` (per channel): a channel whose weights BN
-    folding shrank to almost nothing (a BN gamma decayed to ~0) would otherwise need a bias
-    beyond int32 at scale s_in*s_w; its output is ~ its bias, so coarser weights lose nothing."""
-    w = w.detach().double().numpy()
-    cout = w.shape[0]
-    low, high = weight_range(mode, bits)
-    if mode == "per_channel":                      # symmetric per output channel, [-high, high]
-        amax = np.abs(w.reshape(cout, -1)).max(axis=1)
-        scale = np.maximum(np.where(amax > 0, amax / high, 1.0), min_scale)
-        q = np.clip(qmath.round_half_up(w / scale.reshape(-1, *[1] * (w.ndim - 1))), low, high)
-        return q.astype(np.int8), scale, 0
-    scale, zp = qmath.choose_qparams(w.min(), w.max(), low, high)   # per tensor with a zero point
-    q = np.clip(qmath.round_half_up(w / scale) + zp, low, high)
-    return q.astype(np.uint8), np.full(cout, scale), zp
+    (methods.rtn: the range, the scale floor `min_scale`, one value a byte)."""
+    return methods.rtn(w, mode, bits, min_scale)
 
 
 def weight_sqnr_db(w, q, scale, zero_point):
@@ -58,18 +40,21 @@ def accumulator_bound(qweight, weight_zp, bias, in_op):
     return int((np.abs(w).sum(axis=1) * x_mag + np.abs(bias.astype(np.int64))).max())
 
 
-def quantize_layer_weights(b, name, weight, bias, in_scale, bits):
+def quantize_layer_weights(b, node, name, weight, bias, in_scale, bits):
     """(q, per-channel scales, zero point, float bias) of a layer's weights at `bits`, by the
-    quantizer's weight method (WEIGHT_METHOD; rtn: to nearest), or at the scales the layer was given
-    (b.weight_scales: the steps that quantization-aware fine-tuning learned, model/quant/qat.py)."""
+    quantizer's weight method and bias correction (model/quant/methods.py; the dry walk rounds to
+    nearest), or at the scales the layer was given (b.weight_scales: the steps that
+    quantization-aware fine-tuning learned, model/quant/qat.py)."""
     min_scale = np.abs(bias) / (in_scale * BIAS_LIMIT)
     if name in b.weight_scales:
         scale = np.maximum(b.weight_scales[name], min_scale)
         w = weight.detach().double().numpy()
         q = np.clip(qmath.round_half_up(w / scale.reshape(-1, *[1] * (w.ndim - 1))), *weight_range("per_channel", bits))
         return q.astype(np.int8), scale, 0, bias
-    q, scale, zp = quantize_weight(weight, b.cfg.weight_mode, min_scale, bits)
-    return q, scale, zp, bias
+    method, correct = ("rtn", False) if b.dry else methods.resolve(b.widths["weight_method"],
+                                                                    b.widths["bias_correction"], bits)
+    inputs = b.layer_inputs[node.name] if method != "rtn" or correct else None
+    return methods.quantize_layer(weight, bias, b.cfg.weight_mode, bits, method, min_scale, inputs, correct)
 
 
 def quantize_weighted(b, node, kind, weight, bias, fields):
@@ -86,7 +71,7 @@ def quantize_weighted(b, node, kind, weight, bias, fields):
     if not (torch.isfinite(weight).all() and np.isfinite(bias_f).all()):
         raise QuantizeError(f"{b.cfg.model}: layer '{name}': weight or bias is not finite")
     bits = b.layer_bits(name, "weight_bits")
-    qw, w_scale, w_zp, bias_f = quantize_layer_weights(b, name, weight, bias_f, in_scale, bits)
+    qw, w_scale, w_zp, bias_f = quantize_layer_weights(b, node, name, weight, bias_f, in_scale, bits)
     b.weight_scales[name] = w_scale
     bias_q = qmath.round_half_up(bias_f / (in_scale * w_scale))
     if np.abs(bias_q).max(initial=0) > ACC_LIMIT:

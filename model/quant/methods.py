@@ -180,6 +180,14 @@ def correct_bias(bias, w, q, scale, zero_point, inputs):
     return bias - np.einsum("gck,gk->gc", shift.reshape(groups, -1, k), inputs.mean).reshape(-1)
 
 
+def resolve(method, bias_correction, bits):
+    """(method, whether to correct the bias) of the settings WEIGHT_METHOD and BIAS_CORRECTION at a
+    layer's width: auto is rtn at 8 bits (W8 results stay as they were) and gptq below, where
+    rounding to nearest loses points; bias correction auto is on below 8 bits."""
+    chosen = method if method != "auto" else "rtn" if bits == 8 else "gptq"
+    return chosen, bias_correction == "on" or (bias_correction == "auto" and bits < 8)
+
+
 def quantize_layer(w, bias, mode, bits, method, min_scale=0.0, inputs=None, bias_correction=False):
     """(q, scales, zero point, float bias) of a conv/linear layer by `method` (METHODS); `inputs`
     (LayerInputs) for gptq and bias correction, and for mse's weighting when given."""

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.fx.experimental.optimization import fuse as fold_bn
 
-from model.quant import graph_passes, qat
+from model.quant import graph_passes, methods, qat
 from model import ops, qmath
 from model.fileio import FORMAT_VERSIONS
 from model.ops.base import QuantizeError, describe_node, keeps_qparams
@@ -244,8 +244,10 @@ def _clamp_for(act, scale, zero_point, top):
 class Builder:
     """The integer graph under construction; what an op kind's quantize() works with."""
 
-    def __init__(self, gm, observer, cfg, input_shape, dry=False, weight_scales=None):
+    def __init__(self, gm, observer, cfg, input_shape, dry=False, weight_scales=None, layer_inputs=None):
         self.gm, self.observer, self.cfg, self.input_shape = gm, observer, cfg, input_shape
+        # {fx node name: methods.LayerInputs} of the conv / linear layers, for the weight methods
+        self.layer_inputs = layer_inputs
         # per conv / linear layer its weight scales: those given (learned by qat.fine_tune) are used as
         # they are, the others are recorded as the weight method chooses them
         self.weight_scales = dict(weight_scales or {})
@@ -363,19 +365,32 @@ def build_integer_graph(model, calib_images, cfg, dataset, raw_header, progress=
 
     input_shape = _shape3(list(calib_images.shape[1:]))
     _walk(gm, _observe(gm, calib_images[:2], cfg), cfg, input_shape, dry=True)    # refusals before calibration
-    b = _walk(gm, _observe(gm, calib_images, cfg, progress), cfg, input_shape)
+    b = _walk(gm, _observe(gm, calib_images, cfg, progress), cfg, input_shape,
+              layer_inputs=_layer_inputs(gm, calib_images, cfg, progress))
     if b.widths["qat_epochs"]:      # fine-tune gm from this post-training graph, then build it again
         learned = qat.fine_tune(gm, b, fine_tuning, cfg, settings_fingerprint(cfg, raw_header))
         observer = _observe(gm, calib_images, cfg, progress)
         observer.ranges.update(learned.ranges)
         _widen_shared_ranges(gm, observer)
-        b = _walk(gm, observer, cfg, input_shape, weight_scales=learned.weight_scales)
+        b = _walk(gm, observer, cfg, input_shape, weight_scales=learned.weight_scales,
+                  layer_inputs=_layer_inputs(gm, calib_images, cfg, progress))
     b.ops[0].update(kind="fpgai-quant", version=FORMAT_VERSIONS["fpgai-quant"], model=cfg.model, dataset=dataset,
                     fingerprint=settings_fingerprint(cfg, raw_header), weight_mode=cfg.weight_mode,
                     multiplier_bits=cfg.multiplier_bits, calib_images=int(len(calib_images)),
                     calib_method=cfg.calib_method, calib_percentile=cfg.calib_percentile, seed=cfg.seed,
                     widths=b.widths)
     return b.state, b.ops
+
+
+def _float_input(images):
+    """What the float model reads of uint8 pixels: pixel / 255."""
+    return images.float() / 255.0
+
+
+def _layer_inputs(gm, images, cfg, progress=None):
+    """The conv / linear layers' input statistics on `images`, measured when a weight method asks."""
+    weighted = [n.name for n in gm.graph.nodes if getattr(ops.match(gm, n)[0], "weighted", False)]
+    return methods.InputStatistics(gm, _float_input(images), weighted, seed=cfg.seed, progress=progress)
 
 
 def _observe(gm, images, cfg, progress=None):
@@ -385,7 +400,7 @@ def _observe(gm, images, cfg, progress=None):
     batches = torch.split(images, 250)
     with torch.no_grad():
         for x in (progress(batches) if progress else batches):
-            observer.run(x.float() / 255.0)
+            observer.run(_float_input(x))
             observer.batches += 1
     _widen_shared_ranges(gm, observer)
     return observer
@@ -410,10 +425,10 @@ def _widen_shared_ranges(gm, observer):
             src = _alias_source(src) if _role(gm, src) == "alias" else next(a for a in src.args if isinstance(a, fx.Node))
 
 
-def _walk(gm, observer, cfg, input_shape, dry=False, weight_scales=None):
+def _walk(gm, observer, cfg, input_shape, dry=False, weight_scales=None, layer_inputs=None):
     """Every node of the graph handed to its kind (model/ops): the Builder holding the integer graph.
-    dry: the structural walk before calibration; weight_scales: given ones (Builder)."""
-    b = Builder(gm, observer, cfg, input_shape, dry=dry, weight_scales=weight_scales)
+    dry: the structural walk before calibration; weight_scales, layer_inputs: see Builder."""
+    b = Builder(gm, observer, cfg, input_shape, dry=dry, weight_scales=weight_scales, layer_inputs=layer_inputs)
     const = graph_passes.constant_nodes(gm.graph)
     reshaped = set()        # aliases whose C,H,W differ from their op's: only a linear layer reads them (flat)
     logits = _logits_node(gm)
