@@ -104,15 +104,17 @@ static inline const uint8_t *input_of(const Model *m, const Op *op, const uint8_
     return arena + op_input(m, op, k)->offset;
 }
 
+/* Output channel c's K weights unpacked into row (K bytes), in weight_byte's form (core/util.c) */
+void unpack_weight_row(const Model *m, const Op *op, int32_t c, uint8_t *row);
+
 /* Output channel c's K weights as bytes of weight_byte's form: at 8 bits the layer's own (weight.bin as
- * it is), below 8 unpacked into `row` (K bytes of the kind's scratch) */
+ * it is), below 8 unpacked into `row` (K bytes of the kind's scratch; out of line, so that the 8-bit
+ * kernels compile as they did) */
 static inline const uint8_t *weight_row(const Model *m, const Op *op, int32_t c, uint8_t *row)
 {
-    const uint64_t first = (uint64_t)c * (uint64_t)op->k_size;
     if (op->w_bits == 8)
-        return m->weight_raw + (size_t)op->w_offset + (size_t)first;
-    for (int32_t k = 0; k < op->k_size; k++)
-        row[k] = weight_byte(m, op, first + (uint64_t)k);
+        return m->weight_raw + (size_t)op->w_offset + (size_t)c * (size_t)op->k_size;
+    unpack_weight_row(m, op, c, row);
     return row;
 }
 

@@ -164,3 +164,10 @@ void printable(char *dst, size_t cap, const char *src, size_t n)
         dst[i] = src[i] >= 0x20 && src[i] < 0x7f ? src[i] : '?';
     dst[i] = 0;
 }
+
+void unpack_weight_row(const Model *m, const Op *op, int32_t c, uint8_t *row)
+{
+    const uint64_t first = (uint64_t)c * (uint64_t)op->k_size;
+    for (int32_t k = 0; k < op->k_size; k++)
+        row[k] = weight_byte(m, op, first + (uint64_t)k);
+}
