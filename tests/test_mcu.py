@@ -3,9 +3,9 @@
 - the core compiled alone references no heap, stdio, file or OS function (host gcc always;
   arm-none-eabi-gcc for Cortex-M4, the issue's acceptance command, with the toolchain);
 - EXPORT_MODE=c: the arena its header defines is the C engine's memory plan, on every random
-  graph of tests/random_models.py and on LeNet; the arrays are the bin export's bytes; compiled
-  with the core on the host (c/mcu/host_check.c), it equals the file-based engine on the whole
-  LeNet test set (the shipped CIFAR models: tests/test_shipped_models.py, 500 images each);
+  graph of tests/random_models.py at 8 and 4 bits and on LeNet; the arrays are the bin export's
+  bytes; compiled with the core on the host (c/mcu/host_check.c), it equals the file-based engine
+  on the whole LeNet test set (the shipped CIFAR models: tests/test_shipped_models.py, 500 images each);
 - make -C c mcu-test: LeNet's export and 8 MNIST images in a bare-metal firmware, run by
   qemu-system-arm (MPS2 AN386, semihosting): its logits equal the numpy engine's, and it fits
   16 KB of RAM, and results/firmware_lenet.json holds this build's sizes (docs/deploy.md);
@@ -77,10 +77,11 @@ def c_arena(engine, folder, model, images):
     return int(re.search(r"(\d+) bytes of activations", proc.stdout).group(1))
 
 
+@pytest.mark.parametrize("weight_bits", [8, 4])       # below 8 bits the reference kernels unpack a weight row
 @pytest.mark.parametrize("arch", list(ARCHS))
-def test_the_exported_arena_is_the_engines_plan(engine, tmp_path, arch):
+def test_the_exported_arena_is_the_engines_plan(engine, tmp_path, arch, weight_bits):
     import numpy as np
-    state, quant, images = random_quantized(arch, "per_channel", seed=4, n_test=1)
+    state, quant, images = random_quantized(arch, "per_channel", seed=4, n_test=1, weight_bits=weight_bits)
     write_export(state, quant, str(tmp_path), "bin")
     np.save(tmp_path / "x.npy", images.numpy())
     model = quant[0]["model"]
