@@ -349,6 +349,14 @@ def main():
     if not fractions:
         return
 
+    write_frontier(paths, fractions, layers, sensitivity, fixed, w8, measure,
+                   {"model": name, "images": len(images), "calib_images": len(calib),
+                    "weight_method": cfg.weight_method, "float_accuracy": float_accuracy, "w8_bytes": w8["bytes"]})
+
+
+def write_frontier(paths, fractions, layers, sensitivity, fixed, w8, measure, result):
+    """The accuracy-size frontier: uniform widths and the search at each fraction of the W8 bytes, each
+    quantized and run through measure(**widths); JSON (`result` plus the points) and PNG at paths."""
     byte_front = pareto_front(layers, sensitivity, "bytes")
     uniform = []
     for bits in tqdm(CANDIDATE_BITS, desc="uniform", leave=False):
@@ -363,8 +371,7 @@ def main():
         measured, _ = measure(bits=bits)
         searched.append({"fraction_of_w8": fraction, "budget_bytes": budget_bytes, **measured, "summed_kl": found[1],
                          "bits": found[2]})
-    result = {"model": name, "images": len(images), "calib_images": len(calib), "weight_method": cfg.weight_method,
-              "float_accuracy": float_accuracy, "w8_bytes": w8["bytes"], "uniform": uniform, "searched": searched}
+    result = {**result, "uniform": uniform, "searched": searched}
     write_json(paths["frontier.json"], result)
     plot_frontier(result, paths["frontier.png"])
     for p in uniform + searched:

@@ -189,7 +189,7 @@ def arena_bytes(quant_list):
     """The bytes of the C engine's arena (c/fpgai.c plan_memory), by the same rule: op i's tensor
     goes to the smallest free slot that fits, else the largest free one (grown), else a new slot;
     a slot is free once every reader of its tensor has run; the last op's tensor stays live; then,
-    4-byte aligned, the reference conv's int32 accumulator row (the widest conv output row)."""
+    4-byte aligned, the most scratch a reference kernel asks for (scratch_bytes)."""
     n = len(quant_list)
     last_use = last_readers([op["inputs"] for op in quant_list])
     last_use[-1] = n
@@ -210,8 +210,18 @@ def arena_bytes(quant_list):
             holder.append(i)
         sizes[best] = max(sizes[best], need)
         holder[best] = i
-    row = max((4 * op["shape"][2] for op in quant_list if op["op"] == "conv"), default=0)
-    return (sum(sizes) + 3) // 4 * 4 + row
+    return (sum(sizes) + 3) // 4 * 4 + max(scratch_bytes(op, quant_list) for op in quant_list)
+
+
+def scratch_bytes(op, quant_list):
+    """The scratch the C engine's reference kernel of op asks for (KIND_scratch in c/ops/conv.c and
+    linear.c): a conv's row of int32 accumulators (its output row) and, below 8 bits, one output
+    channel's K weights unpacked (conv and linear)."""
+    if not KINDS[op["op"]].weighted:
+        return 0
+    row = 4 * op["shape"][2] if op["op"] == "conv" else 0
+    unpacked = weight_count(op, quant_list[op["inputs"][0]]) // op["shape"][0] if op["weight_bits"] < 8 else 0
+    return row + unpacked
 
 
 def _c_array(name, data):
