@@ -56,6 +56,7 @@ BITS = ""
 WEIGHT_METHOD = "auto"
 BIAS_CORRECTION = "auto"
 QAT_EPOCHS = 0
+QAT_LR = 0.01
 
 # --- stage 3: testing (the four columns of the original) ----------------------
 RAW_TEST = True
@@ -129,6 +130,8 @@ OPTIONS = {
     "BIAS_CORRECTION": (_TUPLE, "subtract the mean output shift the weight rounding causes from the bias: on, off, "
                                 "or auto (on below 8 bits)"),
     "QAT_EPOCHS": (_TUPLE, "epochs of quantization-aware fine-tuning after the post-training methods (0 = none)"),
+    "QAT_LR": (_TUPLE, "the fine-tuning's peak learning rate (SGD, momentum 0.9, cosine to 0): 0.01 suits LeNet, "
+                       "about 0.001 the CIFAR-10 networks"),
     "RAW_TEST": ((_TEST,), "the raw column: the float model"),
     "QUANT_TEST": ((_TEST,), "the quant column: the torch integer model"),
     "NP_QUANT_TEST": ((_TEST,), "the np quant column: the numpy integer model (the written-down spec)"),
@@ -160,6 +163,7 @@ RANGES = {
     "WEIGHT_BITS": (2, 8),
     "ACT_BITS": (4, 8),
     "QAT_EPOCHS": (0, 1000),
+    "QAT_LR": (1e-6, 1.0),
     "EPOCHS": (0, 10000),
     "BATCH_SIZE": (0, 65536),
     "VAL_IMAGES": (1, 50000),

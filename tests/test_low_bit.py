@@ -12,7 +12,7 @@ import torch
 
 from model.engines.np_engine import NumpyIntegerModel
 from model.engines.torch_engine import TorchIntegerModel
-from model.formats.export_format import (HEADER_BYTES, crc32, export_paths, pack_weights, packed_bytes,
+from model.formats.export_format import (HEADER_BYTES, ExportFormatError, crc32, export_paths, pack_weights, packed_bytes,
                                          read_bins, read_model_bin, read_weight_txt, unpack_weights, write_export)
 from model.formats.tuple_check import tuple_problem
 from model.ops import KINDS, weighted_ops
@@ -131,6 +131,27 @@ def test_export_packs_and_reads_back(mode, tmp_path):
     header, ops = read_model_bin(paths["model.bin"])
     assert header["version"] == 4
     assert [op["weight_bits"] for op in ops if KINDS[op["op"]].weighted] == [op["weight_bits"] for op in layers]
+
+
+def test_read_bins_refuses_set_padding_bits(tmp_path):
+    """The bits after a layer's last weight are zero (the C loader refuses them too): a file with one
+    set is refused, naming the file and the layer."""
+    state, quant_list, _ = random_quantized("activations", "per_channel", 0, weight_bits=3)
+    write_export(state, quant_list, tmp_path, "bin")
+    paths = export_paths(tmp_path, quant_list[0]["model"])
+    end = 0
+    for op in weighted_ops(quant_list):
+        count = state[op["name"] + ".weight"].numel()
+        end += packed_bytes(count, 3)
+        if count * 3 % 8:
+            break
+    else:
+        pytest.fail("no layer of activations leaves padding bits at 3 bits")
+    data = bytearray(open(paths["weight.bin"], "rb").read())
+    data[end - 1] |= 0x80
+    open(paths["weight.bin"], "wb").write(bytes(data))
+    with pytest.raises(ExportFormatError, match=f"{op['name']}: the padding bits .* are not zero"):
+        read_bins(paths["weight.bin"], paths["bias.bin"], quant_list)
 
 
 def v3_model_bin(data):

@@ -84,7 +84,10 @@ def unpack_weights(data, count, bits, signed):
     need = packed_bytes(count, bits)
     if len(data) < need:
         raise ExportFormatError(f"{len(data)} bytes hold fewer than {count} weights of {bits} bits ({need} bytes)")
-    bit_string = np.unpackbits(np.frombuffer(data[:need], dtype=np.uint8), bitorder="little")[:count * bits]
+    bit_string = np.unpackbits(np.frombuffer(data[:need], dtype=np.uint8), bitorder="little")
+    if bit_string[count * bits:].any():
+        raise ExportFormatError(f"the padding bits after the last of {count} weights of {bits} bits are not zero")
+    bit_string = bit_string[:count * bits]
     v = (bit_string.reshape(count, bits).astype(np.int64) << np.arange(bits)).sum(axis=1)
     return np.where(v >= 1 << (bits - 1), v - (1 << bits), v) if signed else v
 
@@ -401,6 +404,9 @@ def read_bins(weight_path, bias_path, quant_list):
     for op in weighted_ops(quant_list):
         count = weight_count(op, quant_list[op["inputs"][0]])
         size = packed_bytes(count, op["weight_bits"])
-        weights.append(unpack_weights(data[pos:pos + size], count, op["weight_bits"], signed))
+        try:
+            weights.append(unpack_weights(data[pos:pos + size], count, op["weight_bits"], signed))
+        except ExportFormatError as err:
+            raise ExportFormatError(f"{weight_path}: layer {op['name']}: {err}") from None
         pos += size
     return np.concatenate(weights), np.fromfile(bias_path, dtype="<i4")

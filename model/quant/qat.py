@@ -31,8 +31,7 @@ from model.ops.conv import ZeroPaddedConv
 from model.training import SINGLE_CPU, Processes, augment, to_float
 
 STATE_KIND = "fpgai-qat-state"
-LR = 0.01               # SGD with momentum, cosine to 0: a fine-tuning, the post-training result is close
-MOMENTUM = 0.9
+MOMENTUM = 0.9          # SGD from cfg.qat_lr, cosine to 0: a fine-tuning, the post-training result is close
 MIN_STEP = 1e-12        # a step the gradient pushed to 0 or below would divide by zero
 
 
@@ -169,7 +168,7 @@ def _settings(data, cfg, fingerprint, steps_per_epoch):
     digest.update(data.labels.numpy().astype(np.int64).tobytes())
     return {"fingerprint": fingerprint, "epochs": cfg.qat_epochs, "images_sha256": digest.hexdigest(),
             "augment": [data.augment_pad, data.augment_flip], "batch_size": data.batch_size,
-            "steps_per_epoch": steps_per_epoch, "lr": LR, "processes": data.procs.world}
+            "steps_per_epoch": steps_per_epoch, "lr": cfg.qat_lr, "processes": data.procs.world}
 
 
 def _train(gm, data, cfg, fingerprint):
@@ -180,7 +179,7 @@ def _train(gm, data, cfg, fingerprint):
     net = nn.parallel.DistributedDataParallel(gm, device_ids=[procs.device.index] if procs.use_cuda else None) \
         if procs.distributed else gm
     steps_per_epoch = math.ceil(len(data.images) / (data.batch_size * procs.world))
-    opt = torch.optim.SGD([p for p in gm.parameters() if p.requires_grad], lr=LR, momentum=MOMENTUM)
+    opt = torch.optim.SGD([p for p in gm.parameters() if p.requires_grad], lr=cfg.qat_lr, momentum=MOMENTUM)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps_per_epoch)
     settings = _settings(data, cfg, fingerprint, steps_per_epoch)
     start = _resume(data.state_path, cfg.model, settings, gm, opt, sched, procs)
