@@ -20,7 +20,6 @@ training set with seed 0, the first --calib_images; the test images the first --
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 import types
@@ -33,19 +32,9 @@ import torch  # noqa: E402
 import config  # noqa: E402
 import model as models  # noqa: E402
 from data import datasets  # noqa: E402
+from tools.machine import cpu  # noqa: E402
 
 MODELS = ("resnet18", "vgg13", "mobilenet_v2")
-
-
-def cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def load_model(name):
@@ -126,7 +115,7 @@ def main():
     calib = train_x[pick]
     n = min(args.limit or len(test_x), len(test_x))
     test_x, test_y = test_x[:n], test_y[:n]
-    env = {"brevitas": brevitas.__version__, "torch": torch.__version__, "cpu": cpu_name(),
+    env = {"brevitas": brevitas.__version__, "torch": torch.__version__, "cpu": cpu(),
            "threads": torch.get_num_threads()}
 
     rows = []

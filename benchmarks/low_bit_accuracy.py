@@ -1,0 +1,98 @@
+"""Low-bit accuracy on the full test set (issue 27's done-when table): for each model and width,
+quant_model.py with its default post-training methods, then test_model.py's float, numpy and C
+columns on every test image; test_model.py fails the run if C and numpy differ on any image.
+
+    python benchmarks/low_bit_accuracy.py                       # resnet18, mobilenet_v2, vgg13 x W4A8, W3A8
+    python benchmarks/low_bit_accuracy.py --models=vgg13 --widths=4/4,2/8
+
+Each (model, width) writes results/low_bit/{model}_w{W}a{A}.json: the settings, the CPU and
+test_model.py's report. A result already there is kept (the run resumes where it stopped) unless
+--overwrite. The calibration images are the 512 that benchmarks/peer_ptq.py gives Brevitas, so the two
+tables in docs/results.md compare the same work. The tuples go to a scratch folder (--work_dir).
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from model.fileio import atomic_open  # noqa: E402
+from tools.machine import cpu  # noqa: E402
+
+MODELS = ("resnet18", "mobilenet_v2", "vgg13")
+WIDTHS = ("4/8", "3/8")
+CALIB_IMAGES = 512
+
+
+def parse_widths(text):
+    """'4/8,3/8' -> [(4, 8), (3, 8)]: weight bits / activation bits."""
+    try:
+        pairs = [tuple(int(v) for v in item.split("/")) for item in text.split(",")]
+    except ValueError:
+        pairs = [()]
+    if any(len(p) != 2 for p in pairs):
+        raise argparse.ArgumentTypeError(f"--widths={text}: expected W/A pairs such as 4/8,3/8")
+    return pairs
+
+
+def run(cmd, log):
+    """Run one stage, its output to log; exit with the log's tail when it fails."""
+    with open(log, "w") as f:
+        proc = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
+    if proc.returncode != 0:
+        sys.exit(f"error: {' '.join(cmd)} failed (exit {proc.returncode}):\n" + open(log).read()[-3000:])
+
+
+def measure(model, weight_bits, act_bits, args, work):
+    quant_dir = os.path.join(work, f"{model}_w{weight_bits}a{act_bits}")
+    os.makedirs(quant_dir, exist_ok=True)
+    settings = [f"--model={model}", f"--quant_dir={quant_dir}", f"--threads={args.threads}"]
+    widths = [f"--weight_bits={weight_bits}", f"--act_bits={act_bits}", f"--calib_images={CALIB_IMAGES}"]
+    t0 = time.perf_counter()
+    run([sys.executable, "quant_model.py", *settings, *widths], os.path.join(quant_dir, "quant.log"))
+    quantize_seconds = time.perf_counter() - t0
+    report = os.path.join(quant_dir, "test.json")
+    run([sys.executable, "test_model.py", *settings, "--columns=raw,np,c", f"--limit={args.limit}",
+         f"--json={report}"], os.path.join(quant_dir, "test.log"))
+    with open(report) as f:
+        test = json.load(f)
+    return {"model": model, "weight_bits": weight_bits, "act_bits": act_bits,
+            "weight_method": "auto (gptq + bias correction below 8 bits)", "calib_images": CALIB_IMAGES,
+            "command": " ".join(["quant_model.py", *settings[:1], *widths]), "seconds_quantize": round(quantize_seconds, 1),
+            "cpu": cpu(), "test": test}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default=",".join(MODELS), help="comma-separated built-in models")
+    parser.add_argument("--widths", type=parse_widths, default=parse_widths(",".join(WIDTHS)),
+                        help="weight/activation bits, comma-separated (default 4/8,3/8)")
+    parser.add_argument("--limit", type=int, default=10000, help="test images (default: the whole test set)")
+    parser.add_argument("--threads", type=int, default=0, help="passed to the stages (0 = every CPU)")
+    parser.add_argument("--out_dir", default=os.path.join(ROOT, "results", "low_bit"))
+    parser.add_argument("--work_dir", default="", help="where the tuples go (default: a temporary folder)")
+    parser.add_argument("--overwrite", action="store_true", help="measure again what --out_dir already holds")
+    args = parser.parse_args(argv)
+    os.makedirs(args.out_dir, exist_ok=True)
+    work = args.work_dir or tempfile.mkdtemp(prefix="fpgai_low_bit_")
+    for model in args.models.split(","):
+        for weight_bits, act_bits in args.widths:
+            out = os.path.join(args.out_dir, f"{model}_w{weight_bits}a{act_bits}.json")
+            if os.path.exists(out) and not args.overwrite:
+                print(f"{out}: kept (--overwrite measures it again)")
+                continue
+            result = measure(model, weight_bits, act_bits, args, work)
+            with atomic_open(out, "w") as f:
+                json.dump(result, f, indent=1)
+            acc = result["test"]["accuracy"]
+            print(f"{model} W{weight_bits}A{act_bits}: float {acc['raw'] * 100:.2f}%, numpy {acc['np_quant'] * 100:.2f}%, "
+                  f"C {acc['c_int8'] * 100:.2f}% on {result['test']['images']} images -> {out}")
+
+
+if __name__ == "__main__":
+    main()
