@@ -9,7 +9,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 MODEL ?= lenet
 
-.PHONY: demo demo-train test test-fast test-models venv c bench vnni-peak amx-peak clean-venv
+.PHONY: demo demo-train test test-fast test-models venv c bench vnni-peak amx-peak avx2-peak clean-venv
 
 venv: $(VENV)/.installed
 
@@ -75,6 +75,12 @@ vnni-peak:
 	mkdir -p build
 	$(CC) -O2 -march=native -Wall -Wextra -o build/vnni_peak benchmarks/vnni_peak.c
 	./build/vnni_peak
+
+# one core's AVX2 ceilings, the u8-pair (vpmaddubsw) and int16 (vpmaddwd) steps of the C engine's avx2 build
+avx2-peak:
+	mkdir -p build
+	$(CC) -O2 -mavx2 -Wall -Wextra -o build/avx2_peak benchmarks/avx2_peak.c
+	./build/avx2_peak
 
 # one core's AMX-INT8 ceiling (tdpbusd): what the C engine's AMX build reads against
 amx-peak:

@@ -21,7 +21,8 @@ engine once a round), each time over enough passes of the --images test images t
 --min_seconds, and the fastest counts; so are the forced-ISA rows.  Prints the
 images/s of each engine in each cell, the ratio C / the best peer of each cell, each engine's
 accuracy, C's peak resident memory and the GMAC/s it reaches (its share of one core's peak where
-the best build is avx512, `make vnni-peak`, or amx, `make amx-peak`); --json PATH writes it all.
+the best build is avx512, `make vnni-peak`, amx, `make amx-peak`, or avx2, `make avx2-peak`: its
+u8-pair step below 8-bit weights, its int16 step at 8); --json PATH writes it all.
 Usage: `make bench MODEL=lenet`, or:
   .venv/bin/python benchmarks/bench_inference.py --model=lenet --json=bench.json
 """
@@ -44,8 +45,9 @@ sys.path.insert(0, ROOT)
 import config  # noqa: E402
 import model as models  # noqa: E402
 from data import datasets  # noqa: E402
-from model.formats.export_format import write_export  # noqa: E402
+from model.formats.export_format import packed_bytes, write_export  # noqa: E402
 from model.fileio import ModelFileError, atomic_open  # noqa: E402
+from model.ops import weighted_ops  # noqa: E402
 from model.quant.quantize import build_integer_graph  # noqa: E402
 from tools.machine import cpu  # noqa: E402
 
@@ -241,15 +243,17 @@ def run_c(model_name, folder, images, batch, threads, extra=(), binary=None):
     return run
 
 
-PEAKS = {"avx512": "vnni-peak", "amx": "amx-peak"}     # the make target that measures each build's ceiling
+PEAKS = {"avx512": "vnni-peak", "amx": "amx-peak", "avx2": "avx2-peak"}   # the make target of each build's ceiling
 
 
-def peak_gmac_per_s(isa):
-    """One core's int8 ceiling of build isa (PEAKS), or None where there is none or the CPU or compiler lacks it."""
+def peak_gmac_per_s(isa, weight_bits):
+    """One core's int8 ceiling of build isa (PEAKS), or None where there is none or the CPU or compiler lacks it.
+    avx2 has two: the u8-pair step that takes layers of at most 7-bit weights, and the int16 one of 8 bits."""
     if isa not in PEAKS:
         return None
     proc = subprocess.run(["make", "-s", "-C", ROOT, PEAKS[isa]], capture_output=True, text=True)
-    m = re.search(r"= ([0-9.]+) GMAC/s", proc.stdout)
+    step = ("u8 pairs" if weight_bits <= 7 else "s16") if isa == "avx2" else ""
+    m = re.search(rf"^{step}.*?([0-9.]+) GMAC/s", proc.stdout, re.M)
     return float(m.group(1)) if proc.returncode == 0 and m else None
 
 
@@ -367,14 +371,14 @@ def time_c_and_peers(cfg, net, header, calib_u8, x_u8, y, result):
 
 def c_figures(state, quant_list, result, best_isa):
     """C's memory budget, GMAC per image, GMAC/s at batch 1 on one thread and the peak of its best build."""
-    weight_bytes = sum(state[op["name"] + ".weight"].numel() + 4 * state[op["name"] + ".bias"].numel()
-                       for op in quant_list if op["op"] in ("conv", "linear"))
+    weight_bytes = sum(packed_bytes(state[op["name"] + ".weight"].numel(), op["weight_bits"])
+                       + 4 * state[op["name"] + ".bias"].numel() for op in weighted_ops(quant_list))
     activations = sorted((int(np.prod(op["shape"])) for op in quant_list), reverse=True)
     result["c_memory_budget_mb"] = (2 * (weight_bytes + sum(activations[:2])) + 8 * 2 ** 20) / 2 ** 20
     result["gmac_per_image"] = conv_kernel_macs(state, quant_list) / 1e9
     result["c_gmac_per_s"] = result["gmac_per_image"] * result[cell_name(1, 1)]["images_per_s"]["c_int8"]
     # the batch-1 cell runs the best build: its share of that build's peak
-    result["peak_gmac_per_s"] = peak_gmac_per_s(best_isa)
+    result["peak_gmac_per_s"] = peak_gmac_per_s(best_isa, max(op["weight_bits"] for op in weighted_ops(quant_list)))
 
 
 def print_isas_and_avx2(result, accuracy):
