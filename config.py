@@ -141,8 +141,9 @@ OPTIONS = {
     "TEST_BATCH": ((_TEST,), "images per engine call: small batches keep the int64 activations in cache "
                              "(2-5x faster than 500 on MobileNetV2, a fraction of the memory)"),
     "EXPORT_MODE": ((_EXPORT,), "which files to write: txt (weight.txt), bin (weight.bin + bias.bin), both, c "
-                                "(model.h / model.c: the sealed files as const arrays for firmware), or onnx "
-                                "(model.onnx: the integer graph for ONNX Runtime and Netron)"),
+                                "(model.h / model.c: the sealed files as const arrays for firmware), onnx "
+                                "(model.onnx: the integer graph for ONNX Runtime and Netron), or rtl ({model}_rtl/: the "
+                                "RTL engine's program and memory images, docs/fpga.md)"),
 }
 
 CHOICES = {
@@ -152,7 +153,7 @@ CHOICES = {
     "CALIB_METHOD": ("minmax", "percentile"),
     "WEIGHT_METHOD": ("auto", "rtn", "mse", "gptq"),
     "BIAS_CORRECTION": ("auto", "on", "off"),
-    "EXPORT_MODE": ("txt", "bin", "both", "c", "onnx"),
+    "EXPORT_MODE": ("txt", "bin", "both", "c", "onnx", "rtl"),
     "DEVICE": ("auto", "cpu", "cuda"),
     "AMP": ("auto", "bf16", "off"),
 }

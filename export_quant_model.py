@@ -15,6 +15,7 @@ import torch
 import config
 from data import datasets
 from model import report, work
+from model.formats import rtl_export
 from model.formats.export_format import export_targets, write_export
 from model.fileio import (ModelFileError, WriteError, check_not_tracked, check_output_file, check_space, check_writable,
                           error_line, stage_main)
@@ -48,6 +49,14 @@ def write_report(cfg, state, quant_list):
         print(f"wrote {path}")
 
 
+def write_rtl(cfg, state, quant_list):
+    """--export_mode=rtl: the RTL engine's files, with testbench images of a built-in dataset."""
+    head = quant_list[0]
+    images = (datasets.load(head["dataset"], "test", cfg.data_dir, cfg.mirror_dir)[0]
+              if head["dataset"] in ("mnist", "cifar10") else None)
+    return rtl_export.write_export(state, quant_list, cfg.export_dir, images)
+
+
 @stage_main
 def main():
     cfg = config.load_or_exit(extra={"report": ("", "also write the per-layer report (MACs, bytes, accumulator "
@@ -65,8 +74,12 @@ def main():
         state, quant_list = load_quant(cfg)
         work.set_max_work(cfg.max_work)
         work.check(quant_list)          # no model.bin that the engines would refuse
-        check_not_tracked(export_targets(cfg.export_dir, quant_list[0]["model"], cfg.export_mode), cfg.overwrite,
-                          "--export_dir=DIR")
+        rtl = cfg.export_mode == "rtl"
+        if rtl:
+            rtl_export.check(quant_list)    # one line naming the first op the RTL engine cannot run
+        check_not_tracked((rtl_export.targets if rtl else export_targets)(cfg.export_dir, quant_list[0]["model"],
+                                                                          *() if rtl else (cfg.export_mode,)),
+                          cfg.overwrite, "--export_dir=DIR")
         # weight.txt writes a weight in up to 5 characters, the bins and the C arrays in 1 to 6
         check_space(cfg.export_dir, 8 * sum(t.numel() for t in state.values()) + 2 ** 20, "--export_dir")
     except (ModelFileError, WriteError) as err:
@@ -78,7 +91,8 @@ def main():
         print(f"{op['name'][:24]:<24} {op['op']:<7} {bound:>12} {bound / ACC_LIMIT:>8.2%}")
         if bound > ACC_LIMIT:
             sys.exit(f"error: {op['name']}: worst-case accumulator {bound} exceeds int32 ({ACC_LIMIT})")
-    for path in write_export(state, quant_list, cfg.export_dir, cfg.export_mode):
+    for path in (write_rtl(cfg, state, quant_list) if rtl else
+                 write_export(state, quant_list, cfg.export_dir, cfg.export_mode)):
         print(f"wrote {path}")
     if cfg.report:
         try:

@@ -1,0 +1,115 @@
+// sim_main.cpp -- the Verilator testbench of engine.v (make -C c rtl-sim):
+//   engine_sim MODEL_DIR IMAGES N LOGITS
+// MODEL_DIR: the export's {model}_rtl folder (params.vh, weights.hex, the memory images engine.v reads
+// from the working directory); IMAGES: N images of IN_SIZE uint8 pixels, raw.  Loads the weights once,
+// streams each image in a pixel a cycle, collects OUT_SIZE bytes, and writes them to LOGITS in the
+// --logits format (docs/contract.md).  Prints the cycles an image takes, from its first pixel to its
+// last output byte.
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+#include <unistd.h>
+#include "Vfpgai_engine.h"
+#include "verilated.h"
+
+static Vfpgai_engine *dut;
+static unsigned long long cycles;
+
+static void tick() {
+    dut->clk = 0;
+    dut->eval();
+    dut->clk = 1;
+    dut->eval();
+    cycles++;
+}
+
+static long param(const char *name) {
+    FILE *f = fopen("params.vh", "r");
+    char line[256], key[64];
+    long value;
+    if (!f) { perror("params.vh"); exit(2); }
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "localparam %63s = %ld;", key, &value) == 2 && !strcmp(key, name)) { fclose(f); return value; }
+    fprintf(stderr, "rtl-sim: params.vh has no %s\n", name);
+    exit(2);
+}
+
+static void load_weights(int p) {
+    FILE *f = fopen("weights.hex", "r");
+    char line[64];
+    if (!f) { perror("weights.hex"); exit(2); }
+    dut->wload = 1;
+    while (fgets(line, sizeof line, f) && strlen(line) >= (size_t)(2 * p))
+        for (int l = 0; l < p; l++) {                 // lane 0 (the lowest byte, last on the line) first
+            char hex[3] = {line[2 * (p - 1 - l)], line[2 * (p - 1 - l) + 1], 0};
+            dut->s_valid = 1;
+            dut->s_data = (unsigned char)strtoul(hex, nullptr, 16);
+            tick();
+        }
+    fclose(f);
+    dut->s_valid = 0;
+    dut->wload = 0;
+    tick();
+}
+
+// one image in, its outputs out; false if the engine never answers
+static bool run_image(const unsigned char *pixels, long in_size, unsigned char *out, long out_size) {
+    long sent = 0, got = 0;
+    for (long guard = 0; got < out_size; guard++) {
+        if (guard > 100000000L) return false;
+        dut->s_valid = sent < in_size;
+        dut->s_data = sent < in_size ? pixels[sent] : 0;
+        bool take = dut->s_valid && dut->s_ready;
+        dut->clk = 0;
+        dut->eval();
+        if (dut->m_valid) out[got++] = dut->m_data;
+        dut->clk = 1;
+        dut->eval();
+        cycles++;
+        sent += take;
+    }
+    dut->s_valid = 0;
+    return true;
+}
+
+int main(int argc, char **argv) {
+    if (argc != 5) { fprintf(stderr, "usage: engine_sim MODEL_DIR IMAGES N LOGITS\n"); return 2; }
+    std::string images_path = argv[2][0] == '/' ? argv[2] : std::string(getcwd(nullptr, 0)) + "/" + argv[2];
+    std::string logits_path = argv[4][0] == '/' ? argv[4] : std::string(getcwd(nullptr, 0)) + "/" + argv[4];
+    long n = atol(argv[3]);
+    if (chdir(argv[1]) != 0) { perror(argv[1]); return 2; }
+    long p = param("P"), in_size = param("IN_SIZE"), out_size = param("OUT_SIZE");
+    std::vector<unsigned char> images(n * in_size), out(out_size);
+    FILE *fi = fopen(images_path.c_str(), "rb");
+    if (!fi || fread(images.data(), 1, images.size(), fi) != images.size()) {
+        fprintf(stderr, "rtl-sim: %s: cannot read %ld images of %ld bytes\n", images_path.c_str(), n, in_size);
+        return 2;
+    }
+    fclose(fi);
+    Verilated::commandArgs(argc, argv);
+    dut = new Vfpgai_engine;
+    dut->rst = 1;
+    tick();
+    tick();
+    dut->rst = 0;
+    load_weights((int)p);
+    FILE *fo = fopen(logits_path.c_str(), "w");
+    if (!fo) { perror(logits_path.c_str()); return 2; }
+    unsigned long long total = 0;
+    for (long i = 0; i < n; i++) {
+        unsigned long long start = cycles;
+        if (!run_image(&images[i * in_size], in_size, out.data(), out_size)) {
+            fprintf(stderr, "rtl-sim: image %ld: no output\n", i);
+            return 1;
+        }
+        total += cycles - start;
+        for (long k = 0; k < out_size; k++) fprintf(fo, k ? ",%u" : "%u", out[k]);
+        fputc('\n', fo);
+    }
+    fclose(fo);
+    printf("rtl-sim: %ld images, %llu cycles per image\n", n, n ? total / n : 0);
+    delete dut;
+    return 0;
+}
