@@ -431,7 +431,7 @@ def main():
     calib_u8, x_u8, y = load_images(cfg, spec)
     torch.set_num_threads(1)
 
-    result = {"model": cfg.model, "images": len(x_u8), "calibration_images": len(calib_u8),
+    result = {"model": cfg.model, "images": len(x_u8), "calibration_images": len(calib_u8), "weight_bits": cfg.weight_bits,
               "weights": "random" if cfg.random_weights else "checkpoint"}
     timed = time_c_and_peers(cfg, net, header, calib_u8, x_u8, y, result)
     if cfg.torch_avx2:

@@ -48,8 +48,7 @@ def run(cmd, log):
         sys.exit(f"error: {' '.join(cmd)} failed (exit {proc.returncode}):\n" + open(log).read()[-3000:])
 
 
-def measure(model, weight_bits, act_bits, args, work):
-    quant_dir = os.path.join(work, f"{model}_w{weight_bits}a{act_bits}")
+def measure(model, weight_bits, act_bits, quant_dir, args):
     os.makedirs(quant_dir, exist_ok=True)
     settings = [f"--model={model}", f"--quant_dir={quant_dir}", f"--threads={args.threads}"]
     widths = [f"--weight_bits={weight_bits}", f"--act_bits={act_bits}", f"--calib_images={CALIB_IMAGES}"]
@@ -61,10 +60,21 @@ def measure(model, weight_bits, act_bits, args, work):
          f"--json={report}"], os.path.join(quant_dir, "test.log"))
     with open(report) as f:
         test = json.load(f)
-    return {"model": model, "weight_bits": weight_bits, "act_bits": act_bits,
+    return {"peer_work": peer_work(model, quant_dir, args), "model": model, "weight_bits": weight_bits, "act_bits": act_bits,
             "weight_method": "auto (gptq + bias correction below 8 bits)", "calib_images": CALIB_IMAGES,
             "command": " ".join(["quant_model.py", *settings[:1], *widths]), "seconds_quantize": round(quantize_seconds, 1),
             "cpu": cpu(), "test": test}
+
+
+def peer_work(model, quant_dir, args):
+    """The C engine's accuracy on the first --peer_images test images, the ones the peer's table is
+    measured on (C equals numpy on every image: checked on the whole test set)."""
+    report = os.path.join(quant_dir, "peer_work.json")
+    run([sys.executable, "test_model.py", f"--model={model}", f"--quant_dir={quant_dir}", f"--threads={args.threads}",
+         "--columns=raw,c", f"--limit={args.peer_images}", f"--json={report}"], os.path.join(quant_dir, "peer_work.log"))
+    with open(report) as f:
+        test = json.load(f)
+    return {"images": test["images"], "float": test["accuracy"]["raw"], "c_int8": test["accuracy"]["c_int8"]}
 
 
 def main(argv=None):
@@ -73,6 +83,8 @@ def main(argv=None):
     parser.add_argument("--widths", type=parse_widths, default=parse_widths(",".join(WIDTHS)),
                         help="weight/activation bits, comma-separated (default 4/8,3/8)")
     parser.add_argument("--limit", type=int, default=10000, help="test images (default: the whole test set)")
+    parser.add_argument("--peer_images", type=int, default=2000,
+                        help="also the accuracy on the first N test images, the peer table's (default 2000)")
     parser.add_argument("--threads", type=int, default=0, help="passed to the stages (0 = every CPU)")
     parser.add_argument("--out_dir", default=os.path.join(ROOT, "results", "low_bit"))
     parser.add_argument("--work_dir", default="", help="where the tuples go (default: a temporary folder)")
@@ -86,7 +98,7 @@ def main(argv=None):
             if os.path.exists(out) and not args.overwrite:
                 print(f"{out}: kept (--overwrite measures it again)")
                 continue
-            result = measure(model, weight_bits, act_bits, args, work)
+            result = measure(model, weight_bits, act_bits, os.path.join(work, f"{model}_w{weight_bits}a{act_bits}"), args)
             with atomic_open(out, "w") as f:
                 json.dump(result, f, indent=1)
             acc = result["test"]["accuracy"]

@@ -41,6 +41,8 @@ COLUMNS = (("raw", "raw"), ("quant", "quant"), ("np_quant", "np quant"), ("c_int
 CELLS = (("batch1_threads1", "b1, 1 thread"), ("batch1_threads2", "b1, 2 threads"),
          ("batch32_threads1", "b32, 1 thread"), ("batch32_threads2", "b32, 2 threads"))
 TIMINGS = "results/timings.json"
+BENCH = "benchmarks/results"                 # make bench's files; BENCH_W7 the same at 7-bit weights
+BENCH_W7 = "benchmarks/results/w7"
 BLOCK = re.compile(r"^<!-- table:([a-z0-9_]+) -->\n(.*?)^<!-- /table -->$", re.M | re.S)
 INLINE = re.compile(r"<!-- fig:([a-z0-9_]+) -->(.*?)<!-- /fig -->")
 
@@ -92,11 +94,11 @@ class Results:
     def layer_report(self, model, mode):
         return self.json(f"results/reports/{model}_{mode}.json", required=False)
 
-    def bench(self, model):
-        return self.json(f"benchmarks/results/{model}.json")
+    def bench(self, model, folder=BENCH):
+        return self.json(f"{folder}/{model}.json")
 
-    def bench_models(self):
-        return self.models("benchmarks/results/{m}.json")
+    def bench_models(self, folder=BENCH):
+        return self.models(folder + "/{m}.json")
 
     def checkpoint_header(self, model):
         rel = f"pretrained/{model}_raw.pth"
@@ -197,6 +199,55 @@ def t_test_seconds(r):
     return table(("model", "images", *(t for _, t in COLUMNS), "C INT8 images/s"), rows)
 
 
+def low_bit_results(r):
+    """{(model, weight bits, act bits): results/low_bit/{model}_w{W}a{A}.json}, shipped models first."""
+    found = {}
+    for path in glob.glob(r.path("results/low_bit/*.json")):
+        d = r.json(os.path.relpath(path, r.root).replace(os.sep, "/"))
+        found[(d["model"], d["weight_bits"], d["act_bits"])] = d
+    order = {m: i for i, m in enumerate(MODELS)}
+    return dict(sorted(found.items(), key=lambda kv: (order.get(kv[0][0], len(MODELS)), kv[0][0], -kv[0][1], -kv[0][2])))
+
+
+def points(x, reference):
+    return f"{100 * x:.2f} ({100 * (x - reference):+.2f})"
+
+
+def t_low_bit(r):
+    """results/low_bit/*.json (benchmarks/low_bit_accuracy.py): the low-bit widths on the full test set."""
+    rows = []
+    for (model, w, a), d in low_bit_results(r).items():
+        t = d["test"]
+        acc, n = t["accuracy"], t["images"]
+        rows.append((model, f"W{w}A{a}", f"{n:,}", pct(acc["raw"]), points(acc["np_quant"], acc["raw"]),
+                     points(acc["c_int8"], acc["raw"]), f"{round(t['identical_logits']['np_quant_vs_c_int8'] * n):,}",
+                     duration(d["seconds_quantize"])))
+    return table(("model", "bits", "test images", "float", "numpy (drop)", "C (drop)", "identical logits np = C",
+                  "quantize time"), rows)
+
+
+def t_low_bit_peer(r):
+    """results/low_bit/*.json beside results/peers/brevitas.json, on the peer's test images (the same
+    checkpoints, the same 512 calibration images)."""
+    peer = {(row["model"], row["weight_bits"], row["act_bits"], row["method"]): row
+            for row in r.json("results/peers/brevitas.json")["rows"]}
+    ours = low_bit_results(r)
+    rank = {m: i for i, m in enumerate(MODELS)}
+    rows = []
+    compared = {k[0] for k in peer}          # the models the peer ran
+    keys = {k[:3] for k in peer} | {k for k in ours if k[0] in compared}
+    for model, w, a in sorted(keys, key=lambda k: (rank.get(k[0], len(MODELS)), -k[1], -k[2])):
+        cells = []
+        for method in ("gptq+bias_correction", "rtn+bias_correction"):
+            row = peer.get((model, w, a, method))
+            cells.append(points(row["quant_accuracy"] / 100, row["float_accuracy"] / 100) if row else "not run")
+        mine = ours[(model, w, a)]["peer_work"] if (model, w, a) in ours else None
+        cells.append(points(mine["c_int8"], mine["float"]) if mine else "not run")
+        floats = [row["float_accuracy"] / 100 for key, row in peer.items() if key[:3] == (model, w, a)]
+        rows.append((model, f"W{w}A{a}", pct(mine["float"] if mine else floats[0]), *cells))
+    return table(("model", "bits", "float", "Brevitas GPTQ + BC", "Brevitas RTN + BC", "FPGAI (auto: GPTQ + BC)"), rows)
+
+
 def t_test_json(r):
     """results/lenet_per_channel.json, as an example of test_model.py --json (seconds rounded)."""
     d = r.test_report("lenet", "per_channel")
@@ -263,14 +314,15 @@ def t_report(r):
                   "accumulator bits (most)", "activation SQNR: median / worst op / logits"), rows)
 
 
-def bench_caption(r):
+def bench_caption(r, folder=BENCH):
     # the C engine's best build there (c_isa's 1.00x) says what the CPU had, where "machine" names no ISA
-    machines = sorted({r.bench(m).get("machine", "?") + "".join(
-        f", the C engine's best build {isa}" for isa, cell in r.bench(m).get("c_isa", {}).items()
-        if cell.get("ratio_to_best") == 1.0 and "AVX" not in r.bench(m).get("machine", "")) for m in r.bench_models()})
-    images = sorted({r.bench(m)["images"] for m in r.bench_models()})
-    return (f"Measured by `make bench` on {', '.join(machines)}; {', '.join(f'{i:,}' for i in images)} "
-            f"test images, shipped checkpoints (`benchmarks/results/*.json`).")
+    runs = [r.bench(m, folder) for m in r.bench_models(folder)]
+    machines = sorted({d.get("machine", "?") + "".join(
+        f", the C engine's best build {isa}" for isa, cell in d.get("c_isa", {}).items()
+        if cell.get("ratio_to_best") == 1.0 and "AVX" not in d.get("machine", "")) for d in runs})
+    images = sorted({d["images"] for d in runs})
+    return (f"Measured by `benchmarks/bench_inference.py` (`make bench`) on {', '.join(machines)}; {', '.join(f'{i:,}' for i in images)} "
+            f"test images, shipped checkpoints (`{folder}/*.json`).")
 
 
 def t_speed_summary(r):
@@ -287,18 +339,18 @@ def t_speed_summary(r):
                   "C / best peer", "C img/s (batch 32, 2 threads)"), rows) + ["", bench_caption(r)]
 
 
-def t_bench_cells(r):
-    """benchmarks/results/{model}.json: the four cells, C / torch INT8 / ORT INT8 (C / best peer)."""
+def t_bench_cells(r, folder=BENCH):
+    """{folder}/{model}.json: the four cells, C / torch INT8 / ORT INT8 (C / best peer)."""
     rows = []
-    for model in r.bench_models():
-        d = r.bench(model)
+    for model in r.bench_models(folder):
+        d = r.bench(model, folder)
         cells = []
         for key, _ in CELLS:
             ips = d[key]["images_per_s"]
             cells.append(f"{num(ips['c_int8'])} / {num(ips['torch_int8'])} / {num(ips['ort_int8'])} "
                          f"({ratio(d[key]['c_ratio_to_best_peer'])})")
         rows.append((model, *cells))
-    return table(("model", *(t for _, t in CELLS)), rows) + ["", bench_caption(r)]
+    return table(("model", *(t for _, t in CELLS)), rows) + ["", bench_caption(r, folder)]
 
 
 def t_bench_single(r):
@@ -395,6 +447,7 @@ TABLES = {
     "weight_sqnr": t_weight_sqnr, "report": t_report, "speed_summary": t_speed_summary,
     "bench_cells": t_bench_cells, "bench_single": t_bench_single, "bench_isa": t_bench_isa,
     "bench_avx2": t_bench_avx2, "bench_aarch64": t_bench_aarch64, "firmware": t_firmware,
+    "low_bit": t_low_bit, "low_bit_peer": t_low_bit_peer, "bench_cells_w7": lambda r: t_bench_cells(r, BENCH_W7),
 }
 
 # single figures quoted in prose
@@ -412,6 +465,7 @@ SOURCES = {"demo_summary": "results/demo_summary.txt", "timings": TIMINGS, "accu
            "test_seconds": "results/*_per_channel.json", "test_json": "results/lenet_per_channel.json", "checkpoints": "pretrained/*_raw.pth",
            "weight_sqnr": "results/reports/*.json", "report": "results/reports/*_per_channel.json",
            "firmware": "results/firmware_lenet.json, export_model/lenet_*",
+           "low_bit": "results/low_bit/*.json", "bench_cells_w7": BENCH_W7 + "/*.json", "low_bit_peer": "results/low_bit/*.json, results/peers/brevitas.json",
            "lenet_c_seconds": "results/lenet_per_channel.json", "lenet_accuracy": "results/lenet_per_channel.json",
            "lenet_weight_bytes": "export_model/lenet_weight.bin", "firmware_flash_kb": "results/firmware_lenet.json"}
 
