@@ -115,3 +115,13 @@ docs: venv
 	$(PY) docs/tables.py
 
 .PHONY: docs
+
+# the RTL engine (docs/fpga.md): Verilator logits of the first N test images (LOGITS=FILE, --logits format)
+# and the cycles per image; the UP5K bitstream and results/fpga/MODEL_up5k.json
+rtl-sim: venv
+	$(MAKE) -C c rtl-sim MODEL=$(MODEL) N=$(or $(N),1000) $(if $(LOGITS),LOGITS=$(abspath $(LOGITS)))
+
+fpga: venv
+	$(MAKE) -C c fpga MODEL=$(MODEL) TARGET=$(or $(TARGET),up5k)
+
+.PHONY: rtl-sim fpga

@@ -3,12 +3,13 @@
 //
 //   out = clamp(zp + rshift_round((acc + bias) * m, shift), qmin, qmax)
 //
-// (acc + bias) * m is formed in LUTs, CH bits of m a cycle (Horner's rule from the top chunk:
-// prod = prod * 2^CH + a * chunk, so every partial product is a * (m >> j), inside 64 bits), then
-// two pipeline stages: + 2^(shift-1) and the arithmetic shift, then + zp and the clamp.  A new value is
-// accepted every 32/CH cycles; out_valid pulses with out and out_addr 32/CH + 3 cycles after it.
+// (acc + bias) * m is formed in LUTs, 8 bits of m a cycle by Horner's rule from the top byte
+// (prod = prod * 256 + a * byte: every partial product is a * (m >> j), inside 64 bits).  Short carry
+// chains a stage, for the clock: the byte's shifted copies of a added in pairs (A1), the pairs added
+// (A2), the accumulation (B), + 2^(shift-1), the arithmetic shift (saturated), then + zp and the clamp.  A new
+// value is accepted every 4 cycles; out_valid pulses with out and out_addr 10 cycles after it.
 `timescale 1ns / 1ps
-module requant_serial #(parameter AW = 16, parameter CH = 8) (
+module requant_serial #(parameter AW = 16) (
     input  wire clk,
     input  wire rst,
     input  wire in_valid,
@@ -24,63 +25,71 @@ module requant_serial #(parameter AW = 16, parameter CH = 8) (
     output reg  [AW-1:0] out_addr,
     output wire idle
 );
-    localparam STEPS = 32 / CH;
-    reg busy, r1_valid, r2_valid;
-    reg [3:0] left;
+    localparam CTL = 3 + 6 + AW;                  // valid, first byte, last byte, shift, address
+    reg busy, r1_valid, r2_valid, r3_valid;
+    reg [2:0] left;
     reg signed [31:0] a;
     reg [31:0] mrem;
-    reg signed [63:0] prod, r1;
-    reg signed [63:0] r2;
-    reg [5:0] sh, r1_sh;
-    reg [AW-1:0] a_addr, r1_addr, r2_addr;
+    reg [5:0] sh;
+    reg [AW-1:0] a_addr;
+    reg signed [39:0] q0, q1, q2, q3;
+    reg signed [39:0] pp;
+    reg [CTL-1:0] c1, c2;
+    reg signed [63:0] prod, r1, r2;
+    reg signed [10:0] r3;
+    reg signed [9:0] lo, hi;
+    reg [5:0] r1_sh, r2_sh;
+    reg [AW-1:0] r1_addr, r2_addr, r3_addr;
 
-    // a * (the top CH bits of what is left of m): shifted copies of a, added (no $mul: no DSP)
-    function signed [31 + CH:0] times_chunk(input signed [31:0] x, input [CH-1:0] c);
-        integer j;
-        begin
-            times_chunk = 0;
-            for (j = 0; j < CH; j = j + 1)
-                if (c[j])
-                    times_chunk = times_chunk + ($signed({{CH{x[31]}}, x}) <<< j);
-        end
-    endfunction
-
-    wire signed [63:0] prod_next = (prod <<< CH) + times_chunk(a, mrem[31:32 - CH]);
+    wire [7:0] mbyte = mrem[31:24];
+    wire signed [39:0] ax = {{8{a[31]}}, a};
+    wire c2_v = c2[CTL-1], c2_first = c2[CTL-2], c2_last = c2[CTL-3];
+    wire signed [63:0] prod_next = (c2_first ? 64'sd0 : prod <<< 8) + pp;
     wire signed [63:0] half = r1_sh == 6'd0 ? 64'sd0 : 64'sd1 <<< (r1_sh - 6'd1);
-    wire signed [64:0] v = r2 + $signed({57'd0, zp});
+    // the shifted value saturated to 11 bits: the clamp's bounds less zp lie in -255..255
+    wire signed [63:0] shifted = r2 >>> r2_sh;
+    wire fits = &shifted[63:10] || !(|shifted[63:10]);
 
-    assign in_ready = !busy || left == 4'd1;
-    assign idle = !busy && !r1_valid && !r2_valid && !out_valid;
+    assign in_ready = !busy || left == 3'd1;
+    assign idle = !busy && !c1[CTL-1] && !c2_v && !r1_valid && !r2_valid && !r3_valid && !out_valid;
+
+    function signed [39:0] pick(input sel, input signed [39:0] x);
+        pick = sel ? x : 40'sd0;
+    endfunction
 
     always @(posedge clk) begin
         if (rst) begin
-            {busy, r1_valid, r2_valid, out_valid} <= 4'd0;
+            {busy, r1_valid, r2_valid, r3_valid, out_valid} <= 5'd0;
+            {c1, c2} <= {2 * CTL{1'b0}};
         end else begin
-            r1_valid <= busy && left == 4'd1;
+            c1 <= {busy, left == 3'd4, left == 3'd1, sh, a_addr};
+            c2 <= c1;
             if (busy) begin
-                prod <= prod_next;
-                mrem <= mrem << CH;
-                left <= left - 4'd1;
-                busy <= left != 4'd1;
+                mrem <= mrem << 8;
+                left <= left - 3'd1;
+                busy <= left != 3'd1;
             end
             if (in_valid && in_ready) begin
-                a <= acc + bias;
-                mrem <= m;
-                prod <= 64'sd0;
-                left <= STEPS[3:0];
-                sh <= shift;
-                a_addr <= addr;
-                busy <= 1'b1;
+                {a, mrem, left, sh, a_addr, busy} <= {acc + bias, m, 3'd4, shift, addr, 1'b1};
             end
-            r2_valid <= r1_valid;
-            out_valid <= r2_valid;
+            r1_valid <= c2_v && c2_last;
+            {r2_valid, r3_valid, out_valid} <= {r1_valid, r2_valid, r3_valid};
         end
-        r1 <= prod_next + 64'sd0;
-        r1_sh <= sh;
-        r1_addr <= a_addr;
-        r2 <= (r1 + half) >>> r1_sh;
-        r2_addr <= r1_addr;
-        out <= v < $signed({57'd0, qmin}) ? qmin : v > $signed({57'd0, qmax}) ? qmax : v[7:0];
-        out_addr <= r2_addr;
+        q0 <= pick(mbyte[0], ax) + pick(mbyte[1], ax <<< 1);
+        q1 <= pick(mbyte[2], ax <<< 2) + pick(mbyte[3], ax <<< 3);
+        q2 <= pick(mbyte[4], ax <<< 4) + pick(mbyte[5], ax <<< 5);
+        q3 <= pick(mbyte[6], ax <<< 6) + pick(mbyte[7], ax <<< 7);
+        pp <= (q0 + q1) + (q2 + q3);
+        if (c2_v)
+            prod <= prod_next;
+        {r1, r1_sh, r1_addr} <= {prod_next, c2[AW +: 6], c2[AW-1:0]};
+        {r2, r2_sh, r2_addr} <= {r1 + half, r1_sh, r1_addr};
+        r3 <= fits ? shifted[10:0] : shifted[63] ? -11'sd1024 : 11'sd1023;
+        r3_addr <= r2_addr;
+        // zp + r3 against the clamp, as r3 against the clamp less zp (the layer's, fixed while it runs)
+        lo <= $signed({2'b0, qmin}) - $signed({2'b0, zp});
+        hi <= $signed({2'b0, qmax}) - $signed({2'b0, zp});
+        out <= r3 < lo ? qmin : r3 > hi ? qmax : r3[7:0] + zp;
+        out_addr <= r3_addr;
     end
 endmodule
