@@ -3,7 +3,8 @@
 
 Writes the folder `{export_dir}/{model}_rtl/`:
   params.vh      the engine's sizes (Verilog localparams, `include`d by engine.v)
-  program.hex    one instruction of NF 16-bit fields per layer (FIELDS below), then an end word
+  program.hex    one instruction of NF 16-bit fields per layer (FIELDS below; a count's `_last` is the
+                 count less 1: the generator compares with it, no subtraction on the clock's path), then an end word
   weights.hex    WDEPTH words of P bytes (byte l, lane l, lowest): layer by layer, group g of P output
                  channels, tap k: the weight of channel g*P + l at tap k (0 past the last channel)
   channels.hex   per output channel, layer by layer: {shift (8 bits), multiplier (32), bias (32)}
@@ -27,8 +28,8 @@ NF = 32                # fields an instruction (engine.v NF)
 WEIGHT_WORDS = 16384   # weight_ram.v: 14 address bits (16K x 16-bit SPRAMs)
 ACT_BYTES = 65536      # 16-bit activation addresses
 TB_IMAGES = 8
-FIELDS = ("kind", "in_base", "out_base", "h", "w", "cing", "kh", "kw", "sh", "sw", "dh", "dw", "pt", "pl", "oh", "ow",
-          "groups", "c", "hw", "gstep_in", "gstep_out", "gch", "ohw", "row_start", "sh_w", "dh_w", "k_taps", "wbase",
+FIELDS = ("kind", "in_base", "out_base", "h", "w", "cing_last", "kh_last", "kw_last", "sh", "sw", "dh", "dw", "pt", "pl",
+          "oh_last", "ow_last", "groups_last", "c", "hw", "gstep_in", "gstep_out", "gch", "ohw", "row_start", "sh_w", "dh_w", "k_taps", "wbase",
           "pbase", "zx_zw", "zp", "qmin_qmax")
 KIND_CONV, KIND_POOL, W_UNSIGNED = 1, 2, 1 << 8
 SUPPORTED = ("conv", "linear", "maxpool")
@@ -62,8 +63,8 @@ def _layer_fields(op, src, geom, bases):
     cing, kh, kw, sh, sw, dh, dw, pt, pl = geom
     c_in, h, w = src["shape"]
     c, oh, ow = op["shape"]
-    return dict(in_base=bases[0], out_base=bases[1], h=h, w=w, cing=cing, kh=kh, kw=kw, sh=sh, sw=sw, dh=dh, dw=dw,
-                pt=pt, pl=pl, oh=oh, ow=ow, c=c, hw=h * w, ohw=oh * ow, row_start=(-pt * w) & 0xFFFF, sh_w=sh * w,
+    return dict(in_base=bases[0], out_base=bases[1], h=h, w=w, cing_last=cing - 1, kh_last=kh - 1, kw_last=kw - 1, sh=sh,
+                sw=sw, dh=dh, dw=dw, pt=pt, pl=pl, oh_last=oh - 1, ow_last=ow - 1, c=c, hw=h * w, ohw=oh * ow, row_start=(-pt * w) & 0xFFFF, sh_w=sh * w,
                 dh_w=dh * w, k_taps=cing * kh * kw, zp=op["zero_point"], qmin_qmax=op["qmin"] | op["qmax"] << 8)
 
 
@@ -80,7 +81,7 @@ def _weighted(op, src, state, bases, wbase, pbase, per_tensor):
     lanes = np.zeros((groups * P, weights.shape[1]), dtype=np.int64)
     lanes[:c] = weights
     words = lanes.reshape(groups, P, -1).transpose(0, 2, 1).reshape(-1, P)     # (group, tap) rows of P lanes
-    f.update(kind=KIND_CONV | (W_UNSIGNED if per_tensor else 0), groups=groups, gstep_in=0,
+    f.update(kind=KIND_CONV | (W_UNSIGNED if per_tensor else 0), groups_last=groups - 1, gstep_in=0,
              gstep_out=P * f["ohw"], gch=P, wbase=wbase, pbase=pbase,
              zx_zw=src["zero_point"] | op["weight_zero_point"] << 8)
     mult, shift, bias = (state[f"{op['name']}.{k}"].numpy().astype(np.int64) for k in ("multiplier", "shift", "bias"))
@@ -91,7 +92,7 @@ def _weighted(op, src, state, bases, wbase, pbase, per_tensor):
 def _maxpool(op, src, bases):
     (kh, kw), (sh, sw), (ph, pw) = op["kernel"], op["stride"], op["padding"]
     f = _layer_fields(op, src, (1, kh, kw, sh, sw, 1, 1, ph, pw), bases)
-    f.update(kind=KIND_POOL, groups=op["shape"][0], gstep_in=f["hw"], gstep_out=f["ohw"], gch=1, wbase=0, pbase=0,
+    f.update(kind=KIND_POOL, groups_last=op["shape"][0] - 1, gstep_in=f["hw"], gstep_out=f["ohw"], gch=1, wbase=0, pbase=0,
              zx_zw=0)
     return f
 

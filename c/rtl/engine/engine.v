@@ -63,9 +63,9 @@ module fpgai_engine (
     tap_gen #(.AW(AW)) gen (
         .clk(clk), .rst(rst), .start(state == S_GO && kind != K_END), .hold(hold),
         .in_base(`FIELD(1)), .out_base(`FIELD(2)), .wbase(`FIELD(27)), .h(`FIELD(3)), .w(`FIELD(4)),
-        .cing(`FIELD(5)), .kh(`FIELD(6)), .kw(`FIELD(7)), .sh(`FIELD(8)), .sw(`FIELD(9)), .dh(`FIELD(10)),
-        .dw(`FIELD(11)), .pt(`FIELD(12)), .pl(`FIELD(13)), .oh(`FIELD(14)), .ow(`FIELD(15)),
-        .groups(`FIELD(16)), .hw(`FIELD(18)), .gstep_in(`FIELD(19)), .gstep_out(`FIELD(20)), .gch(`FIELD(21)),
+        .cing_last(`FIELD(5)), .kh_last(`FIELD(6)), .kw_last(`FIELD(7)), .sh(`FIELD(8)), .sw(`FIELD(9)),
+        .dh(`FIELD(10)), .dw(`FIELD(11)), .pt(`FIELD(12)), .pl(`FIELD(13)), .oh_last(`FIELD(14)),
+        .ow_last(`FIELD(15)), .groups_last(`FIELD(16)), .hw(`FIELD(18)), .gstep_in(`FIELD(19)), .gstep_out(`FIELD(20)), .gch(`FIELD(21)),
         .k_taps(`FIELD(26)), .row_start(`FIELD(23)), .sh_w(`FIELD(24)), .dh_w(`FIELD(25)),
         .issue(issue), .act_addr(act_addr), .w_addr(w_addr), .pad(pad), .first(first), .last(last),
         .tag_addr(tag_addr), .tag_ch(tag_ch), .busy(gen_busy));

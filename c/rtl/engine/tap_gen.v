@@ -5,6 +5,7 @@
 // Coordinates and offsets are kept incrementally (adders only: the DSPs belong to the MAC lanes):
 // iy = oy*SH + ky*DH - PT, ix = ox*SW + kx*DW - PL, roff = iy*W, plane = in_base + g*GSTEP_IN + ci*HW.
 // A tap outside the input is padding (pad=1): it holds the input's zero point, so it adds nothing.
+// *_last: a count less 1, as the exporter writes it.
 // hold: the top's request not to issue a group's last tap yet (its accumulators are still draining).
 `timescale 1ns / 1ps
 module tap_gen #(parameter AW = 16) (
@@ -12,8 +13,8 @@ module tap_gen #(parameter AW = 16) (
     input  wire rst,
     input  wire start,
     input  wire hold,
-    input  wire [15:0] in_base, out_base, wbase, h, w, cing, kh, kw, sh, sw, dh, dw, pt, pl,
-    input  wire [15:0] oh, ow, groups, hw, gstep_in, gstep_out, gch, k_taps, row_start, sh_w, dh_w,
+    input  wire [15:0] in_base, out_base, wbase, h, w, cing_last, kh_last, kw_last, sh, sw, dh, dw, pt, pl,
+    input  wire [15:0] oh_last, ow_last, groups_last, hw, gstep_in, gstep_out, gch, k_taps, row_start, sh_w, dh_w,
     output wire issue,
     output wire [AW-1:0] act_addr,
     output wire [15:0] w_addr,
@@ -28,8 +29,8 @@ module tap_gen #(parameter AW = 16) (
     wire signed [17:0] neg_pt = -$signed({2'b0, pt});
     wire signed [17:0] neg_pl = -$signed({2'b0, pl});
     wire signed [17:0] rstart = $signed({{2{row_start[15]}}, row_start});
-    wire kx_end = kx == kw - 16'd1, ky_end = ky == kh - 16'd1, ci_end = ci == cing - 16'd1;
-    wire ox_end = ox == ow - 16'd1, oy_end = oy == oh - 16'd1, g_end = g == groups - 16'd1;
+    wire kx_end = kx == kw_last, ky_end = ky == kh_last, ci_end = ci == cing_last;
+    wire ox_end = ox == ow_last, oy_end = oy == oh_last, g_end = g == groups_last;
     wire taps_end = kx_end && ky_end && ci_end;
     wire signed [17:0] full_addr = $signed({2'b0, plane}) + roff + ix;
 
