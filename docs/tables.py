@@ -214,15 +214,21 @@ def points(x, reference):
 
 
 def t_low_bit(r):
-    """results/low_bit/*.json (benchmarks/low_bit_accuracy.py): the low-bit widths on the full test set."""
+    """results/low_bit/*.json (benchmarks/low_bit_accuracy.py): the low-bit widths on the full test set;
+    the numpy column on the first images only where the run said so (--numpy_images)."""
     rows = []
     for (model, w, a), d in low_bit_results(r).items():
         t = d["test"]
         acc, n = t["accuracy"], t["images"]
-        rows.append((model, f"W{w}A{a}", f"{n:,}", pct(acc["raw"]), points(acc["np_quant"], acc["raw"]),
-                     points(acc["c_int8"], acc["raw"]), f"{round(t['identical_logits']['np_quant_vs_c_int8'] * n):,}",
+        if "np_quant" in acc:
+            numpy_cell, same = points(acc["np_quant"], acc["raw"]), f"{round(t['identical_logits']['np_quant_vs_c_int8'] * n):,}"
+        else:
+            p = d["peer_work"]
+            numpy_cell = f"{points(p['np_quant'], p['float'])} on the first {p['images']:,}"
+            same = f"{round(p['identical_logits']['np_quant_vs_c_int8'] * p['images']):,} of the first {p['images']:,}"
+        rows.append((model, f"W{w}A{a}", f"{n:,}", pct(acc["raw"]), numpy_cell, points(acc["c_int8"], acc["raw"]), same,
                      duration(d["seconds_quantize"])))
-    return table(("model", "bits", "test images", "float", "numpy (drop)", "C (drop)", "identical logits np = C",
+    return table(("model", "bits", "test images", "float", "numpy (change)", "C (change)", "identical logits np = C",
                   "quantize time"), rows)
 
 
