@@ -1,7 +1,7 @@
 """Low-bit accuracy on the full test set (issue 27's done-when table): for each model and width,
 quant_model.py with its default post-training methods, then test_model.py's float, numpy and C
 columns on every test image; test_model.py fails the run if C and numpy differ on any image.
-`--numpy_images=N` runs the numpy column (the slow one) on the first N images only.
+`--numpy_on_peer_images` runs the numpy column (the slow one) on the peer's images only.
 
     python benchmarks/low_bit_accuracy.py                       # resnet18, mobilenet_v2, vgg13 x W4A8, W3A8
     python benchmarks/low_bit_accuracy.py --models=vgg13 --widths=4/4,2/8
@@ -57,7 +57,7 @@ def measure(model, weight_bits, act_bits, quant_dir, args):
     run([sys.executable, "quant_model.py", *settings, *widths], os.path.join(quant_dir, "quant.log"))
     quantize_seconds = time.perf_counter() - t0
     report = os.path.join(quant_dir, "test.json")
-    columns = "raw,np,c" if args.numpy_images >= args.limit else "raw,c"
+    columns = "raw,c" if args.numpy_on_peer_images else "raw,np,c"
     run([sys.executable, "test_model.py", *settings, f"--columns={columns}", f"--limit={args.limit}",
          f"--json={report}"], os.path.join(quant_dir, "test.log"))
     with open(report) as f:
@@ -70,11 +70,11 @@ def measure(model, weight_bits, act_bits, quant_dir, args):
 
 def peer_work(model, quant_dir, args):
     """The C engine's accuracy on the first --peer_images test images, the ones the peer's table is
-    measured on, and numpy's there when the full-set run left it out (--numpy_images)."""
+    measured on, and numpy's there when the full-set run left it out (--numpy_on_peer_images)."""
     report = os.path.join(quant_dir, "peer_work.json")
     run([sys.executable, "test_model.py", f"--model={model}", f"--quant_dir={quant_dir}", f"--threads={args.threads}",
-         "--columns=raw,c" if args.numpy_images >= args.limit else "--columns=raw,np,c",
-         f"--limit={min(args.peer_images, args.numpy_images)}", f"--json={report}"], os.path.join(quant_dir, "peer_work.log"))
+         "--columns=raw,np,c" if args.numpy_on_peer_images else "--columns=raw,c",
+         f"--limit={args.peer_images}", f"--json={report}"], os.path.join(quant_dir, "peer_work.log"))
     with open(report) as f:
         test = json.load(f)
     return {"images": test["images"], "float": test["accuracy"]["raw"], "c_int8": test["accuracy"]["c_int8"],
@@ -90,9 +90,8 @@ def main(argv=None):
     parser.add_argument("--limit", type=int, default=10000, help="test images (default: the whole test set)")
     parser.add_argument("--peer_images", type=int, default=2000,
                         help="also the accuracy on the first N test images, the peer table's (default 2000)")
-    parser.add_argument("--numpy_images", type=int, default=10000,
-                        help="the numpy column on the first N images only (default: all; at most --peer_images "
-                             "of them when fewer than --limit)")
+    parser.add_argument("--numpy_on_peer_images", action="store_true",
+                        help="the numpy column on the first --peer_images images only (it is the slow one)")
     parser.add_argument("--threads", type=int, default=0, help="passed to the stages (0 = every CPU)")
     parser.add_argument("--out_dir", default=os.path.join(ROOT, "results", "low_bit"))
     parser.add_argument("--work_dir", default="", help="where the tuples go (default: a temporary folder)")
