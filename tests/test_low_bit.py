@@ -20,6 +20,7 @@ from model.ops.weighted import weight_range
 from model.quant.quantize import QuantizeError
 from model.report import layer_report
 from tests.random_models import ARCHS, random_quantized
+from tests.scripts import run
 
 
 def test_packing_matches_the_contracts_examples():
@@ -218,3 +219,21 @@ def test_the_report_counts_packed_bytes_and_shows_the_widths():
     assert all(r["weight_bytes"] == packed_bytes(state[r["name"] + ".weight"].numel(), 3) for r in rows)
     assert rep["widths"]["weight_bits"] == 3 and rep["widths"]["act_bits"] == 4
     assert json.dumps(rep["widths"])
+
+
+def test_low_bit_accuracy_script_measures_and_resumes(tmp_path):
+    """benchmarks/low_bit_accuracy.py on LeNet W4A8, a few images: one JSON with the settings, C equal
+    to numpy on every image; a second run keeps it and measures nothing; a bad --widths is refused."""
+    out, work = tmp_path / "out", tmp_path / "work"
+    args = ("--models=lenet", "--widths=4/8", "--limit=40", "--peer_images=20", "--threads=1",
+            f"--out_dir={out}", f"--work_dir={work}")
+    first = run("benchmarks/low_bit_accuracy.py", *args)
+    assert first.returncode == 0, first.stdout + first.stderr
+    result = json.loads((out / "lenet_w4a8.json").read_text())
+    assert (result["weight_bits"], result["act_bits"], result["calib_images"]) == (4, 8, 512)
+    assert result["test"]["images"] == 40 and result["test"]["identical_logits"]["np_quant_vs_c_int8"] == 1.0
+    assert result["peer_work"]["images"] == 20
+    again = run("benchmarks/low_bit_accuracy.py", *args)
+    assert again.returncode == 0 and "kept" in again.stdout
+    bad = run("benchmarks/low_bit_accuracy.py", "--widths=4", f"--out_dir={out}")
+    assert bad.returncode != 0 and "expected W/A pairs" in bad.stderr
