@@ -205,8 +205,13 @@ def low_bit_results(r):
     for path in glob.glob(r.path("results/low_bit/*.json")):
         d = r.json(os.path.relpath(path, r.root).replace(os.sep, "/"))
         found[(d["model"], d["weight_bits"], d["act_bits"])] = d
-    order = {m: i for i, m in enumerate(MODELS)}
-    return dict(sorted(found.items(), key=lambda kv: (order.get(kv[0][0], len(MODELS)), kv[0][0], -kv[0][1], -kv[0][2])))
+    return dict(sorted(found.items(), key=lambda kv: width_order(kv[0])))
+
+
+def width_order(key):
+    """(model, weight bits, act bits) in table order: the shipped models first, wider before narrower."""
+    model, weight_bits, act_bits = key
+    return (MODELS.index(model) if model in MODELS else len(MODELS), model, -weight_bits, -act_bits)
 
 
 def points(x, reference):
@@ -215,7 +220,7 @@ def points(x, reference):
 
 def t_low_bit(r):
     """results/low_bit/*.json (benchmarks/low_bit_accuracy.py): the low-bit widths on the full test set;
-    the numpy column on the first images only where the run said so (--numpy_images)."""
+    the numpy column on the first images only where the run said so (--numpy_on_peer_images)."""
     rows = []
     for (model, w, a), d in low_bit_results(r).items():
         t = d["test"]
@@ -238,19 +243,19 @@ def t_low_bit_peer(r):
     peer = {(row["model"], row["weight_bits"], row["act_bits"], row["method"]): row
             for row in r.json("results/peers/brevitas.json")["rows"]}
     ours = low_bit_results(r)
-    rank = {m: i for i, m in enumerate(MODELS)}
     rows = []
     compared = {k[0] for k in peer}          # the models the peer ran
     keys = {k[:3] for k in peer} | {k for k in ours if k[0] in compared}
-    for model, w, a in sorted(keys, key=lambda k: (rank.get(k[0], len(MODELS)), -k[1], -k[2])):
+    for model, w, a in sorted(keys, key=width_order):
         cells = []
         for method in ("gptq+bias_correction", "rtn+bias_correction"):
             row = peer.get((model, w, a, method))
             cells.append(points(row["quant_accuracy"] / 100, row["float_accuracy"] / 100) if row else "not run")
         mine = ours[(model, w, a)]["peer_work"] if (model, w, a) in ours else None
         cells.append(points(mine["c_int8"], mine["float"]) if mine else "not run")
-        floats = [row["float_accuracy"] / 100 for key, row in peer.items() if key[:3] == (model, w, a)]
-        rows.append((model, f"W{w}A{a}", pct(mine["float"] if mine else floats[0]), *cells))
+        float_accuracy = mine["float"] if mine else next(
+            row["float_accuracy"] / 100 for key, row in peer.items() if key[:3] == (model, w, a))
+        rows.append((model, f"W{w}A{a}", pct(float_accuracy), *cells))
     return table(("model", "bits", "float", "Brevitas GPTQ + BC", "Brevitas RTN + BC", "FPGAI (auto: GPTQ + BC)"), rows)
 
 
