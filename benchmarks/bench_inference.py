@@ -44,6 +44,7 @@ sys.path.insert(0, ROOT)
 
 import config  # noqa: E402
 import model as models  # noqa: E402
+from model import report  # noqa: E402
 from data import datasets  # noqa: E402
 from model.formats.export_format import packed_bytes, write_export  # noqa: E402
 from model.fileio import ModelFileError, atomic_open  # noqa: E402
@@ -57,17 +58,6 @@ AARCH64_IMAGES = 16                 # an emulated core runs ResNet18 at about 10
 # torch's switches (fbgemm, oneDNN, ATen) that make it run the kernels it would on an AVX2 CPU:
 # the peer of C's AVX2 build on this one.  ONNX Runtime's MLAS has none.
 TORCH_AVX2_ENV = {"FBGEMM_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
-
-
-def conv_kernel_macs(state, quant_list):
-    """Exact multiply-accumulates per image: output elements x weights per output."""
-    total = 0
-    for op in quant_list:
-        if op["op"] in ("conv", "linear"):
-            w = state[op["name"] + ".weight"]
-            per_output = int(np.prod(w.shape[1:]))
-            total += int(np.prod(op["shape"])) * per_output
-    return total
 
 
 def cell_name(batch, threads):
@@ -375,7 +365,7 @@ def c_figures(state, quant_list, result, best_isa):
                        + 4 * state[op["name"] + ".bias"].numel() for op in weighted_ops(quant_list))
     activations = sorted((int(np.prod(op["shape"])) for op in quant_list), reverse=True)
     result["c_memory_budget_mb"] = (2 * (weight_bytes + sum(activations[:2])) + 8 * 2 ** 20) / 2 ** 20
-    result["gmac_per_image"] = conv_kernel_macs(state, quant_list) / 1e9
+    result["gmac_per_image"] = sum(report.macs(state, op) for op in quant_list) / 1e9
     result["c_gmac_per_s"] = result["gmac_per_image"] * result[cell_name(1, 1)]["images_per_s"]["c_int8"]
     # the batch-1 cell runs the best build: its share of that build's peak
     result["peak_gmac_per_s"] = peak_gmac_per_s(best_isa, max(op["weight_bits"] for op in weighted_ops(quant_list)))

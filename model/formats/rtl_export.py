@@ -21,6 +21,7 @@ import os
 
 import numpy as np
 
+from model import report
 from model.fileio import ModelFileError, atomic_open
 
 P = 8                  # MAC lanes: one weight byte each a cycle (4 UP5K SPRAMs give 64 bits)
@@ -127,18 +128,6 @@ def compile_graph(state, quant_list):
     return program, weights, channels or [0], sizes
 
 
-def macs(quant_list):
-    """Multiply-accumulates of one image: conv C_out*H_out*W_out*C_in*kh*kw, linear C_out*K."""
-    total = 0
-    for i, op in enumerate(quant_list[1:], 1):
-        src = quant_list[op["inputs"][0]]
-        if op["op"] == "conv":
-            total += _size(op) * src["shape"][0] // op["groups"] * op["kernel"][0] * op["kernel"][1]
-        elif op["op"] == "linear":
-            total += _size(op) * _size(src)
-    return total
-
-
 def _write(path, text):
     with atomic_open(path, "w") as f:
         f.write(text)
@@ -149,6 +138,7 @@ def write_export(state, quant_list, folder, images=None):
     """Write the folder (module docstring); `images`: uint8 N x C x H x W test images for the testbench
     files (None: none).  Returns the paths written."""
     program, weights, channels, sizes = compile_graph(state, quant_list)
+    macs = sum(report.macs(state, op) for op in quant_list)
     out = targets(folder, quant_list[0]["model"])[0]
     os.makedirs(out, exist_ok=True)
     vh = "".join(f"localparam {k} = {v};\n" for k, v in sizes.items())
@@ -158,7 +148,7 @@ def write_export(state, quant_list, folder, images=None):
                                                               for row in weights)),
              _write(os.path.join(out, "channels.hex"), "".join(f"{c:018x}\n" for c in channels)),
              _write(os.path.join(out, "params.vh"), vh),
-             _write(os.path.join(out, "rtl.json"), json.dumps(dict(sizes, MACS=macs(quant_list)), indent=1) + "\n")]
+             _write(os.path.join(out, "rtl.json"), json.dumps(dict(sizes, MACS=macs), indent=1) + "\n")]
     if images is not None:
         from model.formats.golden import layer_outputs
         images = np.asarray(images[:TB_IMAGES], dtype=np.uint8)
