@@ -116,10 +116,12 @@ docs: venv
 
 .PHONY: docs
 
-# the RTL engine (docs/fpga.md): Verilator logits of the first N test images (LOGITS=FILE, --logits format)
-# and the cycles per image; the UP5K bitstream and results/fpga/MODEL_up5k.json
+# the RTL engine (docs/fpga.md) for TARGET (up5k or ecp5): Verilator logits of the first N test images
+# (LOGITS=FILE, --logits format; DUMP=DIR: every op's outputs as golden vectors) and the cycles per image;
+# the bitstream and results/fpga/MODEL_TARGET.json
 rtl-sim: venv
-	$(MAKE) -C c rtl-sim MODEL=$(MODEL) N=$(or $(N),1000) $(if $(LOGITS),LOGITS=$(abspath $(LOGITS)))
+	$(MAKE) -C c rtl-sim MODEL=$(MODEL) N=$(or $(N),1000) TARGET=$(or $(TARGET),up5k) \
+	    $(if $(LOGITS),LOGITS=$(abspath $(LOGITS))) $(if $(DUMP),DUMP=$(abspath $(DUMP)))
 
 fpga: venv
 	$(MAKE) -C c fpga MODEL=$(MODEL) TARGET=$(or $(TARGET),up5k)

@@ -54,14 +54,16 @@ def write_rtl(cfg, state, quant_list):
     head = quant_list[0]
     images = (datasets.load(head["dataset"], "test", cfg.data_dir, cfg.mirror_dir)[0]
               if head["dataset"] in ("mnist", "cifar10") else None)
-    return rtl_export.write_export(state, quant_list, cfg.export_dir, images)
+    return rtl_export.write_export(state, quant_list, cfg.export_dir, images, cfg.rtl_target)
 
 
 @stage_main
 def main():
     cfg = config.load_or_exit(extra={"report": ("", "also write the per-layer report (MACs, bytes, accumulator "
                                                     "and multiplier bits, weight and activation SQNR) to this "
-                                                    "JSON file, a table and a PNG beside it (\"\" = no)")},
+                                                    "JSON file, a table and a PNG beside it (\"\" = no)"),
+                                     "rtl_target": ("up5k", "--export_mode=rtl: the FPGA the engine's files are "
+                                                            f"for, its lanes and memories ({', '.join(rtl_export.TARGETS)})")},
                               stage="export_quant_model.py")
     if cfg.report and os.path.isdir(cfg.report):
         sys.exit(f"error: --report={cfg.report}: is a directory (give a PATH.json)")
@@ -76,6 +78,8 @@ def main():
         work.check(quant_list)          # no model.bin that the engines would refuse
         rtl = cfg.export_mode == "rtl"
         if rtl:
+            if cfg.rtl_target not in rtl_export.TARGETS:
+                raise ModelFileError(f"--rtl_target={cfg.rtl_target}: not one of {', '.join(rtl_export.TARGETS)}")
             rtl_export.check(quant_list)    # one line naming the first op the RTL engine cannot run
         check_not_tracked((rtl_export.targets if rtl else export_targets)(cfg.export_dir, quant_list[0]["model"],
                                                                           *() if rtl else (cfg.export_mode,)),

@@ -1,6 +1,7 @@
 """The generic RTL engine (c/rtl/engine/, docs/fpga.md): Verilator runs the shipped LeNet's
 export_mode=rtl files on MNIST test images and every logit must equal the numpy specification's
-(which the C engine equals: tests/test_c_engine.py); a design whose requantizer truncates must fail;
+(which the C engine equals: tests/test_c_engine.py); its per-op dumps (make rtl-sim DUMP=DIR) must
+equal the numpy and C engines' by compare_dumps.py; a design whose requantizer truncates must fail;
 requant_serial.v alone must equal the engines on the requantizer's vectors, fed back to back; the
 exporter refuses what the engine cannot run in one line naming the op.  The tools come from
 c/rtl/install-tools.sh (.ci/run runs it); the simulation tests skip, saying why, only when they cannot
@@ -17,14 +18,16 @@ import torch
 import config
 from data import datasets
 from model.fileio import ModelFileError
-from model.formats import rtl_export
+from model.formats import golden, rtl_export
 from model.formats.golden import layer_outputs
+from tests import rtl_sim
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 C_DIR = os.path.join(ROOT, "c")
 ENGINE = os.path.join(C_DIR, "rtl", "engine")
-BUILD = os.path.join(C_DIR, "rtl", "build", "lenet")
+BUILD = os.path.join(C_DIR, "rtl", "build", "lenet-up5k")
 IMAGES = 32
+DUMP_IMAGES = 4
 
 
 @pytest.fixture(scope="module")
@@ -34,10 +37,7 @@ def lenet():
 
 @pytest.fixture(scope="module")
 def tools():
-    proc = subprocess.run(["sh", os.path.join(C_DIR, "rtl", "install-tools.sh")], capture_output=True, text=True,
-                          timeout=900)
-    if proc.returncode != 0:
-        pytest.skip("verilator/iverilog not installed and not installable: " + (proc.stderr or proc.stdout).strip())
+    rtl_sim.need_tools()
 
 
 @pytest.fixture(scope="module")
@@ -75,17 +75,32 @@ def test_a_requantizer_that_truncates_is_caught(simulated, lenet, tmp_path):
     source = unit.read_text()
     assert "{r1 + half, r1_sh, r1_addr}" in source
     unit.write_text(source.replace("{r1 + half, r1_sh, r1_addr}", "{r1, r1_sh, r1_addr}"))
-    sources = sorted(str(p) for p in tmp_path.glob("*.v"))
     model_dir = os.path.join(BUILD, "export", "lenet_rtl")
-    proc = subprocess.run(["verilator", "--cc", "--exe", "--build", "-Wno-fatal", "-Wno-lint", "--top-module",
-                           "fpgai_engine", f"-I{model_dir}", "-Mdir", str(tmp_path / "obj"), "-o", "engine_sim",
-                           *sources, os.path.join(ENGINE, "sim_main.cpp")], capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    out = str(tmp_path / "logits.txt")
-    proc = subprocess.run([str(tmp_path / "obj" / "engine_sim"), model_dir, os.path.join(model_dir, "tb_images.bin"),
-                           "8", out], capture_output=True, text=True, timeout=300)
+    sim = rtl_sim.build(model_dir, tmp_path / "obj", sorted(str(p) for p in tmp_path.glob("*.v")))
+    images = np.fromfile(os.path.join(model_dir, "tb_images.bin"), dtype=np.uint8).reshape(8, 1, 28, 28)
+    logits = rtl_sim.run(sim, model_dir, images, str(tmp_path))[0]
+    assert not np.array_equal(logits, expected_logits(*lenet, 8))
+
+
+def test_per_op_dumps_equal_the_numpy_and_c_dumps(tools, lenet, binaries, tmp_path):
+    """make rtl-sim DUMP=DIR against the numpy engine's golden vectors and c/inference --dump-layers,
+    by compare_dumps.py: every op, every byte, of DUMP_IMAGES images."""
+    rtl, np_dump, c_dump = (str(tmp_path / name) for name in ("rtl", "np", "c"))
+    proc = subprocess.run(["make", "-C", C_DIR, "rtl-sim", "MODEL=lenet", f"N={DUMP_IMAGES}",
+                           f"LOGITS={tmp_path / 'logits.txt'}", f"DUMP={rtl}"],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    state, quant = lenet
+    images, _ = datasets.load("mnist", "test", *config.dataset_dirs(ROOT))
+    golden.write_dump(np_dump, quant, layer_outputs(state, quant, images[:DUMP_IMAGES]), "lenet")
+    proc = subprocess.run([binaries["fast"], "--dir", os.path.join(ROOT, "export_model"), "--limit", str(DUMP_IMAGES),
+                           "--dump-layers", c_dump, "--quiet"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert not np.array_equal(read_logits(out), expected_logits(*lenet, 8))
+    for other in ([np_dump], [c_dump, "--ignore_names"]):          # the C engine's ops have no names
+        proc = subprocess.run([os.path.join(ROOT, ".venv", "bin", "python"), "compare_dumps.py", rtl, *other], cwd=ROOT,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0 and proc.stdout.startswith(f"identical: {DUMP_IMAGES} images, {len(quant)} ops"), \
+            proc.stdout + proc.stderr
 
 
 def test_requant_serial_alone_equals_the_engines(tools):
@@ -125,3 +140,19 @@ def test_the_export_command_refuses_in_one_line(lenet, tmp_path):
     assert proc.returncode != 0
     assert proc.stderr.strip().splitlines()[-1].startswith("error: ")
     assert "(features_3) is avgpool" in proc.stderr
+
+
+def test_targets_and_their_memories_are_checked_in_one_line(lenet, monkeypatch, tmp_path):
+    state, quant = lenet
+    with pytest.raises(ModelFileError, match=r"^rtl export: target 'zynq' is not one of up5k, ecp5$"):
+        rtl_export.compile_graph(state, quant, "zynq")
+    sizes = rtl_export.compile_graph(state, quant, "ecp5")[3]
+    assert (sizes["P"], sizes["WEIGHTS_STREAMED"]) == (32, 0)
+    monkeypatch.setitem(rtl_export.TARGETS, "ecp5", dict(rtl_export.TARGETS["ecp5"], ram_bytes=65536))
+    with pytest.raises(ModelFileError, match=r"^rtl export: 71008 weight bytes and 5880 activation bytes; ecp5's block "
+                                             r"RAM holds 65536$"):
+        rtl_export.compile_graph(state, quant, "ecp5")
+    proc = subprocess.run([os.path.join(ROOT, ".venv", "bin", "python"), "export_quant_model.py", "--export_mode=rtl",
+                           "--rtl_target=zynq", f"--export_dir={tmp_path}"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode != 0 and proc.stderr.strip() == "error: --rtl_target=zynq: not one of up5k, ecp5"

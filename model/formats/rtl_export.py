@@ -1,7 +1,7 @@
 """export_quant_model.py --export_mode=rtl: the program and memory images of the generic RTL engine
 (c/rtl/engine/, docs/fpga.md), compiled from the integer graph.
 
-Writes the folder `{export_dir}/{model}_rtl/`:
+Writes the folder `{export_dir}/{model}_rtl/` for a target (TARGETS: its MAC lanes P and weight memory):
   params.vh      the engine's sizes (Verilog localparams, `include`d by engine.v)
   program.hex    one instruction of NF 16-bit fields per layer (FIELDS below; a count's `_last` is the
                  count less 1: the generator compares with it, no subtraction on the clock's path), then an end word
@@ -24,9 +24,14 @@ import numpy as np
 from model import report
 from model.fileio import ModelFileError, atomic_open
 
-P = 8                  # MAC lanes: one weight byte each a cycle (4 UP5K SPRAMs give 64 bits)
+# P: MAC lanes, one weight byte each a cycle.  streamed: the weights sit in SPRAM, which no bitstream
+# initialises, and arrive through s_data (else block RAM initialised from weights.hex).  weight_words:
+# the most words (of P bytes) the weight memory holds; ram_bytes: the block RAM for weights and activations.
+TARGETS = {
+    "up5k": dict(P=8, streamed=True, weight_words=16384, ram_bytes=None),   # 4 SPRAMs of 16K x 16 bits
+    "ecp5": dict(P=32, streamed=False, weight_words=65536, ram_bytes=208 * 2048),   # LFE5U-85F: 208 EBR
+}
 NF = 32                # fields an instruction (engine.v NF)
-WEIGHT_WORDS = 16384   # weight_ram.v: 14 address bits (16K x 16-bit SPRAMs)
 ACT_BYTES = 65536      # 16-bit activation addresses
 TB_IMAGES = 8
 FIELDS = ("kind", "in_base", "out_base", "h", "w", "cing_last", "kh_last", "kw_last", "sh", "sw", "dh", "dw", "pt", "pl",
@@ -69,7 +74,7 @@ def _layer_fields(op, src, geom, bases):
                 dh_w=dh * w, k_taps=cing * kh * kw, zp=op["zero_point"], qmin_qmax=op["qmin"] | op["qmax"] << 8)
 
 
-def _weighted(op, src, state, bases, wbase, pbase, per_tensor):
+def _weighted(op, src, state, bases, wbase, pbase, per_tensor, P):
     """A conv or linear layer (linear: a conv whose kernel is its whole input): fields, weight words, channels."""
     c_in, h, w = src["shape"]
     if op["op"] == "conv":
@@ -98,9 +103,13 @@ def _maxpool(op, src, bases):
     return f
 
 
-def compile_graph(state, quant_list):
-    """(program words, weight words (rows of P bytes), channel entries, sizes): the engine's memories."""
+def compile_graph(state, quant_list, target="up5k"):
+    """(program words, weight words (rows of P bytes), channel entries, sizes): the engine's memories
+    for `target` (a key of TARGETS)."""
+    if target not in TARGETS:
+        raise ModelFileError(f"rtl export: target {target!r} is not one of {', '.join(TARGETS)}")
     check(quant_list)
+    P, streamed, weight_words, ram_bytes = (TARGETS[target][k] for k in ("P", "streamed", "weight_words", "ram_bytes"))
     half = max(_size(op) for op in quant_list[0::2])
     base = [0 if i % 2 == 0 else half for i in range(len(quant_list))]
     act_bytes = half + max(_size(op) for op in quant_list[1::2])
@@ -111,7 +120,7 @@ def compile_graph(state, quant_list):
             f = _maxpool(op, src, bases)
         else:
             f, words, chans = _weighted(op, src, state, bases, sum(len(w) for w in weights), len(channels),
-                                       quant_list[0]["weight_mode"] == "per_tensor")
+                                       quant_list[0]["weight_mode"] == "per_tensor", P)
             weights.append(words)
             channels += chans
         for name in FIELDS:
@@ -120,11 +129,16 @@ def compile_graph(state, quant_list):
         program += [f[name] for name in FIELDS]
     program += [0] * (NF + 1)                                # the end word, and the fetch's one word ahead
     weights = np.concatenate(weights) if weights else np.zeros((1, P), dtype=np.int64)
-    if len(weights) > WEIGHT_WORDS or act_bytes > ACT_BYTES:
+    if len(weights) > weight_words or act_bytes > ACT_BYTES:
         raise ModelFileError(f"rtl export: {len(weights)} weight words of {P} bytes and {act_bytes} activation bytes; "
-                             f"the RTL engine holds {WEIGHT_WORDS} and {ACT_BYTES}")
-    sizes = dict(P=P, ADEPTH=act_bytes, WDEPTH=len(weights), NPROG=len(program), NCHAN=max(1, len(channels)),
-                 IN_SIZE=_size(quant_list[0]), OUT_BASE=base[-1], OUT_SIZE=_size(quant_list[-1]))
+                             f"the RTL engine on {target} holds {weight_words} and {ACT_BYTES}")
+    if ram_bytes and weights.size + act_bytes > ram_bytes:
+        raise ModelFileError(f"rtl export: {weights.size} weight bytes and {act_bytes} activation bytes; "
+                             f"{target}'s block RAM holds {ram_bytes}")
+    waw = 14 if streamed else max(1, (len(weights) - 1).bit_length())     # the SPRAM's 14 address bits
+    sizes = dict(P=P, ADEPTH=act_bytes, WDEPTH=len(weights), WAW=waw, WEIGHTS_STREAMED=int(streamed),
+                 NPROG=len(program), NCHAN=max(1, len(channels)), IN_SIZE=_size(quant_list[0]), OUT_BASE=base[-1],
+                 OUT_SIZE=_size(quant_list[-1]))
     return program, weights, channels or [0], sizes
 
 
@@ -134,21 +148,22 @@ def _write(path, text):
     return path
 
 
-def write_export(state, quant_list, folder, images=None):
-    """Write the folder (module docstring); `images`: uint8 N x C x H x W test images for the testbench
-    files (None: none).  Returns the paths written."""
-    program, weights, channels, sizes = compile_graph(state, quant_list)
+def write_export(state, quant_list, folder, images=None, target="up5k"):
+    """Write the folder (module docstring) for `target`; `images`: uint8 N x C x H x W test images for the
+    testbench files (None: none).  Returns the paths written."""
+    program, weights, channels, sizes = compile_graph(state, quant_list, target)
     macs = sum(report.macs(state, op) for op in quant_list)
     out = targets(folder, quant_list[0]["model"])[0]
     os.makedirs(out, exist_ok=True)
     vh = "".join(f"localparam {k} = {v};\n" for k, v in sizes.items())
     vh += 'localparam PROGRAM_HEX = "program.hex";\nlocalparam CHANNELS_HEX = "channels.hex";\n'
+    vh += 'localparam WEIGHTS_HEX = "weights.hex";\n'
     paths = [_write(os.path.join(out, "program.hex"), "".join(f"{w:04x}\n" for w in program)),
              _write(os.path.join(out, "weights.hex"), "".join("".join(f"{b:02x}" for b in row[::-1]) + "\n"
                                                               for row in weights)),
              _write(os.path.join(out, "channels.hex"), "".join(f"{c:018x}\n" for c in channels)),
              _write(os.path.join(out, "params.vh"), vh),
-             _write(os.path.join(out, "rtl.json"), json.dumps(dict(sizes, MACS=macs), indent=1) + "\n")]
+             _write(os.path.join(out, "rtl.json"), json.dumps(dict(sizes, MACS=macs, TARGET=target), indent=1) + "\n")]
     if images is not None:
         from model.formats.golden import layer_outputs
         images = np.asarray(images[:TB_IMAGES], dtype=np.uint8)

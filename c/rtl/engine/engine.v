@@ -23,11 +23,11 @@ module fpgai_engine (
     output wire [7:0] m_data
 );
 `include "params.vh"
-    localparam NF = 32, AW = 16;
+    localparam NF = 32, AW = 16, LB = $clog2(P) + 1;      // LB: bits of a lane count
     localparam S_IN = 3'd0, S_FETCH = 3'd1, S_GO = 3'd2, S_RUN = 3'd3, S_OUT = 3'd4;
     localparam K_END = 2'd0, K_CONV = 2'd1, K_POOL = 2'd2;
 
-    reg [2:0] state;
+    reg [2:0] state /*verilator public_flat_rd*/;            // public: the testbench's per-layer dumps
     reg [15:0] in_cnt, out_cnt, pc;
     reg [5:0] fi;
     reg [16*NF-1:0] fields;
@@ -35,7 +35,7 @@ module fpgai_engine (
     reg [15:0] prog_q;
     reg [71:0] chan [0:NCHAN-1];
     reg [71:0] chan_q;
-    reg [7:0] amem [0:ADEPTH-1];
+    reg [7:0] amem [0:ADEPTH-1] /*verilator public_flat_rd*/;
     reg [7:0] a_q;
     initial begin
         $readmemh(PROGRAM_HEX, prog);
@@ -70,14 +70,15 @@ module fpgai_engine (
         .issue(issue), .act_addr(act_addr), .w_addr(w_addr), .pad(pad), .first(first), .last(last),
         .tag_addr(tag_addr), .tag_ch(tag_ch), .busy(gen_busy));
 
-    // weights: loaded a byte at a time while wload is high
+    // weights: loaded a byte at a time while wload is high (on a target whose block RAM the bitstream
+    // initialises, WEIGHTS_STREAMED = 0, they are there from the start)
     reg [8*P-1:0] wbuf;
-    reg [3:0] wbyte;
+    reg [LB-1:0] wbyte;
     reg w_we;
-    reg [13:0] w_wa;
+    reg [WAW-1:0] w_wa;
     wire [8*P-1:0] w_q;
-    weight_ram #(.P(P), .DEPTH(WDEPTH)) wram (.clk(clk), .we(w_we), .waddr(w_wa), .wdata(wbuf), .raddr(w_addr[13:0]),
-                                             .rdata(w_q));
+    weight_ram #(.P(P), .DEPTH(WDEPTH), .AW(WAW), .STREAMED(WEIGHTS_STREAMED), .INIT(WEIGHTS_HEX)) wram (
+        .clk(clk), .we(w_we), .waddr(w_wa), .wdata(wbuf), .raddr(w_addr[WAW-1:0]), .rdata(w_q));
 
     // operands: x - z_x (0 for padding) and w - z_w, 9-bit signed
     reg signed [8:0] s2_x;
@@ -102,7 +103,7 @@ module fpgai_engine (
     endgenerate
 
     // the drain: a finished group's channels, one at a time, into the requantizer
-    reg [4:0] d_l;
+    reg [LB:0] d_l;
     reg [15:0] d_ch;
     reg [AW-1:0] d_addr;
     reg d_fetched;
@@ -153,7 +154,7 @@ module fpgai_engine (
             drain_busy <= 1'b0;
         end else if (s3_v && s3_last && is_conv) begin
             shadow <= acc_all;
-            {d_l, d_ch, d_addr, d_fetched, drain_busy} <= {5'd0, s3_ch, s3_tag, 1'b0, 1'b1};
+            {d_l, d_ch, d_addr, d_fetched, drain_busy} <= {{(LB + 1){1'b0}}, s3_ch, s3_tag, 1'b0, 1'b1};
         end else if (drain_busy) begin
             if (d_end)
                 drain_busy <= 1'b0;
@@ -161,7 +162,7 @@ module fpgai_engine (
                 d_fetched <= 1'b1;
             else if (rq_ready) begin
                 shadow <= shadow >> 32;
-                {d_l, d_ch, d_addr, d_fetched} <= {d_l + 5'd1, d_ch + 16'd1, d_addr + ohw[AW-1:0], 1'b0};
+                {d_l, d_ch, d_addr, d_fetched} <= {d_l + 1'b1, d_ch + 16'd1, d_addr + ohw[AW-1:0], 1'b0};
             end
         end
     end
@@ -170,14 +171,14 @@ module fpgai_engine (
         w_we <= 1'b0;
         m_valid <= state == S_OUT && out_cnt < OUT_SIZE;
         if (w_we)
-            w_wa <= w_wa + 14'd1;
+            w_wa <= w_wa + 1'b1;
         if (rst) begin
             state <= S_IN;
             {in_cnt, wbyte, w_wa} <= 0;
         end else case (state)
             S_IN: if (s_valid && wload) begin
                 wbuf <= {s_data, wbuf[8*P-1:8]};
-                wbyte <= wbyte == P - 1 ? 4'd0 : wbyte + 4'd1;
+                wbyte <= wbyte == P - 1 ? {LB{1'b0}} : wbyte + 1'b1;
                 w_we <= wbyte == P - 1;
             end else if (s_valid) begin
                 in_cnt <= in_cnt + 16'd1;

@@ -1,8 +1,8 @@
 """The testbench's images (make -C c rtl-sim): the first N test images of a model's dataset, raw.
 
-    images.py MODEL N OUT      -> OUT: N x C x H x W uint8 bytes, CHW, the C engine's order
+    images.py TUPLE N OUT      -> OUT: N x C x H x W uint8 bytes, CHW, the C engine's order
 
-The dataset is the one the tuple quantization/{MODEL}_quant.tuple names (mnist or cifar10).
+The dataset is the one the quantization tuple TUPLE names (mnist or cifar10).
 """
 import os
 import sys
@@ -11,14 +11,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.a
 sys.path.insert(0, ROOT)
 
 
-def main(model, count, out):
+def main(tuple_path, count, out):
     import numpy as np
     import torch
 
     import config
     from data import datasets
 
-    quant = torch.load(os.path.join(ROOT, "quantization", f"{model}_quant.tuple"), weights_only=True)[1]
+    quant = torch.load(tuple_path, weights_only=True)[1]
     images, _ = datasets.load(quant[0]["dataset"], "test", *config.dataset_dirs(ROOT))
     images = np.asarray(images[:count], dtype=np.uint8)
     if len(images) < count:

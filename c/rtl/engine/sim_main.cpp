@@ -1,10 +1,13 @@
 // sim_main.cpp -- the Verilator testbench of engine.v (make -C c rtl-sim):
-//   engine_sim MODEL_DIR IMAGES N LOGITS
-// MODEL_DIR: the export's {model}_rtl folder (params.vh, weights.hex, the memory images engine.v reads
-// from the working directory); IMAGES: N images of IN_SIZE uint8 pixels, raw.  Loads the weights once,
-// streams each image in a pixel a cycle, collects OUT_SIZE bytes, and writes them to LOGITS in the
-// --logits format (docs/contract.md).  Prints the cycles an image takes, from its first pixel to its
-// last output byte.
+//   engine_sim MODEL_DIR IMAGES N LOGITS [LAYERS]
+// MODEL_DIR: the export's {model}_rtl folder (params.vh, program.hex, weights.hex, the memory images
+// engine.v reads from the working directory); IMAGES: N images of IN_SIZE uint8 pixels, raw.  Loads
+// the weights once (when params.vh says WEIGHTS_STREAMED), streams each image in a pixel a cycle,
+// collects OUT_SIZE bytes, and writes them to LOGITS in the --logits format (docs/contract.md).
+// LAYERS: also every op's output tensor, read from the activation RAM as each instruction ends (op 0,
+// the pixels, when the first one does): image after image, op after op, each op's C*H*W bytes (CHW),
+// raw (rtl/engine/dumps.py makes golden vectors of them).  Prints the cycles an image takes, from its
+// first pixel to its last output byte.
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -12,7 +15,10 @@
 #include <vector>
 #include <unistd.h>
 #include "Vfpgai_engine.h"
+#include "Vfpgai_engine___024root.h"
 #include "verilated.h"
+
+enum { NF = 32, S_FETCH = 1, S_RUN = 3 };           // engine.v's fields an instruction and states
 
 static Vfpgai_engine *dut;
 static unsigned long long cycles;
@@ -54,14 +60,31 @@ static void load_weights(int p) {
     tick();
 }
 
-// one image in, its outputs out; false if the engine never answers
-static bool run_image(const unsigned char *pixels, long in_size, unsigned char *out, long out_size) {
+// where each op's output lies in the activation RAM: {base, bytes}; op 0 (the pixels) at 0, op i at
+// instruction i-1's out_base (field 2), c * ohw bytes (fields 17, 22), up to the end word (kind 0)
+static std::vector<std::pair<long, long>> tensors(long in_size) {
+    std::vector<std::pair<long, long>> t{{0, in_size}};
+    std::vector<long> w;
+    FILE *f = fopen("program.hex", "r");
+    unsigned v;
+    if (!f) { perror("program.hex"); exit(2); }
+    while (fscanf(f, "%x", &v) == 1) w.push_back(v);
+    fclose(f);
+    for (size_t i = 0; i + NF <= w.size() && (w[i] & 3); i += NF) t.push_back({w[i + 2], w[i + 17] * w[i + 22]});
+    return t;
+}
+
+// one image in, its outputs out (and, with layers, every op's tensor); false if the engine never answers
+static bool run_image(const unsigned char *pixels, long in_size, unsigned char *out, long out_size,
+                      const std::vector<std::pair<long, long>> *layers, std::vector<unsigned char> *dump) {
     long sent = 0, got = 0;
+    size_t op = 0;                                       // the instructions ended
     for (long guard = 0; got < out_size; guard++) {
         if (guard > 100000000L) return false;
         dut->s_valid = sent < in_size;
         dut->s_data = sent < in_size ? pixels[sent] : 0;
         bool take = dut->s_valid && dut->s_ready;
+        int state = dut->rootp->fpgai_engine__DOT__state;
         dut->clk = 0;
         dut->eval();
         if (dut->m_valid) out[got++] = dut->m_data;
@@ -69,38 +92,48 @@ static bool run_image(const unsigned char *pixels, long in_size, unsigned char *
         dut->eval();
         cycles++;
         sent += take;
+        if (layers && state == S_RUN && dut->rootp->fpgai_engine__DOT__state == S_FETCH) {   // op `op + 1` ended
+            for (size_t i = op ? op + 1 : 0; i <= op + 1; i++)
+                for (long k = 0; k < (*layers)[i].second; k++)
+                    dump->push_back(dut->rootp->fpgai_engine__DOT__amem[(*layers)[i].first + k]);
+            op++;
+        }
     }
     dut->s_valid = 0;
     return true;
 }
 
+static std::string here(const char *path) {
+    return path[0] == '/' ? path : std::string(getcwd(nullptr, 0)) + "/" + path;
+}
+
 int main(int argc, char **argv) {
-    if (argc != 5) { fprintf(stderr, "usage: engine_sim MODEL_DIR IMAGES N LOGITS\n"); return 2; }
-    std::string images_path = argv[2][0] == '/' ? argv[2] : std::string(getcwd(nullptr, 0)) + "/" + argv[2];
-    std::string logits_path = argv[4][0] == '/' ? argv[4] : std::string(getcwd(nullptr, 0)) + "/" + argv[4];
+    if (argc != 5 && argc != 6) { fprintf(stderr, "usage: engine_sim MODEL_DIR IMAGES N LOGITS [LAYERS]\n"); return 2; }
+    std::string images_path = here(argv[2]), logits_path = here(argv[4]), layers_path = argc == 6 ? here(argv[5]) : "";
     long n = atol(argv[3]);
     if (chdir(argv[1]) != 0) { perror(argv[1]); return 2; }
     long p = param("P"), in_size = param("IN_SIZE"), out_size = param("OUT_SIZE");
-    std::vector<unsigned char> images(n * in_size), out(out_size);
+    std::vector<unsigned char> images(n * in_size), out(out_size), dump;
     FILE *fi = fopen(images_path.c_str(), "rb");
     if (!fi || fread(images.data(), 1, images.size(), fi) != images.size()) {
         fprintf(stderr, "rtl-sim: %s: cannot read %ld images of %ld bytes\n", images_path.c_str(), n, in_size);
         return 2;
     }
     fclose(fi);
+    std::vector<std::pair<long, long>> layers = tensors(in_size);
     Verilated::commandArgs(argc, argv);
     dut = new Vfpgai_engine;
     dut->rst = 1;
     tick();
     tick();
     dut->rst = 0;
-    load_weights((int)p);
+    if (param("WEIGHTS_STREAMED")) load_weights((int)p);      // else block RAM that $readmemh initialised
     FILE *fo = fopen(logits_path.c_str(), "w");
     if (!fo) { perror(logits_path.c_str()); return 2; }
     unsigned long long total = 0;
     for (long i = 0; i < n; i++) {
         unsigned long long start = cycles;
-        if (!run_image(&images[i * in_size], in_size, out.data(), out_size)) {
+        if (!run_image(&images[i * in_size], in_size, out.data(), out_size, argc == 6 ? &layers : nullptr, &dump)) {
             fprintf(stderr, "rtl-sim: image %ld: no output\n", i);
             return 1;
         }
@@ -109,6 +142,13 @@ int main(int argc, char **argv) {
         fputc('\n', fo);
     }
     fclose(fo);
+    if (argc == 6) {
+        FILE *fl = fopen(layers_path.c_str(), "wb");
+        if (!fl || fwrite(dump.data(), 1, dump.size(), fl) != dump.size() || fclose(fl) != 0) {
+            perror(layers_path.c_str());
+            return 2;
+        }
+    }
     printf("rtl-sim: %ld images, %llu cycles per image\n", n, n ? total / n : 0);
     delete dut;
     return 0;
