@@ -148,7 +148,7 @@ OPTIONS = {
 
 CHOICES = {
     "MODEL": ("lenet", "resnet18", "resnet34", "resnet50", "mobilenet_v2",
-              "vgg11", "vgg13", "vgg16", "vgg19"),
+              "vgg11", "vgg13", "vgg16", "vgg19", "vgg_small"),
     "WEIGHT_MODE": ("per_channel", "per_tensor"),
     "CALIB_METHOD": ("minmax", "percentile"),
     "WEIGHT_METHOD": ("auto", "rtn", "mse", "gptq"),

@@ -58,7 +58,7 @@ def test_help_lists_the_stages_own_options(script):
     for name, (default, valid, description) in options.items():
         assert len(description.strip()) > 10, name
     assert options["model"][:2] == ("lenet", "[lenet, resnet18, resnet34, resnet50, mobilenet_v2, vgg11, vgg13, vgg16, "
-                                             "vgg19] or FILE.py:NAME")
+                                             "vgg19, vgg_small] or FILE.py:NAME")
     assert options["threads"][:2] == ("0", "[0..1024]")
     if "weight_mode" in options:
         assert options["weight_mode"][:2] == ("per_channel", "[per_channel, per_tensor]")
