@@ -65,7 +65,13 @@ def measure(model, weight_bits, act_bits, quant_dir, args):
     return {"peer_work": peer_work(model, quant_dir, args), "model": model, "weight_bits": weight_bits, "act_bits": act_bits,
             "weight_method": "auto (gptq + bias correction below 8 bits)", "calib_images": CALIB_IMAGES,
             "command": " ".join(["quant_model.py", *settings[:1], *widths]), "seconds_quantize": round(quantize_seconds, 1),
-            "cpu": cpu(), "test": test}
+            "cpu": cpu(), "commit": code_version(), "test": test}
+
+
+def code_version():
+    """The commit that measured (`git describe --always --dirty`), '' outside a git checkout."""
+    proc = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True, text=True)
+    return proc.stdout.strip() if proc.returncode == 0 else ""
 
 
 def peer_work(model, quant_dir, args):

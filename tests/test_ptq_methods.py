@@ -85,12 +85,50 @@ def test_bias_correction_zeroes_the_mean_output_shift(method, mode):
     plain = quantize_layer(weight, bias, mode, 3, method, inputs=inputs)
     q, scale, zero_point, corrected = quantize_layer(weight, bias, mode, 3, method, inputs=inputs,
                                                      bias_correction=True)
-    assert all(np.array_equal(a, b) for a, b in zip(plain[:3], (q, scale, zero_point)))   # weights untouched
+    # rtn and mse round as without correction; gptq rounds for the error the correction leaves
+    untouched = all(np.array_equal(a, b) for a, b in zip(plain[:3], (q, scale, zero_point)))
+    assert untouched == (method != "gptq")
     float_mean = (weight @ columns).mean(axis=1) + bias
     shift = (dequantized(q, scale, zero_point) @ columns).mean(axis=1) + bias - float_mean
     assert np.abs(shift).max() > 1e-2           # there was a shift to correct
     quant_mean = (dequantized(q, scale, zero_point) @ columns).mean(axis=1) + corrected
     np.testing.assert_allclose(quant_mean, float_mean, atol=1e-9)
+
+
+@pytest.mark.parametrize("mode", ["per_channel", "per_tensor"])
+def test_gptq_with_bias_correction_minimises_the_error_the_correction_leaves(mode):
+    weight, columns = correlated_layer(cout=16, k=32, n=1024)
+    centered = columns - columns.mean(axis=1, keepdims=True)
+    residual = {}
+    for correct in (False, True):
+        q, scale, zero_point, _ = quantize_layer(weight, np.zeros(16), mode, 3, "gptq", inputs=inputs_of(columns),
+                                                 bias_correction=correct)
+        residual[correct] = np.linalg.norm((dequantized(q, scale, zero_point) - weight) @ centered)
+    assert residual[True] < 0.95 * residual[False]
+
+
+def test_refine_stops_where_no_single_code_step_lowers_the_error(monkeypatch):
+    rng = np.random.default_rng(3)
+    rows = rng.normal(size=(2, 5, 6))                                # [G, R, K]
+    factors = rng.normal(size=(2, 6, 6))
+    hessian = factors @ factors.transpose(0, 2, 1) + 0.1 * np.eye(6)
+    step = rng.uniform(0.2, 0.5, size=(2, 5))
+    start = rng.integers(-3, 4, size=rows.shape).astype(np.float64)
+
+    def error(codes):
+        e = codes * step[:, :, None] - rows
+        return np.einsum("grk,grl,gkl->gr", e, e, hessian)
+
+    monkeypatch.setattr(methods, "REFINE_SWEEPS", 1000)
+    codes = methods._refine(rows, start, step, 0, -3, 3, hessian)
+    assert (error(codes) <= error(start) + 1e-12).all() and (error(codes) < error(start)).any()
+    assert codes.min() >= -3 and codes.max() <= 3
+    for index in np.ndindex(rows.shape):
+        for sign in (1, -1):
+            moved = codes.copy()
+            moved[index] += sign
+            if -3 <= moved[index] <= 3:
+                assert error(moved)[index[:2]] >= error(codes)[index[:2]] - 1e-12, (index, sign)
 
 
 def test_scale_floor_is_kept_by_every_method():

@@ -10,7 +10,10 @@ real weight = scale[c] * (q - zero_point).
          diag(H) when the layer's inputs are known
   gptq   GPTQ (Frantar et al. 2022): mse's grid, columns rounded in order (largest diag(H)
          first, "act-order") with each column's error spread over the columns not yet rounded
-         through the inverse of H = E[x x^T]; each group of a grouped conv has its own H
+         through the inverse of H = E[x x^T]; each group of a grouped conv has its own H; then
+         coordinate descent on the codes (_refine), which GPTQ's one greedy pass leaves improvable
+         (mobilenet_v2's first conv: 20.2 -> 24.2 dB output SQNR at W4). With bias correction, H
+         less E[x] E[x]^T: the error that correction leaves
   correct_bias   the float bias less the mean output shift the rounding causes, (W_q - W) E[x]
 
 The layer inputs (LayerInputs: H and E[x] per group, x the layer's im2col columns on the float,
@@ -30,6 +33,7 @@ from model import qmath
 METHODS = ("rtn", "mse", "gptq")
 CLIP_RATIOS = np.linspace(0.5, 1.0, 100)    # mse's search: the fraction of the full range kept
 GPTQ_DAMP = 0.01                            # of the mean of diag(H), added to the diagonal
+REFINE_SWEEPS = 3                           # coordinate-descent passes after GPTQ's rounding
 GPTQ_BLOCK = 128                            # columns whose errors are spread at once (lazy batch updates)
 MAX_ROWS = 1 << 15                          # im2col columns per layer that H is estimated from
 STATISTICS_BYTES = 1 << 29                  # H (float32) of the layers measured in one pass
@@ -145,15 +149,16 @@ def gptq(w, mode, bits, inputs, min_scale=0.0, act_order=True):
     low, high = weight_range(mode, bits)
     scale, zero_point = mse_grid(rows, mode, bits, min_scale, inputs)
     groups, k = inputs.mean.shape
-    work = rows.reshape(groups, -1, k).copy()                       # [G, Cout/G, K]
+    target = rows.reshape(groups, -1, k).copy()                     # [G, Cout/G, K]
     step = scale.reshape(groups, -1)
     hessian = inputs.hessian.copy()
     dead = np.diagonal(hessian, axis1=1, axis2=2) == 0              # inputs always zero: any weight will do
     hessian[:, np.arange(k), np.arange(k)] += dead
-    work[np.broadcast_to(dead[:, None, :], work.shape)] = 0
+    target[np.broadcast_to(dead[:, None, :], target.shape)] = 0
     order = (np.argsort(-np.diagonal(hessian, axis1=1, axis2=2), axis=1, kind="stable") if act_order
              else np.broadcast_to(np.arange(k), (groups, k)))
-    work = np.take_along_axis(work, order[:, None, :], axis=2)
+    target = np.take_along_axis(target, order[:, None, :], axis=2)
+    work = target.copy()
     hessian = np.stack([h[np.ix_(o, o)] for h, o in zip(hessian, order)])
     inv = _inverse_cholesky(hessian)                                # [G, K, K], upper
     codes = np.empty_like(work)
@@ -167,9 +172,32 @@ def gptq(w, mode, bits, inputs, min_scale=0.0, act_order=True):
             work[:, :, j:end] -= error[:, :, None] * inv[:, None, j, j:end]
             errors[:, :, j - start] = error
         work[:, :, end:] -= errors @ inv[:, start:end, end:]
+    codes = _refine(target, codes, step, zero_point, low, high, hessian)
     restored = np.empty_like(codes)
     np.put_along_axis(restored, np.broadcast_to(order[:, None, :], codes.shape), codes, axis=2)
     return _stored(restored.reshape(len(rows), k), mode, shape), scale, zero_point
+
+
+def _refine(rows, codes, step, zero_point, low, high, hessian):
+    """codes [G, R, K] of rows [G, R, K] (steps [G, R]) after coordinate descent on each channel's output
+    error e^T H e, e = (codes - zero point) * step - rows: column after column, a code moves by one step
+    where that lowers the error, for up to REFINE_SWEEPS passes or until no code moves."""
+    codes = codes.copy()
+    error = (codes - zero_point) * step[:, :, None] - rows
+    slope = error @ hessian                                          # [G, R, K]: H e per channel (H symmetric)
+    for _ in range(REFINE_SWEEPS):
+        moved = False
+        for j in range(rows.shape[2]):
+            for sign in (1, -1):
+                gain = 2 * sign * step * slope[:, :, j] + step ** 2 * hessian[:, j, j][:, None]
+                g, r = np.nonzero((gain < 0) & (codes[:, :, j] + sign >= low) & (codes[:, :, j] + sign <= high))
+                if len(g):
+                    codes[g, r, j] += sign
+                    slope[g, r] += (sign * step[g, r])[:, None] * hessian[g, j]
+                    moved = True
+        if not moved:
+            break
+    return codes
 
 
 def correct_bias(bias, w, q, scale, zero_point, inputs):
@@ -178,6 +206,18 @@ def correct_bias(bias, w, q, scale, zero_point, inputs):
     groups, k = inputs.mean.shape
     shift = _values(q.reshape(len(rows), -1).astype(np.float64), scale, zero_point) - rows
     return bias - np.einsum("gck,gk->gc", shift.reshape(groups, -1, k), inputs.mean).reshape(-1)
+
+
+def _centered(inputs):
+    """inputs with H = E[x x^T] less E[x] E[x]^T: the output error bias correction leaves (it removes the
+    mean shift (W_q - W) E[x]), which is what the rounding should then minimise."""
+    mean = inputs.mean
+    covariance = inputs.hessian.astype(np.float64) - np.einsum("gi,gj->gij", mean, mean)
+    # an input that never varies (its variance lost in rounding against its mean) is dead to GPTQ
+    constant = np.diagonal(covariance, axis1=1, axis2=2) <= 1e-6 * np.diagonal(inputs.hessian, axis1=1, axis2=2)
+    covariance[np.broadcast_to(constant[:, :, None], covariance.shape)] = 0
+    covariance[np.broadcast_to(constant[:, None, :], covariance.shape)] = 0
+    return LayerInputs(covariance.astype(np.float32), mean)
 
 
 def resolve(method, bias_correction, bits):
@@ -196,7 +236,7 @@ def quantize_layer(w, bias, mode, bits, method, min_scale=0.0, inputs=None, bias
     elif method == "mse":
         q, scale, zero_point = mse(w, mode, bits, min_scale, inputs)
     elif method == "gptq":
-        q, scale, zero_point = gptq(w, mode, bits, inputs, min_scale)
+        q, scale, zero_point = gptq(w, mode, bits, _centered(inputs) if bias_correction else inputs, min_scale)
     else:
         raise ValueError(f"unknown weight method {method!r}; choices: {', '.join(METHODS)}")
     if bias_correction:
