@@ -53,7 +53,7 @@ def test_help_lists_the_stages_own_options(script):
     options = help_options(script)
     own, foreign = HELP[script]
     assert own <= set(options) and not foreign & set(options)
-    extras = {"test_model.py": ["json", "dump_layers"], "export_quant_model.py": ["report"]}.get(script, [])
+    extras = {"test_model.py": ["json", "dump_layers"], "export_quant_model.py": ["report", "rtl_target"]}.get(script, [])
     assert list(options) == [k.lower() for k in config.stage_options(script)] + extras
     for name, (default, valid, description) in options.items():
         assert len(description.strip()) > 10, name
