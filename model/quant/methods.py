@@ -152,7 +152,7 @@ def gptq(w, mode, bits, inputs, min_scale=0.0, act_order=True):
     target = rows.reshape(groups, -1, k).copy()                     # [G, Cout/G, K]
     step = scale.reshape(groups, -1)
     hessian = inputs.hessian.copy()
-    dead = np.diagonal(hessian, axis1=1, axis2=2) == 0              # inputs always zero: any weight will do
+    dead = np.diagonal(hessian, axis1=1, axis2=2) == 0              # inputs that never vary: any weight will do
     hessian[:, np.arange(k), np.arange(k)] += dead
     target[np.broadcast_to(dead[:, None, :], target.shape)] = 0
     order = (np.argsort(-np.diagonal(hessian, axis1=1, axis2=2), axis=1, kind="stable") if act_order
