@@ -47,33 +47,34 @@ VGG_SMALL_CFG = [32, "M", 64, "M", 128, "M", 128, "M"]
 
 
 class VGG(nn.Module):
-    """torchvision's VGG feature stack with BN and one linear head (five 2x2 max pools: 32 -> 1, or
-    the four of vgg_small: 32 -> 2)."""
+    """torchvision's VGG feature stack with BN and one linear head on what its 2x2 max pools leave of a
+    32x32 image (the five of vgg11-19: 1x1, the four of vgg_small: 2x2)."""
 
-    def __init__(self, cfg, features):
+    def __init__(self, cfg):
         super().__init__()
         self.features = make_layers(cfg, batch_norm=True)
-        self.classifier = nn.Linear(features, NUM_CLASSES)
+        side = 32 >> cfg.count("M")
+        self.classifier = nn.Linear([c for c in cfg if c != "M"][-1] * side * side, NUM_CLASSES)
 
     def forward(self, x):
         return self.classifier(torch.flatten(self.features(x), 1))
 
 
 def vgg11():
-    return VGG(VGG_CFGS["A"], 512)
+    return VGG(VGG_CFGS["A"])
 
 
 def vgg13():
-    return VGG(VGG_CFGS["B"], 512)
+    return VGG(VGG_CFGS["B"])
 
 
 def vgg16():
-    return VGG(VGG_CFGS["D"], 512)
+    return VGG(VGG_CFGS["D"])
 
 
 def vgg19():
-    return VGG(VGG_CFGS["E"], 512)
+    return VGG(VGG_CFGS["E"])
 
 
 def vgg_small():
-    return VGG(VGG_SMALL_CFG, 128 * 2 * 2)
+    return VGG(VGG_SMALL_CFG)
