@@ -3,7 +3,8 @@ export_mode=rtl files on MNIST test images and every logit must equal the numpy 
 (which the C engine equals: tests/test_c_engine.py); its per-op dumps (make rtl-sim DUMP=DIR) must
 equal the numpy and C engines' by compare_dumps.py; a design whose requantizer truncates must fail;
 requant_serial.v alone must equal the engines on the requantizer's vectors, fed back to back; the
-exporter refuses what the engine cannot run in one line naming the op.  The tools come from
+exporter refuses what the engine cannot run in one line naming the op, and places tensors so that no
+two alive at one time overlap.  The tools come from
 c/rtl/install-tools.sh (.ci/run runs it); the simulation tests skip, saying why, only when they cannot
 be installed here."""
 import os
@@ -20,7 +21,7 @@ from data import datasets
 from model.fileio import ModelFileError
 from model.formats import golden, rtl_export
 from model.formats.golden import layer_outputs
-from tests import rtl_sim
+from tests import narrow_graphs, rtl_sim
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 C_DIR = os.path.join(ROOT, "c")
@@ -73,8 +74,8 @@ def test_a_requantizer_that_truncates_is_caught(simulated, lenet, tmp_path):
             shutil.copy(os.path.join(ENGINE, name), tmp_path / name)
     unit = tmp_path / "requant_serial.v"
     source = unit.read_text()
-    assert "{r1 + half, r1_sh, r1_addr}" in source
-    unit.write_text(source.replace("{r1 + half, r1_sh, r1_addr}", "{r1, r1_sh, r1_addr}"))
+    assert "addend <= c2_add ? r2 : half;" in source
+    unit.write_text(source.replace("addend <= c2_add ? r2 : half;", "addend <= c2_add ? r2 : 64'sd0;"))
     model_dir = os.path.join(BUILD, "export", "lenet_rtl")
     sim = rtl_sim.build(model_dir, tmp_path / "obj", sorted(str(p) for p in tmp_path.glob("*.v")))
     images = np.fromfile(os.path.join(model_dir, "tb_images.bin"), dtype=np.uint8).reshape(8, 1, 28, 28)
@@ -109,29 +110,25 @@ def test_requant_serial_alone_equals_the_engines(tools):
     assert re.search(r"rtl: requant_serial.v equals the engines on all \d+ vectors", proc.stdout)
 
 
-@pytest.mark.parametrize("change, words", [
-    (dict(op="avgpool"), "op 2 (features_3) is avgpool: the RTL engine runs conv, linear, maxpool only"),
-    (dict(weight_bits=4), "op 2 (features_3) has 4-bit weights: the RTL engine takes 8 bits only"),
-    (dict(inputs=[0]), "op 2 (features_3) reads op [0]: the RTL engine runs a chain"),
-])
-def test_what_the_engine_cannot_run_is_refused_in_one_line(lenet, change, words):
+@pytest.mark.parametrize("kind", ["adaptive_avgpool", "concat", "mul", "lut", "shuffle", "slice", "upsample", "pad"])
+def test_what_the_engine_cannot_run_is_refused_in_one_line(lenet, kind):
     quant = [dict(op) for op in lenet[1]]
-    if "weight_bits" in change:
-        quant[2] = dict(quant[1], name="features_3", inputs=[1])     # a conv in op 2's place, then its width
-    quant[2].update(change)
+    quant[2].update(op=kind)
     with pytest.raises(ModelFileError) as err:
         rtl_export.check(quant)
-    assert str(err.value).startswith(f"rtl export: {words}")
-    assert "\n" not in str(err.value)
+    assert str(err.value) == (f"rtl export: op 2 (features_3) is {kind}: the RTL engine runs conv, linear, maxpool, "
+                              f"avgpool, add only")
 
 
 def test_the_export_command_refuses_in_one_line(lenet, tmp_path):
-    """export_quant_model.py --export_mode=rtl on a tuple whose pool became an average pool."""
+    """export_quant_model.py --export_mode=rtl on a tuple whose pool became an adaptive average pool (a
+    multiplier for each of its 14 x 14 outputs)."""
     state, quant = lenet
     quant = [dict(op) for op in quant]
-    quant[2].update(op="avgpool", kernel=[2, 2], stride=[2, 2])
-    state = dict(state, **{"features_3.multiplier": torch.tensor([1 << 28], dtype=torch.int32),
-                           "features_3.shift": torch.tensor([30], dtype=torch.int32)})     # s_in / (4 s_out)
+    quant[2] = {k: v for k, v in quant[2].items() if k not in ("kernel", "stride", "padding", "ceil_mode")}
+    quant[2].update(op="adaptive_avgpool")
+    state = dict(state, **{"features_3.multiplier": torch.full((196,), 1 << 28, dtype=torch.int32),
+                           "features_3.shift": torch.full((196,), 30, dtype=torch.int32)})     # s_in / (4 s_out)
     os.makedirs(tmp_path / "q")
     torch.save((state, quant), tmp_path / "q" / "lenet_quant.tuple")
     proc = subprocess.run([os.path.join(ROOT, ".venv", "bin", "python"), "export_quant_model.py", "--export_mode=rtl",
@@ -139,7 +136,7 @@ def test_the_export_command_refuses_in_one_line(lenet, tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
     assert proc.stderr.strip().splitlines()[-1].startswith("error: ")
-    assert "(features_3) is avgpool" in proc.stderr
+    assert "(features_3) is adaptive_avgpool" in proc.stderr
 
 
 def test_targets_and_their_memories_are_checked_in_one_line(lenet, monkeypatch, tmp_path):
@@ -156,3 +153,31 @@ def test_targets_and_their_memories_are_checked_in_one_line(lenet, monkeypatch, 
                            "--rtl_target=zynq", f"--export_dir={tmp_path}"], cwd=ROOT, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode != 0 and proc.stderr.strip() == "error: --rtl_target=zynq: not one of up5k, ecp5"
+
+
+def test_tensors_alive_together_never_share_a_byte(lenet):
+    """rtl_export.allocate on LeNet (a chain: 5,880 bytes, as two alternating halves would take) and on
+    graphs with residual adds: every two tensors alive at one time lie apart."""
+    graphs = [lenet[1]] + [narrow_graphs.build(case, n_test=1)[1]
+                           for case in ("add_clamp_excludes_zp", "concat_mixed_zps")]
+    for quant in graphs:
+        bases, total = rtl_export.allocate(quant)
+        last = [max([i] + [j for j, op in enumerate(quant) if i in op.get("inputs", [])]) for i in range(len(quant))]
+        spans = [(b, b + int(np.prod(op["shape"]))) for b, op in zip(bases, quant)]
+        assert total == max(hi for _, hi in spans)
+        for i in range(len(quant)):
+            for j in range(i):
+                if j <= last[i] and i <= last[j]:
+                    assert spans[i][1] <= spans[j][0] or spans[j][1] <= spans[i][0], (quant[0]["model"], i, j)
+    assert rtl_export.allocate(lenet[1])[1] == 5880
+
+
+def test_activations_that_do_not_fit_are_refused_naming_the_op(lenet):
+    """LeNet's first conv made 84 channels wide: its output (65,856 bytes) and the pool's reading it do
+    not fit 64 KiB."""
+    state, quant = lenet
+    quant = [dict(op) for op in quant]
+    quant[1]["shape"] = [84, 28, 28]
+    with pytest.raises(ModelFileError, match=r"^rtl export: op 2 \(features_3\): its output and the tensors alive "
+                                             r"with it take 67032 bytes; the RTL engine addresses 65536 bytes"):
+        rtl_export.compile_graph(state, quant, "up5k")

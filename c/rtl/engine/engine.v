@@ -1,15 +1,17 @@
 // engine.v -- FPGAI's generic integer engine (docs/fpga.md): the hardware twin of the C interpreter.
 // A sequencer runs the program that the exporter compiled from the graph (model/formats/rtl_export.py):
-// one instruction of NF 16-bit fields per conv, linear or max pool layer, then an end word.  For each
-// layer tap_gen walks the taps; each cycle one input byte (padding: its zero point) and one word of
-// P weights reach P MAC lanes, which accumulate (x - z_x) * (w - z_w) in int32; a finished group of P
-// output channels moves to a shadow register and drains, channel by channel, through the contract's
+// instructions of NF 16-bit fields (one or more an op), then an end word.  For each instruction tap_gen
+// walks the taps; each cycle one input byte (padding: its zero point) and one word of P weights reach P
+// MAC lanes, which accumulate (x - z_x) * (w - z_w) in int32; a finished group of up to P output channels
+// (gch of them) moves to a shadow register and drains, channel by channel, through the contract's
 // requantizer (requant_serial.v, bias and per-channel m, shift from the channel table) while the lanes
-// run on.  Max pool takes the largest byte of each window.  Activations live in one block RAM,
-// tensors alternating between two halves (the exporter places them); weights in weight_ram.v.
+// run on.  Max pool takes the largest byte of each window.  Grouped and depthwise convs, average pools
+// and residual adds are convs to the engine (the exporter says how); an add's two lanes, a - z_a and
+// b - z_b, drain as a pair that the requantizer rounds once (kind bit 9).  Activations live in one
+// block RAM where the exporter places them; weights in weight_ram.v.
 //
 // Streams: while wload is high, s_data bytes fill the weights (word after word, lane 0 first); then
-// each image is IN_SIZE pixels in (CHW), and OUT_SIZE bytes (the last op's output) come out on
+// each image is IN_SIZE pixels in (CHW, to IN_BASE on), and OUT_SIZE bytes (the last op's output) come out on
 // m_valid / m_data.  params.vh, written by the exporter, sets the sizes and the memory images.
 `timescale 1ns / 1ps
 module fpgai_engine (
@@ -28,7 +30,7 @@ module fpgai_engine (
     localparam K_END = 2'd0, K_CONV = 2'd1, K_POOL = 2'd2;
 
     reg [2:0] state /*verilator public_flat_rd*/;            // public: the testbench's per-layer dumps
-    reg [15:0] in_cnt, out_cnt, pc;
+    reg [15:0] in_addr, out_cnt, pc;                   // in_addr: where the next pixel goes
     reg [5:0] fi;
     reg [16*NF-1:0] fields;
     reg [15:0] prog [0:NPROG-1];
@@ -45,9 +47,9 @@ module fpgai_engine (
     `define FIELD(i) fields[16*(i) +: 16]
     wire [15:0] f_kind = `FIELD(0), f_zx_zw = `FIELD(29), f_zp = `FIELD(30), f_clamp = `FIELD(31);
     wire [1:0] kind = f_kind[1:0];
-    wire w_unsigned = f_kind[8];
+    wire w_unsigned = f_kind[8], pairs = f_kind[9];
     wire is_conv = kind == K_CONV;
-    wire [15:0] n_out = `FIELD(17), ohw = `FIELD(22), pbase = `FIELD(28);
+    wire [15:0] ch_end = `FIELD(17), gch = `FIELD(21), ohw = `FIELD(22), pbase = `FIELD(28);
     wire [7:0] zx = f_zx_zw[7:0], zw = f_zx_zw[15:8], zp = f_zp[7:0], qmin = f_clamp[7:0], qmax = f_clamp[15:8];
 
     // the tap stream: issue -> RAM reads (s1) -> operands (s2) -> accumulate (s3: group done)
@@ -65,8 +67,8 @@ module fpgai_engine (
         .in_base(`FIELD(1)), .out_base(`FIELD(2)), .wbase(`FIELD(27)), .h(`FIELD(3)), .w(`FIELD(4)),
         .cing_last(`FIELD(5)), .kh_last(`FIELD(6)), .kw_last(`FIELD(7)), .sh(`FIELD(8)), .sw(`FIELD(9)),
         .dh(`FIELD(10)), .dw(`FIELD(11)), .pt(`FIELD(12)), .pl(`FIELD(13)), .oh_last(`FIELD(14)),
-        .ow_last(`FIELD(15)), .groups_last(`FIELD(16)), .hw(`FIELD(18)), .gstep_in(`FIELD(19)), .gstep_out(`FIELD(20)), .gch(`FIELD(21)),
-        .k_taps(`FIELD(26)), .row_start(`FIELD(23)), .sh_w(`FIELD(24)), .dh_w(`FIELD(25)),
+        .ow_last(`FIELD(15)), .groups_last(`FIELD(16)), .hw(`FIELD(18)), .gstep_in(`FIELD(19)), .gstep_out(`FIELD(20)), .gch(gch),
+        .wstep(`FIELD(26)), .row_start(`FIELD(23)), .sh_w(`FIELD(24)), .dh_w(`FIELD(25)),
         .issue(issue), .act_addr(act_addr), .w_addr(w_addr), .pad(pad), .first(first), .last(last),
         .tag_addr(tag_addr), .tag_ch(tag_ch), .busy(gen_busy));
 
@@ -102,19 +104,21 @@ module fpgai_engine (
         end
     endgenerate
 
-    // the drain: a finished group's channels, one at a time, into the requantizer
+    // the drain: a finished group's gch channels (fewer where the layer's ch_end comes first), one at a
+    // time, into the requantizer
     reg [LB:0] d_l;
     reg [15:0] d_ch;
     reg [AW-1:0] d_addr;
     reg d_fetched;
-    wire d_end = d_l == P || d_ch >= n_out;
+    wire d_end = d_l == gch[LB:0] || d_ch >= ch_end;
     wire rq_ready, rq_valid, rq_idle;
     wire [7:0] rq_out;
     wire [AW-1:0] rq_addr;
     wire rq_take = drain_busy && !d_end && d_fetched;
     requant_serial #(.AW(AW)) rq (
         .clk(clk), .rst(rst), .in_valid(rq_take), .in_ready(rq_ready), .acc(shadow[31:0]),
-        .bias(chan_q[31:0]), .m(chan_q[63:32]), .shift(chan_q[69:64]), .addr(d_addr), .zp(zp), .qmin(qmin),
+        .bias(chan_q[31:0]), .m(chan_q[63:32]), .shift(chan_q[69:64]), .addr(d_addr), .keep_prod(pairs && !d_l[0]),
+        .add_kept(pairs && d_l[0]), .zp(zp), .qmin(qmin),
         .qmax(qmax), .out_valid(rq_valid), .out(rq_out), .out_addr(rq_addr), .idle(rq_idle));
 
     wire pool_write = s3_v && s3_last && kind == K_POOL;
@@ -125,7 +129,7 @@ module fpgai_engine (
     // activation RAM: one read port (taps, then the logits), one write port (pixels, outputs)
     wire [AW-1:0] a_ra = state == S_OUT ? OUT_BASE + out_cnt[AW-1:0] : act_addr;
     wire a_we = (state == S_IN && !wload && s_valid) || rq_valid || pool_write;
-    wire [AW-1:0] a_wa = state == S_IN ? in_cnt[AW-1:0] : rq_valid ? rq_addr : s3_tag;
+    wire [AW-1:0] a_wa = state == S_IN ? in_addr[AW-1:0] : rq_valid ? rq_addr : s3_tag;
     wire [7:0] a_wd = state == S_IN ? s_data : rq_valid ? rq_out : pool_max;
     always @(posedge clk) begin
         if (a_we)
@@ -174,15 +178,16 @@ module fpgai_engine (
             w_wa <= w_wa + 1'b1;
         if (rst) begin
             state <= S_IN;
-            {in_cnt, wbyte, w_wa} <= 0;
+            {wbyte, w_wa} <= 0;
+            in_addr <= IN_BASE;
         end else case (state)
             S_IN: if (s_valid && wload) begin
                 wbuf <= {s_data, wbuf[8*P-1:8]};
                 wbyte <= wbyte == P - 1 ? {LB{1'b0}} : wbyte + 1'b1;
                 w_we <= wbyte == P - 1;
             end else if (s_valid) begin
-                in_cnt <= in_cnt + 16'd1;
-                if (in_cnt == IN_SIZE - 1)
+                in_addr <= in_addr + 16'd1;
+                if (in_addr == IN_BASE + IN_SIZE - 1)
                     {state, pc, fi} <= {S_FETCH, 16'd0, 6'd0};
             end
             S_FETCH: begin
@@ -202,8 +207,10 @@ module fpgai_engine (
             end
             default: begin
                 out_cnt <= out_cnt + 16'd1;
-                if (out_cnt == OUT_SIZE)
-                    {state, in_cnt} <= {S_IN, 16'd0};
+                if (out_cnt == OUT_SIZE) begin
+                    state <= S_IN;
+                    in_addr <= IN_BASE;
+                end
             end
         endcase
     end

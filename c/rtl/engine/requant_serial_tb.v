@@ -21,7 +21,8 @@ module requant_serial_tb;
     wire [127:0] last = vec[dut.r3_addr];
 
     requant_serial dut(.clk(clk), .rst(rst), .in_valid(sent < n), .in_ready(ready), .acc(v[127:96]), .bias(32'sd0),
-                       .m({1'b0, v[94:64]}), .shift(v[61:56]), .addr(sent[15:0]), .zp(last[55:48]), .qmin(last[47:40]),
+                       .m({1'b0, v[94:64]}), .shift(v[61:56]), .addr(sent[15:0]), .keep_prod(1'b0),
+                       .add_kept(1'b0), .zp(last[55:48]), .qmin(last[47:40]),
                        .qmax(last[39:32]), .out_valid(valid), .out(out), .out_addr(out_addr), .idle(idle));
 
     always #1 clk = !clk;

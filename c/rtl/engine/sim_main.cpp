@@ -4,10 +4,10 @@
 // engine.v reads from the working directory); IMAGES: N images of IN_SIZE uint8 pixels, raw.  Loads
 // the weights once (when params.vh says WEIGHTS_STREAMED), streams each image in a pixel a cycle,
 // collects OUT_SIZE bytes, and writes them to LOGITS in the --logits format (docs/contract.md).
-// LAYERS: also every op's output tensor, read from the activation RAM as each instruction ends (op 0,
-// the pixels, when the first one does): image after image, op after op, each op's C*H*W bytes (CHW),
-// raw (rtl/engine/dumps.py makes golden vectors of them).  Prints the cycles an image takes, from its
-// first pixel to its last output byte.
+// LAYERS: also every op's output tensor, read from the activation RAM as the op's last instruction ends
+// (op 0, the pixels, when op 1 does; tensors.txt says where each lies and how many instructions it takes):
+// image after image, op after op, each op's C*H*W bytes (CHW), raw (rtl/engine/dumps.py makes golden
+// vectors of them).  Prints the cycles an image takes, from its first pixel to its last output byte.
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -18,7 +18,7 @@
 #include "Vfpgai_engine___024root.h"
 #include "verilated.h"
 
-enum { NF = 32, S_FETCH = 1, S_RUN = 3 };           // engine.v's fields an instruction and states
+enum { S_FETCH = 1, S_RUN = 3 };                    // engine.v's states
 
 static Vfpgai_engine *dut;
 static unsigned long long cycles;
@@ -60,25 +60,26 @@ static void load_weights(int p) {
     tick();
 }
 
-// where each op's output lies in the activation RAM: {base, bytes}; op 0 (the pixels) at 0, op i at
-// instruction i-1's out_base (field 2), c * ohw bytes (fields 17, 22), up to the end word (kind 0)
-static std::vector<std::pair<long, long>> tensors(long in_size) {
-    std::vector<std::pair<long, long>> t{{0, in_size}};
-    std::vector<long> w;
-    FILE *f = fopen("program.hex", "r");
-    unsigned v;
-    if (!f) { perror("program.hex"); exit(2); }
-    while (fscanf(f, "%x", &v) == 1) w.push_back(v);
+// each op's output in the activation RAM and the instructions that make it (tensors.txt, a line an op:
+// base, bytes, instructions; op 0, the pixels, none)
+struct Tensor { long base, bytes, instructions; };
+
+static std::vector<Tensor> tensors() {
+    std::vector<Tensor> t;
+    FILE *f = fopen("tensors.txt", "r");
+    Tensor x;
+    if (!f) { perror("tensors.txt"); exit(2); }
+    while (fscanf(f, "%ld %ld %ld", &x.base, &x.bytes, &x.instructions) == 3) t.push_back(x);
     fclose(f);
-    for (size_t i = 0; i + NF <= w.size() && (w[i] & 3); i += NF) t.push_back({w[i + 2], w[i + 17] * w[i + 22]});
     return t;
 }
 
 // one image in, its outputs out (and, with layers, every op's tensor); false if the engine never answers
 static bool run_image(const unsigned char *pixels, long in_size, unsigned char *out, long out_size,
-                      const std::vector<std::pair<long, long>> *layers, std::vector<unsigned char> *dump) {
+                      const std::vector<Tensor> *layers, std::vector<unsigned char> *dump) {
     long sent = 0, got = 0;
-    size_t op = 0;                                       // the instructions ended
+    size_t op = 0;                                       // the ops ended
+    long left = layers && layers->size() > 1 ? (*layers)[1].instructions : 0;   // op + 1's instructions to go
     for (long guard = 0; got < out_size; guard++) {
         if (guard > 100000000L) return false;
         dut->s_valid = sent < in_size;
@@ -92,11 +93,12 @@ static bool run_image(const unsigned char *pixels, long in_size, unsigned char *
         dut->eval();
         cycles++;
         sent += take;
-        if (layers && state == S_RUN && dut->rootp->fpgai_engine__DOT__state == S_FETCH) {   // op `op + 1` ended
-            for (size_t i = op ? op + 1 : 0; i <= op + 1; i++)
-                for (long k = 0; k < (*layers)[i].second; k++)
-                    dump->push_back(dut->rootp->fpgai_engine__DOT__amem[(*layers)[i].first + k]);
+        if (layers && state == S_RUN && dut->rootp->fpgai_engine__DOT__state == S_FETCH && --left == 0) {
+            for (size_t i = op ? op + 1 : 0; i <= op + 1; i++)          // op `op + 1` ended
+                for (long k = 0; k < (*layers)[i].bytes; k++)
+                    dump->push_back(dut->rootp->fpgai_engine__DOT__amem[(*layers)[i].base + k]);
             op++;
+            left = op + 1 < layers->size() ? (*layers)[op + 1].instructions : 0;
         }
     }
     dut->s_valid = 0;
@@ -120,7 +122,7 @@ int main(int argc, char **argv) {
         return 2;
     }
     fclose(fi);
-    std::vector<std::pair<long, long>> layers = tensors(in_size);
+    std::vector<Tensor> layers = tensors();
     Verilated::commandArgs(argc, argv);
     dut = new Vfpgai_engine;
     dut->rst = 1;

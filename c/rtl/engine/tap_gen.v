@@ -1,7 +1,8 @@
 // tap_gen.v -- the engine's address generator: one tap a cycle of the layer that the sequencer
 // loaded, in the order  group g > output row oy > output column ox > input channel ci > ky > kx.
-// A conv group is P output channels (one a MAC lane) that share every input byte; a max pool
-// group is one channel.  Linear layers arrive as a conv whose kernel is its whole input.
+// A group is up to P output channels (one a MAC lane) that share every input byte, a max pool's one
+// channel; its input plane steps by gstep_in, its weights by wstep words.  Linear layers arrive as a
+// conv whose kernel is its whole input.
 // Coordinates and offsets are kept incrementally (adders only: the DSPs belong to the MAC lanes):
 // iy = oy*SH + ky*DH - PT, ix = ox*SW + kx*DW - PL, roff = iy*W, plane = in_base + g*GSTEP_IN + ci*HW.
 // A tap outside the input is padding (pad=1): it holds the input's zero point, so it adds nothing.
@@ -14,7 +15,7 @@ module tap_gen #(parameter AW = 16) (
     input  wire start,
     input  wire hold,
     input  wire [15:0] in_base, out_base, wbase, h, w, cing_last, kh_last, kw_last, sh, sw, dh, dw, pt, pl,
-    input  wire [15:0] oh_last, ow_last, groups_last, hw, gstep_in, gstep_out, gch, k_taps, row_start, sh_w, dh_w,
+    input  wire [15:0] oh_last, ow_last, groups_last, hw, gstep_in, gstep_out, gch, wstep, row_start, sh_w, dh_w,
     output wire issue,
     output wire [AW-1:0] act_addr,
     output wire [15:0] w_addr,
@@ -112,8 +113,8 @@ module tap_gen #(parameter AW = 16) (
                     g <= g + 16'd1;
                     plane_g <= plane_g + gstep_in;
                     plane <= plane_g + gstep_in;
-                    wgrp <= wgrp + k_taps;
-                    waddr <= wgrp + k_taps;
+                    wgrp <= wgrp + wstep;
+                    waddr <= wgrp + wstep;
                     outg <= outg + gstep_out;
                     ch <= ch + gch;
                 end else
