@@ -227,6 +227,49 @@ def test_statistics_measured_a_few_layers_a_pass_are_those_of_one_pass():
         np.testing.assert_allclose(by_layer_inputs[name].hessian, one_pass[name].hessian, rtol=1e-6)
 
 
+def test_sequential_statistics_read_the_earlier_layers_as_quantized():
+    """Sequential InputStatistics (bias correction "empirical"): a layer's inputs come from the model with
+    the earlier layers' weights as `quantized` set them (a copy: the float graph keeps its own),
+    float_mean from the float model; a pass a layer."""
+    torch.manual_seed(0)
+    net = Layers().eval()
+    gm = traced(net)
+    images = torch.rand(20, 4, 9, 9)
+    stats = methods.InputStatistics(gm, images, ["grouped", "depthwise", "fc"], sequential=True)
+    stats["grouped"]
+    assert list(stats.ready) == ["grouped"]
+    rounded = net.grouped.weight.detach().mul(4).round().div(4).double().numpy()
+    stats.quantized("grouped", rounded.reshape(6, -1), np.full(6, 0.25))
+    with torch.no_grad():
+        float_seen = layer_inputs(net, images)
+        changed = Layers().eval()
+        changed.load_state_dict(net.state_dict())
+        changed.grouped.weight.copy_(torch.from_numpy(rounded))
+        changed.grouped.bias.fill_(0.25)
+        seen = layer_inputs(changed, images)
+    depthwise = stats["depthwise"]
+    np.testing.assert_allclose(depthwise.mean, columns_of(net.depthwise, seen["depthwise"]).mean(axis=2), rtol=1e-5,
+                               atol=1e-7)
+    np.testing.assert_allclose(depthwise.float_mean, columns_of(net.depthwise, float_seen["depthwise"]).mean(axis=2),
+                               rtol=1e-5, atol=1e-7)
+    assert not np.allclose(depthwise.mean, depthwise.float_mean, rtol=1e-3)
+    assert torch.equal(gm.grouped.weight, net.grouped.weight)
+
+
+def test_bias_correction_makes_up_for_the_earlier_layers_mean_shift():
+    """Where the inputs come from quantized earlier layers, the corrected layer's mean output on them
+    is the float layer's mean output on the float inputs: E[W_q x] + b' = E[W x_float] + b."""
+    weight, columns = correlated_layer(cout=8, k=16, n=512)
+    shifted = columns + np.random.default_rng(3).normal(0.2, 0.05, size=(16, 1))      # the earlier layers' shift
+    inputs = inputs_of(shifted)
+    inputs.float_mean = columns.mean(axis=1)[None]
+    bias = np.linspace(-1, 1, 8)
+    q, scale, zero_point, corrected = quantize_layer(weight, bias, "per_channel", 3, "gptq", inputs=inputs,
+                                                     bias_correction=True)
+    np.testing.assert_allclose((dequantized(q, scale, zero_point) @ shifted).mean(axis=1) + corrected,
+                               (weight @ columns).mean(axis=1) + bias, rtol=1e-9, atol=1e-9)
+
+
 def test_grouped_and_depthwise_convs_get_a_hessian_per_group():
     torch.manual_seed(0)
     net = Layers().eval()
@@ -254,6 +297,7 @@ def test_auto_is_rtn_at_8_bits_and_gptq_with_bias_correction_below():
     assert methods.resolve("auto", "auto", 4) == ("gptq", True)
     assert methods.resolve("mse", "off", 3) == ("mse", False)
     assert methods.resolve("rtn", "on", 8) == ("rtn", True)
+    assert methods.resolve("auto", "empirical", 8) == ("rtn", True)
 
 
 def test_the_quantizer_takes_the_method_and_its_logits_come_closer_to_float():
@@ -267,9 +311,10 @@ def test_the_quantizer_takes_the_method_and_its_logits_come_closer_to_float():
     calib, test = images[:64], images[64:]
     float_logits = api.run_float(net, test)
     error = {}
-    for method, correction in (("rtn", "off"), ("auto", "auto")):
+    for method, correction in (("rtn", "off"), ("auto", "auto"), ("auto", "empirical")):
         state, quant_list = api.quantize(net, calib, weight_bits=3, weight_method=method, bias_correction=correction)
         assert quant_list[0]["widths"]["weight_method"] == method
+        assert quant_list[0]["widths"]["bias_correction"] == correction
         logits = quant_list[-1]["scale"] * (api.run_integer(state, quant_list, test) - quant_list[-1]["zero_point"])
-        error[method] = np.linalg.norm(logits - float_logits)
-    assert error["auto"] < 0.5 * error["rtn"]
+        error[correction] = np.linalg.norm(logits - float_logits)
+    assert error["auto"] < 0.5 * error["off"] and error["empirical"] < 0.5 * error["off"]

@@ -54,7 +54,12 @@ def quantize_layer_weights(b, node, name, weight, bias, in_scale, bits):
     method, correct = ("rtn", False) if b.dry else methods.resolve(b.widths["weight_method"],
                                                                     b.widths["bias_correction"], bits)
     inputs = b.layer_inputs[node.name] if method != "rtn" or correct else None
-    return methods.quantize_layer(weight, bias, b.cfg.weight_mode, bits, method, min_scale, inputs, correct)
+    q, scale, zero_point, bias = methods.quantize_layer(weight, bias, b.cfg.weight_mode, bits, method, min_scale,
+                                                        inputs, correct)
+    if inputs is not None:
+        rows = (q.reshape(len(q), -1).astype(np.float64) - zero_point) * scale.reshape(-1, 1)
+        b.layer_inputs.quantized(node.name, rows, bias)
+    return q, scale, zero_point, bias
 
 
 def quantize_weighted(b, node, kind, weight, bias, fields):

@@ -14,11 +14,14 @@ real weight = scale[c] * (q - zero_point).
          coordinate descent on the codes (_refine), which GPTQ's one greedy pass leaves improvable
          (mobilenet_v2's first conv: 20.2 -> 24.2 dB output SQNR at W4). With bias correction, H
          less E[x] E[x]^T: the error that correction leaves
-  correct_bias   the float bias less the mean output shift the rounding causes, (W_q - W) E[x]
+  correct_bias   the float bias less the mean output shift, W_q E[x] - W E[x_float]: the rounding's,
+                 and (empirical: x from the model whose earlier layers are already quantized) that
+                 of the earlier layers' rounding too
 
-The layer inputs (LayerInputs: H and E[x] per group, x the layer's im2col columns on the float,
-BN-folded model) come from input_statistics / InputStatistics.
+The layer inputs (LayerInputs: H and E[x] per group, x the layer's im2col columns on the BN-folded
+model) come from input_statistics / InputStatistics.
 """
+import copy
 import math
 from dataclasses import dataclass
 
@@ -47,11 +50,13 @@ def weight_range(mode, bits):
 
 @dataclass
 class LayerInputs:
-    """What a layer's methods know of its input x (the float im2col columns, padding as zeros),
-    per group of a grouped conv (one group otherwise): hessian [G, K, K] = E[x x^T] on up to
-    MAX_ROWS sampled columns (float32 as measured), mean [G, K] = E[x] on all of them."""
+    """What a layer's methods know of its input x (the im2col columns, padding as zeros), per group of a
+    grouped conv (one group otherwise): hessian [G, K, K] = E[x x^T] on up to MAX_ROWS sampled columns
+    (float32 as measured), mean [G, K] = E[x] on all of them.  Measured on the model whose earlier
+    layers are already quantized (InputStatistics), float_mean is E[x] on the float model."""
     hessian: np.ndarray
     mean: np.ndarray
+    float_mean: np.ndarray = None
 
 
 def _as_rows(w):
@@ -201,11 +206,15 @@ def _refine(rows, codes, step, zero_point, low, high, hessian):
 
 
 def correct_bias(bias, w, q, scale, zero_point, inputs):
-    """The float bias [Cout] less the mean output shift of the rounding, (W_q - W) E[x], per channel."""
+    """The float bias [Cout] less the mean output shift, per channel: W_q E[x] - W E[x_float], the
+    rounding's and (where the inputs come from the quantized earlier layers) theirs."""
     rows, _ = _as_rows(w)
     groups, k = inputs.mean.shape
-    shift = _values(q.reshape(len(rows), -1).astype(np.float64), scale, zero_point) - rows
-    return bias - np.einsum("gck,gk->gc", shift.reshape(groups, -1, k), inputs.mean).reshape(-1)
+    float_mean = inputs.mean if inputs.float_mean is None else inputs.float_mean
+    quantized = _values(q.reshape(len(rows), -1).astype(np.float64), scale, zero_point).reshape(groups, -1, k)
+    shift = (np.einsum("gck,gk->gc", quantized, inputs.mean)
+             - np.einsum("gck,gk->gc", rows.reshape(groups, -1, k), float_mean))
+    return bias - shift.reshape(-1)
 
 
 def _centered(inputs):
@@ -217,15 +226,15 @@ def _centered(inputs):
     constant = np.diagonal(covariance, axis1=1, axis2=2) <= 1e-6 * np.diagonal(inputs.hessian, axis1=1, axis2=2)
     covariance[np.broadcast_to(constant[:, :, None], covariance.shape)] = 0
     covariance[np.broadcast_to(constant[:, None, :], covariance.shape)] = 0
-    return LayerInputs(covariance.astype(np.float32), mean)
+    return LayerInputs(covariance.astype(np.float32), mean, inputs.float_mean)
 
 
 def resolve(method, bias_correction, bits):
     """(method, whether to correct the bias) of the settings WEIGHT_METHOD and BIAS_CORRECTION at a
     layer's width: auto is rtn at 8 bits (W8 results stay as they were) and gptq below, where
-    rounding to nearest loses points; bias correction auto is on below 8 bits."""
+    rounding to nearest loses points; bias correction auto is on below 8 bits, empirical always."""
     chosen = method if method != "auto" else "rtn" if bits == 8 else "gptq"
-    return chosen, bias_correction == "on" or (bias_correction == "auto" and bits < 8)
+    return chosen, bias_correction in ("on", "empirical") or (bias_correction == "auto" and bits < 8)
 
 
 def quantize_layer(w, bias, mode, bits, method, min_scale=0.0, inputs=None, bias_correction=False):
@@ -266,6 +275,8 @@ def _sample_columns(mod, x, keep, generator):
     # every column sums to the column of the images' sum (im2col is linear): all columns, cheaply
     total = F.unfold(x.sum(dim=0, keepdim=True), (kh, kw), dilation=(dh, dw), stride=(sh, sw))
     total = total.sum(dim=2, dtype=torch.float64).reshape(mod.groups, -1)
+    if not keep:
+        return x.new_zeros(mod.groups, total.shape[1], 0), total, len(x) * out_h * out_w
     # the picked columns gathered straight from x: image n, output row oy and column ox
     pick = torch.randperm(len(x) * out_h * out_w, generator=generator)[:keep]
     n, oy, ox = pick // (out_h * out_w), pick // out_w % out_h, pick % out_w
@@ -277,7 +288,8 @@ def _sample_columns(mod, x, keep, generator):
 
 
 class _Sums:
-    """Running sums of one layer's columns: all of them for the mean, a random sample for H (float32)."""
+    """Running sums of one layer's columns: all of them for the mean, a random sample for H (float32;
+    max_rows 0: the mean only)."""
 
     def __init__(self, max_rows, total_images, generator):
         self.max_rows, self.total_images, self.generator = max_rows, total_images, generator
@@ -287,15 +299,18 @@ class _Sums:
     def add(self, mod, x):
         keep = math.ceil(self.max_rows * len(x) / self.total_images)
         sample, total, count = _sample_columns(mod, x.float(), keep, self.generator)
-        if self.outer is None:
-            self.outer = torch.zeros(sample.shape[0], sample.shape[1], sample.shape[1])
+        if self.total is None:
             self.total = torch.zeros(total.shape, dtype=torch.float64)
-        self.outer.baddbmm_(sample, sample.transpose(1, 2))
+            if self.max_rows:
+                self.outer = torch.zeros(sample.shape[0], sample.shape[1], sample.shape[1])
+        if self.max_rows:
+            self.outer.baddbmm_(sample, sample.transpose(1, 2))
         self.total += total
         self.count, self.sampled = self.count + count, self.sampled + sample.shape[-1]
 
     def result(self):
-        return LayerInputs((self.outer / self.sampled).numpy(), (self.total / self.count).numpy())
+        mean = (self.total / self.count).numpy()
+        return LayerInputs((self.outer / self.sampled).numpy() if self.max_rows else None, mean)
 
 
 class _Done(Exception):
@@ -348,14 +363,25 @@ def input_statistics(gm, images, names, max_rows=MAX_ROWS, batch=32, seed=0, pro
 
 class InputStatistics:
     """LayerInputs of the conv / linear nodes `names` of gm (in graph order) on demand: a pass measures
-    the next layers whose H together take at most `budget` bytes, so memory stays bounded."""
+    the next layers whose H together take at most `budget` bytes, so memory stays bounded.
 
-    def __init__(self, gm, images, names, seed=0, progress=None, budget=STATISTICS_BYTES):
-        self.gm, self.images, self.names, self.seed, self.progress = gm, images, list(names), seed, progress
+    sequential (bias correction "empirical"): each layer's inputs are measured in a pass of their own on
+    the model whose earlier layers hold their weights as `quantized` set them (a copy of gm), and
+    LayerInputs.float_mean is E[x] on the float model (all layers in one pass): bias correction then
+    makes up for the mean shift of every earlier layer's rounding too."""
+
+    def __init__(self, gm, images, names, seed=0, progress=None, budget=STATISTICS_BYTES, sequential=False):
+        self.images, self.names, self.seed, self.progress = images, list(names), seed, progress
         self.budget, self.ready = budget, {}
+        self.gm = copy.deepcopy(gm) if sequential else gm
+        self.float_means = (input_statistics(gm, images, self.names, max_rows=0, seed=seed, progress=progress)
+                            if sequential else None)
+
+    def _module(self, name):
+        return _compute_module(self.gm.get_submodule(next(n for n in self.gm.graph.nodes if n.name == name).target))
 
     def _bytes(self, name):
-        mod = _compute_module(self.gm.get_submodule(next(n for n in self.gm.graph.nodes if n.name == name).target))
+        mod = self._module(name)
         if isinstance(mod, nn.Linear):
             return 4 * mod.in_features ** 2
         if isinstance(mod, nn.BatchNorm2d):
@@ -367,9 +393,20 @@ class InputStatistics:
         if name not in self.ready:
             chunk, used = [], 0
             for later in self.names[self.names.index(name):]:
-                if chunk and used + self._bytes(later) > self.budget:
+                if chunk and (self.float_means or used + self._bytes(later) > self.budget):
                     break
                 chunk.append(later)
                 used += self._bytes(later)
             self.ready = input_statistics(self.gm, self.images, chunk, seed=self.seed, progress=self.progress)
+            if self.float_means:
+                self.ready[name].float_mean = self.float_means[name].mean
         return self.ready[name]
+
+    def quantized(self, name, weight, bias):
+        """Layer `name`'s weight [Cout, K] and float bias from now on, where sequential (a BatchNorm2d's
+        stay float)."""
+        mod = self._module(name) if self.float_means else None
+        if isinstance(mod, (nn.Conv2d, nn.Linear)):
+            mod.weight.data = torch.as_tensor(weight, dtype=mod.weight.dtype).reshape(mod.weight.shape)
+            if mod.bias is not None:
+                mod.bias.data = torch.as_tensor(bias, dtype=mod.bias.dtype)
