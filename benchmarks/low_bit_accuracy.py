@@ -5,8 +5,10 @@ columns on every test image; test_model.py fails the run if C and numpy differ o
 
     python benchmarks/low_bit_accuracy.py                       # resnet18, mobilenet_v2, vgg13 x W4A8, W3A8
     python benchmarks/low_bit_accuracy.py --models=vgg13 --widths=4/4,2/8
+    python benchmarks/low_bit_accuracy.py --models=mobilenet_v2 --widths=3/8 --bias_correction=empirical
 
-Each (model, width) writes results/low_bit/{model}_w{W}a{A}.json: the settings, the CPU and
+Each (model, width) writes results/low_bit/{model}_w{W}a{A}.json (with a --bias_correction other than
+auto: {model}_w{W}a{A}_{bias_correction}.json): the settings, the CPU and
 test_model.py's report. A result already there is kept (the run resumes where it stopped) unless
 --overwrite. The calibration images are the 512 that benchmarks/peer_ptq.py gives Brevitas, so the two
 tables in docs/results.md compare the same work. The tuples go to a scratch folder (--work_dir).
@@ -52,7 +54,8 @@ def run(cmd, log):
 def measure(model, weight_bits, act_bits, quant_dir, args):
     os.makedirs(quant_dir, exist_ok=True)
     settings = [f"--model={model}", f"--quant_dir={quant_dir}", f"--threads={args.threads}"]
-    widths = [f"--weight_bits={weight_bits}", f"--act_bits={act_bits}", f"--calib_images={CALIB_IMAGES}"]
+    widths = [f"--weight_bits={weight_bits}", f"--act_bits={act_bits}", f"--calib_images={CALIB_IMAGES}",
+              f"--bias_correction={args.bias_correction}"]
     t0 = time.perf_counter()
     run([sys.executable, "quant_model.py", *settings, *widths], os.path.join(quant_dir, "quant.log"))
     quantize_seconds = time.perf_counter() - t0
@@ -63,7 +66,7 @@ def measure(model, weight_bits, act_bits, quant_dir, args):
     with open(report) as f:
         test = json.load(f)
     return {"peer_work": peer_work(model, quant_dir, args), "model": model, "weight_bits": weight_bits, "act_bits": act_bits,
-            "weight_method": "auto (gptq + bias correction below 8 bits)", "calib_images": CALIB_IMAGES,
+            "weight_method": "auto (gptq below 8 bits)", "bias_correction": args.bias_correction, "calib_images": CALIB_IMAGES,
             "command": " ".join(["quant_model.py", *settings[:1], *widths]), "seconds_quantize": round(quantize_seconds, 1),
             "cpu": cpu(), "commit": code_version(), "test": test}
 
@@ -99,6 +102,8 @@ def main(argv=None):
     parser.add_argument("--numpy_on_peer_images", action="store_true",
                         help="the numpy column on the first --peer_images images only (it is the slow one)")
     parser.add_argument("--threads", type=int, default=0, help="passed to the stages (0 = every CPU)")
+    parser.add_argument("--bias_correction", default="auto", choices=("auto", "empirical"),
+                        help="quant_model.py's --bias_correction (default auto: on below 8 bits)")
     parser.add_argument("--out_dir", default=os.path.join(ROOT, "results", "low_bit"))
     parser.add_argument("--work_dir", default="", help="where the tuples go (default: a temporary folder)")
     parser.add_argument("--overwrite", action="store_true", help="measure again what --out_dir already holds")
@@ -107,11 +112,13 @@ def main(argv=None):
     work = args.work_dir or tempfile.mkdtemp(prefix="fpgai_low_bit_")
     for model in args.models.split(","):
         for weight_bits, act_bits in args.widths:
-            out = os.path.join(args.out_dir, f"{model}_w{weight_bits}a{act_bits}.json")
+            variant = "" if args.bias_correction == "auto" else f"_{args.bias_correction}"
+            out = os.path.join(args.out_dir, f"{model}_w{weight_bits}a{act_bits}{variant}.json")
             if os.path.exists(out) and not args.overwrite:
                 print(f"{out}: kept (--overwrite measures it again)")
                 continue
-            result = measure(model, weight_bits, act_bits, os.path.join(work, f"{model}_w{weight_bits}a{act_bits}"), args)
+            result = measure(model, weight_bits, act_bits,
+                             os.path.join(work, f"{model}_w{weight_bits}a{act_bits}{variant}"), args)
             with atomic_open(out, "w") as f:
                 json.dump(result, f, indent=1)
             acc = result["test"]["accuracy"]

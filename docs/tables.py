@@ -200,12 +200,13 @@ def t_test_seconds(r):
 
 
 def low_bit_results(r):
-    """{(model, weight bits, act bits): results/low_bit/{model}_w{W}a{A}.json}, shipped models first."""
+    """{(model, weight bits, act bits, bias correction): results/low_bit/{model}_w{W}a{A}[_{variant}].json},
+    shipped models first."""
     found = {}
     for path in glob.glob(r.path("results/low_bit/*.json")):
         d = r.json(os.path.relpath(path, r.root).replace(os.sep, "/"))
-        found[(d["model"], d["weight_bits"], d["act_bits"])] = d
-    return dict(sorted(found.items(), key=lambda kv: width_order(kv[0])))
+        found[(d["model"], d["weight_bits"], d["act_bits"], d.get("bias_correction", "auto"))] = d
+    return dict(sorted(found.items(), key=lambda kv: (width_order(kv[0][:3]), kv[0][3] != "auto")))
 
 
 def width_order(key):
@@ -222,7 +223,7 @@ def t_low_bit(r):
     """results/low_bit/*.json (benchmarks/low_bit_accuracy.py): the low-bit widths on the full test set;
     the numpy column on the first images only where the run said so (--numpy_on_peer_images)."""
     rows = []
-    for (model, w, a), d in low_bit_results(r).items():
+    for (model, w, a, correction), d in low_bit_results(r).items():
         t = d["test"]
         acc, n = t["accuracy"], t["images"]
         if "np_quant" in acc:
@@ -231,10 +232,10 @@ def t_low_bit(r):
             p = d["peer_work"]
             numpy_cell = f"{points(p['np_quant'], p['float'])} on the first {p['images']:,}"
             same = f"{round(p['identical_logits']['np_quant_vs_c_int8'] * p['images']):,} of the first {p['images']:,}"
-        rows.append((model, f"W{w}A{a}", f"{n:,}", pct(acc["raw"]), numpy_cell, points(acc["c_int8"], acc["raw"]), same,
-                     duration(d["seconds_quantize"])))
-    return table(("model", "bits", "test images", "float", "numpy (change)", "C (change)", "identical logits np = C",
-                  "quantize time"), rows)
+        rows.append((model, f"W{w}A{a}", correction, f"{n:,}", pct(acc["raw"]), numpy_cell, points(acc["c_int8"], acc["raw"]),
+                     same, duration(d["seconds_quantize"])))
+    return table(("model", "bits", "bias correction", "test images", "float", "numpy (change)", "C (change)",
+                  "identical logits np = C", "quantize time"), rows)
 
 
 def t_low_bit_peer(r):
@@ -242,7 +243,7 @@ def t_low_bit_peer(r):
     checkpoints, the same 512 calibration images)."""
     peer = {(row["model"], row["weight_bits"], row["act_bits"], row["method"]): row
             for row in r.json("results/peers/brevitas.json")["rows"]}
-    ours = low_bit_results(r)
+    ours = {key[:3]: d for key, d in low_bit_results(r).items() if key[3] == "auto"}
     rows = []
     compared = {k[0] for k in peer}          # the models the peer ran
     keys = {k[:3] for k in peer} | {k for k in ours if k[0] in compared}
