@@ -2,7 +2,8 @@
 export_mode=rtl files on MNIST test images and every logit must equal the numpy specification's
 (which the C engine equals: tests/test_c_engine.py); its per-op dumps (make rtl-sim DUMP=DIR) must
 equal the numpy and C engines' by compare_dumps.py; a design whose requantizer truncates must fail;
-requant_serial.v alone must equal the engines on the requantizer's vectors, fed back to back; the
+requant_serial.v alone must equal the engines on the requantizer's vectors, fed back to back, and
+on residual adds fed as pairs; the
 exporter refuses what the engine cannot run in one line naming the op, and places tensors so that no
 two alive at one time overlap.  The tools come from
 c/rtl/install-tools.sh (.ci/run runs it); the simulation tests skip, saying why, only when they cannot
@@ -108,6 +109,7 @@ def test_requant_serial_alone_equals_the_engines(tools):
     proc = subprocess.run(["make", "-C", C_DIR, "rtl-unit"], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert re.search(r"rtl: requant_serial.v equals the engines on all \d+ vectors", proc.stdout)
+    assert "rtl: requant_serial.v equals the engines on all 4096 adds" in proc.stdout      # the pairs
 
 
 @pytest.mark.parametrize("kind", ["adaptive_avgpool", "concat", "mul", "lut", "shuffle", "slice", "upsample", "pad"])

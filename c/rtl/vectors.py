@@ -10,7 +10,10 @@ and clamp, and the value the engines produce (the layer's golden output).  Then 
 the contract's edges that a real layer rarely reaches: accumulators from -2^31 to 2^31 - 1,
 multipliers up to 2^31 - 1, shifts 0..62, zero points and clamps anywhere in 0..255 (the zero
 point outside the clamp too), the expected value from model/qmath.py's requantize.  Writes
-BUILD_DIR/vectors.hex (requantize_tb.v's format) and BUILD_DIR/count.
+BUILD_DIR/vectors.hex (requantize_tb.v's format) and BUILD_DIR/count.  Also BUILD_DIR/pairs.hex and
+BUILD_DIR/pair_count: 4,096 residual adds (the contract's add, for requant_serial.v's pairs), each
+two words of that format, a - z_a with m_a then b - z_b with m_b, one shift, zero point and clamp, the
+expected value in the second.
 """
 import dataclasses
 import os
@@ -42,6 +45,25 @@ def edge_vectors(count, seed=0):
         zp = int(rng.integers(0, 256))
         out = int(qmath.requantize(np.array([acc]), np.array([m]), np.array([shift]), zp, qmin, qmax)[0])
         vectors.append((acc, m, shift, zp, qmin, qmax, out))
+    return vectors
+
+
+def pair_vectors(count, seed=1):
+    """(a, m_a, b, m_b, shift, zp, qmin, qmax, expected): the contract's add,
+    clamp(zp + rshift_round(a*m_a + b*m_b, shift), qmin, qmax), a and b in -255..255 (x - z), seeded."""
+    import numpy as np
+
+    from model import qmath
+    rng = np.random.default_rng(seed)
+    vectors = []
+    for k in range(count):
+        a, b = (int(v) for v in rng.integers(-255, 256, 2)) if k >= 4 else ([255, -255][k % 2], [255, -255][k // 2])
+        m_a, m_b = (int(v) for v in rng.integers(0, 2 ** 31, 2)) if k % 5 else (2 ** 31 - 1, 2 ** 31 - 1)
+        shift = int(rng.integers(0, 63)) if k % 7 else int(rng.integers(28, 40))
+        qmin, qmax = sorted(int(v) for v in rng.integers(0, 256, 2))
+        zp = int(rng.integers(0, 256))
+        out = int(np.clip(zp + qmath.rshift_round(a * m_a + b * m_b, shift), qmin, qmax))
+        vectors.append((a, m_a, b, m_b, shift, zp, qmin, qmax, out))
     return vectors
 
 
@@ -78,6 +100,12 @@ def main(build, count):
         f.write("\n".join(words) + "\n")
     with open(os.path.join(build, "count"), "w") as f:
         f.write(f"{len(words)}\n")
+    pairs = [w for a, m_a, b, m_b, shift, zp, qmin, qmax, out in pair_vectors(4096)
+             for w in (_word(a, m_a, shift, zp, qmin, qmax, 0), _word(b, m_b, shift, zp, qmin, qmax, out))]
+    with open(os.path.join(build, "pairs.hex"), "w") as f:
+        f.write("\n".join(pairs) + "\n")
+    with open(os.path.join(build, "pair_count"), "w") as f:
+        f.write(f"{len(pairs)}\n")
 
 
 if __name__ == "__main__":
