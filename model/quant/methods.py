@@ -52,8 +52,9 @@ def weight_range(mode, bits):
 class LayerInputs:
     """What a layer's methods know of its input x (the im2col columns, padding as zeros), per group of a
     grouped conv (one group otherwise): hessian [G, K, K] = E[x x^T] on up to MAX_ROWS sampled columns
-    (float32 as measured), mean [G, K] = E[x] on all of them.  Measured on the model whose earlier
-    layers are already quantized (InputStatistics), float_mean is E[x] on the float model."""
+    (float32 as measured), mean [G, K] = E[x] on all of them.  Where x comes from the model whose
+    earlier layers are already quantized (InputStatistics, sequential), float_mean is E[x] on the float
+    model; else None."""
     hessian: np.ndarray
     mean: np.ndarray
     float_mean: np.ndarray = None
