@@ -15,8 +15,9 @@
   torch_int8      torch.ao FX post-training quantization, x86 backend, per channel
   ort_int8        ONNX Runtime, static QDQ per-channel quantization
 
-Each in four cells: batch 1 and batch 32, on 1 thread and on every core (torch.set_num_threads,
-ORT's intra-op threads).  Each engine is timed --repeats times in each cell, in rounds (every
+Each in four cells: batch 1 and batch 32, on 1 thread and on every core it may use
+(torch.set_num_threads, ORT's intra-op threads; under `taskset -c 0`, one core: two cells).  Each
+engine is timed --repeats times in each cell, in rounds (every
 engine once a round), each time over enough passes of the --images test images to last
 --min_seconds, and the fastest counts; so are the forced-ISA rows.  Prints the
 images/s of each engine in each cell, the ratio C / the best peer of each cell, each engine's
@@ -50,7 +51,7 @@ from model.formats.export_format import packed_bytes, write_export  # noqa: E402
 from model.fileio import ModelFileError, atomic_open  # noqa: E402
 from model.ops import weighted_ops  # noqa: E402
 from model.quant.quantize import build_integer_graph  # noqa: E402
-from tools.machine import cpu  # noqa: E402
+from tools.machine import cpu, usable_cores  # noqa: E402
 
 BATCHES = (1, 32)
 QEMU_AARCH64 = ["qemu-aarch64", "-L", "/usr/aarch64-linux-gnu"]
@@ -338,7 +339,7 @@ def time_c_and_peers(cfg, net, header, calib_u8, x_u8, y, result):
     with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
         write_export(state, quant_list, tmp, "bin")
         images = image_files(x_u8, tmp)
-        thread_counts = sorted({1, os.cpu_count()})
+        thread_counts = sorted({1, usable_cores()})
         q = torch_int8(net, calib, example)
         if cfg.torch_avx2:
             return avx2_against_torch_avx2(cfg, net, q, x, y, tmp, images)

@@ -7,6 +7,11 @@ _ISA_FLAGS = (("amx_int8", "AMX-INT8"), ("avx512_vnni", "AVX-512 VNNI"), ("avx_v
               ("asimddp", "NEON dot product"))
 
 
+def usable_cores():
+    """The CPUs this process may run on (its affinity mask: `taskset` narrows it)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def cpu():
     """e.g. 'AMD EPYC, AVX2 (no AVX-512), 2 cores': the model name, its best int8 ISA, the usable cores."""
     name, flags = "unknown CPU", set()
@@ -24,5 +29,4 @@ def cpu():
     isa = next((label for flag, label in _ISA_FLAGS if flag in flags), "")
     if isa == "AVX2":
         isa = "AVX2 (no AVX-512)"
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return ", ".join(part for part in (name, isa, f"{cores} cores") if part)
+    return ", ".join(part for part in (name, isa, f"{usable_cores()} cores") if part)
