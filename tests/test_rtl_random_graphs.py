@@ -94,21 +94,19 @@ def random_chain(rng, new_kinds=False):
         rng.shuffle(todo)
     while (todo if new_kinds else len([m for m in layers if isinstance(m, (nn.Conv2d, nn.MaxPool2d))])
            < rng.integers(2, 5)):
-        pair = lambda lo, hi: _pair(rng, lo, hi)  # noqa: E731
         if new_kinds and todo[0] != "conv":
             block = _new_kind_block(rng, todo[0], x.shape[1])
         elif rng.random() < 0.35 and not new_kinds:
-            k = pair(2, 4)
-            block = [nn.MaxPool2d(k, stride=pair(1, 3), padding=(int(rng.integers(0, k[0] // 2 + 1)),
+            k = _pair(rng, 2, 4)
+            block = [nn.MaxPool2d(k, stride=_pair(rng, 1, 3), padding=(int(rng.integers(0, k[0] // 2 + 1)),
                                                                    int(rng.integers(0, k[1] // 2 + 1))),
                                   ceil_mode=bool(rng.integers(2)))]
         else:
-            k, d = pair(1, 5), pair(1, 3)
+            k, d = _pair(rng, 1, 5), _pair(rng, 1, 3)
             pad = tuple(int(rng.integers(0, min(3, dd * (kk - 1) + 1))) for kk, dd in zip(k, d))   # below the window
-            block = [nn.Conv2d(x.shape[1], int(rng.integers(1 + new_kinds, 20)), k, stride=pair(1, 3), padding=pad,
-                               dilation=d)]
-            if rng.random() < 0.5:
-                block += [nn.BatchNorm2d(block[0].out_channels), (nn.ReLU, nn.ReLU6)[int(rng.integers(2))]()]
+            conv = nn.Conv2d(x.shape[1], int(rng.integers(1 + new_kinds, 20)), k, stride=_pair(rng, 1, 3), padding=pad,
+                             dilation=d)
+            block = [conv] + _bn_act(rng, conv.out_channels)
         try:
             y = nn.Sequential(*block)(x)
         except RuntimeError:                   # a window larger than its padded input
