@@ -238,8 +238,9 @@ def test_sequential_statistics_read_the_earlier_layers_as_quantized():
     stats = methods.InputStatistics(gm, images, ["grouped", "depthwise", "fc"], sequential=True)
     stats["grouped"]
     assert list(stats.ready) == ["grouped"]
-    rounded = net.grouped.weight.detach().mul(4).round().div(4).double().numpy()
-    stats.quantized("grouped", rounded.reshape(6, -1), np.full(6, 0.25))
+    codes = net.grouped.weight.detach().mul(4).round().to(torch.int8).numpy()
+    rounded = codes.astype(np.float64) / 4
+    stats.quantized("grouped", codes, np.full(6, 0.25), 0, np.full(6, 0.25))
     with torch.no_grad():
         float_seen = layer_inputs(net, images)
         changed = Layers().eval()

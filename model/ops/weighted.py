@@ -57,8 +57,7 @@ def quantize_layer_weights(b, node, name, weight, bias, in_scale, bits):
     q, scale, zero_point, bias = methods.quantize_layer(weight, bias, b.cfg.weight_mode, bits, method, min_scale,
                                                         inputs, correct)
     if inputs is not None:
-        rows = (q.reshape(len(q), -1).astype(np.float64) - zero_point) * scale.reshape(-1, 1)
-        b.layer_inputs.quantized(node.name, rows, bias)
+        b.layer_inputs.quantized(node.name, q, scale, zero_point, bias)
     return q, scale, zero_point, bias
 
 

@@ -403,11 +403,12 @@ class InputStatistics:
                 self.ready[name].float_mean = self.float_means[name].mean
         return self.ready[name]
 
-    def quantized(self, name, weight, bias):
-        """Layer `name`'s weight [Cout, K] and float bias from now on, where sequential (a BatchNorm2d's
-        stay float)."""
+    def quantized(self, name, q, scale, zero_point, bias):
+        """Layer `name`'s weight as its codes q, scales and zero point give it, and its float bias, from
+        now on, where sequential (a BatchNorm2d's stay float)."""
         mod = self._module(name) if self.float_means else None
         if isinstance(mod, (nn.Conv2d, nn.Linear)):
+            weight = _values(q.reshape(len(q), -1).astype(np.float64), scale, zero_point)
             mod.weight.data = torch.as_tensor(weight, dtype=mod.weight.dtype).reshape(mod.weight.shape)
             if mod.bias is not None:
                 mod.bias.data = torch.as_tensor(bias, dtype=mod.bias.dtype)
