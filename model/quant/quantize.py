@@ -390,8 +390,9 @@ def _float_input(images):
 def _layer_inputs(gm, images, cfg, progress=None):
     """The conv / linear layers' input statistics on `images`, measured when a weight method asks."""
     weighted = [n.name for n in gm.graph.nodes if getattr(ops.match(gm, n)[0], "weighted", False)]
+    correction = getattr(cfg, "bias_correction", WIDTH_SETTINGS["bias_correction"])
     return methods.InputStatistics(gm, _float_input(images), weighted, seed=cfg.seed, progress=progress,
-                                   sequential=getattr(cfg, "bias_correction", "auto") == "empirical")
+                                   sequential=correction == "empirical")
 
 
 def _observe(gm, images, cfg, progress=None):
