@@ -6,10 +6,12 @@ columns on every test image; test_model.py fails the run if C and numpy differ o
     python benchmarks/low_bit_accuracy.py                       # resnet18, mobilenet_v2, vgg13 x W4A8, W3A8
     python benchmarks/low_bit_accuracy.py --models=vgg13 --widths=4/4,2/8
     python benchmarks/low_bit_accuracy.py --models=mobilenet_v2 --widths=3/8 --bias_correction=empirical
+    python benchmarks/low_bit_accuracy.py --models=vgg13 --widths=4/4 --qat_epochs=1 --qat_lr=0.001
+    python benchmarks/low_bit_accuracy.py --models=vgg13 --widths=2/8 --ends_at_8 --qat_epochs=2
 
-Each (model, width) writes results/low_bit/{model}_w{W}a{A}.json (with a --bias_correction other than
-auto: {model}_w{W}a{A}_{bias_correction}.json): the settings, the CPU and
-test_model.py's report. A result already there is kept (the run resumes where it stopped) unless
+Each (model, width) writes results/low_bit/{model}_w{W}a{A}{variant}.json, the variant naming what
+differs from the post-training defaults (`_empirical` for --bias_correction=empirical, `_ends8` for
+--ends_at_8, `_qat{N}` for --qat_epochs=N): the settings, the CPU and test_model.py's report. A result already there is kept (the run resumes where it stopped) unless
 --overwrite. The calibration images are the 512 that benchmarks/peer_ptq.py gives Brevitas, so the two
 tables in docs/results.md compare the same work. The tuples go to a scratch folder (--work_dir).
 """
@@ -25,6 +27,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from model.fileio import atomic_open  # noqa: E402
+from model.formats.tuple_check import load_tuple  # noqa: E402
 from tools.machine import cpu  # noqa: E402
 
 MODELS = ("resnet18", "mobilenet_v2", "vgg13")
@@ -56,6 +59,10 @@ def measure(model, weight_bits, act_bits, quant_dir, args):
     settings = [f"--model={model}", f"--quant_dir={quant_dir}", f"--threads={args.threads}"]
     widths = [f"--weight_bits={weight_bits}", f"--act_bits={act_bits}", f"--calib_images={CALIB_IMAGES}",
               f"--bias_correction={args.bias_correction}"]
+    if args.ends_at_8:
+        widths.append(f"--bits={ends_at_8(model, quant_dir, args)}")
+    if args.qat_epochs:     # its state file in quant_dir: a stopped run resumes at its last epoch
+        widths += [f"--qat_epochs={args.qat_epochs}", f"--qat_lr={args.qat_lr}"]
     t0 = time.perf_counter()
     run([sys.executable, "quant_model.py", *settings, *widths], os.path.join(quant_dir, "quant.log"))
     quantize_seconds = time.perf_counter() - t0
@@ -67,8 +74,24 @@ def measure(model, weight_bits, act_bits, quant_dir, args):
         test = json.load(f)
     return {"peer_work": peer_work(model, quant_dir, args), "model": model, "weight_bits": weight_bits, "act_bits": act_bits,
             "weight_method": "auto (gptq below 8 bits)", "bias_correction": args.bias_correction, "calib_images": CALIB_IMAGES,
+            "ends_at_8": args.ends_at_8, "qat_epochs": args.qat_epochs, "qat_lr": args.qat_lr if args.qat_epochs else None,
             "command": " ".join(["quant_model.py", *settings[:1], *widths]), "seconds_quantize": round(quantize_seconds, 1),
             "cpu": cpu(), "commit": code_version(), "test": test}
+
+
+def ends_at_8(model, quant_dir, args):
+    """A --bits file in quant_dir keeping the model's first and last conv / linear layers at 8-bit weights
+    (as FINN and the low-bit papers do: the first sees raw pixels, the last makes the logits); their
+    names come from a quick 8-bit quantization on two images."""
+    names_dir = os.path.join(quant_dir, "layer_names")
+    run([sys.executable, "quant_model.py", f"--model={model}", f"--quant_dir={names_dir}", f"--threads={args.threads}",
+         "--calib_images=2"], os.path.join(quant_dir, "layer_names.log"))
+    _, quant_list = load_tuple(os.path.join(names_dir, f"{model}_quant.tuple"), model)
+    weighted = [op["name"] for op in quant_list if "weight_bits" in op]
+    path = os.path.join(quant_dir, "ends_at_8.json")
+    with atomic_open(path, "w") as f:
+        json.dump({weighted[0]: {"weight_bits": 8}, weighted[-1]: {"weight_bits": 8}}, f)
+    return path
 
 
 def code_version():
@@ -104,6 +127,11 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=0, help="passed to the stages (0 = every CPU)")
     parser.add_argument("--bias_correction", default="auto", choices=("auto", "empirical"),
                         help="quant_model.py's --bias_correction (default auto: on below 8 bits)")
+    parser.add_argument("--ends_at_8", action="store_true",
+                        help="keep the first and last conv / linear layers at 8-bit weights (a --bits file)")
+    parser.add_argument("--qat_epochs", type=int, default=0,
+                        help="quant_model.py's --qat_epochs: quantization-aware fine-tuning after the post-training methods")
+    parser.add_argument("--qat_lr", type=float, default=0.001, help="its --qat_lr (default 0.001, the CIFAR-10 networks')")
     parser.add_argument("--out_dir", default=os.path.join(ROOT, "results", "low_bit"))
     parser.add_argument("--work_dir", default="", help="where the tuples go (default: a temporary folder)")
     parser.add_argument("--overwrite", action="store_true", help="measure again what --out_dir already holds")
@@ -112,7 +140,8 @@ def main(argv=None):
     work = args.work_dir or tempfile.mkdtemp(prefix="fpgai_low_bit_")
     for model in args.models.split(","):
         for weight_bits, act_bits in args.widths:
-            variant = "" if args.bias_correction == "auto" else f"_{args.bias_correction}"
+            variant = ("" if args.bias_correction == "auto" else f"_{args.bias_correction}") + \
+                ("_ends8" if args.ends_at_8 else "") + (f"_qat{args.qat_epochs}" if args.qat_epochs else "")
             out = os.path.join(args.out_dir, f"{model}_w{weight_bits}a{act_bits}{variant}.json")
             if os.path.exists(out) and not args.overwrite:
                 print(f"{out}: kept (--overwrite measures it again)")

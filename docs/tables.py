@@ -200,13 +200,21 @@ def t_test_seconds(r):
 
 
 def low_bit_results(r):
-    """{(model, weight bits, act bits, bias correction): results/low_bit/{model}_w{W}a{A}[_{variant}].json},
-    shipped models first."""
+    """{(model, weight bits, act bits, methods): results/low_bit/{model}_w{W}a{A}[_{variant}].json},
+    shipped models first, the post-training defaults ("auto") before the variants."""
     found = {}
     for path in glob.glob(r.path("results/low_bit/*.json")):
         d = r.json(os.path.relpath(path, r.root).replace(os.sep, "/"))
-        found[(d["model"], d["weight_bits"], d["act_bits"], d.get("bias_correction", "auto"))] = d
-    return dict(sorted(found.items(), key=lambda kv: (width_order(kv[0][:3]), kv[0][3] != "auto")))
+        found[(d["model"], d["weight_bits"], d["act_bits"], methods_label(d))] = d
+    return dict(sorted(found.items(), key=lambda kv: (width_order(kv[0][:3]), kv[0][3] != "auto", kv[0][3])))
+
+
+def methods_label(d):
+    """What a low-bit run added to the post-training defaults: its bias correction, the first and last
+    layers kept at 8-bit weights, its QAT epochs."""
+    label = d.get("bias_correction", "auto") + (", ends W8" if d.get("ends_at_8") else "")
+    epochs = d.get("qat_epochs", 0)
+    return label + (f" + QAT {epochs} epoch{'s' * (epochs > 1)} (lr {d['qat_lr']:g})" if epochs else "")
 
 
 def width_order(key):
@@ -223,7 +231,7 @@ def t_low_bit(r):
     """results/low_bit/*.json (benchmarks/low_bit_accuracy.py): the low-bit widths on the full test set;
     the numpy column on the first images only where the run said so (--numpy_on_peer_images)."""
     rows = []
-    for (model, w, a, correction), d in low_bit_results(r).items():
+    for (model, w, a, methods), d in low_bit_results(r).items():
         t = d["test"]
         acc, n = t["accuracy"], t["images"]
         if "np_quant" in acc:
@@ -232,9 +240,9 @@ def t_low_bit(r):
             p = d["peer_work"]
             numpy_cell = f"{points(p['np_quant'], p['float'])} on the first {p['images']:,}"
             same = f"{round(p['identical_logits']['np_quant_vs_c_int8'] * p['images']):,} of the first {p['images']:,}"
-        rows.append((model, f"W{w}A{a}", correction, f"{n:,}", pct(acc["raw"]), numpy_cell, points(acc["c_int8"], acc["raw"]),
+        rows.append((model, f"W{w}A{a}", methods, f"{n:,}", pct(acc["raw"]), numpy_cell, points(acc["c_int8"], acc["raw"]),
                      same, duration(d["seconds_quantize"])))
-    return table(("model", "bits", "bias correction", "test images", "float", "numpy (change)", "C (change)",
+    return table(("model", "bits", "bias correction, QAT", "test images", "float", "numpy (change)", "C (change)",
                   "identical logits np = C", "quantize time"), rows)
 
 

@@ -14,7 +14,7 @@ from model.engines.np_engine import NumpyIntegerModel
 from model.engines.torch_engine import TorchIntegerModel
 from model.formats.export_format import (HEADER_BYTES, ExportFormatError, crc32, export_paths, pack_weights, packed_bytes,
                                          read_bins, read_model_bin, read_weight_txt, unpack_weights, write_export)
-from model.formats.tuple_check import tuple_problem
+from model.formats.tuple_check import load_tuple, tuple_problem
 from model.ops import KINDS, weighted_ops
 from model.ops.weighted import weight_range
 from model.quant.quantize import QuantizeError
@@ -189,7 +189,6 @@ def test_a_version_3_model_bin_reads_as_8_bits(tmp_path):
 
 
 def test_a_tuple_from_before_the_widths_loads_as_8_bits(tmp_path):
-    from model.formats.tuple_check import load_tuple
     state, quant_list, _ = random_quantized("conv_pool", "per_channel", 0)
     for op in quant_list:
         op.pop("weight_bits", None)
@@ -237,3 +236,16 @@ def test_low_bit_accuracy_script_measures_and_resumes(tmp_path):
     assert again.returncode == 0 and "kept" in again.stdout
     bad = run("benchmarks/low_bit_accuracy.py", "--widths=4", f"--out_dir={out}")
     assert bad.returncode != 0 and "expected W/A pairs" in bad.stderr
+
+
+def test_low_bit_accuracy_script_keeps_the_ends_at_8_bits(tmp_path):
+    """--ends_at_8: LeNet W2A8 with its first and last layers at 8-bit weights, every layer between at 2,
+    in a file of its own."""
+    out, work = tmp_path / "out", tmp_path / "work"
+    done = run("benchmarks/low_bit_accuracy.py", "--models=lenet", "--widths=2/8", "--ends_at_8", "--limit=20",
+               "--peer_images=10", "--threads=1", f"--out_dir={out}", f"--work_dir={work}")
+    assert done.returncode == 0, done.stdout + done.stderr
+    result = json.loads((out / "lenet_w2a8_ends8.json").read_text())
+    assert result["ends_at_8"] and "--bits=" in result["command"]
+    _, quant_list = load_tuple(str(work / "lenet_w2a8_ends8" / "lenet_quant.tuple"), "lenet")
+    assert [op["weight_bits"] for op in weighted_ops(quant_list)] == [8, 2, 2, 2, 8]

@@ -29,4 +29,5 @@ def cpu():
     isa = next((label for flag, label in _ISA_FLAGS if flag in flags), "")
     if isa == "AVX2":
         isa = "AVX2 (no AVX-512)"
-    return ", ".join(part for part in (name, isa, f"{usable_cores()} cores") if part)
+    cores = usable_cores()
+    return ", ".join(part for part in (name, isa, f"{cores} core{'s' * (cores > 1)}") if part)
