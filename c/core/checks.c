@@ -125,25 +125,30 @@ static void check_codes(const Model *m, int i, const char *weight_path)
 }
 
 /* A conv/linear accumulates in int32:  acc = bias[c] + sum_k (x_k - z_x)(w_ck - z_w).
- * Every partial sum is bounded by
- *   bound = max_c (sum_k |w_ck - z_w|) * max(z_x - qmin_x, qmax_x - z_x) + |bias_c|
- * so bound <= INT32_MAX proves no int32 overflow for any input image.  requantize() then
+ * Every partial sum of channel c is bounded by
+ *   bound_c = (sum_k |w_ck - z_w|) * max(z_x - qmin_x, qmax_x - z_x) + |bias_c|
+ * so max_c bound_c <= INT32_MAX proves no int32 overflow for any input image.  requantize() then
  * computes acc * m in int64: |acc| < 2^31, m < 2^31, plus a rounding constant <= 2^61,
  * stays below 2^63.  The other kinds' int64 bounds are in their validate functions. */
+int64_t acc_bound(const Model *m, const Op *op, int32_t c)
+{
+    int64_t sum = 0;
+    for (int32_t k = 0; k < op->k_size; k++) {
+        int w = weight_centered(m, op, c, k);
+        sum += w < 0 ? -w : w;                    /* <= 2^31 * 255: no overflow */
+    }
+    int64_t b = op_bias(m, op, c) < 0 ? -(int64_t)op_bias(m, op, c) : op_bias(m, op, c);
+    return sum * max_abs_centered(op_input(m, op, 0)) + b;
+}
+
+/* Refused where a channel's bound exceeds int32 */
 static void check_overflow(const Model *m, int i)
 {
     const Op *op = &m->ops[i];
-    int64_t x_mag = max_abs_centered(op_input(m, op, 0)), worst = 0;
-    for (int32_t c = 0; c < op->c; c++) {
-        int64_t sum = 0;
-        for (int32_t k = 0; k < op->k_size; k++) {
-            int w = weight_centered(m, op, c, k);
-            sum += w < 0 ? -w : w;                    /* <= 2^31 * 255: no overflow */
-        }
-        int64_t b = op_bias(m, op, c) < 0 ? -(int64_t)op_bias(m, op, c) : op_bias(m, op, c);
-        if (sum * x_mag + b > worst)
-            worst = sum * x_mag + b;
-    }
+    int64_t worst = 0;
+    for (int32_t c = 0; c < op->c; c++)
+        if (acc_bound(m, op, c) > worst)
+            worst = acc_bound(m, op, c);
     if (worst > INT32_MAX)
         fail("%s: op %d (%s): worst-case accumulator %lld exceeds int32 (%d); the integer path could "
              "overflow", m->weights_path, i, kind_name(op), (long long)worst, INT32_MAX);

@@ -352,6 +352,10 @@ const uint8_t *fpgai_run(const Model *m, uint8_t *arena, const uint8_t *image);
  * image): for tools that look at every op's output (--dump-layers).  Op i's output is at
  * arena + m->ops[i].offset until a later op reuses its slot. */
 void fpgai_run_op(const Model *m, uint8_t *arena, const uint8_t *image, int i);
+/* The largest |acc| output channel c of a conv / linear op reaches on any input (core/checks.c; the
+ * load refuses an op where one exceeds INT32_MAX): the optimized kernels' requant_fast proves itself
+ * exact against it. */
+int64_t acc_bound(const Model *m, const Op *op, int32_t c);
 
 uint32_t rd_u32(const uint8_t *p);
 uint32_t crc32_bytes(const uint8_t *p, size_t n);   /* zlib's CRC-32 */

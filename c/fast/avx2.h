@@ -12,14 +12,18 @@
 #include "depthwise_c.h"
 #include "fast.h"
 
-/* requant_fast's form in 8 int32 lanes: me / mo the multipliers of the even / odd lanes' channels
- * (m << a in each 64-bit lane), ce / co their constants, ps the post shifts (where post); returns
- * zp + the requantized value, unclamped. */
-static inline __m256i requant_fast8(__m256i acc, __m256i me, __m256i mo, __m256i ce, __m256i co, __m256i ps, int post)
+/* requant_fast's form (prepare.inc: qparams_fast) in 8 int32 lanes: me / mo the multipliers' low
+ * parts lo of the even / odd lanes' channels (in each 64-bit lane), ce / co their constants, k the
+ * high parts (where high), ps the post shifts (where post); returns zp + the requantized value,
+ * unclamped. */
+static inline __m256i requant_fast8(__m256i acc, __m256i me, __m256i mo, __m256i ce, __m256i co, __m256i k, int high,
+                                    __m256i ps, int post)
 {
     const __m256i e = _mm256_add_epi64(_mm256_mul_epi32(acc, me), ce);
     const __m256i o = _mm256_add_epi64(_mm256_mul_epi32(_mm256_srli_epi64(acc, 32), mo), co);
-    const __m256i h = _mm256_blend_epi32(_mm256_srli_epi64(e, 32), o, 0xAA);
+    __m256i h = _mm256_blend_epi32(_mm256_srli_epi64(e, 32), o, 0xAA);
+    if (high)
+        h = _mm256_add_epi32(h, _mm256_mullo_epi32(acc, k));
     return post ? _mm256_srav_epi32(h, ps) : h;
 }
 
@@ -43,17 +47,17 @@ static inline __attribute__((always_inline)) void prefetch_weights(const void *w
 
 /* 16 channels' int32 sums (v_lo: channels 0-7, v_hi: 8-15, the bias included) of a block whose
  * requant_fast constants are q: requantized in 8 lanes, clamped to qmin .. qmax, as 16 bytes */
-static inline __m128i requant_pack16(__m256i v_lo, __m256i v_hi, const int64_t *q, int post, __m128i qmin,
-                                     __m128i qmax)
+static inline __m128i requant_pack16(__m256i v_lo, __m256i v_hi, const int64_t *q, int high, int post,
+                                     __m128i qmin, __m128i qmax)
 {
     /* channels 0-7 take the block's 64-bit words 0-3 of each kind, channels 8-15 words 4-7 */
-    const __m256i *ps = (const __m256i *)(const void *)(q + 32);
+    const __m256i *ps = (const __m256i *)(const void *)(q + 32), *k = (const __m256i *)(const void *)(q + 40);
     v_lo = requant_fast8(v_lo, _mm256_loadu_si256((const void *)q), _mm256_loadu_si256((const void *)(q + 8)),
                          _mm256_loadu_si256((const void *)(q + 16)), _mm256_loadu_si256((const void *)(q + 24)),
-                         _mm256_loadu_si256(ps), post);
+                         _mm256_loadu_si256(k), high, _mm256_loadu_si256(ps), post);
     v_hi = requant_fast8(v_hi, _mm256_loadu_si256((const void *)(q + 4)), _mm256_loadu_si256((const void *)(q + 12)),
                          _mm256_loadu_si256((const void *)(q + 20)), _mm256_loadu_si256((const void *)(q + 28)),
-                         _mm256_loadu_si256(ps + 1), post);
+                         _mm256_loadu_si256(k + 1), high, _mm256_loadu_si256(ps + 1), post);
     /* packs: int16 channels 0-3, 8-11 | 4-7, 12-15; packus: bytes 0-3, 8-11, 4-7, 12-15; the
      * dword shuffle puts them in order.  The saturations clamp to 0..255, then to qmin..qmax. */
     const __m256i w = _mm256_packs_epi32(v_lo, v_hi);
@@ -69,7 +73,8 @@ static inline __attribute__((always_inline)) void store_tile16(const int MP, con
                                                                const int32_t *rowsum, const FastOp *f, size_t slot,
                                                                int n, const Op *op, uint8_t *out, size_t ldc)
 {
-    const int32_t d = f->weight_offset, post = f->post_shift;     /* locals: the byte stores may alias any field */
+    /* locals: the byte stores may alias any field */
+    const int32_t d = f->weight_offset, high = f->high_mult, post = f->post_shift;
     const __m256i dv = _mm256_set1_epi32(d);
     const int64_t *q = f->has_fast ? f->requant_fast + slot / BLK * QF_WORDS : NULL;
     const __m128i qmin = _mm_set1_epi8((char)op->qmin), qmax = _mm_set1_epi8((char)op->qmax);
@@ -88,7 +93,7 @@ static inline __attribute__((always_inline)) void store_tile16(const int MP, con
             requant_store(v, f, slot, n, op, dst);
             continue;
         }
-        const __m128i b = requant_pack16(v_lo, v_hi, q, post, qmin, qmax);
+        const __m128i b = requant_pack16(v_lo, v_hi, q, high, post, qmin, qmax);
         if (n == BLK) {
             _mm_storeu_si128((void *)dst, b);
         } else {
@@ -137,7 +142,7 @@ typedef struct {
     const uint32_t *bias, *inside_bias;
     const size_t *tap_offset;
     const int64_t *fast;        /* requant_fast where has_fast, else NULL */
-    int post;
+    int high, post;
     int32_t pairs;
     size_t kw;
     int32_t C, zx;
@@ -209,7 +214,7 @@ static inline __attribute__((always_inline)) int32_t dw_chunks16(const DwConsts 
             dw16_edge(k, w, c0, &v_lo, &v_hi);
         if (k->fast) {          /* requantized and stored here, not through acc */
             _mm_storeu_si128((void *)(dst + c0), requant_pack16(v_lo, v_hi, k->fast + (size_t)c0 / BLK * QF_WORDS,
-                                                                k->post, k->qmin, k->qmax));
+                                                                k->high, k->post, k->qmin, k->qmax));
         } else {
             _mm256_storeu_si256((void *)(acc + c0), v_lo);
             _mm256_storeu_si256((void *)(acc + c0 + 8), v_hi);
@@ -228,9 +233,10 @@ static inline int32_t dw_requant8(const Op *op, const FastOp *f, const int32_t *
     for (; f->has_fast && c + 8 <= C; c += 8) {
         const int64_t *qb = f->requant_fast + (size_t)c / BLK * QF_WORDS, *q = qb + c % BLK / 2;
         const __m256i ps = _mm256_loadu_si256((const void *)((const int32_t *)(qb + 32) + c % BLK));
+        const __m256i k = _mm256_loadu_si256((const void *)((const int32_t *)(qb + 40) + c % BLK));
         __m256i h = requant_fast8(_mm256_loadu_si256((const void *)(acc + c)), _mm256_loadu_si256((const void *)q),
                                   _mm256_loadu_si256((const void *)(q + 8)), _mm256_loadu_si256((const void *)(q + 16)),
-                                  _mm256_loadu_si256((const void *)(q + 24)), ps, f->post_shift);
+                                  _mm256_loadu_si256((const void *)(q + 24)), k, f->high_mult, ps, f->post_shift);
         h = clamp8(h, op);
         /* the low byte of each lane, in order */
         const __m128i lo = _mm_shuffle_epi8(_mm256_castsi256_si128(h), order);
@@ -246,7 +252,7 @@ static void depthwise_row_avx2(const Op *op, const Op *in, const FastOp *f, cons
                                uint8_t *out)
 {
     const DwConsts k = {f->dw_weights, f->dw_pair_weights, f->bias, f->dw_inside_bias, f->dw_tap_offset,
-                        f->has_fast ? f->requant_fast : NULL, f->post_shift, (op->kh * op->kw + 1) / 2,
+                        f->has_fast ? f->requant_fast : NULL, f->high_mult, f->post_shift, (op->kh * op->kw + 1) / 2,
                         (size_t)op->kw, op->c, in->zero_point, _mm_set1_epi8((char)op->qmin),
                         _mm_set1_epi8((char)op->qmax)};
     int32_t *acc = sc->dw_acc;

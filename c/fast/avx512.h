@@ -72,7 +72,8 @@ static inline __attribute__((always_inline)) void tile_store(const int NB, const
                                                              const int32_t *rowsum, const FastOp *f, size_t slot,
                                                              int last_n, const Op *op, uint8_t *out, size_t ldc)
 {
-    const int32_t d = f->weight_offset, post = f->post_shift;     /* locals: the byte stores may alias any field */
+    /* locals: the byte stores may alias any field */
+    const int32_t d = f->weight_offset, high = f->high_mult, post = f->post_shift;
     const __m512i dv = _mm512_set1_epi32(d);
     if (f->has_fast) {
         const __m512i order = _mm512_loadu_si512(pack_order);
@@ -86,7 +87,7 @@ static inline __attribute__((always_inline)) void tile_store(const int NB, const
                 __m512i v = acc.v[b < NB ? b : 0][p];
                 if (d)
                     v = _mm512_add_epi32(v, _mm512_mullo_epi32(dv, _mm512_set1_epi32(rowsum[p])));
-                r[b][p] = b < NB ? requant_fast_16(v, q + (size_t)b * QF_WORDS, post) : r[0][p];
+                r[b][p] = b < NB ? requant_fast_16(v, q + (size_t)b * QF_WORDS, high, post) : r[0][p];
             }
         for (int p = 0; p < MP; p++)
             store_packed(r[0][p], r[1][p], r[2][p], r[3][p], (NB - 1) * BLK + last_n, order, lo, hi,

@@ -53,7 +53,8 @@
  * Requantization: every scalar path calls requantize() (fpgai.h).  The SIMD paths use two vector
  * forms of the same function, precomputed per channel at load (qparams, qparams_fast): the wide
  * form (the product, the rounding constant and the shift in 64-bit lanes) and the fast one (the
- * whole requantization as the high half of one 64-bit sum, where that is exact).  Both give
+ * whole requantization as the high half of one 64-bit sum, plus acc times the multiplier's high
+ * part where M >= 1/2, wherever that is exact: prepare.inc).  Both give
  * requantize()'s value bit for bit; the tests run every build's fast kernels against the reference
  * ones on awkward random graphs.
  */
@@ -70,7 +71,7 @@
 #define BLK 16          /* output channels per packed weight block (one zmm of int32) */
 #define OVER 32         /* im2col copies move whole pieces of this many bytes */
 #define QV_WORDS 48     /* int64 words of a block's wide requantization constants (requant_wide) */
-#define QF_WORDS 40     /* int64 words of a block's fast requantization constants (requant_fast) */
+#define QF_WORDS 48     /* int64 words of a block's fast requantization constants (requant_fast) */
 /* A pass's activations (an op's inputs, output and padded input, times its images): about half a
  * core's L2, so that one layer's output is still in cache when the next reads it (a workspace is one
  * thread's, but for a batch smaller than the thread count).  The environment's FPGAI_PASS_BYTES
@@ -146,6 +147,7 @@ typedef struct {
     int has_fast;               /* every channel has a requant_fast form: requantization as the high half of
                                  * one product */
     int post_shift;             /* some channel of requant_fast needs a shift after the high half */
+    int high_mult;              /* some channel of requant_fast has a multiplier high part k (M >= 1/2): + acc*k */
     int16_t *dw_weights;        /* depthwise, the C loop: [kh*kw][C] w - z_w */
     /* depthwise (AVX2), the windows wholly inside the input: taps in pairs, each pair's two inputs
      * interleaved against their weights so interleaved (dw_pairs_weights), one vpmaddwd a pair and no
