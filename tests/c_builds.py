@@ -106,3 +106,44 @@ def force_wide_requantization(state, quant):
             mult[0], shift[0] = 2 ** 30 + 12345, 31
             if len(mult) > 1:
                 mult[1], shift[1] = 2 ** 31 - 1, 58
+
+
+# Channel requantizations of large multipliers M = m / 2^s (tests/test_c_kernels.py), each (m, s, bias,
+# weights): "small" weights (one +1 and one -1, the rest the zero point: |acc| <= 2 * 255 + |bias|, so
+# the values land inside the clamp) or the layer's own.  MobileNetV2 at 4-bit weights has M up to 0.8,
+# at 2 bits up to 5.5.
+LARGE_MULTIPLIERS = [
+    (1 << 14, 15, 3, "small"),                # M = 1/2 exactly: m << (32 - s) = 2^31, high part 1
+    (25957, 15, -5, "small"),                 # M = 0.79 (MobileNetV2 W4, op 5, channel 29)
+    ((1 << 20) - 1, 20, 1, "small"),          # M = 1 - 2^-20
+    (30000, 13, 2, "small"),                  # M = 3.66: high part 3
+    (1063004406, 30, 1 << 30, "own"),         # M = 0.99 on acc ~ 2^30: zp + acc*M still fits int32 (qmax)
+    (1063004406, 30, -(1 << 30), "own"),      # ... and its negative (qmin)
+]
+# acc*M ~ 3 * 2^30 leaves int32: that layer's 32-bit form must be refused (its 64-bit one is exact)
+BEYOND_INT32 = (3 << 13, 13, 1 << 30, "own")
+
+
+def force_large_multipliers(state, quant, refused=False):
+    """In every conv and linear layer, channels i and C - 1 - i take LARGE_MULTIPLIERS[i] (as many as
+    C / 2 allows; the others keep their M < 1/2): both ends of the 16-channel blocks and of a depthwise
+    conv's tail.  refused: channel C / 2 also takes BEYOND_INT32.  Returns {layer: {channel: spec}}."""
+    placed = {}
+    for op in quant:
+        if op["op"] not in ("conv", "linear"):
+            continue
+        name = op["name"]
+        mult, shift, bias = state[name + ".multiplier"], state[name + ".shift"], state[name + ".bias"]
+        weight = state[name + ".weight"].view(len(mult), -1)
+        C = len(mult)
+        chosen = {c: spec for i, spec in enumerate(LARGE_MULTIPLIERS[:C // 2]) for c in (i, C - 1 - i)}
+        if refused:
+            chosen[C // 2] = BEYOND_INT32
+        for c, (m, s, b, weights) in chosen.items():
+            mult[c], shift[c], bias[c] = m, s, b
+            if weights == "small":
+                weight[c] = op["weight_zero_point"]
+                weight[c, 0] += 1
+                weight[c, -1] -= 1
+        placed[name] = chosen
+    return placed

@@ -35,8 +35,10 @@ import torch
 import config
 from data import datasets
 from tests.c_builds import (ISA_NAMES, ISAS, QEMU_AARCH64, TWINS, assert_one_line_error, check, check_engines,
-                            command, force_wide_requantization, missing_flags, require_isa)
-from tests.c_engine import C_DIR, ROOT, assert_clean, export_graph, make_export, read_logits, run
+                            command, force_large_multipliers, force_wide_requantization, missing_flags, require_isa)
+from tests.c_engine import C_DIR, ROOT, assert_clean, export_graph, make_export, read_logits, result_line, run
+from tests.kernel_models import ARCHS
+from tests.narrow_graphs import tensors
 from tests.random_models import random_quantized
 
 CASES = [("awkward", "per_channel", 16), ("awkward", "per_tensor", 32), ("mobilenetish", "per_channel", 8),
@@ -71,6 +73,59 @@ def test_wide_requantization_equals_reference(builds, exports, tmp_path, arch, m
     require_isa(isa)
     ex = exports(arch, mode, bits, tweak=force_wide_requantization)
     check_engines(builds, tmp_path, ex, BUILD_RUNS[:1] + isa_runs(isa))
+
+
+LARGE_CASES = [("mobilenetish", "per_channel", False), ("awkward", "per_tensor", False),
+               ("mobilenetish", "per_tensor", True), ("awkward", "per_channel", True)]
+
+
+@pytest.fixture(scope="module")
+def large_exports(tmp_path_factory):
+    """force_large_multipliers on a random graph, checked to exercise what it claims, exported once"""
+    cache = {}
+
+    def get(arch, mode, refused):
+        if (arch, mode, refused) not in cache:
+            state, quant, images = random_quantized(arch, mode, 7, archs=ARCHS, n_test=24)
+            placed = force_large_multipliers(state, quant, refused)
+            values = tensors(state, quant, images.numpy())
+            inside, saturated = set(), set()
+            for i, op in enumerate(quant):
+                for c, (m, s, bias, weights) in placed.get(op["name"], {}).items():
+                    out = values[i][:, c]
+                    between = (out > op["qmin"]) & (out < op["qmax"]) & (out != op["zero_point"])
+                    if weights == "small" and between.any():
+                        inside.add((m, s))
+                    if weights == "own" and (out == (op["qmax"] if bias > 0 else op["qmin"])).all():
+                        saturated.add((m, s, bias))
+            assert len(inside) == 4 and len(saturated) == 2 + refused, (inside, saturated)
+            kinds = {("depthwise" if op.get("groups", 1) == quant[op["inputs"][0]]["shape"][0] > 1 else op["op"])
+                     for op in quant if op["name"] in placed}
+            assert kinds == {"conv", "depthwise", "linear"}, kinds
+            folder = str(tmp_path_factory.mktemp(f"large_{arch}_{mode}_{refused}"))
+            cache[arch, mode, refused] = dict(export_graph(folder, state, quant, images, 7, mode="bin"),
+                                              layers=len(placed))
+        return cache[arch, mode, refused]
+    return get
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("arch,mode,refused", LARGE_CASES, ids=[f"{a}-{m}{'-refused' if r else ''}"
+                                                                for a, m, r in LARGE_CASES])
+def test_large_multipliers_equal_numpy(builds, large_exports, tmp_path, arch, mode, refused, isa):
+    """Channel multipliers M of 1/2 .. 3.7 among small ones, in conv, depthwise and linear layers: every
+    layer on the 32-bit requantization form with its high part k (prepare.inc: qparams_fast), exact,
+    values inside the clamp and saturated at both ends (acc ~ +-2^30); refused: a channel whose acc*M
+    leaves int32 sends its layer to the 64-bit form (AVX-512) or requantize() (AVX2)."""
+    require_isa(isa)
+    ex = large_exports(arch, mode, refused)
+    correct = int((ex["logits"].argmax(axis=1) == ex["labels"]).sum())
+    for kind, extra in BUILD_RUNS[:1] + isa_runs(isa):
+        proc = check(builds, tmp_path, ex, ex["logits"], kind, extra)
+        assert result_line(proc.stdout) == (ex["n"], correct)
+        if isa != "c99" and "--isa" in extra:      # C99 has no vector requantizer
+            n = ex["layers"]
+            assert f", 32-bit requantization on {0 if refused else n} of {n} layers" in proc.stdout, proc.stdout
 
 
 def narrow_pairs_export(folder, mode, widths, tweak):
