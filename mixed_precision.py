@@ -3,8 +3,9 @@
     python mixed_precision.py --model=resnet18 --budget_bytes=4200000
     python quant_model.py --model=resnet18 --bits=results/mixed_precision/resnet18_bits.json
 
-1. Sensitivity: each conv/linear layer alone has its weights lowered to 8, 6, 4, 3 and 2 bits (the
-   quantizer's rounding, dequantized into the BN-folded float model; every other layer float) and
+1. Sensitivity: each conv/linear layer alone has its weights lowered to 8, 6, 4, 3 and 2 bits (as the
+   quantizer lowers them: its WEIGHT_METHOD and BIAS_CORRECTION on the layer's inputs over the
+   calibration images, dequantized into the BN-folded float model; every other layer float) and
    the model runs on SEARCH_IMAGES held-out training images (the validation split train_model.py
    keeps out of training, past the calibration images; never the test set). The drop is the mean
    KL divergence of the softmax from the float model's (the search's cost; smoother than the
@@ -39,7 +40,8 @@ from data import datasets
 from model import api, work
 from model.fileio import ModelFileError, WriteError, atomic_open, check_not_tracked, check_writable, stage_main
 from model.formats.export_format import packed_bytes
-from model.ops.weighted import BIAS_LIMIT, quantize_weight, weight_count
+from model.ops.weighted import BIAS_LIMIT, weight_count
+from model.quant import methods
 from model.quant.quantize import QuantizeError
 
 CANDIDATE_BITS = (8, 6, 4, 3, 2)
@@ -164,13 +166,16 @@ def tuple_cost(quant_list, kind):
 
 # --- sensitivity -----------------------------------------------------------------------------------------
 
-def dequantized(mod, layer, bits, weight_mode):
-    """The module's weight as the quantizer stores it at `bits` (quantize_weight, its scale floor), in float."""
+def lowered(mod, layer, bits, cfg, inputs):
+    """The module's weight and bias as the quantizer makes them at `bits` (its weight method and bias
+    correction on the layer's calibration inputs, methods.quantize_layer, its scale floor), in float."""
     bias = mod.bias.detach().double().numpy() if mod.bias is not None else np.zeros(mod.weight.shape[0])
     min_scale = np.abs(bias) / (layer["in_scale"] * BIAS_LIMIT)
-    q, scale, zero_point = quantize_weight(mod.weight, weight_mode, min_scale, bits)
+    method, correct = methods.resolve(cfg.weight_method, cfg.bias_correction, bits)
+    q, scale, zero_point, bias = methods.quantize_layer(mod.weight.detach(), bias, cfg.weight_mode, bits, method,
+                                                        min_scale, inputs, correct)
     values = (q.astype(np.float64) - zero_point) * scale.reshape(-1, *[1] * (q.ndim - 1))
-    return torch.from_numpy(values).to(mod.weight.dtype)
+    return torch.from_numpy(values).to(mod.weight.dtype), torch.from_numpy(np.asarray(bias)).to(mod.weight.dtype)
 
 
 def kl_and_accuracy(logits, reference, labels):
@@ -180,19 +185,26 @@ def kl_and_accuracy(logits, reference, labels):
     return float(kl), float((logits.argmax(1).numpy() == labels).mean())
 
 
-def measure_sensitivity(gm, modules, layers, images, labels, reference, weight_mode):
-    """{layer: {bits: {"kl", "accuracy"}}}: the model with only that layer's weights at `bits`."""
+def measure_sensitivity(gm, modules, layers, images, labels, reference, cfg, calib):
+    """{layer: {bits: {"kl", "accuracy"}}}: the model with only that layer's weights at `bits`; the
+    layer inputs the weight methods need measured on the calibration images, on the float model."""
     result = {name: {} for name in layers}
+    needs_inputs = any(method != "rtn" or correct for method, correct in
+                       (methods.resolve(cfg.weight_method, cfg.bias_correction, bits) for bits in CANDIDATE_BITS))
+    node_of = {n.target.replace(".", "_"): n.name for n in gm.graph.nodes if n.op == "call_module"}
+    statistics = methods.InputStatistics(gm, calib.float() / 255.0, [node_of[name] for name in layers], seed=cfg.seed)
     with tqdm(total=len(layers) * len(CANDIDATE_BITS), desc="sensitivity", leave=False) as bar:
         for name, layer in layers.items():
             mod = modules[name]
-            original = mod.weight.data
+            inputs = statistics[node_of[name]] if needs_inputs else None   # before any weight is lowered
+            weight, bias = mod.weight, mod.bias
             for bits in CANDIDATE_BITS:
-                mod.weight.data = dequantized(mod, layer, bits, weight_mode)
+                low_weight, low_bias = lowered(mod, layer, bits, cfg, inputs)
+                mod.weight, mod.bias = nn.Parameter(low_weight), nn.Parameter(low_bias)
                 kl, accuracy = kl_and_accuracy(float_logits(gm, images), reference, labels)
                 result[name][str(bits)] = {"kl": kl, "accuracy": accuracy}
                 bar.update()
-            mod.weight.data = original
+            mod.weight, mod.bias = weight, bias
     return result
 
 
@@ -331,10 +343,11 @@ def main():
     _, float_accuracy = kl_and_accuracy(reference, reference, labels)
     key = {"model": name, "checkpoint_sha256": sha, "weight_mode": cfg.weight_mode, "seed": cfg.seed,
            "calib_images": len(calib), "search_images": len(images), "candidate_bits": list(CANDIDATE_BITS),
+           "weight_method": cfg.weight_method, "bias_correction": cfg.bias_correction,
            "input_mean": mean, "input_std": std, "calib_data": cfg.calib_data}
     sensitivity = cached_sensitivity(
         paths["sensitivity.json"], key,
-        lambda: measure_sensitivity(gm, modules, layers, images, labels, reference, cfg.weight_mode))
+        lambda: measure_sensitivity(gm, modules, layers, images, labels, reference, cfg, calib))
 
     point = choose(pareto_front(layers, sensitivity, kind), budget - fixed[kind])
     chosen = {n: {"weight_bits": bits} for n, bits in point[2].items()}

@@ -112,6 +112,23 @@ def test_rerun_takes_the_cached_sensitivities(tiny, searched):
     assert sum(packed_bytes(LAYER_WEIGHTS[layer], w["weight_bits"]) for layer, w in bits.items()) <= W8_BYTES // 3
 
 
+def test_sensitivity_lowers_as_the_quantizer_does(tiny, searched):
+    """The sensitivities follow --weight_method / --bias_correction (the search's default: GPTQ and bias
+    correction below 8 bits): rounding to nearest costs more at 2 and 3 bits, and is measured afresh,
+    not taken from the other method's cache."""
+    tmp, _, _ = tiny
+    proc = search(tmp, f"--budget_bytes={BUDGET}", "--frontier=", "--weight_method=rtn", "--bias_correction=off")
+    assert proc.returncode == 0, proc.stderr
+    assert "sensitivities from" not in proc.stdout
+    rtn = json.loads((tmp / "out" / "Tiny_sensitivity.json").read_text())["layers"]
+    searched_again = search(tmp, f"--budget_bytes={BUDGET}", "--frontier=")
+    assert "sensitivities from" not in searched_again.stdout
+    auto = json.loads((tmp / "out" / "Tiny_sensitivity.json").read_text())["layers"]
+    for bits in ("3", "2"):
+        assert sum(auto[n][bits]["kl"] for n in auto) < sum(rtn[n][bits]["kl"] for n in rtn), bits
+    assert all(auto[n]["8"] == rtn[n]["8"] for n in auto)        # 8 bits: rounding to nearest either way
+
+
 def random_layers(count, seed):
     """A layer table and sensitivities that fall as the width rises, as a measured one does."""
     rng = np.random.default_rng(seed)
