@@ -126,6 +126,22 @@ def test_the_integer_weights_are_the_ones_fine_tuned(tiny, monkeypatch):
                            state[f"{name}.weight"]), name
 
 
+def test_the_fine_tuning_starts_from_the_post_training_result(tiny):
+    """GPTQ's codes and the corrected biases are where the fine-tuning starts: one that cannot move (the
+    smallest learning rate) gives back the post-training integer weights, and biases within a step (the
+    activation steps it learned moved by as little), where re-rounding the float weights would not."""
+    _, net, (images, labels), _ = tiny
+    tuples = [api.quantize_cfg(net, images[:256], api.make_cfg(model="tiny", weight_bits=3, calib_images=256,
+                                                               qat_epochs=epochs, qat_lr=1e-6),
+                               api.CUSTOM_DATASET, fine_tuning=qat.FineTuning(images[:128], labels[:128], batch_size=64))
+              for epochs in (0, 1)]
+    (ptq, ptq_list), (tuned, _) = tuples
+    assert ptq_list[0]["widths"]["weight_method"] == "auto"      # GPTQ and bias correction at 3 bits
+    for name in ("conv1", "conv2", "fc"):
+        assert torch.equal(tuned[f"{name}.weight"], ptq[f"{name}.weight"]), name
+        assert (tuned[f"{name}.bias"] - ptq[f"{name}.bias"]).abs().max() <= 1, name
+
+
 def test_resume_ends_where_an_uninterrupted_run_does(tiny, tmp_path, monkeypatch):
     whole = quantize(tiny, 2, state_path=str(tmp_path / "whole_qat.pt"))
     save_state = qat.save_state

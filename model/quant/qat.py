@@ -1,5 +1,8 @@
 """Quantization-aware fine-tuning (--qat_epochs): LSQ (Esser et al. 2020, "Learned Step Size
-Quantization") on the quantizer's BN-folded graph, started from the post-training result.
+Quantization") on the quantizer's BN-folded graph, started from the post-training result: each
+layer's weights are its post-training integers times their steps (GPTQ's codes, not the float
+weights rounded again) and its bias the post-training one (bias correction's), so the fine-tuning
+starts at the post-training accuracy.
 
 - The weights of every conv / linear layer are fake quantized per output channel at the layer's
   weight_bits: w_hat = s_c * clamp(round(w / s_c), -Q, Q), Q = 2^(bits-1) - 1, the step s_c learned
@@ -33,6 +36,7 @@ from model.training import SINGLE_CPU, Processes, augment, to_float
 STATE_KIND = "fpgai-qat-state"
 MOMENTUM = 0.9          # SGD from cfg.qat_lr, cosine to 0: a fine-tuning, the post-training result is close
 MIN_STEP = 1e-12        # a step the gradient pushed to 0 or below would divide by zero
+INSIDE = 0.499          # of a step: how far from its code a weight moved into the code's interval may sit
 
 
 @dataclass
@@ -128,9 +132,9 @@ def fine_tune(gm, ptq, data, cfg, fingerprint):
     gm.requires_grad_(False)        # what the fake quantization does not cover stays as calibrated
     acts = {}
     for _, out_node, module, op in layers:
+        start_from_post_training(module, op, ptq)
         module.weight.requires_grad_(True)
-        if module.bias is not None:
-            module.bias.requires_grad_(True)
+        module.bias.requires_grad_(True)
         parametrize.register_parametrization(module, "weight", WeightQuantizer(
             ptq.weight_scales[op["name"]], op["weight_bits"], module.weight[0].numel()))
         acts[out_node] = _insert_after(gm, out_node, ActQuantizer(op))
@@ -149,6 +153,27 @@ def fine_tune(gm, ptq, data, cfg, fingerprint):
             gm.delete_submodule(quant_node.target)
         gm.recompile()
         gm.requires_grad_(False)
+
+
+def start_from_post_training(module, op, ptq):
+    """module's weight and bias (one added where it had none) set to where the post-training graph left
+    them: each weight moved from its float value to the nearest value that rounds to its post-training
+    code at its step (a weight GPTQ rounded the other way sits just inside its code's interval, the
+    others stay: near their rounding boundaries, where the straight-through gradient can still flip
+    them), the bias its int32 bias * s_x * step."""
+    name, top = op["name"], (1 << (op["weight_bits"] - 1)) - 1
+    steps = torch.as_tensor(np.asarray(ptq.weight_scales[name]), dtype=torch.float64)
+    q = ptq.state[f"{name}.weight"].double()
+    step = steps.view(-1, *[1] * (q.dim() - 1))
+    low = torch.where(q <= -top, -math.inf, (q - INSIDE) * step)      # the outer codes' intervals are open
+    high = torch.where(q >= top, math.inf, (q + INSIDE) * step)
+    bias = ptq.state[f"{name}.bias"].double() * ptq.ops[op["inputs"][0]]["scale"] * steps
+    with torch.no_grad():
+        weight = torch.minimum(torch.maximum(module.weight.double().reshape(q.shape), low), high)
+        module.weight.copy_(weight.reshape(module.weight.shape))
+        if module.bias is None:
+            module.bias = nn.Parameter(torch.zeros(len(bias)))
+        module.bias.copy_(bias)
 
 
 def _insert_after(gm, node, module):
