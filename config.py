@@ -48,7 +48,7 @@ AMP = "auto"
 WEIGHT_MODE = "per_channel"
 MULTIPLIER_BITS = 16
 CALIB_IMAGES = 2000
-CALIB_METHOD = "minmax"
+CALIB_METHOD = "auto"
 CALIB_PERCENTILE = 99.99
 WEIGHT_BITS = 8
 ACT_BITS = 8
@@ -117,7 +117,9 @@ OPTIONS = {
                             "(the original's format)"),
     "MULTIPLIER_BITS": (_TUPLE, "requantization multiplier width, signed bits"),
     "CALIB_IMAGES": (_TUPLE, "images (of the training set or CALIB_DATA) that calibrate the activation ranges"),
-    "CALIB_METHOD": (_TUPLE, "activation range: minmax, or percentile (CALIB_PERCENTILE) of the calibration values"),
+    "CALIB_METHOD": (_TUPLE, "activation range: minmax, percentile (CALIB_PERCENTILE) of the calibration values, "
+                             "mse (the clipped range whose grid at the op's width makes the least squared error), "
+                             "or auto (minmax for 8-bit activations, mse below)"),
     "CALIB_PERCENTILE": (_TUPLE, "calib_method=percentile: a range spans the (100-P)th..Pth percentile"),
     "WEIGHT_BITS": (_TUPLE, "bits of every conv/linear weight (2..8; packed in the export files)"),
     "ACT_BITS": (_TUPLE, "bits of every activation but the input's and the logits' (4..8: values 0..2^N-1 with a "
@@ -152,7 +154,7 @@ CHOICES = {
     "MODEL": ("lenet", "resnet18", "resnet34", "resnet50", "mobilenet_v2",
               "vgg11", "vgg13", "vgg16", "vgg19", "vgg_small"),
     "WEIGHT_MODE": ("per_channel", "per_tensor"),
-    "CALIB_METHOD": ("minmax", "percentile"),
+    "CALIB_METHOD": ("auto", "minmax", "percentile", "mse"),
     "WEIGHT_METHOD": ("auto", "rtn", "mse", "gptq"),
     "BIAS_CORRECTION": ("auto", "on", "off", "empirical"),
     "EXPORT_MODE": ("txt", "bin", "both", "c", "onnx", "rtl"),

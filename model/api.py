@@ -112,7 +112,7 @@ def _uint8_images(images):
     return x.contiguous()
 
 
-def quantize(module, calib_images, *, weight_mode="per_channel", multiplier_bits=16, calib_method="minmax",
+def quantize(module, calib_images, *, weight_mode="per_channel", multiplier_bits=16, calib_method="auto",
              calib_percentile=99.99, input_mean=None, input_std=None, name="model", dataset=CUSTOM_DATASET,
              checkpoint_sha256="", source="", progress=None, **widths):
     """Quantize a float nn.Module on calibration images (uint8 N×C×H×W, all of them are used) to the

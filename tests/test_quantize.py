@@ -11,6 +11,8 @@ from model.engines.np_engine import NumpyIntegerModel
 from model.quant.quantize import (QuantizeError, _clamp_for, accumulator_bound, build_integer_graph, quantize_weight,
                             weight_sqnr_db)
 from model.engines.torch_engine import TorchIntegerModel
+from model import qmath
+from model.quant.quantize import HISTOGRAM_BINS, mse_range
 from tests.random_models import ARCHS, _randomize_bn, make_cfg, random_quantized
 
 
@@ -78,6 +80,58 @@ def test_calibration_percentile_range_is_narrower():
                                                            calib_percentile=99.0), "mnist", {})
     assert all(c["scale"] <= f["scale"] * (1 + 1e-9) for f, c in zip(full[1:], clipped[1:]) if f["op"] != "maxpool")
     assert any(c["scale"] < f["scale"] for f, c in zip(full[1:], clipped[1:]))
+
+
+def grid_error(x, lo, hi, top):
+    """Summed squared error of values x on the grid 0..top that choose_qparams makes of [lo, hi]."""
+    scale, zero_point = qmath.choose_qparams(lo, hi, 0, top)
+    q = np.clip(qmath.round_half_up(x / scale) + zero_point, 0, top)
+    return float(((x - scale * (q - zero_point)) ** 2).sum())
+
+
+@pytest.mark.parametrize("signed", [False, True])
+def test_mse_range_clips_a_long_tail_at_low_widths(signed):
+    """On long-tailed values (a ReLU's, or a signed tensor's), mse's range clips more at 4 bits than at
+    8, and on the values themselves (not the bins) errs less than min..max; on uniform ones it keeps
+    nearly all of the range."""
+    gen = np.random.default_rng(0)
+    x = gen.laplace(0, 1, 200_000) if signed else np.maximum(gen.laplace(0, 1, 200_000), 0)
+    lo, hi = x.min(), x.max()
+    counts = torch.histc(torch.from_numpy(x).float(), HISTOGRAM_BINS, lo, hi).double()
+    (lo4, hi4), (lo8, hi8) = mse_range(counts, lo, hi, 15), mse_range(counts, lo, hi, 255)
+    assert hi4 < 0.7 * hi and hi4 < hi8 <= hi
+    assert lo4 == lo8 == 0 if not signed else lo <= lo8 < 0.7 * lo < lo4 < 0
+    assert grid_error(x, lo4, hi4, 15) < 0.5 * grid_error(x, lo, hi, 15)
+    assert grid_error(x, lo8, hi8, 255) <= grid_error(x, lo, hi, 255)
+    uniform = gen.uniform(0, 1, 200_000)
+    _, hi_u = mse_range(torch.histc(torch.from_numpy(uniform).float(), HISTOGRAM_BINS, 0, 1).double(), 0, 1, 15)
+    assert hi_u > 0.95
+
+
+def test_calibration_mse_at_4_bits_and_auto():
+    """calib_method=mse: every 4-bit activation's scale at most min..max's, some smaller, and the engines
+    agree on the graph it makes; auto (the default) is mse at 4 bits and minmax at 8, where it leaves
+    the fingerprint as minmax made it (the tuples made before stay current)."""
+    cls, _, shape = ARCHS["conv_pool"]
+    net = _randomize_bn(cls(), torch.Generator().manual_seed(0)).eval()
+    images = torch.randint(0, 256, (64, *shape), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+
+    def build(act_bits, method):
+        return build_integer_graph(net, images, make_cfg(model="lenet", act_bits=act_bits, calib_method=method),
+                                   "mnist", {})
+    _, full = build(4, "minmax")
+    state, chosen = build(4, "mse")
+    pairs = [(f, c) for f, c in zip(full[1:], chosen[1:]) if f["op"] != "maxpool"]
+    assert all(c["scale"] <= f["scale"] * (1 + 1e-9) for f, c in pairs)
+    assert any(c["scale"] < 0.9 * f["scale"] for f, c in pairs)
+    x = images[:16].numpy()
+    assert np.array_equal(NumpyIntegerModel(state, chosen)(x), TorchIntegerModel(state, chosen)(images[:16]).numpy())
+    _, auto4 = build(4, "auto")
+    assert [op["scale"] for op in auto4] == [op["scale"] for op in chosen]
+    (_, minmax8), (_, auto8) = build(8, "minmax"), build(8, "auto")
+    assert [op["scale"] for op in auto8] == [op["scale"] for op in minmax8]
+    assert auto8[0]["fingerprint"] == minmax8[0]["fingerprint"] != build(8, "mse")[1][0]["fingerprint"]
+    assert auto4[0]["fingerprint"] != chosen[0]["fingerprint"]
 
 
 @pytest.mark.parametrize("act, scale, zero_point, bounds", [

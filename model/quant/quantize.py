@@ -19,6 +19,7 @@ import hashlib
 import json
 import math
 
+import numpy as np
 import torch
 import torch.fx as fx
 import torch.nn.functional as F
@@ -116,10 +117,18 @@ def read_bits(bits):
     return {layer: dict(widths) for layer, widths in bits.items()}
 
 
+def lowest_act_bits(cfg):
+    """The narrowest activation width cfg's settings ask for (--act_bits, --bits)."""
+    widths = width_settings(cfg)
+    return min([widths["act_bits"]] + [w["act_bits"] for w in widths["bits"].values() if "act_bits" in w])
+
+
 def settings_fingerprint(cfg, raw_header):
     """Hash of everything the integer graph depends on: a stale tuple or export is detected by it."""
+    # auto with no activation below 8 bits is minmax: the tuples made before it stay current
+    calib_method = "minmax" if cfg.calib_method == "auto" and lowest_act_bits(cfg) == 8 else cfg.calib_method
     keys = {"model": cfg.model, "weight_mode": cfg.weight_mode, "multiplier_bits": cfg.multiplier_bits,
-            "calib_images": cfg.calib_images, "calib_method": cfg.calib_method, "seed": cfg.seed,
+            "calib_images": cfg.calib_images, "calib_method": calib_method, "seed": cfg.seed,
             "calib_percentile": cfg.calib_percentile if cfg.calib_method == "percentile" else None,
             "checkpoint_sha256": raw_header.get("sha256")}
     keys.update({k: v for k, v in width_settings(cfg).items() if v != WIDTH_SETTINGS[k]})
@@ -187,14 +196,36 @@ def unsupported_message(gm, node, cfg):
     return f"{cfg.model}: unsupported {describe_node(gm, node)} at node '{node.name}'; {tail}"
 
 
+HISTOGRAM_BINS = 2048                        # calib_method=mse: each tensor's counts over its min..max
+MSE_RATIOS = np.linspace(0.005, 1.0, 200)    # its search: the fraction of the min..max range kept
+
+
 class _Observer(fx.Interpreter):
-    """Runs the folded float graph and records each node's output range and shape."""
+    """Runs the folded float graph and records each node's output range and shape; with calib_method
+    mse (auto, where some activation is narrower than 8 bits), a second pass (_Histograms) records each node's value counts over that range, from which the
+    range is chosen at the width the op takes (range_of)."""
 
     def __init__(self, gm, method, percentile):
         super().__init__(gm)
         self.method, self.percentile = method, percentile
         self.ranges, self.shapes, self.batches = {}, {}, 0
         self.batch, self.meta = {}, set()     # each tensor's batch size; the nodes that yield no tensor
+        self.histograms, self.chosen = {}, {}
+
+    def range_of(self, name, bits):
+        """The range whose grid node `name`'s output takes at `bits`: the recorded one, or where there is
+        a histogram (mse; auto below 8 bits) the part of it whose grid makes the least squared error on
+        the calibration values."""
+        if name not in self.histograms or (self.method == "auto" and bits == 8):
+            return self.ranges[name]
+        if (name, bits) not in self.chosen:
+            self.chosen[(name, bits)] = mse_range(self.histograms[name], *self.ranges[name], (1 << bits) - 1)
+        return self.chosen[(name, bits)]
+
+    def set_range(self, name, lo, hi):
+        """Node `name`'s range is (lo, hi) as given (a widened or a learned one): no mse choice on it."""
+        self.ranges[name] = (lo, hi)
+        self.histograms.pop(name, None)
 
     def run_node(self, n):
         out = super().run_node(n)
@@ -217,6 +248,38 @@ class _Observer(fx.Interpreter):
                 self.ranges[n.name] = (min(old[0], lo), max(old[1], hi))
             self.shapes[n.name] = list(out.shape[1:])
         return out
+
+
+class _Histograms(fx.Interpreter):
+    """calib_method=mse's second pass: every observed node's values counted in HISTOGRAM_BINS bins over
+    its range, into observer.histograms (float64: ReLU outputs put millions of zeros in one bin)."""
+
+    def __init__(self, gm, observer):
+        super().__init__(gm)
+        self.observer = observer
+
+    def run_node(self, n):
+        out = super().run_node(n)
+        lo, hi = self.observer.ranges.get(n.name, (0.0, 0.0))
+        if isinstance(out, torch.Tensor) and out.is_floating_point() and hi > lo:
+            counts = torch.histc(out.detach().float(), HISTOGRAM_BINS, lo, hi).double()
+            self.observer.histograms[n.name] = self.observer.histograms.get(n.name, 0) + counts
+        return out
+
+
+def mse_range(counts, lo, hi, top):
+    """The part [r*lo, r*hi] of a histogram's range (r in MSE_RATIOS) whose grid of values 0..top
+    (qmath.choose_qparams) gives its bin centres the least summed squared rounding and clipping error."""
+    counts = counts.numpy()
+    centres = lo + (np.arange(len(counts)) + 0.5) * (hi - lo) / len(counts)
+    best, best_error = (lo, hi), np.inf
+    for r in MSE_RATIOS:
+        scale, zero_point = qmath.choose_qparams(r * lo, r * hi, 0, top)
+        q = np.clip(qmath.round_half_up(centres / scale) + zero_point, 0, top)
+        error = float((counts * (centres - scale * (q - zero_point)) ** 2).sum())
+        if error < best_error:
+            best, best_error = (r * lo, r * hi), error
+    return best
 
 
 def _holds_tensor(value):
@@ -291,14 +354,14 @@ class Builder:
     def qparams(self, node):
         """(scale, zero_point) of node's output from its calibrated range; QuantizeError naming the node
         when the float model's values there are not finite (weights too large: float overflow)."""
-        lo, hi = self.observer.ranges[node.name]
+        lo, hi = self.observer.ranges[node.name]     # min..max: its finiteness is the float model's
         if not (math.isfinite(lo) and math.isfinite(hi)):
             raise QuantizeError(f"{self.cfg.model}: layer '{node.name}': the float model's output there spans "
                                 f"[{lo}, {hi}] on the calibration images, not finite values; check its weights")
         if self.dry:
             return 1.0, 0
         try:
-            return qmath.choose_qparams(lo, hi, 0, (1 << self.act_bits) - 1)
+            return qmath.choose_qparams(*self.observer.range_of(node.name, self.act_bits), 0, (1 << self.act_bits) - 1)
         except ValueError as err:
             raise QuantizeError(f"{self.cfg.model}: layer '{node.name}': {err}") from None
 
@@ -370,7 +433,8 @@ def build_integer_graph(model, calib_images, cfg, dataset, raw_header, progress=
     if b.widths["qat_epochs"]:      # fine-tune gm from this post-training graph, then build it again
         learned = qat.fine_tune(gm, b, fine_tuning, cfg, settings_fingerprint(cfg, raw_header))
         observer = _observe(gm, calib_images, cfg, progress)
-        observer.ranges.update(learned.ranges)
+        for name, (lo, hi) in learned.ranges.items():
+            observer.set_range(name, lo, hi)
         _widen_shared_ranges(gm, observer)
         b = _walk(gm, observer, cfg, input_shape, weight_scales=learned.weight_scales,
                   layer_inputs=_layer_inputs(gm, calib_images, cfg, progress))
@@ -404,6 +468,10 @@ def _observe(gm, images, cfg, progress=None):
         for x in (progress(batches) if progress else batches):
             observer.run(_float_input(x))
             observer.batches += 1
+        if cfg.calib_method == "mse" or (cfg.calib_method == "auto" and lowest_act_bits(cfg) < 8):
+            counter = _Histograms(gm, observer)
+            for x in (progress(batches) if progress else batches):
+                counter.run(_float_input(x))
     _widen_shared_ranges(gm, observer)
     return observer
 
@@ -420,7 +488,7 @@ def _widen_shared_ranges(gm, observer):
         src = next(a for a in node.args if isinstance(a, fx.Node))
         while src.name in observer.ranges:
             lo, hi = observer.ranges[src.name]
-            observer.ranges[src.name] = (min(lo, out_lo), max(hi, out_hi))
+            observer.set_range(src.name, min(lo, out_lo), max(hi, out_hi))
             src_kind, _ = ops.match(gm, src)
             if _role(gm, src) != "alias" and (src_kind is None or not keeps_qparams(src_kind)):
                 break
