@@ -58,7 +58,7 @@ def measure(model, weight_bits, act_bits, quant_dir, args):
     os.makedirs(quant_dir, exist_ok=True)
     settings = [f"--model={model}", f"--quant_dir={quant_dir}", f"--threads={args.threads}"]
     widths = [f"--weight_bits={weight_bits}", f"--act_bits={act_bits}", f"--calib_images={CALIB_IMAGES}",
-              f"--bias_correction={args.bias_correction}"]
+              "--calib_method=auto", f"--bias_correction={args.bias_correction}"]
     if args.ends_at_8:
         widths.append(f"--bits={ends_at_8(model, quant_dir, args)}")
     if args.qat_epochs:     # its state file in quant_dir: a stopped run resumes at its last epoch
@@ -74,6 +74,7 @@ def measure(model, weight_bits, act_bits, quant_dir, args):
         test = json.load(f)
     return {"peer_work": peer_work(model, quant_dir, args), "model": model, "weight_bits": weight_bits, "act_bits": act_bits,
             "weight_method": "auto (gptq below 8 bits)", "bias_correction": args.bias_correction, "calib_images": CALIB_IMAGES,
+            "calib_method": "auto (mse below 8 bits)",
             "ends_at_8": args.ends_at_8, "qat_epochs": args.qat_epochs, "qat_lr": args.qat_lr if args.qat_epochs else None,
             "command": " ".join(["quant_model.py", *settings[:1], *widths]), "seconds_quantize": round(quantize_seconds, 1),
             "cpu": cpu(), "commit": code_version(), "test": test}
