@@ -146,9 +146,11 @@ static void check_overflow(const Model *m, int i)
 {
     const Op *op = &m->ops[i];
     int64_t worst = 0;
-    for (int32_t c = 0; c < op->c; c++)
-        if (acc_bound(m, op, c) > worst)
-            worst = acc_bound(m, op, c);
+    for (int32_t c = 0; c < op->c; c++) {
+        const int64_t bound = acc_bound(m, op, c);
+        if (bound > worst)
+            worst = bound;
+    }
     if (worst > INT32_MAX)
         fail("%s: op %d (%s): worst-case accumulator %lld exceeds int32 (%d); the integer path could "
              "overflow", m->weights_path, i, kind_name(op), (long long)worst, INT32_MAX);
