@@ -57,6 +57,7 @@ WEIGHT_METHOD = "auto"
 BIAS_CORRECTION = "auto"
 QAT_EPOCHS = 0
 QAT_LR = 0.01
+QAT_LOSS = "labels"
 
 # --- stage 3: testing (the four columns of the original) ----------------------
 RAW_TEST = True
@@ -136,6 +137,8 @@ OPTIONS = {
     "QAT_EPOCHS": (_TUPLE, "epochs of quantization-aware fine-tuning after the post-training methods (0 = none)"),
     "QAT_LR": (_TUPLE, "the fine-tuning's peak learning rate (SGD, momentum 0.9, cosine to 0): 0.01 suits LeNet, "
                        "about 0.001 the CIFAR-10 networks"),
+    "QAT_LOSS": (_TUPLE, "the fine-tuning's loss: labels (cross-entropy on the training labels) or distill (the KL "
+                         "divergence from the float model's outputs: no labels needed)"),
     "RAW_TEST": ((_TEST,), "the raw column: the float model"),
     "QUANT_TEST": ((_TEST,), "the quant column: the torch integer model"),
     "NP_QUANT_TEST": ((_TEST,), "the np quant column: the numpy integer model (the written-down spec)"),
@@ -157,6 +160,7 @@ CHOICES = {
     "CALIB_METHOD": ("auto", "minmax", "percentile", "mse"),
     "WEIGHT_METHOD": ("auto", "rtn", "mse", "gptq"),
     "BIAS_CORRECTION": ("auto", "on", "off", "empirical"),
+    "QAT_LOSS": ("labels", "distill"),
     "EXPORT_MODE": ("txt", "bin", "both", "c", "onnx", "rtl"),
     "DEVICE": ("auto", "cpu", "cuda"),
     "AMP": ("auto", "bf16", "off"),

@@ -171,9 +171,9 @@ def main():
             images, labels = datasets.load(dataset, "train", cfg.data_dir, cfg.mirror_dir)
     except (ModelFileError, WriteError, datasets.DatasetError) as err:
         sys.exit(f"error: {err}")
-    if cfg.qat_epochs and labels is None:
+    if cfg.qat_epochs and labels is None and cfg.qat_loss == "labels":
         sys.exit(f"error: --qat_epochs={cfg.qat_epochs} fine-tunes on labelled images, and {cfg.calib_data} has no "
-                 f"labels (an array y); add them or leave --qat_epochs out")
+                 f"labels (an array y); add them, fine-tune with --qat_loss=distill, or leave --qat_epochs out")
     if mean is not None and len(mean) not in (1, images.shape[1]):
         sys.exit(f"error: --input_mean/--input_std have {len(mean)} values for {images.shape[1]} input channels")
     pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(cfg.seed))[:cfg.calib_images]

@@ -11,7 +11,8 @@ columns on every test image; test_model.py fails the run if C and numpy differ o
 
 Each (model, width) writes results/low_bit/{model}_w{W}a{A}{variant}.json, the variant naming what
 differs from the post-training defaults (`_empirical` for --bias_correction=empirical, `_ends8` for
---ends_at_8, `_qat{N}` for --qat_epochs=N): the settings, the CPU and test_model.py's report. A result already there is kept (the run resumes where it stopped) unless
+--ends_at_8, `_qat{N}` for --qat_epochs=N, `_distill` for --qat_loss=distill): the settings, the CPU
+and test_model.py's report. A result already there is kept (the run resumes where it stopped) unless
 --overwrite. The calibration images are the 512 that benchmarks/peer_ptq.py gives Brevitas, so the two
 tables in docs/results.md compare the same work. The tuples go to a scratch folder (--work_dir).
 """
@@ -62,7 +63,7 @@ def measure(model, weight_bits, act_bits, quant_dir, args):
     if args.ends_at_8:
         widths.append(f"--bits={ends_at_8(model, quant_dir, args)}")
     if args.qat_epochs:     # its state file in quant_dir: a stopped run resumes at its last epoch
-        widths += [f"--qat_epochs={args.qat_epochs}", f"--qat_lr={args.qat_lr}"]
+        widths += [f"--qat_epochs={args.qat_epochs}", f"--qat_lr={args.qat_lr}", f"--qat_loss={args.qat_loss}"]
     t0 = time.perf_counter()
     run([sys.executable, "quant_model.py", *settings, *widths], os.path.join(quant_dir, "quant.log"))
     quantize_seconds = time.perf_counter() - t0
@@ -75,7 +76,7 @@ def measure(model, weight_bits, act_bits, quant_dir, args):
     return {"peer_work": peer_work(model, quant_dir, args), "model": model, "weight_bits": weight_bits, "act_bits": act_bits,
             "weight_method": "auto (gptq below 8 bits)", "bias_correction": args.bias_correction, "calib_images": CALIB_IMAGES,
             "calib_method": "auto (mse below 8 bits)",
-            "ends_at_8": args.ends_at_8, "qat_epochs": args.qat_epochs, "qat_lr": args.qat_lr if args.qat_epochs else None,
+            "ends_at_8": args.ends_at_8, "qat_epochs": args.qat_epochs, "qat_loss": args.qat_loss if args.qat_epochs else None, "qat_lr": args.qat_lr if args.qat_epochs else None,
             "command": " ".join(["quant_model.py", *settings[:1], *widths]), "seconds_quantize": round(quantize_seconds, 1),
             "cpu": cpu(), "commit": code_version(), "test": test}
 
@@ -133,6 +134,8 @@ def main(argv=None):
     parser.add_argument("--qat_epochs", type=int, default=0,
                         help="quant_model.py's --qat_epochs: quantization-aware fine-tuning after the post-training methods")
     parser.add_argument("--qat_lr", type=float, default=0.001, help="its --qat_lr (default 0.001, the CIFAR-10 networks')")
+    parser.add_argument("--qat_loss", default="labels", choices=("labels", "distill"),
+                        help="its --qat_loss (default labels)")
     parser.add_argument("--out_dir", default=os.path.join(ROOT, "results", "low_bit"))
     parser.add_argument("--work_dir", default="", help="where the tuples go (default: a temporary folder)")
     parser.add_argument("--overwrite", action="store_true", help="measure again what --out_dir already holds")
@@ -142,7 +145,8 @@ def main(argv=None):
     for model in args.models.split(","):
         for weight_bits, act_bits in args.widths:
             variant = ("" if args.bias_correction == "auto" else f"_{args.bias_correction}") + \
-                ("_ends8" if args.ends_at_8 else "") + (f"_qat{args.qat_epochs}" if args.qat_epochs else "")
+                ("_ends8" if args.ends_at_8 else "") + (f"_qat{args.qat_epochs}" if args.qat_epochs else "") + \
+                ("_distill" if args.qat_epochs and args.qat_loss == "distill" else "")
             out = os.path.join(args.out_dir, f"{model}_w{weight_bits}a{act_bits}{variant}.json")
             if os.path.exists(out) and not args.overwrite:
                 print(f"{out}: kept (--overwrite measures it again)")

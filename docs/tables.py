@@ -214,7 +214,8 @@ def methods_label(d):
     layers kept at 8-bit weights, its QAT epochs."""
     label = d.get("bias_correction", "auto") + (", ends W8" if d.get("ends_at_8") else "")
     epochs = d.get("qat_epochs", 0)
-    return label + (f" + QAT {epochs} epoch{'s' * (epochs > 1)} (lr {d['qat_lr']:g})" if epochs else "")
+    distill = ", distilled" if d.get("qat_loss") == "distill" else ""
+    return label + (f" + QAT {epochs} epoch{'s' * (epochs > 1)} (lr {d['qat_lr']:g}{distill})" if epochs else "")
 
 
 def width_order(key):

@@ -165,14 +165,30 @@ def test_resume_ends_where_an_uninterrupted_run_does(tiny, tmp_path, monkeypatch
         str(tmp_path / "whole_qat.pt"), weights_only=True)["header"]["settings"]
 
 
+def test_distillation_beats_post_training_at_2_bits_without_labels(tiny):
+    """--qat_loss=distill: the float model's outputs are the targets, the labels are not read (None)."""
+    _, net, (images, _), held_out = tiny
+    ptq_acc, _ = accuracy_and_loss(*quantize(tiny, 0), *held_out)
+    cfg = api.make_cfg(model="tiny", weight_bits=2, weight_method="rtn", calib_images=256, qat_epochs=2,
+                       qat_loss="distill")
+    state, quant_list = api.quantize_cfg(net, images[:256], cfg, api.CUSTOM_DATASET,
+                                         fine_tuning=qat.FineTuning(images, None, batch_size=64))
+    qat_acc, _ = accuracy_and_loss(state, quant_list, *held_out)
+    assert qat_acc >= ptq_acc + 0.1, (ptq_acc, qat_acc)
+    assert quant_list[0]["widths"]["qat_loss"] == "distill"
+
+
 def test_qat_without_labelled_images_is_refused(tiny):
     with pytest.raises(QuantizeError, match="needs labelled training images"):
         api.quantize_cfg(tiny[1], tiny[2][0][:64], api.make_cfg(model="tiny", qat_epochs=1), api.CUSTOM_DATASET)
+    with pytest.raises(QuantizeError, match="needs labelled training images"):
+        api.quantize_cfg(tiny[1], tiny[2][0][:64], api.make_cfg(model="tiny", qat_epochs=1), api.CUSTOM_DATASET,
+                         fine_tuning=qat.FineTuning(tiny[2][0], None))
 
 
-def _cli_args(folder, npz):
+def _cli_args(folder, npz, quant_dir="quant"):
     return [f"--model={folder / 'tiny_net.py'}:Tiny", f"--checkpoint={folder / 'tiny.pth'}",
-            f"--calib_data={npz}", "--calib_images=256", "--weight_bits=3", f"--quant_dir={folder / 'quant'}"]
+            f"--calib_data={npz}", "--calib_images=256", "--weight_bits=3", f"--quant_dir={folder / quant_dir}"]
 
 
 def test_quant_model_refuses_qat_on_unlabelled_data(tiny):
@@ -182,7 +198,13 @@ def test_quant_model_refuses_qat_on_unlabelled_data(tiny):
     assert r.returncode == 1
     assert r.stderr.strip().splitlines() == [
         f"error: --qat_epochs=1 fine-tunes on labelled images, and {folder / 'unlabelled.npz'} has no labels (an "
-        f"array y); add them or leave --qat_epochs out"]
+        f"array y); add them, fine-tune with --qat_loss=distill, or leave --qat_epochs out"]
+    # distillation needs no labels: the same images fine-tune, and the tuple says how
+    r = run("quant_model.py", *_cli_args(folder, folder / "unlabelled.npz", "distilled"), "--qat_epochs=1",
+            "--qat_loss=distill")
+    assert r.returncode == 0, r.stderr[-2000:]
+    _, quant_list = torch.load(folder / "distilled" / "Tiny_quant.tuple", weights_only=False)
+    assert quant_list[0]["widths"]["qat_loss"] == "distill" and "train " not in r.stdout.split("QAT epoch 1/1:")[-1]
 
 
 @pytest.mark.skipif(shutil.which("torchrun", path=os.path.dirname(sys.executable)) is None, reason="no torchrun")

@@ -16,6 +16,7 @@ The rest (pools, adds, a BatchNorm that stays) runs in float, as in the calibrat
 graph is then built from the fine-tuned weights with the learned steps as their scales, so its
 integer weights are the ones the fine-tuning saw, and the learned steps as those layers' output scales.
 """
+import copy
 import hashlib
 import math
 import os
@@ -123,12 +124,15 @@ def fine_tune(gm, ptq, data, cfg, fingerprint):
     """Fine-tune the folded graph `gm` in place from the post-training Builder `ptq` for cfg.qat_epochs
     epochs on `data` (FineTuning); the Learned steps. `fingerprint`: the tuple's settings, which a
     saved state must share to be resumed."""
-    if data is None:
-        raise QuantizeError(f"{cfg.model}: --qat_epochs needs labelled training images to fine-tune on")
+    distill = cfg.qat_loss == "distill"
+    if data is None or (data.labels is None and not distill):
+        raise QuantizeError(f"{cfg.model}: --qat_epochs needs labelled training images to fine-tune on "
+                            f"(or --qat_loss=distill, which needs no labels)")
     if cfg.weight_mode != "per_channel":
         raise QuantizeError(f"{cfg.model}: --qat_epochs learns per-channel weight steps; use "
                             f"--weight_mode=per_channel")
     layers = weighted_layers(gm, ptq)
+    teacher = copy.deepcopy(gm).eval() if distill else None      # the float model, before the start moves it
     gm.requires_grad_(False)        # what the fake quantization does not cover stays as calibrated
     acts = {}
     for _, out_node, module, op in layers:
@@ -139,7 +143,7 @@ def fine_tune(gm, ptq, data, cfg, fingerprint):
             ptq.weight_scales[op["name"]], op["weight_bits"], module.weight[0].numel()))
         acts[out_node] = _insert_after(gm, out_node, ActQuantizer(op))
     try:
-        _train(gm, data, cfg, fingerprint)
+        _train(gm, data, cfg, fingerprint, teacher)
         return Learned({op["name"]: module.parametrizations.weight[0].step.detach().clamp_min(MIN_STEP).double().numpy()
                         for _, _, module, op in layers},
                        {out_node.name: gm.get_submodule(quant_node.target).float_range()
@@ -190,17 +194,31 @@ def _insert_after(gm, node, module):
 def _settings(data, cfg, fingerprint, steps_per_epoch):
     """What a fine-tuning run is made of: a saved state resumes only a run with the same."""
     digest = hashlib.sha256(data.images.numpy().tobytes())
-    digest.update(data.labels.numpy().astype(np.int64).tobytes())
+    if data.labels is not None:
+        digest.update(data.labels.numpy().astype(np.int64).tobytes())
     return {"fingerprint": fingerprint, "epochs": cfg.qat_epochs, "images_sha256": digest.hexdigest(),
             "augment": [data.augment_pad, data.augment_flip], "batch_size": data.batch_size,
             "steps_per_epoch": steps_per_epoch, "lr": cfg.qat_lr, "processes": data.procs.world}
 
 
-def _train(gm, data, cfg, fingerprint):
+def _loss(out, x, y, teacher):
+    """Cross-entropy on the labels y, or (a teacher) the KL divergence of out's softmax from the float
+    model's on the same images: every logit's target, not only the right class's."""
+    if teacher is None:
+        return F.cross_entropy(out, y)
+    with torch.no_grad():
+        target = F.log_softmax(teacher(x), 1)
+    return F.kl_div(F.log_softmax(out, 1), target, log_target=True, reduction="batchmean")
+
+
+def _train(gm, data, cfg, fingerprint, teacher=None):
     """cfg.qat_epochs epochs of SGD on the fake-quantized gm (eval mode: no dropout, and a BatchNorm
-    that stays keeps its statistics), over this process's share of the shuffled images."""
+    that stays keeps its statistics), over this process's share of the shuffled images; the loss
+    against the labels, or the float `teacher`'s outputs where given (--qat_loss=distill)."""
     procs, epochs = data.procs, cfg.qat_epochs
     gm.to(procs.device).eval()
+    if teacher is not None:
+        teacher.to(procs.device)
     net = nn.parallel.DistributedDataParallel(gm, device_ids=[procs.device.index] if procs.use_cuda else None) \
         if procs.distributed else gm
     steps_per_epoch = math.ceil(len(data.images) / (data.batch_size * procs.world))
@@ -218,18 +236,21 @@ def _train(gm, data, cfg, fingerprint):
             idx = order[step * data.batch_size:(step + 1) * data.batch_size]
             if len(idx) == 0:        # uneven shard tail: every rank takes as many steps
                 idx = order[:data.batch_size]
-            x, y = data.images[idx], data.labels[idx].to(procs.device)
+            x = data.images[idx]
+            y = data.labels[idx].to(procs.device) if data.labels is not None else None
             if data.augment_pad:
                 x = augment(x, gen, data.augment_pad, data.augment_flip)
-            out = net(to_float(x.to(procs.device)))
-            loss = F.cross_entropy(out, y)
+            x = to_float(x.to(procs.device))
+            out = net(x)
+            loss = _loss(out, x, y, teacher)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
             total_loss += loss.item()
-            correct += (out.detach().argmax(1) == y).sum().item()
-            seen += len(y)
+            if y is not None:
+                correct += (out.detach().argmax(1) == y).sum().item()
+                seen += len(y)
             bar.set_postfix(loss=f"{total_loss / (step + 1):.4f}", refresh=False)
         if not math.isfinite(total_loss):
             raise QuantizeError(f"{cfg.model}: quantization-aware fine-tuning diverged in epoch {epoch + 1} "
@@ -237,8 +258,8 @@ def _train(gm, data, cfg, fingerprint):
         if procs.main:
             if data.state_path:
                 save_state(data.state_path, cfg.model, settings, epoch + 1, gm, opt, sched)
-            print(f"QAT epoch {epoch + 1}/{epochs}: loss {total_loss / steps_per_epoch:.4f}  "
-                  f"train {100 * correct / seen:.2f}% (fake-quantized, its batches)", flush=True)
+            accuracy = f"  train {100 * correct / seen:.2f}% (fake-quantized, its batches)" if seen else ""
+            print(f"QAT epoch {epoch + 1}/{epochs}: loss {total_loss / steps_per_epoch:.4f}{accuracy}", flush=True)
     gm.cpu()
 
 

@@ -78,7 +78,7 @@ HINTS = {
 # the widths and methods of issue 27, with their defaults: a setting at its default leaves the fingerprint of
 # the tuples made before them unchanged
 WIDTH_SETTINGS = {"weight_bits": 8, "act_bits": 8, "bits": {}, "weight_method": "auto", "bias_correction": "auto",
-                  "qat_epochs": 0, "qat_lr": 0.01}
+                  "qat_epochs": 0, "qat_lr": 0.01, "qat_loss": "labels"}
 
 
 def width_settings(cfg):
