@@ -243,7 +243,7 @@ def t_low_bit(r):
             same = f"{round(p['identical_logits']['np_quant_vs_c_int8'] * p['images']):,} of the first {p['images']:,}"
         rows.append((model, f"W{w}A{a}", methods, f"{n:,}", pct(acc["raw"]), numpy_cell, points(acc["c_int8"], acc["raw"]),
                      same, duration(d["seconds_quantize"])))
-    return table(("model", "bits", "bias correction, QAT", "test images", "float", "numpy (change)", "C (change)",
+    return table(("model", "bits", "methods", "test images", "float", "numpy (change)", "C (change)",
                   "identical logits np = C", "quantize time"), rows)
 
 
