@@ -76,7 +76,8 @@ def measure(model, weight_bits, act_bits, quant_dir, args):
     return {"peer_work": peer_work(model, quant_dir, args), "model": model, "weight_bits": weight_bits, "act_bits": act_bits,
             "weight_method": "auto (gptq below 8 bits)", "bias_correction": args.bias_correction, "calib_images": CALIB_IMAGES,
             "calib_method": "auto (mse below 8 bits)",
-            "ends_at_8": args.ends_at_8, "qat_epochs": args.qat_epochs, "qat_loss": args.qat_loss if args.qat_epochs else None, "qat_lr": args.qat_lr if args.qat_epochs else None,
+            "ends_at_8": args.ends_at_8, "qat_epochs": args.qat_epochs,
+            "qat_loss": args.qat_loss if args.qat_epochs else None, "qat_lr": args.qat_lr if args.qat_epochs else None,
             "command": " ".join(["quant_model.py", *settings[:1], *widths]), "seconds_quantize": round(quantize_seconds, 1),
             "cpu": cpu(), "commit": code_version(), "test": test}
 
@@ -86,8 +87,8 @@ def ends_at_8(model, quant_dir, args):
     (as FINN and the low-bit papers do: the first sees raw pixels, the last makes the logits); their
     names come from a quick 8-bit quantization on two images."""
     names_dir = os.path.join(quant_dir, "layer_names")
-    run([sys.executable, "quant_model.py", f"--model={model}", f"--quant_dir={names_dir}", f"--threads={args.threads}",
-         "--calib_images=2"], os.path.join(quant_dir, "layer_names.log"))
+    run([sys.executable, "quant_model.py", f"--model={model}", f"--quant_dir={names_dir}",
+         f"--threads={args.threads}", "--calib_images=2"], os.path.join(quant_dir, "layer_names.log"))
     _, quant_list = load_tuple(os.path.join(names_dir, f"{model}_quant.tuple"), model)
     weighted = [op["name"] for op in quant_list if "weight_bits" in op]
     path = os.path.join(quant_dir, "ends_at_8.json")
@@ -132,8 +133,9 @@ def main(argv=None):
     parser.add_argument("--ends_at_8", action="store_true",
                         help="keep the first and last conv / linear layers at 8-bit weights (a --bits file)")
     parser.add_argument("--qat_epochs", type=int, default=0,
-                        help="quant_model.py's --qat_epochs: quantization-aware fine-tuning after the post-training methods")
-    parser.add_argument("--qat_lr", type=float, default=0.001, help="its --qat_lr (default 0.001, the CIFAR-10 networks')")
+                        help="quant_model.py's --qat_epochs: fine-tuning after the post-training methods")
+    parser.add_argument("--qat_lr", type=float, default=0.001,
+                        help="its --qat_lr (default 0.001, the CIFAR-10 networks')")
     parser.add_argument("--qat_loss", default="labels", choices=("labels", "distill"),
                         help="its --qat_loss (default labels)")
     parser.add_argument("--out_dir", default=os.path.join(ROOT, "results", "low_bit"))

@@ -1,8 +1,9 @@
 """Quantization-aware fine-tuning (--qat_epochs): LSQ (Esser et al. 2020, "Learned Step Size
 Quantization") on the quantizer's BN-folded graph, started from the post-training result: each
-layer's weights are its post-training integers times their steps (GPTQ's codes, not the float
-weights rounded again) and its bias the post-training one (bias correction's), so the fine-tuning
-starts at the post-training accuracy.
+weight rounds to its post-training code at its step (GPTQ's codes, not the float weights rounded
+again; start_from_post_training) and each bias is the post-training one (bias correction's), so the
+fine-tuning starts at the post-training accuracy. Its loss: cross-entropy on the labels, or
+(--qat_loss=distill) the KL divergence from the float model's outputs.
 
 - The weights of every conv / linear layer are fake quantized per output channel at the layer's
   weight_bits: w_hat = s_c * clamp(round(w / s_c), -Q, Q), Q = 2^(bits-1) - 1, the step s_c learned

@@ -202,8 +202,9 @@ MSE_RATIOS = np.linspace(0.005, 1.0, 200)    # its search: the fraction of the m
 
 class _Observer(fx.Interpreter):
     """Runs the folded float graph and records each node's output range and shape; with calib_method
-    mse (auto, where some activation is narrower than 8 bits), a second pass (_Histograms) records each node's value counts over that range, from which the
-    range is chosen at the width the op takes (range_of)."""
+    mse (auto, where some activation is narrower than 8 bits), a second pass (_Histograms) records
+    each node's value counts over that range, from which the range is chosen at the width the op
+    takes (range_of)."""
 
     def __init__(self, gm, method, percentile):
         super().__init__(gm)
