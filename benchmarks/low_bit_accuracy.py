@@ -11,10 +11,11 @@ columns on every test image; test_model.py fails the run if C and numpy differ o
 
 Each (model, width) writes results/low_bit/{model}_w{W}a{A}{variant}.json, the variant naming what
 differs from the post-training defaults (`_empirical` for --bias_correction=empirical, `_ends8` for
---ends_at_8, `_qat{N}` for --qat_epochs=N, `_distill` for --qat_loss=distill): the settings, the CPU
-and test_model.py's report. A result already there is kept (the run resumes where it stopped) unless
---overwrite. The calibration images are the 512 that benchmarks/peer_ptq.py gives Brevitas, so the two
-tables in docs/results.md compare the same work. The tuples go to a scratch folder (--work_dir).
+--ends_at_8, `_qat{N}` for --qat_epochs=N, `_distill` for --qat_loss=distill, `_lr{X}` for a --qat_lr
+other than 0.001): the settings, the CPU and test_model.py's report. A result already there is kept
+(the run resumes where it stopped) unless --overwrite. The calibration images are the 512 that
+benchmarks/peer_ptq.py gives Brevitas, so the two tables in docs/results.md compare the same work. The
+tuples go to a scratch folder (--work_dir).
 """
 import argparse
 import json
@@ -34,6 +35,7 @@ from tools.machine import cpu  # noqa: E402
 MODELS = ("resnet18", "mobilenet_v2", "vgg13")
 WIDTHS = ("4/8", "3/8")
 CALIB_IMAGES = 512
+QAT_LR = 0.001          # the CIFAR-10 networks' fine-tuning rate (docs/stages.md)
 
 
 def parse_widths(text):
@@ -134,7 +136,7 @@ def main(argv=None):
                         help="keep the first and last conv / linear layers at 8-bit weights (a --bits file)")
     parser.add_argument("--qat_epochs", type=int, default=0,
                         help="quant_model.py's --qat_epochs: fine-tuning after the post-training methods")
-    parser.add_argument("--qat_lr", type=float, default=0.001,
+    parser.add_argument("--qat_lr", type=float, default=QAT_LR,
                         help="its --qat_lr (default 0.001, the CIFAR-10 networks')")
     parser.add_argument("--qat_loss", default="labels", choices=("labels", "distill"),
                         help="its --qat_loss (default labels)")
@@ -148,7 +150,8 @@ def main(argv=None):
         for weight_bits, act_bits in args.widths:
             variant = ("" if args.bias_correction == "auto" else f"_{args.bias_correction}") + \
                 ("_ends8" if args.ends_at_8 else "") + (f"_qat{args.qat_epochs}" if args.qat_epochs else "") + \
-                ("_distill" if args.qat_epochs and args.qat_loss == "distill" else "")
+                ("_distill" if args.qat_epochs and args.qat_loss == "distill" else "") + \
+                (f"_lr{args.qat_lr:g}" if args.qat_epochs and args.qat_lr != QAT_LR else "")
             out = os.path.join(args.out_dir, f"{model}_w{weight_bits}a{act_bits}{variant}.json")
             if os.path.exists(out) and not args.overwrite:
                 print(f"{out}: kept (--overwrite measures it again)")
