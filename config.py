@@ -208,6 +208,11 @@ def stage_options(stage, extra=None):
         [k.upper() for k in (extra or {})]
 
 
+def usable_cpus():
+    """The CPUs this process may run on (its affinity mask: `taskset` narrows it)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def default_threads():
     """THREADS=0: $OMP_NUM_THREADS when set, else the CPUs this process may use (its affinity mask, or
     fewer under a cgroup CPU quota) shared among torchrun's processes on this node, at most
@@ -215,7 +220,7 @@ def default_threads():
     env = os.environ.get("OMP_NUM_THREADS", "")
     if env.isdigit() and int(env) > 0:
         return int(env)
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cpus = usable_cpus()
     try:
         with open("/sys/fs/cgroup/cpu.max") as f:
             quota, period = f.read().split()

@@ -51,7 +51,7 @@ from model.formats.export_format import packed_bytes, write_export  # noqa: E402
 from model.fileio import ModelFileError, atomic_open  # noqa: E402
 from model.ops import weighted_ops  # noqa: E402
 from model.quant.quantize import build_integer_graph  # noqa: E402
-from tools.machine import cpu, usable_cores  # noqa: E402
+from tools.machine import cpu  # noqa: E402
 
 BATCHES = (1, 32)
 QEMU_AARCH64 = ["qemu-aarch64", "-L", "/usr/aarch64-linux-gnu"]
@@ -339,7 +339,7 @@ def time_c_and_peers(cfg, net, header, calib_u8, x_u8, y, result):
     with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
         write_export(state, quant_list, tmp, "bin")
         images = image_files(x_u8, tmp)
-        thread_counts = sorted({1, usable_cores()})
+        thread_counts = sorted({1, config.usable_cpus()})
         q = torch_int8(net, calib, example)
         if cfg.torch_avx2:
             return avx2_against_torch_avx2(cfg, net, q, x, y, tmp, images)

@@ -2,14 +2,11 @@
 sessions)."""
 import os
 
+from config import usable_cpus
+
 # the best int8 instructions first: what the C engine's kernel choice turns on
 _ISA_FLAGS = (("amx_int8", "AMX-INT8"), ("avx512_vnni", "AVX-512 VNNI"), ("avx_vnni", "AVX-VNNI"), ("avx2", "AVX2"),
               ("asimddp", "NEON dot product"))
-
-
-def usable_cores():
-    """The CPUs this process may run on (its affinity mask: `taskset` narrows it)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def cpu():
@@ -29,5 +26,5 @@ def cpu():
     isa = next((label for flag, label in _ISA_FLAGS if flag in flags), "")
     if isa == "AVX2":
         isa = "AVX2 (no AVX-512)"
-    cores = usable_cores()
+    cores = usable_cpus()
     return ", ".join(part for part in (name, isa, f"{cores} core{'s' * (cores > 1)}") if part)
