@@ -40,7 +40,7 @@ from data import datasets
 from model import api, work
 from model.fileio import ModelFileError, WriteError, atomic_open, check_not_tracked, check_writable, stage_main
 from model.formats.export_format import packed_bytes
-from model.ops.weighted import BIAS_LIMIT, weight_count
+from model.ops.weighted import scale_floor, weight_count
 from model.quant import methods
 from model.quant.quantize import QuantizeError
 
@@ -170,10 +170,9 @@ def lowered(mod, layer, bits, cfg, inputs):
     """The module's weight and bias as the quantizer makes them at `bits` (its weight method and bias
     correction on the layer's calibration inputs, methods.quantize_layer, its scale floor), in float."""
     bias = mod.bias.detach().double().numpy() if mod.bias is not None else np.zeros(mod.weight.shape[0])
-    min_scale = np.abs(bias) / (layer["in_scale"] * BIAS_LIMIT)
     method, correct = methods.resolve(cfg.weight_method, cfg.bias_correction, bits)
     q, scale, zero_point, bias = methods.quantize_layer(mod.weight.detach(), bias, cfg.weight_mode, bits, method,
-                                                        min_scale, inputs, correct)
+                                                        scale_floor(bias, layer["in_scale"]), inputs, correct)
     values = (q.astype(np.float64) - zero_point) * scale.reshape(-1, *[1] * (q.ndim - 1))
     return torch.from_numpy(values).to(mod.weight.dtype), torch.from_numpy(np.asarray(bias)).to(mod.weight.dtype)
 

@@ -40,12 +40,18 @@ def accumulator_bound(qweight, weight_zp, bias, in_op):
     return int((np.abs(w).sum(axis=1) * x_mag + np.abs(bias.astype(np.int64))).max())
 
 
+def scale_floor(bias, in_scale):
+    """Each channel's smallest weight scale: the one at which its bias, stored at s_in * s_w, stays
+    within BIAS_LIMIT."""
+    return np.abs(bias) / (in_scale * BIAS_LIMIT)
+
+
 def quantize_layer_weights(b, node, name, weight, bias, in_scale, bits):
     """(q, per-channel scales, zero point, float bias) of a layer's weights at `bits`, by the
     quantizer's weight method and bias correction (model/quant/methods.py; the dry walk rounds to
     nearest), or at the scales the layer was given (b.weight_scales: the steps that
     quantization-aware fine-tuning learned, model/quant/qat.py)."""
-    min_scale = np.abs(bias) / (in_scale * BIAS_LIMIT)
+    min_scale = scale_floor(bias, in_scale)
     if name in b.weight_scales:
         scale = np.maximum(b.weight_scales[name], min_scale)
         w = weight.detach().double().numpy()
