@@ -8,12 +8,14 @@ fine-tuning starts at the post-training accuracy. Its loss: cross-entropy on the
 - The weights of every conv / linear layer are fake quantized per output channel at the layer's
   weight_bits: w_hat = s_c * clamp(round(w / s_c), -Q, Q), Q = 2^(bits-1) - 1, the step s_c learned
   from the post-training method's scale, its gradient scaled by 1 / sqrt(K * Q) (K weights a channel).
-- The output of every conv / linear layer (after its fused ReLU) is fake quantized on its
-  post-training grid at its act_bits: x_hat = s * (clamp(round(x / s) + z, qmin, qmax) - z), the
-  step s learned from the calibrated scale (zero point and clamp kept), gradient scale
-  1 / sqrt(values * qmax).
+- The output of every op that the integer graph quantizes on a grid of its own (conv / linear after
+  its fused ReLU, add, average pool, concat, mul, a lookup table, a BatchNorm that stays) is fake
+  quantized on its post-training grid at its act_bits: x_hat = s * (clamp(round(x / s) + z, qmin,
+  qmax) - z), the step s learned from the calibrated scale (zero point and clamp kept), gradient
+  scale 1 / sqrt(values * qmax). So at 4-bit activations a residual add's output is rounded to its
+  16 levels here as in the engines, and the fine-tuning can learn to live with it.
 - round is the quantizer's, floor(x + 0.5), passed straight through (gradient 1 inside the clamp).
-The rest (pools, adds, a BatchNorm that stays) runs in float, as in the calibration. The integer
+The ops that keep their input's grid (max pool, pad, reshapes) run in float: exact on it. The integer
 graph is then built from the fine-tuned weights with the learned steps as their scales, so its
 integer weights are the ones the fine-tuning saw, and the learned steps as those layers' output scales.
 """
@@ -107,8 +109,8 @@ class ActQuantizer(nn.Module):
 
 
 def weighted_layers(gm, ptq):
-    """(node, output node, module holding the weight, op) of every conv / linear layer of the
-    post-training Builder `ptq` that has weights to train (a BatchNorm left as a conv keeps its own)."""
+    """(node, module holding the weight, op) of every conv / linear layer of the post-training
+    Builder `ptq` that has weights to train (a BatchNorm left as a conv keeps its own)."""
     layers = []
     for node in gm.graph.nodes:
         if node.op != "call_module" or node not in ptq.where:
@@ -117,7 +119,7 @@ def weighted_layers(gm, ptq):
         module = gm.get_submodule(node.target)
         module = module.conv if isinstance(module, ZeroPaddedConv) else module
         if op["op"] in ("conv", "linear") and isinstance(module, (nn.Conv2d, nn.Linear)):
-            layers.append((node, ptq.fused_activation(node)[1], module, op))
+            layers.append((node, module, op))
     return layers
 
 
@@ -135,22 +137,21 @@ def fine_tune(gm, ptq, data, cfg, fingerprint):
     layers = weighted_layers(gm, ptq)
     teacher = copy.deepcopy(gm).eval() if distill else None      # the float model, before the start moves it
     gm.requires_grad_(False)        # what the fake quantization does not cover stays as calibrated
-    acts = {}
-    for _, out_node, module, op in layers:
+    for _, module, op in layers:
         start_from_post_training(module, op, ptq)
         module.weight.requires_grad_(True)
         module.bias.requires_grad_(True)
         parametrize.register_parametrization(module, "weight", WeightQuantizer(
             ptq.weight_scales[op["name"]], op["weight_bits"], module.weight[0].numel()))
-        acts[out_node] = _insert_after(gm, out_node, ActQuantizer(op))
+    acts = {out_node: _insert_after(gm, out_node, ActQuantizer(ptq.ops[index])) for out_node, index in ptq.own_grids}
     try:
         _train(gm, data, cfg, fingerprint, teacher)
         return Learned({op["name"]: module.parametrizations.weight[0].step.detach().clamp_min(MIN_STEP).double().numpy()
-                        for _, _, module, op in layers},
+                        for _, module, op in layers},
                        {out_node.name: gm.get_submodule(quant_node.target).float_range()
                         for out_node, quant_node in acts.items()})
     finally:        # gm is the float graph again, with the fine-tuned weights
-        for _, _, module, _ in layers:
+        for _, module, _ in layers:
             parametrize.remove_parametrizations(module, "weight", leave_parametrized=False)
         for out_node, quant_node in acts.items():
             quant_node.replace_all_uses_with(out_node)

@@ -326,6 +326,9 @@ class Builder:
         self.act_bits = 8           # of the op being made (_walk sets it from widths before each node)
         self.widths_used = set()    # (layer, "weight_bits" / "act_bits") of the --bits entries applied
         self.own_widths = {"weight_bits": [], "act_bits": []}    # the layers that take each width
+        # (fx node, op index) of every op that quantizes its output on a grid of its own (not its
+        # input's): where the integer graph rounds, which quantization-aware fine-tuning simulates
+        self.own_grids = []
 
     def layer_bits(self, name, key, default=None, applied=True):
         """weight_bits or act_bits of layer `name`: its --bits entry, else `default`, else the setting's
@@ -387,6 +390,8 @@ class Builder:
         if inputs and qparams is None:
             self.layer_bits(op["name"], "act_bits")
         qmin, qmax = clamp if clamp is not None else _clamp_for(act, scale, zp, (1 << act_bits) - 1)
+        if inputs and qparams is None:
+            self.own_grids.append((out_node, len(self.ops)))
         op.update(inputs=list(inputs), shape=shape or self.shape_of(out_node), scale=scale, zero_point=zp,
                   qmin=qmin, qmax=qmax, act_bits=act_bits)
         self.ops.append(op)
