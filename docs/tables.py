@@ -249,24 +249,36 @@ def t_low_bit(r):
 
 def t_low_bit_peer(r):
     """results/low_bit/*.json beside results/peers/brevitas.json, on the peer's test images (the same
-    checkpoints, the same 512 calibration images)."""
-    peer = {(row["model"], row["weight_bits"], row["act_bits"], row["method"]): row
+    checkpoints, the same 512 calibration images): a peer row on the first 2,000 beside FPGAI's
+    peer_work, one on all 10,000 beside its full test."""
+    peer = {(row["model"], row["weight_bits"], row["act_bits"], row["test_images"], row["method"]): row
             for row in r.json("results/peers/brevitas.json")["rows"]}
     ours = {key[:3]: d for key, d in low_bit_results(r).items() if key[3] == "auto"}
+
+    def our_work(key, images):
+        d = ours.get(key)
+        if d is None:
+            return None
+        if d["peer_work"]["images"] == images:
+            return d["peer_work"]["c_int8"], d["peer_work"]["float"]
+        return (d["test"]["accuracy"]["c_int8"], d["test"]["accuracy"]["raw"]) if d["test"]["images"] == images else None
+    most_images = {}                         # per model the peer ran, the most test images it ran on
+    for model, _, _, images, _ in peer:
+        most_images[model] = max(images, most_images.get(model, 0))
+    keys = {k[:4] for k in peer} | {(*k, most_images[k[0]]) for k in ours if k[0] in most_images}
     rows = []
-    compared = {k[0] for k in peer}          # the models the peer ran
-    keys = {k[:3] for k in peer} | {k for k in ours if k[0] in compared}
-    for model, w, a in sorted(keys, key=width_order):
+    for model, w, a, images in sorted(keys, key=lambda k: (width_order(k[:3]), k[3])):
         cells = []
         for method in ("gptq+bias_correction", "rtn+bias_correction"):
-            row = peer.get((model, w, a, method))
+            row = peer.get((model, w, a, images, method))
             cells.append(points(row["quant_accuracy"] / 100, row["float_accuracy"] / 100) if row else "not run")
-        mine = ours[(model, w, a)]["peer_work"] if (model, w, a) in ours else None
-        cells.append(points(mine["c_int8"], mine["float"]) if mine else "not run")
-        float_accuracy = mine["float"] if mine else next(
-            row["float_accuracy"] / 100 for key, row in peer.items() if key[:3] == (model, w, a))
-        rows.append((model, f"W{w}A{a}", pct(float_accuracy), *cells))
-    return table(("model", "bits", "float", "Brevitas GPTQ + BC", "Brevitas RTN + BC", "FPGAI (auto: GPTQ + BC)"), rows)
+        mine = our_work((model, w, a), images)
+        cells.append(points(*mine) if mine else "not run")
+        float_accuracy = mine[1] if mine else next(
+            row["float_accuracy"] / 100 for key, row in peer.items() if key[:4] == (model, w, a, images))
+        rows.append((model, f"W{w}A{a}", f"{images:,}", pct(float_accuracy), *cells))
+    return table(("model", "bits", "test images", "float", "Brevitas GPTQ + BC", "Brevitas RTN + BC",
+                  "FPGAI (auto: GPTQ + BC)"), rows)
 
 
 def t_test_json(r):
