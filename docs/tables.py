@@ -262,6 +262,7 @@ def t_low_bit_peer(r):
         if d["peer_work"]["images"] == images:
             return d["peer_work"]["c_int8"], d["peer_work"]["float"]
         return (d["test"]["accuracy"]["c_int8"], d["test"]["accuracy"]["raw"]) if d["test"]["images"] == images else None
+
     most_images = {}                         # per model the peer ran, the most test images it ran on
     for model, _, _, images, _ in peer:
         most_images[model] = max(images, most_images.get(model, 0))

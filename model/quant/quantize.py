@@ -389,9 +389,8 @@ class Builder:
         act_bits = 8 if not inputs else self.ops[inputs[0]]["act_bits"] if qparams is not None else self.act_bits
         if inputs and qparams is None:
             self.layer_bits(op["name"], "act_bits")
-        qmin, qmax = clamp if clamp is not None else _clamp_for(act, scale, zp, (1 << act_bits) - 1)
-        if inputs and qparams is None:
             self.own_grids.append((out_node, len(self.ops)))
+        qmin, qmax = clamp if clamp is not None else _clamp_for(act, scale, zp, (1 << act_bits) - 1)
         op.update(inputs=list(inputs), shape=shape or self.shape_of(out_node), scale=scale, zero_point=zp,
                   qmin=qmin, qmax=qmax, act_bits=act_bits)
         self.ops.append(op)
