@@ -72,6 +72,21 @@ def test_check_names_the_file_and_table_of_a_changed_result(checkout, tmp_path):
     assert strip.sub("", before) == strip.sub("", after)
 
 
+def test_the_peer_table_compares_the_same_test_images(checkout, tmp_path):
+    """A Brevitas row on the first 2,000 test images stands beside FPGAI's accuracy there (peer_work),
+    one on all 10,000 beside its full test."""
+    root = fresh_copy(checkout, tmp_path)
+    path = root / "results" / "low_bit" / "resnet18_w4a8.json"
+    result = json.loads(path.read_text())
+    result["peer_work"]["c_int8"], result["test"]["accuracy"]["c_int8"] = 0.9222, 0.9111
+    path.write_text(json.dumps(result))
+    assert tables("--root", str(root)).returncode == 0
+    section = (root / "docs" / "results.md").read_text().split("<!-- table:low_bit_peer -->")[1]
+    rows = [line for line in section.split("<!-- /table -->")[0].splitlines() if line.startswith("| resnet18 | W4A8 |")]
+    assert [row.split(" | ")[2] for row in rows] == ["2,000", "10,000"]
+    assert rows[0].endswith("| 92.22 (-0.68) |") and rows[1].endswith("| 91.11 (-1.45) |"), rows
+
+
 def test_check_catches_a_changed_benchmark(checkout, tmp_path):
     root = fresh_copy(checkout, tmp_path)
     path = root / "benchmarks" / "results" / "resnet18.json"
