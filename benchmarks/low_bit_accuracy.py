@@ -137,7 +137,7 @@ def main(argv=None):
     parser.add_argument("--qat_epochs", type=int, default=0,
                         help="quant_model.py's --qat_epochs: fine-tuning after the post-training methods")
     parser.add_argument("--qat_lr", type=float, default=QAT_LR,
-                        help="its --qat_lr (default 0.001, the CIFAR-10 networks')")
+                        help=f"its --qat_lr (default {QAT_LR:g}, the CIFAR-10 networks')")
     parser.add_argument("--qat_loss", default="labels", choices=("labels", "distill"),
                         help="its --qat_loss (default labels)")
     parser.add_argument("--out_dir", default=os.path.join(ROOT, "results", "low_bit"))

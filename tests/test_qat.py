@@ -113,7 +113,7 @@ def test_the_integer_weights_are_the_ones_fine_tuned(tiny, monkeypatch):
     def keep(gm, ptq, data, cfg, fingerprint):
         learned = fine_tune(gm, ptq, data, cfg, fingerprint)
         seen.update({op["name"]: (module.weight.detach().double(), learned.weight_scales[op["name"]])
-                     for _, module, op in qat.weighted_layers(gm, ptq)})
+                     for module, op in qat.weighted_layers(gm, ptq)})
         return learned
     monkeypatch.setattr(qat, "fine_tune", keep)
     cfg = api.make_cfg(model="tiny", weight_bits=3, calib_images=256, qat_epochs=1)

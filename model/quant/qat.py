@@ -109,8 +109,8 @@ class ActQuantizer(nn.Module):
 
 
 def weighted_layers(gm, ptq):
-    """(node, module holding the weight, op) of every conv / linear layer of the post-training
-    Builder `ptq` that has weights to train (a BatchNorm left as a conv keeps its own)."""
+    """(module holding the weight, op) of every conv / linear layer of the post-training Builder
+    `ptq` that has weights to train (a BatchNorm left as a conv keeps its own)."""
     layers = []
     for node in gm.graph.nodes:
         if node.op != "call_module" or node not in ptq.where:
@@ -119,7 +119,7 @@ def weighted_layers(gm, ptq):
         module = gm.get_submodule(node.target)
         module = module.conv if isinstance(module, ZeroPaddedConv) else module
         if op["op"] in ("conv", "linear") and isinstance(module, (nn.Conv2d, nn.Linear)):
-            layers.append((node, module, op))
+            layers.append((module, op))
     return layers
 
 
@@ -137,21 +137,22 @@ def fine_tune(gm, ptq, data, cfg, fingerprint):
     layers = weighted_layers(gm, ptq)
     teacher = copy.deepcopy(gm).eval() if distill else None      # the float model, before the start moves it
     gm.requires_grad_(False)        # what the fake quantization does not cover stays as calibrated
-    for _, module, op in layers:
+    for module, op in layers:
         start_from_post_training(module, op, ptq)
         module.weight.requires_grad_(True)
         module.bias.requires_grad_(True)
         parametrize.register_parametrization(module, "weight", WeightQuantizer(
             ptq.weight_scales[op["name"]], op["weight_bits"], module.weight[0].numel()))
     acts = {out_node: _insert_after(gm, out_node, ActQuantizer(ptq.ops[index])) for out_node, index in ptq.own_grids}
+    gm.recompile()
     try:
         _train(gm, data, cfg, fingerprint, teacher)
         return Learned({op["name"]: module.parametrizations.weight[0].step.detach().clamp_min(MIN_STEP).double().numpy()
-                        for _, module, op in layers},
+                        for module, op in layers},
                        {out_node.name: gm.get_submodule(quant_node.target).float_range()
                         for out_node, quant_node in acts.items()})
     finally:        # gm is the float graph again, with the fine-tuned weights
-        for _, module, _ in layers:
+        for module, _ in layers:
             parametrize.remove_parametrizations(module, "weight", leave_parametrized=False)
         for out_node, quant_node in acts.items():
             quant_node.replace_all_uses_with(out_node)
@@ -183,13 +184,13 @@ def start_from_post_training(module, op, ptq):
 
 
 def _insert_after(gm, node, module):
-    """A call of `module` on node's output, read by node's users in its place: the new node."""
+    """A call of `module` on node's output, read by node's users in its place: the new node (the
+    caller recompiles gm once it has inserted them all)."""
     name = f"{node.name}_act_quant"
     gm.add_submodule(name, module)
     with gm.graph.inserting_after(node):
         quant_node = gm.graph.call_module(name, (node,))
     node.replace_all_uses_with(quant_node, delete_user_cb=lambda user: user is not quant_node)
-    gm.recompile()
     return quant_node
 
 
