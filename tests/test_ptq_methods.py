@@ -251,9 +251,13 @@ def test_sequential_statistics_read_the_earlier_layers_as_quantized():
     depthwise = stats["depthwise"]
     np.testing.assert_allclose(depthwise.mean, columns_of(net.depthwise, seen["depthwise"]).mean(axis=2), rtol=1e-5,
                                atol=1e-7)
-    np.testing.assert_allclose(depthwise.float_mean, columns_of(net.depthwise, float_seen["depthwise"]).mean(axis=2),
-                               rtol=1e-5, atol=1e-7)
+    float_columns = columns_of(net.depthwise, float_seen["depthwise"])
+    np.testing.assert_allclose(depthwise.float_mean, float_columns.mean(axis=2), rtol=1e-5, atol=1e-7)
     assert not np.allclose(depthwise.mean, depthwise.float_mean, rtol=1e-3)
+    # E[x_float x^T] pairs each column with itself (every column sampled here, in a shuffled order)
+    quant_columns = columns_of(net.depthwise, seen["depthwise"])
+    np.testing.assert_allclose(depthwise.cross, float_columns @ quant_columns.transpose(0, 2, 1) / float_columns.shape[2],
+                               rtol=1e-4, atol=1e-6)
     assert torch.equal(gm.grouped.weight, net.grouped.weight)
 
 
@@ -269,6 +273,26 @@ def test_bias_correction_makes_up_for_the_earlier_layers_mean_shift():
                                                      bias_correction=True)
     np.testing.assert_allclose((dequantized(q, scale, zero_point) @ shifted).mean(axis=1) + corrected,
                                (weight @ columns).mean(axis=1) + bias, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("method", ["mse", "gptq"])
+def test_empirical_inputs_are_fitted_to_the_float_output(method):
+    """Inputs the quantized earlier layers shrank (0.6 of the float ones, plus noise): with their cross
+    moment, mse and gptq fit the float layer's output W x_float, so the shrinkage is not handed on; the
+    fit of W x on the same inputs keeps it."""
+    weight, columns = correlated_layer(cout=16, k=32, n=4096)
+    seen = 0.6 * columns + 0.05 * np.random.default_rng(4).normal(size=columns.shape)
+    bias = np.linspace(-1, 1, 16)
+    error = {}
+    for paired in (False, True):
+        inputs = inputs_of(seen)
+        inputs.float_mean = columns.mean(axis=1)[None]
+        inputs.cross = (columns @ seen.T / columns.shape[1])[None] if paired else None
+        q, scale, zero_point, corrected = quantize_layer(weight, bias, "per_channel", 4, method, inputs=inputs,
+                                                         bias_correction=True)
+        output = dequantized(q, scale, zero_point) @ seen + corrected[:, None]
+        error[paired] = np.linalg.norm(output - (weight @ columns + bias[:, None]))
+    assert error[True] < 0.3 * error[False]
 
 
 def test_grouped_and_depthwise_convs_get_a_hessian_per_group():

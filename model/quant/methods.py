@@ -18,6 +18,11 @@ real weight = scale[c] * (q - zero_point).
                  and (empirical: x from the model whose earlier layers are already quantized) that
                  of the earlier layers' rounding too
 
+With empirical inputs, mse and gptq fit the float layer's output W x_float from the inputs x the
+quantized earlier layers give, not W x: their target is W C H^-1 (C = E[x_float x^T]), the least
+squares weights on x. Fitting W x instead keeps the shrinkage of the layers before, which compounds
+down a chain of clipped low-bit layers (vgg13 W3A8 fell to 77.7%; docs/low_bit.md).
+
 The layer inputs (LayerInputs: H and E[x] per group, x the layer's im2col columns on the BN-folded
 model) come from input_statistics / InputStatistics.
 """
@@ -54,10 +59,11 @@ class LayerInputs:
     grouped conv (one group otherwise): hessian [G, K, K] = E[x x^T] on up to MAX_ROWS sampled columns
     (float32 as measured), mean [G, K] = E[x] on all of them.  Where x comes from the model whose
     earlier layers are already quantized (InputStatistics, sequential), float_mean is E[x] on the float
-    model; else None."""
+    model and cross [G, K, K] = E[x_float x^T] on the same sampled columns; else None."""
     hessian: np.ndarray
     mean: np.ndarray
     float_mean: np.ndarray = None
+    cross: np.ndarray = None
 
 
 def _as_rows(w):
@@ -124,8 +130,10 @@ def mse_grid(rows, mode, bits, min_scale=0.0, inputs=None):
 
 
 def mse(w, mode, bits, min_scale=0.0, inputs=None):
-    """(q, scales, zero point) of w rounded to nearest on mse_grid's clipped range."""
-    rows, shape = _as_rows(w)
+    """(q, scales, zero point) of w (its float target, with empirical inputs) rounded to nearest on
+    mse_grid's clipped range."""
+    shape = np.shape(w)
+    rows = _float_target(w, inputs)
     scale, zero_point = mse_grid(rows, mode, bits, min_scale, inputs)
     return _stored(_codes(rows, scale, zero_point, *weight_range(mode, bits)), mode, shape), scale, zero_point
 
@@ -148,10 +156,27 @@ def _inverse_cholesky(hessian):
     raise np.linalg.LinAlgError("the layer's input second moment is not positive definite, even damped")
 
 
+def _float_target(w, inputs):
+    """The weights [Cout, K] that best make the float layer's output W x_float from the inputs x
+    (least squares): W C H^-1 = W + W (C - H) H^-1, C = E[x_float x^T], H damped as GPTQ damps it; W
+    itself where the inputs are the float model's (no cross moment) or unknown."""
+    rows, _ = _as_rows(w)
+    if inputs is None or inputs.cross is None:
+        return rows
+    groups, k = inputs.mean.shape
+    hessian = inputs.hessian.astype(np.float64)
+    diagonal = np.diagonal(hessian, axis1=1, axis2=2)
+    damped = hessian + (GPTQ_DAMP * diagonal.mean(axis=1)[:, None, None] + (diagonal == 0)[:, None, :]) * np.eye(k)
+    grouped = rows.reshape(groups, -1, k)
+    moved = grouped @ (inputs.cross.astype(np.float64) - hessian)                  # [G, R, K]
+    return (grouped + np.linalg.solve(damped, moved.transpose(0, 2, 1)).transpose(0, 2, 1)).reshape(rows.shape)
+
+
 def gptq(w, mode, bits, inputs, min_scale=0.0, act_order=True):
     """(q, scales, zero point) of w on mse_grid's grid, its columns rounded one after another, each
     one's rounding error compensated on the columns still to round (GPTQ, Frantar et al. 2022)."""
-    rows, shape = _as_rows(w)
+    shape = np.shape(w)
+    rows = _float_target(w, inputs)
     low, high = weight_range(mode, bits)
     scale, zero_point = mse_grid(rows, mode, bits, min_scale, inputs)
     groups, k = inputs.mean.shape
@@ -227,7 +252,11 @@ def _centered(inputs):
     constant = np.diagonal(covariance, axis1=1, axis2=2) <= 1e-6 * np.diagonal(inputs.hessian, axis1=1, axis2=2)
     covariance[np.broadcast_to(constant[:, :, None], covariance.shape)] = 0
     covariance[np.broadcast_to(constant[:, None, :], covariance.shape)] = 0
-    return LayerInputs(covariance.astype(np.float32), mean, inputs.float_mean)
+    cross = None
+    if inputs.cross is not None:        # E[x_float x^T] less E[x_float] E[x]^T, a constant x's column 0
+        cross = inputs.cross.astype(np.float64) - np.einsum("gi,gj->gij", inputs.float_mean, mean)
+        cross[np.broadcast_to(constant[:, None, :], cross.shape)] = 0
+    return LayerInputs(covariance.astype(np.float32), mean, inputs.float_mean, cross)
 
 
 def resolve(method, bias_correction, bits):
@@ -290,15 +319,17 @@ def _sample_columns(mod, x, keep, generator):
 
 class _Sums:
     """Running sums of one layer's columns: all of them for the mean, a random sample for H (float32;
-    max_rows 0: the mean only)."""
+    max_rows 0: the mean only); with the float model's input beside (paired), its mean and the cross
+    moment on the same sampled columns."""
 
     def __init__(self, max_rows, total_images, generator):
         self.max_rows, self.total_images, self.generator = max_rows, total_images, generator
-        self.outer = self.total = None
+        self.outer = self.total = self.cross = self.float_total = None
         self.count = self.sampled = 0
 
-    def add(self, mod, x):
+    def add(self, mod, x, x_float=None):
         keep = math.ceil(self.max_rows * len(x) / self.total_images)
+        picks = self.generator.get_state()
         sample, total, count = _sample_columns(mod, x.float(), keep, self.generator)
         if self.total is None:
             self.total = torch.zeros(total.shape, dtype=torch.float64)
@@ -308,10 +339,23 @@ class _Sums:
             self.outer.baddbmm_(sample, sample.transpose(1, 2))
         self.total += total
         self.count, self.sampled = self.count + count, self.sampled + sample.shape[-1]
+        if x_float is not None:
+            self.generator.set_state(picks)         # the same columns of the float input
+            float_sample, float_total, _ = _sample_columns(mod, x_float.float(), keep, self.generator)
+            if self.float_total is None:
+                self.float_total = torch.zeros_like(self.total)
+                self.cross = torch.zeros_like(self.outer) if self.max_rows else None
+            if self.max_rows:
+                self.cross.baddbmm_(float_sample, sample.transpose(1, 2))
+            self.float_total += float_total
 
     def result(self):
         mean = (self.total / self.count).numpy()
-        return LayerInputs((self.outer / self.sampled).numpy() if self.max_rows else None, mean)
+        inputs = LayerInputs((self.outer / self.sampled).numpy() if self.max_rows else None, mean)
+        if self.float_total is not None:
+            inputs.float_mean = (self.float_total / self.count).numpy()
+            inputs.cross = (self.cross / self.sampled).numpy() if self.max_rows else None
+        return inputs
 
 
 class _Done(Exception):
@@ -319,15 +363,16 @@ class _Done(Exception):
 
 
 class _Recorder(fx.Interpreter):
-    """Runs the graph and adds the input of each measured node's compute module to its sums."""
+    """Runs the graph and hands the input of each measured node's compute module to take(name, module,
+    input); stops after the last."""
 
-    def __init__(self, gm, sums):
+    def __init__(self, gm, names, take):
         super().__init__(gm)
-        self.sums = sums
-        self.last = [n.name for n in gm.graph.nodes if n.name in sums][-1]
+        self.names, self.take = set(names), take
+        self.last = [n.name for n in gm.graph.nodes if n.name in self.names][-1]
 
     def run_node(self, n):
-        if n.name not in self.sums:
+        if n.name not in self.names:
             return super().run_node(n)
         mod = _compute_module(self.module.get_submodule(n.target))
         seen = []
@@ -336,29 +381,38 @@ class _Recorder(fx.Interpreter):
             out = super().run_node(n)
         finally:
             handle.remove()
-        self.sums[n.name].add(mod, seen[0])
+        self.take(n.name, mod, seen[0])
         if n.name == self.last:
             raise _Done
         return out
 
+    def measure(self, x):
+        try:
+            self.run(x)
+        except _Done:
+            pass
 
-def input_statistics(gm, images, names, max_rows=MAX_ROWS, batch=32, seed=0, progress=None):
-    """{node name: LayerInputs} of the conv / linear nodes `names` (call_module nodes) of the float fx
+
+def input_statistics(gm, images, names, max_rows=MAX_ROWS, batch=32, seed=0, progress=None, float_gm=None):
+    """{node name: LayerInputs} of the conv / linear nodes `names` (call_module nodes) of the fx
     GraphModule gm, run on `images` (float, as the model reads them) `batch` at a time, in one pass;
-    progress: a tqdm-like wrapper of the batches."""
+    float_gm: the float model gm departs from (the same graph), run beside it for LayerInputs.float_mean
+    and .cross; progress: a tqdm-like wrapper of the batches."""
     unknown = set(names) - {n.name for n in gm.graph.nodes if n.op == "call_module"}
     if unknown:
         raise ValueError(f"no module nodes named {sorted(unknown)} in the graph")
     generator = torch.Generator().manual_seed(seed)
     sums = {name: _Sums(max_rows, len(images), generator) for name in names}
-    recorder = _Recorder(gm, sums)
+    float_seen = {}
+    recorder = _Recorder(gm, names, lambda name, mod, x: sums[name].add(mod, x, float_seen.get(name)))
+    float_recorder = _Recorder(float_gm, names, lambda name, _, x: float_seen.update({name: x})) \
+        if float_gm is not None else None
     batches = torch.split(images, batch)
     with torch.no_grad():
         for x in (progress(batches) if progress else batches):
-            try:
-                recorder.run(x)
-            except _Done:
-                pass
+            if float_recorder:
+                float_recorder.measure(x)
+            recorder.measure(x)
     return {name: s.result() for name, s in sums.items()}
 
 
@@ -367,16 +421,15 @@ class InputStatistics:
     the next layers whose H together take at most `budget` bytes, so memory stays bounded.
 
     sequential (bias correction "empirical"): each layer's inputs are measured in a pass of their own on
-    the model whose earlier layers hold their weights as `quantized` set them (a copy of gm), and
-    LayerInputs.float_mean is E[x] on the float model (all layers in one pass): bias correction then
-    makes up for the mean shift of every earlier layer's rounding too."""
+    the model whose earlier layers hold their weights as `quantized` set them (a copy of gm), the float
+    model gm run beside it for LayerInputs.float_mean and .cross: bias correction then makes up for the
+    mean shift of every earlier layer's rounding too, and mse / gptq fit the float output."""
 
     def __init__(self, gm, images, names, seed=0, progress=None, budget=STATISTICS_BYTES, sequential=False):
         self.images, self.names, self.seed, self.progress = images, list(names), seed, progress
         self.budget, self.ready = budget, {}
+        self.float_gm = gm if sequential else None
         self.gm = copy.deepcopy(gm) if sequential else gm
-        self.float_means = (input_statistics(gm, images, self.names, max_rows=0, seed=seed, progress=progress)
-                            if sequential else None)
 
     def _module(self, name):
         return _compute_module(self.gm.get_submodule(next(n for n in self.gm.graph.nodes if n.name == name).target))
@@ -394,19 +447,18 @@ class InputStatistics:
         if name not in self.ready:
             chunk, used = [], 0
             for later in self.names[self.names.index(name):]:
-                if chunk and (self.float_means or used + self._bytes(later) > self.budget):
+                if chunk and (self.float_gm is not None or used + self._bytes(later) > self.budget):
                     break
                 chunk.append(later)
                 used += self._bytes(later)
-            self.ready = input_statistics(self.gm, self.images, chunk, seed=self.seed, progress=self.progress)
-            if self.float_means:
-                self.ready[name].float_mean = self.float_means[name].mean
+            self.ready = input_statistics(self.gm, self.images, chunk, seed=self.seed, progress=self.progress,
+                                          float_gm=self.float_gm)
         return self.ready[name]
 
     def quantized(self, name, q, scale, zero_point, bias):
         """Layer `name`'s weight as its codes q, scales and zero point give it, and its float bias, from
         now on, where sequential (a BatchNorm2d's stay float)."""
-        mod = self._module(name) if self.float_means else None
+        mod = self._module(name) if self.float_gm is not None else None
         if isinstance(mod, (nn.Conv2d, nn.Linear)):
             weight = _values(q.reshape(len(q), -1).astype(np.float64), scale, zero_point)
             mod.weight.data = torch.as_tensor(weight, dtype=mod.weight.dtype).reshape(mod.weight.shape)
