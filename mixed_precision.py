@@ -173,7 +173,7 @@ def lowered(mod, layer, bits, cfg, inputs):
     method, correct = methods.resolve(cfg.weight_method, cfg.bias_correction, bits)
     q, scale, zero_point, bias = methods.quantize_layer(mod.weight.detach(), bias, cfg.weight_mode, bits, method,
                                                         scale_floor(bias, layer["in_scale"]), inputs, correct)
-    values = (q.astype(np.float64) - zero_point) * scale.reshape(-1, *[1] * (q.ndim - 1))
+    values = methods.dequantized(q, scale, zero_point)
     return torch.from_numpy(values).to(mod.weight.dtype), torch.from_numpy(np.asarray(bias)).to(mod.weight.dtype)
 
 

@@ -21,7 +21,7 @@ def weight_sqnr_db(w, q, scale, zero_point):
     """Signal-to-quantization-noise ratio of a quantized weight, in dB (higher is better):
     where per-tensor weights lose to per-channel ones shows up here first."""
     w = w.detach().double().numpy()
-    noise = ((w - (q.astype(np.float64) - zero_point) * scale.reshape(-1, *[1] * (w.ndim - 1))) ** 2).sum()
+    noise = ((w - methods.dequantized(q, scale, zero_point)) ** 2).sum()
     return float("inf") if noise == 0 else float(10 * np.log10((w ** 2).sum() / noise))
 
 

@@ -76,8 +76,9 @@ def _codes(w, scale, zero_point, low, high):
     return np.clip(qmath.round_half_up(w / scale[:, None]) + zero_point, low, high)
 
 
-def _values(q, scale, zero_point):
-    return (q - zero_point) * scale[:, None]
+def dequantized(q, scale, zero_point):
+    """The real weights, float64 in q's shape, of codes q [Cout, ...] on per-channel `scale` [Cout]."""
+    return (np.asarray(q, dtype=np.float64) - zero_point) * np.reshape(scale, (-1, *[1] * (np.ndim(q) - 1)))
 
 
 def _stored(q, mode, shape):
@@ -122,7 +123,7 @@ def mse_grid(rows, mode, bits, min_scale=0.0, inputs=None):
     best_error, best_ratio = np.full(len(rows), np.inf), np.ones(len(rows))
     for ratio in CLIP_RATIOS:
         scale, zero_point = _range_grid(rows, mode, bits, min_scale, ratio)
-        error = (importance * (rows - _values(_codes(rows, scale, zero_point, low, high), scale, zero_point)) ** 2)
+        error = (importance * (rows - dequantized(_codes(rows, scale, zero_point, low, high), scale, zero_point)) ** 2)
         error = error.sum(axis=1) if mode == "per_channel" else np.full(len(rows), error.sum())
         better = error < best_error
         best_error[better], best_ratio[better] = error[better], ratio
@@ -237,7 +238,7 @@ def correct_bias(bias, w, q, scale, zero_point, inputs):
     rows, _ = _as_rows(w)
     groups, k = inputs.mean.shape
     float_mean = inputs.mean if inputs.float_mean is None else inputs.float_mean
-    quantized = _values(q.reshape(len(rows), -1).astype(np.float64), scale, zero_point).reshape(groups, -1, k)
+    quantized = dequantized(q.reshape(len(rows), -1), scale, zero_point).reshape(groups, -1, k)
     shift = (np.einsum("gck,gk->gc", quantized, inputs.mean)
              - np.einsum("gck,gk->gc", rows.reshape(groups, -1, k), float_mean))
     return bias - shift.reshape(-1)
@@ -460,7 +461,7 @@ class InputStatistics:
         now on, where sequential (a BatchNorm2d's stay float)."""
         mod = self._module(name) if self.float_gm is not None else None
         if isinstance(mod, (nn.Conv2d, nn.Linear)):
-            weight = _values(q.reshape(len(q), -1).astype(np.float64), scale, zero_point)
+            weight = dequantized(q, scale, zero_point)
             mod.weight.data = torch.as_tensor(weight, dtype=mod.weight.dtype).reshape(mod.weight.shape)
             if mod.bias is not None:
                 mod.bias.data = torch.as_tensor(bias, dtype=mod.bias.dtype)
