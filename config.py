@@ -130,10 +130,11 @@ OPTIONS = {
     "WEIGHT_METHOD": (_TUPLE, "how weights are rounded (model/quant/methods.py): rtn (to nearest), mse (clipped "
                               "range of least weight error), gptq (error-compensating order on the calibration "
                               "inputs), or auto (rtn at 8 bits, gptq below 8)"),
-    "BIAS_CORRECTION": (_TUPLE, "subtract the mean output shift the weight rounding causes from the bias: on, off, "
-                                "auto (on below 8 bits), or empirical (also the shift the earlier layers' rounding "
-                                "leaves, measured on the model quantized so far: a calibration pass a layer; "
-                                "helps MobileNetV2 at W3, hurts ReLU chains such as VGG)"),
+    "BIAS_CORRECTION": (_TUPLE, "subtract the mean output shift the weight rounding causes from the bias: on (the "
+                                "layer's own, on the float model's inputs), off, empirical (each layer measured on "
+                                "the model quantized so far, a calibration pass a layer: the bias also takes the "
+                                "shift the earlier layers left, and mse / gptq fit the float output from those "
+                                "inputs), or auto (empirical below 8 bits, off at 8)"),
     "QAT_EPOCHS": (_TUPLE, "epochs of quantization-aware fine-tuning after the post-training methods (0 = none)"),
     "QAT_LR": (_TUPLE, "the fine-tuning's peak learning rate (SGD, momentum 0.9, cosine to 0): 0.01 suits LeNet, "
                        "about 0.001 the CIFAR-10 networks"),

@@ -5,12 +5,12 @@ columns on every test image; test_model.py fails the run if C and numpy differ o
 
     python benchmarks/low_bit_accuracy.py                       # resnet18, mobilenet_v2, vgg13 x W4A8, W3A8
     python benchmarks/low_bit_accuracy.py --models=vgg13 --widths=4/4,2/8
-    python benchmarks/low_bit_accuracy.py --models=mobilenet_v2 --widths=3/8 --bias_correction=empirical
+    python benchmarks/low_bit_accuracy.py --models=mobilenet_v2 --widths=3/8 --bias_correction=on
     python benchmarks/low_bit_accuracy.py --models=vgg13 --widths=4/4 --qat_epochs=1 --qat_lr=0.001
     python benchmarks/low_bit_accuracy.py --models=vgg13 --widths=2/8 --ends_at_8 --qat_epochs=2
 
 Each (model, width) writes results/low_bit/{model}_w{W}a{A}{variant}.json, the variant naming what
-differs from the post-training defaults (`_empirical` for --bias_correction=empirical, `_ends8` for
+differs from the post-training defaults (`_on` for --bias_correction=on, `_ends8` for
 --ends_at_8, `_qat{N}` for --qat_epochs=N, `_distill` for --qat_loss=distill, `_lr{X}` for a --qat_lr
 other than 0.001): the settings, the CPU and test_model.py's report. A result already there is kept
 (the run resumes where it stopped) unless --overwrite. The calibration images are the 512 that
@@ -130,8 +130,9 @@ def main(argv=None):
     parser.add_argument("--numpy_on_peer_images", action="store_true",
                         help="the numpy column on the first --peer_images images only (it is the slow one)")
     parser.add_argument("--threads", type=int, default=0, help="passed to the stages (0 = every CPU)")
-    parser.add_argument("--bias_correction", default="auto", choices=("auto", "empirical"),
-                        help="quant_model.py's --bias_correction (default auto: on below 8 bits)")
+    parser.add_argument("--bias_correction", default="auto", choices=("auto", "on"),
+                        help="quant_model.py's --bias_correction (default auto: empirical below 8 bits; on: "
+                             "each layer on the float model's inputs)")
     parser.add_argument("--ends_at_8", action="store_true",
                         help="keep the first and last conv / linear layers at 8-bit weights (a --bits file)")
     parser.add_argument("--qat_epochs", type=int, default=0,

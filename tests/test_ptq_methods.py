@@ -295,6 +295,22 @@ def test_empirical_inputs_are_fitted_to_the_float_output(method):
     assert error[True] < 0.3 * error[False]
 
 
+def test_the_float_target_does_not_blow_up_on_a_silenced_input():
+    """An input the earlier layers' rounding nearly silenced (5% of its float value, the others as they
+    were): the least-squares target would scale its weights up to give back the float output, its
+    largest weight several times W's, and every other weight of those channels would lose the 4-bit
+    grid's resolution to it; the target's ridge keeps the largest weight within a quarter of W's."""
+    rng = np.random.default_rng(0)
+    weight, columns = rng.normal(size=(16, 32)), rng.normal(size=(32, 4096)) + 1
+    seen = columns.copy()
+    seen[5] *= 0.05
+    inputs = inputs_of(seen)
+    inputs.float_mean, inputs.cross = columns.mean(axis=1)[None], (columns @ seen.T / columns.shape[1])[None]
+    target = methods._float_target(weight, methods._centered(inputs))
+    assert np.abs(target).max() < 1.25 * np.abs(weight).max()
+    assert (np.abs(target[:, 5]) > np.abs(weight[:, 5])).all()       # what can be given back still is
+
+
 def test_grouped_and_depthwise_convs_get_a_hessian_per_group():
     torch.manual_seed(0)
     net = Layers().eval()
@@ -323,6 +339,21 @@ def test_auto_is_rtn_at_8_bits_and_gptq_with_bias_correction_below():
     assert methods.resolve("mse", "off", 3) == ("mse", False)
     assert methods.resolve("rtn", "on", 8) == ("rtn", True)
     assert methods.resolve("auto", "empirical", 8) == ("rtn", True)
+
+
+def test_auto_bias_correction_is_empirical_below_8_bits():
+    """auto reads each layer's inputs from the model quantized so far wherever a layer's weights are
+    below 8 bits (--weight_bits or --bits), and the float model's at W8 (nothing measured there)."""
+    assert [methods.sequential("auto", bits) for bits in (8, 4, 2)] == [False, True, True]
+    assert methods.sequential("empirical", 8) and not methods.sequential("on", 3)
+    cls, _, shape = ARCHS["residual"]
+    net = _randomize_bn(cls(), torch.Generator().manual_seed(0)).eval()
+    images = torch.randint(0, 256, (16, *shape), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
+    same = lambda a, b: all(torch.equal(a[k], b[k]) for k in a)       # noqa: E731
+    for bits, like, unlike in ((3, "empirical", "on"), (8, "off", "empirical")):
+        state = {correction: api.quantize(net, images, weight_bits=bits, bias_correction=correction)[0]
+                 for correction in ("auto", like, unlike)}
+        assert same(state["auto"], state[like]) and not same(state["auto"], state[unlike]), bits
 
 
 def test_the_quantizer_takes_the_method_and_its_logits_come_closer_to_float():

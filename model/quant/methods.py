@@ -41,6 +41,7 @@ from model import qmath
 METHODS = ("rtn", "mse", "gptq")
 CLIP_RATIOS = np.linspace(0.5, 1.0, 100)    # mse's search: the fraction of the full range kept
 GPTQ_DAMP = 0.01                            # of the mean of diag(H), added to the diagonal
+TARGET_DAMP = 0.1                           # the same for the float target's solve (_float_target)
 REFINE_SWEEPS = 3                           # coordinate-descent passes after GPTQ's rounding
 GPTQ_BLOCK = 128                            # columns whose errors are spread at once (lazy batch updates)
 MAX_ROWS = 1 << 15                          # im2col columns per layer that H is estimated from
@@ -159,15 +160,18 @@ def _inverse_cholesky(hessian):
 
 def _float_target(w, inputs):
     """The weights [Cout, K] that best make the float layer's output W x_float from the inputs x
-    (least squares): W C H^-1 = W + W (C - H) H^-1, C = E[x_float x^T], H damped as GPTQ damps it; W
-    itself where the inputs are the float model's (no cross moment) or unknown."""
+    (least squares): W C H^-1 = W + W (C - H) H^-1, C = E[x_float x^T]; W itself where the inputs are
+    the float model's (no cross moment) or unknown. H is damped by TARGET_DAMP of its mean diagonal, a
+    ridge that pulls the target towards W: a direction the quantized inputs barely vary along (a unit
+    the earlier layers' rounding nearly silenced) would otherwise take a weight many times W's
+    (mobilenet_v2 W4: a projection's target 20 times its weights at GPTQ's 0.01)."""
     rows, _ = _as_rows(w)
     if inputs is None or inputs.cross is None:
         return rows
     groups, k = inputs.mean.shape
     hessian = inputs.hessian.astype(np.float64)
     diagonal = np.diagonal(hessian, axis1=1, axis2=2)
-    damped = hessian + (GPTQ_DAMP * diagonal.mean(axis=1)[:, None, None] + (diagonal == 0)[:, None, :]) * np.eye(k)
+    damped = hessian + (TARGET_DAMP * diagonal.mean(axis=1)[:, None, None] + (diagonal == 0)[:, None, :]) * np.eye(k)
     grouped = rows.reshape(groups, -1, k)
     moved = grouped @ (inputs.cross.astype(np.float64) - hessian)                  # [G, R, K]
     return (grouped + np.linalg.solve(damped, moved.transpose(0, 2, 1)).transpose(0, 2, 1)).reshape(rows.shape)
@@ -263,9 +267,17 @@ def _centered(inputs):
 def resolve(method, bias_correction, bits):
     """(method, whether to correct the bias) of the settings WEIGHT_METHOD and BIAS_CORRECTION at a
     layer's width: auto is rtn at 8 bits (W8 results stay as they were) and gptq below, where
-    rounding to nearest loses points; bias correction auto is on below 8 bits, empirical always."""
+    rounding to nearest loses points; bias correction auto is on below 8 bits (empirically: sequential),
+    on and empirical always."""
     chosen = method if method != "auto" else "rtn" if bits == 8 else "gptq"
     return chosen, bias_correction in ("on", "empirical") or (bias_correction == "auto" and bits < 8)
+
+
+def sequential(bias_correction, lowest_weight_bits):
+    """Whether the layers' inputs come from the model quantized so far (InputStatistics, sequential):
+    bias correction empirical, or auto where some layer's weights are below 8 bits. It is the better
+    post-training result on every CIFAR-10 row measured (docs/low_bit.md), at a calibration pass a layer."""
+    return bias_correction == "empirical" or (bias_correction == "auto" and lowest_weight_bits < 8)
 
 
 def quantize_layer(w, bias, mode, bits, method, min_scale=0.0, inputs=None, bias_correction=False):

@@ -117,16 +117,17 @@ def read_bits(bits):
     return {layer: dict(widths) for layer, widths in bits.items()}
 
 
-def lowest_act_bits(cfg):
-    """The narrowest activation width cfg's settings ask for (--act_bits, --bits)."""
+def lowest_bits(cfg, kind):
+    """The narrowest width of `kind` ("weight_bits" or "act_bits") cfg's settings ask for (--weight_bits /
+    --act_bits, --bits)."""
     widths = width_settings(cfg)
-    return min([widths["act_bits"]] + [w["act_bits"] for w in widths["bits"].values() if "act_bits" in w])
+    return min([widths[kind]] + [w[kind] for w in widths["bits"].values() if kind in w])
 
 
 def settings_fingerprint(cfg, raw_header):
     """Hash of everything the integer graph depends on: a stale tuple or export is detected by it."""
     # auto with no activation below 8 bits is minmax: the tuples made before it stay current
-    calib_method = "minmax" if cfg.calib_method == "auto" and lowest_act_bits(cfg) == 8 else cfg.calib_method
+    calib_method = "minmax" if cfg.calib_method == "auto" and lowest_bits(cfg, "act_bits") == 8 else cfg.calib_method
     keys = {"model": cfg.model, "weight_mode": cfg.weight_mode, "multiplier_bits": cfg.multiplier_bits,
             "calib_images": cfg.calib_images, "calib_method": calib_method, "seed": cfg.seed,
             "calib_percentile": cfg.calib_percentile if cfg.calib_method == "percentile" else None,
@@ -461,7 +462,7 @@ def _layer_inputs(gm, images, cfg, progress=None):
     weighted = [n.name for n in gm.graph.nodes if getattr(ops.match(gm, n)[0], "weighted", False)]
     correction = getattr(cfg, "bias_correction", WIDTH_SETTINGS["bias_correction"])
     return methods.InputStatistics(gm, _float_input(images), weighted, seed=cfg.seed, progress=progress,
-                                   sequential=correction == "empirical")
+                                   sequential=methods.sequential(correction, lowest_bits(cfg, "weight_bits")))
 
 
 def _observe(gm, images, cfg, progress=None):
@@ -473,7 +474,7 @@ def _observe(gm, images, cfg, progress=None):
         for x in (progress(batches) if progress else batches):
             observer.run(_float_input(x))
             observer.batches += 1
-        if cfg.calib_method == "mse" or (cfg.calib_method == "auto" and lowest_act_bits(cfg) < 8):
+        if cfg.calib_method == "mse" or (cfg.calib_method == "auto" and lowest_bits(cfg, "act_bits") < 8):
             counter = _Histograms(gm, observer)
             for x in (progress(batches) if progress else batches):
                 counter.run(_float_input(x))
