@@ -59,6 +59,7 @@ def run(cmd, log):
 
 def measure(model, weight_bits, act_bits, quant_dir, args):
     os.makedirs(quant_dir, exist_ok=True)
+    commit = code_version()         # before the stages run: what they ran, whatever is edited meanwhile
     settings = [f"--model={model}", f"--quant_dir={quant_dir}", f"--threads={args.threads}"]
     widths = [f"--weight_bits={weight_bits}", f"--act_bits={act_bits}", f"--calib_images={CALIB_IMAGES}",
               "--calib_method=auto", f"--bias_correction={args.bias_correction}"]
@@ -81,7 +82,7 @@ def measure(model, weight_bits, act_bits, quant_dir, args):
             "ends_at_8": args.ends_at_8, "qat_epochs": args.qat_epochs,
             "qat_loss": args.qat_loss if args.qat_epochs else None, "qat_lr": args.qat_lr if args.qat_epochs else None,
             "command": " ".join(["quant_model.py", *settings[:1], *widths]), "seconds_quantize": round(quantize_seconds, 1),
-            "cpu": cpu(), "commit": code_version(), "test": test}
+            "cpu": cpu(), "commit": commit, "test": test}
 
 
 def ends_at_8(model, quant_dir, args):
