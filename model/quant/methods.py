@@ -18,7 +18,7 @@ real weight = scale[c] * (q - zero_point).
                  and (empirical: x from the model whose earlier layers are already quantized) that
                  of the earlier layers' rounding too
 
-With empirical inputs, mse and gptq fit the float layer's output W x_float from the inputs x the
+With empirical inputs (the default below 8 bits), mse and gptq fit the float layer's output W x_float from the inputs x the
 quantized earlier layers give, not W x: their target is W C H^-1 (C = E[x_float x^T]), the least
 squares weights on x. Fitting W x instead keeps the shrinkage of the layers before, which compounds
 down a chain of clipped low-bit layers (vgg13 W3A8 fell to 77.7%; docs/low_bit.md).
@@ -267,16 +267,16 @@ def _centered(inputs):
 def resolve(method, bias_correction, bits):
     """(method, whether to correct the bias) of the settings WEIGHT_METHOD and BIAS_CORRECTION at a
     layer's width: auto is rtn at 8 bits (W8 results stay as they were) and gptq below, where
-    rounding to nearest loses points; bias correction auto is on below 8 bits (empirically: sequential),
-    on and empirical always."""
+    rounding to nearest loses points; bias correction auto below 8 bits (on the inputs `sequential`
+    says), on and empirical at every width."""
     chosen = method if method != "auto" else "rtn" if bits == 8 else "gptq"
     return chosen, bias_correction in ("on", "empirical") or (bias_correction == "auto" and bits < 8)
 
 
 def sequential(bias_correction, lowest_weight_bits):
     """Whether the layers' inputs come from the model quantized so far (InputStatistics, sequential):
-    bias correction empirical, or auto where some layer's weights are below 8 bits. It is the better
-    post-training result on every CIFAR-10 row measured (docs/low_bit.md), at a calibration pass a layer."""
+    bias correction empirical, or auto where some layer's weights are below 8 bits: at a calibration
+    pass a layer, the better post-training result on the CIFAR-10 networks (docs/low_bit.md)."""
     return bias_correction == "empirical" or (bias_correction == "auto" and lowest_weight_bits < 8)
 
 
@@ -433,10 +433,11 @@ class InputStatistics:
     """LayerInputs of the conv / linear nodes `names` of gm (in graph order) on demand: a pass measures
     the next layers whose H together take at most `budget` bytes, so memory stays bounded.
 
-    sequential (bias correction "empirical"): each layer's inputs are measured in a pass of their own on
-    the model whose earlier layers hold their weights as `quantized` set them (a copy of gm), the float
-    model gm run beside it for LayerInputs.float_mean and .cross: bias correction then makes up for the
-    mean shift of every earlier layer's rounding too, and mse / gptq fit the float output."""
+    sequential (see sequential(): bias correction empirical, or auto below 8 bits): each layer's inputs
+    are measured in a pass of their own on the model whose earlier layers hold their weights as
+    `quantized` set them (a copy of gm), the float model gm run beside it for LayerInputs.float_mean and
+    .cross: bias correction then makes up for the mean shift of every earlier layer's rounding too, and
+    mse / gptq fit the float output."""
 
     def __init__(self, gm, images, names, seed=0, progress=None, budget=STATISTICS_BYTES, sequential=False):
         self.images, self.names, self.seed, self.progress = images, list(names), seed, progress
