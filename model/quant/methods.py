@@ -18,10 +18,11 @@ real weight = scale[c] * (q - zero_point).
                  and (empirical: x from the model whose earlier layers are already quantized) that
                  of the earlier layers' rounding too
 
-With empirical inputs (the default below 8 bits), mse and gptq fit the float layer's output W x_float from the inputs x the
-quantized earlier layers give, not W x: their target is W C H^-1 (C = E[x_float x^T]), the least
-squares weights on x. Fitting W x instead keeps the shrinkage of the layers before, which compounds
-down a chain of clipped low-bit layers (vgg13 W3A8 fell to 77.7%; docs/low_bit.md).
+With empirical inputs (the default below 8 bits), mse and gptq fit the float layer's output W x_float
+from the inputs x the quantized earlier layers give, not W x: their target is W C H^-1 (C = E[x_float
+x^T]), the least squares weights on x, with a ridge towards W. Fitting W x instead keeps the shrinkage
+of the layers before, which compounds down a chain of clipped low-bit layers (vgg13 W3A8 fell to
+77.7%; docs/low_bit.md).
 
 The layer inputs (LayerInputs: H and E[x] per group, x the layer's im2col columns on the BN-folded
 model) come from input_statistics / InputStatistics.
