@@ -279,7 +279,7 @@ def t_low_bit_peer(r):
             row["float_accuracy"] / 100 for key, row in peer.items() if key[:4] == (model, w, a, images))
         rows.append((model, f"W{w}A{a}", f"{images:,}", pct(float_accuracy), *cells))
     return table(("model", "bits", "test images", "float", "Brevitas GPTQ + BC", "Brevitas RTN + BC",
-                  "FPGAI (auto: GPTQ + BC)"), rows)
+                  "FPGAI (auto: GPTQ + empirical BC)"), rows)
 
 
 def t_test_json(r):
