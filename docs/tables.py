@@ -211,8 +211,9 @@ def low_bit_results(r):
 
 def methods_label(d):
     """What a low-bit run added to the post-training defaults: its bias correction, the first and last
-    layers kept at 8-bit weights, its QAT epochs."""
-    label = d.get("bias_correction", "auto") + (", ends W8" if d.get("ends_at_8") else "")
+    layers kept at 8-bit weights, its QAT epochs. Every row names its bias correction: a missing one
+    no longer means the default (auto was `on` below 8 bits until commit 832490d)."""
+    label = d["bias_correction"] + (", ends W8" if d.get("ends_at_8") else "")
     epochs = d.get("qat_epochs", 0)
     distill = ", distilled" if d.get("qat_loss") == "distill" else ""
     return label + (f" + QAT {epochs} epoch{'s' * (epochs > 1)} (lr {d['qat_lr']:g}{distill})" if epochs else "")
